@@ -1,0 +1,2 @@
+//! feishu-gateway: an HTTP gateway in front of the Feishu (Lark) Open Platform.
+#![forbid(unsafe_code)]
