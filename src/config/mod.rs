@@ -1,0 +1,638 @@
+//! Configuration: plain data, read from TOML and checked in one pass.
+//!
+//! [`Config::parse`] reads the whole file, resolves secrets through an
+//! [`Environment`], and returns either a complete [`Config`] or EVERY problem
+//! it found ([`Problems`]), each with its key. Nothing here opens a socket or
+//! spawns a task: the runtime is built from a `Config` in [`crate::runtime`].
+
+mod env;
+mod reader;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use sha2::{Digest, Sha256};
+
+pub use env::{Environment, MapEnv, ProcessEnv};
+pub use reader::{parse_duration, Problem, Problems, Section};
+
+use crate::secret::Secret;
+
+/// The gateway's whole configuration. Every field has a documented default
+/// except `apps` and `clients`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where internal services connect (`listen`). Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Admin listener for `/healthz`, `/readyz` and `/metrics`
+    /// (`admin_listen`). Default `127.0.0.1:9090`. Never the same as `listen`.
+    pub admin_listen: SocketAddr,
+    /// Feishu's base URL (`upstream`). Default `https://open.feishu.cn`.
+    pub upstream: Upstream,
+    /// Largest request body accepted, in bytes (`max_body_bytes`).
+    /// Default 1 MiB. Bodies are buffered so a request can be replayed once
+    /// after a token-invalid answer.
+    pub max_body_bytes: usize,
+    /// Timeouts (`[timeouts]`).
+    pub timeouts: Timeouts,
+    /// Upstream connection pool (`[pool]`).
+    pub pool: Pool,
+    /// Token refresh policy (`[token]`).
+    pub token: TokenPolicy,
+    /// Logging (`[log]`).
+    pub log: Log,
+    /// The Feishu apps the gateway holds secrets for (`[[apps]]`).
+    pub apps: Vec<AppConfig>,
+    /// The internal services allowed to call (`[[clients]]`).
+    pub clients: Vec<ClientConfig>,
+    /// Things worth saying that do not stop the gateway (e.g. plain-HTTP
+    /// upstream on a non-loopback host).
+    pub warnings: Vec<String>,
+}
+
+/// An upstream base URL: scheme and authority only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host and optional port.
+    pub authority: Authority,
+}
+
+impl Upstream {
+    /// Parses `https://host[:port]` (a trailing `/` is allowed, a path is not).
+    pub fn parse(s: &str) -> Result<Upstream, String> {
+        let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            _ => return Err(format!("{s:?} must start with https:// or http://")),
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{s:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("{s:?} must not carry credentials"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "{s:?} must be a base URL without a path, like https://open.feishu.cn"
+            ));
+        }
+        Ok(Upstream { scheme, authority })
+    }
+
+    /// True for `localhost` and loopback addresses.
+    pub fn is_loopback(&self) -> bool {
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false)
+    }
+
+    /// `scheme://authority`, for logs and docs.
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// Timeouts (`[timeouts]`).
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP+TLS connect to Feishu (`connect`). Default 3 s.
+    pub connect: Duration,
+    /// One upstream attempt, from sending the request to the end of the
+    /// answer's head and inspected body (`upstream`). Default 30 s.
+    pub upstream: Duration,
+    /// Reading a client's request body (`body_read`). Default 10 s: a slow
+    /// drip costs no more than this.
+    pub body_read: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may finish
+    /// (`shutdown_grace`). Default 25 s (below Kubernetes' 30 s).
+    pub shutdown_grace: Duration,
+}
+
+/// Upstream connection pool (`[pool]`).
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// Idle connections are closed after this (`idle_timeout`). Default 90 s.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per upstream host (`max_idle_per_host`).
+    /// Default 256.
+    pub max_idle_per_host: usize,
+}
+
+/// When and how tenant tokens are refreshed (`[token]`).
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    /// Refresh this long before expiry at most (`refresh_before`). Default
+    /// 25 min: Feishu hands out a NEW token only when less than 30 min
+    /// remain, so refreshing earlier just returns the same token. Short
+    /// lifetimes are refreshed at half their life.
+    pub refresh_before: Duration,
+    /// First retry delay after a failed fetch (`retry_min`). Default 500 ms.
+    pub retry_min: Duration,
+    /// Largest retry delay (`retry_max`). Default 30 s. Delays double with
+    /// full jitter between the two.
+    pub retry_max: Duration,
+    /// Timeout of one token call (`fetch_timeout`). Default 10 s.
+    pub fetch_timeout: Duration,
+}
+
+/// Log output (`[log]`).
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// `plain` (default) or `json` (`format`).
+    pub format: LogFormat,
+    /// A tracing filter like `info` or `feishu_gateway=debug` (`level`).
+    /// Default `info`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A Feishu app (`[[apps]]`).
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Label in logs and metrics (`name`).
+    pub name: String,
+    /// Feishu app id, `cli_…` (`app_id`).
+    pub app_id: String,
+    /// The app secret (from `app_secret_env` or `app_secret_file`).
+    pub app_secret: Secret,
+    /// Feishu base URL for this app (`upstream`), default the global one.
+    pub upstream: Upstream,
+}
+
+/// An internal service allowed to call (`[[clients]]`).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Label in logs (`name`).
+    pub name: String,
+    /// Index into [`Config::apps`] of the app it acts as (`app`).
+    pub app: usize,
+    /// SHA-256 of the client's gateway key (from `key_env`, `key_file` or
+    /// `key_sha256`). The key itself is not kept.
+    pub key_sha256: [u8; 32],
+}
+
+/// SHA-256 of a client key, as stored in [`ClientConfig::key_sha256`].
+pub fn key_digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, Problems> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let mut p = Problems::default();
+            p.push(path.display().to_string(), format!("cannot read: {e}"));
+            p
+        })?;
+        Config::parse(&text, env)
+    }
+
+    /// Parses and checks config text, reporting every problem at once.
+    pub fn parse(text: &str, env: &dyn Environment) -> Result<Config, Problems> {
+        let mut problems = Problems::default();
+        let root: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => {
+                // A syntax error leaves nothing to check further.
+                let span = e.span().map(|s| line_col(text, s.start));
+                let key = match span {
+                    Some((l, c)) => format!("line {l}, column {c}"),
+                    None => "file".to_string(),
+                };
+                problems.push(key, format!("TOML syntax: {}", e.message()));
+                return Err(problems);
+            }
+        };
+        let p = &mut problems;
+        let mut s = Section::new("", &root);
+
+        let listen = addr(&mut s, "listen", "127.0.0.1:8080", p);
+        let admin_listen = addr(&mut s, "admin_listen", "127.0.0.1:9090", p);
+        if let (Some(a), Some(b)) = (listen, admin_listen) {
+            if a == b {
+                p.push("admin_listen", "must differ from `listen`");
+            }
+        }
+        let upstream = upstream(&mut s, "upstream", p).unwrap_or_else(default_upstream);
+        let max_body_bytes = s
+            .integer("max_body_bytes", 1 << 30, p)
+            .map(|v| v as usize)
+            .unwrap_or(1 << 20);
+
+        let timeouts = {
+            let mut t = s.table("timeouts", p);
+            let mut d = |name, default| {
+                t.as_mut()
+                    .and_then(|t| t.duration(name, p))
+                    .unwrap_or(default)
+            };
+            let out = Timeouts {
+                connect: d("connect", Duration::from_secs(3)),
+                upstream: d("upstream", Duration::from_secs(30)),
+                body_read: d("body_read", Duration::from_secs(10)),
+                shutdown_grace: d("shutdown_grace", Duration::from_secs(25)),
+            };
+            if let Some(t) = t {
+                t.finish(p);
+            }
+            out
+        };
+        let pool = {
+            let mut t = s.table("pool", p);
+            let idle_timeout = t
+                .as_mut()
+                .and_then(|t| t.duration("idle_timeout", p))
+                .unwrap_or(Duration::from_secs(90));
+            let max_idle_per_host = t
+                .as_mut()
+                .and_then(|t| t.integer("max_idle_per_host", 100_000, p))
+                .map(|v| v as usize)
+                .unwrap_or(256);
+            if let Some(t) = t {
+                t.finish(p);
+            }
+            Pool {
+                idle_timeout,
+                max_idle_per_host,
+            }
+        };
+        let token = {
+            let mut t = s.table("token", p);
+            let mut d = |name, default| {
+                t.as_mut()
+                    .and_then(|t| t.duration(name, p))
+                    .unwrap_or(default)
+            };
+            let out = TokenPolicy {
+                refresh_before: d("refresh_before", Duration::from_secs(25 * 60)),
+                retry_min: d("retry_min", Duration::from_millis(500)),
+                retry_max: d("retry_max", Duration::from_secs(30)),
+                fetch_timeout: d("fetch_timeout", Duration::from_secs(10)),
+            };
+            if let Some(t) = t {
+                t.finish(p);
+            }
+            if out.retry_min.is_zero() {
+                p.push("token.retry_min", "must be more than 0");
+            }
+            if out.retry_max < out.retry_min {
+                p.push("token.retry_max", "must be at least token.retry_min");
+            }
+            out
+        };
+        let log = {
+            let mut t = s.table("log", p);
+            let format = match t.as_mut().and_then(|t| t.string("format", p)) {
+                None | Some("plain") => LogFormat::Plain,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    p.push(
+                        "log.format",
+                        format!("{other:?} is not \"plain\" or \"json\""),
+                    );
+                    LogFormat::Plain
+                }
+            };
+            let level = t
+                .as_mut()
+                .and_then(|t| t.string("level", p))
+                .unwrap_or("info")
+                .to_string();
+            if let Some(t) = t {
+                t.finish(p);
+            }
+            Log { format, level }
+        };
+
+        let (apps, app_names) = read_apps(&mut s, &upstream, env, p);
+        let clients = read_clients(&mut s, &app_names, env, p);
+        s.finish(p);
+
+        let mut warnings = Vec::new();
+        let mut seen_warn = Vec::new();
+        for u in std::iter::once(&upstream).chain(apps.iter().map(|a| &a.upstream)) {
+            if u.scheme == Scheme::HTTP && !u.is_loopback() && !seen_warn.contains(u) {
+                warnings.push(format!(
+                    "upstream {} is plain http on a non-loopback host: tokens travel unencrypted",
+                    u.base_url()
+                ));
+                seen_warn.push(u.clone());
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            listen: listen.expect("checked above"),
+            admin_listen: admin_listen.expect("checked above"),
+            upstream,
+            max_body_bytes,
+            timeouts,
+            pool,
+            token,
+            log,
+            apps,
+            clients,
+            warnings,
+        })
+    }
+}
+
+fn default_upstream() -> Upstream {
+    Upstream::parse("https://open.feishu.cn").expect("valid default")
+}
+
+fn addr<'a>(
+    s: &mut Section<'a>,
+    name: &'a str,
+    default: &str,
+    p: &mut Problems,
+) -> Option<SocketAddr> {
+    let v = s.string(name, p).unwrap_or(default);
+    match v.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.push(
+                s.key(name),
+                format!("{v:?} is not an address like \"127.0.0.1:8080\""),
+            );
+            None
+        }
+    }
+}
+
+fn upstream<'a>(s: &mut Section<'a>, name: &'a str, p: &mut Problems) -> Option<Upstream> {
+    let v = s.string(name, p)?;
+    match Upstream::parse(v) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            p.push(s.key(name), e);
+            None
+        }
+    }
+}
+
+/// Reads a secret given as `<base>_env` or `<base>_file` (exactly one).
+fn secret_source<'a>(
+    s: &mut Section<'a>,
+    env_key: &'a str,
+    file_key: &'a str,
+    others: &[&str],
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Option<Secret> {
+    let from_env = s.string(env_key, p);
+    let from_file = s.string(file_key, p);
+    match (from_env, from_file) {
+        (Some(var), None) => match env.var(var) {
+            Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim().to_string())),
+            Some(_) => {
+                p.push(
+                    s.key(env_key),
+                    format!("environment variable {var} is empty"),
+                );
+                None
+            }
+            None => {
+                p.push(
+                    s.key(env_key),
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        (None, Some(path)) => match env.read_file(Path::new(path)) {
+            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim().to_string())),
+            Ok(_) => {
+                p.push(s.key(file_key), format!("file {path} is empty"));
+                None
+            }
+            Err(e) => {
+                p.push(s.key(file_key), format!("cannot read {path}: {e}"));
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            p.push(
+                s.key(env_key),
+                format!("give only one of `{env_key}` and `{file_key}`"),
+            );
+            None
+        }
+        (None, None) => {
+            let mut choices = vec![format!("`{env_key}`"), format!("`{file_key}`")];
+            choices.extend(others.iter().map(|o| format!("`{o}`")));
+            p.push(
+                s.key(env_key),
+                format!("is required: set one of {}", choices.join(", ")),
+            );
+            None
+        }
+    }
+}
+
+/// Reads `[[apps]]`. Returns the complete entries and every entry's name
+/// (by file index, for resolving `clients[].app`). When an entry is
+/// incomplete a problem is recorded, so the two lists only need to align
+/// when there are no problems.
+fn read_apps(
+    root: &mut Section<'_>,
+    global: &Upstream,
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> (Vec<AppConfig>, Vec<Option<String>>) {
+    let sections = root.tables("apps", p);
+    if sections.is_empty() {
+        p.push("apps", "at least one [[apps]] entry is required");
+    }
+    let mut apps = Vec::new();
+    let mut all_names = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    for (i, mut s) in sections.into_iter().enumerate() {
+        let name = s.required_string("name", p);
+        let app_id = s.required_string("app_id", p);
+        let app_secret = secret_source(&mut s, "app_secret_env", "app_secret_file", &[], env, p);
+        let upstream = match s.value("upstream") {
+            Some(_) => upstream(&mut s, "upstream", p),
+            None => Some(global.clone()),
+        };
+        if let Some(n) = name {
+            check_label(&s, n, p);
+            if let Some(j) = names.insert(n.to_string(), i) {
+                p.push(s.key("name"), format!("{n:?} is already used by apps[{j}]"));
+            }
+        }
+        if let Some(id) = app_id {
+            if id.trim().is_empty() {
+                p.push(s.key("app_id"), "must not be empty");
+            } else if let Some(j) = ids.insert(id.to_string(), i) {
+                p.push(
+                    s.key("app_id"),
+                    format!("{id:?} is already used by apps[{j}]"),
+                );
+            }
+        }
+        s.finish(p);
+        all_names.push(name.map(str::to_string));
+        if let (Some(name), Some(app_id), Some(app_secret), Some(upstream)) =
+            (name, app_id, app_secret, upstream)
+        {
+            apps.push(AppConfig {
+                name: name.to_string(),
+                app_id: app_id.to_string(),
+                app_secret,
+                upstream,
+            });
+        }
+    }
+    (apps, all_names)
+}
+
+/// Reports a `name` that would make a poor metric label.
+fn check_label(s: &Section<'_>, name: &str, p: &mut Problems) {
+    if !valid_label(name) {
+        p.push(
+            s.key("name"),
+            format!("{name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+        );
+    }
+}
+
+fn read_clients(
+    root: &mut Section<'_>,
+    app_names: &[Option<String>],
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Vec<ClientConfig> {
+    let sections = root.tables("clients", p);
+    if sections.is_empty() {
+        p.push("clients", "at least one [[clients]] entry is required");
+    }
+    let mut clients = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut keys: HashMap<[u8; 32], usize> = HashMap::new();
+    for (i, mut s) in sections.into_iter().enumerate() {
+        let name = s.required_string("name", p);
+        let app_name = s.required_string("app", p);
+        let digest = if s.value("key_sha256").is_some() {
+            let given = s.string("key_sha256", p);
+            let mut other = false;
+            for k in ["key_env", "key_file"] {
+                if s.value(k).is_some() {
+                    p.push(
+                        s.key(k),
+                        "give only one of `key_env`, `key_file`, `key_sha256`",
+                    );
+                    other = true;
+                }
+            }
+            match given.map(|h| hex::decode(h.trim())) {
+                Some(Ok(bytes)) if bytes.len() == 32 && !other => {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(&bytes);
+                    Some(d)
+                }
+                Some(_) if !other => {
+                    p.push(
+                        s.key("key_sha256"),
+                        "must be 64 hex digits (SHA-256 of the key)",
+                    );
+                    None
+                }
+                _ => None,
+            }
+        } else {
+            secret_source(&mut s, "key_env", "key_file", &["key_sha256"], env, p).and_then(|key| {
+                if key.expose().len() < 16 {
+                    p.push(
+                        s.key("key_env"),
+                        "the key is shorter than 16 characters: use a long random key",
+                    );
+                    None
+                } else {
+                    Some(key_digest(key.expose().as_bytes()))
+                }
+            })
+        };
+        if let Some(n) = name {
+            check_label(&s, n, p);
+            if let Some(j) = names.insert(n.to_string(), i) {
+                p.push(
+                    s.key("name"),
+                    format!("{n:?} is already used by clients[{j}]"),
+                );
+            }
+        }
+        let app = app_name.and_then(|a| {
+            let found = app_names.iter().position(|x| x.as_deref() == Some(a));
+            if found.is_none() {
+                p.push(s.key("app"), format!("no [[apps]] entry is named {a:?}"));
+            }
+            found
+        });
+        if let Some(d) = digest {
+            if let Some(j) = keys.insert(d, i) {
+                p.push(
+                    s.key("key_env"),
+                    format!("the same key is already used by clients[{j}]"),
+                );
+            }
+        }
+        s.finish(p);
+        if let (Some(name), Some(app), Some(key_sha256)) = (name, app, digest) {
+            clients.push(ClientConfig {
+                name: name.to_string(),
+                app,
+                key_sha256,
+            });
+        }
+    }
+    clients
+}
+
+/// Names used as metric labels: short and tame.
+fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests;

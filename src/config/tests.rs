@@ -1,0 +1,142 @@
+use super::*;
+
+const EXAMPLE: &str = r#"
+listen = "127.0.0.1:8080"           # where internal services connect
+admin_listen = "127.0.0.1:9090"     # /healthz, /readyz (and /metrics later); never on `listen`
+upstream = "https://open.feishu.cn" # http:// is allowed (tests, demo); warn when it is not loopback.
+
+[[apps]]
+name = "ops-bot"                    # label in logs and metrics
+app_id = "cli_a1b2c3d4e5f6a7b8"
+app_secret_env = "OPS_BOT_APP_SECRET"   # or app_secret_file = "/run/secrets/ops-bot"
+
+[[clients]]
+name = "billing"
+key_env = "BILLING_GATEWAY_KEY"     # or key_sha256 = "<hex of sha256(key)>"
+app = "ops-bot"
+"#;
+
+fn env() -> MapEnv {
+    MapEnv::new()
+        .with("OPS_BOT_APP_SECRET", "s3cr3t-app-secret")
+        .with("BILLING_GATEWAY_KEY", "billing-key-0123456789abcdef")
+}
+
+#[test]
+fn the_documented_example_works_as_written() {
+    let c = Config::parse(EXAMPLE, &env()).expect("valid");
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.upstream.base_url(), "https://open.feishu.cn");
+    assert_eq!(c.apps[0].app_secret.expose(), "s3cr3t-app-secret");
+    assert_eq!(c.clients[0].app, 0);
+    assert_eq!(
+        c.clients[0].key_sha256,
+        key_digest(b"billing-key-0123456789abcdef")
+    );
+    assert_eq!(c.max_body_bytes, 1 << 20);
+    assert!(c.warnings.is_empty());
+    // Debug output of the whole config carries no secret.
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("s3cr3t"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once_without_secrets() {
+    let text = r#"
+listen = "nowhere"
+admin_listen = 9090
+upstream = "ftp://example.com/path"
+colour = "blue"
+[timeouts]
+connect = "soon"
+[[apps]]
+name = "ops bot"
+app_id = "cli_x"
+app_secret_env = "MISSING_SECRET"
+extra = 1
+[[apps]]
+app_id = "cli_x"
+app_secret_file = "/nonexistent/secret"
+[[clients]]
+name = "billing"
+key_sha256 = "abc"
+app = "nobody"
+[[clients]]
+name = "billing"
+app = "ops bot"
+"#;
+    let problems = Config::parse(text, &env()).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    for expected in [
+        "listen",
+        "admin_listen",
+        "upstream",
+        "colour",
+        "timeouts.connect",
+        "apps[0].name",
+        "apps[0].app_secret_env",
+        "apps[0].extra",
+        "apps[1].name",
+        "apps[1].app_id",
+        "apps[1].app_secret_file",
+        "clients[0].key_sha256",
+        "clients[0].app",
+        "clients[1].name",
+        "clients[1].key_env",
+    ] {
+        assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+    }
+    let text = problems.to_string();
+    assert!(text.contains("MISSING_SECRET is not set"), "{text}");
+    assert!(!text.contains("s3cr3t"));
+}
+
+#[test]
+fn plain_http_upstream_off_loopback_is_a_warning() {
+    let text = EXAMPLE.replace("https://open.feishu.cn", "http://10.1.2.3:8000");
+    let c = Config::parse(&text, &env()).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let text = EXAMPLE.replace("https://open.feishu.cn", "http://127.0.0.1:8000");
+    assert!(Config::parse(&text, &env()).unwrap().warnings.is_empty());
+}
+
+#[test]
+fn key_sha256_and_app_upstream_override() {
+    let digest = hex::encode(key_digest(b"a-long-enough-client-key"));
+    let text = format!(
+        r#"
+[[apps]]
+name = "lark-bot"
+app_id = "cli_1"
+app_secret_env = "OPS_BOT_APP_SECRET"
+upstream = "https://open.larksuite.com"
+[[clients]]
+name = "c"
+key_sha256 = "{digest}"
+app = "lark-bot"
+"#
+    );
+    let c = Config::parse(&text, &env()).unwrap();
+    assert_eq!(c.apps[0].upstream.base_url(), "https://open.larksuite.com");
+    assert_eq!(
+        c.clients[0].key_sha256,
+        key_digest(b"a-long-enough-client-key")
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let problems = Config::parse("listen = \n", &env()).unwrap_err();
+    assert!(problems.0[0].key.starts_with("line 1"), "{problems}");
+}
+
+#[test]
+fn short_keys_and_same_listeners_are_refused() {
+    let text = EXAMPLE.replace("127.0.0.1:9090", "127.0.0.1:8080");
+    let env = env().with("BILLING_GATEWAY_KEY", "short");
+    let problems = Config::parse(&text, &env).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"admin_listen"));
+    assert!(keys.contains(&"clients[0].key_env"));
+}
