@@ -1,1 +1,135 @@
-fn main() {}
+//! The `feishu-gateway` command: `serve`, `check-config` and `demo`.
+//! Kept thin: parse arguments, load config (exiting with every problem
+//! listed), build, run, drain on signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use feishu_gateway::config::{Config, LogFormat, ProcessEnv};
+use feishu_gateway::runtime::Runtime;
+
+#[derive(Parser)]
+#[command(
+    name = "feishu-gateway",
+    version,
+    about = "An HTTP gateway in front of the Feishu (Lark) Open Platform API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Path of the TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file and list every problem in it.
+    CheckConfig {
+        /// Path of the TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Serve { config } => serve(&config),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::load(path, &ProcessEnv) {
+        Ok(c) => {
+            for w in &c.warnings {
+                println!("warning: {w}");
+            }
+            println!(
+                "{}: ok ({} apps, {} clients, listen {}, admin {})",
+                path.display(),
+                c.apps.len(),
+                c.clients.len(),
+                c.listen,
+                c.admin_listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprint!("{}: {problems}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprint!("{}: {problems}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log.format, &config.log.level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let runtime = match Runtime::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received; draining in-flight requests");
+        runtime.shutdown();
+        runtime.wait().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

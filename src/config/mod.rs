@@ -32,6 +32,9 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Feishu's base URL (`upstream`). Default `https://open.feishu.cn`.
     pub upstream: Upstream,
+    /// Extra root certificates (PEM) trusted for the upstream, beside the
+    /// public web roots (`upstream_ca_file`): private deployments, tests.
+    pub upstream_ca_file: Option<std::path::PathBuf>,
     /// Largest request body accepted, in bytes (`max_body_bytes`).
     /// Default 1 MiB. Bodies are buffered so a request can be replayed once
     /// after a token-invalid answer.
@@ -236,6 +239,9 @@ impl Config {
             }
         }
         let upstream = upstream(&mut s, "upstream", p).unwrap_or_else(default_upstream);
+        let upstream_ca_file = s
+            .string("upstream_ca_file", p)
+            .map(std::path::PathBuf::from);
         let max_body_bytes = s
             .integer("max_body_bytes", 1 << 30, p)
             .map(|v| v as usize)
@@ -349,6 +355,7 @@ impl Config {
             listen: listen.expect("checked above"),
             admin_listen: admin_listen.expect("checked above"),
             upstream,
+            upstream_ca_file,
             max_body_bytes,
             timeouts,
             pool,

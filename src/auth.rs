@@ -1,0 +1,143 @@
+//! Client authentication: which internal service is calling, and so which
+//! Feishu app it acts as.
+//!
+//! Keys are never stored: the table maps SHA-256(key) to a client. Looking
+//! up the digest of what the caller sent compares hashes, not keys, so the
+//! time taken says nothing about how much of a key was right.
+
+use std::collections::HashMap;
+
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+use crate::config::{key_digest, ClientConfig};
+
+/// A configured client, as found by [`ClientTable::authenticate`].
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Index in the config's `clients`.
+    pub index: usize,
+    /// Client name, for logs.
+    pub name: String,
+    /// Index of the app it acts as.
+    pub app: usize,
+}
+
+/// Why a request is not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization: Bearer <key>` header.
+    Missing,
+    /// A bearer credential that matches no client.
+    Unknown,
+}
+
+/// The configured clients, by key digest.
+#[derive(Debug)]
+pub struct ClientTable {
+    by_digest: HashMap<[u8; 32], usize>,
+    clients: Vec<Client>,
+}
+
+impl ClientTable {
+    /// Builds the table from config.
+    pub fn new(clients: &[ClientConfig]) -> Self {
+        let mut by_digest = HashMap::with_capacity(clients.len());
+        let mut list = Vec::with_capacity(clients.len());
+        for (index, c) in clients.iter().enumerate() {
+            by_digest.insert(c.key_sha256, index);
+            list.push(Client {
+                index,
+                name: c.name.clone(),
+                app: c.app,
+            });
+        }
+        ClientTable {
+            by_digest,
+            clients: list,
+        }
+    }
+
+    /// Finds the client whose key is in the `Authorization: Bearer` header.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&Client, AuthError> {
+        let key = bearer(headers).ok_or(AuthError::Missing)?;
+        self.by_key(key.as_bytes()).ok_or(AuthError::Unknown)
+    }
+
+    /// Finds the client with this key.
+    pub fn by_key(&self, key: &[u8]) -> Option<&Client> {
+        self.by_digest
+            .get(&key_digest(key))
+            .map(|&i| &self.clients[i])
+    }
+
+    /// All clients.
+    pub fn clients(&self) -> &[Client] {
+        &self.clients
+    }
+}
+
+/// The credential of an `Authorization: Bearer <credential>` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let cred = rest.trim();
+    (!cred.is_empty()).then_some(cred)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn table() -> ClientTable {
+        ClientTable::new(&[ClientConfig {
+            name: "billing".into(),
+            app: 0,
+            key_sha256: key_digest(b"billing-key-0123456789"),
+        }])
+    }
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn finds_the_client_by_key() {
+        let t = table();
+        let c = t
+            .authenticate(&headers("Bearer billing-key-0123456789"))
+            .unwrap();
+        assert_eq!(c.name, "billing");
+        assert!(t
+            .authenticate(&headers("bearer  billing-key-0123456789 "))
+            .is_ok());
+    }
+
+    #[test]
+    fn missing_malformed_and_unknown() {
+        let t = table();
+        assert_eq!(
+            t.authenticate(&HeaderMap::new()).unwrap_err(),
+            AuthError::Missing
+        );
+        assert_eq!(
+            t.authenticate(&headers("Basic abc")).unwrap_err(),
+            AuthError::Missing
+        );
+        assert_eq!(
+            t.authenticate(&headers("Bearer ")).unwrap_err(),
+            AuthError::Missing
+        );
+        assert_eq!(
+            t.authenticate(&headers("Bearer billing-key-0123456788"))
+                .unwrap_err(),
+            AuthError::Unknown
+        );
+    }
+}

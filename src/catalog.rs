@@ -1,0 +1,189 @@
+//! The endpoint catalog: which Feishu endpoints the gateway knows, as data.
+//!
+//! Each [`Route`] names a method and a path template (`:name` segments match
+//! one path segment). A request that matches no route is still forwarded,
+//! as route `other`, without gateway-specific rules.
+//!
+//! Matching walks the templates segment by segment over the request path
+//! without allocating; the catalog is small (tens of routes), so a linear
+//! scan over pre-split templates is both simplest and fast.
+
+use http::Method;
+
+/// A catalog entry.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Stable id, e.g. `im.v1.chat_top_notice.put_top_notice`.
+    pub id: String,
+    /// HTTP method.
+    pub method: Method,
+    /// Path template, e.g. `/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice`;
+    /// also the `route` label in metrics.
+    pub template: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+impl Route {
+    /// A route from a method and a template.
+    pub fn new(id: &str, method: Method, template: &str) -> Result<Route, String> {
+        if !template.starts_with("/open-apis/") {
+            return Err(format!("{template:?} must start with /open-apis/"));
+        }
+        let mut segments = Vec::new();
+        for seg in template[1..].split('/') {
+            if seg.is_empty() {
+                return Err(format!("{template:?} has an empty segment"));
+            }
+            if let Some(name) = seg.strip_prefix(':') {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(format!(
+                        "{template:?}: parameter {seg:?} needs a name of letters, digits or '_'"
+                    ));
+                }
+                segments.push(Segment::Param(name.to_string()));
+            } else {
+                segments.push(Segment::Literal(seg.to_string()));
+            }
+        }
+        Ok(Route {
+            id: id.to_string(),
+            method,
+            template: template.to_string(),
+            segments,
+        })
+    }
+
+    /// True when `method` and `path` match this route.
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        if *method != self.method {
+            return false;
+        }
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        for seg in &self.segments {
+            match (seg, parts.next()) {
+                (Segment::Literal(l), Some(p)) if l == p => {}
+                (Segment::Param(_), Some(p)) if !p.is_empty() => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+
+    /// The raw (still percent-encoded) value of parameter `name` in `path`,
+    /// which must match this route.
+    pub fn param<'p>(&self, path: &'p str, name: &str) -> Option<&'p str> {
+        let rest = path.strip_prefix('/')?;
+        self.segments
+            .iter()
+            .zip(rest.split('/'))
+            .find_map(|(seg, p)| match seg {
+                Segment::Param(n) if n == name => Some(p),
+                _ => None,
+            })
+    }
+
+    /// Names of the path parameters.
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Param(n) => Some(n.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+}
+
+/// All known routes.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    routes: Vec<Route>,
+}
+
+impl Catalog {
+    /// The built-in entries (the seed endpoints).
+    pub fn builtin() -> Catalog {
+        let routes = [
+            (
+                "im.v1.chat_top_notice.put_top_notice",
+                "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice",
+            ),
+            (
+                "im.v1.chat_top_notice.delete_top_notice",
+                "/open-apis/im/v1/chats/:chat_id/top_notice/delete_top_notice",
+            ),
+        ]
+        .into_iter()
+        .map(|(id, t)| Route::new(id, Method::POST, t).expect("built-in templates are valid"))
+        .collect();
+        Catalog { routes }
+    }
+
+    /// The route index matching `method` and `path`, if any.
+    pub fn find(&self, method: &Method, path: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r.matches(method, path))
+    }
+
+    /// The route at `index`.
+    pub fn route(&self, index: usize) -> &Route {
+        &self.routes[index]
+    }
+
+    /// All routes, in index order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Route templates, in index order (metric labels).
+    pub fn templates(&self) -> Vec<String> {
+        self.routes.iter().map(|r| r.template.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_templates_and_extracts_params() {
+        let c = Catalog::builtin();
+        let p = "/open-apis/im/v1/chats/oc_123/top_notice/put_top_notice";
+        let i = c.find(&Method::POST, p).unwrap();
+        assert_eq!(c.route(i).param(p, "chat_id"), Some("oc_123"));
+        assert_eq!(c.find(&Method::GET, p), None);
+        assert_eq!(
+            c.find(
+                &Method::POST,
+                "/open-apis/im/v1/chats//top_notice/put_top_notice"
+            ),
+            None
+        );
+        assert_eq!(
+            c.find(
+                &Method::POST,
+                "/open-apis/im/v1/chats/oc_1/top_notice/put_top_notice/x"
+            ),
+            None
+        );
+        assert!(c
+            .find(
+                &Method::POST,
+                "/open-apis/im/v1/chats/oc_1/top_notice/delete_top_notice"
+            )
+            .is_some());
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        assert!(Route::new("x", Method::GET, "/other/x").is_err());
+        assert!(Route::new("x", Method::GET, "/open-apis//x").is_err());
+        assert!(Route::new("x", Method::GET, "/open-apis/:/x").is_err());
+    }
+}

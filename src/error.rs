@@ -1,0 +1,277 @@
+//! Every answer the gateway writes itself, and the one place that maps each
+//! to its HTTP status, `X-Gateway-Error` reason and Feishu-shaped JSON body.
+//!
+//! The official SDKs JSON-decode every answer and read `code` and `msg`, so
+//! gateway-made answers use Feishu's own codes where one fits (99991661,
+//! 99991663, 99991400, 232001) and a small documented set of gateway codes
+//! otherwise ([`codes`]). Upstream failures are 502/503, never 504: the Go SDK
+//! turns any 504 into a timeout and drops its body.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// Feishu and gateway codes the gateway writes or acts on.
+pub mod codes {
+    /// Feishu: Authorization header missing or malformed.
+    pub const AUTH_MISSING: i64 = 99991661;
+    /// Feishu: tenant access token invalid (also: unknown gateway key).
+    pub const TENANT_TOKEN_INVALID: i64 = 99991663;
+    /// Feishu: app access token invalid.
+    pub const APP_TOKEN_INVALID: i64 = 99991664;
+    /// Feishu: tenant code invalid.
+    pub const TENANT_CODE_INVALID: i64 = 99991665;
+    /// Feishu: token must start with t-/u-.
+    pub const TOKEN_PREFIX_INVALID: i64 = 99991671;
+    /// Feishu: token expired.
+    pub const TOKEN_EXPIRED: i64 = 99991677;
+    /// Feishu: request trigger frequency limit.
+    pub const RATE_LIMITED: i64 = 99991400;
+    /// Feishu: invalid parameter.
+    pub const INVALID_PARAM: i64 = 232001;
+    /// Feishu: fetching tenant access token failed.
+    pub const TENANT_TOKEN_FETCH_FAILED: i64 = 10013;
+    /// Gateway: no such path on the gateway.
+    pub const GW_NOT_FOUND: i64 = 99990404;
+    /// Gateway: the client's request body did not arrive in time.
+    pub const GW_BODY_TIMEOUT: i64 = 99990408;
+    /// Gateway: unexpected internal failure.
+    pub const GW_INTERNAL: i64 = 99990500;
+    /// Gateway: Feishu could not be reached, reset the connection or
+    /// answered something that is not HTTP.
+    pub const GW_UPSTREAM_UNAVAILABLE: i64 = 99990502;
+    /// Gateway: Feishu did not answer in time.
+    pub const GW_UPSTREAM_TIMEOUT: i64 = 99990503;
+
+    /// Token-invalid codes after which the gateway drops the token it used,
+    /// fetches a fresh one and replays the request once (facts §3).
+    pub fn is_token_invalid(code: i64) -> bool {
+        matches!(
+            code,
+            TENANT_TOKEN_INVALID
+                | APP_TOKEN_INVALID
+                | TENANT_CODE_INVALID
+                | TOKEN_PREFIX_INVALID
+                | TOKEN_EXPIRED
+        )
+    }
+}
+
+/// How an upstream call failed, as counted in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// TCP or TLS connect failed.
+    Connect,
+    /// No answer within the configured timeout.
+    Timeout,
+    /// The connection was reset or closed before a complete answer.
+    Reset,
+    /// The answer was not valid HTTP.
+    Protocol,
+}
+
+impl UpstreamFailure {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Reset => "reset",
+            UpstreamFailure::Protocol => "protocol",
+        }
+    }
+}
+
+/// An answer the gateway writes itself instead of Feishu's.
+#[derive(Debug, Clone)]
+pub enum GatewayError {
+    /// The path is not an `/open-apis/` path the gateway forwards.
+    NotFound,
+    /// No usable `Authorization: Bearer` header.
+    MissingCredentials,
+    /// The bearer key is not a known client key.
+    InvalidCredentials,
+    /// The request body is larger than the limit.
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request body did not arrive within the body timeout.
+    BodyTimeout,
+    /// The client aborted while sending its body.
+    BodyAborted,
+    /// No valid tenant token could be had.
+    TokenUnavailable {
+        /// Feishu's code from the token call, or a gateway code.
+        code: i64,
+        /// Feishu's msg from the token call, or what went wrong.
+        msg: String,
+    },
+    /// Feishu could not be reached or failed mid-answer.
+    Upstream(UpstreamFailure),
+    /// A bug: a panic or an impossible state.
+    Internal,
+}
+
+impl GatewayError {
+    /// HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::MissingCredentials | GatewayError::InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::BodyAborted => StatusCode::BAD_REQUEST,
+            GatewayError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Value of the `X-Gateway-Error` header.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::NotFound => "not-found",
+            GatewayError::MissingCredentials | GatewayError::InvalidCredentials => {
+                "unauthenticated"
+            }
+            GatewayError::BodyTooLarge { .. } => "payload-too-large",
+            GatewayError::BodyTimeout => "body-timeout",
+            GatewayError::BodyAborted => "body-aborted",
+            GatewayError::TokenUnavailable { .. } => "token-unavailable",
+            GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream-timeout",
+            GatewayError::Upstream(_) => "upstream-unavailable",
+            GatewayError::Internal => "internal",
+        }
+    }
+
+    /// The `code` of the JSON body.
+    pub fn code(&self) -> i64 {
+        match self {
+            GatewayError::NotFound => codes::GW_NOT_FOUND,
+            GatewayError::MissingCredentials => codes::AUTH_MISSING,
+            GatewayError::InvalidCredentials => codes::TENANT_TOKEN_INVALID,
+            GatewayError::BodyTooLarge { .. } => codes::INVALID_PARAM,
+            GatewayError::BodyTimeout => codes::GW_BODY_TIMEOUT,
+            GatewayError::BodyAborted => codes::INVALID_PARAM,
+            GatewayError::TokenUnavailable { code, .. } => *code,
+            GatewayError::Upstream(UpstreamFailure::Timeout) => codes::GW_UPSTREAM_TIMEOUT,
+            GatewayError::Upstream(_) => codes::GW_UPSTREAM_UNAVAILABLE,
+            GatewayError::Internal => codes::GW_INTERNAL,
+        }
+    }
+
+    /// The `msg` of the JSON body: one sentence, never a secret.
+    pub fn msg(&self) -> String {
+        match self {
+            GatewayError::NotFound => {
+                "feishu-gateway: no such path; only /open-apis/... is forwarded to Feishu".into()
+            }
+            GatewayError::MissingCredentials => {
+                "feishu-gateway: missing or malformed Authorization header; send \"Authorization: Bearer <gateway key>\"".into()
+            }
+            GatewayError::InvalidCredentials => {
+                "feishu-gateway: the bearer credential is not a valid gateway key or token".into()
+            }
+            GatewayError::BodyTooLarge { limit } => {
+                format!("feishu-gateway: request body is larger than the limit of {limit} bytes")
+            }
+            GatewayError::BodyTimeout => {
+                "feishu-gateway: the request body did not arrive in time".into()
+            }
+            GatewayError::BodyAborted => {
+                "feishu-gateway: the request body could not be read".into()
+            }
+            GatewayError::TokenUnavailable { msg, .. } => {
+                format!("feishu-gateway: no valid tenant_access_token: {msg}")
+            }
+            GatewayError::Upstream(UpstreamFailure::Timeout) => {
+                "feishu-gateway: Feishu did not answer in time".into()
+            }
+            GatewayError::Upstream(kind) => format!(
+                "feishu-gateway: Feishu could not be reached ({})",
+                kind.as_str()
+            ),
+            GatewayError::Internal => "feishu-gateway: internal error".into(),
+        }
+    }
+
+    /// The complete answer.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        json_response(self.status(), self.reason(), self.code(), &self.msg())
+    }
+}
+
+/// A gateway-made JSON answer `{"code":…,"msg":…}` with `X-Gateway-Error`.
+pub fn json_response(
+    status: StatusCode,
+    reason: &'static str,
+    code: i64,
+    msg: &str,
+) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "code": code, "msg": msg });
+    json_value_response(status, reason, &body)
+}
+
+/// A gateway-made answer with an arbitrary JSON body.
+pub fn json_value_response(
+    status: StatusCode,
+    reason: &'static str,
+    body: &serde_json::Value,
+) -> Response<ProxyBody> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(X_GATEWAY_ERROR, HeaderValue::from_static(reason));
+    resp
+}
+
+/// Header naming the reason of a gateway-made answer.
+pub const X_GATEWAY_ERROR: &str = "x-gateway-error";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_are_never_504() {
+        for k in [
+            UpstreamFailure::Connect,
+            UpstreamFailure::Timeout,
+            UpstreamFailure::Reset,
+            UpstreamFailure::Protocol,
+        ] {
+            let s = GatewayError::Upstream(k).status();
+            assert!(s == StatusCode::BAD_GATEWAY || s == StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
+
+    #[test]
+    fn answers_are_feishu_shaped_json() {
+        let r = GatewayError::MissingCredentials.into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[X_GATEWAY_ERROR], "unauthenticated");
+        assert!(r.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        match r.into_body() {
+            ProxyBody::Full(Some(b)) => {
+                let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                assert_eq!(v["code"], 99991661);
+                assert!(v["msg"].is_string());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

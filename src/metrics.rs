@@ -1,0 +1,362 @@
+//! Prometheus metrics (the TiKV `prometheus` crate), registered into a
+//! registry owned by the runtime and served on the admin listener.
+//!
+//! Label sets are bounded by configuration: `app` is a configured app name
+//! (or `unknown`), `route` a catalog template (or `other`), `code` a Feishu
+//! code seen in an answer. Handles for each (app, route) pair are created
+//! once at start-up, so recording a request does no label hashing for the
+//! histograms; the per-code counters are cached after first use.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Label for requests that matched no configured app.
+pub const UNKNOWN_APP: &str = "unknown";
+/// Label for paths outside the catalog.
+pub const OTHER_ROUTE: &str = "other";
+
+/// Every Feishu or gateway code the gateway knows, with a description,
+/// exported as `feishu_error_code_info{code,description} 1`.
+pub const KNOWN_CODES: &[(i64, &str)] = &[
+    (0, "success"),
+    (10012, "fetching app access token failed"),
+    (10013, "fetching tenant access token failed"),
+    (10014, "app secret invalid"),
+    (99991400, "request trigger frequency limit"),
+    (99991403, "monthly API call quota exceeded"),
+    (99991543, "app_id or app_secret wrong"),
+    (99991661, "Authorization header missing or malformed"),
+    (99991663, "tenant access token invalid"),
+    (99991664, "app access token invalid"),
+    (99991665, "tenant code invalid"),
+    (99991668, "user access token invalid"),
+    (99991671, "token must start with t- or u-"),
+    (99991672, "missing scope or permission"),
+    (99991676, "missing scope or permission"),
+    (99991677, "token expired"),
+    (99991679, "missing scope or permission"),
+    (230111, "message about to self-destruct"),
+    (232001, "invalid parameter"),
+    (232009, "chat dissolved"),
+    (232010, "operator and chat in different tenants"),
+    (232011, "operator not in the chat"),
+    (232014, "no permission to manage pins"),
+    (
+        232024,
+        "app not visible to user or no collaboration permission",
+    ),
+    (232025, "bot ability not enabled"),
+    (232033, "external chat not supported"),
+    (232034, "app not installed or not enabled in the tenant"),
+    (99990404, "gateway: no such path"),
+    (99990408, "gateway: request body timeout"),
+    (99990500, "gateway: internal error"),
+    (99990502, "gateway: Feishu unreachable"),
+    (99990503, "gateway: Feishu timeout"),
+];
+
+/// All metric families of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    requests_total: IntCounterVec,
+    rate_limited: IntCounterVec,
+    upstream_throttled: IntCounterVec,
+    token_refreshes: IntCounterVec,
+    token_expiry: GaugeVec,
+    token_replays: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    in_flight: IntGauge,
+    /// Cached handles, indexed `[app + 1][route + 1]` (0 = unknown/other).
+    pairs: Vec<Vec<PairMetrics>>,
+    app_labels: Vec<String>,
+    route_labels: Vec<String>,
+}
+
+/// Handles for one (app, route) pair.
+struct PairMetrics {
+    request_duration: Histogram,
+    upstream_duration: Histogram,
+    by_outcome: RwLock<HashMap<(u16, Option<i64>), IntCounter>>,
+}
+
+fn buckets() -> Vec<f64> {
+    vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
+}
+
+impl Metrics {
+    /// Registers every family into `registry`. `apps` and `routes` are the
+    /// configured app names and catalog route templates.
+    pub fn new(registry: Registry, apps: &[String], routes: &[String]) -> prometheus::Result<Self> {
+        let requests_total = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_requests_total",
+                "Requests answered, by app, route, HTTP status and Feishu code",
+            ),
+            &["app", "route", "status", "code"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "feishu_gateway_request_duration_seconds",
+                "Total time a request spent in the gateway",
+            )
+            .buckets(buckets()),
+            &["app", "route"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "feishu_gateway_upstream_duration_seconds",
+                "Time spent waiting for Feishu, per request (all attempts)",
+            )
+            .buckets(buckets()),
+            &["app", "route"],
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_rate_limited_total",
+                "Requests rejected or timed out while waiting by the gateway's quota",
+            ),
+            &["app", "route", "reason"],
+        )?;
+        let upstream_throttled = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_upstream_throttled_total",
+                "429/99991400 answers from Feishu itself (should stay 0)",
+            ),
+            &["app", "route"],
+        )?;
+        let token_refreshes = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_token_refreshes_total",
+                "tenant_access_token fetches, by result",
+            ),
+            &["app", "result"],
+        )?;
+        let token_expiry = GaugeVec::new(
+            Opts::new(
+                "feishu_gateway_token_expiry_timestamp_seconds",
+                "Unix time at which the cached tenant_access_token expires (0: none)",
+            ),
+            &["app"],
+        )?;
+        let token_replays = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_token_replays_total",
+                "Requests replayed with a fresh token after a token-invalid answer",
+            ),
+            &["app", "code"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_upstream_errors_total",
+                "Transport failures talking to Feishu",
+            ),
+            &["app", "route", "kind"],
+        )?;
+        let in_flight = IntGauge::new(
+            "feishu_gateway_in_flight_requests",
+            "Requests being handled now",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("feishu_gateway_build_info", "Build information"),
+            &["version"],
+        )?;
+        let code_info = IntGaugeVec::new(
+            Opts::new(
+                "feishu_error_code_info",
+                "Description of every Feishu or gateway code the gateway knows",
+            ),
+            &["code", "description"],
+        )?;
+        for c in [
+            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(upstream_throttled.clone()),
+            Box::new(token_refreshes.clone()),
+            Box::new(token_expiry.clone()),
+            Box::new(token_replays.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(build_info.clone()),
+            Box::new(code_info.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for (code, desc) in KNOWN_CODES {
+            code_info
+                .with_label_values(&[code.to_string().as_str(), desc])
+                .set(1);
+        }
+
+        let mut app_labels = vec![UNKNOWN_APP.to_string()];
+        app_labels.extend(apps.iter().cloned());
+        let mut route_labels = vec![OTHER_ROUTE.to_string()];
+        route_labels.extend(routes.iter().cloned());
+        let pairs = app_labels
+            .iter()
+            .map(|a| {
+                route_labels
+                    .iter()
+                    .map(|r| PairMetrics {
+                        request_duration: request_duration.with_label_values(&[a, r]),
+                        upstream_duration: upstream_duration.with_label_values(&[a, r]),
+                        by_outcome: RwLock::new(HashMap::new()),
+                    })
+                    .collect()
+            })
+            .collect();
+        for a in apps {
+            token_expiry.with_label_values(&[a]).set(0.0);
+            for result in ["ok", "error"] {
+                token_refreshes.with_label_values(&[a, result]);
+            }
+        }
+        Ok(Metrics {
+            registry,
+            requests_total,
+            rate_limited,
+            upstream_throttled,
+            token_refreshes,
+            token_expiry,
+            token_replays,
+            upstream_errors,
+            in_flight,
+            pairs,
+            app_labels,
+            route_labels,
+        })
+    }
+
+    /// The registry, for `/metrics` and for callers registering more.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition of every registered family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    fn app_label(&self, app: Option<usize>) -> &str {
+        &self.app_labels[app.map_or(0, |a| a + 1)]
+    }
+
+    fn route_label(&self, route: Option<usize>) -> &str {
+        &self.route_labels[route.map_or(0, |r| r + 1)]
+    }
+
+    fn pair(&self, app: Option<usize>, route: Option<usize>) -> &PairMetrics {
+        &self.pairs[app.map_or(0, |a| a + 1)][route.map_or(0, |r| r + 1)]
+    }
+
+    /// Records one answered request.
+    pub fn request_done(
+        &self,
+        app: Option<usize>,
+        route: Option<usize>,
+        status: u16,
+        code: Option<i64>,
+        total: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let pair = self.pair(app, route);
+        pair.request_duration.observe(total.as_secs_f64());
+        if let Some(u) = upstream {
+            pair.upstream_duration.observe(u.as_secs_f64());
+        }
+        let cached = pair
+            .by_outcome
+            .read()
+            .ok()
+            .and_then(|m| m.get(&(status, code)).cloned());
+        let counter = match cached {
+            Some(c) => c,
+            None => {
+                let code_label = code.map_or_else(|| "none".to_string(), |c| c.to_string());
+                let c = self.requests_total.with_label_values(&[
+                    self.app_label(app),
+                    self.route_label(route),
+                    &status.to_string(),
+                    &code_label,
+                ]);
+                if let Ok(mut m) = pair.by_outcome.write() {
+                    m.insert((status, code), c.clone());
+                }
+                c
+            }
+        };
+        counter.inc();
+    }
+
+    /// Records a request rejected (or timed out waiting) by the quota.
+    pub fn rate_limited(&self, app: Option<usize>, route: Option<usize>, reason: &str) {
+        self.rate_limited
+            .with_label_values(&[self.app_label(app), self.route_label(route), reason])
+            .inc();
+    }
+
+    /// Records a 429/99991400 from Feishu itself.
+    pub fn upstream_throttled(&self, app: Option<usize>, route: Option<usize>) {
+        self.upstream_throttled
+            .with_label_values(&[self.app_label(app), self.route_label(route)])
+            .inc();
+    }
+
+    /// Records a transport failure talking to Feishu.
+    pub fn upstream_error(&self, app: Option<usize>, route: Option<usize>, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[self.app_label(app), self.route_label(route), kind])
+            .inc();
+    }
+
+    /// Records a token fetch and, on success, the new expiry (Unix seconds).
+    pub fn token_refresh(&self, app: usize, expiry_unix: Option<f64>) {
+        let label = self.app_label(Some(app));
+        let result = if expiry_unix.is_some() { "ok" } else { "error" };
+        self.token_refreshes
+            .with_label_values(&[label, result])
+            .inc();
+        if let Some(t) = expiry_unix {
+            self.token_expiry.with_label_values(&[label]).set(t);
+        }
+    }
+
+    /// Records that the cached token was dropped (expiry gauge to 0).
+    pub fn token_dropped(&self, app: usize) {
+        self.token_expiry
+            .with_label_values(&[self.app_label(Some(app))])
+            .set(0.0);
+    }
+
+    /// Records a replay after a token-invalid answer with `code`.
+    pub fn token_replay(&self, app: usize, code: i64) {
+        self.token_replays
+            .with_label_values(&[self.app_label(Some(app)), &code.to_string()])
+            .inc();
+    }
+
+    /// The in-flight gauge.
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,172 @@
+//! Building the gateway from a [`Config`] and running it.
+//!
+//! [`Runtime::start`] binds both listeners, starts the token refreshers and
+//! serves until [`Runtime::shutdown`] is called; [`Runtime::wait`] returns
+//! once in-flight requests have finished (or the grace period ran out).
+//! `main` and the tests use the same entry point.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+use crate::token::TokenManager;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The upstream client could not be built (e.g. a bad CA file).
+    #[error("upstream client: {0}")]
+    Upstream(String),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A running gateway.
+pub struct Runtime {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    refreshers: Vec<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Binds `config.listen` and `config.admin_listen` (port 0 picks a free
+    /// port) and starts serving.
+    pub async fn start(config: Config) -> Result<Runtime, StartError> {
+        let listener = bind(config.listen).await?;
+        let admin = bind(config.admin_listen).await?;
+        Runtime::start_on(config, listener, admin).await
+    }
+
+    /// Starts serving on listeners bound by the caller.
+    pub async fn start_on(
+        config: Config,
+        listener: TcpListener,
+        admin_listener: TcpListener,
+    ) -> Result<Runtime, StartError> {
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
+        let catalog = Catalog::builtin();
+        let app_names: Vec<String> = config.apps.iter().map(|a| a.name.clone()).collect();
+        let metrics = Arc::new(Metrics::new(
+            prometheus::Registry::new(),
+            &app_names,
+            &catalog.templates(),
+        )?);
+        let client = crate::upstream::build_client(&config).map_err(StartError::Upstream)?;
+        let tokens = Arc::new(TokenManager::new(
+            &config.apps,
+            client.clone(),
+            config.token.clone(),
+            Arc::clone(&metrics),
+        ));
+        let gateway = Arc::new(Gateway::new(
+            &config,
+            catalog,
+            Arc::clone(&tokens),
+            client,
+            Arc::clone(&metrics),
+        ));
+        let refreshers = tokens.spawn_refreshers();
+
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
+        let (tx, rx) = watch::channel(false);
+        let grace = config.timeouts.shutdown_grace;
+        let main = tokio::spawn(crate::server::serve(
+            listener,
+            crate::stack::gateway_service(Arc::clone(&gateway)),
+            wait_for(rx.clone()),
+            grace,
+        ));
+        let admin_srv = tokio::spawn(crate::server::serve(
+            admin_listener,
+            Admin::new(tokens, metrics).service(),
+            wait_for(rx),
+            grace,
+        ));
+        tracing::info!(%addr, %admin_addr, apps = config.apps.len(), clients = config.clients.len(), "feishu-gateway listening");
+        Ok(Runtime {
+            addr,
+            admin_addr,
+            gateway,
+            shutdown: tx,
+            servers: vec![main, admin_srv],
+            refreshers,
+        })
+    }
+
+    /// Address of the main listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Address of the admin listener.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The gateway's shared state.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Stops accepting connections; in-flight requests go on.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until both listeners have drained, then stops the token
+    /// refreshers.
+    pub async fn wait(self) {
+        for s in self.servers {
+            let _ = s.await;
+        }
+        for r in self.refreshers {
+            r.abort();
+        }
+        tracing::info!("feishu-gateway stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

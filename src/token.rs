@@ -1,0 +1,444 @@
+//! Tenant access tokens: fetched, cached and refreshed by the gateway.
+//!
+//! One [`TokenSlot`] per app holds the current token. The rules it keeps:
+//! - **Single flight.** Every fetch happens under the slot's async mutex; a
+//!   caller that waited re-checks the cache first, and a failure that ended
+//!   while it waited is shared instead of retried, so N concurrent cold
+//!   requests cause exactly one token call.
+//! - **Proactive refresh.** A background task refreshes each token at
+//!   `refresh_at`, well before `usable_until`, so a warm gateway never makes
+//!   a request wait for a refresh. Feishu only hands out a new token when
+//!   less than 30 minutes remain, so `refresh_at` is at most
+//!   `refresh_before` (25 min) before expiry; short lifetimes are refreshed
+//!   at half their life.
+//! - **Never expired.** A token is used only until `usable_until`, a guard
+//!   (a tenth of its life, at most 60 s) before its expiry, measured from the
+//!   moment the token call was SENT.
+//! - **Evict if current.** After a token-invalid answer, the token is dropped
+//!   only if it is still the cached one (compared by generation), so a burst
+//!   of stale failures triggers one refresh, not many.
+//! - **Backoff.** Failed fetches are retried with doubling delays and jitter;
+//!   a token that is still usable keeps being used meanwhile.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use rand::Rng;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::config::{AppConfig, TokenPolicy};
+use crate::error::codes;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::upstream::HttpClient;
+
+/// Path of Feishu's self-built app token endpoint.
+pub const TENANT_TOKEN_PATH: &str = "/open-apis/auth/v3/tenant_access_token/internal";
+
+/// A cached tenant access token.
+pub struct Token {
+    /// `Bearer t-…`, ready to insert (marked sensitive).
+    pub header: HeaderValue,
+    /// Increases with every token stored in the slot.
+    pub generation: u64,
+    /// When Feishu will consider it expired (from when the call was sent).
+    pub expires_at: Instant,
+    /// Last moment it is handed to a request.
+    pub usable_until: Instant,
+    /// When the background task refreshes it.
+    pub refresh_at: Instant,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("generation", &self.generation)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no token could be had: Feishu's code and msg from the token call, or
+/// a gateway code when Feishu could not be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenError {
+    /// Feishu's `code`, or a gateway code for transport failures.
+    pub code: i64,
+    /// Feishu's `msg`, or what went wrong. Never contains a secret.
+    pub msg: String,
+}
+
+/// What `/readyz` shows of a slot.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenStatus {
+    /// App name.
+    pub app: String,
+    /// A usable token is cached.
+    pub has_token: bool,
+    /// Seconds until the cached token expires.
+    pub expires_in_secs: Option<u64>,
+    /// Code of the last failed fetch, cleared by a success.
+    pub last_error_code: Option<i64>,
+    /// Message of the last failed fetch.
+    pub last_error: Option<String>,
+    /// Fetch failures in a row.
+    pub consecutive_failures: u32,
+}
+
+#[derive(Default)]
+struct Flight {
+    last_failure: Option<(Instant, TokenError)>,
+    next_attempt: Option<Instant>,
+    failures: u32,
+}
+
+/// Token state of one app.
+pub struct TokenSlot {
+    index: usize,
+    name: String,
+    app_id: String,
+    secret: Secret,
+    url: Uri,
+    current: RwLock<Option<Arc<Token>>>,
+    flight: tokio::sync::Mutex<Flight>,
+    /// Copy of the flight's failure state for `/readyz`, readable without
+    /// waiting on the async mutex.
+    status: Mutex<(Option<TokenError>, u32)>,
+}
+
+/// The token slots of all apps, and what they need to fetch.
+pub struct TokenManager {
+    slots: Vec<Arc<TokenSlot>>,
+    client: HttpClient,
+    policy: TokenPolicy,
+    metrics: Arc<Metrics>,
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenManager")
+            .field("apps", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    code: Option<i64>,
+    msg: Option<String>,
+    tenant_access_token: Option<String>,
+    expire: Option<i64>,
+}
+
+impl TokenManager {
+    /// Creates one empty slot per app. Nothing is fetched until
+    /// [`TokenManager::spawn_refreshers`] or the first request.
+    pub fn new(
+        apps: &[AppConfig],
+        client: HttpClient,
+        policy: TokenPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let slots = apps
+            .iter()
+            .enumerate()
+            .map(|(index, a)| {
+                let url = Uri::builder()
+                    .scheme(a.upstream.scheme.clone())
+                    .authority(a.upstream.authority.clone())
+                    .path_and_query(TENANT_TOKEN_PATH)
+                    .build()
+                    .expect("scheme, authority and a static path form a URI");
+                Arc::new(TokenSlot {
+                    index,
+                    name: a.name.clone(),
+                    app_id: a.app_id.clone(),
+                    secret: a.app_secret.clone(),
+                    url,
+                    current: RwLock::new(None),
+                    flight: tokio::sync::Mutex::new(Flight::default()),
+                    status: Mutex::new((None, 0)),
+                })
+            })
+            .collect();
+        TokenManager {
+            slots,
+            client,
+            policy,
+            metrics,
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    /// A usable token for `app`, fetching one (single-flight) if needed.
+    pub async fn get(&self, app: usize) -> Result<Arc<Token>, TokenError> {
+        let slot = &self.slots[app];
+        let requested_at = Instant::now();
+        if let Some(t) = slot.usable(requested_at) {
+            return Ok(t);
+        }
+        let mut flight = slot.flight.lock().await;
+        if let Some(t) = slot.usable(Instant::now()) {
+            return Ok(t);
+        }
+        // A fetch that failed while we queued answers for us too.
+        if let Some((at, err)) = &flight.last_failure {
+            if *at >= requested_at {
+                return Err(err.clone());
+            }
+        }
+        if let (Some(next), Some((_, err))) = (flight.next_attempt, &flight.last_failure) {
+            if next > Instant::now() {
+                return Err(err.clone());
+            }
+        }
+        self.attempt(slot, &mut flight).await
+    }
+
+    /// Drops the token of `app` if it is still generation `generation`.
+    /// Returns whether it was dropped.
+    pub fn invalidate_if_current(&self, app: usize, generation: u64) -> bool {
+        let slot = &self.slots[app];
+        let mut cur = slot.current.write().unwrap_or_else(|e| e.into_inner());
+        if cur.as_ref().is_some_and(|t| t.generation == generation) {
+            *cur = None;
+            drop(cur);
+            self.metrics.token_dropped(app);
+            tracing::info!(app = %slot.name, "dropped the cached tenant_access_token after Feishu rejected it");
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Status of every slot, for `/readyz`.
+    pub fn statuses(&self) -> Vec<TokenStatus> {
+        let now = Instant::now();
+        self.slots
+            .iter()
+            .map(|s| {
+                let cur = s.usable(now);
+                let (err, failures) = s.status.lock().map(|g| g.clone()).unwrap_or((None, 0));
+                TokenStatus {
+                    app: s.name.clone(),
+                    has_token: cur.is_some(),
+                    expires_in_secs: cur
+                        .map(|t| t.expires_at.saturating_duration_since(now).as_secs()),
+                    last_error_code: err.as_ref().map(|e| e.code),
+                    last_error: err.map(|e| e.msg),
+                    consecutive_failures: failures,
+                }
+            })
+            .collect()
+    }
+
+    /// True when every app holds a usable token.
+    pub fn all_ready(&self) -> bool {
+        let now = Instant::now();
+        self.slots.iter().all(|s| s.usable(now).is_some())
+    }
+
+    /// Spawns one background task per app that fetches a token now and
+    /// refreshes it ahead of expiry until the returned handles are aborted.
+    pub fn spawn_refreshers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.slots.len())
+            .map(|app| {
+                let this = Arc::clone(self);
+                tokio::spawn(async move { this.refresh_loop(app).await })
+            })
+            .collect()
+    }
+
+    async fn refresh_loop(&self, app: usize) {
+        let slot = &self.slots[app];
+        loop {
+            let wake = {
+                let flight = slot.flight.lock().await;
+                let due = slot
+                    .current
+                    .read()
+                    .ok()
+                    .and_then(|c| c.as_ref().map(|t| t.refresh_at))
+                    .unwrap_or_else(Instant::now);
+                match flight.next_attempt {
+                    Some(n) if n > due => n,
+                    _ => due,
+                }
+            };
+            tokio::time::sleep_until(wake).await;
+            let mut flight = slot.flight.lock().await;
+            let now = Instant::now();
+            let fresh = slot
+                .current
+                .read()
+                .ok()
+                .and_then(|c| c.as_ref().map(|t| t.refresh_at > now))
+                .unwrap_or(false);
+            let backing_off = flight.next_attempt.is_some_and(|n| n > now);
+            if !fresh && !backing_off {
+                let _ = self.attempt(slot, &mut flight).await;
+            }
+        }
+    }
+
+    /// One token call, recorded in the slot. Caller holds the flight lock.
+    async fn attempt(
+        &self,
+        slot: &TokenSlot,
+        flight: &mut Flight,
+    ) -> Result<Arc<Token>, TokenError> {
+        let sent = Instant::now();
+        let sent_wall = SystemTime::now();
+        match self.fetch(slot).await {
+            Ok((value, expire)) => {
+                let token = Arc::new(self.plan(value, expire, sent)?);
+                let expiry_unix = sent_wall
+                    .checked_add(expire)
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs_f64());
+                *slot.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&token));
+                *flight = Flight::default();
+                if let Ok(mut s) = slot.status.lock() {
+                    *s = (None, 0);
+                }
+                self.metrics
+                    .token_refresh(slot.index, expiry_unix.or(Some(0.0)));
+                tracing::info!(
+                    app = %slot.name,
+                    expire_secs = expire.as_secs(),
+                    generation = token.generation,
+                    "fetched a tenant_access_token"
+                );
+                Ok(token)
+            }
+            Err(err) => {
+                flight.failures = flight.failures.saturating_add(1);
+                let delay = self.backoff(flight.failures);
+                let now = Instant::now();
+                flight.next_attempt = Some(now + delay);
+                flight.last_failure = Some((now, err.clone()));
+                if let Ok(mut s) = slot.status.lock() {
+                    *s = (Some(err.clone()), flight.failures);
+                }
+                self.metrics.token_refresh(slot.index, None);
+                tracing::warn!(
+                    app = %slot.name,
+                    code = err.code,
+                    msg = %err.msg,
+                    failures = flight.failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "tenant_access_token fetch failed"
+                );
+                Err(err)
+            }
+        }
+    }
+
+    /// Turns a fresh token into its timing plan.
+    fn plan(&self, value: Secret, expire: Duration, sent: Instant) -> Result<Token, TokenError> {
+        let mut header =
+            HeaderValue::try_from(format!("Bearer {}", value.expose())).map_err(|_| {
+                TokenError {
+                    code: codes::TENANT_TOKEN_FETCH_FAILED,
+                    msg: "Feishu returned a token that is not a valid header value".into(),
+                }
+            })?;
+        header.set_sensitive(true);
+        let expires_at = sent + expire;
+        let guard = (expire / 10).min(Duration::from_secs(60));
+        let lead = self.policy.refresh_before.min(expire / 2).max(guard * 2);
+        Ok(Token {
+            header,
+            generation: self.generation.fetch_add(1, Ordering::Relaxed),
+            expires_at,
+            usable_until: expires_at - guard,
+            refresh_at: expires_at.checked_sub(lead).unwrap_or(sent),
+        })
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let min = self.policy.retry_min;
+        let max = self.policy.retry_max;
+        let exp = min
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+            .min(max);
+        // Equal jitter: half fixed, half random, so retries never bunch up
+        // and never come in a tight loop.
+        let half = exp / 2;
+        let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
+        half + Duration::from_millis(jitter)
+    }
+
+    async fn fetch(&self, slot: &TokenSlot) -> Result<(Secret, Duration), TokenError> {
+        let body = serde_json::json!({
+            "app_id": slot.app_id,
+            "app_secret": slot.secret.expose(),
+        });
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(slot.url.clone())
+            .header(CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(Full::new(body))
+            .map_err(|_| transport_error("could not build the token request"))?;
+        let call = async {
+            let resp = self.client.request(req).await.map_err(|e| {
+                transport_error(&format!(
+                    "token call failed ({})",
+                    crate::upstream::classify(&e).as_str()
+                ))
+            })?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map_err(|_| transport_error("token answer could not be read"))?
+                .to_bytes();
+            Ok::<_, TokenError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.policy.fetch_timeout, call)
+            .await
+            .map_err(|_| transport_error("token call timed out"))??;
+        let answer: TokenAnswer = serde_json::from_slice(&bytes).map_err(|_| TokenError {
+            code: codes::TENANT_TOKEN_FETCH_FAILED,
+            msg: format!("token answer with HTTP {status} is not Feishu JSON"),
+        })?;
+        let code = answer.code.unwrap_or(-1);
+        if code != 0 {
+            return Err(TokenError {
+                code,
+                msg: answer.msg.unwrap_or_else(|| "token call refused".into()),
+            });
+        }
+        match (answer.tenant_access_token, answer.expire) {
+            (Some(t), Some(e)) if !t.is_empty() && e > 0 => {
+                Ok((Secret::new(t), Duration::from_secs(e as u64)))
+            }
+            _ => Err(TokenError {
+                code: codes::TENANT_TOKEN_FETCH_FAILED,
+                msg: "token answer without tenant_access_token or a positive expire".into(),
+            }),
+        }
+    }
+}
+
+impl TokenSlot {
+    fn usable(&self, now: Instant) -> Option<Arc<Token>> {
+        let cur = self.current.read().ok()?;
+        cur.as_ref().filter(|t| now < t.usable_until).cloned()
+    }
+}
+
+fn transport_error(msg: &str) -> TokenError {
+    TokenError {
+        code: codes::GW_UPSTREAM_UNAVAILABLE,
+        msg: format!("Feishu could not be reached for a token: {msg}"),
+    }
+}
