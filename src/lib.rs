@@ -3,3 +3,5 @@
 
 pub mod config;
 pub mod secret;
+/// A simulated Feishu Open Platform for the demo, the tests and the benchmark.
+pub mod sim;
