@@ -110,7 +110,11 @@ impl Answer {
 
     /// `{"code":code,"msg":<Feishu's message>}`.
     pub(crate) fn error(status: StatusCode, code: i64) -> Self {
-        Self::json(status, code, &json!({"code": code, "msg": message_for(code)}))
+        Self::json(
+            status,
+            code,
+            &json!({"code": code, "msg": message_for(code)}),
+        )
     }
 
     /// HTTP 429 / 99991400 with the rate-limit headers.

@@ -187,7 +187,13 @@ mod tests {
         let at = t0 + Duration::from_millis(500);
         let over = book.arrive("a", Endpoint::PutTopNotice, at);
         // The second arrival (t0 + 100 ms) must leave: at t0 + 1.1 s.
-        assert_eq!(over, Some(Over { limit: 5, reset_secs: 1 }));
+        assert_eq!(
+            over,
+            Some(Over {
+                limit: 5,
+                reset_secs: 1
+            })
+        );
         // Other keys are independent.
         assert_eq!(book.arrive("a", Endpoint::DeleteTopNotice, at), None);
         assert_eq!(book.arrive("b", Endpoint::PutTopNotice, at), None);
@@ -195,7 +201,10 @@ mod tests {
         // 5 arrivals, this is the sixth.
         assert!(book.arrive("a", Endpoint::PutTopNotice, t0 + SEC).is_some());
         assert_eq!(book.max_in_any_window("a", "put_top_notice", SEC), 6);
-        assert_eq!(book.max_in_any_window("a", "put_top_notice", Duration::from_millis(150)), 2);
+        assert_eq!(
+            book.max_in_any_window("a", "put_top_notice", Duration::from_millis(150)),
+            2
+        );
         assert_eq!(book.max_in_any_window("a", "nope", SEC), 0);
     }
 
@@ -209,7 +218,13 @@ mod tests {
         let over = book.arrive("a", Endpoint::GetChat, t0 + 4 * SEC);
         // Both windows are over: the second one frees at t0 + 5 s, the
         // minute one at t0 + 62 s.
-        assert_eq!(over, Some(Over { limit: 3, reset_secs: 58 }));
+        assert_eq!(
+            over,
+            Some(Over {
+                limit: 3,
+                reset_secs: 58
+            })
+        );
     }
 
     #[test]

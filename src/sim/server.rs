@@ -86,7 +86,10 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// One request, all phases.
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Dropped> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -138,7 +141,13 @@ fn token_route(method: &Method, path: &str) -> Option<TokenKind> {
 /// A token call: injected failure, then body, then credentials, then the
 /// token book. Any or no `Content-Type` is accepted (the Python SDK sends
 /// none).
-fn token_call(shared: &Shared, kind: TokenKind, body: &[u8], arrived: Instant, logid: &str) -> Answer {
+fn token_call(
+    shared: &Shared,
+    kind: TokenKind,
+    body: &[u8],
+    arrived: Instant,
+    logid: &str,
+) -> Answer {
     let parsed = serde_json::from_slice::<Value>(body)
         .ok()
         .filter(Value::is_object);
@@ -192,7 +201,10 @@ fn token_call(shared: &Shared, kind: TokenKind, body: &[u8], arrived: Instant, l
 /// Where a business request goes.
 #[derive(Debug, Clone, Copy)]
 enum Route<'a> {
-    Known { endpoint: Endpoint, chat_id: &'a str },
+    Known {
+        endpoint: Endpoint,
+        chat_id: &'a str,
+    },
     NotFound,
 }
 
@@ -241,7 +253,14 @@ fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid:
         shared.expired_uses.fetch_add(1, Ordering::Relaxed);
     }
 
-    let answer = decide(shared, route, verdict, app.as_deref(), &body, parts.uri.query());
+    let answer = decide(
+        shared,
+        route,
+        verdict,
+        app.as_deref(),
+        &body,
+        parts.uri.query(),
+    );
 
     if shared.record_requests {
         let endpoint = match route {
@@ -290,7 +309,9 @@ fn decide(
     // a. token: the token identifies the app.
     let app = match (verdict, app) {
         (TokenVerdict::Valid, Some(app)) => app,
-        (TokenVerdict::Missing, _) => return Answer::error(StatusCode::BAD_REQUEST, code::MISSING_TOKEN),
+        (TokenVerdict::Missing, _) => {
+            return Answer::error(StatusCode::BAD_REQUEST, code::MISSING_TOKEN)
+        }
         _ => return Answer::error(shared.token_invalid_status, code::INVALID_TENANT_TOKEN),
     };
 
@@ -321,8 +342,13 @@ fn decide(
     // e. success.
     match endpoint {
         Endpoint::GetChat => {
-            let data = json!({"chat_id": chat_id, "name": "Sim chat", "query": query.unwrap_or("")});
-            Answer::json(StatusCode::OK, 0, &json!({"code": 0, "msg": "success", "data": data}))
+            let data =
+                json!({"chat_id": chat_id, "name": "Sim chat", "query": query.unwrap_or("")});
+            Answer::json(
+                StatusCode::OK,
+                0,
+                &json!({"code": 0, "msg": "success", "data": data}),
+            )
         }
         Endpoint::PutTopNotice | Endpoint::DeleteTopNotice => Answer::success_empty(),
     }

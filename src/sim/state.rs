@@ -99,10 +99,7 @@ impl Shared {
             latency_ns: AtomicU64::new(0),
             quota_mode: AtomicU8::new(cfg.quota.to_u8()),
             faults: Faults::default(),
-            tokens: Mutex::new(TokenBook::new(
-                cfg.token_lifetime,
-                cfg.same_token_threshold,
-            )),
+            tokens: Mutex::new(TokenBook::new(cfg.token_lifetime, cfg.same_token_threshold)),
             quota: Mutex::new(QuotaBook::new(cfg.limits)),
             requests: Mutex::new(Vec::new()),
             token_calls: Mutex::new(Vec::new()),

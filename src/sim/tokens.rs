@@ -113,7 +113,11 @@ impl TokenBook {
 
     /// Judge a bearer token on a business request: only tenant tokens are
     /// accepted. Returns the app of a valid token.
-    pub(crate) fn judge(&self, bearer: Option<&str>, now: Instant) -> (TokenVerdict, Option<Arc<str>>) {
+    pub(crate) fn judge(
+        &self,
+        bearer: Option<&str>,
+        now: Instant,
+    ) -> (TokenVerdict, Option<Arc<str>>) {
         let Some(token) = bearer else {
             return (TokenVerdict::Missing, None);
         };
@@ -164,14 +168,23 @@ mod tests {
 
         let exactly = t0 + Duration::from_secs(5400); // 1800 s remain
         let same = book.grant(TokenKind::Tenant, "cli_a", exactly);
-        assert_eq!(same, Grant { token: a.token.clone(), expire: 1800 });
+        assert_eq!(
+            same,
+            Grant {
+                token: a.token.clone(),
+                expire: 1800
+            }
+        );
 
         let later = exactly + Duration::from_secs(1);
         let b = book.grant(TokenKind::Tenant, "cli_a", later);
         assert_ne!(b.token, a.token);
         assert_eq!(b.expire, 7200);
         assert_eq!(book.judge(Some(&a.token), later).0, TokenVerdict::Valid);
-        assert_eq!(book.judge(Some(&a.token), t0 + 2 * HOUR).0, TokenVerdict::Expired);
+        assert_eq!(
+            book.judge(Some(&a.token), t0 + 2 * HOUR).0,
+            TokenVerdict::Expired
+        );
     }
 
     #[test]
