@@ -11,13 +11,13 @@
 //!
 //! # Layout
 //!
-//! - this file: [`SimConfig`] (plain data) and [`SimFeishu`], the running
+//! - this file: [`SimConfig`](crate::sim::SimConfig) (plain data) and [`SimFeishu`](crate::sim::SimFeishu), the running
 //!   fake with its fault-injection and introspection methods.
 //! - `server`: the accept loop and the request phases, in Feishu's order
 //!   (route, token, quota, body contract, magic chat ids, answer).
 //! - `tokens`: the token book (issue, 30-minute rule, verdicts).
 //! - `quota`: per (app, endpoint) arrival logs, sliding-window checks.
-//! - [`contract`]: the body contract of `put_top_notice`, public so other
+//! - [`contract`](crate::sim::contract): the body contract of `put_top_notice`, public so other
 //!   modules can differential-test against it.
 //! - `answer`: JSON answers, error messages and `X-Tt-Logid` values.
 //! - `state`: the state shared by the server and the handle.
@@ -26,7 +26,7 @@
 //!
 //! Token calls are the two `.../auth/v3/*_access_token/internal` endpoints.
 //! Every other request is a *business request*: it is recorded (see
-//! [`SimFeishu::requests`]), its bearer token is judged, and it gets the
+//! [`SimFeishu::requests`](crate::sim::SimFeishu::requests)), its bearer token is judged, and it gets the
 //! configured latency. Unknown routes answer 404 after that.
 //!
 //! # Time
