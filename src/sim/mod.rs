@@ -29,6 +29,10 @@
 //! [`SimFeishu::requests`](crate::sim::SimFeishu::requests)), its bearer token is judged, and it gets the
 //! configured latency. Unknown routes answer 404 after that.
 //!
+//! A request header `X-Sim-Delay-Ms: <n>` holds that one answer n ms longer
+//! (token calls included, so slow token fetches can be tested too). Magic
+//! chat ids `oc_error<code>` answer HTTP 400 with that code.
+//!
 //! # Time
 //!
 //! The fake reads the clock through [`tokio::time::Instant`], so a test that
@@ -143,7 +147,8 @@ pub struct SimConfig {
     /// Delay added to every business answer. Default 0.
     pub latency: Duration,
     /// Keep every business request for [`SimFeishu::requests`]. Default true;
-    /// the load benchmark turns it off. Counters, token calls and arrival logs
+    /// the load benchmark turns it off, and so should any long run (the
+    /// records grow without bound). Counters, token calls and arrival logs
     /// are kept either way.
     pub record_requests: bool,
 }
