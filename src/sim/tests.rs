@@ -707,3 +707,31 @@ async fn start_on_uses_the_given_listener() {
     assert_eq!(sim.base_url(), format!("http://{addr}"));
     assert_eq!(tenant_token(&client(), &sim, APP, SECRET).await.code(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_are_all_counted() {
+    let cfg = SimConfig {
+        quota: QuotaMode::CountOnly,
+        limits: vec![(50, Duration::from_secs(60))],
+        ..SimConfig::with_app(APP, SECRET)
+    };
+    let sim = std::sync::Arc::new(start(cfg).await);
+    let token = token_of(&client(), &sim).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (sim, token) = (std::sync::Arc::clone(&sim), token.clone());
+        tasks.spawn(async move {
+            let c = client();
+            for _ in 0..25 {
+                assert_eq!(put(&c, &sim, &token).await.code(), 0);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("client task");
+    }
+    assert_eq!(sim.requests().len(), 100);
+    assert_eq!(sim.violations(), 50);
+    let window = Duration::from_secs(60);
+    assert_eq!(sim.max_in_any_window(APP, "put_top_notice", window), 100);
+}
