@@ -1,0 +1,405 @@
+//! A simulated Feishu Open Platform: the parts of `open.feishu.cn` the gateway
+//! touches, served over real HTTP on `127.0.0.1` for the `demo` command, the
+//! integration tests and the load benchmark.
+//!
+//! The fake follows the platform facts in `feishu-facts.md`: flat token
+//! answers with the 30-minute same-token rule (§1), the token error codes
+//! (§3), sliding-window quotas answered with 429 and `x-ogw-ratelimit-*`
+//! headers (§4), an `X-Tt-Logid` on every answer, written title-cased on the
+//! wire (§5), and the top-notice endpoints with their body contract and error
+//! codes (§7).
+//!
+//! # Layout
+//!
+//! - this file: [`SimConfig`](crate::sim::SimConfig) (plain data) and [`SimFeishu`](crate::sim::SimFeishu), the running
+//!   fake with its fault-injection and introspection methods.
+//! - `server`: the accept loop and the request phases, in Feishu's order
+//!   (route, token, quota, body contract, magic chat ids, answer).
+//! - `tokens`: the token book (issue, 30-minute rule, verdicts).
+//! - `quota`: per (app, endpoint) arrival logs, sliding-window checks.
+//! - [`contract`](crate::sim::contract): the body contract of `put_top_notice`, public so other
+//!   modules can differential-test against it.
+//! - `answer`: JSON answers, error messages and `X-Tt-Logid` values.
+//! - `state`: the state shared by the server and the handle.
+//!
+//! # Requests, as the fake sees them
+//!
+//! Token calls are the two `.../auth/v3/*_access_token/internal` endpoints.
+//! Every other request is a *business request*: it is recorded (see
+//! [`SimFeishu::requests`](crate::sim::SimFeishu::requests)), its bearer token is judged, and it gets the
+//! configured latency. Unknown routes answer 404 after that.
+//!
+//! A request header `X-Sim-Delay-Ms: <n>` holds that one answer n ms longer
+//! (token calls included, so slow token fetches can be tested too). Magic
+//! chat ids `oc_error<code>` answer HTTP 400 with that code.
+//!
+//! # Time
+//!
+//! The fake reads the clock through [`tokio::time::Instant`], so a test that
+//! pauses time (`#[tokio::test(start_paused = true)]`) and calls
+//! `tokio::time::advance` ages tokens and quota windows deterministically.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use feishu_gateway::sim::{SimConfig, SimFeishu};
+//!
+//! let sim = SimFeishu::start(SimConfig::with_app("cli_demo", "secret")).await?;
+//! println!("simulated Feishu at {}", sim.base_url());
+//! sim.fail_next_token_calls(1); // the next token call answers HTTP 500
+//! sim.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod answer;
+pub mod contract;
+mod quota;
+mod server;
+mod state;
+mod tokens;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use state::{lock, Shared};
+
+/// One self-built app the fake knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimApp {
+    /// The app id, `cli_…` on the real platform.
+    pub app_id: String,
+    /// The app secret the token calls must present.
+    pub app_secret: String,
+}
+
+impl SimApp {
+    /// An app with these credentials.
+    pub fn new(app_id: impl Into<String>, app_secret: impl Into<String>) -> Self {
+        SimApp {
+            app_id: app_id.into(),
+            app_secret: app_secret.into(),
+        }
+    }
+}
+
+/// What the fake does when a request goes over a quota window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuotaMode {
+    /// Count the violation and answer 429 / 99991400, as Feishu does.
+    #[default]
+    Enforce,
+    /// Count the violation but answer normally (to measure a client's pacing).
+    CountOnly,
+    /// Neither count nor throttle. Arrivals are still logged.
+    Off,
+}
+
+impl QuotaMode {
+    fn to_u8(self) -> u8 {
+        match self {
+            QuotaMode::Enforce => 0,
+            QuotaMode::CountOnly => 1,
+            QuotaMode::Off => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => QuotaMode::Enforce,
+            1 => QuotaMode::CountOnly,
+            _ => QuotaMode::Off,
+        }
+    }
+}
+
+/// Configuration of the fake: plain data, see [`SimConfig::default`].
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The apps whose credentials the token endpoints accept. Empty by default.
+    pub apps: Vec<SimApp>,
+    /// Lifetime of a newly issued token, the `expire` it is handed out with.
+    /// Default 7200 s.
+    pub token_lifetime: Duration,
+    /// Feishu's same-token rule: while the app's current token has at least
+    /// this much left, a token call returns that same token. Default 30 min.
+    pub same_token_threshold: Duration,
+    /// HTTP status sent with code 99991663 (unknown or expired token).
+    /// Default 400 (Feishu's choice between 400 and 401 is unconfirmed).
+    pub token_invalid_status: StatusCode,
+    /// Quota behaviour. Default [`QuotaMode::Enforce`].
+    pub quota: QuotaMode,
+    /// Quota windows `(N, W)` per (app, endpoint): at most N arrivals in any
+    /// interval of length W. Default `[(50, 1 s), (1000, 60 s)]`.
+    pub limits: Vec<(u32, Duration)>,
+    /// Delay added to every business answer. Default 0.
+    pub latency: Duration,
+    /// Keep every business request for [`SimFeishu::requests`]. Default true;
+    /// the load benchmark turns it off, and so should any long run (the
+    /// records grow without bound). Counters, token calls and arrival logs
+    /// are kept either way.
+    pub record_requests: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            apps: Vec::new(),
+            token_lifetime: Duration::from_secs(7200),
+            same_token_threshold: Duration::from_secs(30 * 60),
+            token_invalid_status: StatusCode::BAD_REQUEST,
+            quota: QuotaMode::Enforce,
+            limits: vec![
+                (50, Duration::from_secs(1)),
+                (1000, Duration::from_secs(60)),
+            ],
+            latency: Duration::ZERO,
+            record_requests: true,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The default configuration with one app.
+    pub fn with_app(app_id: impl Into<String>, app_secret: impl Into<String>) -> Self {
+        SimConfig {
+            apps: vec![SimApp::new(app_id, app_secret)],
+            ..SimConfig::default()
+        }
+    }
+}
+
+/// How the fake judged the bearer token of a business request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenVerdict {
+    /// A tenant token the fake issued, not expired, not invalidated.
+    Valid,
+    /// A tenant token the fake issued whose lifetime is over.
+    Expired,
+    /// Never issued, invalidated, or not a tenant token.
+    Unknown,
+    /// No `Authorization: Bearer <token>` header, or a malformed one.
+    Missing,
+}
+
+/// Which token endpoint a [`TokenCall`] hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    /// `POST /open-apis/auth/v3/tenant_access_token/internal`
+    Tenant,
+    /// `POST /open-apis/auth/v3/app_access_token/internal`
+    App,
+}
+
+/// One business request as the fake received and answered it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// Request method.
+    pub method: Method,
+    /// Path, without the query.
+    pub path: String,
+    /// Raw query string, if any.
+    pub query: Option<String>,
+    /// Headers as received.
+    pub headers: HeaderMap,
+    /// Body as received.
+    pub body: Bytes,
+    /// When the request (head and body) had arrived.
+    pub arrived: Instant,
+    /// The token of a well-formed `Authorization: Bearer <token>` header.
+    pub bearer: Option<String>,
+    /// How that token was judged.
+    pub token_verdict: TokenVerdict,
+    /// The app the token belongs to, when it is valid.
+    pub app_id: Option<String>,
+    /// The quota endpoint name (`"put_top_notice"`, `"delete_top_notice"`,
+    /// `"get_chat"`), or `None` for an unknown route.
+    pub endpoint: Option<&'static str>,
+    /// The `code` of the answer's JSON body.
+    pub answered_code: i64,
+    /// The HTTP status of the answer.
+    pub answered_status: StatusCode,
+    /// The `X-Tt-Logid` the answer carried.
+    pub logid: String,
+}
+
+/// One call to a token endpoint.
+#[derive(Debug, Clone)]
+pub struct TokenCall {
+    /// Which endpoint.
+    pub kind: TokenKind,
+    /// The `app_id` the call claimed (empty when absent or unreadable).
+    pub app_id: String,
+    /// Whether a token was handed out.
+    pub ok: bool,
+    /// The token handed out (empty when `!ok`).
+    pub token: String,
+    /// The `expire` handed out, in seconds (0 when `!ok`).
+    pub expire: u64,
+    /// The `code` of the answer.
+    pub code: i64,
+    /// When the call had arrived.
+    pub arrived: Instant,
+    /// The `X-Tt-Logid` the answer carried (empty when the connection was
+    /// dropped).
+    pub logid: String,
+}
+
+/// The running fake. Dropping it stops the server and closes its connections.
+pub struct SimFeishu {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for SimFeishu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimFeishu")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimFeishu {
+    /// Start the fake on `127.0.0.1` with a port chosen by the system.
+    pub async fn start(cfg: SimConfig) -> std::io::Result<SimFeishu> {
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        Self::start_on(listener, cfg).await
+    }
+
+    /// Start the fake on a listener the caller has bound.
+    pub async fn start_on(listener: TcpListener, cfg: SimConfig) -> std::io::Result<SimFeishu> {
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(cfg));
+        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
+        Ok(SimFeishu { shared, addr, task })
+    }
+
+    /// The address the fake listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, the base URL to give a client.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    // ----- fault injection -------------------------------------------------
+
+    /// The next `n` token calls answer HTTP 500 with code 10013 (tenant) or
+    /// 10012 (app), whatever their credentials. Replaces any pending count.
+    pub fn fail_next_token_calls(&self, n: u32) {
+        self.shared.faults.fail_token.store(n, Ordering::SeqCst);
+    }
+
+    /// Forget every issued token: business requests bearing one get 99991663
+    /// (as [`TokenVerdict::Unknown`]), and the next token call of each app
+    /// issues a new token.
+    pub fn invalidate_all_tokens(&self) {
+        lock(&self.shared.tokens).invalidate_all();
+    }
+
+    /// Delay added to every business answer from now on.
+    pub fn set_latency(&self, d: Duration) {
+        self.shared.set_latency(d);
+    }
+
+    /// Lifetime of the tokens issued from now on (issued ones keep theirs).
+    pub fn set_token_lifetime(&self, d: Duration) {
+        lock(&self.shared.tokens).set_lifetime(d);
+    }
+
+    /// Quota behaviour from now on.
+    pub fn set_quota_mode(&self, m: QuotaMode) {
+        self.shared.quota_mode.store(m.to_u8(), Ordering::SeqCst);
+    }
+
+    /// The next `n` requests (of any kind) are read and then answered by
+    /// closing the connection, with no response. They are neither recorded
+    /// nor counted against quotas. Replaces any pending count.
+    pub fn drop_next_connections(&self, n: u32) {
+        self.shared.faults.drop_conns.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` business requests answer `{"code":code,"msg":…}` with
+    /// `status`, before any token or quota check (they are recorded, but not
+    /// counted against quotas). With code 99991400 the answer also carries
+    /// the `x-ogw-ratelimit-*` headers of the first configured window.
+    /// Replaces any pending injection.
+    pub fn answer_next_with_code(&self, code: i64, status: StatusCode, n: u32) {
+        self.shared.faults.inject(code, status, n);
+    }
+
+    // ----- introspection ---------------------------------------------------
+
+    /// Every business request received since the start or the last
+    /// [`reset_records`](Self::reset_records), in arrival order. Empty when
+    /// `record_requests` is off.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Every token call, in arrival order.
+    pub fn token_calls(&self) -> Vec<TokenCall> {
+        lock(&self.shared.token_calls).clone()
+    }
+
+    /// Requests that went over a quota window (all windows, all keys); one
+    /// per request even when it broke several windows.
+    pub fn violations(&self) -> u64 {
+        self.shared.violations.load(Ordering::SeqCst)
+    }
+
+    /// Business requests that arrived with an expired (not merely unknown)
+    /// token.
+    pub fn expired_token_uses(&self) -> u64 {
+        self.shared.expired_uses.load(Ordering::SeqCst)
+    }
+
+    /// The most requests of the key (`app_id`, `endpoint`) that arrived
+    /// within any interval of length `window`, over the arrivals logged since
+    /// the last reset (the most recent 2^20 per key). Endpoints are
+    /// `"put_top_notice"`, `"delete_top_notice"` and `"get_chat"`. Only
+    /// requests with a valid token reach the log; throttled ones do.
+    pub fn max_in_any_window(&self, app_id: &str, endpoint: &str, window: Duration) -> usize {
+        lock(&self.shared.quota).max_in_any_window(app_id, endpoint, window)
+    }
+
+    /// Clear the recorded requests, token calls, arrival logs and the
+    /// violation and expired-use counters. Tokens, live quota windows and
+    /// pending faults are kept.
+    pub fn reset_records(&self) {
+        lock(&self.shared.requests).clear();
+        lock(&self.shared.token_calls).clear();
+        lock(&self.shared.quota).clear_history();
+        self.shared.violations.store(0, Ordering::SeqCst);
+        self.shared.expired_uses.store(0, Ordering::SeqCst);
+    }
+
+    /// Stop accepting, close every connection (answers in flight are lost)
+    /// and wait until the server task has ended.
+    pub async fn shutdown(mut self) {
+        self.task.abort();
+        // The task ends as cancelled; that is the expected outcome.
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for SimFeishu {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,394 @@
+//! The accept loop and the request phases.
+//!
+//! A request goes through these phases, in Feishu's order:
+//!
+//! 1. read: the whole body is read; a pending `drop_next_connections` then
+//!    closes the connection with no answer.
+//! 2. route: token calls go to [`token_call`], everything else is a business
+//!    request ([`business`]).
+//! 3. business requests: the bearer token is judged (and an expired one
+//!    counted) for the records, then [`decide`] runs injected answers, route
+//!    (404), token check, quota, body contract and magic chat ids; the first
+//!    phase that answers ends it.
+//! 4. wait: `X-Sim-Delay-Ms` (any request) plus the configured latency
+//!    (business requests), with no lock held.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::answer::{code, new_logid, Answer, RateLimitHeaders};
+use super::contract;
+use super::quota::{Endpoint, Over};
+use super::state::{lock, Shared};
+use super::{QuotaMode, RecordedRequest, TokenCall, TokenKind, TokenVerdict};
+
+/// Bodies larger than this close the connection.
+const MAX_BODY: usize = 8 << 20;
+
+/// Per-request delay header, in milliseconds.
+const X_SIM_DELAY_MS: &str = "x-sim-delay-ms";
+
+/// Returned by the service to make hyper close the connection without
+/// writing an answer.
+#[derive(Debug, thiserror::Error)]
+#[error("sim: connection dropped without an answer")]
+struct Dropped;
+
+/// Accept connections until the task is aborted. Connections live in a
+/// `JoinSet` owned by this task, so aborting it closes them all.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The Python SDK looks up `X-Tt-Logid` and `Content-Type` case-sensitively.
+    builder.http1().title_case_headers(true);
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    // Answers are one small write: do not let Nagle hold them.
+                    let _ = stream.set_nodelay(true);
+                    let shared = Arc::clone(&shared);
+                    let service = service_fn(move |req| handle(Arc::clone(&shared), req));
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    conns.spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "sim: connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "sim: accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            // Reap finished connections so the set stays small.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// One request, all phases.
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Dropped> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Err(Dropped),
+    };
+    if shared.faults.take_drop() {
+        return Err(Dropped);
+    }
+    let arrived = Instant::now();
+    let logid = new_logid();
+    let mut wait = sim_delay(&parts.headers);
+
+    let answer = match token_route(&parts.method, parts.uri.path()) {
+        Some(kind) => token_call(&shared, kind, &body, arrived, &logid),
+        None => {
+            wait += shared.latency();
+            business(&shared, parts, body, arrived, &logid)
+        }
+    };
+
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    Ok(answer.into_response(&logid))
+}
+
+/// `X-Sim-Delay-Ms: <n>`, or zero.
+fn sim_delay(headers: &HeaderMap) -> Duration {
+    headers
+        .get(X_SIM_DELAY_MS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_millis)
+}
+
+// ----- token calls ---------------------------------------------------------
+
+fn token_route(method: &Method, path: &str) -> Option<TokenKind> {
+    if method != Method::POST {
+        return None;
+    }
+    match path {
+        "/open-apis/auth/v3/tenant_access_token/internal" => Some(TokenKind::Tenant),
+        "/open-apis/auth/v3/app_access_token/internal" => Some(TokenKind::App),
+        _ => None,
+    }
+}
+
+/// A token call: injected failure, then body, then credentials, then the
+/// token book. Any or no `Content-Type` is accepted (the Python SDK sends
+/// none).
+fn token_call(
+    shared: &Shared,
+    kind: TokenKind,
+    body: &[u8],
+    arrived: Instant,
+    logid: &str,
+) -> Answer {
+    let parsed = serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object);
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(Value::as_str)
+    };
+    let app_id = field("app_id").unwrap_or("");
+
+    let mut grant = None;
+    let answer = if shared.faults.take_token_failure() {
+        let failed = match kind {
+            TokenKind::Tenant => code::GET_TENANT_TOKEN_FAILED,
+            TokenKind::App => code::GET_APP_TOKEN_FAILED,
+        };
+        Answer::error(StatusCode::INTERNAL_SERVER_ERROR, failed)
+    } else if parsed.is_none() {
+        Answer::error(StatusCode::BAD_REQUEST, code::BAD_REQUEST)
+    } else if !shared.credentials_ok(app_id, field("app_secret").unwrap_or("")) {
+        // One code for a wrong id or a wrong secret: do not reveal which.
+        Answer::error(StatusCode::BAD_REQUEST, code::APP_SECRET_INVALID)
+    } else {
+        let g = lock(&shared.tokens).grant(kind, app_id, Instant::now());
+        let field = match kind {
+            TokenKind::Tenant => "tenant_access_token",
+            TokenKind::App => "app_access_token",
+        };
+        let body = json!({"code": 0, "msg": "ok", field: g.token, "expire": g.expire});
+        grant = Some(g);
+        Answer::json(StatusCode::OK, 0, &body)
+    };
+
+    let call = TokenCall {
+        kind,
+        app_id: app_id.to_owned(),
+        ok: grant.is_some(),
+        token: grant.as_ref().map(|g| g.token.clone()).unwrap_or_default(),
+        expire: grant.as_ref().map_or(0, |g| g.expire),
+        code: answer.code,
+        arrived,
+        logid: logid.to_owned(),
+    };
+    lock(&shared.token_calls).push(call);
+    answer
+}
+
+// ----- business requests ---------------------------------------------------
+
+/// Where a business request goes.
+#[derive(Debug, Clone, Copy)]
+enum Route<'a> {
+    Known {
+        endpoint: Endpoint,
+        chat_id: &'a str,
+    },
+    NotFound,
+}
+
+impl<'a> Route<'a> {
+    fn of(method: &Method, path: &'a str) -> Route<'a> {
+        let Some(rest) = path.strip_prefix("/open-apis/im/v1/chats/") else {
+            return Route::NotFound;
+        };
+        let mut segments = rest.split('/');
+        let chat_id = segments.next().unwrap_or("");
+        let tail = (segments.next(), segments.next(), segments.next());
+        let endpoint = match tail {
+            (None, _, _) if method == Method::GET => Endpoint::GetChat,
+            (Some("top_notice"), Some("put_top_notice"), None) if method == Method::POST => {
+                Endpoint::PutTopNotice
+            }
+            (Some("top_notice"), Some("delete_top_notice"), None) if method == Method::POST => {
+                Endpoint::DeleteTopNotice
+            }
+            _ => return Route::NotFound,
+        };
+        if chat_id.is_empty() {
+            return Route::NotFound;
+        }
+        Route::Known { endpoint, chat_id }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`, if well-formed.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    let well_formed = scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && !token.contains(char::is_whitespace);
+    well_formed.then_some(token)
+}
+
+/// A business request: judge the token, decide, record.
+fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid: &str) -> Answer {
+    let route = Route::of(&parts.method, parts.uri.path());
+    let bearer = bearer_token(&parts.headers);
+    let (verdict, app) = lock(&shared.tokens).judge(bearer, Instant::now());
+    if verdict == TokenVerdict::Expired {
+        shared.expired_uses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    let answer = decide(
+        shared,
+        route,
+        verdict,
+        app.as_deref(),
+        &body,
+        parts.uri.query(),
+    );
+
+    if shared.record_requests {
+        let endpoint = match route {
+            Route::Known { endpoint, .. } => Some(endpoint.name()),
+            Route::NotFound => None,
+        };
+        let record = RecordedRequest {
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            bearer: bearer.map(str::to_owned),
+            token_verdict: verdict,
+            app_id: app.as_deref().map(str::to_owned),
+            endpoint,
+            answered_code: answer.code,
+            answered_status: answer.status,
+            logid: logid.to_owned(),
+            arrived,
+            method: parts.method,
+            headers: parts.headers,
+            body,
+        };
+        lock(&shared.requests).push(record);
+    }
+    answer
+}
+
+/// The phases that decide a business answer; the first that answers wins.
+fn decide(
+    shared: &Shared,
+    route: Route<'_>,
+    verdict: TokenVerdict,
+    app: Option<&str>,
+    body: &[u8],
+    query: Option<&str>,
+) -> Answer {
+    // Injected answers replace everything, so tests get exactly what they ask.
+    if let Some((code, status)) = shared.faults.take_injected() {
+        return injected(shared, code, status);
+    }
+
+    // Unknown routes answer 404 whatever the token.
+    let Route::Known { endpoint, chat_id } = route else {
+        return Answer::error(StatusCode::NOT_FOUND, code::NOT_FOUND);
+    };
+
+    // a. token: the token identifies the app.
+    let app = match (verdict, app) {
+        (TokenVerdict::Valid, Some(app)) => app,
+        (TokenVerdict::Missing, _) => {
+            return Answer::error(StatusCode::BAD_REQUEST, code::MISSING_TOKEN)
+        }
+        _ => return Answer::error(shared.token_invalid_status, code::INVALID_TENANT_TOKEN),
+    };
+
+    // b. quota per (app, endpoint); throttled calls count as arrivals too.
+    if let Some(answer) = quota(shared, app, endpoint) {
+        return answer;
+    }
+
+    // c. body contract.
+    let body_ok = match endpoint {
+        Endpoint::PutTopNotice => contract::put_top_notice_ok(body),
+        Endpoint::DeleteTopNotice => contract::delete_top_notice_ok(body),
+        Endpoint::GetChat => true,
+    };
+    if !body_ok {
+        return Answer::error(StatusCode::BAD_REQUEST, code::INVALID_PARAM);
+    }
+
+    // d. magic chat ids: `oc_error<code>` answers that error.
+    if let Some(code) = chat_id
+        .strip_prefix("oc_error")
+        .and_then(|c| c.parse::<i64>().ok())
+        .filter(|&c| c != 0)
+    {
+        return Answer::error(StatusCode::BAD_REQUEST, code);
+    }
+
+    // e. success.
+    match endpoint {
+        Endpoint::GetChat => {
+            let data =
+                json!({"chat_id": chat_id, "name": "Sim chat", "query": query.unwrap_or("")});
+            Answer::json(
+                StatusCode::OK,
+                0,
+                &json!({"code": 0, "msg": "success", "data": data}),
+            )
+        }
+        Endpoint::PutTopNotice | Endpoint::DeleteTopNotice => Answer::success_empty(),
+    }
+}
+
+/// An `answer_next_with_code` answer; 99991400 carries the rate-limit headers
+/// of the first configured window.
+fn injected(shared: &Shared, code: i64, status: StatusCode) -> Answer {
+    let first = lock(&shared.quota).first_limit();
+    match first {
+        Some((limit, window)) if code == code::RATE_LIMITED => {
+            let reset_secs = window.as_secs().max(1);
+            Answer::throttled(status, code, RateLimitHeaders { limit, reset_secs })
+        }
+        _ => Answer::error(status, code),
+    }
+}
+
+/// Log the arrival; answer 429 when it went over a window under `Enforce`.
+fn quota(shared: &Shared, app: &str, endpoint: Endpoint) -> Option<Answer> {
+    let over = {
+        let mut book = lock(&shared.quota);
+        // Read the clock under the lock so each log is in arrival order.
+        book.arrive(app, endpoint, Instant::now())
+    };
+    let Over { limit, reset_secs } = over?;
+    match shared.quota_mode() {
+        QuotaMode::Off => None,
+        QuotaMode::CountOnly => {
+            shared.violations.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        QuotaMode::Enforce => {
+            shared.violations.fetch_add(1, Ordering::Relaxed);
+            let headers = RateLimitHeaders { limit, reset_secs };
+            Some(Answer::throttled(
+                StatusCode::TOO_MANY_REQUESTS,
+                code::RATE_LIMITED,
+                headers,
+            ))
+        }
+    }
+}
