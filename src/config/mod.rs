@@ -234,7 +234,7 @@ impl Config {
         let listen = addr(&mut s, "listen", "127.0.0.1:8080", p);
         let admin_listen = addr(&mut s, "admin_listen", "127.0.0.1:9090", p);
         if let (Some(a), Some(b)) = (listen, admin_listen) {
-            if a == b {
+            if a == b && a.port() != 0 {
                 p.push("admin_listen", "must differ from `listen`");
             }
         }
