@@ -23,6 +23,7 @@
 //! | [`admin`]     | `/healthz`, `/readyz`, `/metrics` on the admin listener        |
 //! | [`server`]    | accept loop, title-cased HTTP/1 headers, graceful drain        |
 //! | [`secret`]    | values that are never printed                                  |
+//! | [`demo`]      | `feishu-gateway demo`: simulated Feishu + gateway, offline      |
 //! | [`sim`]       | a simulated Feishu for the demo, the tests and the benchmarks  |
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod body;
 pub mod catalog;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod proxy;

@@ -2,6 +2,7 @@
 //! Kept thin: parse arguments, load config (exiting with every problem
 //! listed), build, run, drain on signal.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +35,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run a simulated Feishu and the gateway in front of it, offline.
+    Demo {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the admin endpoints listen.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +51,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => serve(&config),
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => demo(listen, admin_listen),
     }
 }
 
@@ -102,11 +116,40 @@ fn serve(path: &std::path::Path) -> ExitCode {
     })
 }
 
+fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
+    init_logging(LogFormat::Plain, "info");
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let demo = match feishu_gateway::demo::start(listen, admin_listen).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("demo: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("{}", feishu_gateway::demo::banner(&demo));
+        shutdown_signal().await;
+        demo.gateway.shutdown();
+        demo.gateway.wait().await;
+        demo.sim.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Plain => builder.init(),
