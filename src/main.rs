@@ -118,7 +118,10 @@ fn serve(path: &std::path::Path) -> ExitCode {
 
 fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
     init_logging(LogFormat::Plain, "info");
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -61,7 +61,11 @@ fn check_config_accepts_a_good_file() {
         .env("CLIENT_KEY", CLIENT_KEY)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 apps, 1 clients"));
 }
 
@@ -78,7 +82,10 @@ fn serve_with_a_bad_config_exits_before_binding() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("apps[0].app_id") && err.contains("clients"), "{err}");
+    assert!(
+        err.contains("apps[0].app_id") && err.contains("clients"),
+        "{err}"
+    );
     // Nothing was bound.
     assert!(std::net::TcpListener::bind(addr).is_ok());
 }
@@ -86,7 +93,11 @@ fn serve_with_a_bad_config_exits_before_binding() {
 #[tokio::test]
 async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sigterm() {
     let sim = SimFeishu::start(sim_config()).await.unwrap();
-    let f = write_config(&config_text(&sim.base_url(), "", "[log]\nformat = \"json\"\nlevel = \"debug\"\n"));
+    let f = write_config(&config_text(
+        &sim.base_url(),
+        "",
+        "[log]\nformat = \"json\"\nlevel = \"debug\"\n",
+    ));
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(f.path())
@@ -113,23 +124,44 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
         logs.push(line);
         if v["message"] == "feishu-gateway listening" {
-            break v["addr"].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap();
+            break v["addr"]
+                .as_str()
+                .unwrap()
+                .parse::<std::net::SocketAddr>()
+                .unwrap();
         }
     };
     let client = http_client();
     let auth = format!("Bearer {CLIENT_KEY}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
     let a = call(&client, addr, Method::POST, PUT_PATH, &headers, PUT_BODY).await;
     assert_eq!(a.code(), 0);
     sim.invalidate_all_tokens();
     let a = call(&client, addr, Method::POST, PUT_PATH, &headers, PUT_BODY).await;
     assert_eq!(a.code(), 0, "replayed");
-    let a = call(&client, addr, Method::POST, PUT_PATH, &[("authorization", "Bearer wrong-key-00000000")], "").await;
+    let a = call(
+        &client,
+        addr,
+        Method::POST,
+        PUT_PATH,
+        &[("authorization", "Bearer wrong-key-00000000")],
+        "",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.code(), Some(0), "SIGTERM exits 0");
     while let Ok(line) = rx.try_recv() {
         logs.push(line);
@@ -145,7 +177,17 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
         .filter(|v| v["target"] == "feishu_gateway::access")
         .collect();
     assert_eq!(access.len(), 3, "one line per request: {logs:#?}");
-    for field in ["request_id", "client", "app", "route", "status", "code", "total_us", "upstream_us", "logid"] {
+    for field in [
+        "request_id",
+        "client",
+        "app",
+        "route",
+        "status",
+        "code",
+        "total_us",
+        "upstream_us",
+        "logid",
+    ] {
         assert!(access[0].get(field).is_some(), "{field} in {}", access[0]);
     }
     assert_eq!(access[0]["code"], "0");
@@ -156,7 +198,11 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
     let all = logs.join("\n");
     let tokens: Vec<String> = sim.token_calls().into_iter().map(|c| c.token).collect();
     assert!(!tokens.is_empty());
-    for secret in [APP_SECRET, CLIENT_KEY].iter().copied().chain(tokens.iter().map(String::as_str)) {
+    for secret in [APP_SECRET, CLIENT_KEY]
+        .iter()
+        .copied()
+        .chain(tokens.iter().map(String::as_str))
+    {
         assert!(!all.contains(secret), "a secret leaked into the logs");
     }
 }
