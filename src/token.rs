@@ -442,3 +442,79 @@ fn transport_error(msg: &str) -> TokenError {
         msg: format!("Feishu could not be reached for a token: {msg}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, MapEnv};
+
+    fn manager(refresh_before: &str) -> TokenManager {
+        let text = format!(
+            r#"
+[token]
+refresh_before = "{refresh_before}"
+[[apps]]
+name = "a"
+app_id = "cli_1"
+app_secret_env = "S"
+[[clients]]
+name = "c"
+key_env = "K"
+app = "a"
+"#
+        );
+        let env = MapEnv::new()
+            .with("S", "secret")
+            .with("K", "0123456789abcdef0");
+        let config = Config::parse(&text, &env).unwrap();
+        let metrics =
+            Arc::new(Metrics::new(prometheus::Registry::new(), &["a".into()], &[]).unwrap());
+        let client = crate::upstream::build_client(&config).unwrap();
+        TokenManager::new(&config.apps, client, config.token.clone(), metrics)
+    }
+
+    #[tokio::test]
+    async fn two_hour_tokens_refresh_inside_feishus_30_minute_window() {
+        let m = manager("25m");
+        let sent = Instant::now();
+        let t = m
+            .plan(Secret::new("t-x"), Duration::from_secs(7200), sent)
+            .unwrap();
+        assert_eq!(t.expires_at - t.refresh_at, Duration::from_secs(25 * 60));
+        assert_eq!(t.expires_at - t.usable_until, Duration::from_secs(60));
+        assert!(t.refresh_at < t.usable_until);
+        assert!(!format!("{t:?}").contains("t-x"), "Debug hides the token");
+    }
+
+    #[tokio::test]
+    async fn short_lifetimes_refresh_at_half_life_and_stop_before_expiry() {
+        let m = manager("25m");
+        let sent = Instant::now();
+        let t = m
+            .plan(Secret::new("t-x"), Duration::from_secs(4), sent)
+            .unwrap();
+        assert_eq!(t.refresh_at - sent, Duration::from_secs(2));
+        assert_eq!(t.expires_at - t.usable_until, Duration::from_millis(400));
+        // The same token handed back with 40 min left is refreshed at half
+        // of that, 20 min before expiry: inside the window in which Feishu
+        // issues a new one.
+        let t = m
+            .plan(Secret::new("t-x"), Duration::from_secs(2400), sent)
+            .unwrap();
+        assert_eq!(t.expires_at - t.refresh_at, Duration::from_secs(20 * 60));
+        assert!(t.expires_at - t.refresh_at < Duration::from_secs(30 * 60));
+    }
+
+    #[tokio::test]
+    async fn backoff_grows_with_jitter_and_is_capped() {
+        let m = manager("25m");
+        for failures in 1..40 {
+            let d = m.backoff(failures);
+            assert!(
+                d >= Duration::from_millis(250) && d <= Duration::from_secs(30),
+                "{d:?}"
+            );
+        }
+        assert!(m.backoff(20) >= Duration::from_secs(15));
+    }
+}
