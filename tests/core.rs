@@ -146,15 +146,7 @@ async fn token_fetch_failure_is_a_503_with_feishus_code_then_recovers() {
         .await
         .unwrap();
     let client = http_client();
-    let a = call(
-        &client,
-        gw.addr(),
-        Method::POST,
-        PUT_PATH,
-        &[auth_pair().as_tuple(), ("content-type", "application/json")],
-        PUT_BODY,
-    )
-    .await;
+    let a = put_at(&client, gw.addr(), PUT_PATH, &[]).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.header("x-gateway-error"), Some("token-unavailable"));
     assert_eq!(a.code(), 10013, "Feishu's code from the token call");
@@ -171,15 +163,7 @@ async fn token_fetch_failure_is_a_503_with_feishus_code_then_recovers() {
             == StatusCode::OK
     })
     .await;
-    let a = call(
-        &client,
-        gw.addr(),
-        Method::POST,
-        PUT_PATH,
-        &[auth_pair().as_tuple(), ("content-type", "application/json")],
-        PUT_BODY,
-    )
-    .await;
+    let a = put_at(&client, gw.addr(), PUT_PATH, &[]).await;
     assert_eq!(a.code(), 0);
     let calls = sim.token_calls();
     assert_eq!(calls.iter().filter(|c| !c.ok).count(), 3);
@@ -192,17 +176,6 @@ async fn token_fetch_failure_is_a_503_with_feishus_code_then_recovers() {
         gaps.iter().all(|g| *g >= Duration::from_millis(20)),
         "{gaps:?}"
     );
-}
-
-struct AuthPair(String);
-impl AuthPair {
-    fn as_tuple(&self) -> (&str, &str) {
-        ("authorization", self.0.as_str())
-    }
-}
-fn auth_pair() -> &'static AuthPair {
-    static P: std::sync::OnceLock<AuthPair> = std::sync::OnceLock::new();
-    P.get_or_init(|| AuthPair(format!("Bearer {CLIENT_KEY}")))
 }
 
 #[tokio::test]
@@ -294,19 +267,13 @@ async fn upstream_failures_are_502_or_503_json_never_504() {
     assert_eq!(a.code(), 99990502);
 
     // Too slow.
-    let (k, v) = auth();
-    let a = h
-        .call(
-            Method::POST,
-            PUT_PATH,
-            &[
-                (k, &v),
-                ("content-type", "application/json"),
-                ("x-sim-delay-ms", "2000"),
-            ],
-            PUT_BODY,
-        )
-        .await;
+    let a = put_at(
+        &h.client,
+        h.gw.addr(),
+        PUT_PATH,
+        &[("x-sim-delay-ms", "2000")],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.header("x-gateway-error"), Some("upstream-timeout"));
 
@@ -324,15 +291,7 @@ async fn unreachable_upstream_is_a_json_502() {
     // Token cached; now Feishu goes away.
     let Harness { sim, gw, client } = h;
     sim.shutdown().await;
-    let a = call(
-        &client,
-        gw.addr(),
-        Method::POST,
-        PUT_PATH,
-        &[auth_pair().as_tuple(), ("content-type", "application/json")],
-        PUT_BODY,
-    )
-    .await;
+    let a = put_at(&client, gw.addr(), PUT_PATH, &[]).await;
     assert!(
         a.status == StatusCode::BAD_GATEWAY || a.status == StatusCode::SERVICE_UNAVAILABLE,
         "{}",
@@ -387,19 +346,7 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish() {
     let addr = h.gw.addr();
     let client = h.client.clone();
     let slow = tokio::spawn(async move {
-        call(
-            &client,
-            addr,
-            Method::POST,
-            PUT_PATH,
-            &[
-                auth_pair().as_tuple(),
-                ("content-type", "application/json"),
-                ("x-sim-delay-ms", "1500"),
-            ],
-            PUT_BODY,
-        )
-        .await
+        put_at(&client, addr, PUT_PATH, &[("x-sim-delay-ms", "1500")]).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let Harness { sim, gw, .. } = h;

@@ -105,6 +105,23 @@ pub async fn start(sim: SimConfig, top: &str, extra: &str) -> Harness {
 }
 
 impl Harness {
+    /// POST a valid put_top_notice body to `path` with the client key, the JSON
+    /// content type and `extra` headers.
+    pub async fn put_at(
+        client: &Client<HttpConnector, Full<Bytes>>,
+        addr: SocketAddr,
+        path: &str,
+        extra: &[(&str, &str)],
+    ) -> Answer {
+        let auth = format!("Bearer {CLIENT_KEY}");
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json; charset=utf-8"),
+        ];
+        headers.extend_from_slice(extra);
+        call(client, addr, Method::POST, path, &headers, PUT_BODY).await
+    }
+
     pub async fn call(
         &self,
         method: Method,
@@ -118,16 +135,7 @@ impl Harness {
     /// POST put_top_notice with the client key and a valid body.
     pub async fn put(&self, chat: &str) -> Answer {
         let path = format!("/open-apis/im/v1/chats/{chat}/top_notice/put_top_notice");
-        self.call(
-            Method::POST,
-            &path,
-            &[
-                ("authorization", &format!("Bearer {CLIENT_KEY}")),
-                ("content-type", "application/json; charset=utf-8"),
-            ],
-            PUT_BODY,
-        )
-        .await
+        put_at(&self.client, self.gw.addr(), &path, &[]).await
     }
 
     pub async fn admin(&self, path: &str) -> Answer {
@@ -149,6 +157,23 @@ impl Harness {
         })
         .await;
     }
+}
+
+/// POST a valid put_top_notice body to `path` with the client key, the JSON
+/// content type and `extra` headers.
+pub async fn put_at(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> Answer {
+    let auth = format!("Bearer {CLIENT_KEY}");
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json; charset=utf-8"),
+    ];
+    headers.extend_from_slice(extra);
+    call(client, addr, Method::POST, path, &headers, PUT_BODY).await
 }
 
 pub async fn call(
