@@ -90,17 +90,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     init_logging(config.log.format, &config.log.level);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
+    block_on(async move {
         let runtime = match Runtime::start(config).await {
             Ok(r) => r,
             Err(e) => {
@@ -118,17 +108,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
 
 fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
     init_logging(LogFormat::Plain, "info");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
+    block_on(async move {
         let demo = match feishu_gateway::demo::start(listen, admin_listen).await {
             Ok(d) => d,
             Err(e) => {
@@ -143,6 +123,20 @@ fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
         demo.sim.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Runs `f` on a multi-threaded tokio runtime.
+fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(format: LogFormat, level: &str) {
