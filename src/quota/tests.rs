@@ -1,0 +1,1 @@
+//! Property tests and wait-mode tests of the quota engine.
