@@ -11,18 +11,18 @@
 //!
 //! # Layout
 //!
-//! - [`window`]: `Window`, parsed from `"<requests>/<duration>"` (`"50/1s"`).
-//! - [`plan`]: the planner: one governor GCRA (period `t`, burst `b`) for all
+//! - [`window`](crate::quota::window): `Window`, parsed from `"<requests>/<duration>"` (`"50/1s"`).
+//! - [`plan`](crate::quota::plan): the planner: one governor GCRA (period `t`, burst `b`) for all
 //!   of a key's windows, with the proof, the policy that picks `b`, and why
 //!   governor cannot reach 100 % with a burst of 50.
-//! - [`local`]: [`LocalQuota`], the in-process engine: reject or wait mode,
+//! - [`local`](crate::quota::local): [`LocalQuota`](crate::quota::LocalQuota), the in-process engine: reject or wait mode,
 //!   bounded fair wait queues, upstream pauses, header snapshots.
-//! - [`clock`]: [`TokioClock`], governor's clock over `tokio::time::Instant`
+//! - [`clock`](crate::quota::clock): [`TokioClock`](crate::quota::TokioClock), governor's clock over `tokio::time::Instant`
 //!   (std's monotonic clock in production, tokio's paused clock in tests).
-//! - [`sim`]: exact sliding-window checks and overload simulations, shared by
+//! - [`sim`](crate::quota::sim): exact sliding-window checks and overload simulations, shared by
 //!   the property tests and `benches/quota.rs`.
-//! - This file: the backend-neutral vocabulary ([`QuotaKey`], [`Overflow`],
-//!   [`Admit`], [`Rejection`], [`Snapshot`]) and [`QuotaBackend`], the small
+//! - This file: the backend-neutral vocabulary ([`QuotaKey`](crate::quota::QuotaKey), [`Overflow`](crate::quota::Overflow),
+//!   [`Admit`](crate::quota::Admit), [`Rejection`](crate::quota::Rejection), [`Snapshot`](crate::quota::Snapshot)) and [`QuotaBackend`](crate::quota::QuotaBackend), the small
 //!   interface a shared (Redis) backend will implement.
 //!
 //! # Example

@@ -52,19 +52,30 @@
 //! # Can governor reach the theoretical maximum (100 % with a burst of 50)?
 //!
 //! No. A GCRA with burst `b` may admit `b + floor(L/t)` within *every*
-//! interval, so a burst is paid out of the minute budget for ever, not once:
-//! `floor(60.1 s / t) <= 1000 - b`. With `b = 50` the best is 949 per 60.1 s,
-//! 94.8 % of the minute quota; 100 % would need `b = 1`, and even then the
-//! margin caps it at 60 / 60.1 = 99.83 %. Checking several GCRAs together does
-//! not help either: every token bucket sustaining rate `r` admits at least
-//! `b_min + floor(L r)` in some interval of length `L`, so a conjunction is
-//! never better than the single GCRA `(1/r, b_min)` planned here.
+//! interval of length `L`, so the burst is paid out of every window's budget
+//! all the time, not once after idle:
 //!
-//! What it would take: a limiter with memory of individual admissions, i.e.
+//! - a burst of 50 leaves nothing for the 1 s window: `floor(1.1 s / t) = 0`,
+//!   so `t > 1.1 s` (5.5 % of the minute quota);
+//! - even the minute window alone would cap it: `floor(60.1 s / t) <= 950`,
+//!   94.8 %;
+//! - 100 % needs `b = 1`, and even then the margin caps it at
+//!   60 / 60.1 = 99.83 % (`t` = 60.1 ms).
+//!
+//! Checking several GCRAs together (one per window, spending only when all
+//! conform, which the peekable store would allow) does not help: every token
+//! bucket sustaining rate `r` admits at least `b_min + floor(L r)` within some
+//! interval of length `L`, so the conjunction is never better than the single
+//! GCRA `(1/r, b_min)` planned here.
+//!
+//! What it would take: a limiter that remembers individual admissions, i.e.
 //! an exact sliding log per window (admit iff fewer than `N` admissions lie
 //! in the last `W + margin`; a ring buffer of `N` timestamps, 8 KB per key for
-//! `1000/60s`). That admits 50 at once and 1000 per 60.1 s (99.83 %); 100 %
-//! also needs margin 0, which Feishu's arrival counting shows to be unsafe.
+//! `1000/60s`). It admits 50 at once after idle and 1000 per 60.1 s under
+//! overload (99.83 %); the literal 100 % also needs margin 0, which Feishu's
+//! counting at arrival makes unsafe. It is not a governor feature; it would
+//! replace governor behind the same [`QuotaBackend`](super::QuotaBackend)
+//! interface.
 
 use std::fmt;
 use std::num::NonZeroU32;
