@@ -15,6 +15,7 @@
 //! | [`proxy`]     | the request lifecycle as named phases                          |
 //! | [`auth`]      | client keys → client → app                                     |
 //! | [`catalog`]   | the Feishu endpoints the gateway knows, as data                |
+//! | [`quota`]     | per-(app, route) quotas: the GCRA planner and the limiter      |
 //! | [`token`]     | tenant_access_token: single-flight fetch, proactive refresh    |
 //! | [`upstream`]  | the pooled HTTPS client to Feishu, failure classes, `code` peek |
 //! | [`error`]     | every gateway-made answer and its status, reason and code      |
@@ -36,6 +37,8 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+/// Per-app quotas: one GCRA per (app, route) derived from all of Feishu's windows.
+pub mod quota;
 pub mod runtime;
 pub mod secret;
 pub mod server;
