@@ -10,6 +10,13 @@
 
 use http::Method;
 
+use crate::config::{OverflowMode, RouteConfig};
+use crate::quota::Window;
+
+/// Feishu's published limit of the top-notice endpoints: 50 per second AND
+/// 1000 per minute, per app (facts §7).
+pub const TOP_NOTICE_LIMITS: [(u32, u64); 2] = [(50, 1), (1000, 60)];
+
 /// A catalog entry.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -20,6 +27,13 @@ pub struct Route {
     /// Path template, e.g. `/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice`;
     /// also the `route` label in metrics.
     pub template: String,
+    /// Feishu's windows for this endpoint, per app; empty means no gateway
+    /// quota.
+    pub limits: Vec<Window>,
+    /// Overrides the global over-limit behaviour.
+    pub overflow: Option<OverflowMode>,
+    /// Overrides the global longest wait.
+    pub max_wait: Option<std::time::Duration>,
     segments: Vec<Segment>,
 }
 
@@ -56,6 +70,9 @@ impl Route {
             id: id.to_string(),
             method,
             template: template.to_string(),
+            limits: Vec::new(),
+            overflow: None,
+            max_wait: None,
             segments,
         })
     }
@@ -121,9 +138,51 @@ impl Catalog {
             ),
         ]
         .into_iter()
-        .map(|(id, t)| Route::new(id, Method::POST, t).expect("built-in templates are valid"))
+        .map(|(id, t)| {
+            let mut r = Route::new(id, Method::POST, t).expect("built-in templates are valid");
+            r.limits = TOP_NOTICE_LIMITS
+                .iter()
+                .map(|&(n, secs)| {
+                    Window::new(n, std::time::Duration::from_secs(secs)).expect("valid window")
+                })
+                .collect();
+            r
+        })
         .collect();
         Catalog { routes }
+    }
+
+    /// The built-in entries with the config's `[[routes]]` applied: an entry
+    /// with the same method and path is overridden field by field, any other
+    /// is added.
+    pub fn with_overrides(overrides: &[RouteConfig]) -> Result<Catalog, String> {
+        let mut catalog = Catalog::builtin();
+        for o in overrides {
+            let existing = catalog
+                .routes
+                .iter()
+                .position(|r| r.method == o.method && r.template == o.path);
+            let route = match existing {
+                Some(i) => &mut catalog.routes[i],
+                None => {
+                    let id = format!("{} {}", o.method, o.path);
+                    catalog
+                        .routes
+                        .push(Route::new(&id, o.method.clone(), &o.path)?);
+                    catalog.routes.last_mut().expect("just pushed")
+                }
+            };
+            if let Some(l) = &o.limits {
+                route.limits = l.clone();
+            }
+            if o.overflow.is_some() {
+                route.overflow = o.overflow;
+            }
+            if o.max_wait.is_some() {
+                route.max_wait = o.max_wait;
+            }
+        }
+        Ok(catalog)
     }
 
     /// The route index matching `method` and `path`, if any.
@@ -178,6 +237,37 @@ mod tests {
                 "/open-apis/im/v1/chats/oc_1/top_notice/delete_top_notice"
             )
             .is_some());
+    }
+
+    #[test]
+    fn config_overrides_and_additions() {
+        let o = vec![
+            RouteConfig {
+                method: Method::POST,
+                path: "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice".into(),
+                limits: Some(vec!["5/1s".parse().unwrap()]),
+                overflow: Some(OverflowMode::Wait),
+                max_wait: None,
+            },
+            RouteConfig {
+                method: Method::POST,
+                path: "/open-apis/im/v1/messages".into(),
+                limits: Some(vec!["20/10s".parse().unwrap()]),
+                overflow: None,
+                max_wait: None,
+            },
+        ];
+        let c = Catalog::with_overrides(&o).unwrap();
+        assert_eq!(c.routes().len(), 3);
+        assert_eq!(c.route(0).limits.len(), 1);
+        assert_eq!(c.route(0).overflow, Some(OverflowMode::Wait));
+        assert_eq!(
+            c.route(1).limits.len(),
+            2,
+            "untouched seed keeps 50/1s and 1000/60s"
+        );
+        let i = c.find(&Method::POST, "/open-apis/im/v1/messages").unwrap();
+        assert_eq!(c.route(i).limits[0].to_string(), "20/10s");
     }
 
     #[test]

@@ -102,6 +102,13 @@ pub enum GatewayError {
     BodyTimeout,
     /// The client aborted while sending its body.
     BodyAborted,
+    /// A gateway control header has a value it cannot use.
+    BadHeader {
+        /// The header, as documented.
+        name: &'static str,
+        /// What it should hold.
+        expected: &'static str,
+    },
     /// No valid tenant token could be had.
     TokenUnavailable {
         /// Feishu's code from the token call, or a gateway code.
@@ -111,6 +118,8 @@ pub enum GatewayError {
     },
     /// Feishu could not be reached or failed mid-answer.
     Upstream(UpstreamFailure),
+    /// Over the (app, route) quota: rejected at once or after waiting.
+    RateLimited(Box<crate::quota::Rejection>),
     /// A bug: a panic or an impossible state.
     Internal,
 }
@@ -125,10 +134,11 @@ impl GatewayError {
             }
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::BodyAborted => StatusCode::BAD_REQUEST,
+            GatewayError::BodyAborted | GatewayError::BadHeader { .. } => StatusCode::BAD_REQUEST,
             GatewayError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -143,9 +153,11 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "payload-too-large",
             GatewayError::BodyTimeout => "body-timeout",
             GatewayError::BodyAborted => "body-aborted",
+            GatewayError::BadHeader { .. } => "invalid-request",
             GatewayError::TokenUnavailable { .. } => "token-unavailable",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream-timeout",
             GatewayError::Upstream(_) => "upstream-unavailable",
+            GatewayError::RateLimited(_) => "rate-limited",
             GatewayError::Internal => "internal",
         }
     }
@@ -158,10 +170,11 @@ impl GatewayError {
             GatewayError::InvalidCredentials => codes::TENANT_TOKEN_INVALID,
             GatewayError::BodyTooLarge { .. } => codes::INVALID_PARAM,
             GatewayError::BodyTimeout => codes::GW_BODY_TIMEOUT,
-            GatewayError::BodyAborted => codes::INVALID_PARAM,
+            GatewayError::BodyAborted | GatewayError::BadHeader { .. } => codes::INVALID_PARAM,
             GatewayError::TokenUnavailable { code, .. } => *code,
             GatewayError::Upstream(UpstreamFailure::Timeout) => codes::GW_UPSTREAM_TIMEOUT,
             GatewayError::Upstream(_) => codes::GW_UPSTREAM_UNAVAILABLE,
+            GatewayError::RateLimited(_) => codes::RATE_LIMITED,
             GatewayError::Internal => codes::GW_INTERNAL,
         }
     }
@@ -187,6 +200,9 @@ impl GatewayError {
             GatewayError::BodyAborted => {
                 "feishu-gateway: the request body could not be read".into()
             }
+            GatewayError::BadHeader { name, expected } => {
+                format!("feishu-gateway: header {name} must be {expected}")
+            }
             GatewayError::TokenUnavailable { msg, .. } => {
                 format!("feishu-gateway: no valid tenant_access_token: {msg}")
             }
@@ -197,13 +213,34 @@ impl GatewayError {
                 "feishu-gateway: Feishu could not be reached ({})",
                 kind.as_str()
             ),
+            GatewayError::RateLimited(r) => format!(
+                "request trigger frequency limit: feishu-gateway holds this app to {} for this endpoint; retry after {} s",
+                r.label(),
+                r.reset_secs()
+            ),
             GatewayError::Internal => "feishu-gateway: internal error".into(),
         }
     }
 
     /// The complete answer.
     pub fn into_response(self) -> Response<ProxyBody> {
-        json_response(self.status(), self.reason(), self.code(), &self.msg())
+        let mut resp = json_response(self.status(), self.reason(), self.code(), &self.msg());
+        if let GatewayError::RateLimited(r) = &self {
+            // Feishu's own headers, so existing 429 handling keeps working,
+            // plus Retry-After and the IETF draft RateLimit headers.
+            let h = resp.headers_mut();
+            let reset = HeaderValue::from(r.reset_secs());
+            h.insert("x-ogw-ratelimit-limit", HeaderValue::from(r.limit_value()));
+            h.insert("x-ogw-ratelimit-reset", reset.clone());
+            h.insert(http::header::RETRY_AFTER, reset);
+            if let Ok(v) = HeaderValue::from_str(r.ratelimit_policy()) {
+                h.insert("ratelimit-policy", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&r.ratelimit()) {
+                h.insert("ratelimit", v);
+            }
+        }
+        resp
     }
 }
 

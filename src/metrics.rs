@@ -72,10 +72,22 @@ pub struct Metrics {
     token_replays: IntCounterVec,
     upstream_errors: IntCounterVec,
     in_flight: IntGauge,
+    quota_limit: IntGaugeVec,
+    quota_waiting: IntGaugeVec,
+    quota_wait: HistogramVec,
     /// Cached handles, indexed `[app + 1][route + 1]` (0 = unknown/other).
     pairs: Vec<Vec<PairMetrics>>,
     app_labels: Vec<String>,
     route_labels: Vec<String>,
+}
+
+/// Wait-mode handles of one quota-limited (app, route) pair.
+#[derive(Clone)]
+pub struct QuotaPairMetrics {
+    /// Requests waiting now.
+    pub waiting: IntGauge,
+    /// Time admitted requests waited.
+    pub wait: Histogram,
 }
 
 /// Handles for one (app, route) pair.
@@ -164,6 +176,28 @@ impl Metrics {
             "feishu_gateway_in_flight_requests",
             "Requests being handled now",
         )?;
+        let quota_limit = IntGaugeVec::new(
+            Opts::new(
+                "feishu_gateway_quota_limit",
+                "Configured requests per window of each (app, route) quota",
+            ),
+            &["app", "route", "window"],
+        )?;
+        let quota_waiting = IntGaugeVec::new(
+            Opts::new(
+                "feishu_gateway_quota_waiting",
+                "Requests waiting for quota in wait mode now",
+            ),
+            &["app", "route"],
+        )?;
+        let quota_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "feishu_gateway_quota_wait_seconds",
+                "Time admitted requests waited for quota in wait mode",
+            )
+            .buckets(buckets()),
+            &["app", "route"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("feishu_gateway_build_info", "Build information"),
             &["version"],
@@ -186,6 +220,9 @@ impl Metrics {
             Box::new(token_replays.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
+            Box::new(quota_limit.clone()),
+            Box::new(quota_waiting.clone()),
+            Box::new(quota_wait.clone()),
             Box::new(build_info.clone()),
             Box::new(code_info.clone()),
         ] {
@@ -233,6 +270,9 @@ impl Metrics {
             token_replays,
             upstream_errors,
             in_flight,
+            quota_limit,
+            quota_waiting,
+            quota_wait,
             pairs,
             app_labels,
             route_labels,
@@ -347,6 +387,33 @@ impl Metrics {
         self.token_replays
             .with_label_values(&[self.app_label(Some(app)), &code.to_string()])
             .inc();
+    }
+
+    /// Handles for a quota-limited (app, route) pair; also publishes its
+    /// windows in `feishu_gateway_quota_limit` and starts its rate-limit and
+    /// throttle counters at 0, so dashboards and alerts see the series.
+    pub fn quota_pair(
+        &self,
+        app: usize,
+        route: usize,
+        windows: &[crate::quota::Window],
+    ) -> QuotaPairMetrics {
+        let a = self.app_label(Some(app));
+        let r = self.route_label(Some(route));
+        for w in windows {
+            let label = w.to_string();
+            self.quota_limit
+                .with_label_values(&[a, r, &label])
+                .set(i64::from(w.limit()));
+            self.rate_limited.with_label_values(&[a, r, &label]);
+        }
+        self.rate_limited
+            .with_label_values(&[a, r, "upstream-pause"]);
+        self.upstream_throttled.with_label_values(&[a, r]);
+        QuotaPairMetrics {
+            waiting: self.quota_waiting.with_label_values(&[a, r]),
+            wait: self.quota_wait.with_label_values(&[a, r]),
+        }
     }
 
     /// The in-flight gauge.

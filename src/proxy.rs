@@ -9,6 +9,7 @@
 //! | `route`          | is this an `/open-apis/` path? which catalog entry?       |
 //! | `authenticate`   | which client is calling, and so which app                 |
 //! | `read_body`      | buffer the body within the size and time limits           |
+//! | `admit`          | the (app, route) quota: go now, wait, or 429              |
 //! | `forward`        | inject the tenant token, send, replay once on token-invalid |
 //! | `response_filter`| strip hop-by-hop headers from Feishu's answer             |
 //! | `logging`        | one access-log line and the request metrics               |
@@ -29,10 +30,11 @@ use tokio::time::Instant;
 
 use crate::auth::{AuthError, ClientTable};
 use crate::body::ProxyBody;
-use crate::catalog::Catalog;
-use crate::config::{Config, Upstream};
+use crate::catalog::{Catalog, Route};
+use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
 use crate::error::{codes, GatewayError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, QuotaPairMetrics};
+use crate::quota::{KeySpec, LocalQuota, Overflow, Plan, PlanPolicy, QuotaKey};
 use crate::token::{Token, TokenManager};
 use crate::upstream::{classify, inspect, HttpClient, Inspected};
 
@@ -43,6 +45,8 @@ const INSPECT_LIMIT: usize = 256 * 1024;
 pub const X_REQUEST_ID: &str = "x-request-id";
 /// Feishu's log id, the id its support asks for.
 pub const X_TT_LOGID: &str = "x-tt-logid";
+/// Per-request wait-mode override: `X-Gateway-Max-Wait: <ms>` (0 = reject).
+pub const X_GATEWAY_MAX_WAIT: &str = "x-gateway-max-wait";
 
 /// Shared state of the gateway: everything a phase may consult.
 pub struct Gateway {
@@ -52,6 +56,11 @@ pub struct Gateway {
     tokens: Arc<TokenManager>,
     client: HttpClient,
     metrics: Arc<Metrics>,
+    quota: LocalQuota,
+    /// Quota key and wait metrics per (app, route), at `app * routes + route`;
+    /// `None` where the route has no limits.
+    quota_keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>,
+    quota_config: QuotaConfig,
     max_body_bytes: usize,
     body_read_timeout: Duration,
     upstream_timeout: Duration,
@@ -106,15 +115,42 @@ impl RequestCtx {
 }
 
 impl Gateway {
-    /// Builds the gateway's shared state.
+    /// Builds the gateway's shared state: one quota key per configured app
+    /// and limited route (keys come from configuration only).
     pub fn new(
         config: &Config,
         catalog: Catalog,
         tokens: Arc<TokenManager>,
         client: HttpClient,
         metrics: Arc<Metrics>,
-    ) -> Gateway {
-        Gateway {
+    ) -> Result<Gateway, String> {
+        let policy = PlanPolicy {
+            margin: config.quota.margin,
+            min_rate_fraction: config.quota.min_rate_fraction,
+        };
+        let mut plans: Vec<Option<Plan>> = Vec::new();
+        for route in catalog.routes() {
+            if route.limits.is_empty() {
+                plans.push(None);
+                continue;
+            }
+            let plan = Plan::new(&route.limits, &policy)
+                .map_err(|e| format!("route {}: {e}", route.template))?;
+            tracing::info!(route = %route.template, plan = %plan, "quota plan");
+            plans.push(Some(plan));
+        }
+        let mut specs = Vec::new();
+        let mut quota_keys = Vec::new();
+        for app in 0..config.apps.len() {
+            for (r, plan) in plans.iter().enumerate() {
+                quota_keys.push(plan.as_ref().map(|plan| {
+                    let key = QuotaKey::new(specs.len() as u32);
+                    specs.push(KeySpec::new(plan.clone(), config.quota.max_waiters));
+                    (key, metrics.quota_pair(app, r, &catalog.route(r).limits))
+                }));
+            }
+        }
+        Ok(Gateway {
             apps: config
                 .apps
                 .iter()
@@ -128,10 +164,13 @@ impl Gateway {
             tokens,
             client,
             metrics,
+            quota: LocalQuota::with_tokio_clock(specs),
+            quota_keys,
+            quota_config: config.quota.clone(),
             max_body_bytes: config.max_body_bytes,
             body_read_timeout: config.timeouts.body_read,
             upstream_timeout: config.timeouts.upstream,
-        }
+        })
     }
 
     /// Handles one request through every phase. Never fails: a phase that
@@ -160,6 +199,7 @@ impl Gateway {
         self.route(ctx, &parts)?;
         self.authenticate(ctx, &parts.headers)?;
         let body = self.read_body(&parts, body).await?;
+        self.admit(ctx, &parts.headers).await?;
         let resp = self.forward(ctx, &parts, body).await?;
         Ok(self.response_filter(resp))
     }
@@ -213,6 +253,99 @@ impl Gateway {
         }
     }
 
+    /// Phase `admit`: the (app, route) quota. Requests on routes without
+    /// limits go straight on. Over the limit, reject mode answers 429 at
+    /// once; wait mode holds the request (in arrival order) until it may go
+    /// or its wait would exceed the maximum. A rejected request spends no
+    /// quota.
+    async fn admit(&self, ctx: &mut RequestCtx, headers: &HeaderMap) -> Result<(), GatewayError> {
+        let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
+            return Ok(());
+        };
+        let Some((key, pair)) = self.quota_key(app, route) else {
+            return Ok(());
+        };
+        let overflow = self.overflow(self.catalog.route(route), headers)?;
+        let result = match overflow {
+            Overflow::Reject => self.quota.check(*key),
+            Overflow::Wait(_) => {
+                pair.waiting.inc();
+                let r = self.quota.acquire(*key, overflow).await;
+                pair.waiting.dec();
+                r
+            }
+        };
+        match result {
+            Ok(admit) => {
+                if !admit.waited.is_zero() {
+                    pair.wait.observe(admit.waited.as_secs_f64());
+                }
+                Ok(())
+            }
+            Err(rejection) => {
+                self.metrics
+                    .rate_limited(ctx.app, ctx.route, rejection.label());
+                Err(GatewayError::RateLimited(Box::new(rejection)))
+            }
+        }
+    }
+
+    fn quota_key(&self, app: usize, route: usize) -> Option<&(QuotaKey, QuotaPairMetrics)> {
+        self.quota_keys
+            .get(app * self.catalog.routes().len() + route)?
+            .as_ref()
+    }
+
+    /// Reject or wait, by route config, overridden per request by
+    /// `X-Gateway-Max-Wait: <ms>` (capped by the configured maximum).
+    fn overflow(&self, route: &Route, headers: &HeaderMap) -> Result<Overflow, GatewayError> {
+        let max = route.max_wait.unwrap_or(self.quota_config.max_wait);
+        if let Some(v) = headers.get(X_GATEWAY_MAX_WAIT) {
+            let ms: u64 = v.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or(
+                GatewayError::BadHeader {
+                    name: "X-Gateway-Max-Wait",
+                    expected: "a whole number of milliseconds",
+                },
+            )?;
+            return Ok(if ms == 0 {
+                Overflow::Reject
+            } else {
+                Overflow::Wait(Duration::from_millis(ms).min(max))
+            });
+        }
+        Ok(match route.overflow.unwrap_or(self.quota_config.overflow) {
+            OverflowMode::Reject => Overflow::Reject,
+            OverflowMode::Wait => Overflow::Wait(max),
+        })
+    }
+
+    /// Feishu throttled us anyway (another client of the same app, or a
+    /// limit lower than configured): pause the key until Feishu's reset, so
+    /// requests meanwhile get the gateway's 429 (or wait) instead of being
+    /// sent to be throttled again.
+    fn upstream_throttled(&self, ctx: &RequestCtx, headers: &HeaderMap) {
+        self.metrics.upstream_throttled(ctx.app, ctx.route);
+        let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
+            return;
+        };
+        let Some((key, _)) = self.quota_key(app, route) else {
+            return;
+        };
+        let secs = headers
+            .get("x-ogw-ratelimit-reset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(1)
+            .clamp(1, 300);
+        self.quota.pause(*key, Duration::from_secs(secs));
+        tracing::warn!(
+            app = %self.apps[app].name,
+            route = %self.catalog.route(route).template,
+            pause_secs = secs,
+            "Feishu throttled this app and route; pausing it"
+        );
+    }
+
     /// Phase `forward`: sends the request with the app's tenant token. When
     /// Feishu answers with a token-invalid code (whatever the HTTP status),
     /// drops that token if it is still cached, gets a fresh one and replays
@@ -252,6 +385,11 @@ impl Gateway {
                     );
                 }
                 code => {
+                    if answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
+                        || code == Some(codes::RATE_LIMITED)
+                    {
+                        self.upstream_throttled(ctx, &answer.head.headers);
+                    }
                     ctx.code = code;
                     ctx.logid = answer.head.headers.get(X_TT_LOGID).cloned();
                     return Ok(Response::from_parts(answer.head, answer.body));

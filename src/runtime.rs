@@ -33,6 +33,9 @@ pub enum StartError {
     /// The upstream client could not be built (e.g. a bad CA file).
     #[error("upstream client: {0}")]
     Upstream(String),
+    /// The catalog or quotas could not be built from the config.
+    #[error("config: {0}")]
+    Config(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -66,7 +69,7 @@ impl Runtime {
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
-        let catalog = Catalog::builtin();
+        let catalog = Catalog::with_overrides(&config.routes).map_err(StartError::Config)?;
         let app_names: Vec<String> = config.apps.iter().map(|a| a.name.clone()).collect();
         let metrics = Arc::new(Metrics::new(
             prometheus::Registry::new(),
@@ -80,13 +83,16 @@ impl Runtime {
             config.token.clone(),
             Arc::clone(&metrics),
         ));
-        let gateway = Arc::new(Gateway::new(
-            &config,
-            catalog,
-            Arc::clone(&tokens),
-            client,
-            Arc::clone(&metrics),
-        ));
+        let gateway = Arc::new(
+            Gateway::new(
+                &config,
+                catalog,
+                Arc::clone(&tokens),
+                client,
+                Arc::clone(&metrics),
+            )
+            .map_err(StartError::Config)?,
+        );
         let refreshers = tokens.spawn_refreshers();
 
         let addr = listener.local_addr().map_err(|source| StartError::Bind {

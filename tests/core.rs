@@ -55,7 +55,7 @@ async fn injects_the_tenant_token_and_strips_the_client_key() {
 
 #[tokio::test]
 async fn fifty_concurrent_cold_requests_make_one_token_call() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_without_quota(), "", NO_QUOTA).await;
     let mut tasks = Vec::new();
     let h = std::sync::Arc::new(h);
     for i in 0..50 {
@@ -72,9 +72,9 @@ async fn fifty_concurrent_cold_requests_make_one_token_call() {
 
 #[tokio::test]
 async fn short_lifetimes_never_send_an_expired_token() {
-    let mut sim = sim_config();
+    let mut sim = sim_without_quota();
     sim.token_lifetime = Duration::from_secs(2);
-    let h = start(sim, "", "").await;
+    let h = start(sim, "", NO_QUOTA).await;
     h.ready().await;
     // Run over four lifetimes; every request must find a valid token.
     let until = tokio::time::Instant::now() + Duration::from_secs(8);

@@ -47,6 +47,10 @@ pub struct Config {
     pub token: TokenPolicy,
     /// Logging (`[log]`).
     pub log: Log,
+    /// Quota behaviour (`[quota]`).
+    pub quota: QuotaConfig,
+    /// Catalog overrides and additions (`[[routes]]`).
+    pub routes: Vec<RouteConfig>,
     /// The Feishu apps the gateway holds secrets for (`[[apps]]`).
     pub apps: Vec<AppConfig>,
     /// The internal services allowed to call (`[[clients]]`).
@@ -150,6 +154,53 @@ pub struct TokenPolicy {
     pub retry_max: Duration,
     /// Timeout of one token call (`fetch_timeout`). Default 10 s.
     pub fetch_timeout: Duration,
+}
+
+/// What to do with a request over its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowMode {
+    /// Answer 429 at once (default).
+    Reject,
+    /// Hold the request until it may go, up to `max_wait`.
+    Wait,
+}
+
+/// Quota behaviour (`[quota]`).
+#[derive(Debug, Clone)]
+pub struct QuotaConfig {
+    /// Added to every window when planning (`margin`), because admitted
+    /// requests reach Feishu with jitter and Feishu counts at arrival.
+    /// Default 100 ms.
+    pub margin: Duration,
+    /// Keep the sustained rate at or above this fraction of the best
+    /// achievable one and take the largest burst that allows
+    /// (`min_rate_fraction`). Default 0.965.
+    pub min_rate_fraction: f64,
+    /// Default behaviour over the limit (`overflow`: `"reject"` or `"wait"`).
+    pub overflow: OverflowMode,
+    /// Longest wait in wait mode (`max_wait`), also the cap of the
+    /// per-request `X-Gateway-Max-Wait` header. Default 5 s.
+    pub max_wait: Duration,
+    /// Requests that may wait per (app, route) at once (`max_waiters`);
+    /// past it, requests are rejected. Default 256.
+    pub max_waiters: u32,
+}
+
+/// A catalog override or addition (`[[routes]]`). Fields left out keep the
+/// built-in entry's values (or the global defaults for a new entry).
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// HTTP method (`method`).
+    pub method: http::Method,
+    /// Path template (`path`), e.g. `/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice`.
+    pub path: String,
+    /// Windows like `["50/1s", "1000/60s"]` (`limits`); `[]` removes the
+    /// gateway quota of the route.
+    pub limits: Option<Vec<crate::quota::Window>>,
+    /// Overrides `quota.overflow` for this route (`overflow`).
+    pub overflow: Option<OverflowMode>,
+    /// Overrides `quota.max_wait` for this route (`max_wait`).
+    pub max_wait: Option<Duration>,
 }
 
 /// Log output (`[log]`).
@@ -332,6 +383,8 @@ impl Config {
             Log { format, level }
         };
 
+        let quota = read_quota(&mut s, p);
+        let routes = read_routes(&mut s, &quota, p);
         let (apps, app_names) = read_apps(&mut s, &upstream, env, p);
         let clients = read_clients(&mut s, &app_names, env, p);
         s.finish(p);
@@ -361,6 +414,8 @@ impl Config {
             pool,
             token,
             log,
+            quota,
+            routes,
             apps,
             clients,
             warnings,
@@ -459,6 +514,126 @@ fn secret_source<'a>(
             None
         }
     }
+}
+
+fn overflow(s: &mut Section<'_>, p: &mut Problems) -> Option<OverflowMode> {
+    match s.string("overflow", p)? {
+        "reject" => Some(OverflowMode::Reject),
+        "wait" => Some(OverflowMode::Wait),
+        other => {
+            p.push(
+                s.key("overflow"),
+                format!("{other:?} is not \"reject\" or \"wait\""),
+            );
+            None
+        }
+    }
+}
+
+fn read_quota(root: &mut Section<'_>, p: &mut Problems) -> QuotaConfig {
+    let defaults = crate::quota::PlanPolicy::default();
+    let mut q = QuotaConfig {
+        margin: defaults.margin,
+        min_rate_fraction: defaults.min_rate_fraction,
+        overflow: OverflowMode::Reject,
+        max_wait: Duration::from_secs(5),
+        max_waiters: 256,
+    };
+    let Some(mut s) = root.table("quota", p) else {
+        return q;
+    };
+    if let Some(m) = s.duration("margin", p) {
+        q.margin = m;
+    }
+    match s.value("min_rate_fraction") {
+        Some(toml::Value::Float(f)) if *f > 0.0 && *f <= 1.0 => q.min_rate_fraction = *f,
+        Some(toml::Value::Integer(1)) => q.min_rate_fraction = 1.0,
+        Some(_) => p.push(
+            s.key("min_rate_fraction"),
+            "must be a number greater than 0 and at most 1, like 0.965",
+        ),
+        None => {}
+    }
+    if let Some(o) = overflow(&mut s, p) {
+        q.overflow = o;
+    }
+    if let Some(w) = s.duration("max_wait", p) {
+        q.max_wait = w;
+    }
+    if let Some(n) = s.integer("max_waiters", 1_000_000, p) {
+        q.max_waiters = n as u32;
+    }
+    s.finish(p);
+    let policy = crate::quota::PlanPolicy {
+        margin: q.margin,
+        min_rate_fraction: q.min_rate_fraction,
+    };
+    let probe = crate::quota::Window::new(50, Duration::from_secs(1)).expect("valid window");
+    if let Err(e) = crate::quota::Plan::new(&[probe], &policy) {
+        p.push("quota.margin", e.to_string());
+    }
+    q
+}
+
+fn read_routes(root: &mut Section<'_>, quota: &QuotaConfig, p: &mut Problems) -> Vec<RouteConfig> {
+    let policy = crate::quota::PlanPolicy {
+        margin: quota.margin,
+        min_rate_fraction: quota.min_rate_fraction,
+    };
+    let mut out: Vec<RouteConfig> = Vec::new();
+    for mut s in root.tables("routes", p) {
+        let method = s.required_string("method", p).and_then(|m| {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    p.push(s.key("method"), format!("{m:?} is not an HTTP method"));
+                    None
+                }
+            }
+        });
+        let path = s.required_string("path", p).and_then(|path| {
+            match crate::catalog::Route::new("config", http::Method::GET, path) {
+                Ok(_) => Some(path.to_string()),
+                Err(e) => {
+                    p.push(s.key("path"), e);
+                    None
+                }
+            }
+        });
+        let limits = s.strings("limits", p).map(|list| {
+            let mut windows = Vec::new();
+            for (i, w) in list.iter().enumerate() {
+                match w.parse::<crate::quota::Window>() {
+                    Ok(w) => windows.push(w),
+                    Err(e) => p.push(format!("{}[{i}]", s.key("limits")), e.to_string()),
+                }
+            }
+            if !windows.is_empty() {
+                if let Err(e) = crate::quota::Plan::new(&windows, &policy) {
+                    p.push(s.key("limits"), e.to_string());
+                }
+            }
+            windows
+        });
+        let overflow = overflow(&mut s, p);
+        let max_wait = s.duration("max_wait", p);
+        if let (Some(m), Some(path)) = (&method, &path) {
+            if out.iter().any(|r| r.method == *m && r.path == *path) {
+                p.push(s.key("path"), format!("{m} {path} is listed twice"));
+            }
+        }
+        s.finish(p);
+        if let (Some(method), Some(path)) = (method, path) {
+            out.push(RouteConfig {
+                method,
+                path,
+                limits,
+                overflow,
+                max_wait,
+            });
+        }
+    }
+    out
 }
 
 /// Reads `[[apps]]`. Returns the complete entries and every entry's name

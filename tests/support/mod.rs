@@ -21,6 +21,22 @@ pub const CLIENT_KEY: &str = "client-key-billing-0123456789";
 pub const PUT_PATH: &str = "/open-apis/im/v1/chats/oc_123/top_notice/put_top_notice";
 pub const PUT_BODY: &str = r#"{"chat_top_notice":[{"action_type":"1","message_id":"om_dc13264520392913993dd051dba21dcf"}]}"#;
 
+/// Config sections that lift the gateway's quota on put_top_notice, for
+/// tests about something else (pair with [`sim_without_quota`]).
+pub const NO_QUOTA: &str = r#"
+[[routes]]
+method = "POST"
+path = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice"
+limits = []
+"#;
+
+/// A simulated Feishu with the test app and its quota enforcement off.
+pub fn sim_without_quota() -> SimConfig {
+    let mut c = sim_config();
+    c.quota = feishu_gateway::sim::QuotaMode::Off;
+    c
+}
+
 /// The environment the gateway's config reads secrets from.
 pub fn env() -> MapEnv {
     MapEnv::new()
