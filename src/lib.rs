@@ -23,6 +23,7 @@
 //! | [`metrics`]   | Prometheus families and cached per-(app, route) handles        |
 //! | [`admin`]     | `/healthz`, `/readyz`, `/metrics` on the admin listener        |
 //! | [`server`]    | accept loop, title-cased HTTP/1 headers, graceful drain        |
+//! | [`tls`]       | HTTPS on the listener: rustls, ALPN, certificate reload        |
 //! | [`secret`]    | values that are never printed                                  |
 //! | [`demo`]      | `feishu-gateway demo`: simulated Feishu + gateway, offline      |
 //! | [`sim`]       | a simulated Feishu for the demo, the tests and the benchmarks  |
@@ -45,5 +46,6 @@ pub mod server;
 /// A simulated Feishu Open Platform for the demo, the tests and the benchmark.
 pub mod sim;
 pub mod stack;
+pub mod tls;
 pub mod token;
 pub mod upstream;

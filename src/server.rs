@@ -1,27 +1,55 @@
 //! Accepting connections and shutting down gracefully.
 //!
 //! [`serve`] takes a bound listener, a service and a shutdown future, so
-//! tests bind `127.0.0.1:0` and call it directly. HTTP/1 answers go out with
-//! title-cased header names (`X-Tt-Logid`, `Content-Type`): the official
-//! Python SDK looks them up case-sensitively.
+//! tests bind `127.0.0.1:0` and call it directly; [`serve_with_tls`] does the
+//! same over HTTPS. HTTP/1 answers go out with title-cased header names
+//! (`X-Tt-Logid`, `Content-Type`), over TLS too: the official Python SDK
+//! looks them up case-sensitively.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-/// Serves `service` on `listener` until `shutdown` completes, then stops
-/// accepting and gives open connections up to `grace` to finish their
-/// in-flight requests.
+use crate::tls::ReloadingAcceptor;
+
+/// Serves `service` on `listener` over plain HTTP until `shutdown`
+/// completes, then stops accepting and gives open connections up to `grace`
+/// to finish their in-flight requests.
 pub async fn serve<S, B>(
     listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_with_tls(listener, None, service, shutdown, grace).await
+}
+
+/// [`serve`], over HTTPS when `tls` is given: each accepted connection does
+/// its TLS handshake in its own task, bounded by the acceptor's handshake
+/// timeout, so a slow, silent or broken client never holds up the accept
+/// loop; a failed handshake closes only that connection. The protocol is
+/// HTTP/2 when ALPN chose `h2`, HTTP/1.1 otherwise.
+pub async fn serve_with_tls<S, B>(
+    listener: TcpListener,
+    tls: Option<ReloadingAcceptor>,
     service: S,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -42,13 +70,14 @@ pub async fn serve<S, B>(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -57,13 +86,23 @@ pub async fn serve<S, B>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                // Taken here, before any shutdown can be signalled, so a
+                // connection still in its handshake is drained like the rest.
+                let watcher = graceful.watcher();
+                let builder = Arc::clone(&builder);
+                let service = service.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    match tls {
+                        None => connection(&builder, TokioIo::new(stream), service, watcher).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                connection(&builder, TokioIo::new(stream), service, watcher).await
+                            }
+                            // Scanners and clients that do not trust the
+                            // certificate end here; nothing to answer.
+                            Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        },
                     }
                 });
             }
@@ -76,5 +115,30 @@ pub async fn serve<S, B>(
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing the remaining connections");
         }
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends or is drained.
+async fn connection<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    watcher: Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder
+        .serve_connection(io, TowerToHyperService::new(service))
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

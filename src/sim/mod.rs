@@ -21,6 +21,16 @@
 //!   modules can differential-test against it.
 //! - `answer`: JSON answers, error messages and `X-Tt-Logid` values.
 //! - `state`: the state shared by the server and the handle.
+//! - [`ca`](crate::sim::ca): a certificate authority made at run time, for
+//!   HTTPS on loopback ([`SimConfig::tls`](crate::sim::SimConfig::tls)).
+//!
+//! # HTTPS
+//!
+//! With `tls` set, the fake serves HTTPS only, with a certificate for
+//! `localhost` and `127.0.0.1` signed by a CA generated at start
+//! ([`SimFeishu::ca_pem`](crate::sim::SimFeishu::ca_pem)), offering HTTP/2 and
+//! HTTP/1.1 by ALPN. Each recorded request carries the HTTP version it came
+//! with.
 //!
 //! # Requests, as the fake sees them
 //!
@@ -54,6 +64,7 @@
 //! ```
 
 mod answer;
+pub mod ca;
 pub mod contract;
 mod quota;
 mod server;
@@ -69,7 +80,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode, Version};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -151,6 +162,10 @@ pub struct SimConfig {
     /// records grow without bound). Counters, token calls and arrival logs
     /// are kept either way.
     pub record_requests: bool,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with a certificate for
+    /// `localhost` and `127.0.0.1` from a CA made at start; see
+    /// [`SimFeishu::ca_pem`]. Default false (plain HTTP).
+    pub tls: bool,
 }
 
 impl Default for SimConfig {
@@ -167,6 +182,7 @@ impl Default for SimConfig {
             ],
             latency: Duration::ZERO,
             record_requests: true,
+            tls: false,
         }
     }
 }
@@ -212,6 +228,8 @@ pub struct RecordedRequest {
     pub path: String,
     /// Raw query string, if any.
     pub query: Option<String>,
+    /// The HTTP version it came with (`HTTP_2` when ALPN chose `h2`).
+    pub version: Version,
     /// Headers as received.
     pub headers: HeaderMap,
     /// Body as received.
@@ -261,6 +279,7 @@ pub struct TokenCall {
 pub struct SimFeishu {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    ca: Option<ca::TestCa>,
     task: JoinHandle<()>,
 }
 
@@ -268,6 +287,7 @@ impl std::fmt::Debug for SimFeishu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimFeishu")
             .field("addr", &self.addr)
+            .field("tls", &self.ca.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -282,9 +302,25 @@ impl SimFeishu {
     /// Start the fake on a listener the caller has bound.
     pub async fn start_on(listener: TcpListener, cfg: SimConfig) -> std::io::Result<SimFeishu> {
         let addr = listener.local_addr()?;
+        let (ca, tls) = if cfg.tls {
+            let ca = ca::TestCa::new("feishu-gateway sim CA").map_err(std::io::Error::other)?;
+            let config = ca
+                .issue_localhost("sim.feishu.localhost")
+                .and_then(|leaf| leaf.server_config())
+                .map_err(std::io::Error::other)?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            (Some(ca), Some(acceptor))
+        } else {
+            (None, None)
+        };
         let shared = Arc::new(Shared::new(cfg));
-        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
-        Ok(SimFeishu { shared, addr, task })
+        let task = tokio::spawn(server::serve(listener, tls, Arc::clone(&shared)));
+        Ok(SimFeishu {
+            shared,
+            addr,
+            ca,
+            task,
+        })
     }
 
     /// The address the fake listens on.
@@ -292,9 +328,23 @@ impl SimFeishu {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`, the base URL to give a client.
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` with
+    /// [`SimConfig::tls`]: the base URL to give a client.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The PEM certificate of the CA that signed the fake's certificate, when
+    /// it serves HTTPS: what a client must trust (`upstream_ca_file`).
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca.as_ref().map(ca::TestCa::cert_pem)
+    }
+
+    /// The CA itself, when the fake serves HTTPS, to issue more certificates
+    /// that the same clients trust (e.g. for the gateway's own listener).
+    pub fn ca(&self) -> Option<&ca::TestCa> {
+        self.ca.as_ref()
     }
 
     // ----- fault injection -------------------------------------------------

@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use super::answer::{code, new_logid, Answer, RateLimitHeaders};
 use super::contract;
@@ -49,12 +50,18 @@ const X_SIM_DELAY_MS: &str = "x-sim-delay-ms";
 #[error("sim: connection dropped without an answer")]
 struct Dropped;
 
+/// How long a TLS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accept connections until the task is aborted. Connections live in a
-/// `JoinSet` owned by this task, so aborting it closes them all.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// `JoinSet` owned by this task, so aborting it closes them all. With `tls`,
+/// each connection does its handshake in its own task, so a slow or broken
+/// client never holds up the accept loop.
+pub(crate) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The Python SDK looks up `X-Tt-Logid` and `Content-Type` case-sensitively.
     builder.http1().title_case_headers(true);
+    let builder = Arc::new(builder);
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -63,12 +70,29 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     // Answers are one small write: do not let Nagle hold them.
                     let _ = stream.set_nodelay(true);
                     let shared = Arc::clone(&shared);
-                    let service = service_fn(move |req| handle(Arc::clone(&shared), req));
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
+                    let builder = Arc::clone(&builder);
+                    let tls = tls.clone();
                     conns.spawn(async move {
-                        if let Err(e) = conn.await {
+                        let service = service_fn(move |req| handle(Arc::clone(&shared), req));
+                        let served = match tls {
+                            None => builder.serve_connection(TokioIo::new(stream), service).await,
+                            Some(tls) => {
+                                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                                    Ok(Ok(stream)) => {
+                                        builder.serve_connection(TokioIo::new(stream), service).await
+                                    }
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(error = %e, "sim: TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!("sim: TLS handshake timed out");
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        if let Err(e) = served {
                             tracing::debug!(error = %e, "sim: connection ended with an error");
                         }
                     });
@@ -270,6 +294,7 @@ fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid:
         let record = RecordedRequest {
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
+            version: parts.version,
             bearer: bearer.map(str::to_owned),
             token_verdict: verdict,
             app_id: app.as_deref().map(str::to_owned),

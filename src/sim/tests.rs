@@ -655,6 +655,7 @@ async fn serves_http2_too() {
     let reply = put(&c, &sim, &token).await;
     assert_eq!(reply.code(), 0);
     assert!(reply.header("x-tt-logid").is_some());
+    assert_eq!(sim.requests()[0].version, http::Version::HTTP_2);
 }
 
 #[tokio::test]
@@ -734,4 +735,114 @@ async fn concurrent_clients_are_all_counted() {
     assert_eq!(sim.violations(), 50);
     let window = Duration::from_secs(60);
     assert_eq!(sim.max_in_any_window(APP, "put_top_notice", window), 100);
+}
+
+// ----- HTTPS ---------------------------------------------------------------
+
+/// A rustls client config trusting only `ca_pem`, offering `alpn`.
+fn trusting(ca_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("CA cert");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+fn tls_sim_config() -> SimConfig {
+    SimConfig {
+        tls: true,
+        ..SimConfig::with_app(APP, SECRET)
+    }
+}
+
+#[tokio::test]
+async fn https_offers_h2_by_alpn_and_records_the_version() {
+    let sim = start(tls_sim_config()).await;
+    assert_eq!(sim.base_url(), format!("https://{}", sim.addr()));
+    let ca = sim.ca_pem().expect("a CA in TLS mode");
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(trusting(&ca, &[]))
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let c = Client::builder(TokioExecutor::new()).build(https);
+    let url = format!(
+        "{}/open-apis/auth/v3/tenant_access_token/internal",
+        sim.base_url()
+    );
+    let body = serde_json::json!({"app_id": APP, "app_secret": SECRET}).to_string();
+    let req = Request::post(url)
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let resp = c.request(req).await.expect("answer over HTTPS");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let json: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
+            .expect("JSON");
+    let token = json["tenant_access_token"].as_str().expect("token");
+
+    let url = format!(
+        "{}/open-apis/im/v1/chats/{CHAT}/top_notice/put_top_notice",
+        sim.base_url()
+    );
+    let req = Request::post(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(Full::new(Bytes::from(PIN_ANNOUNCEMENT)))
+        .expect("request");
+    let resp = c.request(req).await.expect("answer over HTTPS");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let recorded = sim.requests();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].version, http::Version::HTTP_2);
+    assert_eq!(recorded[0].answered_code, 0);
+}
+
+#[tokio::test]
+async fn https_http1_answers_are_title_cased_and_untrusted_clients_fail() {
+    let sim = start(tls_sim_config()).await;
+    let ca = sim.ca_pem().expect("a CA in TLS mode");
+
+    // A client that does not trust the CA fails its handshake, and the fake
+    // goes on serving.
+    let stranger = tokio_rustls::TlsConnector::from(std::sync::Arc::new(trusting(
+        &crate::sim::ca::TestCa::new("other").expect("CA").cert_pem(),
+        &[b"http/1.1"],
+    )));
+    let tcp = TcpStream::connect(sim.addr()).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    assert!(stranger.connect(name.clone(), tcp).await.is_err());
+
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(trusting(&ca, &[b"http/1.1"])));
+    let tcp = TcpStream::connect(sim.addr()).await.expect("connect");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let request = format!(
+        "POST /open-apis/im/v1/chats/{CHAT}/top_notice/put_top_notice HTTP/1.1\r\n\
+         Host: localhost\r\nAuthorization: Bearer t-unknown\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{PIN_ANNOUNCEMENT}",
+        PIN_ANNOUNCEMENT.len()
+    );
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    // The fake closes without close_notify; what was read is enough.
+    let _ = tls.read_to_end(&mut raw).await;
+    let raw = String::from_utf8(raw).expect("utf-8");
+    let head = raw.split("\r\n\r\n").next().unwrap_or("");
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    assert!(head.contains("\r\nContent-Type: "), "{head}");
+    assert!(head.contains("\r\nX-Tt-Logid: "), "{head}");
+    let recorded = sim.requests();
+    assert_eq!(recorded[0].version, http::Version::HTTP_11);
+    assert_eq!(recorded[0].answered_code, 99991663);
 }
