@@ -36,6 +36,9 @@ pub enum StartError {
     /// The catalog or quotas could not be built from the config.
     #[error("config: {0}")]
     Config(String),
+    /// The listener's TLS certificate or key could not be loaded.
+    #[error("{0}")]
+    Tls(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -93,7 +96,17 @@ impl Runtime {
             )
             .map_err(StartError::Config)?,
         );
-        let refreshers = tokens.spawn_refreshers();
+        let mut refreshers = tokens.spawn_refreshers();
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::tls::ReloadingAcceptor::from_files(cert, key).map_err(StartError::Tls)?,
+            ),
+            _ => None,
+        };
+        if let Some(tls) = &tls {
+            // Reloads on SIGHUP and when the files change; aborted by wait().
+            refreshers.push(tls.spawn_reloader(crate::tls::DEFAULT_RELOAD_INTERVAL));
+        }
 
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
@@ -107,8 +120,9 @@ impl Runtime {
             })?;
         let (tx, rx) = watch::channel(false);
         let grace = config.timeouts.shutdown_grace;
-        let main = tokio::spawn(crate::server::serve(
+        let main = tokio::spawn(crate::server::serve_with_tls(
             listener,
+            tls,
             crate::stack::gateway_service(Arc::clone(&gateway)),
             wait_for(rx.clone()),
             grace,

@@ -245,22 +245,26 @@ async fn an_untrusted_feishu_certificate_fails_fast_with_json() {
 
 #[tokio::test]
 async fn the_gateway_listener_serves_https_with_h2_and_title_cased_http1() {
-    let (h, _ca) = start_https(true).await;
-    let ca = h.sim.ca().expect("CA");
+    // The gateway configured with `tls_cert` / `tls_key`, in front of a
+    // plain-HTTP simulated Feishu; the listener's certificate comes from a
+    // test CA.
+    let sim = SimFeishu::start(sim_config()).await.expect("sim starts");
+    let ca = TestCa::new("gateway test CA").expect("CA");
     let files = CertFiles::new(&ca.issue_localhost("gateway").expect("cert"));
-    let tls = ReloadingAcceptor::from_files(&files.cert, &files.key).expect("loads");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(feishu_gateway::server::serve_with_tls(
-        listener,
-        Some(tls),
-        feishu_gateway::stack::gateway_service(Arc::clone(h.gw.gateway())),
-        async {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(1),
-    ));
+    let top = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        files.cert.display().to_string(),
+        files.key.display().to_string()
+    );
+    let text = config_text(&sim.base_url(), &top, "");
+    let config = Config::parse(&text, &env()).unwrap_or_else(|p| panic!("{p}"));
+    let gw = Runtime::start(config).await.expect("gateway starts");
+    let h = Harness {
+        sim,
+        gw,
+        client: http_client(),
+    };
+    let addr = h.gw.addr();
     let ca_pem = ca.cert_pem();
 
     // HTTP/2 by ALPN, as SDKs with an h2-capable client get it.
@@ -313,8 +317,8 @@ async fn the_gateway_listener_serves_https_with_h2_and_title_cased_http1() {
     );
 
     assert_eq!(h.sim.requests().len(), 2);
-    drop(stop);
-    server.await.expect("server stops");
+    h.gw.shutdown();
+    h.gw.wait().await;
 }
 
 #[tokio::test]

@@ -32,6 +32,11 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Feishu's base URL (`upstream`). Default `https://open.feishu.cn`.
     pub upstream: Upstream,
+    /// PEM certificate chain for serving HTTPS on `listen` (`tls_cert`);
+    /// with `tls_key`. Reloaded on SIGHUP and when the files change.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for `tls_cert` (`tls_key`).
+    pub tls_key: Option<std::path::PathBuf>,
     /// Extra root certificates (PEM) trusted for the upstream, beside the
     /// public web roots (`upstream_ca_file`): private deployments, tests.
     pub upstream_ca_file: Option<std::path::PathBuf>,
@@ -293,6 +298,18 @@ impl Config {
         let upstream_ca_file = s
             .string("upstream_ca_file", p)
             .map(std::path::PathBuf::from);
+        let tls_cert = s.string("tls_cert", p).map(std::path::PathBuf::from);
+        let tls_key = s.string("tls_key", p).map(std::path::PathBuf::from);
+        match (&tls_cert, &tls_key) {
+            (Some(_), None) => p.push("tls_key", "is required when tls_cert is set"),
+            (None, Some(_)) => p.push("tls_cert", "is required when tls_key is set"),
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::ReloadingAcceptor::from_files(cert, key) {
+                    p.push("tls_cert", e);
+                }
+            }
+            (None, None) => {}
+        }
         let max_body_bytes = s
             .integer("max_body_bytes", 1 << 30, p)
             .map(|v| v as usize)
@@ -408,6 +425,8 @@ impl Config {
             listen: listen.expect("checked above"),
             admin_listen: admin_listen.expect("checked above"),
             upstream,
+            tls_cert,
+            tls_key,
             upstream_ca_file,
             max_body_bytes,
             timeouts,

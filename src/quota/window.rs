@@ -80,7 +80,7 @@ impl Window {
         if limit == 0 {
             return Err(WindowError::Limit("0".into()));
         }
-        if period.subsec_nanos() % 1_000_000 != 0 {
+        if !period.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(WindowError::Duration(format!("{period:?}")));
         }
         if !(MIN_PERIOD..=MAX_PERIOD).contains(&period) {
