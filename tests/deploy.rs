@@ -1,0 +1,1600 @@
+//! Tests of the operations artifacts in `deploy/`: the Prometheus rules and
+//! their unit tests, the Grafana dashboard, the Kubernetes manifests and the
+//! Dockerfile.
+//!
+//! # Layout
+//!
+//! - Static checks (no process, no socket): the files parse; the generated
+//!   manifests (PrometheusRule, ConfigMap) match their sources; the
+//!   manifests agree with each other and with the gateway's config.
+//! - `promtool`: `check rules`, `check config`, `test rules` (every alert
+//!   fires when it should and stays quiet when it should not).
+//! - Live: the simulated Feishu and the gateway in-process, a few calls,
+//!   then `/metrics`: every metric name in any PromQL of the rules or the
+//!   dashboard is exported; `promtool check metrics` passes; the
+//!   container's health check script works against the admin port.
+//! - End to end: a real Prometheus server scrapes the gateway, loads the
+//!   alerting rules, and answers queries for the expected series; every
+//!   dashboard query is valid PromQL there.
+//!
+//! `promtool` and `prometheus` come from Debian's `prometheus` package
+//! (deploy/ci-install.sh). When one is missing the tests that need it are
+//! skipped with a note, except under `CI`, where they fail.
+//!
+//! The PrometheusRule and the ConfigMap are generated from
+//! `deploy/prometheus/alerts.yml` and `deploy/config.example.toml`; after
+//! editing those, run `DEPLOY_BLESS=1 cargo test --test deploy` to rewrite
+//! the manifests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use feishu_gateway::config::{Config, MapEnv};
+use feishu_gateway::runtime::Runtime;
+use feishu_gateway::sim::{SimConfig, SimFeishu};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value as Json;
+use serde_norway::Value as Yaml;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+// ---------------------------------------------------------------------------
+// Metric names allowed in PromQL without being in a live /metrics.
+
+/// Names the rules or the dashboard use that a live `/metrics` does not
+/// show yet. Remove each one when its work lands (the live test prints a
+/// note once it shows up).
+const NOT_YET_EXPORTED: &[&str] = &[
+    // Registered, but no code path records it yet, and the `prometheus`
+    // crate prints nothing for a labelled family without series. The calls
+    // below include a 429/99991400 from the fake, so this one appears as
+    // soon as the proxy counts Feishu's throttling.
+    "feishu_gateway_upstream_throttled_total",
+    // Registered; recorded once the quota work rejects requests.
+    "feishu_gateway_rate_limited_total",
+    // Quota work: the configured N of each window, gauge {app,route,window}.
+    "feishu_gateway_quota_limit",
+    // Quota work: requests waiting for quota in wait mode, gauge {app,route}.
+    "feishu_gateway_quota_waiting",
+    // Quota work: time spent waiting for quota, histogram {app,route}.
+    "feishu_gateway_quota_wait_seconds",
+];
+
+/// Series Prometheus makes itself for every scrape target.
+const FROM_PROMETHEUS: &[&str] = &["up"];
+
+/// The alerts issue 5 asks for (plus `FeishuGatewayDown`), by name.
+const REQUIRED_ALERTS: &[&str] = &[
+    "FeishuGatewayTokenRefreshFailing",
+    "FeishuGatewayTokenExpiringSoon",
+    "FeishuGatewayUpstreamThrottled",
+    "FeishuGatewayErrorCodeRatioHigh",
+    "FeishuGatewayRateLimitedSustained",
+    "FeishuGatewayAddedLatencyHigh",
+    "FeishuGatewayNotReady",
+    "FeishuGatewayDown",
+];
+
+const PUT_ROUTE: &str = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice";
+
+// ---------------------------------------------------------------------------
+// Files.
+
+fn deploy_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(rel)
+}
+
+fn read(rel: &str) -> String {
+    let p = deploy_path(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+}
+
+fn yaml(rel: &str) -> Yaml {
+    serde_norway::from_str(&read(rel)).unwrap_or_else(|e| panic!("deploy/{rel}: bad YAML: {e}"))
+}
+
+fn dashboard() -> Json {
+    serde_json::from_str(&read("grafana/feishu-gateway.json"))
+        .unwrap_or_else(|e| panic!("deploy/grafana/feishu-gateway.json: bad JSON: {e}"))
+}
+
+/// `v[k1][k2]...`, panicking with the path when a key is missing.
+fn at<'a>(v: &'a Yaml, path: &[&str]) -> &'a Yaml {
+    let mut cur = v;
+    for (i, k) in path.iter().enumerate() {
+        cur = cur
+            .get(*k)
+            .unwrap_or_else(|| panic!("missing key {}", path[..=i].join(".")));
+    }
+    cur
+}
+
+fn str_at<'a>(v: &'a Yaml, path: &[&str]) -> &'a str {
+    at(v, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("{} is not a string", path.join(".")))
+}
+
+fn seq(v: &Yaml) -> &Vec<Yaml> {
+    v.as_sequence()
+        .unwrap_or_else(|| panic!("not a list: {v:?}"))
+}
+
+/// Compares a generated file with what is on disk; with `DEPLOY_BLESS`
+/// set, writes it instead.
+fn check_generated(rel: &str, expected: &str, source: &str) {
+    let path = deploy_path(rel);
+    let actual = std::fs::read_to_string(&path).unwrap_or_default();
+    if actual == expected {
+        return;
+    }
+    if std::env::var_os("DEPLOY_BLESS").is_some() {
+        std::fs::write(&path, expected).expect("write the generated file");
+        eprintln!("note: rewrote deploy/{rel} from {source}");
+        return;
+    }
+    panic!(
+        "deploy/{rel} is not generated from {source} (edit {source}, then run \
+         `DEPLOY_BLESS=1 cargo test --test deploy`). Expected:\n{expected}"
+    );
+}
+
+/// Indents every non-empty line by `n` spaces.
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("{pad}{l}\n")
+            }
+        })
+        .collect()
+}
+
+/// deploy/kubernetes/prometheusrule.yaml: alerts.yml from `groups:` on,
+/// under the PrometheusRule's `spec`.
+fn prometheus_rule_text(alerts: &str) -> String {
+    let start = alerts
+        .find("\ngroups:")
+        .map(|i| i + 1)
+        .expect("alerts.yml has a top-level `groups:`");
+    format!(
+        "# GENERATED from deploy/prometheus/alerts.yml by tests/deploy.rs: do not edit.\n\
+         # Edit alerts.yml, then run `DEPLOY_BLESS=1 cargo test --test deploy`.\n\
+         # Your Prometheus resource's ruleSelector must match these labels\n\
+         # (kube-prometheus-stack: add `release: <its release name>`).\n\
+         apiVersion: monitoring.coreos.com/v1\n\
+         kind: PrometheusRule\n\
+         metadata:\n  name: feishu-gateway\n  labels:\n    app.kubernetes.io/name: feishu-gateway\n\
+         spec:\n{}",
+        indent(&alerts[start..], 2)
+    )
+}
+
+/// deploy/kubernetes/configmap.yaml: config.example.toml as `config.toml`.
+fn configmap_text(config: &str) -> String {
+    format!(
+        "# GENERATED from deploy/config.example.toml by tests/deploy.rs: do not edit.\n\
+         # Edit config.example.toml, then run `DEPLOY_BLESS=1 cargo test --test deploy`,\n\
+         # or keep your own ConfigMap (check it with `feishu-gateway check-config`).\n\
+         apiVersion: v1\n\
+         kind: ConfigMap\n\
+         metadata:\n  name: feishu-gateway-config\n  labels:\n    app.kubernetes.io/name: feishu-gateway\n\
+         data:\n  config.toml: |\n{}",
+        indent(config, 4)
+    )
+}
+
+// ---------------------------------------------------------------------------
+// PromQL.
+
+/// The metric names in a PromQL expression: identifiers that are not
+/// functions, aggregations, keywords, label names (inside `{}` or in a
+/// `by (...)`-style list), numbers, durations or Grafana variables.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    const AGGREGATIONS: &[&str] = &[
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    ];
+    const LABEL_LISTS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    const KEYWORDS: &[&str] = &[
+        "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan", "start", "end",
+    ];
+    let c: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    // Skips from an opening bracket to just after its closing one, stepping
+    // over quoted strings.
+    let skip_block = |mut i: usize, open: char, close: char| -> usize {
+        let mut depth = 0;
+        while i < c.len() {
+            match c[i] {
+                '"' | '\'' | '`' => i = skip_string(&c, i),
+                x if x == open => {
+                    depth += 1;
+                    i += 1;
+                }
+                x if x == close => {
+                    depth -= 1;
+                    i += 1;
+                    if depth == 0 {
+                        return i;
+                    }
+                }
+                _ => i += 1,
+            }
+        }
+        i
+    };
+    let next_non_space = |mut i: usize| {
+        while i < c.len() && c[i].is_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    while i < c.len() {
+        let ch = c[i];
+        if ch == '"' || ch == '\'' || ch == '`' {
+            i = skip_string(&c, i);
+        } else if ch == '#' {
+            while i < c.len() && c[i] != '\n' {
+                i += 1;
+            }
+        } else if ch == '{' {
+            i = skip_block(i, '{', '}');
+        } else if ch == '[' {
+            i = skip_block(i, '[', ']');
+        } else if ch == '$' {
+            // Grafana variable: $name or ${name...}.
+            i += 1;
+            if i < c.len() && c[i] == '{' {
+                i = skip_block(i, '{', '}');
+            } else {
+                while i < c.len() && (c[i].is_alphanumeric() || c[i] == '_') {
+                    i += 1;
+                }
+            }
+        } else if ch.is_ascii_digit() || ch == '.' {
+            // Number or duration (0.99, 5m, 1e3, 1h30m).
+            while i < c.len() && (c[i].is_alphanumeric() || c[i] == '.') {
+                i += 1;
+            }
+        } else if ch.is_ascii_alphabetic() || ch == '_' || ch == ':' {
+            let start = i;
+            while i < c.len() && (c[i].is_ascii_alphanumeric() || c[i] == '_' || c[i] == ':') {
+                i += 1;
+            }
+            let word: String = c[start..i].iter().collect();
+            let after = next_non_space(i);
+            let paren = after < c.len() && c[after] == '(';
+            if LABEL_LISTS.contains(&word.as_str()) {
+                if paren {
+                    i = skip_block(after, '(', ')');
+                }
+            } else if AGGREGATIONS.contains(&word.as_str())
+                || KEYWORDS.contains(&word.as_str())
+                || paren
+            {
+                // An aggregation, a keyword or a function call.
+            } else {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+fn skip_string(c: &[char], start: usize) -> usize {
+    let quote = c[start];
+    let mut i = start + 1;
+    while i < c.len() {
+        if c[i] == '\\' && quote != '`' {
+            i += 2;
+        } else if c[i] == quote {
+            return i + 1;
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// Every PromQL expression of a rules document (`groups:`), with where it is.
+fn rule_exprs(groups: &Yaml, file: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for g in seq(at(groups, &["groups"])) {
+        for r in seq(at(g, &["rules"])) {
+            let name = r
+                .get("alert")
+                .or_else(|| r.get("record"))
+                .and_then(Yaml::as_str)
+                .unwrap_or("?");
+            out.push((format!("{file}: {name}"), str_at(r, &["expr"]).to_string()));
+        }
+    }
+    out
+}
+
+/// Every panel of the dashboard, rows' nested panels included.
+fn panels(d: &Json) -> Vec<&Json> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("dashboard panels") {
+        out.push(p);
+        if let Some(inner) = p["panels"].as_array() {
+            out.extend(inner);
+        }
+    }
+    out
+}
+
+/// Every PromQL expression of the dashboard: panel targets, and the metric
+/// selector of each `label_values(...)` template variable.
+fn dashboard_exprs(d: &Json) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in panels(d) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap_or_else(|| {
+                panic!("panel {:?}: a target without expr", p["title"].as_str())
+            });
+            out.push((
+                format!("dashboard panel {:?}", p["title"].as_str().unwrap_or("?")),
+                expr.to_string(),
+            ));
+        }
+    }
+    for v in d["templating"]["list"].as_array().expect("templating.list") {
+        if v["type"] != "query" {
+            continue;
+        }
+        let q = v["query"]["query"]
+            .as_str()
+            .or_else(|| v["query"].as_str())
+            .expect("variable query");
+        let inner = q
+            .strip_prefix("label_values(")
+            .and_then(|r| r.rsplit_once(','))
+            .map(|(sel, _)| sel.to_string())
+            .unwrap_or_else(|| panic!("variable {}: expected label_values(...)", v["name"]));
+        out.push((format!("dashboard variable {}", v["name"]), inner));
+    }
+    out
+}
+
+/// All expressions of alerts.yml, the PrometheusRule and the dashboard.
+fn all_exprs() -> Vec<(String, String)> {
+    let mut out = rule_exprs(&yaml("prometheus/alerts.yml"), "alerts.yml");
+    out.extend(rule_exprs(
+        at(&yaml("kubernetes/prometheusrule.yaml"), &["spec"]),
+        "prometheusrule.yaml",
+    ));
+    out.extend(dashboard_exprs(&dashboard()));
+    out
+}
+
+/// Grafana's variables replaced by values Prometheus accepts.
+fn grafana_to_promql(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$__range_s", "3600")
+        .replace("$__range", "1h")
+        .replace("$monthly_budget", "10000")
+        .replace("$app", ".*")
+        .replace("$route", ".*")
+}
+
+// ---------------------------------------------------------------------------
+// Static checks.
+
+#[test]
+fn metric_name_lexer_skips_functions_labels_and_variables() {
+    let names = metric_names(
+        r#"(sum by (app, route, code) (rate(feishu_gateway_requests_total{code!="0", app=~"$app"}[$__rate_interval]))
+            * on (code) group_left (description) max by (code, description) (feishu_error_code_info))
+           or on (code) vector(0) unless up offset 5m
+           - histogram_quantile(0.99, sum by (le) (rate(x_bucket{le="+Inf"}[5m]))) > bool 1e3
+           and clamp_min(foo:bar:rate5m - time(), 0) / ${monthly_budget}"#,
+    );
+    let expected: BTreeSet<String> = [
+        "feishu_gateway_requests_total",
+        "feishu_error_code_info",
+        "up",
+        "x_bucket",
+        "foo:bar:rate5m",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(names, expected);
+}
+
+#[test]
+fn prometheus_rule_is_generated_from_alerts_yml() {
+    let alerts = read("prometheus/alerts.yml");
+    check_generated(
+        "kubernetes/prometheusrule.yaml",
+        &prometheus_rule_text(&alerts),
+        "deploy/prometheus/alerts.yml",
+    );
+    // And they mean the same, not just print the same.
+    let rule = yaml("kubernetes/prometheusrule.yaml");
+    assert_eq!(str_at(&rule, &["kind"]), "PrometheusRule");
+    assert_eq!(
+        at(&rule, &["spec", "groups"]),
+        at(&yaml("prometheus/alerts.yml"), &["groups"])
+    );
+}
+
+#[test]
+fn every_alert_is_documented_and_unit_tested_both_ways() {
+    let rules = yaml("prometheus/alerts.yml");
+    let mut alerts = Vec::new();
+    for g in seq(at(&rules, &["groups"])) {
+        for r in seq(at(g, &["rules"])) {
+            let Some(name) = r.get("alert").and_then(Yaml::as_str) else {
+                continue;
+            };
+            alerts.push(name.to_string());
+            for key in ["summary", "description", "runbook"] {
+                let text = str_at(r, &["annotations", key]);
+                assert!(!text.trim().is_empty(), "{name}: empty {key}");
+            }
+            assert!(
+                !str_at(r, &["annotations", "runbook"]).contains('\n'),
+                "{name}: the runbook is one line"
+            );
+            let severity = str_at(r, &["labels", "severity"]);
+            assert!(
+                ["warning", "critical"].contains(&severity),
+                "{name}: severity {severity:?}"
+            );
+        }
+    }
+    for required in REQUIRED_ALERTS {
+        assert!(
+            alerts.iter().any(|a| a == required),
+            "alerts.yml lacks {required}"
+        );
+    }
+
+    // alerts.test.yml: for every alert, a case where it fires and one where
+    // it must not (exp_alerts: []).
+    let tests = yaml("prometheus/alerts.test.yml");
+    let mut fires = BTreeSet::new();
+    let mut quiet = BTreeSet::new();
+    for t in seq(at(&tests, &["tests"])) {
+        for case in t.get("alert_rule_test").map(seq).into_iter().flatten() {
+            let name = str_at(case, &["alertname"]).to_string();
+            let expected = case.get("exp_alerts").map(seq).map_or(0, Vec::len);
+            if expected > 0 {
+                fires.insert(name);
+            } else {
+                quiet.insert(name);
+            }
+        }
+    }
+    for a in &alerts {
+        assert!(
+            fires.contains(a),
+            "alerts.test.yml: no case where {a} fires"
+        );
+        assert!(
+            quiet.contains(a),
+            "alerts.test.yml: no case where {a} must stay quiet"
+        );
+    }
+}
+
+#[test]
+fn dashboard_is_templated_and_has_the_required_panels() {
+    let d = dashboard();
+    assert_eq!(d["uid"], "feishu-gateway");
+    let vars: BTreeMap<&str, &Json> = d["templating"]["list"]
+        .as_array()
+        .expect("templating.list")
+        .iter()
+        .map(|v| (v["name"].as_str().expect("variable name"), v))
+        .collect();
+    for name in ["app", "route"] {
+        let v = vars
+            .get(name)
+            .unwrap_or_else(|| panic!("no ${name} variable"));
+        assert_eq!(v["type"], "query", "${name}");
+        assert_eq!(v["multi"], true, "${name} is multi-value");
+        assert_eq!(v["includeAll"], true, "${name} has All");
+    }
+    // The monthly budget is a dashboard variable until the gateway exports
+    // a budget gauge.
+    assert_eq!(vars["monthly_budget"]["type"], "textbox");
+    assert!(vars["monthly_budget"]["query"]
+        .as_str()
+        .is_some_and(|q| q.parse::<u64>().is_ok()));
+
+    let all = panels(&d);
+    let mut ids = BTreeSet::new();
+    for p in &all {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate panel id {}",
+            p["id"]
+        );
+        if p["type"] != "row" {
+            assert_eq!(
+                p["datasource"]["uid"], "${datasource}",
+                "panel {} uses the $datasource variable",
+                p["title"]
+            );
+        }
+    }
+    let titles: Vec<String> = all
+        .iter()
+        .filter_map(|p| p["title"].as_str().map(str::to_lowercase))
+        .collect();
+    for needle in [
+        "request rate by feishu code",
+        "error ratio",
+        "quota use against the limits",
+        "rate-limited and waiting",
+        "latency p50 / p99: total vs feishu",
+        "token expiry countdown",
+        "token refreshes",
+        "in-flight requests",
+        "this month against the budget",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(needle)),
+            "no panel titled like {needle:?}"
+        );
+    }
+    // Request rate by code carries the description of the code.
+    let by_code = all
+        .iter()
+        .find(|p| p["title"] == "Request rate by Feishu code")
+        .expect("request rate panel");
+    let target = &by_code["targets"][0];
+    assert!(target["expr"]
+        .as_str()
+        .is_some_and(|e| e.contains("feishu_error_code_info")));
+    assert!(target["legendFormat"]
+        .as_str()
+        .is_some_and(|l| l.contains("{{description}}")));
+
+    // Every panel query about apps follows the $app selection (in-flight
+    // and build info have no app label).
+    for (where_, expr) in dashboard_exprs(&d) {
+        if where_.starts_with("dashboard variable") {
+            continue;
+        }
+        let names = metric_names(&expr);
+        let app_less = [
+            "feishu_gateway_in_flight_requests",
+            "feishu_gateway_build_info",
+        ];
+        if names.iter().all(|n| app_less.contains(&n.as_str())) {
+            continue;
+        }
+        assert!(expr.contains("app=~\"$app\""), "{where_}: {expr}");
+    }
+}
+
+#[test]
+fn manifests_agree_with_each_other_and_with_the_config() {
+    // The ConfigMap carries config.example.toml.
+    let config_text = read("config.example.toml");
+    check_generated(
+        "kubernetes/configmap.yaml",
+        &configmap_text(&config_text),
+        "deploy/config.example.toml",
+    );
+    let cm = yaml("kubernetes/configmap.yaml");
+    assert_eq!(str_at(&cm, &["data", "config.toml"]), config_text);
+
+    // The config parses with the example Secret as its environment: every
+    // variable it names is in the Secret.
+    let secret = yaml("kubernetes/secret.example.yaml");
+    let mut env = MapEnv::new();
+    for (k, v) in at(&secret, &["stringData"])
+        .as_mapping()
+        .expect("stringData")
+    {
+        env.set(
+            k.as_str().expect("secret key"),
+            v.as_str().expect("secret value"),
+        );
+    }
+    let config = Config::parse(&config_text, &env)
+        .unwrap_or_else(|p| panic!("config.example.toml with the example Secret: {p}"));
+    assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(config.admin_listen.to_string(), "0.0.0.0:9090");
+
+    let dep = yaml("kubernetes/deployment.yaml");
+    let pod = at(&dep, &["spec", "template", "spec"]);
+    let pod_labels = at(&dep, &["spec", "template", "metadata", "labels"]);
+    let container = &seq(at(pod, &["containers"]))[0];
+
+    // Ports: the config's listeners, by name.
+    let mut ports = BTreeMap::new();
+    for p in seq(at(container, &["ports"])) {
+        ports.insert(
+            str_at(p, &["name"]).to_string(),
+            at(p, &["containerPort"]).as_u64().expect("containerPort"),
+        );
+    }
+    assert_eq!(ports.get("http"), Some(&u64::from(config.listen.port())));
+    assert_eq!(
+        ports.get("admin"),
+        Some(&u64::from(config.admin_listen.port()))
+    );
+
+    // Probes on the admin port.
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        assert_eq!(str_at(container, &[probe, "httpGet", "path"]), path);
+        assert_eq!(str_at(container, &[probe, "httpGet", "port"]), "admin");
+    }
+
+    // Termination: preStop sleep, then SIGTERM and the gateway's drain,
+    // all inside the grace period.
+    let pre_stop: u64 = seq(at(container, &["lifecycle", "preStop", "exec", "command"]))
+        .last()
+        .and_then(Yaml::as_str)
+        .and_then(|s| s.parse().ok())
+        .expect("preStop: sleep N");
+    let grace = at(pod, &["terminationGracePeriodSeconds"])
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    let drain = config.timeouts.shutdown_grace.as_secs();
+    assert!(
+        grace > pre_stop + drain,
+        "terminationGracePeriodSeconds {grace} must exceed preStop {pre_stop} s + shutdown_grace {drain} s"
+    );
+
+    // Non-root, read-only root file system, resources.
+    assert_eq!(
+        at(pod, &["securityContext", "runAsNonRoot"]),
+        &Yaml::Bool(true)
+    );
+    assert_eq!(
+        at(container, &["securityContext", "readOnlyRootFilesystem"]),
+        &Yaml::Bool(true)
+    );
+    assert_eq!(
+        at(container, &["securityContext", "allowPrivilegeEscalation"]),
+        &Yaml::Bool(false)
+    );
+    for kind in ["requests", "limits"] {
+        for res in ["cpu", "memory"] {
+            at(container, &["resources", kind, res]);
+        }
+    }
+    let uid = at(pod, &["securityContext", "runAsUser"])
+        .as_u64()
+        .expect("runAsUser");
+
+    // Secret, ConfigMap and mount.
+    assert_eq!(
+        str_at(&seq(at(container, &["envFrom"]))[0], &["secretRef", "name"]),
+        str_at(&secret, &["metadata", "name"])
+    );
+    let volume = &seq(at(pod, &["volumes"]))[0];
+    assert_eq!(
+        str_at(volume, &["configMap", "name"]),
+        str_at(&cm, &["metadata", "name"])
+    );
+    let mount = str_at(&seq(at(container, &["volumeMounts"]))[0], &["mountPath"]);
+    let args: Vec<&str> = seq(at(container, &["args"]))
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(
+        args,
+        ["serve", "--config", &format!("{mount}/config.toml")],
+        "the container reads the mounted config"
+    );
+
+    // Service, PDB and ServiceMonitor select the pods / the Service.
+    let selects = |selector: &Yaml, labels: &Yaml, what: &str| {
+        for (k, v) in selector.as_mapping().expect("matchLabels") {
+            assert_eq!(
+                labels.get(k),
+                Some(v),
+                "{what}: selector {k:?} does not match"
+            );
+        }
+    };
+    let svc = yaml("kubernetes/service.yaml");
+    selects(at(&svc, &["spec", "selector"]), pod_labels, "service.yaml");
+    for p in seq(at(&svc, &["spec", "ports"])) {
+        let target = str_at(p, &["targetPort"]);
+        assert!(ports.contains_key(target), "service port {target}");
+    }
+    let pdb = yaml("kubernetes/pdb.yaml");
+    selects(
+        at(&pdb, &["spec", "selector", "matchLabels"]),
+        pod_labels,
+        "pdb.yaml",
+    );
+    let sm = yaml("kubernetes/servicemonitor.yaml");
+    let svc_labels = at(&svc, &["metadata", "labels"]);
+    selects(
+        at(&sm, &["spec", "selector", "matchLabels"]),
+        svc_labels,
+        "servicemonitor.yaml",
+    );
+    let endpoint = &seq(at(&sm, &["spec", "endpoints"]))[0];
+    assert_eq!(str_at(endpoint, &["port"]), "admin");
+    assert_eq!(str_at(endpoint, &["path"]), "/metrics");
+    // job="feishu-gateway", as FeishuGatewayDown expects.
+    let job_label = str_at(&sm, &["spec", "jobLabel"]);
+    assert_eq!(
+        svc_labels.get(job_label).and_then(Yaml::as_str),
+        Some("feishu-gateway")
+    );
+
+    // kustomization lists files that exist.
+    let kust = yaml("kubernetes/kustomization.yaml");
+    for r in seq(at(&kust, &["resources"])) {
+        let f = r.as_str().expect("resource");
+        assert!(
+            deploy_path(&format!("kubernetes/{f}")).exists(),
+            "kustomization: {f}"
+        );
+    }
+
+    // The Dockerfile's user is the pod's.
+    let dockerfile = read("Dockerfile");
+    assert!(
+        dockerfile.contains(&format!("USER {uid}:{uid}")),
+        "Dockerfile USER {uid}"
+    );
+}
+
+#[test]
+fn dockerfile_builds_locked_and_runs_non_root_with_a_health_check() {
+    let d = read("Dockerfile");
+    let lines: Vec<&str> = d
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
+    assert!(froms[0].starts_with("FROM rust:1-bookworm AS build"));
+    assert_eq!(froms[1], "FROM debian:bookworm-slim");
+    assert!(d.contains("cargo build --release --locked"));
+    assert!(lines.contains(&"EXPOSE 8080 9090"));
+    let user = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER");
+    assert!(
+        !user.starts_with("0") && !user.starts_with("root"),
+        "USER {user}"
+    );
+    let hc = d.find("HEALTHCHECK").expect("HEALTHCHECK");
+    assert!(d[hc..].contains("feishu-gateway-healthcheck\", \"9090\", \"/healthz\""));
+    // Every file copied from deploy/ exists.
+    for l in &lines {
+        if let Some(rest) = l.strip_prefix("COPY ") {
+            for src in rest.split_whitespace().filter(|w| w.starts_with("deploy/")) {
+                assert!(
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join(src).exists(),
+                    "Dockerfile copies {src}, which does not exist"
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// promtool and prometheus.
+
+/// The path of `name` on PATH. Missing: `None` with a note, or a failure
+/// under CI, which must install it (deploy/ci-install.sh).
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "{name} is not on PATH and CI is set: .ci/run must install it \
+                 (deploy/ci-install.sh installs Debian's prometheus package)"
+            );
+        }
+        eprintln!(
+            "note: {name} is not on PATH, skipping (apt-get install prometheus, or deploy/ci-install.sh)"
+        );
+    }
+    found
+}
+
+/// Runs a command to completion (bounded), returning (success, stdout+stderr).
+fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> (bool, String) {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    if let Some(input) = stdin {
+        let mut w = child.stdin.take().expect("stdin");
+        w.write_all(input).expect("write stdin");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn promtool_checks_and_unit_tests_the_rules() {
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let dir = deploy_path("prometheus");
+    for args in [
+        &["check", "rules", "alerts.yml"][..],
+        &["check", "config", "prometheus.yml"],
+        &["test", "rules", "alerts.test.yml"],
+    ] {
+        let (ok, out) = run(Command::new(&promtool).args(args).current_dir(&dir), None);
+        assert!(ok, "promtool {}:\n{out}", args.join(" "));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The gateway and the simulated Feishu, in-process.
+
+const OPS_APP_ID: &str = "cli_deploy_ops";
+const CLIENT_KEY: &str = "deploy-test-client-key-0123456789";
+
+/// The simulated Feishu and a gateway in front of it with two apps: `ops-bot`
+/// (valid credentials) and `broken-bot` (a secret the fake rejects, so it
+/// never gets a token and the gateway is not ready).
+struct Stack {
+    sim: SimFeishu,
+    gateway: Runtime,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let sim = SimFeishu::start(SimConfig::with_app(OPS_APP_ID, "ops-secret"))
+            .await
+            .expect("start the simulated Feishu");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let text = format!(
+            r#"
+listen = "{listen}"
+admin_listen = "{admin}"
+upstream = "{upstream}"
+
+[token]
+retry_min = "100ms"
+retry_max = "500ms"
+
+[[apps]]
+name = "ops-bot"
+app_id = "{OPS_APP_ID}"
+app_secret_env = "OPS_BOT_APP_SECRET"
+
+[[apps]]
+name = "broken-bot"
+app_id = "cli_deploy_broken"
+app_secret_env = "BROKEN_BOT_APP_SECRET"
+
+[[clients]]
+name = "billing"
+app = "ops-bot"
+key_env = "BILLING_GATEWAY_KEY"
+"#,
+            listen = listener.local_addr().expect("addr"),
+            admin = admin.local_addr().expect("addr"),
+            upstream = sim.base_url(),
+        );
+        let env = MapEnv::new()
+            .with("OPS_BOT_APP_SECRET", "ops-secret")
+            .with("BROKEN_BOT_APP_SECRET", "not-the-secret")
+            .with("BILLING_GATEWAY_KEY", CLIENT_KEY);
+        let config = Config::parse(&text, &env).unwrap_or_else(|p| panic!("test config: {p}"));
+        let gateway = Runtime::start_on(config, listener, admin)
+            .await
+            .expect("start the gateway");
+        let http = Client::builder(TokioExecutor::new()).build_http();
+        Stack { sim, gateway, http }
+    }
+
+    /// Sends one request; returns the status and the JSON body (Null if none).
+    async fn call(
+        &self,
+        method: Method,
+        uri: String,
+        key: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Json) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header("content-type", "application/json");
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request");
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.http.request(req))
+            .await
+            .unwrap_or_else(|_| panic!("{uri}: no answer within 10 s"))
+            .unwrap_or_else(|e| panic!("{uri}: {e}"));
+        let status = resp.status();
+        let bytes = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .expect("body within 10 s")
+            .expect("body")
+            .to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Json::Null))
+    }
+
+    async fn get_text(&self, addr: SocketAddr, path: &str) -> (StatusCode, String) {
+        get_text(&self.http, &format!("http://{addr}{path}")).await
+    }
+
+    /// The scripted mix of calls: success, Feishu's 232011, no client key,
+    /// delete, a path outside the catalog, a replay after Feishu forgot its
+    /// tokens, a dropped connection, and Feishu's own throttling.
+    async fn make_calls(&self) {
+        let base = format!("http://{}", self.gateway.addr());
+        let put =
+            |chat: &str| format!("{base}/open-apis/im/v1/chats/{chat}/top_notice/put_top_notice");
+        let body = r#"{"chat_top_notice":[{"action_type":"2"}]}"#;
+
+        let (status, json) = self
+            .call(Method::POST, put("oc_123"), Some(CLIENT_KEY), body)
+            .await;
+        assert_eq!(
+            (status, &json["code"]),
+            (StatusCode::OK, &Json::from(0)),
+            "{json}"
+        );
+        let (status, json) = self
+            .call(Method::POST, put("oc_error232011"), Some(CLIENT_KEY), body)
+            .await;
+        assert_eq!(json["code"], 232011, "{status} {json}");
+        let (status, json) = self.call(Method::POST, put("oc_123"), None, body).await;
+        assert_eq!(
+            (status, &json["code"]),
+            (StatusCode::UNAUTHORIZED, &Json::from(99991661))
+        );
+        let (status, _) = self
+            .call(
+                Method::POST,
+                format!("{base}/open-apis/im/v1/chats/oc_123/top_notice/delete_top_notice"),
+                Some(CLIENT_KEY),
+                "",
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let _ = self
+            .call(
+                Method::GET,
+                format!("{base}/open-apis/not/in/the/catalog"),
+                Some(CLIENT_KEY),
+                "",
+            )
+            .await;
+        // Feishu forgets its tokens: the gateway replays once with a new one.
+        self.sim.invalidate_all_tokens();
+        let (status, json) = self
+            .call(Method::POST, put("oc_123"), Some(CLIENT_KEY), body)
+            .await;
+        assert_eq!(
+            (status, &json["code"]),
+            (StatusCode::OK, &Json::from(0)),
+            "{json}"
+        );
+        // A connection dropped by Feishu: an upstream error. The fake drops
+        // the next request of any kind, and broken-bot's token retries may
+        // take it first, so try a few times.
+        let mut dropped = false;
+        for _ in 0..10 {
+            self.sim.drop_next_connections(1);
+            let (status, _) = self
+                .call(Method::POST, put("oc_123"), Some(CLIENT_KEY), body)
+                .await;
+            if status.is_server_error() {
+                dropped = true;
+                break;
+            }
+        }
+        self.sim.drop_next_connections(0);
+        assert!(dropped, "no request of ours met a dropped connection");
+        // Feishu itself throttles one request (last, so that whatever the
+        // gateway does about it cannot affect the calls above).
+        self.sim
+            .answer_next_with_code(99991400, StatusCode::TOO_MANY_REQUESTS, 1);
+        let (status, json) = self
+            .call(Method::POST, put("oc_123"), Some(CLIENT_KEY), body)
+            .await;
+        assert_eq!(json["code"], 99991400, "{status} {json}");
+    }
+
+    async fn stop(self) {
+        self.gateway.shutdown();
+        tokio::time::timeout(Duration::from_secs(30), self.gateway.wait())
+            .await
+            .expect("the gateway stops within 30 s");
+        self.sim.shutdown().await;
+    }
+}
+
+async fn get_text(http: &Client<HttpConnector, Full<Bytes>>, uri: &str) -> (StatusCode, String) {
+    let req = Request::get(uri)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), http.request(req))
+        .await
+        .unwrap_or_else(|_| panic!("{uri}: no answer within 10 s"))
+        .unwrap_or_else(|e| panic!("{uri}: {e}"));
+    let status = resp.status();
+    let bytes = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("body within 10 s")
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Like [`get_text`], but a connection failure is `None` instead of a panic.
+async fn try_get(
+    http: &Client<HttpConnector, Full<Bytes>>,
+    uri: &str,
+) -> (Option<StatusCode>, String) {
+    let req = Request::get(uri)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    match http.request(req).await {
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            (
+                Some(status),
+                body.map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default(),
+            )
+        }
+        Err(_) => (None, String::new()),
+    }
+}
+
+/// Metric family names in a text exposition, with their types.
+fn exported_families(exposition: &str) -> BTreeMap<String, String> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Whether `name` as written in PromQL is a series of an exported family
+/// (histograms add `_bucket`, `_sum`, `_count`).
+fn is_exported(name: &str, families: &BTreeMap<String, String>) -> bool {
+    if families.contains_key(name) {
+        return true;
+    }
+    ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+        name.strip_suffix(suffix).is_some_and(|base| {
+            families
+                .get(base)
+                .is_some_and(|t| t == "histogram" || t == "summary")
+        })
+    })
+}
+
+/// A name allowed in PromQL although not in the live scrape.
+fn allowed_unexported(name: &str) -> bool {
+    FROM_PROMETHEUS.contains(&name)
+        || NOT_YET_EXPORTED.iter().any(|n| {
+            name == *n
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(n))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_in_rules_and_dashboard_is_exported() {
+    let stack = Stack::start().await;
+    stack.make_calls().await;
+    let (status, exposition) = stack.get_text(stack.gateway.admin_addr(), "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let families = exported_families(&exposition);
+
+    // The calls are there, labelled by app, route and code.
+    for series in [
+        format!(
+            r#"feishu_gateway_requests_total{{app="ops-bot",code="0",route="{PUT_ROUTE}",status="200"}} "#
+        ),
+        format!(
+            r#"feishu_gateway_requests_total{{app="ops-bot",code="232011",route="{PUT_ROUTE}",status="400"}} "#
+        ),
+        format!(
+            r#"feishu_gateway_requests_total{{app="unknown",code="99991661",route="{PUT_ROUTE}",status="401"}} "#
+        ),
+    ] {
+        assert!(
+            exposition.contains(&series),
+            "missing {series} in\n{exposition}"
+        );
+    }
+
+    let mut missing = Vec::new();
+    let mut used = BTreeSet::new();
+    for (where_, expr) in all_exprs() {
+        for name in metric_names(&expr) {
+            used.insert(name.clone());
+            if !is_exported(&name, &families) && !allowed_unexported(&name) {
+                missing.push(format!("{where_}: {name}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "PromQL uses metrics the gateway does not export:\n{}",
+        missing.join("\n")
+    );
+    // The catch-all: any feishu_* word anywhere in the files (annotation
+    // templates included) is a known name.
+    for file in [
+        "prometheus/alerts.yml",
+        "kubernetes/prometheusrule.yaml",
+        "grafana/feishu-gateway.json",
+    ] {
+        let text = read(file);
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+            if word.starts_with("feishu_") {
+                assert!(
+                    is_exported(word, &families) || allowed_unexported(word),
+                    "deploy/{file}: {word} is not exported"
+                );
+            }
+        }
+    }
+    assert!(used.contains("feishu_gateway_requests_total"), "{used:?}");
+    for n in NOT_YET_EXPORTED {
+        if families.contains_key(*n) {
+            eprintln!(
+                "note: {n} is exported now: remove it from NOT_YET_EXPORTED in tests/deploy.rs"
+            );
+        }
+    }
+
+    // promtool's linter accepts the real scrape.
+    if let Some(promtool) = tool("promtool") {
+        let input = exposition.clone().into_bytes();
+        let (ok, out) = tokio::task::spawn_blocking(move || {
+            run(
+                Command::new(promtool).args(["check", "metrics"]),
+                Some(&input),
+            )
+        })
+        .await
+        .expect("promtool");
+        assert!(ok, "promtool check metrics:\n{out}");
+    }
+
+    // The image's health check script against the live admin port:
+    // /healthz passes; /readyz fails (broken-bot has no token); a closed
+    // port fails.
+    let script = deploy_path("healthcheck.sh");
+    let admin_port = stack.gateway.admin_addr().port().to_string();
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port().to_string()
+    };
+    let results = tokio::task::spawn_blocking(move || {
+        [
+            (admin_port.clone(), "/healthz"),
+            (admin_port, "/readyz"),
+            (closed_port, "/healthz"),
+        ]
+        .map(|(port, path)| run(Command::new("bash").arg(&script).args([&port, path]), None))
+    })
+    .await
+    .expect("healthcheck");
+    assert!(results[0].0, "healthcheck /healthz: {}", results[0].1);
+    assert!(
+        !results[1].0,
+        "healthcheck /readyz must fail while not ready"
+    );
+    assert!(results[1].1.contains("503"), "{}", results[1].1);
+    assert!(!results[2].0, "healthcheck on a closed port must fail");
+
+    stack.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// End to end with a real Prometheus server.
+
+/// A child process, killed on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `prometheus` (killed on drop) and its temporary directory.
+struct Prometheus {
+    _child: Killed,
+    base: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Starts Prometheus with deploy/prometheus/prometheus.yml, pointed at
+    /// `target`, scraping and evaluating every second, on a free port.
+    async fn start(
+        binary: &Path,
+        target: SocketAddr,
+        http: &Client<HttpConnector, Full<Bytes>>,
+    ) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = yaml("prometheus/prometheus.yml");
+        config["global"]["scrape_interval"] = Yaml::from("1s");
+        config["global"]["evaluation_interval"] = Yaml::from("1s");
+        config["rule_files"] = Yaml::Sequence(vec![Yaml::from(
+            deploy_path("prometheus/alerts.yml").display().to_string(),
+        )]);
+        let job = &mut config["scrape_configs"][0];
+        assert_eq!(job["job_name"].as_str(), Some("feishu-gateway"));
+        job["scrape_timeout"] = Yaml::from("1s");
+        job["static_configs"][0]["targets"] = Yaml::Sequence(vec![Yaml::from(target.to_string())]);
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config_path,
+            serde_norway::to_string(&config).expect("yaml"),
+        )
+        .expect("write config");
+        let log = dir.path().join("prometheus.log");
+        let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+        // A free port: bind, note, release. Another process could take it
+        // in between; then Prometheus exits and we try another.
+        for _attempt in 0..3 {
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                l.local_addr().expect("addr").port()
+            };
+            let log_file = std::fs::File::create(&log).expect("log file");
+            let mut child = Killed(
+                Command::new(binary)
+                    .arg(format!("--config.file={}", config_path.display()))
+                    .arg(format!(
+                        "--storage.tsdb.path={}",
+                        dir.path().join("data").display()
+                    ))
+                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                    .arg("--log.level=warn")
+                    .stdin(Stdio::null())
+                    .stdout(log_file.try_clone().expect("log"))
+                    .stderr(log_file)
+                    .spawn()
+                    .expect("start prometheus"),
+            );
+            let base = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = child.0.try_wait() {
+                    eprintln!("prometheus exited ({status}), retrying:\n{}", read_log());
+                    break;
+                }
+                let (status, _) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    try_get(http, &format!("{base}/-/ready")),
+                )
+                .await
+                .unwrap_or((None, String::new()));
+                if status == Some(StatusCode::OK) {
+                    return Prometheus {
+                        _child: child,
+                        base,
+                        log,
+                        _dir: dir,
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "prometheus not ready within 30 s:\n{}",
+                    read_log()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        panic!("prometheus did not start in 3 attempts");
+    }
+
+    /// `/api/v1/query`: the `data.result` list, or the error.
+    async fn query(
+        &self,
+        http: &Client<HttpConnector, Full<Bytes>>,
+        promql: &str,
+    ) -> Result<Vec<Json>, String> {
+        let (status, body) = get_text(
+            http,
+            &format!("{}/api/v1/query?query={}", self.base, url_encode(promql)),
+        )
+        .await;
+        let json: Json =
+            serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
+        if json["status"] != "success" {
+            return Err(format!("{status}: {body}"));
+        }
+        Ok(json["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Polls a query until `done` holds for its result (at most 30 s).
+    async fn wait_for(
+        &self,
+        http: &Client<HttpConnector, Full<Bytes>>,
+        promql: &str,
+        what: &str,
+        done: impl Fn(&[Json]) -> bool,
+    ) -> Vec<Json> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let result = self
+                .query(http, promql)
+                .await
+                .unwrap_or_else(|e| panic!("{promql}: {e}"));
+            if done(&result) {
+                return result;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within 30 s; last result of {promql}: {result:?}\nprometheus log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn label<'a>(series: &'a Json, name: &str) -> &'a str {
+    series["metric"][name].as_str().unwrap_or("")
+}
+
+/// The expression of alert `name` in alerts.yml.
+fn alert_expr(name: &str) -> String {
+    rule_exprs(&yaml("prometheus/alerts.yml"), "alerts.yml")
+        .into_iter()
+        .find(|(w, _)| w.ends_with(&format!(": {name}")))
+        .map(|(_, e)| e)
+        .unwrap_or_else(|| panic!("no alert {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_gateway_and_loads_the_rules() {
+    let Some(binary) = tool("prometheus") else {
+        return;
+    };
+    let stack = Stack::start().await;
+    stack.make_calls().await;
+    let http = stack.http.clone();
+    let prom = Prometheus::start(&binary, stack.gateway.admin_addr(), &http).await;
+
+    // The expected series, with the job name of prometheus.yml.
+    let result = prom
+        .wait_for(
+            &http,
+            "feishu_gateway_requests_total",
+            "the first scrape",
+            |r| r.iter().any(|s| label(s, "code") == "232011"),
+        )
+        .await;
+    let seen: BTreeSet<(String, String, String)> = result
+        .iter()
+        .map(|s| {
+            assert_eq!(label(s, "job"), "feishu-gateway");
+            (
+                label(s, "app").to_string(),
+                label(s, "route").to_string(),
+                label(s, "code").to_string(),
+            )
+        })
+        .collect();
+    for (app, route, code) in [
+        ("ops-bot", PUT_ROUTE, "0"),
+        ("ops-bot", PUT_ROUTE, "232011"),
+        ("unknown", PUT_ROUTE, "99991661"),
+        (
+            "ops-bot",
+            "/open-apis/im/v1/chats/:chat_id/top_notice/delete_top_notice",
+            "0",
+        ),
+    ] {
+        assert!(
+            seen.contains(&(app.to_string(), route.to_string(), code.to_string())),
+            "no series app={app} route={route} code={code} in {seen:?}"
+        );
+    }
+    let up = prom
+        .query(&http, r#"up{job="feishu-gateway"}"#)
+        .await
+        .expect("up");
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0]["value"][1], "1");
+
+    // Every alerting rule loaded and evaluated without error.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get_text(&http, &format!("{}/api/v1/rules", prom.base)).await;
+        let json: Json = serde_json::from_str(&body).expect("rules JSON");
+        let rules: Vec<&Json> = json["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .collect();
+        let names: BTreeSet<&str> = rules.iter().filter_map(|r| r["name"].as_str()).collect();
+        for a in REQUIRED_ALERTS {
+            assert!(names.contains(a), "prometheus did not load {a}: {names:?}");
+        }
+        for r in &rules {
+            assert!(
+                r["lastError"].as_str().unwrap_or("").is_empty(),
+                "rule {} failed: {}",
+                r["name"],
+                r["lastError"]
+            );
+        }
+        if rules.iter().all(|r| r["health"] == "ok") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rules not evaluated within 30 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // "Not ready" as the rules derive it agrees with /readyz: broken-bot
+    // has no token, ops-bot has one.
+    let (status, readyz) = stack.get_text(stack.gateway.admin_addr(), "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{readyz}");
+    let readyz: Json = serde_json::from_str(&readyz).expect("readyz JSON");
+    let not_ready: BTreeSet<String> = readyz["apps"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .filter(|a| a["has_token"] == false)
+        .map(|a| a["app"].as_str().expect("app").to_string())
+        .collect();
+    assert_eq!(not_ready, BTreeSet::from(["broken-bot".to_string()]));
+    let derived = prom
+        .query(&http, &alert_expr("FeishuGatewayNotReady"))
+        .await
+        .expect("NotReady expr");
+    let derived: BTreeSet<String> = derived
+        .iter()
+        .map(|s| label(s, "app").to_string())
+        .collect();
+    assert_eq!(
+        derived, not_ready,
+        "FeishuGatewayNotReady's expression vs /readyz"
+    );
+    // broken-bot's failing token fetches show in the refresh alert's
+    // expression, ops-bot's do not.
+    prom.wait_for(
+        &http,
+        &alert_expr("FeishuGatewayTokenRefreshFailing"),
+        "broken-bot's failing refreshes",
+        |r| {
+            r.iter().any(|s| label(s, "app") == "broken-bot")
+                && r.iter().all(|s| label(s, "app") != "ops-bot")
+        },
+    )
+    .await;
+
+    // Every dashboard query is valid PromQL for this Prometheus.
+    for (where_, expr) in dashboard_exprs(&dashboard()) {
+        let promql = grafana_to_promql(&expr);
+        if let Err(e) = prom.query(&http, &promql).await {
+            panic!("{where_}: {promql}\n{e}");
+        }
+    }
+    // The code descriptions join: 232011 has its description.
+    let joined = prom
+        .query(
+            &http,
+            r#"sum by (code) (feishu_gateway_requests_total) * on (code) group_left (description) max by (code, description) (feishu_error_code_info)"#,
+        )
+        .await
+        .expect("join");
+    assert!(
+        joined.iter().any(|s| label(s, "code") == "232011"
+            && label(s, "description") == "operator not in the chat"),
+        "{joined:?}"
+    );
+
+    drop(prom);
+    stack.stop().await;
+}
