@@ -31,6 +31,10 @@ pub mod codes {
     pub const RATE_LIMITED: i64 = 99991400;
     /// Feishu: invalid parameter.
     pub const INVALID_PARAM: i64 = 232001;
+    /// Feishu: app secret invalid (the answer to wrong token credentials).
+    pub const APP_SECRET_INVALID: i64 = 10014;
+    /// Feishu: malformed request.
+    pub const BAD_REQUEST: i64 = 9499;
     /// Feishu: fetching tenant access token failed.
     pub const TENANT_TOKEN_FETCH_FAILED: i64 = 10013;
     /// Gateway: no such path on the gateway.
@@ -93,6 +97,13 @@ pub enum GatewayError {
     MissingCredentials,
     /// The bearer key is not a known client key.
     InvalidCredentials,
+    /// A user access token (`u-…`) came without a valid `X-Gateway-Key`.
+    UserTokenWithoutKey,
+    /// The token endpoint got an unknown key or an app id the client may
+    /// not use (never says which).
+    InvalidAppCredentials,
+    /// The token endpoint got a body that is not `{"app_id", "app_secret"}`.
+    BadTokenRequest,
     /// The request body is larger than the limit.
     BodyTooLarge {
         /// The limit in bytes.
@@ -129,8 +140,11 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
-            GatewayError::MissingCredentials | GatewayError::InvalidCredentials => {
-                StatusCode::UNAUTHORIZED
+            GatewayError::MissingCredentials
+            | GatewayError::InvalidCredentials
+            | GatewayError::UserTokenWithoutKey => StatusCode::UNAUTHORIZED,
+            GatewayError::InvalidAppCredentials | GatewayError::BadTokenRequest => {
+                StatusCode::BAD_REQUEST
             }
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -147,9 +161,11 @@ impl GatewayError {
     pub fn reason(&self) -> &'static str {
         match self {
             GatewayError::NotFound => "not-found",
-            GatewayError::MissingCredentials | GatewayError::InvalidCredentials => {
-                "unauthenticated"
-            }
+            GatewayError::MissingCredentials
+            | GatewayError::InvalidCredentials
+            | GatewayError::UserTokenWithoutKey
+            | GatewayError::InvalidAppCredentials => "unauthenticated",
+            GatewayError::BadTokenRequest => "invalid-request",
             GatewayError::BodyTooLarge { .. } => "payload-too-large",
             GatewayError::BodyTimeout => "body-timeout",
             GatewayError::BodyAborted => "body-aborted",
@@ -168,6 +184,9 @@ impl GatewayError {
             GatewayError::NotFound => codes::GW_NOT_FOUND,
             GatewayError::MissingCredentials => codes::AUTH_MISSING,
             GatewayError::InvalidCredentials => codes::TENANT_TOKEN_INVALID,
+            GatewayError::UserTokenWithoutKey => codes::AUTH_MISSING,
+            GatewayError::InvalidAppCredentials => codes::APP_SECRET_INVALID,
+            GatewayError::BadTokenRequest => codes::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => codes::INVALID_PARAM,
             GatewayError::BodyTimeout => codes::GW_BODY_TIMEOUT,
             GatewayError::BodyAborted | GatewayError::BadHeader { .. } => codes::INVALID_PARAM,
@@ -190,6 +209,13 @@ impl GatewayError {
             }
             GatewayError::InvalidCredentials => {
                 "feishu-gateway: the bearer credential is not a valid gateway key or token".into()
+            }
+            GatewayError::UserTokenWithoutKey => {
+                "feishu-gateway: a user access token needs the client's gateway key in X-Gateway-Key".into()
+            }
+            GatewayError::InvalidAppCredentials => "app secret invalid".into(),
+            GatewayError::BadTokenRequest => {
+                "feishu-gateway: the body must be {\"app_id\": \"cli_…\", \"app_secret\": \"<gateway key>\"}".into()
             }
             GatewayError::BodyTooLarge { limit } => {
                 format!("feishu-gateway: request body is larger than the limit of {limit} bytes")
@@ -255,21 +281,27 @@ pub fn json_response(
     json_value_response(status, reason, &body)
 }
 
-/// A gateway-made answer with an arbitrary JSON body.
+/// A gateway-made error answer with an arbitrary JSON body.
 pub fn json_value_response(
     status: StatusCode,
     reason: &'static str,
     body: &serde_json::Value,
 ) -> Response<ProxyBody> {
+    let mut resp = json_answer(status, body);
+    resp.headers_mut()
+        .insert(X_GATEWAY_ERROR, HeaderValue::from_static(reason));
+    resp
+}
+
+/// A gateway-made JSON answer (no `X-Gateway-Error`: not an error).
+pub fn json_answer(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(ProxyBody::full(Bytes::from(bytes)));
     *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
+    resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
-    h.insert(X_GATEWAY_ERROR, HeaderValue::from_static(reason));
     resp
 }
 

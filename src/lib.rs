@@ -16,6 +16,7 @@
 //! | [`auth`]      | client keys → client → app                                     |
 //! | [`catalog`]   | the Feishu endpoints the gateway knows, as data                |
 //! | [`quota`]     | per-(app, route) quotas: the GCRA planner and the limiter      |
+//! | [`sdk_token`] | signed gateway tokens handed to the official SDKs              |
 //! | [`token`]     | tenant_access_token: single-flight fetch, proactive refresh    |
 //! | [`upstream`]  | the pooled HTTPS client to Feishu, failure classes, `code` peek |
 //! | [`error`]     | every gateway-made answer and its status, reason and code      |
@@ -41,6 +42,7 @@ pub mod proxy;
 /// Per-app quotas: one GCRA per (app, route) derived from all of Feishu's windows.
 pub mod quota;
 pub mod runtime;
+pub mod sdk_token;
 pub mod secret;
 pub mod server;
 /// A simulated Feishu Open Platform for the demo, the tests and the benchmark.

@@ -25,6 +25,7 @@ pub const OTHER_ROUTE: &str = "other";
 /// exported as `feishu_error_code_info{code,description} 1`.
 pub const KNOWN_CODES: &[(i64, &str)] = &[
     (0, "success"),
+    (9499, "bad request"),
     (10012, "fetching app access token failed"),
     (10013, "fetching tenant access token failed"),
     (10014, "app secret invalid"),

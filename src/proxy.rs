@@ -7,6 +7,7 @@
 //! | phase            | what belongs there                                        |
 //! |------------------|-----------------------------------------------------------|
 //! | `route`          | is this an `/open-apis/` path? which catalog entry?       |
+//! | `issue_token`    | Feishu's token endpoints, answered by the gateway itself  |
 //! | `authenticate`   | which client is calling, and so which app                 |
 //! | `read_body`      | buffer the body within the size and time limits           |
 //! | `admit`          | the (app, route) quota: go now, wait, or 429              |
@@ -28,14 +29,15 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::auth::{AuthError, ClientTable};
+use crate::auth::{bearer, AuthError, ClientTable};
 use crate::body::ProxyBody;
 use crate::catalog::{Catalog, Route};
 use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
 use crate::error::{codes, GatewayError};
 use crate::metrics::{Metrics, QuotaPairMetrics};
 use crate::quota::{KeySpec, LocalQuota, Overflow, Plan, PlanPolicy, QuotaKey};
-use crate::token::{Token, TokenManager};
+use crate::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
+use crate::token::TokenManager;
 use crate::upstream::{classify, inspect, HttpClient, Inspected};
 
 /// Largest JSON answer buffered whole to read its `code` (and so replayable).
@@ -45,6 +47,12 @@ const INSPECT_LIMIT: usize = 256 * 1024;
 pub const X_REQUEST_ID: &str = "x-request-id";
 /// Feishu's log id, the id its support asks for.
 pub const X_TT_LOGID: &str = "x-tt-logid";
+/// The client's key, sent beside a user access token.
+pub const X_GATEWAY_KEY: &str = "x-gateway-key";
+/// Feishu's self-built token endpoints, answered by the gateway.
+const TENANT_TOKEN_ENDPOINT: &str = "/open-apis/auth/v3/tenant_access_token/internal";
+const APP_TOKEN_ENDPOINT: &str = "/open-apis/auth/v3/app_access_token/internal";
+
 /// Per-request wait-mode override: `X-Gateway-Max-Wait: <ms>` (0 = reject).
 pub const X_GATEWAY_MAX_WAIT: &str = "x-gateway-max-wait";
 
@@ -52,6 +60,7 @@ pub const X_GATEWAY_MAX_WAIT: &str = "x-gateway-max-wait";
 pub struct Gateway {
     apps: Vec<AppRoute>,
     clients: ClientTable,
+    issuer: TokenIssuer,
     catalog: Catalog,
     tokens: Arc<TokenManager>,
     client: HttpClient,
@@ -95,6 +104,9 @@ pub struct RequestCtx {
     pub gateway_error: Option<&'static str>,
     /// Token-invalid code that caused a replay, if any.
     pub replayed_after: Option<i64>,
+    /// The caller's own `Authorization` when it carries a user access token:
+    /// sent to Feishu untouched instead of the tenant token.
+    pub user_token: Option<HeaderValue>,
 }
 
 impl RequestCtx {
@@ -110,6 +122,7 @@ impl RequestCtx {
             logid: None,
             gateway_error: None,
             replayed_after: None,
+            user_token: None,
         }
     }
 }
@@ -159,7 +172,14 @@ impl Gateway {
                     upstream: a.upstream.clone(),
                 })
                 .collect(),
-            clients: ClientTable::new(&config.clients),
+            clients: ClientTable::new(
+                &config.clients,
+                config.apps.iter().map(|a| a.app_id.clone()).collect(),
+            ),
+            issuer: TokenIssuer::new(
+                config.sdk_tokens.signing_key.clone(),
+                config.sdk_tokens.lifetime,
+            ),
             catalog,
             tokens,
             client,
@@ -197,6 +217,9 @@ impl Gateway {
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let (parts, body) = req.into_parts();
         self.route(ctx, &parts)?;
+        if let Some(field) = token_endpoint(parts.uri.path()) {
+            return self.issue_token(ctx, &parts, body, field).await;
+        }
         self.authenticate(ctx, &parts.headers)?;
         let body = self.read_body(&parts, body).await?;
         self.admit(ctx, &parts.headers).await?;
@@ -211,17 +234,86 @@ impl Gateway {
         if !path.starts_with("/open-apis/") || has_dot_segment(path) {
             return Err(GatewayError::NotFound);
         }
+        // Token endpoints other than the two the gateway answers would hand
+        // a caller Feishu credentials: never forwarded.
+        if path.starts_with("/open-apis/auth/") && token_endpoint(path).is_none() {
+            return Err(GatewayError::NotFound);
+        }
         ctx.route = self.catalog.find(&parts.method, path);
         Ok(())
     }
 
-    /// Phase `authenticate`: the client key selects the client, and the
-    /// client its app.
+    /// Phase `issue_token`: the SDKs' own token call, answered in Feishu's
+    /// flat shape with a gateway token bound to the client and app. The
+    /// `app_secret` is the client's gateway key; any mismatch gets Feishu's
+    /// wrong-secret answer without saying which part was wrong. Never
+    /// forwarded.
+    async fn issue_token(
+        &self,
+        ctx: &mut RequestCtx,
+        parts: &Parts,
+        body: Incoming,
+        field: &'static str,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        #[derive(serde::Deserialize)]
+        struct Credentials {
+            app_id: String,
+            app_secret: String,
+        }
+        if parts.method != http::Method::POST {
+            return Err(GatewayError::NotFound);
+        }
+        // The Python SDK sends no Content-Type here: the body decides.
+        let body = self.read_body(parts, body).await?;
+        let creds: Credentials =
+            serde_json::from_slice(&body).map_err(|_| GatewayError::BadTokenRequest)?;
+        let client = self
+            .clients
+            .by_key(creds.app_secret.as_bytes())
+            .filter(|c| self.clients.app_id_of(c) == Some(creds.app_id.as_str()))
+            .ok_or(GatewayError::InvalidAppCredentials)?;
+        ctx.client = Some(client.index);
+        ctx.app = Some(client.app);
+        ctx.code = Some(0);
+        let (token, expire) = self.issuer.issue(client, &creds.app_id);
+        let answer = serde_json::json!({
+            "code": 0,
+            "msg": "ok",
+            field: token,
+            "expire": expire,
+        });
+        Ok(crate::error::json_answer(http::StatusCode::OK, &answer))
+    }
+
+    /// Phase `authenticate`: who is calling, and so as which app. The
+    /// bearer credential is one of:
+    /// - a user access token (`u-…`), with the client key in `X-Gateway-Key`:
+    ///   forwarded untouched, still counted against the app's quota;
+    /// - a gateway token from [`Gateway::issue_token`] (`t-g1.…`);
+    /// - the client's gateway key itself.
     fn authenticate(&self, ctx: &mut RequestCtx, headers: &HeaderMap) -> Result<(), GatewayError> {
-        let client = self.clients.authenticate(headers).map_err(|e| match e {
-            AuthError::Missing => GatewayError::MissingCredentials,
-            AuthError::Unknown => GatewayError::InvalidCredentials,
-        })?;
+        let credential = bearer(headers).ok_or(GatewayError::MissingCredentials)?;
+        let client = if credential.starts_with("u-") {
+            let key = headers
+                .get(X_GATEWAY_KEY)
+                .and_then(|v| v.to_str().ok())
+                .ok_or(GatewayError::UserTokenWithoutKey)?;
+            let client = self
+                .clients
+                .by_key(key.trim().as_bytes())
+                .ok_or(GatewayError::UserTokenWithoutKey)?;
+            ctx.user_token = headers.get(AUTHORIZATION).cloned();
+            client
+        } else if credential.starts_with(SDK_TOKEN_PREFIX) {
+            self.issuer
+                .verify(credential, &self.clients)
+                .map_err(|_| GatewayError::InvalidCredentials)?
+        } else {
+            self.clients.authenticate(headers).map_err(|e| match e {
+                AuthError::Missing => GatewayError::MissingCredentials,
+                AuthError::Unknown => GatewayError::InvalidCredentials,
+            })?
+        };
         ctx.client = Some(client.index);
         ctx.app = Some(client.app);
         Ok(())
@@ -361,20 +453,27 @@ impl Gateway {
         let headers = upstream_headers(&parts.headers);
         let mut replayed = false;
         loop {
-            let token = self
-                .tokens
-                .get(app)
-                .await
-                .map_err(|e| GatewayError::TokenUnavailable {
-                    code: e.code,
-                    msg: e.msg,
-                })?;
+            // A user's own token goes through untouched and is never
+            // replayed: user tokens are the caller's business.
+            let (authorization, generation) =
+                match &ctx.user_token {
+                    Some(user) => (user.clone(), None),
+                    None => {
+                        let token = self.tokens.get(app).await.map_err(|e| {
+                            GatewayError::TokenUnavailable {
+                                code: e.code,
+                                msg: e.msg,
+                            }
+                        })?;
+                        (token.header.clone(), Some(token.generation))
+                    }
+                };
             let answer = self
-                .send(ctx, parts, &uri, &headers, body.clone(), &token)
+                .send(ctx, parts, &uri, &headers, body.clone(), authorization)
                 .await?;
-            match answer.code {
-                Some(code) if codes::is_token_invalid(code) && !replayed => {
-                    self.tokens.invalidate_if_current(app, token.generation);
+            match (answer.code, generation) {
+                (Some(code), Some(generation)) if codes::is_token_invalid(code) && !replayed => {
+                    self.tokens.invalidate_if_current(app, generation);
                     self.metrics.token_replay(app, code);
                     ctx.replayed_after = Some(code);
                     replayed = true;
@@ -384,7 +483,7 @@ impl Gateway {
                         "Feishu rejected the tenant token; replaying once with a fresh one"
                     );
                 }
-                code => {
+                (code, _) => {
                     if answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
                         || code == Some(codes::RATE_LIMITED)
                     {
@@ -407,14 +506,13 @@ impl Gateway {
         uri: &Uri,
         headers: &HeaderMap,
         body: Bytes,
-        token: &Token,
+        authorization: HeaderValue,
     ) -> Result<Inspected, GatewayError> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers.clone();
-        req.headers_mut()
-            .insert(AUTHORIZATION, token.header.clone());
+        req.headers_mut().insert(AUTHORIZATION, authorization);
         let started = Instant::now();
         let attempt = async {
             let resp = self.client.request(req).await.map_err(|e| classify(&e))?;
@@ -570,6 +668,16 @@ fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
         out.remove(k);
     }
     out
+}
+
+/// The token field of the answer if `path` is one of Feishu's token
+/// endpoints the gateway answers itself.
+fn token_endpoint(path: &str) -> Option<&'static str> {
+    match path {
+        TENANT_TOKEN_ENDPOINT => Some("tenant_access_token"),
+        APP_TOKEN_ENDPOINT => Some("app_access_token"),
+        _ => None,
+    }
 }
 
 /// `/./`, `/../` and their percent-encoded forms never reach Feishu.

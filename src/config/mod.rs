@@ -54,6 +54,8 @@ pub struct Config {
     pub log: Log,
     /// Quota behaviour (`[quota]`).
     pub quota: QuotaConfig,
+    /// Tokens the gateway issues to SDKs (`[sdk_tokens]`).
+    pub sdk_tokens: SdkTokens,
     /// Catalog overrides and additions (`[[routes]]`).
     pub routes: Vec<RouteConfig>,
     /// The Feishu apps the gateway holds secrets for (`[[apps]]`).
@@ -206,6 +208,18 @@ pub struct RouteConfig {
     pub overflow: Option<OverflowMode>,
     /// Overrides `quota.max_wait` for this route (`max_wait`).
     pub max_wait: Option<Duration>,
+}
+
+/// Tokens the gateway issues on Feishu's token endpoints (`[sdk_tokens]`).
+#[derive(Debug, Clone)]
+pub struct SdkTokens {
+    /// Secret that signs them (`signing_key_env` or `signing_key_file`).
+    /// Set it so tokens survive restarts and work on every replica; without
+    /// it a random secret is made at start.
+    pub signing_key: Option<Secret>,
+    /// The `expire` handed out (`lifetime`). Default 2 h; at least 15 min,
+    /// because the Python SDK refreshes 10 min early.
+    pub lifetime: Duration,
 }
 
 /// Log output (`[log]`).
@@ -400,6 +414,7 @@ impl Config {
             Log { format, level }
         };
 
+        let sdk_tokens = read_sdk_tokens(&mut s, env, p);
         let quota = read_quota(&mut s, p);
         let routes = read_routes(&mut s, &quota, p);
         let (apps, app_names) = read_apps(&mut s, &upstream, env, p);
@@ -434,6 +449,7 @@ impl Config {
             token,
             log,
             quota,
+            sdk_tokens,
             routes,
             apps,
             clients,
@@ -547,6 +563,41 @@ fn overflow(s: &mut Section<'_>, p: &mut Problems) -> Option<OverflowMode> {
             None
         }
     }
+}
+
+fn read_sdk_tokens(root: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -> SdkTokens {
+    let mut out = SdkTokens {
+        signing_key: None,
+        lifetime: Duration::from_secs(7200),
+    };
+    let Some(mut s) = root.table("sdk_tokens", p) else {
+        return out;
+    };
+    if s.value("signing_key_env").is_some() || s.value("signing_key_file").is_some() {
+        out.signing_key = secret_source(&mut s, "signing_key_env", "signing_key_file", &[], env, p);
+        if out
+            .signing_key
+            .as_ref()
+            .is_some_and(|k| k.expose().len() < 16)
+        {
+            p.push(
+                s.key("signing_key_env"),
+                "the signing key is shorter than 16 characters",
+            );
+        }
+    }
+    if let Some(l) = s.duration("lifetime", p) {
+        if l < Duration::from_secs(900) || l > Duration::from_secs(86_400) {
+            p.push(
+                s.key("lifetime"),
+                "must be between 15m (the Python SDK refreshes 10 min early) and 24h",
+            );
+        } else {
+            out.lifetime = l;
+        }
+    }
+    s.finish(p);
+    out
 }
 
 fn read_quota(root: &mut Section<'_>, p: &mut Problems) -> QuotaConfig {
