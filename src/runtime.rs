@@ -72,6 +72,11 @@ impl Runtime {
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
+        if config.sdk_tokens.signing_key.is_none() {
+            tracing::info!(
+                "no [sdk_tokens] signing key: gateway tokens handed to SDKs will not survive a restart"
+            );
+        }
         let catalog = Catalog::with_overrides(&config.routes).map_err(StartError::Config)?;
         let app_names: Vec<String> = config.apps.iter().map(|a| a.name.clone()).collect();
         let metrics = Arc::new(Metrics::new(
