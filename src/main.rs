@@ -142,7 +142,6 @@ fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 /// Logs go to stdout through a background writer thread, so a request
 /// never waits on a write to stdout. Keep the guard alive until exit: it
 /// flushes what is queued.
-#[must_use]
 fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
