@@ -28,12 +28,13 @@ use feishu_gateway::sim::{SimFeishu, TokenKind};
 use serde_json::Value;
 use support::*;
 
-/// A quota so small that the second call in a second is refused.
+/// A quota so small that the second call in a row is refused (Python and
+/// Node calls take milliseconds; ten seconds leaves room for a slow CI).
 const TINY_QUOTA: &str = r#"
 [[routes]]
 method = "POST"
 path = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice"
-limits = ["1/1s"]
+limits = ["1/10s"]
 "#;
 
 /// The cases each driver runs against the ordinary gateway, in this order
@@ -75,7 +76,7 @@ struct Setup {
     sim: SimFeishu,
     /// The ordinary gateway (no gateway quota on put_top_notice).
     gw: Runtime,
-    /// The same, with put_top_notice limited to `1/1s`.
+    /// The same, with put_top_notice limited to `1/10s`.
     limited: Runtime,
     dir: tempfile::TempDir,
 }
