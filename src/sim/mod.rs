@@ -17,6 +17,8 @@
 //!   (route, token, quota, body contract, magic chat ids, answer).
 //! - `tokens`: the token book (issue, 30-minute rule, verdicts).
 //! - `quota`: per (app, endpoint) arrival logs, sliding-window checks.
+//! - [`callback`](crate::sim::callback): the Feishu side of event callbacks
+//!   (encrypt, sign), public for tests that forge callbacks.
 //! - [`contract`](crate::sim::contract): the body contract of `put_top_notice`, public so other
 //!   modules can differential-test against it.
 //! - `answer`: JSON answers, error messages and `X-Tt-Logid` values.
@@ -65,6 +67,7 @@
 
 mod answer;
 pub mod ca;
+pub mod callback;
 pub mod contract;
 mod quota;
 mod server;
