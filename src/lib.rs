@@ -39,7 +39,6 @@ pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod error;
-/// Feishu event callbacks: verify, decrypt and classify (app_ticket intake).
 pub mod events;
 pub mod metrics;
 pub mod proxy;
@@ -52,7 +51,6 @@ pub mod server;
 /// A simulated Feishu Open Platform for the demo, the tests and the benchmark.
 pub mod sim;
 pub mod stack;
-/// Store apps' app_tickets, kept across restarts (files; Redis later).
 pub mod ticket_store;
 pub mod tls;
 pub mod token;

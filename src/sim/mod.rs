@@ -50,31 +50,34 @@
 //!
 //! # Store apps (ISV)
 //!
-//! Apps in [`SimConfig::store_apps`] get their tokens Feishu's store way
-//! (facts §2); their calls are recorded as [`StoreCall`]s:
+//! Apps in [`SimConfig::store_apps`](crate::sim::SimConfig::store_apps) get
+//! their tokens Feishu's store way (facts §2); their calls are recorded as
+//! [`StoreCall`](crate::sim::StoreCall)s:
 //!
 //! - `POST /open-apis/auth/v3/app_ticket/resend` `{app_id, app_secret}`
 //!   answers `{"code":0,"msg":"ok"}`, then, after
-//!   [`SimConfig::ticket_push_delay`], issues a new app_ticket and POSTs the
-//!   v1 `app_ticket` event to the app's event URL, encrypted and signed when
-//!   the app has an Encrypt Key (see [`callback`]). Each push is recorded as
-//!   a [`PushedEvent`] with the answer's status.
+//!   [`ticket_push_delay`](crate::sim::SimConfig::ticket_push_delay), issues
+//!   a new app_ticket and POSTs the v1 `app_ticket` event to the app's event
+//!   URL, encrypted and signed when the app has an Encrypt Key (see
+//!   [`callback`](crate::sim::callback)). Each push is recorded as a
+//!   [`PushedEvent`](crate::sim::PushedEvent) with the answer's status.
 //! - `POST /open-apis/auth/v3/app_access_token` `{app_id, app_secret,
 //!   app_ticket}` answers `app_access_token` (`a-…`). A ticket the fake did
-//!   not issue, or one invalidated by [`SimFeishu::invalidate_tickets`],
-//!   answers [`SimConfig::invalid_ticket_code`] (default 10012, the code the
-//!   official SDKs resend on).
+//!   not issue, or one invalidated by
+//!   [`invalidate_tickets`](crate::sim::SimFeishu::invalidate_tickets),
+//!   answers [`invalid_ticket_code`](crate::sim::SimConfig::invalid_ticket_code)
+//!   (default 10012, the code the official SDKs resend on).
 //! - `POST /open-apis/auth/v3/tenant_access_token` `{app_access_token,
 //!   tenant_key}` answers a `tenant_access_token` (`t-…`) for that tenant,
 //!   with the same-token rule per (app, tenant). An unknown or expired app
 //!   token answers 99991664 / 99991677; a tenant that did not install the app
-//!   answers [`SimConfig::unknown_tenant_code`] (default 99991665,
-//!   UNCONFIRMED).
+//!   answers [`unknown_tenant_code`](crate::sim::SimConfig::unknown_tenant_code)
+//!   (default 99991665, UNCONFIRMED).
 //!
 //! Business requests with a store tenant token are counted against quotas
 //! per (app, tenant, endpoint) and recorded with their
-//! [`tenant_key`](RecordedRequest::tenant_key); self-built apps keep one
-//! quota per (app, endpoint).
+//! [`tenant_key`](crate::sim::RecordedRequest::tenant_key); self-built apps
+//! keep one quota per (app, endpoint).
 //!
 //! # Time
 //!
