@@ -18,6 +18,8 @@
 //! | [`quota`]     | per-(app, route) quotas: the GCRA planner and the limiter      |
 //! | [`sdk_token`] | signed gateway tokens handed to the official SDKs              |
 //! | [`token`]     | tenant_access_token: single-flight fetch, proactive refresh    |
+//! | [`events`]    | Feishu event callbacks: signature, decryption, app_ticket      |
+//! | [`ticket_store`] | the latest app_ticket per store app, kept across restarts   |
 //! | [`upstream`]  | the pooled HTTPS client to Feishu, failure classes, `code` peek |
 //! | [`error`]     | every gateway-made answer and its status, reason and code      |
 //! | [`body`]      | the response body type (held bytes or streamed upstream body)  |
@@ -37,6 +39,7 @@ pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod proxy;
 /// Per-app quotas: one GCRA per (app, route) derived from all of Feishu's windows.
@@ -48,6 +51,7 @@ pub mod server;
 /// A simulated Feishu Open Platform for the demo, the tests and the benchmark.
 pub mod sim;
 pub mod stack;
+pub mod ticket_store;
 pub mod tls;
 pub mod token;
 pub mod upstream;
