@@ -11,19 +11,25 @@ use serde_json::json;
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
+use crate::store::StoreApps;
 use crate::token::TokenManager;
 
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct Admin {
     tokens: Arc<TokenManager>,
+    store: Arc<StoreApps>,
     metrics: Arc<Metrics>,
 }
 
 impl Admin {
     /// The admin endpoints over the gateway's shared state.
-    pub fn new(tokens: Arc<TokenManager>, metrics: Arc<Metrics>) -> Self {
-        Admin { tokens, metrics }
+    pub fn new(tokens: Arc<TokenManager>, store: Arc<StoreApps>, metrics: Arc<Metrics>) -> Self {
+        Admin {
+            tokens,
+            store,
+            metrics,
+        }
     }
 
     /// Answers one admin request.
@@ -44,7 +50,10 @@ impl Admin {
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                json(status, &json!({"ready": ready, "apps": apps}))
+                json(
+                    status,
+                    &json!({"ready": ready, "apps": apps, "store_apps": self.store.statuses()}),
+                )
             }
             "/metrics" => {
                 let mut resp = Response::new(ProxyBody::full(self.metrics.render()));

@@ -23,6 +23,8 @@ pub struct Client {
     pub app: usize,
     /// SHA-256 of its key (never the key itself).
     pub key_sha256: [u8; 32],
+    /// The tenant it always acts for (store apps), if fixed in config.
+    pub tenant: Option<String>,
 }
 
 /// Why a request is not authenticated.
@@ -58,6 +60,7 @@ impl ClientTable {
                 name: c.name.clone(),
                 app: c.app,
                 key_sha256: c.key_sha256,
+                tenant: c.tenant.clone(),
             });
         }
         ClientTable {
@@ -119,6 +122,7 @@ mod tests {
                 name: "billing".into(),
                 app: 0,
                 key_sha256: key_digest(b"billing-key-0123456789"),
+                tenant: None,
             }],
             vec!["cli_1".into()],
         )

@@ -35,6 +35,9 @@ pub mod codes {
     pub const APP_SECRET_INVALID: i64 = 10014;
     /// Feishu: malformed request.
     pub const BAD_REQUEST: i64 = 9499;
+    /// Feishu: the app_ticket is invalid (store apps; the official SDKs
+    /// resend the ticket on it).
+    pub const APP_TICKET_INVALID: i64 = 10012;
     /// Feishu: fetching tenant access token failed.
     pub const TENANT_TOKEN_FETCH_FAILED: i64 = 10013;
     /// Gateway: no such path on the gateway.
@@ -48,6 +51,12 @@ pub mod codes {
     pub const GW_UPSTREAM_UNAVAILABLE: i64 = 99990502;
     /// Gateway: Feishu did not answer in time.
     pub const GW_UPSTREAM_TIMEOUT: i64 = 99990503;
+
+    /// Codes with which Feishu refuses one tenant's token (the app is not
+    /// installed there, or the tenant key is wrong): the caller's mistake.
+    pub fn is_tenant_refusal(code: i64) -> bool {
+        matches!(code, TENANT_CODE_INVALID | 232034)
+    }
 
     /// Token-invalid codes after which the gateway drops the token it used,
     /// fetches a fresh one and replays the request once (facts §3).
@@ -113,6 +122,18 @@ pub enum GatewayError {
     BodyTimeout,
     /// The client aborted while sending its body.
     BodyAborted,
+    /// A store app's client named no tenant (`X-Tenant-Key`).
+    MissingTenant,
+    /// Feishu refused a tenant token for the named tenant.
+    UnknownTenant {
+        /// Feishu's code.
+        code: i64,
+        /// Feishu's msg.
+        msg: String,
+    },
+    /// An event callback failed verification (signature, token, cipher,
+    /// shape); answered with this status.
+    BadCallback(StatusCode),
     /// A gateway control header has a value it cannot use.
     BadHeader {
         /// The header, as documented.
@@ -148,7 +169,11 @@ impl GatewayError {
             }
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::BodyAborted | GatewayError::BadHeader { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::BodyAborted
+            | GatewayError::BadHeader { .. }
+            | GatewayError::MissingTenant
+            | GatewayError::UnknownTenant { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::BadCallback(status) => *status,
             GatewayError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -170,6 +195,9 @@ impl GatewayError {
             GatewayError::BodyTimeout => "body-timeout",
             GatewayError::BodyAborted => "body-aborted",
             GatewayError::BadHeader { .. } => "invalid-request",
+            GatewayError::MissingTenant => "missing-tenant",
+            GatewayError::UnknownTenant { .. } => "unknown-tenant",
+            GatewayError::BadCallback(_) => "invalid-callback",
             GatewayError::TokenUnavailable { .. } => "token-unavailable",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream-timeout",
             GatewayError::Upstream(_) => "upstream-unavailable",
@@ -190,6 +218,9 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => codes::INVALID_PARAM,
             GatewayError::BodyTimeout => codes::GW_BODY_TIMEOUT,
             GatewayError::BodyAborted | GatewayError::BadHeader { .. } => codes::INVALID_PARAM,
+            GatewayError::MissingTenant => codes::INVALID_PARAM,
+            GatewayError::UnknownTenant { code, .. } => *code,
+            GatewayError::BadCallback(_) => codes::BAD_REQUEST,
             GatewayError::TokenUnavailable { code, .. } => *code,
             GatewayError::Upstream(UpstreamFailure::Timeout) => codes::GW_UPSTREAM_TIMEOUT,
             GatewayError::Upstream(_) => codes::GW_UPSTREAM_UNAVAILABLE,
@@ -225,6 +256,15 @@ impl GatewayError {
             }
             GatewayError::BodyAborted => {
                 "feishu-gateway: the request body could not be read".into()
+            }
+            GatewayError::MissingTenant => {
+                "feishu-gateway: this client's app is a store app: name the tenant in X-Tenant-Key".into()
+            }
+            GatewayError::UnknownTenant { code, msg } => format!(
+                "feishu-gateway: Feishu refused a tenant_access_token for this tenant ({code}: {msg}); is the app installed there?"
+            ),
+            GatewayError::BadCallback(_) => {
+                "feishu-gateway: event callback refused (signature, verification token or encryption)".into()
             }
             GatewayError::BadHeader { name, expected } => {
                 format!("feishu-gateway: header {name} must be {expected}")

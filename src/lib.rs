@@ -17,6 +17,7 @@
 //! | [`catalog`]   | the Feishu endpoints the gateway knows, as data                |
 //! | [`quota`]     | per-(app, route) quotas: the GCRA planner and the limiter      |
 //! | [`sdk_token`] | signed gateway tokens handed to the official SDKs              |
+//! | [`store`]     | store apps: app_ticket, tenants, the event endpoint             |
 //! | [`token`]     | tenant_access_token: single-flight fetch, proactive refresh    |
 //! | [`events`]    | Feishu event callbacks: signature, decryption, app_ticket      |
 //! | [`ticket_store`] | the latest app_ticket per store app, kept across restarts   |
@@ -51,6 +52,7 @@ pub mod server;
 /// A simulated Feishu Open Platform for the demo, the tests and the benchmark.
 pub mod sim;
 pub mod stack;
+pub mod store;
 pub mod ticket_store;
 pub mod tls;
 pub mod token;

@@ -74,6 +74,8 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     in_flight: IntGauge,
     quota_limit: IntGaugeVec,
+    store_tenants: IntGaugeVec,
+    app_ticket_received: GaugeVec,
     quota_waiting: IntGaugeVec,
     quota_wait: HistogramVec,
     /// Cached handles, indexed `[app + 1][route + 1]` (0 = unknown/other).
@@ -184,6 +186,20 @@ impl Metrics {
             ),
             &["app", "route", "window"],
         )?;
+        let store_tenants = IntGaugeVec::new(
+            Opts::new(
+                "feishu_gateway_store_tenants",
+                "Tenants (tenant tokens and quotas) held for a store app",
+            ),
+            &["app"],
+        )?;
+        let app_ticket_received = GaugeVec::new(
+            Opts::new(
+                "feishu_gateway_app_ticket_received_timestamp_seconds",
+                "Unix time at which a store app's current app_ticket was received",
+            ),
+            &["app"],
+        )?;
         let quota_waiting = IntGaugeVec::new(
             Opts::new(
                 "feishu_gateway_quota_waiting",
@@ -222,6 +238,8 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(quota_limit.clone()),
+            Box::new(store_tenants.clone()),
+            Box::new(app_ticket_received.clone()),
             Box::new(quota_waiting.clone()),
             Box::new(quota_wait.clone()),
             Box::new(build_info.clone()),
@@ -272,6 +290,8 @@ impl Metrics {
             upstream_errors,
             in_flight,
             quota_limit,
+            store_tenants,
+            app_ticket_received,
             quota_waiting,
             quota_wait,
             pairs,
@@ -365,9 +385,9 @@ impl Metrics {
     }
 
     /// Records a token fetch and, on success, the new expiry (Unix seconds).
-    pub fn token_refresh(&self, app: usize, expiry_unix: Option<f64>) {
+    pub fn token_refresh(&self, app: usize, expiry_unix: Option<f64>, ok: bool) {
         let label = self.app_label(Some(app));
-        let result = if expiry_unix.is_some() { "ok" } else { "error" };
+        let result = if ok { "ok" } else { "error" };
         self.token_refreshes
             .with_label_values(&[label, result])
             .inc();
@@ -415,6 +435,24 @@ impl Metrics {
             waiting: self.quota_waiting.with_label_values(&[a, r]),
             wait: self.quota_wait.with_label_values(&[a, r]),
         }
+    }
+
+    /// Records how many tenants a store app holds.
+    pub fn store_tenants(&self, app: usize, n: usize) {
+        self.store_tenants
+            .with_label_values(&[self.app_label(Some(app))])
+            .set(n as i64);
+    }
+
+    /// Records when a store app's current ticket was received (`age` ago).
+    pub fn app_ticket_received(&self, app: usize, age: Duration) {
+        let at = std::time::SystemTime::now()
+            .checked_sub(age)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.app_ticket_received
+            .with_label_values(&[self.app_label(Some(app))])
+            .set(at);
     }
 
     /// The in-flight gauge.

@@ -37,7 +37,8 @@ use crate::error::{codes, GatewayError};
 use crate::metrics::{Metrics, QuotaPairMetrics};
 use crate::quota::{KeySpec, LocalQuota, Overflow, Plan, PlanPolicy, QuotaKey};
 use crate::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
-use crate::token::TokenManager;
+use crate::store::{StoreApps, Tenant, TicketBox};
+use crate::token::{TokenManager, TokenSlot};
 use crate::upstream::{classify, inspect, HttpClient, Inspected};
 
 /// Largest JSON answer buffered whole to read its `code` (and so replayable).
@@ -49,6 +50,10 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_TT_LOGID: &str = "x-tt-logid";
 /// The client's key, sent beside a user access token.
 pub const X_GATEWAY_KEY: &str = "x-gateway-key";
+/// Feishu's event callbacks for store apps: `POST /feishu/events/<app name>`.
+pub const EVENTS_PREFIX: &str = "/feishu/events/";
+/// A store app's client names its tenant here.
+pub const X_TENANT_KEY: &str = "x-tenant-key";
 /// Feishu's self-built token endpoints, answered by the gateway.
 const TENANT_TOKEN_ENDPOINT: &str = "/open-apis/auth/v3/tenant_access_token/internal";
 const APP_TOKEN_ENDPOINT: &str = "/open-apis/auth/v3/app_access_token/internal";
@@ -63,6 +68,7 @@ pub struct Gateway {
     issuer: TokenIssuer,
     catalog: Catalog,
     tokens: Arc<TokenManager>,
+    store: Arc<StoreApps>,
     client: HttpClient,
     metrics: Arc<Metrics>,
     quota: LocalQuota,
@@ -107,6 +113,8 @@ pub struct RequestCtx {
     /// The caller's own `Authorization` when it carries a user access token:
     /// sent to Feishu untouched instead of the tenant token.
     pub user_token: Option<HeaderValue>,
+    /// For store apps: the tenant the request acts for.
+    pub tenant: Option<Arc<Tenant>>,
 }
 
 impl RequestCtx {
@@ -123,6 +131,7 @@ impl RequestCtx {
             gateway_error: None,
             replayed_after: None,
             user_token: None,
+            tenant: None,
         }
     }
 }
@@ -134,6 +143,7 @@ impl Gateway {
         config: &Config,
         catalog: Catalog,
         tokens: Arc<TokenManager>,
+        tickets: Vec<Option<Arc<TicketBox>>>,
         client: HttpClient,
         metrics: Arc<Metrics>,
     ) -> Result<Gateway, String> {
@@ -152,6 +162,19 @@ impl Gateway {
             tracing::info!(route = %route.template, plan = %plan, "quota plan");
             plans.push(Some(plan));
         }
+        let tenant_specs = plans
+            .iter()
+            .map(|p| {
+                p.as_ref()
+                    .map(|p| KeySpec::new(p.clone(), config.quota.max_waiters))
+            })
+            .collect();
+        let store = Arc::new(StoreApps::new(
+            &config.apps,
+            tickets,
+            tenant_specs,
+            Arc::clone(&metrics),
+        ));
         let mut specs = Vec::new();
         let mut quota_keys = Vec::new();
         for app in 0..config.apps.len() {
@@ -182,6 +205,7 @@ impl Gateway {
             ),
             catalog,
             tokens,
+            store,
             client,
             metrics,
             quota: LocalQuota::with_tokio_clock(specs),
@@ -216,6 +240,9 @@ impl Gateway {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let (parts, body) = req.into_parts();
+        if let Some(app) = parts.uri.path().strip_prefix(EVENTS_PREFIX) {
+            return self.event_callback(&parts, body, app).await;
+        }
         self.route(ctx, &parts)?;
         if let Some(field) = token_endpoint(parts.uri.path()) {
             return self.issue_token(ctx, &parts, body, field).await;
@@ -285,6 +312,22 @@ impl Gateway {
         Ok(crate::error::json_answer(http::StatusCode::OK, &answer))
     }
 
+    /// Phase `event_callback` (store apps): Feishu's pushes to
+    /// `/feishu/events/<app>`: the URL check, the app_ticket, and any other
+    /// event acknowledged and ignored. Answered here, never forwarded.
+    async fn event_callback(
+        &self,
+        parts: &Parts,
+        body: Incoming,
+        app: &str,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        if parts.method != http::Method::POST {
+            return Err(GatewayError::NotFound);
+        }
+        let body = self.read_body(parts, body).await?;
+        self.store.handle_event(app, &parts.headers, &body).await
+    }
+
     /// Phase `authenticate`: who is calling, and so as which app. The
     /// bearer credential is one of:
     /// - a user access token (`u-…`), with the client key in `X-Gateway-Key`:
@@ -316,6 +359,20 @@ impl Gateway {
         };
         ctx.client = Some(client.index);
         ctx.app = Some(client.app);
+        if self.store.is_store(client.app) {
+            // A store app acts for one tenant per request: fixed for the
+            // client in config, or named in X-Tenant-Key.
+            let key = match &client.tenant {
+                Some(t) => t.as_str(),
+                None => headers
+                    .get(X_TENANT_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .ok_or(GatewayError::MissingTenant)?,
+            };
+            ctx.tenant = Some(self.store.tenant(&self.tokens, client.app, key)?);
+        }
         Ok(())
     }
 
@@ -357,12 +414,21 @@ impl Gateway {
         let Some((key, pair)) = self.quota_key(app, route) else {
             return Ok(());
         };
+        // Store apps: Feishu's limits hold per tenant, so each tenant has
+        // its own keys (same plans); the (app, route) metrics are shared.
+        let (quota, key) = match &ctx.tenant {
+            Some(t) => match t.quota_key(route) {
+                Some(k) => (t.quota(), k),
+                None => return Ok(()),
+            },
+            None => (&self.quota, *key),
+        };
         let overflow = self.overflow(self.catalog.route(route), headers)?;
         let result = match overflow {
-            Overflow::Reject => self.quota.check(*key),
+            Overflow::Reject => quota.check(key),
             Overflow::Wait(_) => {
                 pair.waiting.inc();
-                let r = self.quota.acquire(*key, overflow).await;
+                let r = quota.acquire(key, overflow).await;
                 pair.waiting.dec();
                 r
             }
@@ -429,7 +495,14 @@ impl Gateway {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(1)
             .clamp(1, 300);
-        self.quota.pause(*key, Duration::from_secs(secs));
+        match ctx
+            .tenant
+            .as_ref()
+            .and_then(|t| t.quota_key(route).map(|k| (t, k)))
+        {
+            Some((t, k)) => t.quota().pause(k, Duration::from_secs(secs)),
+            None => self.quota.pause(*key, Duration::from_secs(secs)),
+        }
         tracing::warn!(
             app = %self.apps[app].name,
             route = %self.catalog.route(route).template,
@@ -455,25 +528,26 @@ impl Gateway {
         loop {
             // A user's own token goes through untouched and is never
             // replayed: user tokens are the caller's business.
-            let (authorization, generation) =
-                match &ctx.user_token {
-                    Some(user) => (user.clone(), None),
-                    None => {
-                        let token = self.tokens.get(app).await.map_err(|e| {
-                            GatewayError::TokenUnavailable {
-                                code: e.code,
-                                msg: e.msg,
-                            }
-                        })?;
-                        (token.header.clone(), Some(token.generation))
-                    }
-                };
+            let (authorization, generation) = match &ctx.user_token {
+                Some(user) => (user.clone(), None),
+                None => {
+                    let slot = self.token_slot(ctx, app);
+                    let token = self
+                        .tokens
+                        .get_slot(&slot)
+                        .await
+                        .map_err(|e| self.token_failure(ctx, e))?;
+                    (token.header.clone(), Some((slot, token.generation)))
+                }
+            };
             let answer = self
                 .send(ctx, parts, &uri, &headers, body.clone(), authorization)
                 .await?;
             match (answer.code, generation) {
-                (Some(code), Some(generation)) if codes::is_token_invalid(code) && !replayed => {
-                    self.tokens.invalidate_if_current(app, generation);
+                (Some(code), Some((slot, generation)))
+                    if codes::is_token_invalid(code) && !replayed =>
+                {
+                    self.tokens.invalidate_slot(&slot, generation);
                     self.metrics.token_replay(app, code);
                     ctx.replayed_after = Some(code);
                     replayed = true;
@@ -494,6 +568,34 @@ impl Gateway {
                     return Ok(Response::from_parts(answer.head, answer.body));
                 }
             }
+        }
+    }
+
+    /// The token slot a request uses: its tenant's, or its app's.
+    fn token_slot(&self, ctx: &RequestCtx, app: usize) -> Arc<TokenSlot> {
+        match &ctx.tenant {
+            Some(t) => Arc::clone(&t.slot),
+            None => Arc::clone(self.tokens.app_slot(app)),
+        }
+    }
+
+    /// No token could be had. For a tenant, Feishu refusing the tenant
+    /// token (a Feishu code, not a transport failure or a missing app
+    /// token) is the caller's mistake: the tenant is dropped and the refusal
+    /// answered as a 400, never retried in a loop.
+    fn token_failure(&self, ctx: &RequestCtx, e: crate::token::TokenError) -> GatewayError {
+        match (&ctx.tenant, ctx.app) {
+            (Some(t), Some(app)) if codes::is_tenant_refusal(e.code) => {
+                self.store.forget(app, t);
+                GatewayError::UnknownTenant {
+                    code: e.code,
+                    msg: e.msg,
+                }
+            }
+            _ => GatewayError::TokenUnavailable {
+                code: e.code,
+                msg: e.msg,
+            },
         }
     }
 
@@ -591,6 +693,11 @@ impl Gateway {
             .path_and_query(pq)
             .build()
             .map_err(|_| GatewayError::NotFound)
+    }
+
+    /// The store apps (tickets, tenants, event endpoint).
+    pub fn store(&self) -> &Arc<StoreApps> {
+        &self.store
     }
 
     /// The token manager (for `/readyz`).

@@ -177,11 +177,13 @@ mod tests {
                     name: "billing".into(),
                     app: 0,
                     key_sha256: key_digest(b"billing-key-0123456789"),
+                    tenant: None,
                 },
                 ClientConfig {
                     name: "crm".into(),
                     app: 0,
                     key_sha256: key_digest(b"crm-key-0123456789abc"),
+                    tenant: None,
                 },
             ],
             vec!["cli_1".into()],
