@@ -113,7 +113,9 @@ fn mismatch(seed: &mut ValueSeed<'_, '_, '_, '_>, got: &str, text: Option<String
     let expected = expected(seed.shape, matches!(seed.path, Path::Body));
     let description = match (seed.shape, &text) {
         // The number 1 where the string "1" is expected: say how to send it.
-        (Shape::String(Text::OneOf(values)), Some(t)) if got == "a number" && values.contains(t) => {
+        (Shape::String(Text::OneOf(values)), Some(t))
+            if got == "a number" && values.contains(t) =>
+        {
             format!("must be a string: send \"{t}\", not the number {t}")
         }
         _ => format!("must be {expected}, got {got}"),
@@ -150,9 +152,9 @@ pub(crate) fn text_problem(text: &Text, s: &str) -> Option<String> {
         Text::Prefix(_) | Text::Id(_) if s.is_empty() => Some("must not be empty".into()),
         Text::Prefix(p) => (!s.starts_with(p.as_str())).then(|| format!("must start with {p:?}")),
         Text::Id(p) => {
-            let ok = s
-                .strip_prefix(p.as_str())
-                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+            let ok = s.strip_prefix(p.as_str()).is_some_and(|rest| {
+                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
             (!ok).then(|| format!("must be {p:?} followed by letters and digits"))
         }
         Text::OneOf(values) => {
@@ -317,11 +319,7 @@ fn walk_object<'de, A: MapAccess<'de>>(
                 let field = &fields[i];
                 let fpath = Path::Field(path, &field.name);
                 if seen[i].is_some() {
-                    walk.push(
-                        &fpath,
-                        None,
-                        "appears more than once; send it once".into(),
-                    );
+                    walk.push(&fpath, None, "appears more than once; send it once".into());
                 }
                 let mark = walk.sink.mark();
                 let keep = fields.iter().any(|f| {

@@ -116,7 +116,9 @@ pub(crate) fn is_json_media_type(value: &str) -> bool {
             .strip_prefix('"')
             .and_then(|v| v.strip_suffix('"'))
             .unwrap_or(val);
-        if charset || !name.trim().eq_ignore_ascii_case("charset") || !val.eq_ignore_ascii_case("utf-8")
+        if charset
+            || !name.trim().eq_ignore_ascii_case("charset")
+            || !val.eq_ignore_ascii_case("utf-8")
         {
             return false;
         }
@@ -187,10 +189,6 @@ fn syntax_description(e: &serde_json::Error) -> String {
 /// 1-based line and column (in bytes) just after `prefix`.
 fn line_column(prefix: &[u8]) -> (usize, usize) {
     let line = 1 + prefix.iter().filter(|&&b| b == b'\n').count();
-    let column = 1 + prefix
-        .iter()
-        .rev()
-        .take_while(|&&b| b != b'\n')
-        .count();
+    let column = 1 + prefix.iter().rev().take_while(|&&b| b != b'\n').count();
     (line, column)
 }

@@ -67,7 +67,10 @@ impl Violations {
     /// The `msg` of the answer: one sentence naming the first problem.
     pub fn msg(&self) -> String {
         let mut msg = match self.list.first() {
-            Some(v) => format!("feishu-gateway: invalid request: {}: {}", v.field, v.description),
+            Some(v) => format!(
+                "feishu-gateway: invalid request: {}: {}",
+                v.field, v.description
+            ),
             None => "feishu-gateway: invalid request".to_string(),
         };
         let more = self.list.len().saturating_sub(1) + self.omitted;
