@@ -700,7 +700,8 @@ mod differential {
 
     fn action_type() -> impl Strategy<Value = Option<String>> {
         optional(prop_oneof![
-            4 => prop::sample::select(vec![r#""1""#, r#""2""#, r#""3""#, r#""""#, "1", "2", "null", "true"])
+            6 => prop::sample::select(vec![r#""1""#, r#""2""#]).prop_map(str::to_string),
+            3 => prop::sample::select(vec![r#""3""#, r#""""#, "1", "2", "null", "true"])
                 .prop_map(str::to_string),
             1 => junk(),
         ])
@@ -708,9 +709,9 @@ mod differential {
 
     fn message_id() -> impl Strategy<Value = Option<String>> {
         optional(prop_oneof![
+            4 => Just(r#""om_dc13264520392913993dd051dba21dcf""#.to_string()),
             4 => prop::sample::select(vec![
-                r#""om_dc13264520392913993dd051dba21dcf""#, r#""om_""#, r#""""#,
-                r#""oc_1""#, r#""OM_x""#, r#""\u006fm_x""#, "7", "null",
+                r#""om_""#, r#""""#, r#""oc_1""#, r#""OM_x""#, r#""\u006fm_x""#, "7", "null",
             ])
             .prop_map(str::to_string),
             1 => junk(),
@@ -733,12 +734,12 @@ mod differential {
                 Just(entries).prop_shuffle()
             })
             .prop_map(object);
-        prop_oneof![6 => fields, 1 => junk()]
+        prop_oneof![12 => fields, 1 => junk()]
     }
 
     fn body() -> impl Strategy<Value = String> {
         let notices = optional(prop_oneof![
-            6 => prop::collection::vec(item(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+            8 => prop::collection::vec(item(), 0..3).prop_map(|v| format!("[{}]", v.join(","))),
             1 => junk(),
         ]);
         let root = (notices, prop::collection::vec(("[a-z]{1,4}", junk()), 0..2))
@@ -756,8 +757,13 @@ mod differential {
 
     /// A body, sometimes cut short, with a byte changed or with whitespace.
     fn mutated() -> impl Strategy<Value = Vec<u8>> {
-        (body(), 0usize..6, any::<prop::sample::Index>(), any::<u8>()).prop_map(
-            |(b, how, at, byte)| {
+        (
+            body(),
+            0usize..16,
+            any::<prop::sample::Index>(),
+            any::<u8>(),
+        )
+            .prop_map(|(b, how, at, byte)| {
                 let mut b = b.into_bytes();
                 let i = at.index(b.len().max(1)).min(b.len());
                 match how {
@@ -774,8 +780,7 @@ mod differential {
                     _ => {}
                 }
                 b
-            },
-        )
+            })
     }
 
     fn put_verdict(body: &[u8], unknown_fields: UnknownFields) -> Result<(), Violations> {
