@@ -7,9 +7,13 @@
 
 use http::header::{HeaderName, CONTENT_TYPE};
 
-/// Most fields one [`Object`] shape may list (the walk keeps one slot per
-/// field on the stack).
-pub const MAX_FIELDS: usize = 16;
+/// Most fields one [`Object`] shape may list (the walk keeps one bit per
+/// field).
+pub const MAX_FIELDS: usize = 32;
+
+/// Most [`Presence::RequiredWhen`] fields one [`Object`] shape may list (the
+/// walk keeps a slot on the stack for each).
+pub const MAX_CONDITIONAL: usize = 8;
 
 /// What the gateway checks before it forwards a request to a catalog route.
 #[derive(Debug, Clone)]
@@ -183,6 +187,11 @@ pub struct Array {
 #[derive(Debug, Clone)]
 pub struct Object {
     fields: Vec<Field>,
+    /// Per field: the sibling its [`Presence::RequiredWhen`] reads, and its
+    /// slot among the conditional fields.
+    sources: Vec<Option<(usize, usize)>>,
+    /// Per field: bit `j` set when sibling `j`'s condition reads this field.
+    dependents: Vec<u32>,
 }
 
 impl Object {
@@ -208,6 +217,15 @@ impl Object {
                 fields.len()
             ));
         }
+        let conditional = fields
+            .iter()
+            .filter(|f| matches!(f.presence, Presence::RequiredWhen { .. }))
+            .count();
+        if conditional > MAX_CONDITIONAL {
+            return Err(format!(
+                "an object lists {conditional} conditional fields; at most {MAX_CONDITIONAL}"
+            ));
+        }
         for (i, f) in fields.iter().enumerate() {
             if fields[..i].iter().any(|g| g.name == f.name) {
                 return Err(format!("field {:?} is listed twice", f.name));
@@ -221,7 +239,29 @@ impl Object {
                 }
             }
         }
-        Ok(Object { fields })
+        let index = |name: &str| fields.iter().position(|g| g.name == name);
+        let mut slot = 0;
+        let sources: Vec<Option<(usize, usize)>> = fields
+            .iter()
+            .map(|f| match &f.presence {
+                Presence::RequiredWhen { field, .. } => {
+                    slot += 1;
+                    index(field).map(|i| (i, slot - 1))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut dependents = vec![0u32; fields.len()];
+        for (j, source) in sources.iter().enumerate() {
+            if let Some((i, _)) = source {
+                dependents[*i] |= 1 << j;
+            }
+        }
+        Ok(Object {
+            fields,
+            sources,
+            dependents,
+        })
     }
 
     /// The fields, in contract order.
@@ -231,6 +271,17 @@ impl Object {
 
     pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
         self.fields.iter().position(|f| f.name == name)
+    }
+
+    /// For a conditional field `i`: the sibling whose value decides whether
+    /// it is required, and its slot (below [`MAX_CONDITIONAL`]).
+    pub(crate) fn source(&self, i: usize) -> Option<(usize, usize)> {
+        self.sources[i]
+    }
+
+    /// The fields (as bits) whose condition reads field `i`.
+    pub(crate) fn dependents(&self, i: usize) -> u32 {
+        self.dependents[i]
     }
 }
 

@@ -24,7 +24,7 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::contract::{Object, Presence, Shape, Text, UnknownFields, MAX_FIELDS};
+use super::contract::{Object, Presence, Shape, Text, UnknownFields, MAX_CONDITIONAL};
 use super::violation::{cap, Sink, Span, Violation};
 
 /// Where a value sits in the body, as a chain on the stack; rendered to a
@@ -291,18 +291,19 @@ impl ValueSeed<'_, '_, '_, '_> {
 }
 
 /// The fields of one object, in one pass; presence and conditions are
-/// settled at its end.
+/// settled at its end. Per-object state is a few bit sets: which fields
+/// were seen, and which conditions their source's value made true.
 fn walk_object<'de, A: MapAccess<'de>>(
     object: &Object,
     path: &Path<'_>,
     walk: &mut Walk<'_>,
     map: &mut A,
 ) -> Result<(), A::Error> {
-    const NONE: Option<Seen<'_>> = None;
     const NO_SPAN: Option<Span> = None;
     let fields = object.fields();
-    let mut seen = [NONE; MAX_FIELDS];
-    let mut spans = [NO_SPAN; MAX_FIELDS];
+    let mut seen = 0u32;
+    let mut active = 0u32;
+    let mut spans = [NO_SPAN; MAX_CONDITIONAL];
 
     loop {
         let key = KeySeed {
@@ -310,77 +311,93 @@ fn walk_object<'de, A: MapAccess<'de>>(
             path,
             walk: &mut *walk,
         };
-        match map.next_key_seed(key)? {
+        let i = match map.next_key_seed(key)? {
             None => break,
             Some(Key::Unknown) => {
                 map.next_value::<Skip>()?;
+                continue;
             }
-            Some(Key::Known(i)) => {
-                let field = &fields[i];
-                let fpath = Path::Field(path, &field.name);
-                if seen[i].is_some() {
-                    walk.push(&fpath, None, "appears more than once; send it once".into());
-                }
-                let mark = walk.sink.mark();
-                let keep = fields.iter().any(|f| {
-                    matches!(&f.presence, Presence::RequiredWhen { field: dep, .. } if *dep == field.name)
-                });
-                let value = map.next_value_seed(ValueSeed {
-                    shape: &field.shape,
-                    path: &fpath,
-                    walk: &mut *walk,
-                    keep,
-                })?;
-                if matches!(field.presence, Presence::RequiredWhen { .. }) {
-                    spans[i] = Some(walk.sink.since(mark));
-                }
-                seen[i] = Some(value);
-            }
+            Some(Key::Known(i)) => i,
+        };
+        let field = &fields[i];
+        let fpath = Path::Field(path, &field.name);
+        if seen & (1 << i) != 0 {
+            walk.push(&fpath, None, "appears more than once; send it once".into());
+        }
+        seen |= 1 << i;
+        let dependents = object.dependents(i);
+        let mark = walk.sink.mark();
+        let value = map.next_value_seed(ValueSeed {
+            shape: &field.shape,
+            path: &fpath,
+            walk: &mut *walk,
+            keep: dependents != 0,
+        })?;
+        for j in bits(dependents) {
+            let holds = match (&value, &fields[j].presence) {
+                (Seen::Str(s), Presence::RequiredWhen { equals, .. }) => s == equals,
+                // Not a string: the source has its own violation, and the
+                // condition cannot be judged.
+                _ => false,
+            };
+            active = (active & !(1 << j)) | (u32::from(holds) << j);
+        }
+        if let Some((_, slot)) = object.source(i) {
+            spans[slot] = Some(walk.sink.since(mark));
         }
     }
 
-    // Conditions decide which checked fields count. The violations of a
-    // field whose condition is false are taken back, latest span first so
-    // that the earlier ranges stay valid.
-    let mut missing: [Option<String>; MAX_FIELDS] = Default::default();
-    let mut discard = [NO_SPAN; MAX_FIELDS];
-    for (i, field) in fields.iter().enumerate() {
-        match &field.presence {
-            Presence::Optional => {}
-            Presence::Required => {
-                if seen[i].is_none() {
-                    missing[i] = Some("required".into());
-                }
+    // A condition whose source is absent reads the source's default. The
+    // violations of a field whose condition is false are taken back,
+    // latest span first so that the earlier ranges stay valid.
+    let mut required = 0u32;
+    for (j, field) in fields.iter().enumerate() {
+        let holds = match (&field.presence, object.source(j)) {
+            (Presence::Optional, _) => false,
+            (Presence::Required, _) => true,
+            (Presence::RequiredWhen { equals, .. }, Some((src, _))) if seen & (1 << src) == 0 => {
+                fields[src].default.as_deref() == Some(equals.as_str())
             }
+            (Presence::RequiredWhen { .. }, _) => active & (1 << j) != 0,
+        };
+        if holds {
+            required |= 1 << j;
+            if let Some((_, slot)) = object.source(j) {
+                spans[slot] = None;
+            }
+        }
+    }
+    while let Some(last) = spans
+        .iter_mut()
+        .filter(|s| s.is_some())
+        .max_by_key(|s| s.as_ref().map(Span::start))
+    {
+        if let Some(span) = last.take() {
+            walk.sink.discard(span);
+        }
+    }
+    for j in bits(required & !seen) {
+        let field = &fields[j];
+        let description = match &field.presence {
             Presence::RequiredWhen { field: dep, equals } => {
-                let active = match object.index_of(dep) {
-                    Some(j) => match &seen[j] {
-                        Some(Seen::Str(s)) => s == equals,
-                        // The condition's field is invalid: it has its own
-                        // violation, and this one cannot be judged.
-                        Some(Seen::Other) => false,
-                        None => fields[j].default.as_deref() == Some(equals.as_str()),
-                    },
-                    None => false,
-                };
-                if !active {
-                    discard[i] = spans[i].take();
-                } else if seen[i].is_none() {
-                    missing[i] = Some(format!("required when {dep} is {equals:?}"));
-                }
+                format!("required when {dep} is {equals:?}")
             }
-        }
-    }
-    discard.sort_by_key(|s| std::cmp::Reverse(s.as_ref().map(Span::start)));
-    for span in discard.into_iter().flatten() {
-        walk.sink.discard(span);
-    }
-    for (field, description) in fields.iter().zip(missing) {
-        if let Some(description) = description {
-            walk.push(&Path::Field(path, &field.name), None, description);
-        }
+            _ => "required".to_string(),
+        };
+        walk.push(&Path::Field(path, &field.name), None, description);
     }
     Ok(())
+}
+
+/// The indices of the bits set in `mask`, lowest first.
+fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            i
+        })
+    })
 }
 
 enum Key {

@@ -80,7 +80,7 @@ pub use builtin::{
 };
 pub use contract::{
     Array, BodyRule, Contract, Field, HeaderCheck, HeaderRule, Object, Param, Presence, Shape,
-    Text, UnknownFields, MAX_FIELDS,
+    Text, UnknownFields, MAX_CONDITIONAL, MAX_FIELDS,
 };
 pub use violation::{Violation, Violations, MAX_VALUE_CHARS, MAX_VIOLATIONS, REASON};
 

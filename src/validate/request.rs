@@ -45,16 +45,38 @@ fn check_param(param: &Param, raw: Option<&str>, sink: &mut Sink) {
 
 /// What makes a raw path segment unsafe to forward, whatever its form.
 pub(crate) fn path_problem(raw: &str) -> Option<String> {
-    let lower = raw.to_ascii_lowercase();
-    let why = if raw.chars().any(char::is_control) {
+    let b = raw.as_bytes();
+    // The common case, ids of letters, digits and '_', in one tight loop.
+    if b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_') {
+        return None;
+    }
+    let (mut control, mut slash, mut encoded_slash, mut percent, mut dots) =
+        (false, false, false, false, false);
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'/' => slash = true,
+            b'%' => {
+                percent = true;
+                let next = (b.get(i + 1), b.get(i + 2).map(u8::to_ascii_lowercase));
+                encoded_slash |=
+                    matches!(next, (Some(b'2'), Some(b'f')) | (Some(b'5'), Some(b'c')));
+            }
+            b'.' => dots |= b.get(i + 1) == Some(&b'.'),
+            c if c.is_ascii_control() => control = true,
+            _ => {}
+        }
+    }
+    // Non-ASCII control characters (U+0080..U+009F) too.
+    control |= !raw.is_ascii() && raw.chars().any(char::is_control);
+    let why = if control {
         "must not contain control characters"
-    } else if raw.contains('/') {
+    } else if slash {
         "must not contain '/'"
-    } else if lower.contains("%2f") || lower.contains("%5c") {
+    } else if encoded_slash {
         "must not contain an encoded '/' or '\\' (%2F, %5C)"
-    } else if raw.contains('%') {
+    } else if percent {
         "must not be percent-encoded (an id never needs escaping)"
-    } else if raw.contains("..") {
+    } else if dots {
         "must not contain '..'"
     } else {
         return None;
@@ -101,6 +123,10 @@ fn expectation(check: HeaderCheck) -> String {
 /// `application/json`, with at most one `charset=utf-8` parameter (quoted
 /// or not), any case, spaces around `;` and `=` allowed.
 pub(crate) fn is_json_media_type(value: &str) -> bool {
+    // What the SDKs send, without the general parse.
+    if value == "application/json; charset=utf-8" || value == "application/json" {
+        return true;
+    }
     let mut parts = value.split(';');
     let essence = parts.next().unwrap_or("").trim();
     if !essence.eq_ignore_ascii_case("application/json") {

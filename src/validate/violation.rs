@@ -149,13 +149,14 @@ pub(crate) struct Mark {
 /// The violations added between a [`Mark`] and a later point.
 #[derive(Debug, Clone)]
 pub(crate) struct Span {
-    stored: std::ops::Range<usize>,
-    alive: usize,
+    start: u32,
+    end: u32,
+    alive: u32,
 }
 
 impl Span {
     pub(crate) fn start(&self) -> usize {
-        self.stored.start
+        self.start as usize
     }
 }
 
@@ -176,17 +177,21 @@ impl Sink {
     }
 
     pub(crate) fn since(&self, from: Mark) -> Span {
+        // Bodies are at most a few MiB, so counts fit in u32; saturate
+        // rather than wrap if they ever do not.
+        let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Span {
-            stored: from.stored..self.list.len(),
-            alive: self.alive - from.alive,
+            start: narrow(from.stored),
+            end: narrow(self.list.len()),
+            alive: narrow(self.alive - from.alive),
         }
     }
 
     /// Takes back the violations of `span`. Spans of one object must be
     /// discarded from the last to the first.
     pub(crate) fn discard(&mut self, span: Span) {
-        self.list.drain(span.stored);
-        self.alive -= span.alive;
+        self.list.drain(span.start as usize..span.end as usize);
+        self.alive -= span.alive as usize;
     }
 
     /// Forgets everything added since `to`.
