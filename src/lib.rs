@@ -15,7 +15,7 @@
 //! | [`proxy`]     | the request lifecycle as named phases                          |
 //! | [`auth`]      | client keys → client → app                                     |
 //! | [`catalog`]   | the Feishu endpoints the gateway knows, as data                |
-//! | [`validate`]  | each route's request contract, checked before any quota is spent |
+//! | [`validate`]  | request contracts per route, checked before any quota is spent |
 //! | [`token`]     | tenant_access_token: single-flight fetch, proactive refresh    |
 //! | [`upstream`]  | the pooled HTTPS client to Feishu, failure classes, `code` peek |
 //! | [`error`]     | every gateway-made answer and its status, reason and code      |

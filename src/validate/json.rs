@@ -107,8 +107,8 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_, '_, '_> {
     }
 }
 
-/// The JSON type of a value that had the wrong one, as named in
-/// descriptions, and its text when it is short enough to echo.
+/// Records that the value at `seed.path` has the wrong JSON type (`got`,
+/// as named in descriptions); `text` is a scalar's text, echoed capped.
 fn mismatch(seed: &mut ValueSeed<'_, '_, '_, '_>, got: &str, text: Option<String>) {
     let expected = expected(seed.shape, matches!(seed.path, Path::Body));
     let description = match (seed.shape, &text) {

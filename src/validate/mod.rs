@@ -41,12 +41,16 @@
 //!   rules (a condition on a sibling with a default, the number `1` where the
 //!   string `"1"` is meant), so each violation is a precise phrase naming
 //!   its field: `chat_top_notice[0].message_id: required when action_type
-//!   is "1"`. JSON Schema says `"1" is not valid under any of the schemas`
-//!   for the same mistake; serde types stop at the first error.
-//! - **Speed.** The walk streams over the body once and allocates nothing
-//!   for a valid one (no `serde_json::Value`, no schema engine), which makes
-//!   it several times faster than parsing the body into a `Value` at all
-//!   (see `benches/validate.rs`).
+//!   is "1"`. JSON Schema expresses the condition as `if`/`then` and then
+//!   reports `"message_id" is a required property`, without the condition,
+//!   and `1 is not one of ["1","2"]`, without the hint; a schema engine
+//!   also needs the body as a `serde_json::Value` first. Serde types stop
+//!   at the first error.
+//! - **Speed.** The walk streams over the body once, borrowing keys and
+//!   strings from it, and allocates nothing for a valid body (no
+//!   `serde_json::Value`, no schema engine): checking a typical
+//!   `put_top_notice` body takes about half the time of merely parsing it
+//!   into a `Value` (see `benches/validate.rs`).
 //! - **No new dependency.** serde and serde_json are already there.
 //!
 //! # Rules common to every contract
