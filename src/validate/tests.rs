@@ -634,6 +634,12 @@ fn malformed_contracts_are_refused() {
     let f = |n: &str| Field::optional(n, Shape::Any);
     assert!(Object::try_new((0..=MAX_FIELDS).map(|i| f(&format!("f{i}"))).collect()).is_err());
     assert!(Object::try_new(vec![f("a"), f("a")]).is_err());
+    let mut many = vec![f("src")];
+    many.extend(
+        (0..=MAX_CONDITIONAL)
+            .map(|i| Field::required_when(&format!("c{i}"), Shape::Any, "src", "1")),
+    );
+    assert!(Object::try_new(many).is_err());
     assert!(Object::try_new(vec![Field::required_when("a", Shape::Any, "b", "1")]).is_err());
     assert!(Object::try_new(vec![Field::required_when("a", Shape::Any, "a", "1")]).is_err());
     assert!(Object::try_new(vec![
