@@ -18,6 +18,7 @@
 //! | [`quota`]     | per-(app, route) quotas: the GCRA planner and the limiter      |
 //! | [`sdk_token`] | signed gateway tokens handed to the official SDKs              |
 //! | [`store`]     | store apps: app_ticket, tenants, the event endpoint             |
+//! | [`validate`]  | request contracts per route, checked before any quota is spent |
 //! | [`token`]     | tenant_access_token: single-flight fetch, proactive refresh    |
 //! | [`events`]    | Feishu event callbacks: signature, decryption, app_ticket      |
 //! | [`ticket_store`] | the latest app_ticket per store app, kept across restarts   |
@@ -57,3 +58,4 @@ pub mod ticket_store;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod validate;
