@@ -134,6 +134,8 @@ pub enum GatewayError {
     /// An event callback failed verification (signature, token, cipher,
     /// shape); answered with this status.
     BadCallback(StatusCode),
+    /// The request breaks its route's contract.
+    Invalid(Box<crate::validate::Violations>),
     /// A gateway control header has a value it cannot use.
     BadHeader {
         /// The header, as documented.
@@ -170,6 +172,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BodyAborted
+            | GatewayError::Invalid(_)
             | GatewayError::BadHeader { .. }
             | GatewayError::MissingTenant
             | GatewayError::UnknownTenant { .. } => StatusCode::BAD_REQUEST,
@@ -194,7 +197,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "payload-too-large",
             GatewayError::BodyTimeout => "body-timeout",
             GatewayError::BodyAborted => "body-aborted",
-            GatewayError::BadHeader { .. } => "invalid-request",
+            GatewayError::BadHeader { .. } | GatewayError::Invalid(_) => "invalid-request",
             GatewayError::MissingTenant => "missing-tenant",
             GatewayError::UnknownTenant { .. } => "unknown-tenant",
             GatewayError::BadCallback(_) => "invalid-callback",
@@ -217,7 +220,9 @@ impl GatewayError {
             GatewayError::BadTokenRequest => codes::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => codes::INVALID_PARAM,
             GatewayError::BodyTimeout => codes::GW_BODY_TIMEOUT,
-            GatewayError::BodyAborted | GatewayError::BadHeader { .. } => codes::INVALID_PARAM,
+            GatewayError::BodyAborted
+            | GatewayError::BadHeader { .. }
+            | GatewayError::Invalid(_) => codes::INVALID_PARAM,
             GatewayError::MissingTenant => codes::INVALID_PARAM,
             GatewayError::UnknownTenant { code, .. } => *code,
             GatewayError::BadCallback(_) => codes::BAD_REQUEST,
@@ -257,6 +262,7 @@ impl GatewayError {
             GatewayError::BodyAborted => {
                 "feishu-gateway: the request body could not be read".into()
             }
+            GatewayError::Invalid(v) => v.msg(),
             GatewayError::MissingTenant => {
                 "feishu-gateway: this client's app is a store app: name the tenant in X-Tenant-Key".into()
             }
@@ -290,6 +296,22 @@ impl GatewayError {
 
     /// The complete answer.
     pub fn into_response(self) -> Response<ProxyBody> {
+        if let GatewayError::Invalid(v) = self {
+            // Feishu's shape with `error.field_violations`.
+            return v.into_response();
+        }
+        if let GatewayError::BodyTooLarge { limit } = self {
+            // The same shape as a validation failure, naming the body.
+            let body = serde_json::json!({
+                "code": self.code(),
+                "msg": self.msg(),
+                "error": {"field_violations": [{
+                    "field": "body",
+                    "description": format!("larger than the limit of {limit} bytes"),
+                }]},
+            });
+            return json_value_response(self.status(), self.reason(), &body);
+        }
         let mut resp = json_response(self.status(), self.reason(), self.code(), &self.msg());
         if let GatewayError::RateLimited(r) = &self {
             // Feishu's own headers, so existing 429 handling keeps working,

@@ -72,6 +72,7 @@ pub struct Metrics {
     token_expiry: GaugeVec,
     token_replays: IntCounterVec,
     upstream_errors: IntCounterVec,
+    would_reject: IntCounterVec,
     in_flight: IntGauge,
     quota_limit: IntGaugeVec,
     store_tenants: IntGaugeVec,
@@ -175,6 +176,13 @@ impl Metrics {
             ),
             &["app", "route", "kind"],
         )?;
+        let would_reject = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_validation_would_reject_total",
+                "Requests that broke their contract on a route in log-only validation mode (forwarded)",
+            ),
+            &["app", "route"],
+        )?;
         let in_flight = IntGauge::new(
             "feishu_gateway_in_flight_requests",
             "Requests being handled now",
@@ -236,6 +244,7 @@ impl Metrics {
             Box::new(token_expiry.clone()),
             Box::new(token_replays.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(would_reject.clone()),
             Box::new(in_flight.clone()),
             Box::new(quota_limit.clone()),
             Box::new(store_tenants.clone()),
@@ -288,6 +297,7 @@ impl Metrics {
             token_expiry,
             token_replays,
             upstream_errors,
+            would_reject,
             in_flight,
             quota_limit,
             store_tenants,
@@ -373,6 +383,13 @@ impl Metrics {
     /// Records a 429/99991400 from Feishu itself.
     pub fn upstream_throttled(&self, app: Option<usize>, route: Option<usize>) {
         self.upstream_throttled
+            .with_label_values(&[self.app_label(app), self.route_label(route)])
+            .inc();
+    }
+
+    /// Records a request that broke its contract in log-only mode.
+    pub fn would_reject(&self, app: Option<usize>, route: Option<usize>) {
+        self.would_reject
             .with_label_values(&[self.app_label(app), self.route_label(route)])
             .inc();
     }

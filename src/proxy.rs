@@ -10,6 +10,7 @@
 //! | `issue_token`    | Feishu's token endpoints, answered by the gateway itself  |
 //! | `authenticate`   | which client is calling, and so which app                 |
 //! | `read_body`      | buffer the body within the size and time limits           |
+//! | `validate`       | the route's contract: bad input answered here, in Feishu's words |
 //! | `admit`          | the (app, route) quota: go now, wait, or 429              |
 //! | `forward`        | inject the tenant token, send, replay once on token-invalid |
 //! | `response_filter`| strip hop-by-hop headers from Feishu's answer             |
@@ -32,6 +33,7 @@ use tokio::time::Instant;
 use crate::auth::{bearer, AuthError, ClientTable};
 use crate::body::ProxyBody;
 use crate::catalog::{Catalog, Route};
+use crate::config::ValidationMode;
 use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
 use crate::error::{codes, GatewayError};
 use crate::metrics::{Metrics, QuotaPairMetrics};
@@ -40,6 +42,7 @@ use crate::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
 use crate::store::{StoreApps, Tenant, TicketBox};
 use crate::token::{TokenManager, TokenSlot};
 use crate::upstream::{classify, inspect, HttpClient, Inspected};
+use crate::validate::{Contracts, RequestView};
 
 /// Largest JSON answer buffered whole to read its `code` (and so replayable).
 const INSPECT_LIMIT: usize = 256 * 1024;
@@ -67,6 +70,7 @@ pub struct Gateway {
     clients: ClientTable,
     issuer: TokenIssuer,
     catalog: Catalog,
+    contracts: Contracts,
     tokens: Arc<TokenManager>,
     store: Arc<StoreApps>,
     client: HttpClient,
@@ -186,6 +190,12 @@ impl Gateway {
                 }));
             }
         }
+        let mut contracts = Contracts::for_catalog(&catalog);
+        for (i, route) in catalog.routes().iter().enumerate() {
+            if let Some(c) = contracts.get_mut(i) {
+                *c = c.clone().with_unknown_fields(route.unknown_fields);
+            }
+        }
         Ok(Gateway {
             apps: config
                 .apps
@@ -204,6 +214,7 @@ impl Gateway {
                 config.sdk_tokens.lifetime,
             ),
             catalog,
+            contracts,
             tokens,
             store,
             client,
@@ -248,7 +259,8 @@ impl Gateway {
             return self.issue_token(ctx, &parts, body, field).await;
         }
         self.authenticate(ctx, &parts.headers)?;
-        let body = self.read_body(&parts, body).await?;
+        let body = self.read_body(&parts, body, self.body_limit(ctx)).await?;
+        self.validate(ctx, &parts, &body)?;
         self.admit(ctx, &parts.headers).await?;
         let resp = self.forward(ctx, &parts, body).await?;
         Ok(self.response_filter(resp))
@@ -291,7 +303,7 @@ impl Gateway {
             return Err(GatewayError::NotFound);
         }
         // The Python SDK sends no Content-Type here: the body decides.
-        let body = self.read_body(parts, body).await?;
+        let body = self.read_body(parts, body, self.max_body_bytes).await?;
         let creds: Credentials =
             serde_json::from_slice(&body).map_err(|_| GatewayError::BadTokenRequest)?;
         let client = self
@@ -324,7 +336,7 @@ impl Gateway {
         if parts.method != http::Method::POST {
             return Err(GatewayError::NotFound);
         }
-        let body = self.read_body(parts, body).await?;
+        let body = self.read_body(parts, body, self.max_body_bytes).await?;
         self.store.handle_event(app, &parts.headers, &body).await
     }
 
@@ -379,8 +391,12 @@ impl Gateway {
     /// Phase `read_body`: the whole body, within `max_body_bytes` and the
     /// body timeout. A declared length over the limit is refused before
     /// reading anything; reading stops at the limit otherwise.
-    async fn read_body(&self, parts: &Parts, body: Incoming) -> Result<Bytes, GatewayError> {
-        let limit = self.max_body_bytes;
+    async fn read_body(
+        &self,
+        parts: &Parts,
+        body: Incoming,
+        limit: usize,
+    ) -> Result<Bytes, GatewayError> {
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -399,6 +415,53 @@ impl Gateway {
                 Err(GatewayError::BodyTooLarge { limit })
             }
             Err(_) => Err(GatewayError::BodyAborted),
+        }
+    }
+
+    /// The body limit of the request's route, or the global one.
+    fn body_limit(&self, ctx: &RequestCtx) -> usize {
+        ctx.route
+            .and_then(|r| self.catalog.route(r).max_body_bytes)
+            .unwrap_or(self.max_body_bytes)
+    }
+
+    /// Phase `validate`: the route's contract (path parameters, headers,
+    /// body), BEFORE any quota is spent. Bad input is answered here with
+    /// Feishu's 400 / 232001 and every violation listed; nothing is sent.
+    /// In `log-only` mode it is logged and counted, and forwarded.
+    fn validate(
+        &self,
+        ctx: &mut RequestCtx,
+        parts: &Parts,
+        body: &Bytes,
+    ) -> Result<(), GatewayError> {
+        let Some(route) = ctx.route else {
+            return Ok(());
+        };
+        let Some(contract) = self.contracts.get(route) else {
+            return Ok(());
+        };
+        let entry = self.catalog.route(route);
+        let view = RequestView {
+            route: entry,
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            body,
+        };
+        let Err(violations) = contract.check(&view) else {
+            return Ok(());
+        };
+        match entry.validation {
+            ValidationMode::Enforce => Err(GatewayError::Invalid(Box::new(violations))),
+            ValidationMode::LogOnly => {
+                self.metrics.would_reject(ctx.app, ctx.route);
+                tracing::warn!(
+                    route = %entry.template,
+                    violations = %violations.msg(),
+                    "request breaks its contract (validation = \"log-only\": forwarded)"
+                );
+                Ok(())
+            }
         }
     }
 

@@ -211,6 +211,24 @@ pub struct RouteConfig {
     pub overflow: Option<OverflowMode>,
     /// Overrides `quota.max_wait` for this route (`max_wait`).
     pub max_wait: Option<Duration>,
+    /// `"enforce"` (default) answers bad input itself; `"log-only"` forwards
+    /// it but logs and counts what would have been rejected (`validation`).
+    pub validation: Option<ValidationMode>,
+    /// Unknown body fields: `"allow"` (default; Feishu ignores them) or
+    /// `"reject"` (`unknown_fields`).
+    pub unknown_fields: Option<crate::validate::UnknownFields>,
+    /// Overrides the global `max_body_bytes` for this route.
+    pub max_body_bytes: Option<usize>,
+}
+
+/// What the validation phase does with a request that breaks its contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValidationMode {
+    /// Answer 400 itself; nothing is sent, no quota spent.
+    #[default]
+    Enforce,
+    /// Forward anyway, but log and count it (safe rollout).
+    LogOnly,
 }
 
 /// Tokens the gateway issues on Feishu's token endpoints (`[sdk_tokens]`).
@@ -749,6 +767,31 @@ fn read_routes(root: &mut Section<'_>, quota: &QuotaConfig, p: &mut Problems) ->
         });
         let overflow = overflow(&mut s, p);
         let max_wait = s.duration("max_wait", p);
+        let validation = match s.string("validation", p) {
+            None => None,
+            Some("enforce") => Some(ValidationMode::Enforce),
+            Some("log-only") => Some(ValidationMode::LogOnly),
+            Some(other) => {
+                p.push(
+                    s.key("validation"),
+                    format!("{other:?} is not \"enforce\" or \"log-only\""),
+                );
+                None
+            }
+        };
+        let unknown_fields = match s.string("unknown_fields", p) {
+            None => None,
+            Some("allow") => Some(crate::validate::UnknownFields::Allow),
+            Some("reject") => Some(crate::validate::UnknownFields::Reject),
+            Some(other) => {
+                p.push(
+                    s.key("unknown_fields"),
+                    format!("{other:?} is not \"allow\" or \"reject\""),
+                );
+                None
+            }
+        };
+        let max_body_bytes = s.integer("max_body_bytes", 1 << 30, p).map(|v| v as usize);
         if let (Some(m), Some(path)) = (&method, &path) {
             if out.iter().any(|r| r.method == *m && r.path == *path) {
                 p.push(s.key("path"), format!("{m} {path} is listed twice"));
@@ -762,6 +805,9 @@ fn read_routes(root: &mut Section<'_>, quota: &QuotaConfig, p: &mut Problems) ->
                 limits,
                 overflow,
                 max_wait,
+                validation,
+                unknown_fields,
+                max_body_bytes,
             });
         }
     }
