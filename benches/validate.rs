@@ -2,6 +2,12 @@
 //! `serde_json::Value` parse of the same body costs.
 //!
 //! `cargo bench --bench validate`
+//!
+//! Measured on the 2-core development machine (release, quiet): the whole
+//! check ~270 ns, the body alone ~190 ns, a bare `Value` parse 350-490 ns.
+//! In instructions (valgrind, load-independent): 4 720 for the whole check
+//! (of which ~925 are `Route::param`), 2 880 for the body, 4 330 for the
+//! `Value` parse, 4 860 for the simulated Feishu's check.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use feishu_gateway::catalog::Catalog;
