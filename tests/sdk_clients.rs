@@ -269,24 +269,21 @@ async fn prove(driver: Driver, thrown_on_error: bool) {
     assert_eq!(v["code"], 232001, "{sdk}: {v}");
     assert_eq!(v["status"], 400, "{sdk}: {v}");
     assert_eq!(v["thrown"].as_bool().unwrap_or(false), thrown_on_error);
-    // TODO(validation): make this check unconditional once the gateway's
-    // validation phase is merged. Until then the fake Feishu answers this
-    // 232001 itself ("invalid param", no field, no X-Gateway-Error).
-    if v["gateway_error"] == "invalid-request" {
-        let msg = v["msg"].as_str().unwrap_or("");
-        assert!(
-            msg.contains("chat_top_notice[0].action_type"),
-            "{sdk}: the field message: {v}"
-        );
-        assert!(
-            !reqs
-                .iter()
-                .any(|r| String::from_utf8_lossy(&r.body).contains(r#""action_type":1"#)),
-            "{sdk}: refused before Feishu"
-        );
-    } else {
-        println!("TODO(validation): {sdk}: 232001 came from the fake Feishu, not the gateway: {v}");
-    }
+    assert_eq!(
+        v["gateway_error"], "invalid-request",
+        "{sdk}: the gateway answered: {v}"
+    );
+    let msg = v["msg"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("chat_top_notice[0].action_type"),
+        "{sdk}: the field message: {v}"
+    );
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains(r#""action_type":1"#)),
+        "{sdk}: refused before Feishu"
+    );
 
     // The gateway's own rate limit: 429 / 99991400, as Feishu's would be.
     let v = case(&limited, sdk, "rate_limit");
@@ -343,9 +340,9 @@ fn the_app_secret_never_left_the_gateway(setup: &Setup, sdk: &str) {
         );
     }
     assert!(
-        reqs.iter()
-            .any(|r| r.path.contains("/oc_sdk_")
-                && r.path.ends_with("_set/top_notice/put_top_notice")),
+        reqs.iter().any(
+            |r| r.path.contains("/oc_sdk") && r.path.ends_with("set/top_notice/put_top_notice")
+        ),
         "{sdk}: the set-token call reached Feishu"
     );
 }

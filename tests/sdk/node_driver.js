@@ -93,7 +93,7 @@ const CASES = {
   bad_key: () =>
     outcome(() =>
       new lark.Client({ appId: APP_ID, appSecret: 'not-the-gateway-key-0000', domain: GW_URL, logger: quiet })
-        .im.v1.chatTopNotice.putTopNotice(putPayload('oc_sdk_node_bad')),
+        .im.v1.chatTopNotice.putTopNotice(putPayload('oc_sdknodebad')),
     ),
   // The SDK's own token fetch (what every typed call does first).
   token: async () => {
@@ -105,17 +105,17 @@ const CASES = {
       token_contains_key: token.includes(GW_KEY),
     };
   },
-  put: () => outcome(() => client().im.v1.chatTopNotice.putTopNotice(putPayload('oc_sdk_node'))),
+  put: () => outcome(() => client().im.v1.chatTopNotice.putTopNotice(putPayload('oc_sdknode'))),
   feishu_error: () =>
     outcome(() => client().im.v1.chatTopNotice.putTopNotice(putPayload('oc_error232011'))),
   // action_type as the number 1 instead of the string "1".
   validation: () =>
-    outcome(() => client().im.v1.chatTopNotice.putTopNotice(putPayload('oc_sdk_node', 1))),
+    outcome(() => client().im.v1.chatTopNotice.putTopNotice(putPayload('oc_sdknode', 1))),
   rate_limit: async () => {
     const c = client();
     const codes = [];
     for (let i = 0; i < 5; i += 1) {
-      const out = await outcome(() => c.im.v1.chatTopNotice.putTopNotice(putPayload('oc_sdk_node')));
+      const out = await outcome(() => c.im.v1.chatTopNotice.putTopNotice(putPayload('oc_sdknode')));
       codes.push(out.code);
       if (out.code !== 0) {
         return { ...out, codes };
@@ -126,7 +126,7 @@ const CASES = {
   set_token: () =>
     outcome(() =>
       setTokenClient().im.v1.chatTopNotice.putTopNotice(
-        putPayload('oc_sdk_node_set'),
+        putPayload('oc_sdknodeset'),
         lark.withTenantToken(GW_KEY),
       ),
     ),

@@ -107,14 +107,14 @@ def case_bad_key():
         .build()
     )
     try:
-        resp = c.im.v1.chat_top_notice.put_top_notice(put_request("oc_sdk_python_bad"))
+        resp = c.im.v1.chat_top_notice.put_top_notice(put_request("oc_sdkpythonbad"))
     except ObtainAccessTokenException as e:
         return {"code": e.code, "msg": e.msg, "raised": type(e).__name__}
     return outcome(resp)
 
 
 def case_put():
-    return outcome(client().im.v1.chat_top_notice.put_top_notice(put_request("oc_sdk_python")))
+    return outcome(client().im.v1.chat_top_notice.put_top_notice(put_request("oc_sdkpython")))
 
 
 def case_feishu_error():
@@ -123,14 +123,14 @@ def case_feishu_error():
 
 def case_validation():
     # action_type as the number 1 instead of the string "1".
-    return outcome(client().im.v1.chat_top_notice.put_top_notice(put_request("oc_sdk_python", 1)))
+    return outcome(client().im.v1.chat_top_notice.put_top_notice(put_request("oc_sdkpython", 1)))
 
 
 def case_rate_limit():
     c = client()
     codes = []
     for _ in range(5):
-        resp = c.im.v1.chat_top_notice.put_top_notice(put_request("oc_sdk_python"))
+        resp = c.im.v1.chat_top_notice.put_top_notice(put_request("oc_sdkpython"))
         codes.append(resp.code)
         if resp.code != 0:
             out = outcome(resp)
@@ -141,7 +141,7 @@ def case_rate_limit():
 
 def case_set_token():
     option = lark.RequestOption.builder().tenant_access_token(GW_KEY).build()
-    resp = set_token_client().im.v1.chat_top_notice.put_top_notice(put_request("oc_sdk_python_set"), option)
+    resp = set_token_client().im.v1.chat_top_notice.put_top_notice(put_request("oc_sdkpythonset"), option)
     return outcome(resp)
 
 
