@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::config::{Config, MapEnv};
 use crate::runtime::{Runtime, StartError};
-use crate::sim::{SimConfig, SimFeishu};
+use crate::sim::{QuotaMode, SimApp, SimConfig, SimFeishu};
 
 /// The demo client's gateway key (printed in the curl commands).
 pub const DEMO_CLIENT_KEY: &str = "demo-client-key-0123456789";
@@ -98,4 +98,58 @@ Press Ctrl-C to stop.
 "#,
         sim = demo.sim.base_url(),
     )
+}
+
+/// App id of the `i`-th app of `feishu-gateway sim --apps N` (0-based).
+pub fn sim_app_id(i: usize) -> String {
+    format!("cli_bench{i:010}")
+}
+
+/// App secret of the `i`-th app of `feishu-gateway sim --apps N`. Not a
+/// secret: the fake only serves loopback, for load tests.
+pub fn sim_app_secret(i: usize) -> String {
+    format!("bench-secret-{i:010}")
+}
+
+/// `feishu-gateway sim`: the simulated Feishu alone, in its own process (so
+/// a load test sees its CPU apart from the gateway's), configured by
+/// [`sim_config`].
+pub async fn start_sim(listen: SocketAddr, apps: usize, fast: bool) -> std::io::Result<SimFeishu> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    SimFeishu::start_on(listener, sim_config(apps, fast)).await
+}
+
+/// The fake of `feishu-gateway sim`: `apps` apps named by [`sim_app_id`]
+/// and [`sim_app_secret`]; `fast` turns quota enforcement off. Requests are
+/// never recorded (a long run must not grow) and no latency is added.
+pub fn sim_config(apps: usize, fast: bool) -> SimConfig {
+    SimConfig {
+        apps: (0..apps)
+            .map(|i| SimApp::new(sim_app_id(i), sim_app_secret(i)))
+            .collect(),
+        quota: if fast {
+            QuotaMode::Off
+        } else {
+            QuotaMode::Enforce
+        },
+        record_requests: false,
+        ..SimConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sim_config_names_apps_as_the_load_harness_expects() {
+        let c = sim_config(100, true);
+        assert_eq!(c.apps.len(), 100);
+        assert_eq!(c.apps[0].app_id, "cli_bench0000000000");
+        assert_eq!(c.apps[99].app_secret, "bench-secret-0000000099");
+        assert_eq!(c.quota, QuotaMode::Off);
+        assert!(!c.record_requests);
+        assert!(c.latency.is_zero());
+        assert_eq!(sim_config(1, false).quota, QuotaMode::Enforce);
+    }
 }

@@ -1,4 +1,5 @@
-//! The `feishu-gateway` command: `serve`, `check-config` and `demo`.
+//! The `feishu-gateway` command: `serve`, `check-config` and `demo` (and the
+//! hidden `sim`, the simulated Feishu alone, for the load benchmark).
 //! Kept thin: parse arguments, load config (exiting with every problem
 //! listed), build, run, drain on signal.
 
@@ -44,6 +45,21 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
     },
+    /// Run the simulated Feishu alone (for `benches/load.sh`). Apps are
+    /// `cli_bench0000000000`, … with secrets `bench-secret-0000000000`, ….
+    #[command(hide = true)]
+    Sim {
+        /// Where the fake listens (port 0: any free port; the address is
+        /// printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// How many apps the token endpoints accept.
+        #[arg(long, default_value_t = 1)]
+        apps: usize,
+        /// Quota enforcement off (requests are never recorded, no latency).
+        #[arg(long)]
+        fast: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +71,7 @@ fn main() -> ExitCode {
             listen,
             admin_listen,
         } => demo(listen, admin_listen),
+        Command::Sim { listen, apps, fast } => sim(listen, apps, fast),
     }
 }
 
@@ -121,6 +138,23 @@ fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
         demo.gateway.shutdown();
         demo.gateway.wait().await;
         demo.sim.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn sim(listen: SocketAddr, apps: usize, fast: bool) -> ExitCode {
+    block_on(async move {
+        let sim = match feishu_gateway::demo::start_sim(listen, apps, fast).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sim: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // One line, read by benches/load.sh.
+        println!("sim listening on {}", sim.base_url());
+        shutdown_signal().await;
+        sim.shutdown().await;
         ExitCode::SUCCESS
     })
 }

@@ -1,0 +1,679 @@
+#!/usr/bin/env bash
+# The load harness of issue 6: the simulated Feishu directly, nginx in front
+# of it, and feishu-gateway in front of it, under the same wrk load, in one
+# run. See benches/README.md for the method and the latest figures.
+#
+#   bash benches/load.sh              # the comparison table (about 6 minutes)
+#   bash benches/load.sh --soak       # 10 minutes of mixed load, RSS every 10 s
+#   bash benches/load.sh --profile    # where the gateway's time goes
+#   bash benches/load.sh --help       # every option
+#
+# It installs nothing: it checks for its tools and says what to install.
+# Every process it starts listens on 127.0.0.1 only and is stopped at exit.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+LUA="$HERE/load/post.lua"
+
+MODE=compare
+DURATION=10
+WARMUP=2
+ROUNDS=3
+CONCS="16 128"
+THREADS=2
+APPS=100
+SOAK_MINUTES=10
+PROFILE_REQUESTS=20000
+PROFILE_TOOL=auto
+BUILD=1
+KEEP=0
+
+usage() {
+    cat <<EOF
+usage: bash benches/load.sh [--soak [MINUTES] | --profile [perf|callgrind]] [options]
+
+Modes:
+  (default)          table: direct fake, nginx, gateway, gateway rejection path
+  --soak [MINUTES]   mixed load on the gateway for MINUTES (default $SOAK_MINUTES),
+                     RSS and metric series sampled every 10 s
+  --profile [TOOL]   profile the gateway under load: perf (cpu-clock samples)
+                     and/or callgrind (instruction counts); default: both
+                     where available
+
+Options:
+  --duration S       seconds measured per cell (default $DURATION)
+  --warmup S         seconds of warm-up before each cell (default $WARMUP)
+  --rounds N         rounds of the whole interleaved set (default $ROUNDS);
+                     the table shows medians, and the spread of req/s
+  --conc "A B"       wrk connections (default "$CONCS")
+  --threads N        wrk threads (default $THREADS)
+  --apps N           configured apps and client keys (default $APPS)
+  --requests N       requests profiled under callgrind (default $PROFILE_REQUESTS)
+  --no-build         use target/release/feishu-gateway as it is
+  --keep             keep the temporary directory (configs, logs, raw results)
+EOF
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --soak)
+        MODE=soak
+        if [ $# -gt 1 ] && [[ "$2" =~ ^[0-9]+$ ]]; then SOAK_MINUTES=$2; shift; fi ;;
+    --profile)
+        MODE=profile
+        if [ $# -gt 1 ] && [[ "$2" =~ ^(perf|callgrind)$ ]]; then PROFILE_TOOL=$2; shift; fi ;;
+    --duration) DURATION=$2; shift ;;
+    --warmup) WARMUP=$2; shift ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --conc) CONCS=$2; shift ;;
+    --threads) THREADS=$2; shift ;;
+    --apps) APPS=$2; shift ;;
+    --requests) PROFILE_REQUESTS=$2; shift ;;
+    --no-build) BUILD=0 ;;
+    --keep) KEEP=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "load.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+die() { echo "load.sh: $*" >&2; exit 1; }
+say() { echo "== $*" >&2; }
+
+# ----- tools ----------------------------------------------------------------
+
+check_tools() {
+    local missing=() pkgs=() t
+    need() { command -v "$1" >/dev/null 2>&1 || { missing+=("$1"); pkgs+=("$2"); }; }
+    need wrk wrk
+    need curl curl
+    need awk mawk
+    [ "$MODE" = compare ] && need nginx nginx-light
+    if [ "$MODE" = profile ]; then
+        case "$PROFILE_TOOL" in
+        perf) need perf linux-perf ;;
+        callgrind) need valgrind valgrind; need callgrind_annotate valgrind ;;
+        auto)
+            command -v perf >/dev/null 2>&1 || command -v valgrind >/dev/null 2>&1 ||
+                { missing+=("perf or valgrind"); pkgs+=("linux-perf valgrind"); } ;;
+        esac
+    fi
+    if [ "$BUILD" = 1 ]; then need cargo "rustup (https://rustup.rs)"; fi
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "load.sh: missing tools: ${missing[*]}" >&2
+        echo "On Debian/Ubuntu install them with:" >&2
+        t=$(printf '%s\n' "${pkgs[@]}" | grep -v rustup | sort -u | tr '\n' ' ')
+        [ -n "$t" ] && echo "    sudo apt-get install -y $t" >&2
+        printf '%s\n' "${pkgs[@]}" | grep -q rustup && echo "    and Rust from https://rustup.rs" >&2
+        exit 2
+    fi
+}
+check_tools
+
+BIN="$ROOT/target/release/feishu-gateway"
+if [ "$BUILD" = 1 ]; then
+    say "building the release binary"
+    (cd "$ROOT" && cargo build --release --locked --bin feishu-gateway) >&2
+fi
+[ -x "$BIN" ] || die "$BIN not found (run without --no-build)"
+
+CORES=$(nproc)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/feishu-load.XXXXXX")
+STARTED=() # pids this script started, stopped at exit
+
+cleanup() {
+    local pid
+    for pid in "${STARTED[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ "$KEEP" = 1 ]; then echo "load.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ----- ports and processes ---------------------------------------------------
+
+TAKEN=" "
+port_in_use() {
+    local hex
+    hex=$(printf ':%04X' "$1")
+    awk -v p="$hex" 'FNR > 1 && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+free_port() {
+    local p i
+    for i in $(seq 100); do
+        p=$((20000 + RANDOM % 40000))
+        if [[ "$TAKEN" != *" $p "* ]] && ! port_in_use "$p"; then
+            TAKEN+="$p "
+            echo "$p"
+            return
+        fi
+    done
+    die "no free port found"
+}
+
+# wait_http URL SECONDS PID: until URL answers 200, or fail if PID died.
+wait_http() {
+    local url=$1 secs=$2 pid=$3 i
+    for i in $(seq $((secs * 10))); do
+        curl -fs -o /dev/null "$url" && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# All pids of a process tree's top and its direct children (nginx workers).
+tree_pids() {
+    local top=$1 d
+    echo "$top"
+    for d in /proc/[0-9]*; do
+        [ -r "$d/stat" ] || continue
+        awk -v top="$top" -v pid="${d#/proc/}" \
+            '{ sub(/^.*\) /, ""); if ($2 == top) print pid }' "$d/stat" 2>/dev/null || true
+    done
+}
+
+# Sum of utime + stime (clock ticks) of the given pids.
+cpu_ticks() {
+    local p s=0 t
+    for p in "$@"; do
+        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+        s=$((s + t))
+    done
+    echo "$s"
+}
+
+# Sum of a /proc/PID/status field (kB) over the given pids.
+status_kb() {
+    local field=$1 p s=0 v
+    shift
+    for p in "$@"; do
+        v=$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)
+        s=$((s + ${v:-0}))
+    done
+    echo "$s"
+}
+
+# Reset the peak RSS (VmHWM) of the given pids, so each cell has its own peak.
+HWM_RESET=1
+reset_hwm() {
+    local p
+    for p in "$@"; do
+        echo 5 >"/proc/$p/clear_refs" 2>/dev/null || HWM_RESET=0
+    done
+}
+
+start_sim() {
+    local mode_flag=$1
+    "$BIN" sim --apps "$APPS" $mode_flag >"$WORK/sim.out" 2>"$WORK/sim.err" &
+    SIM_PID=$!
+    STARTED+=("$SIM_PID")
+    local i
+    for i in $(seq 50); do
+        SIM_URL=$(sed -n 's/^sim listening on //p' "$WORK/sim.out")
+        [ -n "$SIM_URL" ] && break
+        sleep 0.1
+    done
+    [ -n "$SIM_URL" ] || die "the simulated Feishu did not start: $(cat "$WORK/sim.err")"
+    say "simulated Feishu ($mode_flag, $APPS apps) at $SIM_URL, pid $SIM_PID"
+}
+
+# Credentials: client keys for the gateway, tenant tokens for the fake and
+# nginx (the fake's same-token rule hands the gateway the same tokens).
+make_credentials() {
+    local i
+    : >"$WORK/keys.txt"
+    : >"$WORK/tokens.txt"
+    GW_ENV=()
+    for i in $(seq 0 $((APPS - 1))); do
+        local n key secret id tok
+        n=$(printf '%03d' "$i")
+        id=$(printf 'cli_bench%010d' "$i")
+        secret=$(printf 'bench-secret-%010d' "$i")
+        key=$(printf 'bench-client-key-%010d' "$i")
+        echo "$key" >>"$WORK/keys.txt"
+        GW_ENV+=("BENCH_APP_SECRET_$n=$secret" "BENCH_CLIENT_KEY_$n=$key")
+        if [ "$MODE" = compare ]; then
+            tok=$(curl -fs -X POST "$SIM_URL/open-apis/auth/v3/tenant_access_token/internal" \
+                -H 'Content-Type: application/json' \
+                -d "{\"app_id\":\"$id\",\"app_secret\":\"$secret\"}" |
+                sed -n 's/.*"tenant_access_token":"\([^"]*\)".*/\1/p')
+            [ -n "$tok" ] || die "no tenant token from the fake for $id"
+            echo "$tok" >>"$WORK/tokens.txt"
+        fi
+    done
+    head -n 1 "$WORK/keys.txt" >"$WORK/key1.txt"
+}
+
+# gateway_config FILE PORT ADMIN_PORT lifted|seed
+gateway_config() {
+    local file=$1 port=$2 admin=$3 limits=$4 i n
+    {
+        echo "listen = \"127.0.0.1:$port\""
+        echo "admin_listen = \"127.0.0.1:$admin\""
+        echo "upstream = \"$SIM_URL\""
+        echo
+        echo "[log]"
+        echo 'level = "info"'
+        if [ "$limits" = lifted ]; then
+            # The gateway's own quota must not bind: this measures its cost.
+            echo
+            echo "[[routes]]"
+            echo 'method = "POST"'
+            echo 'path = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice"'
+            echo 'limits = ["1000000/1s"]'
+        fi
+        for i in $(seq 0 $((APPS - 1))); do
+            n=$(printf '%03d' "$i")
+            echo
+            echo "[[apps]]"
+            echo "name = \"app-$n\""
+            printf 'app_id = "cli_bench%010d"\n' "$i"
+            echo "app_secret_env = \"BENCH_APP_SECRET_$n\""
+            echo
+            echo "[[clients]]"
+            echo "name = \"client-$n\""
+            echo "key_env = \"BENCH_CLIENT_KEY_$n\""
+            echo "app = \"app-$n\""
+        done
+    } >"$file"
+}
+
+# start_gateway NAME lifted|seed [WRAPPER...]: sets GW_PID, GW_URL, GW_ADMIN.
+start_gateway() {
+    local name=$1 limits=$2
+    shift 2
+    local port admin
+    port=$(free_port)
+    admin=$(free_port)
+    gateway_config "$WORK/$name.toml" "$port" "$admin" "$limits"
+    # Access log lines go to /dev/null (as nginx's do): formatted and
+    # written, not stored.
+    env "${GW_ENV[@]}" "$@" "$BIN" serve --config "$WORK/$name.toml" \
+        >/dev/null 2>"$WORK/$name.err" &
+    GW_PID=$!
+    STARTED+=("$GW_PID")
+    GW_URL="http://127.0.0.1:$port"
+    GW_ADMIN="http://127.0.0.1:$admin"
+    # Ready = every app holds a tenant token.
+    if ! wait_http "$GW_ADMIN/readyz" 120 "$GW_PID"; then
+        env "${GW_ENV[@]}" "$BIN" check-config --config "$WORK/$name.toml" >&2 || true
+        die "gateway $name did not become ready: $(tail -5 "$WORK/$name.err")"
+    fi
+    say "gateway $name ($limits limits, $APPS apps) at $GW_URL, pid $GW_PID"
+}
+
+start_nginx() {
+    local port dir="$WORK/nginx" user=""
+    port=$(free_port)
+    mkdir -p "$dir"
+    # As root, nginx would switch its workers to "nobody"; keep the caller.
+    [ "$(id -u)" = 0 ] && user="user $(id -un) $(id -gn);"
+    cat >"$dir/nginx.conf" <<EOF
+# Written by benches/load.sh: a plain reverse proxy with upstream keep-alive.
+$user
+worker_processes $CORES;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log /dev/null;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    upstream feishu {
+        server ${SIM_URL#http://};
+        keepalive 256;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://feishu;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout" 2>&1 &
+    NGINX_PID=$!
+    STARTED+=("$NGINX_PID")
+    NGINX_URL="http://127.0.0.1:$port"
+    local i
+    for i in $(seq 50); do
+        port_in_use "$port" && break
+        kill -0 "$NGINX_PID" 2>/dev/null || die "nginx did not start: $(cat "$dir/error.log" "$dir/stdout")"
+        sleep 0.1
+    done
+    sleep 0.2
+    say "nginx ($CORES workers) at $NGINX_URL, pid $NGINX_PID"
+}
+
+# Sum of feishu_gateway_requests_total with this status.
+answered_with() {
+    curl -fs "$1/metrics" | awk -v s="status=\"$2\"" \
+        '/^feishu_gateway_requests_total\{/ && index($0, s) { n += $NF } END { printf "%d\n", n }'
+}
+
+# ----- one measured cell -----------------------------------------------------
+
+RESULTS="$WORK/results.tsv"
+
+# cell ROUND TARGET CONC URL AUTH_FILE ADMIN_URL|- PID...
+cell() {
+    local round=$1 target=$2 conc=$3 url=$4 auth=$5 admin=$6
+    shift 6
+    local pids=("$@") line c0 c1 r0=0 r1=0
+    wrk -t"$THREADS" -c"$conc" -d"${WARMUP}s" -s "$LUA" "$url" -- "$auth" >/dev/null
+    reset_hwm "${pids[@]}"
+    c0=$(cpu_ticks "${pids[@]}")
+    [ "$admin" != - ] && r0=$(answered_with "$admin" 429)
+    line=$(wrk -t"$THREADS" -c"$conc" -d"${DURATION}s" --latency -s "$LUA" "$url" -- "$auth" |
+        grep '^RESULT') || die "wrk failed against $target"
+    c1=$(cpu_ticks "${pids[@]}")
+    [ "$admin" != - ] && r1=$(answered_with "$admin" 429)
+    local hwm
+    hwm=$(status_kb VmHWM "${pids[@]}")
+    echo "$round $target $conc $line cpu_ticks=$((c1 - c0)) hwm_kb=$hwm r429=$((r1 - r0))" |
+        awk -v tck="$(getconf CLK_TCK)" '{
+            for (i = 4; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+            cpu_us = v["requests"] > 0 ? v["cpu_ticks"] * 1e6 / tck / v["requests"] : 0
+            printf "%s\t%s\t%s\t%.1f\t%d\t%d\t%d\t%d\t%d\t%.1f\t%d\t%.1f\n", $1, $2, $3, v["rps"],
+                v["p50_us"], v["p99_us"], v["p999_us"], v["non2xx"], v["errors"], cpu_us,
+                v["hwm_kb"], v["r429"] / v["duration_s"]
+        }' >>"$RESULTS"
+    tail -n 1 "$RESULTS" | awk -F'\t' '{ printf "   round %s %-15s c=%-4s %9.0f req/s  p99 %6.2f ms  cpu %5.1f us/req%s\n",
+        $1, $2, $3, $4, $6 / 1000, $10, ($12 > 0 ? sprintf("  429/s %.0f", $12) : "") }' >&2
+}
+
+# ----- the comparison ----------------------------------------------------------
+
+compare() {
+    start_sim --fast
+    make_credentials
+    start_nginx
+    start_gateway gateway lifted
+    local GW1_PID=$GW_PID GW1_URL=$GW_URL GW1_ADMIN=$GW_ADMIN
+    start_gateway gateway-seed seed
+    local GW2_PID=$GW_PID GW2_URL=$GW_URL GW2_ADMIN=$GW_ADMIN
+    local NGINX_PIDS
+    mapfile -t NGINX_PIDS < <(tree_pids "$NGINX_PID")
+
+    say "$ROUNDS round(s) x {$CONCS} connections x 4 targets, ${WARMUP}s warm-up + ${DURATION}s each"
+    : >"$RESULTS"
+    local round conc k targets=(direct nginx gateway reject)
+    for round in $(seq 1 "$ROUNDS"); do
+        for conc in $CONCS; do
+            # Each round starts with another target, so none always goes first.
+            for k in 0 1 2 3; do
+                case ${targets[$(((k + round - 1) % 4))]} in
+                direct) cell "$round" direct "$conc" "$SIM_URL" "$WORK/tokens.txt" - "$SIM_PID" ;;
+                nginx) cell "$round" nginx "$conc" "$NGINX_URL" "$WORK/tokens.txt" - "${NGINX_PIDS[@]}" ;;
+                gateway) cell "$round" gateway "$conc" "$GW1_URL" "$WORK/keys.txt" "$GW1_ADMIN" "$GW1_PID" ;;
+                reject) cell "$round" reject "$conc" "$GW2_URL" "$WORK/key1.txt" "$GW2_ADMIN" "$GW2_PID" ;;
+                esac
+            done
+        done
+    done
+    report
+}
+
+report() {
+    local cpu
+    cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    echo
+    echo "feishu-gateway load harness — $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "machine: $CORES cores ($cpu), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), load average before: $LOAD_BEFORE"
+    echo "load: wrk -t$THREADS, ${DURATION}s per cell after ${WARMUP}s warm-up, $ROUNDS rounds interleaved; medians (req/s spread = (max-min)/median)"
+    echo "work: POST put_top_notice, realistic JSON body; gateway over $APPS apps / $APPS client keys; fake in fast mode (own process)"
+    [ "$HWM_RESET" = 1 ] || echo "note: VmHWM could not be reset; peak RSS is over the whole run"
+    echo
+    awk -F'\t' '
+        function median(list,    n, a, i, j, t) {
+            n = split(list, a, " ")
+            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        {
+            k = $2 SUBSEP $3
+            if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+            rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; p99[k] = p99[k] " " $6
+            p999[k] = p999[k] " " $7; non2xx[k] += $8; err[k] += $9; cpu[k] = cpu[k] " " $10
+            if ($11 > hwm[k]) hwm[k] = $11
+            r429[k] = r429[k] " " $12
+            if (!(k in mn) || $4 < mn[k]) mn[k] = $4
+            if ($4 > mx[k]) mx[k] = $4
+        }
+        END {
+            name["direct"] = "direct (fake)"; name["nginx"] = "nginx"; name["gateway"] = "feishu-gateway"
+            name["reject"] = "gateway 429 path"
+            printf "| %-17s | %5s | %9s | %6s | %8s | %8s | %8s | %12s | %10s | %9s |\n", "target", "conns", "req/s", "spread", "p50 ms", "p99 ms", "p99.9 ms", "non-2xx", "cpu us/req", "peak RSS"
+            printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "-------------------", "------:", "----------:", "-------:", "---------:", "---------:", "---------:", "-------------:", "-----------:", "----------:"
+            for (i = 1; i <= nk; i++) {
+                k = order[i]; split(k, tc, SUBSEP); t = tc[1]; c = tc[2]
+                R[t, c] = median(rps[k]); P99[t, c] = median(p99[k]); Q[t, c] = median(r429[k]); CPU[t, c] = median(cpu[k])
+                RSS[t] = (hwm[k] > RSS[t] ? hwm[k] : RSS[t])
+            }
+            # Rows: by connections, then target.
+            split("direct nginx gateway reject", tl, " ")
+            nc = 0
+            for (i = 1; i <= nk; i++) { split(order[i], tc, SUBSEP); if (!(tc[2] in cs)) { cs[tc[2]] = 1; cl[++nc] = tc[2] } }
+            for (ci = 1; ci <= nc; ci++) for (ti = 1; ti <= 4; ti++) {
+                k = tl[ti] SUBSEP cl[ci]; if (!(k in seen)) continue
+                r = median(rps[k]); spread = r > 0 ? 100 * (mx[k] - mn[k]) / r : 0
+                nn = tl[ti] == "reject" ? sprintf("%d 429", non2xx[k]) : non2xx[k] + err[k]
+                printf "| %-17s | %5s | %9.0f | %5.0f%% | %8.2f | %8.2f | %8.2f | %12s | %10.1f | %6.1f MB |\n", name[tl[ti]], cl[ci], r, spread,
+                    median(p50[k]) / 1000, median(p99[k]) / 1000, median(p999[k]) / 1000, nn, median(cpu[k]), hwm[k] / 1024
+            }
+            print ""
+            print "peak RSS: the process (nginx: master + workers, summed); cpu us/req: CPU time of that process / requests (the fake for direct)"
+            print ""
+            print "Ratios (targets of issue 6):"
+            for (ci = 1; ci <= nc; ci++) {
+                c = cl[ci]
+                if (R["nginx", c] > 0 && R["gateway", c] > 0) {
+                    tr = R["gateway", c] / R["nginx", c]
+                    printf "  c=%-4s throughput gateway/nginx      = %5.2f  (target >= 1)   %s\n", c, tr, (tr >= 1 ? "met" : "MISSED")
+                    printf "  c=%-4s cpu per request gateway/nginx = %5.2f  (%.1f vs %.1f us; not a target: the least noisy cost figure)\n", c, CPU["gateway", c] / CPU["nginx", c], CPU["gateway", c], CPU["nginx", c]
+                    ag = (P99["gateway", c] - P99["direct", c]) / 1000; an = (P99["nginx", c] - P99["direct", c]) / 1000
+                    if (an > 0) {
+                        printf "  c=%-4s added p99 gateway/nginx       = %5.2f  (%.2f ms vs %.2f ms; target <= 1)   %s\n", c, ag / an, ag, an, (ag <= an ? "met" : "MISSED")
+                    } else {
+                        printf "  c=%-4s added p99 gateway %.2f ms, nginx %.2f ms (target: gateway <= nginx)   %s\n", c, ag, an, (ag <= an ? "met" : "MISSED")
+                    }
+                }
+                if (R["gateway", c] > 0 && Q["reject", c] > 0) {
+                    rr = Q["reject", c] / R["gateway", c]
+                    printf "  c=%-4s 429 answers/s / proxied req/s = %5.2f  (%.0f 429/s; target >= 2)   %s\n", c, rr, Q["reject", c], (rr >= 2 ? "met" : "MISSED")
+                }
+            }
+            g = (RSS["gateway"] > RSS["reject"] ? RSS["gateway"] : RSS["reject"]) / 1024
+            printf "  gateway peak RSS with %s apps     = %.1f MB  (target <= 40 MB)   %s\n", apps, g, (g <= 40 ? "met" : "MISSED")
+        }' apps="$APPS" "$RESULTS"
+}
+
+# ----- soak ------------------------------------------------------------------
+
+soak() {
+    start_sim --fast
+    make_credentials
+    # Seed limits: the mix both passes (proxied) and overflows (429s).
+    start_gateway gateway-seed seed
+    local secs=$((SOAK_MINUTES * 60)) t=0 rss series req0 req1 q0 q1 log="$WORK/soak.tsv"
+    say "soak: ${SOAK_MINUTES} min of mixed load (put over $APPS apps, delete, get chat, bad keys, 404s), wrk -t$THREADS -c16"
+    wrk -t"$THREADS" -c16 -d"${secs}s" --latency -s "$LUA" "$GW_URL" -- "$WORK/keys.txt" mix \
+        >"$WORK/soak-wrk.out" &
+    local WRK_PID=$!
+    STARTED+=("$WRK_PID")
+    req0=$(answered_with "$GW_ADMIN" 200)
+    q0=$(answered_with "$GW_ADMIN" 429)
+    printf "%6s %9s %9s %8s %8s %8s\n" "t (s)" "RSS (MB)" "peak (MB)" "series" "200/s" "429/s"
+    while kill -0 "$WRK_PID" 2>/dev/null && [ "$t" -lt "$secs" ]; do
+        sleep 10
+        t=$((t + 10))
+        rss=$(status_kb VmRSS "$GW_PID")
+        series=$(curl -fs "$GW_ADMIN/metrics" | grep -c '^feishu' || true)
+        req1=$(answered_with "$GW_ADMIN" 200)
+        q1=$(answered_with "$GW_ADMIN" 429)
+        awk -v t="$t" -v rss="$rss" -v hwm="$(status_kb VmHWM "$GW_PID")" -v s="$series" \
+            -v ok=$(((req1 - req0) / 10)) -v q=$(((q1 - q0) / 10)) \
+            'BEGIN { printf "%6d %9.1f %9.1f %8d %8d %8d\n", t, rss / 1024, hwm / 1024, s, ok, q }' | tee -a "$log"
+        req0=$req1
+        q0=$q1
+    done
+    wait "$WRK_PID" || true
+    grep '^RESULT' "$WORK/soak-wrk.out" || true
+    awk '{ n++; if (n == 1) { first = $2 }; if (n == 6) base = $2; last = $2; s = $4;
+           if (n == 1) s0 = $4; if ($2 > mx) mx = $2 }
+         END { if (!base) base = first
+               printf "soak: RSS after 1 min %.1f MB, max %.1f MB, at the end %.1f MB (%+.1f MB); metric series %d -> %d\n",
+                   base, mx, last, last - base, s0, s }' "$log"
+}
+
+# ----- profile -----------------------------------------------------------------
+
+profile() {
+    start_sim --fast
+    make_credentials
+    local tools=()
+    case "$PROFILE_TOOL" in
+    auto)
+        command -v perf >/dev/null 2>&1 && tools+=(perf)
+        command -v valgrind >/dev/null 2>&1 && tools+=(callgrind) ;;
+    *) tools=("$PROFILE_TOOL") ;;
+    esac
+    local tool
+    for tool in "${tools[@]}"; do
+        "profile_$tool"
+    done
+}
+
+# The phases and the functions that stand for them, as grep patterns over
+# symbol names (inclusive cost: a function and everything it calls).
+PHASES=(
+    "whole request (Gateway::handle)|proxy::Gateway::handle"
+    "route: catalog match|catalog::Catalog::find"
+    "authenticate: client key|auth::ClientTable::authenticate"
+    "read_body|proxy::Gateway::read_body"
+    "admit: quota|proxy::Gateway::admit"
+    "forward (token, send, inspect)|proxy::Gateway::forward"
+    "  send: hyper client round trip|proxy::Gateway::send"
+    "  upstream_headers (copy + strip)|proxy::upstream_headers"
+    "  inspect: read code from JSON|upstream::inspect"
+    "response_filter|proxy::Gateway::response_filter"
+    "logging (metrics + access log)|proxy::Gateway::logging"
+    "  metrics: request_done|metrics::Metrics::request_done"
+    "  access log line (tracing fmt)|tracing_subscriber::fmt::fmt_layer::.*on_event"
+    "tower stack around handle|stack::"
+    "server: HTTP/1 connection|hyper::proto::h1::dispatch::Dispatcher.*poll_catch"
+    "malloc/free/realloc (self)|^(malloc|free|realloc|_int_malloc|_int_free|cfree|__libc_malloc|__libc_free)$"
+)
+
+profile_perf() {
+    say "perf: gateway under wrk -c16 for ${DURATION}s, cpu-clock samples with DWARF call graphs"
+    start_gateway gateway lifted
+    local data="$WORK/perf.data"
+    wrk -t"$THREADS" -c16 -d"${WARMUP}s" -s "$LUA" "$GW_URL" -- "$WORK/keys.txt" >/dev/null
+    wrk -t"$THREADS" -c16 -d"$((DURATION + 2))s" -s "$LUA" "$GW_URL" -- "$WORK/keys.txt" >"$WORK/perf-wrk.out" &
+    local WRK_PID=$!
+    STARTED+=("$WRK_PID")
+    sleep 1
+    perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$GW_PID" -o "$data" -- sleep "$DURATION" \
+        >/dev/null 2>"$WORK/perf-record.err" || die "perf record failed: $(cat "$WORK/perf-record.err")"
+    wait "$WRK_PID" || true
+    perf report -i "$data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8 >"$WORK/perf-dso.txt"
+    perf report -i "$data" --no-children --sort symbol --stdio -g none --percent-limit 0.7 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -30 >"$WORK/perf-self.txt"
+    perf report -i "$data" --children --sort symbol --stdio -g none 2>/dev/null |
+        grep -v '^#' | grep -v '^$' >"$WORK/perf-children.txt"
+    echo
+    echo "perf (cpu-clock, gateway process, user + kernel): by object"
+    sed 's/^/  /' "$WORK/perf-dso.txt"
+    echo
+    echo "perf: top functions by self time"
+    sed 's/^/  /' "$WORK/perf-self.txt"
+    echo
+    echo "perf: phases, inclusive share of the gateway's samples"
+    phase_table perf "$WORK/perf-children.txt"
+}
+
+# phase_table perf|callgrind FILE: one line per phase, the largest inclusive
+# cost among the symbols matching its pattern.
+phase_table() {
+    local kind=$1 file=$2 entry label pattern
+    for entry in "${PHASES[@]}"; do
+        label=${entry%%|*}
+        pattern=${entry#*|}
+        if [ "$kind" = perf ]; then
+            # "  children%  self%  [.] symbol"
+            awk -v pat="$pattern" -v label="$label" '{
+                    sym = $0; sub(/^.*\] /, "", sym)
+                    if (sym ~ pat) { v = $1; sub(/%/, "", v); if (v + 0 > best) best = v + 0 } }
+                END { printf "  %-36s %6.1f %%\n", label, best }' "$file"
+        else
+            # "Ir (pct)  file:symbol": take the largest Ir
+            awk -v pat="$pattern" -v label="$label" -v reqs="$PROFILED" '{
+                    ir = $1; gsub(/,/, "", ir); sym = $0; sub(/^[^:]*:/, "", sym); sub(/ \[.*$/, "", sym)
+                    if (sym ~ pat && ir + 0 > best) best = ir + 0 }
+                END { printf "  %-36s %9.0f instr/req\n", label, best / reqs }' "$file"
+        fi
+    done
+}
+
+profile_callgrind() {
+    say "callgrind: $PROFILE_REQUESTS requests at -c16 through the gateway (slow: valgrind runs it ~50x slower)"
+    start_gateway gateway-cg lifted valgrind --tool=callgrind --collect-atstart=no \
+        --callgrind-out-file="$WORK/callgrind.out"
+    local before after
+    # A few requests first (pool, tokens, lazy statics), not counted.
+    wrk -t1 -c4 -d2s -s "$LUA" "$GW_URL" -- "$WORK/keys.txt" >/dev/null
+    before=$(curl -fs "$GW_ADMIN/metrics" | awk '/^feishu_gateway_requests_total\{/ { n += $NF } END { printf "%d\n", n }')
+    callgrind_control -i on "$GW_PID" >/dev/null
+    wrk -t"$THREADS" -c16 -d600s -s "$LUA" "$GW_URL" -- "$WORK/keys.txt" >/dev/null &
+    local WRK_PID=$!
+    STARTED+=("$WRK_PID")
+    while :; do
+        sleep 1
+        after=$(curl -fs "$GW_ADMIN/metrics" | awk '/^feishu_gateway_requests_total\{/ { n += $NF } END { printf "%d\n", n }')
+        [ $((after - before)) -ge "$PROFILE_REQUESTS" ] && break
+        kill -0 "$WRK_PID" 2>/dev/null || break
+    done
+    callgrind_control -i off "$GW_PID" >/dev/null
+    after=$(curl -fs "$GW_ADMIN/metrics" | awk '/^feishu_gateway_requests_total\{/ { n += $NF } END { printf "%d\n", n }')
+    kill -INT "$WRK_PID" 2>/dev/null || true
+    wait "$WRK_PID" 2>/dev/null || true
+    PROFILED=$((after - before))
+    kill -TERM "$GW_PID"
+    wait "$GW_PID" 2>/dev/null || true
+    local out
+    out=$(ls "$WORK"/callgrind.out* | head -n 1)
+    callgrind_annotate --inclusive=yes --threshold=100 "$out" 2>/dev/null >"$WORK/cg-inclusive.txt"
+    callgrind_annotate --inclusive=no --threshold=100 "$out" 2>/dev/null >"$WORK/cg-self.txt"
+    local total
+    total=$(awk '/PROGRAM TOTALS/ { gsub(/,/, "", $1); print $1; exit }' "$WORK/cg-self.txt")
+    echo
+    echo "callgrind: $PROFILED requests, $(awk -v t="$total" -v n="$PROFILED" 'BEGIN { printf "%.0f", t / n }') instructions per request (all threads, user space)"
+    echo
+    echo "callgrind: top functions by self instructions (per request)"
+    awk -v n="$PROFILED" '/^ *[0-9,]+ \(/ && c < 30 { ir = $1; gsub(/,/, "", ir); sym = $0; sub(/^[^)]*\) +/, "", sym);
+        printf "  %9.0f  %s\n", ir / n, substr(sym, 1, 130); c++ }' "$WORK/cg-self.txt"
+    echo
+    echo "callgrind: phases, inclusive instructions per request"
+    phase_table callgrind "$WORK/cg-inclusive.txt"
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+case "$MODE" in
+compare) compare ;;
+soak) soak ;;
+profile) profile ;;
+esac
