@@ -24,7 +24,7 @@ CONCS="16 128"
 THREADS=2
 APPS=100
 SOAK_MINUTES=10
-PROFILE_REQUESTS=20000
+PROFILE_SECONDS=30
 PROFILE_TOOL=auto
 BUILD=1
 KEEP=0
@@ -49,7 +49,8 @@ Options:
   --conc "A B"       wrk connections (default "$CONCS")
   --threads N        wrk threads (default $THREADS)
   --apps N           configured apps and client keys (default $APPS)
-  --requests N       requests profiled under callgrind (default $PROFILE_REQUESTS)
+  --profile-seconds S  seconds of load under callgrind (default $PROFILE_SECONDS);
+                     figures are per request
   --no-build         use target/release/feishu-gateway as it is
   --keep             keep the temporary directory (configs, logs, raw results)
 EOF
@@ -69,7 +70,7 @@ while [ $# -gt 0 ]; do
     --conc) CONCS=$2; shift ;;
     --threads) THREADS=$2; shift ;;
     --apps) APPS=$2; shift ;;
-    --requests) PROFILE_REQUESTS=$2; shift ;;
+    --profile-seconds) PROFILE_SECONDS=$2; shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
     -h | --help) usage; exit 0 ;;
@@ -179,14 +180,15 @@ tree_pids() {
     done
 }
 
-# Sum of utime + stime (clock ticks) of the given pids.
+# Sums of utime and stime (clock ticks) of the given pids: "USER SYS".
 cpu_ticks() {
-    local p s=0 t
+    local p u=0 s=0 t
     for p in "$@"; do
-        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)
-        s=$((s + t))
+        t=($(awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$p/stat" 2>/dev/null || echo 0 0))
+        u=$((u + t[0]))
+        s=$((s + t[1]))
     done
-    echo "$s"
+    echo "$u $s"
 }
 
 # Sum of a /proc/PID/status field (kB) over the given pids.
@@ -239,7 +241,7 @@ make_credentials() {
         key=$(printf 'bench-client-key-%010d' "$i")
         echo "$key" >>"$WORK/keys.txt"
         GW_ENV+=("BENCH_APP_SECRET_$n=$secret" "BENCH_CLIENT_KEY_$n=$key")
-        if [ "$MODE" = compare ]; then
+        if [ "$MODE" != soak ]; then
             tok=$(curl -fs -X POST "$SIM_URL/open-apis/auth/v3/tenant_access_token/internal" \
                 -H 'Content-Type: application/json' \
                 -d "{\"app_id\":\"$id\",\"app_secret\":\"$secret\"}" |
@@ -358,6 +360,11 @@ EOF
     say "nginx ($CORES workers) at $NGINX_URL, pid $NGINX_PID"
 }
 
+# Sum of feishu_gateway_requests_total.
+requests_total() {
+    curl -fs "$1/metrics" | awk '/^feishu_gateway_requests_total\{/ { n += $NF } END { printf "%d\n", n }'
+}
+
 # Sum of feishu_gateway_requests_total with this status.
 answered_with() {
     curl -fs "$1/metrics" | awk -v s="status=\"$2\"" \
@@ -372,24 +379,25 @@ RESULTS="$WORK/results.tsv"
 cell() {
     local round=$1 target=$2 conc=$3 url=$4 auth=$5 admin=$6
     shift 6
-    local pids=("$@") line c0 c1 r0=0 r1=0
+    local pids=("$@") line u0 s0 u1 s1 r0=0 r1=0
     wrk -t"$THREADS" -c"$conc" -d"${WARMUP}s" -s "$LUA" "$url" -- "$auth" >/dev/null
     reset_hwm "${pids[@]}"
-    c0=$(cpu_ticks "${pids[@]}")
+    read -r u0 s0 < <(cpu_ticks "${pids[@]}")
     [ "$admin" != - ] && r0=$(answered_with "$admin" 429)
     line=$(wrk -t"$THREADS" -c"$conc" -d"${DURATION}s" --latency -s "$LUA" "$url" -- "$auth" |
         grep '^RESULT') || die "wrk failed against $target"
-    c1=$(cpu_ticks "${pids[@]}")
+    read -r u1 s1 < <(cpu_ticks "${pids[@]}")
     [ "$admin" != - ] && r1=$(answered_with "$admin" 429)
     local hwm
     hwm=$(status_kb VmHWM "${pids[@]}")
-    echo "$round $target $conc $line cpu_ticks=$((c1 - c0)) hwm_kb=$hwm r429=$((r1 - r0))" |
+    echo "$round $target $conc $line usr_ticks=$((u1 - u0)) sys_ticks=$((s1 - s0)) hwm_kb=$hwm r429=$((r1 - r0))" |
         awk -v tck="$(getconf CLK_TCK)" '{
             for (i = 4; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-            cpu_us = v["requests"] > 0 ? v["cpu_ticks"] * 1e6 / tck / v["requests"] : 0
-            printf "%s\t%s\t%s\t%.1f\t%d\t%d\t%d\t%d\t%d\t%.1f\t%d\t%.1f\n", $1, $2, $3, v["rps"],
-                v["p50_us"], v["p99_us"], v["p999_us"], v["non2xx"], v["errors"], cpu_us,
-                v["hwm_kb"], v["r429"] / v["duration_s"]
+            n = v["requests"] > 0 ? v["requests"] : 1
+            usr_us = v["usr_ticks"] * 1e6 / tck / n; sys_us = v["sys_ticks"] * 1e6 / tck / n
+            printf "%s\t%s\t%s\t%.1f\t%d\t%d\t%d\t%d\t%d\t%.1f\t%d\t%.1f\t%.1f\t%.1f\n", $1, $2, $3, v["rps"],
+                v["p50_us"], v["p99_us"], v["p999_us"], v["non2xx"], v["errors"], usr_us + sys_us,
+                v["hwm_kb"], v["r429"] / v["duration_s"], usr_us, sys_us
         }' >>"$RESULTS"
     tail -n 1 "$RESULTS" | awk -F'\t' '{ printf "   round %s %-15s c=%-4s %9.0f req/s  p99 %6.2f ms  cpu %5.1f us/req%s\n",
         $1, $2, $3, $4, $6 / 1000, $10, ($12 > 0 ? sprintf("  429/s %.0f", $12) : "") }' >&2
@@ -449,15 +457,15 @@ report() {
             rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; p99[k] = p99[k] " " $6
             p999[k] = p999[k] " " $7; non2xx[k] += $8; err[k] += $9; cpu[k] = cpu[k] " " $10
             if ($11 > hwm[k]) hwm[k] = $11
-            r429[k] = r429[k] " " $12
+            r429[k] = r429[k] " " $12; usr[k] = usr[k] " " $13; sys[k] = sys[k] " " $14
             if (!(k in mn) || $4 < mn[k]) mn[k] = $4
             if ($4 > mx[k]) mx[k] = $4
         }
         END {
             name["direct"] = "direct (fake)"; name["nginx"] = "nginx"; name["gateway"] = "feishu-gateway"
             name["reject"] = "gateway 429 path"
-            printf "| %-17s | %5s | %9s | %6s | %8s | %8s | %8s | %12s | %10s | %9s |\n", "target", "conns", "req/s", "spread", "p50 ms", "p99 ms", "p99.9 ms", "non-2xx", "cpu us/req", "peak RSS"
-            printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "-------------------", "------:", "----------:", "-------:", "---------:", "---------:", "---------:", "-------------:", "-----------:", "----------:"
+            printf "| %-17s | %5s | %9s | %6s | %8s | %8s | %8s | %12s | %18s | %9s |\n", "target", "conns", "req/s", "spread", "p50 ms", "p99 ms", "p99.9 ms", "non-2xx", "cpu us/req usr+sys", "peak RSS"
+            printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "-------------------", "------:", "----------:", "-------:", "---------:", "---------:", "---------:", "-------------:", "-------------------:", "----------:"
             for (i = 1; i <= nk; i++) {
                 k = order[i]; split(k, tc, SUBSEP); t = tc[1]; c = tc[2]
                 R[t, c] = median(rps[k]); P99[t, c] = median(p99[k]); Q[t, c] = median(r429[k]); CPU[t, c] = median(cpu[k])
@@ -471,11 +479,12 @@ report() {
                 k = tl[ti] SUBSEP cl[ci]; if (!(k in seen)) continue
                 r = median(rps[k]); spread = r > 0 ? 100 * (mx[k] - mn[k]) / r : 0
                 nn = tl[ti] == "reject" ? sprintf("%d 429", non2xx[k]) : non2xx[k] + err[k]
-                printf "| %-17s | %5s | %9.0f | %5.0f%% | %8.2f | %8.2f | %8.2f | %12s | %10.1f | %6.1f MB |\n", name[tl[ti]], cl[ci], r, spread,
-                    median(p50[k]) / 1000, median(p99[k]) / 1000, median(p999[k]) / 1000, nn, median(cpu[k]), hwm[k] / 1024
+                printf "| %-17s | %5s | %9.0f | %5.0f%% | %8.2f | %8.2f | %8.2f | %12s | %18s | %6.1f MB |\n", name[tl[ti]], cl[ci], r, spread,
+                    median(p50[k]) / 1000, median(p99[k]) / 1000, median(p999[k]) / 1000, nn,
+                    sprintf("%.1f = %.1f + %.1f", median(cpu[k]), median(usr[k]), median(sys[k])), hwm[k] / 1024
             }
             print ""
-            print "peak RSS: the process (nginx: master + workers, summed); cpu us/req: CPU time of that process / requests (the fake for direct)"
+            print "peak RSS: the process (nginx: master + workers, summed); cpu us/req: CPU time of that process / requests, user + kernel (the fake for direct)"
             print ""
             print "Ratios (targets of issue 6):"
             for (ci = 1; ci <= nc; ci++) {
@@ -557,28 +566,41 @@ profile() {
     done
 }
 
-# The phases and the functions that stand for them, as grep patterns over
-# symbol names (inclusive cost: a function and everything it calls).
+# Where a request's cost goes: "label;perf pattern;callgrind pattern", each
+# pattern a regular expression over symbol names; "-" = not shown for that
+# tool; a leading "+" sums every matching symbol instead of taking the
+# largest (perf: of self time). Costs are otherwise inclusive (a function
+# and all it calls). perf sees
+# inlined frames; callgrind does not (an inlined function's cost is its
+# caller's), hence some different stand-ins.
 PHASES=(
-    "whole request (Gateway::handle)|proxy::Gateway::handle"
-    "route: catalog match|catalog::Catalog::find"
-    "authenticate: client key|auth::ClientTable::authenticate"
-    "read_body|proxy::Gateway::read_body"
-    "admit: quota|proxy::Gateway::admit"
-    "forward (token, send, inspect)|proxy::Gateway::forward"
-    "  send: hyper client round trip|proxy::Gateway::send"
-    "  upstream_headers (copy + strip)|proxy::upstream_headers"
-    "  inspect: read code from JSON|upstream::inspect"
-    "response_filter|proxy::Gateway::response_filter"
-    "logging (metrics + access log)|proxy::Gateway::logging"
-    "  metrics: request_done|metrics::Metrics::request_done"
-    "  access log line (tracing fmt)|tracing_subscriber::fmt::fmt_layer::.*on_event"
-    "tower stack around handle|stack::"
-    "server: HTTP/1 connection|hyper::proto::h1::dispatch::Dispatcher.*poll_catch"
-    "malloc/free/realloc (self)|^(malloc|free|realloc|_int_malloc|_int_free|cfree|__libc_malloc|__libc_free)$"
+    "server: parse request head (hyper);Server as hyper::proto::h1::Http1Transaction>::parse$;Server as hyper::proto::h1::Http1Transaction>::parse$"
+    "request id (tower-http SetRequestId);SetRequestId<S,M> as tower_service::Service;SetRequestId<S,M> as tower_service::Service"
+    "all phases (Gateway::handle);proxy::Gateway::handle::\{\{closure\}\}$;tower_http::catch_panic::ResponseFuture<F,T> as core::future::future::Future>::poll$"
+    "  route (dot segments, catalog);proxy::Gateway::route$;proxy::Gateway::route$"
+    "  authenticate (SHA-256, map);proxy::Gateway::authenticate$;proxy::Gateway::authenticate$"
+    "  read_body;proxy::Gateway::read_body::\{\{closure\}\}$;-"
+    "  admit (quota);proxy::Gateway::admit::\{\{closure\}\}$;quota::local::LocalQuota<C>::check$"
+    "  forward (token, upstream, inspect);proxy::Gateway::forward::\{\{closure\}\}$;proxy::Gateway::forward::\{\{closure\}\}$"
+    "    upstream_headers (clone, strip);proxy::upstream_headers$;proxy::upstream_headers$"
+    "    hyper client send_request (pool);Client<C,B>::send_request::\{\{closure\}\}$;Client<C,B>::send_request::\{\{closure\}\}$"
+    "    read code from the JSON answer;upstream::read_code$;upstream::read_code$"
+    "  response_filter (strip);proxy::Gateway::response_filter$;proxy::Gateway::response_filter$"
+    "  logging: access log line (tracing);tracing_core::event::Event::dispatch$;tracing_core::event::Event::dispatch$"
+    "  logging: metrics;metrics::Metrics::request_done$;metrics::Metrics::request_done$"
+    "server: encode answer head (hyper);Server as hyper::proto::h1::Http1Transaction>::encode$;Server as hyper::proto::h1::Http1Transaction>::encode$"
+    "upstream connection task (hyper);UpgradeableConnection<I,B> as core::future::future::Future>::poll$;UpgradeableConnection<I,B> as core::future::future::Future>::poll$"
+    "kernel: socket writes (writev);^__GI___writev$;-"
+    "kernel: socket reads (recvfrom);^__x64_sys_recvfrom$;-"
+    "kernel: scheduler (wakeups, switches);+^(finish_task_switch.*|_raw_spin_unlock_irqrestore|__schedule)$;-"
+    "allocator (malloc, free, realloc);+^(malloc|_int_malloc|free|cfree.*|_int_free|realloc|_int_realloc|malloc_consolidate|unlink_chunk.*)$;+^(malloc|free|realloc)$"
+    "memcpy / memmove;+^__mem(cpy|move)_.*;+^__mem(cpy|move)_.*"
 )
 
 profile_perf() {
+    # Syscall tracepoints (perf stat) need tracefs; skip that part without it.
+    SYSCALLS=0
+    perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && SYSCALLS=1
     say "perf: gateway under wrk -c16 for ${DURATION}s, cpu-clock samples with DWARF call graphs"
     start_gateway gateway lifted
     local data="$WORK/perf.data"
@@ -590,68 +612,135 @@ profile_perf() {
     perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$GW_PID" -o "$data" -- sleep "$DURATION" \
         >/dev/null 2>"$WORK/perf-record.err" || die "perf record failed: $(cat "$WORK/perf-record.err")"
     wait "$WRK_PID" || true
-    perf report -i "$data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8 >"$WORK/perf-dso.txt"
-    perf report -i "$data" --no-children --sort symbol --stdio -g none --percent-limit 0.7 2>/dev/null |
-        grep -v '^#' | grep -v '^$' | head -30 >"$WORK/perf-self.txt"
-    perf report -i "$data" --children --sort symbol --stdio -g none 2>/dev/null |
-        grep -v '^#' | grep -v '^$' >"$WORK/perf-children.txt"
+    # Reports go to files first: a pipe into head would fail under pipefail.
+    perf report -i "$data" --no-children --sort dso --stdio -g none >"$WORK/perf-dso.txt" 2>/dev/null
+    perf report -i "$data" --no-children --sort symbol --stdio -g none >"$WORK/perf-self.txt" 2>/dev/null
+    perf report -i "$data" --children --sort symbol --stdio -g none >"$WORK/perf-children.txt" 2>/dev/null
     echo
-    echo "perf (cpu-clock, gateway process, user + kernel): by object"
-    sed 's/^/  /' "$WORK/perf-dso.txt"
+    echo "perf (cpu-clock, gateway process, user + kernel): share of samples by object"
+    perf_lines "$WORK/perf-dso.txt" 6
     echo
-    echo "perf: top functions by self time"
-    sed 's/^/  /' "$WORK/perf-self.txt"
+    echo "perf: top functions by self time ([k] kernel, [.] user)"
+    perf_lines "$WORK/perf-self.txt" 25
     echo
     echo "perf: phases, inclusive share of the gateway's samples"
     phase_table perf "$WORK/perf-children.txt"
+    if [ "$SYSCALLS" = 1 ]; then
+        echo
+        echo "perf stat: syscalls and context switches per request at -c16 (gateway vs nginx)"
+        syscalls_per_request gateway "$GW_URL" "$WORK/keys.txt" "$GW_PID"
+        if command -v nginx >/dev/null 2>&1; then
+            start_nginx
+            local NGINX_PIDS
+            mapfile -t NGINX_PIDS < <(tree_pids "$NGINX_PID")
+            syscalls_per_request nginx "$NGINX_URL" "$WORK/tokens.txt" "${NGINX_PIDS[@]}"
+        fi
+        syscalls_per_request fake "$SIM_URL" "$WORK/tokens.txt" "$SIM_PID"
+    fi
 }
 
-# phase_table perf|callgrind FILE: one line per phase, the largest inclusive
-# cost among the symbols matching its pattern.
+# perf_lines FILE N: the first N entries of a perf --stdio report, trimmed.
+perf_lines() {
+    awk -v n="$2" '/^#/ || NF == 0 { next } c < n { sub(/ +- +- *$/, ""); sub(/ +$/, ""); print "  " substr($0, 1, 140); c++ }' "$1"
+}
+
+# syscalls_per_request NAME ADMIN|- URL AUTH PID...: syscalls and context
+# switches per request of a process (tree) under wrk -c16, by perf stat.
+syscalls_per_request() {
+    local name=$1 url=$2 auth=$3
+    shift 3
+    local pids
+    pids=$(IFS=,; echo "$*")
+    wrk -t"$THREADS" -c16 -d"$((DURATION + 2))s" -s "$LUA" "$url" -- "$auth" >"$WORK/sys-$name.wrk" &
+    local WRK_PID=$!
+    STARTED+=("$WRK_PID")
+    sleep 1
+    perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_readv,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches \
+        -p "$pids" -o "$WORK/sys-$name.csv" -- sleep "$DURATION" >/dev/null 2>&1 || true
+    wait "$WRK_PID" || true
+    local rps
+    rps=$(sed -n 's/.* rps=\([0-9.]*\).*/\1/p' "$WORK/sys-$name.wrk")
+    awk -F, -v name="$name" -v n="$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { print r * d }')" '
+        $3 ~ /raw_syscalls|syscalls:|context-switches/ {
+            ev = $3; sub(/.*sys_enter_?/, "", ev); if (ev == "") ev = "all syscalls"
+            if ($3 ~ /context-switches/) ev = "ctx switches"
+            out = out sprintf(" %s %.2f,", ev, $1 / n) }
+        END { sub(/,$/, "", out); printf "  %-8s per request:%s\n", name, out }' "$WORK/sys-$name.csv"
+}
+
+# phase_table perf|callgrind FILE: one line per phase (see PHASES).
 phase_table() {
-    local kind=$1 file=$2 entry label pattern
+    local kind=$1 file=$2 entry label rest pattern
     for entry in "${PHASES[@]}"; do
-        label=${entry%%|*}
-        pattern=${entry#*|}
-        if [ "$kind" = perf ]; then
-            # "  children%  self%  [.] symbol"
-            awk -v pat="$pattern" -v label="$label" '{
-                    sym = $0; sub(/^.*\] /, "", sym)
-                    if (sym ~ pat) { v = $1; sub(/%/, "", v); if (v + 0 > best) best = v + 0 } }
-                END { printf "  %-36s %6.1f %%\n", label, best }' "$file"
-        else
-            # "Ir (pct)  file:symbol": take the largest Ir
-            awk -v pat="$pattern" -v label="$label" -v reqs="$PROFILED" '{
-                    ir = $1; gsub(/,/, "", ir); sym = $0; sub(/^[^:]*:/, "", sym); sub(/ \[.*$/, "", sym)
-                    if (sym ~ pat && ir + 0 > best) best = ir + 0 }
-                END { printf "  %-36s %9.0f instr/req\n", label, best / reqs }' "$file"
-        fi
+        label=${entry%%;*}
+        rest=${entry#*;}
+        if [ "$kind" = perf ]; then pattern=${rest%%;*}; else pattern=${rest#*;}; fi
+        [ "$pattern" = - ] && continue
+        awk -v pat="$pattern" -v label="$label" -v kind="$kind" -v reqs="${PROFILED:-1}" '
+            BEGIN { sum = sub(/^\+/, "", pat) }
+            kind == "perf" {
+                # "  children%  self%  [.] symbol  (inlined)"
+                if ($0 !~ /%/) next
+                sym = $0; sub(/^[^\]]*\] /, "", sym); sub(/ +- +- *$/, "", sym); sub(/ \(inlined\)$/, "", sym)
+                # Sums add self time (nested symbols would count twice).
+                v = sum ? $2 : $1; sub(/%/, "", v)
+            }
+            kind == "callgrind" {
+                # "Ir (pct)  file:symbol [object]"
+                if ($0 !~ /^ *[0-9,]+ \(/) next
+                v = $1; gsub(/,/, "", v)
+                sym = $0; sub(/^[^)]*\) +/, "", sym); sub(/^[^:]*:/, "", sym); sub(/ \[.*$/, "", sym)
+            }
+            sym ~ pat && !(sym in seen) {
+                seen[sym] = 1
+                if (sum) best += v; else if (v + 0 > best) best = v + 0
+            }
+            END {
+                if (kind == "perf") printf "  %-40s %6.1f %%\n", label, best
+                else printf "  %-40s %8.0f instr/req\n", label, best / reqs
+            }' "$file"
     done
 }
 
+# Allocation calls per request and the functions that make them, from a
+# callgrind output file (call counts are exact).
+alloc_table() {
+    awk -v n="$PROFILED" '
+        function nm(s,    id, rest) {
+            if (match(s, /^\([0-9]+\)/)) {
+                id = substr(s, RSTART, RLENGTH); rest = substr(s, RLENGTH + 2)
+                if (rest != "") name[id] = rest
+                return name[id]
+            }
+            return s
+        }
+        /^fn=/ { s = $0; sub(/^fn=/, "", s); caller = nm(s); next }
+        /^cfn=/ { s = $0; sub(/^cfn=/, "", s); callee = nm(s); next }
+        /^calls=/ && callee ~ /^__rustc::__rust_(alloc|realloc|alloc_zeroed)$/ {
+            split(substr($0, 7), a, " "); by[caller] += a[1]; total += a[1]
+        }
+        END {
+            printf "  %.1f allocations (incl. reallocs) per request; by caller:\n", total / n
+            for (k in by) if (by[k] / n >= 0.9) printf "    %4.1f  %s\n", by[k] / n, substr(k, 1, 120)
+        }' "$1" | { IFS= read -r head; echo "$head"; sort -rn; }
+}
+
 profile_callgrind() {
-    say "callgrind: $PROFILE_REQUESTS requests at -c16 through the gateway (slow: valgrind runs it ~50x slower)"
-    start_gateway gateway-cg lifted valgrind --tool=callgrind --collect-atstart=no \
+    say "callgrind: the gateway under wrk -c16 for ${PROFILE_SECONDS}s of instrumented load (valgrind runs it ~50x slower)"
+    start_gateway gateway-cg lifted valgrind --tool=callgrind --instr-atstart=no \
         --callgrind-out-file="$WORK/callgrind.out"
     local before after
     # A few requests first (pool, tokens, lazy statics), not counted.
     wrk -t1 -c4 -d2s -s "$LUA" "$GW_URL" -- "$WORK/keys.txt" >/dev/null
-    before=$(curl -fs "$GW_ADMIN/metrics" | awk '/^feishu_gateway_requests_total\{/ { n += $NF } END { printf "%d\n", n }')
+    # /metrics is read only while instrumentation is off: its encoding would
+    # otherwise be counted with the requests.
+    before=$(requests_total "$GW_ADMIN")
     callgrind_control -i on "$GW_PID" >/dev/null
-    wrk -t"$THREADS" -c16 -d600s -s "$LUA" "$GW_URL" -- "$WORK/keys.txt" >/dev/null &
-    local WRK_PID=$!
-    STARTED+=("$WRK_PID")
-    while :; do
-        sleep 1
-        after=$(curl -fs "$GW_ADMIN/metrics" | awk '/^feishu_gateway_requests_total\{/ { n += $NF } END { printf "%d\n", n }')
-        [ $((after - before)) -ge "$PROFILE_REQUESTS" ] && break
-        kill -0 "$WRK_PID" 2>/dev/null || break
-    done
+    wrk -t"$THREADS" -c16 -d"${PROFILE_SECONDS}s" -s "$LUA" "$GW_URL" -- "$WORK/keys.txt" >/dev/null
     callgrind_control -i off "$GW_PID" >/dev/null
-    after=$(curl -fs "$GW_ADMIN/metrics" | awk '/^feishu_gateway_requests_total\{/ { n += $NF } END { printf "%d\n", n }')
-    kill -INT "$WRK_PID" 2>/dev/null || true
-    wait "$WRK_PID" 2>/dev/null || true
+    after=$(requests_total "$GW_ADMIN")
     PROFILED=$((after - before))
+    [ "$PROFILED" -gt 0 ] || die "no request went through the gateway under callgrind"
     kill -TERM "$GW_PID"
     wait "$GW_PID" 2>/dev/null || true
     local out
@@ -664,11 +753,15 @@ profile_callgrind() {
     echo "callgrind: $PROFILED requests, $(awk -v t="$total" -v n="$PROFILED" 'BEGIN { printf "%.0f", t / n }') instructions per request (all threads, user space)"
     echo
     echo "callgrind: top functions by self instructions (per request)"
-    awk -v n="$PROFILED" '/^ *[0-9,]+ \(/ && c < 30 { ir = $1; gsub(/,/, "", ir); sym = $0; sub(/^[^)]*\) +/, "", sym);
-        printf "  %9.0f  %s\n", ir / n, substr(sym, 1, 130); c++ }' "$WORK/cg-self.txt"
+    awk -v n="$PROFILED" '/^ *[0-9,]+ \(/ && !/PROGRAM TOTALS/ && c < 25 {
+        ir = $1; gsub(/,/, "", ir); sym = $0; sub(/^[^)]*\) +/, "", sym); sub(/^[^:]*:/, "", sym); sub(/ \[.*$/, "", sym)
+        printf "  %7.0f  %s\n", ir / n, substr(sym, 1, 130); c++ }' "$WORK/cg-self.txt"
     echo
     echo "callgrind: phases, inclusive instructions per request"
     phase_table callgrind "$WORK/cg-inclusive.txt"
+    echo
+    echo "callgrind: heap allocations"
+    alloc_table "$out"
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
