@@ -518,7 +518,7 @@ soak() {
     # Seed limits: the mix both passes (proxied) and overflows (429s).
     start_gateway gateway-seed seed
     local secs=$((SOAK_MINUTES * 60)) t=0 rss series req0 req1 q0 q1 log="$WORK/soak.tsv"
-    say "soak: ${SOAK_MINUTES} min of mixed load (put over $APPS apps, delete, get chat, bad keys, 404s), wrk -t$THREADS -c16"
+    say "soak: ${SOAK_MINUTES} min of mixed load (put over $APPS apps, delete, get chat, waiting puts, bad keys, 404s), wrk -t$THREADS -c16"
     wrk -t"$THREADS" -c16 -d"${secs}s" --latency -s "$LUA" "$GW_URL" -- "$WORK/keys.txt" mix \
         >"$WORK/soak-wrk.out" &
     local WRK_PID=$!

@@ -10,8 +10,9 @@
 -- per credential in turn (so 100 keys spread the load over 100 apps), each
 -- to its own chat.
 -- MODE "mix" (the soak): the same puts, plus delete_top_notice, get chat
--- (a route outside the catalog), unknown keys (401) and paths outside
--- /open-apis/ (404), interleaved.
+-- (a route outside the catalog), puts that may wait for their quota
+-- (X-Gateway-Max-Wait), unknown keys (401) and paths outside /open-apis/
+-- (404), interleaved.
 --
 -- STOP_AFTER (optional): each thread stops after that many answers (for a
 -- fixed amount of work under a profiler).
@@ -32,7 +33,7 @@ local function chat(i)
     return string.format("oc_5ad11d72b830411d72b836c2%06d", i)
 end
 
-local function headers(auth, with_body)
+local function headers(auth, with_body, max_wait)
     local h = {
         ["Authorization"] = "Bearer " .. auth,
         ["User-Agent"] = "oapi-sdk-go/v3.4.0",
@@ -40,12 +41,15 @@ local function headers(auth, with_body)
     if with_body then
         h["Content-Type"] = "application/json; charset=utf-8"
     end
+    if max_wait then
+        h["X-Gateway-Max-Wait"] = max_wait
+    end
     return h
 end
 
-local function put(auth, i)
+local function put(auth, i, max_wait)
     return wrk.format("POST", "/open-apis/im/v1/chats/" .. chat(i)
-        .. "/top_notice/put_top_notice", headers(auth, true), BODY)
+        .. "/top_notice/put_top_notice", headers(auth, true, max_wait), BODY)
 end
 
 local function delete(auth, i)
@@ -76,12 +80,14 @@ function init(args)
     for i, auth in ipairs(auths) do
         reqs[#reqs + 1] = put(auth, i)
         if mode == "mix" then
-            -- Per 10 apps: 1 delete, 1 get chat, and every 20: a bad key and a 404.
+            -- Per 10 apps: 1 delete, 1 get chat; per 20: a put that may wait
+            -- 50 ms for its quota (wait mode), a bad key and a 404.
             if i % 10 == 0 then
                 reqs[#reqs + 1] = delete(auth, i)
                 reqs[#reqs + 1] = get_chat(auth, i)
             end
             if i % 20 == 0 then
+                reqs[#reqs + 1] = put(auth, i, "50")
                 reqs[#reqs + 1] = put("not-a-gateway-key-" .. i, i)
                 reqs[#reqs + 1] = wrk.format("GET", "/no-such-path", headers(auth, false), nil)
             end
