@@ -28,6 +28,7 @@ PROFILE_SECONDS=30
 PROFILE_TOOL=auto
 BUILD=1
 KEEP=0
+GATEWAY_ENV=() # extra VAR=VALUE for the gateway processes (experiments)
 
 usage() {
     cat <<EOF
@@ -51,6 +52,9 @@ Options:
   --apps N           configured apps and client keys (default $APPS)
   --profile-seconds S  seconds of load under callgrind (default $PROFILE_SECONDS);
                      figures are per request
+  --gateway-env V=X  extra environment for the gateway, repeatable; for
+                     experiments, e.g. TOKIO_WORKER_THREADS=1 or
+                     RUST_LOG=info,feishu_gateway::access=off (no access log)
   --no-build         use target/release/feishu-gateway as it is
   --keep             keep the temporary directory (configs, logs, raw results)
 EOF
@@ -71,6 +75,7 @@ while [ $# -gt 0 ]; do
     --threads) THREADS=$2; shift ;;
     --apps) APPS=$2; shift ;;
     --profile-seconds) PROFILE_SECONDS=$2; shift ;;
+    --gateway-env) GATEWAY_ENV+=("$2"); shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
     -h | --help) usage; exit 0 ;;
@@ -297,7 +302,7 @@ start_gateway() {
     gateway_config "$WORK/$name.toml" "$port" "$admin" "$limits"
     # Access log lines go to /dev/null (as nginx's do): formatted and
     # written, not stored.
-    env "${GW_ENV[@]}" "$@" "$BIN" serve --config "$WORK/$name.toml" \
+    env "${GW_ENV[@]}" "${GATEWAY_ENV[@]}" "$@" "$BIN" serve --config "$WORK/$name.toml" \
         >/dev/null 2>"$WORK/$name.err" &
     GW_PID=$!
     STARTED+=("$GW_PID")
@@ -443,6 +448,7 @@ report() {
     echo "machine: $CORES cores ($cpu), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), load average before: $LOAD_BEFORE"
     echo "load: wrk -t$THREADS, ${DURATION}s per cell after ${WARMUP}s warm-up, $ROUNDS rounds interleaved; medians (req/s spread = (max-min)/median)"
     echo "work: POST put_top_notice, realistic JSON body; gateway over $APPS apps / $APPS client keys; fake in fast mode (own process)"
+    [ ${#GATEWAY_ENV[@]} -gt 0 ] && echo "gateway environment: ${GATEWAY_ENV[*]}"
     [ "$HWM_RESET" = 1 ] || echo "note: VmHWM could not be reset; peak RSS is over the whole run"
     echo
     awk -F'\t' '
