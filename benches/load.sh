@@ -586,6 +586,7 @@ PHASES=(
     "  route (dot segments, catalog);proxy::Gateway::route$;proxy::Gateway::route$"
     "  authenticate (SHA-256, map);proxy::Gateway::authenticate$;proxy::Gateway::authenticate$"
     "  read_body;proxy::Gateway::read_body::\{\{closure\}\}$;-"
+    "  validate (body and path contract);proxy::Gateway::validate$;proxy::Gateway::validate$"
     "  admit (quota);proxy::Gateway::admit::\{\{closure\}\}$;quota::local::LocalQuota<C>::check$"
     "  forward (token, upstream, inspect);proxy::Gateway::forward::\{\{closure\}\}$;proxy::Gateway::forward::\{\{closure\}\}$"
     "    upstream_headers (clone, strip);proxy::upstream_headers$;proxy::upstream_headers$"
@@ -594,6 +595,7 @@ PHASES=(
     "  response_filter (strip);proxy::Gateway::response_filter$;proxy::Gateway::response_filter$"
     "  logging: access log line (tracing);tracing_core::event::Event::dispatch$;tracing_core::event::Event::dispatch$"
     "  logging: metrics;metrics::Metrics::request_done$;metrics::Metrics::request_done$"
+    "log writer thread (tracing-appender);tracing_appender::worker::Worker<T>::worker_thread;tracing_appender::worker::Worker<T>::worker_thread"
     "server: encode answer head (hyper);Server as hyper::proto::h1::Http1Transaction>::encode$;Server as hyper::proto::h1::Http1Transaction>::encode$"
     "upstream connection task (hyper);UpgradeableConnection<I,B> as core::future::future::Future>::poll$;UpgradeableConnection<I,B> as core::future::future::Future>::poll$"
     "kernel: socket writes (writev);^__GI___writev$;-"
@@ -703,6 +705,7 @@ phase_table() {
             }
             END {
                 if (kind == "perf") printf "  %-40s %6.1f %%\n", label, best
+                else if (best == 0) printf "  %-40s %8s (inlined into its caller)\n", label, "-"
                 else printf "  %-40s %8.0f instr/req\n", label, best / reqs
             }' "$file"
     done
