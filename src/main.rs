@@ -184,7 +184,12 @@ fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blockin
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         // Under a log flood, block rather than silently drop lines.
         .lossy(false)
-        .finish(std::io::stdout());
+        // Batched: the writer thread flushes once per drain of its queue,
+        // so a burst of lines becomes one write.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

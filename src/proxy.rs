@@ -732,12 +732,12 @@ impl Gateway {
             app = app.unwrap_or("-"),
             route = route.unwrap_or("other"),
             status,
-            code = ctx.code.map(|c| c.to_string()).as_deref().unwrap_or("none"),
+            code = %ctx.code.map_or(CodeField::None, CodeField::Code),
             total_us = total.as_micros() as u64,
             upstream_us = ctx.upstream_time.map_or(0, |d| d.as_micros() as u64),
             logid = ctx.logid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             gateway_error = ctx.gateway_error.unwrap_or("-"),
-            replayed_after = ctx.replayed_after.map(|c| c.to_string()).as_deref().unwrap_or("-"),
+            replayed_after = %ctx.replayed_after.map_or(CodeField::Dash, CodeField::Code),
             "request"
         );
     }
@@ -774,6 +774,25 @@ impl Gateway {
     }
 }
 
+/// A Feishu code in the access log, written without allocating: the code,
+/// `none`, or `-`.
+#[derive(Clone, Copy)]
+enum CodeField {
+    Code(i64),
+    None,
+    Dash,
+}
+
+impl std::fmt::Display for CodeField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodeField::Code(c) => write!(f, "{c}"),
+            CodeField::None => f.write_str("none"),
+            CodeField::Dash => f.write_str("-"),
+        }
+    }
+}
+
 /// Counts a request in the in-flight gauge for as long as it lives.
 struct InFlight<'a>(&'a prometheus::IntGauge);
 
@@ -790,52 +809,74 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
+/// True for headers that describe one connection, not the message
+/// (RFC 9110 §7.6.1). Compared as `HeaderName`s: no parsing per request.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::{
+        PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    };
+    *name == CONNECTION
+        || *name == TRANSFER_ENCODING
+        || *name == TE
+        || *name == TRAILER
+        || *name == UPGRADE
+        || *name == PROXY_AUTHORIZATION
+        || *name == PROXY_AUTHENTICATE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
+/// Headers named in `Connection` are hop-by-hop too.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        headers.remove(n);
-    }
-    headers.remove(http::header::UPGRADE);
+        .collect()
 }
 
-/// The headers sent to Feishu: the caller's, minus hop-by-hop headers, the
-/// caller's credentials, `Host` (set from the upstream URI), the body length
-/// (set from the buffered body) and the gateway's own control headers.
-fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut out = headers.clone();
-    strip_hop_by_hop(&mut out);
-    out.remove(AUTHORIZATION);
-    out.remove(HOST);
-    out.remove(CONTENT_LENGTH);
-    let gateway_own: Vec<HeaderName> = out
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The usual answer has none: look before touching anything.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    for n in connection_named(headers) {
+        headers.remove(n);
+    }
+    let hop: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-gateway-"))
+        .filter(|k| is_hop_by_hop(k))
         .cloned()
         .collect();
-    for k in gateway_own {
-        out.remove(k);
+    for n in hop {
+        headers.remove(n);
+    }
+}
+
+/// The headers sent to Feishu, built in one pass: the caller's, minus
+/// hop-by-hop headers, the caller's credentials, `Host` (set from the
+/// upstream URI), the body length (set from the buffered body) and the
+/// gateway's own control headers.
+fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
+    let named = if headers.contains_key(CONNECTION) {
+        connection_named(headers)
+    } else {
+        Vec::new()
+    };
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (k, v) in headers {
+        if is_hop_by_hop(k)
+            || *k == AUTHORIZATION
+            || *k == HOST
+            || *k == CONTENT_LENGTH
+            || k.as_str().starts_with("x-gateway-")
+            || named.contains(k)
+        {
+            continue;
+        }
+        out.append(k.clone(), v.clone());
     }
     out
 }
@@ -852,12 +893,13 @@ fn token_endpoint(path: &str) -> Option<&'static str> {
 
 /// `/./`, `/../` and their percent-encoded forms never reach Feishu.
 fn has_dot_segment(path: &str) -> bool {
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        matches!(
-            lower.as_str(),
-            "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."
-        )
+        [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."]
+            .iter()
+            .any(|d| seg.eq_ignore_ascii_case(d))
     })
 }
 

@@ -60,6 +60,15 @@ fn panic_answer(_err: Box<dyn std::any::Any + Send + 'static>) -> Response<Proxy
     GatewayError::Internal.into_response()
 }
 
+/// Writes the low `out.len()` hex digits of `n` into `out`.
+fn hex_into(out: &mut [u8], mut n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+}
+
 /// Request ids: a random per-process prefix and a counter. Unique, cheap,
 /// and sortable within one process.
 #[derive(Clone)]
@@ -80,7 +89,10 @@ impl RequestIds {
 impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("gw-{:08x}-{:012x}", self.prefix, n);
-        HeaderValue::try_from(id).ok().map(RequestId::new)
+        // `gw-<8 hex>-<12 hex>`, written into a stack buffer.
+        let mut buf = *b"gw-00000000-000000000000";
+        hex_into(&mut buf[3..11], u64::from(self.prefix));
+        hex_into(&mut buf[12..24], n);
+        HeaderValue::from_bytes(&buf).ok().map(RequestId::new)
     }
 }
