@@ -49,6 +49,8 @@ mod store;
 pub mod window;
 
 #[cfg(test)]
+mod fleet_tests;
+#[cfg(test)]
 mod tests;
 
 use std::future::Future;
