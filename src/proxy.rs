@@ -34,7 +34,7 @@ use crate::catalog::{Catalog, Route};
 use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
 use crate::error::{codes, GatewayError};
 use crate::metrics::{Metrics, QuotaPairMetrics};
-use crate::quota::{KeySpec, LocalQuota, Overflow, Plan, PlanPolicy, QuotaKey};
+use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey};
 use crate::token::{Token, TokenManager};
 use crate::upstream::{classify, inspect, HttpClient, Inspected};
 
@@ -56,7 +56,7 @@ pub struct Gateway {
     tokens: Arc<TokenManager>,
     client: HttpClient,
     metrics: Arc<Metrics>,
-    quota: LocalQuota,
+    quota: Engine,
     /// Quota key and wait metrics per (app, route), at `app * routes + route`;
     /// `None` where the route has no limits.
     quota_keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>,
@@ -145,11 +145,18 @@ impl Gateway {
             for (r, plan) in plans.iter().enumerate() {
                 quota_keys.push(plan.as_ref().map(|plan| {
                     let key = QuotaKey::new(specs.len() as u32);
-                    specs.push(KeySpec::new(plan.clone(), config.quota.max_waiters));
+                    let route = catalog.route(r);
+                    let name = format!(
+                        "{}:{} {}",
+                        config.apps[app].app_id, route.method, route.template
+                    );
+                    specs
+                        .push(KeySpec::new(plan.clone(), config.quota.max_waiters).with_name(name));
                     (key, metrics.quota_pair(app, r, &catalog.route(r).limits))
                 }));
             }
         }
+        let quota = Engine::from_config(&config.quota, specs, &metrics)?;
         Ok(Gateway {
             apps: config
                 .apps
@@ -164,7 +171,7 @@ impl Gateway {
             tokens,
             client,
             metrics,
-            quota: LocalQuota::with_tokio_clock(specs),
+            quota,
             quota_keys,
             quota_config: config.quota.clone(),
             max_body_bytes: config.max_body_bytes,
@@ -267,7 +274,7 @@ impl Gateway {
         };
         let overflow = self.overflow(self.catalog.route(route), headers)?;
         let result = match overflow {
-            Overflow::Reject => self.quota.check(*key),
+            Overflow::Reject => self.quota.acquire(*key, overflow).await,
             Overflow::Wait(_) => {
                 pair.waiting.inc();
                 let r = self.quota.acquire(*key, overflow).await;
@@ -281,6 +288,9 @@ impl Gateway {
                     pair.wait.observe(admit.waited.as_secs_f64());
                 }
                 Ok(())
+            }
+            Err(rejection) if rejection.cause() == Cause::BackendUnavailable => {
+                Err(GatewayError::QuotaBackendUnavailable)
             }
             Err(rejection) => {
                 self.metrics
@@ -498,6 +508,11 @@ impl Gateway {
     /// The token manager (for `/readyz`).
     pub fn tokens(&self) -> &Arc<TokenManager> {
         &self.tokens
+    }
+
+    /// The quota engine (for `/readyz`).
+    pub fn quota(&self) -> &Engine {
+        &self.quota
     }
 
     /// The metrics (for `/metrics`).

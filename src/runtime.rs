@@ -129,7 +129,9 @@ impl Runtime {
         ));
         let admin_srv = tokio::spawn(crate::server::serve(
             admin_listener,
-            Admin::new(tokens, metrics).service(),
+            Admin::new(tokens, metrics)
+                .with_quota(gateway.quota().clone())
+                .service(),
             wait_for(rx),
             grace,
         ));
