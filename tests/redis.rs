@@ -614,6 +614,34 @@ fn metric(exposition: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `promtool check metrics` accepts the exposition (when promtool is
+/// installed; tests/deploy.rs requires it under CI).
+fn promtool_accepts(exposition: &str) {
+    use std::io::Write;
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn ok_count(answers: &[(StatusCode, Duration)]) -> usize {
     answers.iter().filter(|a| a.0 == StatusCode::OK).count()
 }
@@ -764,6 +792,7 @@ async fn redis_killed_mid_run_fail_local_falls_back_and_returns() {
         assert!(m.contains("feishu_gateway_quota_backend_up 1"));
         assert!(!m.contains("feishu_gateway_quota_backend_fallback_seconds_total 0\n"));
         assert!(m.contains(r#"feishu_gateway_quota_backend_degraded_requests_total{fail="local"}"#));
+        promtool_accepts(&m);
     }
     // Shared again: a new flood is limited by the one quota.
     f.sim.reset_records();
@@ -1069,4 +1098,77 @@ async fn rediss_with_a_password_and_a_private_ca() {
     )
     .await;
     assert!(!String::from_utf8_lossy(&m.body).contains("hunter2"));
+}
+
+// ----- the Kubernetes example -------------------------------------------------
+
+#[test]
+fn the_kubernetes_redis_example_agrees_with_itself_and_the_gateway() {
+    use serde::Deserialize;
+    use serde_norway::Value as Yaml;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let text = std::fs::read_to_string(root.join("redis.yaml")).unwrap();
+    let docs: Vec<Yaml> = serde_norway::Deserializer::from_str(&text)
+        .map(|d| Yaml::deserialize(d).unwrap())
+        .collect();
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(k))
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let (secret, svc, dep, netpol) = (
+        kind("Secret"),
+        kind("Service"),
+        kind("Deployment"),
+        kind("NetworkPolicy"),
+    );
+    let pod_labels = &dep["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in svc["spec"]["selector"].as_mapping().unwrap() {
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "the Service selects the Redis pod"
+        );
+    }
+    let container = &dep["spec"]["template"]["spec"]["containers"][0];
+    let port = &container["ports"][0];
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], port["name"]);
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for pair in [["--save", ""], ["--maxmemory-policy", "noeviction"]] {
+        assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
+    }
+    assert_eq!(dep["spec"]["strategy"]["type"], "Recreate");
+
+    // REDIS_URL names the Service, its port and the same password, and
+    // the config the comment shows accepts it.
+    let url = secret["stringData"]["REDIS_URL"].as_str().unwrap();
+    let password = secret["stringData"]["REDIS_PASSWORD"].as_str().unwrap();
+    let service = svc["metadata"]["name"].as_str().unwrap();
+    let svc_port = svc["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(url, format!("redis://:{password}@{service}:{svc_port}/0"));
+    let snippet = "backend = \"redis\"\nredis_url_env = \"REDIS_URL\"\nreplicas = 3";
+    assert!(text.contains("backend = \"redis\""));
+    let c = parse(snippet, env().with("REDIS_URL", url)).unwrap();
+    assert_eq!(c.quota.replicas, 3);
+
+    // Only the gateway's pods may connect.
+    let gateway: Yaml =
+        serde_norway::from_str(&std::fs::read_to_string(root.join("deployment.yaml")).unwrap())
+            .unwrap();
+    let gateway_labels = &gateway["spec"]["template"]["metadata"]["labels"];
+    let from = &netpol["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"];
+    for (k, v) in from.as_mapping().unwrap() {
+        assert_eq!(gateway_labels.get(k), Some(v));
+    }
+    for (k, v) in netpol["spec"]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(pod_labels.get(k), Some(v));
+    }
 }
