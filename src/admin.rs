@@ -12,21 +12,24 @@ use serde_json::json;
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
 use crate::quota::Engine;
+use crate::store::StoreApps;
 use crate::token::TokenManager;
 
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct Admin {
     tokens: Arc<TokenManager>,
+    store: Arc<StoreApps>,
     metrics: Arc<Metrics>,
     quota: Option<Engine>,
 }
 
 impl Admin {
     /// The admin endpoints over the gateway's shared state.
-    pub fn new(tokens: Arc<TokenManager>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(tokens: Arc<TokenManager>, store: Arc<StoreApps>, metrics: Arc<Metrics>) -> Self {
         Admin {
             tokens,
+            store,
             metrics,
             quota: None,
         }
@@ -65,7 +68,7 @@ impl Admin {
                 let quota = self.quota.as_ref().map(Engine::status);
                 json(
                     status,
-                    &json!({"ready": ready, "apps": apps, "quota": quota}),
+                    &json!({"ready": ready, "apps": apps, "store_apps": self.store.statuses(), "quota": quota}),
                 )
             }
             "/metrics" => {

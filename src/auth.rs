@@ -21,6 +21,10 @@ pub struct Client {
     pub name: String,
     /// Index of the app it acts as.
     pub app: usize,
+    /// SHA-256 of its key (never the key itself).
+    pub key_sha256: [u8; 32],
+    /// The tenant it always acts for (store apps), if fixed in config.
+    pub tenant: Option<String>,
 }
 
 /// Why a request is not authenticated.
@@ -36,26 +40,45 @@ pub enum AuthError {
 #[derive(Debug)]
 pub struct ClientTable {
     by_digest: HashMap<[u8; 32], usize>,
+    by_name: HashMap<String, usize>,
     clients: Vec<Client>,
+    app_ids: Vec<String>,
 }
 
 impl ClientTable {
-    /// Builds the table from config.
-    pub fn new(clients: &[ClientConfig]) -> Self {
+    /// Builds the table from config; `app_ids` are the apps' Feishu ids
+    /// by app index.
+    pub fn new(clients: &[ClientConfig], app_ids: Vec<String>) -> Self {
         let mut by_digest = HashMap::with_capacity(clients.len());
+        let mut by_name = HashMap::with_capacity(clients.len());
         let mut list = Vec::with_capacity(clients.len());
         for (index, c) in clients.iter().enumerate() {
             by_digest.insert(c.key_sha256, index);
+            by_name.insert(c.name.clone(), index);
             list.push(Client {
                 index,
                 name: c.name.clone(),
                 app: c.app,
+                key_sha256: c.key_sha256,
+                tenant: c.tenant.clone(),
             });
         }
         ClientTable {
             by_digest,
+            by_name,
             clients: list,
+            app_ids,
         }
+    }
+
+    /// The client named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Client> {
+        self.by_name.get(name).map(|&i| &self.clients[i])
+    }
+
+    /// The Feishu app id of the app `client` acts as.
+    pub fn app_id_of(&self, client: &Client) -> Option<&str> {
+        self.app_ids.get(client.app).map(String::as_str)
     }
 
     /// Finds the client whose key is in the `Authorization: Bearer` header.
@@ -94,11 +117,15 @@ mod tests {
     use http::HeaderValue;
 
     fn table() -> ClientTable {
-        ClientTable::new(&[ClientConfig {
-            name: "billing".into(),
-            app: 0,
-            key_sha256: key_digest(b"billing-key-0123456789"),
-        }])
+        ClientTable::new(
+            &[ClientConfig {
+                name: "billing".into(),
+                app: 0,
+                key_sha256: key_digest(b"billing-key-0123456789"),
+                tenant: None,
+            }],
+            vec!["cli_1".into()],
+        )
     }
 
     fn headers(v: &str) -> HeaderMap {

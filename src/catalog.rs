@@ -10,8 +10,9 @@
 
 use http::Method;
 
-use crate::config::{OverflowMode, RouteConfig};
+use crate::config::{OverflowMode, RouteConfig, ValidationMode};
 use crate::quota::Window;
+use crate::validate::UnknownFields;
 
 /// Feishu's published limit of the top-notice endpoints: 50 per second AND
 /// 1000 per minute, per app (facts §7).
@@ -34,6 +35,12 @@ pub struct Route {
     pub overflow: Option<OverflowMode>,
     /// Overrides the global longest wait.
     pub max_wait: Option<std::time::Duration>,
+    /// Enforce the route's contract, or only log what breaks it.
+    pub validation: ValidationMode,
+    /// Unknown body fields allowed (default) or rejected.
+    pub unknown_fields: UnknownFields,
+    /// Overrides the global body limit.
+    pub max_body_bytes: Option<usize>,
     segments: Vec<Segment>,
 }
 
@@ -73,6 +80,9 @@ impl Route {
             limits: Vec::new(),
             overflow: None,
             max_wait: None,
+            validation: ValidationMode::Enforce,
+            unknown_fields: UnknownFields::Allow,
+            max_body_bytes: None,
             segments,
         })
     }
@@ -181,6 +191,15 @@ impl Catalog {
             if o.max_wait.is_some() {
                 route.max_wait = o.max_wait;
             }
+            if let Some(v) = o.validation {
+                route.validation = v;
+            }
+            if let Some(u) = o.unknown_fields {
+                route.unknown_fields = u;
+            }
+            if o.max_body_bytes.is_some() {
+                route.max_body_bytes = o.max_body_bytes;
+            }
         }
         Ok(catalog)
     }
@@ -248,6 +267,9 @@ mod tests {
                 limits: Some(vec!["5/1s".parse().unwrap()]),
                 overflow: Some(OverflowMode::Wait),
                 max_wait: None,
+                validation: None,
+                unknown_fields: None,
+                max_body_bytes: None,
             },
             RouteConfig {
                 method: Method::POST,
@@ -255,6 +277,9 @@ mod tests {
                 limits: Some(vec!["20/10s".parse().unwrap()]),
                 overflow: None,
                 max_wait: None,
+                validation: None,
+                unknown_fields: None,
+                max_body_bytes: None,
             },
         ];
         let c = Catalog::with_overrides(&o).unwrap();

@@ -31,6 +31,13 @@ pub mod codes {
     pub const RATE_LIMITED: i64 = 99991400;
     /// Feishu: invalid parameter.
     pub const INVALID_PARAM: i64 = 232001;
+    /// Feishu: app secret invalid (the answer to wrong token credentials).
+    pub const APP_SECRET_INVALID: i64 = 10014;
+    /// Feishu: malformed request.
+    pub const BAD_REQUEST: i64 = 9499;
+    /// Feishu: the app_ticket is invalid (store apps; the official SDKs
+    /// resend the ticket on it).
+    pub const APP_TICKET_INVALID: i64 = 10012;
     /// Feishu: fetching tenant access token failed.
     pub const TENANT_TOKEN_FETCH_FAILED: i64 = 10013;
     /// Gateway: no such path on the gateway.
@@ -47,6 +54,12 @@ pub mod codes {
     /// Gateway: the shared quota backend (Redis) is unavailable and
     /// `quota.fail = "closed"`.
     pub const GW_QUOTA_BACKEND_UNAVAILABLE: i64 = 99990504;
+
+    /// Codes with which Feishu refuses one tenant's token (the app is not
+    /// installed there, or the tenant key is wrong): the caller's mistake.
+    pub fn is_tenant_refusal(code: i64) -> bool {
+        matches!(code, TENANT_CODE_INVALID | 232034)
+    }
 
     /// Token-invalid codes after which the gateway drops the token it used,
     /// fetches a fresh one and replays the request once (facts §3).
@@ -96,6 +109,13 @@ pub enum GatewayError {
     MissingCredentials,
     /// The bearer key is not a known client key.
     InvalidCredentials,
+    /// A user access token (`u-…`) came without a valid `X-Gateway-Key`.
+    UserTokenWithoutKey,
+    /// The token endpoint got an unknown key or an app id the client may
+    /// not use (never says which).
+    InvalidAppCredentials,
+    /// The token endpoint got a body that is not `{"app_id", "app_secret"}`.
+    BadTokenRequest,
     /// The request body is larger than the limit.
     BodyTooLarge {
         /// The limit in bytes.
@@ -105,6 +125,20 @@ pub enum GatewayError {
     BodyTimeout,
     /// The client aborted while sending its body.
     BodyAborted,
+    /// A store app's client named no tenant (`X-Tenant-Key`).
+    MissingTenant,
+    /// Feishu refused a tenant token for the named tenant.
+    UnknownTenant {
+        /// Feishu's code.
+        code: i64,
+        /// Feishu's msg.
+        msg: String,
+    },
+    /// An event callback failed verification (signature, token, cipher,
+    /// shape); answered with this status.
+    BadCallback(StatusCode),
+    /// The request breaks its route's contract.
+    Invalid(Box<crate::validate::Violations>),
     /// A gateway control header has a value it cannot use.
     BadHeader {
         /// The header, as documented.
@@ -134,12 +168,20 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
-            GatewayError::MissingCredentials | GatewayError::InvalidCredentials => {
-                StatusCode::UNAUTHORIZED
+            GatewayError::MissingCredentials
+            | GatewayError::InvalidCredentials
+            | GatewayError::UserTokenWithoutKey => StatusCode::UNAUTHORIZED,
+            GatewayError::InvalidAppCredentials | GatewayError::BadTokenRequest => {
+                StatusCode::BAD_REQUEST
             }
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::BodyAborted | GatewayError::BadHeader { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::BodyAborted
+            | GatewayError::Invalid(_)
+            | GatewayError::BadHeader { .. }
+            | GatewayError::MissingTenant
+            | GatewayError::UnknownTenant { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::BadCallback(status) => *status,
             GatewayError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -153,13 +195,18 @@ impl GatewayError {
     pub fn reason(&self) -> &'static str {
         match self {
             GatewayError::NotFound => "not-found",
-            GatewayError::MissingCredentials | GatewayError::InvalidCredentials => {
-                "unauthenticated"
-            }
+            GatewayError::MissingCredentials
+            | GatewayError::InvalidCredentials
+            | GatewayError::UserTokenWithoutKey
+            | GatewayError::InvalidAppCredentials => "unauthenticated",
+            GatewayError::BadTokenRequest => "invalid-request",
             GatewayError::BodyTooLarge { .. } => "payload-too-large",
             GatewayError::BodyTimeout => "body-timeout",
             GatewayError::BodyAborted => "body-aborted",
-            GatewayError::BadHeader { .. } => "invalid-request",
+            GatewayError::BadHeader { .. } | GatewayError::Invalid(_) => "invalid-request",
+            GatewayError::MissingTenant => "missing-tenant",
+            GatewayError::UnknownTenant { .. } => "unknown-tenant",
+            GatewayError::BadCallback(_) => "invalid-callback",
             GatewayError::TokenUnavailable { .. } => "token-unavailable",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream-timeout",
             GatewayError::Upstream(_) => "upstream-unavailable",
@@ -175,9 +222,17 @@ impl GatewayError {
             GatewayError::NotFound => codes::GW_NOT_FOUND,
             GatewayError::MissingCredentials => codes::AUTH_MISSING,
             GatewayError::InvalidCredentials => codes::TENANT_TOKEN_INVALID,
+            GatewayError::UserTokenWithoutKey => codes::AUTH_MISSING,
+            GatewayError::InvalidAppCredentials => codes::APP_SECRET_INVALID,
+            GatewayError::BadTokenRequest => codes::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => codes::INVALID_PARAM,
             GatewayError::BodyTimeout => codes::GW_BODY_TIMEOUT,
-            GatewayError::BodyAborted | GatewayError::BadHeader { .. } => codes::INVALID_PARAM,
+            GatewayError::BodyAborted
+            | GatewayError::BadHeader { .. }
+            | GatewayError::Invalid(_) => codes::INVALID_PARAM,
+            GatewayError::MissingTenant => codes::INVALID_PARAM,
+            GatewayError::UnknownTenant { code, .. } => *code,
+            GatewayError::BadCallback(_) => codes::BAD_REQUEST,
             GatewayError::TokenUnavailable { code, .. } => *code,
             GatewayError::Upstream(UpstreamFailure::Timeout) => codes::GW_UPSTREAM_TIMEOUT,
             GatewayError::Upstream(_) => codes::GW_UPSTREAM_UNAVAILABLE,
@@ -199,6 +254,13 @@ impl GatewayError {
             GatewayError::InvalidCredentials => {
                 "feishu-gateway: the bearer credential is not a valid gateway key or token".into()
             }
+            GatewayError::UserTokenWithoutKey => {
+                "feishu-gateway: a user access token needs the client's gateway key in X-Gateway-Key".into()
+            }
+            GatewayError::InvalidAppCredentials => "app secret invalid".into(),
+            GatewayError::BadTokenRequest => {
+                "feishu-gateway: the body must be {\"app_id\": \"cli_…\", \"app_secret\": \"<gateway key>\"}".into()
+            }
             GatewayError::BodyTooLarge { limit } => {
                 format!("feishu-gateway: request body is larger than the limit of {limit} bytes")
             }
@@ -207,6 +269,16 @@ impl GatewayError {
             }
             GatewayError::BodyAborted => {
                 "feishu-gateway: the request body could not be read".into()
+            }
+            GatewayError::Invalid(v) => v.msg(),
+            GatewayError::MissingTenant => {
+                "feishu-gateway: this client's app is a store app: name the tenant in X-Tenant-Key".into()
+            }
+            GatewayError::UnknownTenant { code, msg } => format!(
+                "feishu-gateway: Feishu refused a tenant_access_token for this tenant ({code}: {msg}); is the app installed there?"
+            ),
+            GatewayError::BadCallback(_) => {
+                "feishu-gateway: event callback refused (signature, verification token or encryption)".into()
             }
             GatewayError::BadHeader { name, expected } => {
                 format!("feishu-gateway: header {name} must be {expected}")
@@ -235,6 +307,22 @@ impl GatewayError {
 
     /// The complete answer.
     pub fn into_response(self) -> Response<ProxyBody> {
+        if let GatewayError::Invalid(v) = self {
+            // Feishu's shape with `error.field_violations`.
+            return v.into_response();
+        }
+        if let GatewayError::BodyTooLarge { limit } = self {
+            // The same shape as a validation failure, naming the body.
+            let body = serde_json::json!({
+                "code": self.code(),
+                "msg": self.msg(),
+                "error": {"field_violations": [{
+                    "field": "body",
+                    "description": format!("larger than the limit of {limit} bytes"),
+                }]},
+            });
+            return json_value_response(self.status(), self.reason(), &body);
+        }
         let mut resp = json_response(self.status(), self.reason(), self.code(), &self.msg());
         if let GatewayError::RateLimited(r) = &self {
             // Feishu's own headers, so existing 429 handling keeps working,
@@ -270,21 +358,27 @@ pub fn json_response(
     json_value_response(status, reason, &body)
 }
 
-/// A gateway-made answer with an arbitrary JSON body.
+/// A gateway-made error answer with an arbitrary JSON body.
 pub fn json_value_response(
     status: StatusCode,
     reason: &'static str,
     body: &serde_json::Value,
 ) -> Response<ProxyBody> {
+    let mut resp = json_answer(status, body);
+    resp.headers_mut()
+        .insert(X_GATEWAY_ERROR, HeaderValue::from_static(reason));
+    resp
+}
+
+/// A gateway-made JSON answer (no `X-Gateway-Error`: not an error).
+pub fn json_answer(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(ProxyBody::full(Bytes::from(bytes)));
     *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
+    resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
-    h.insert(X_GATEWAY_ERROR, HeaderValue::from_static(reason));
     resp
 }
 

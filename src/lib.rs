@@ -16,7 +16,12 @@
 //! | [`auth`]      | client keys → client → app                                     |
 //! | [`catalog`]   | the Feishu endpoints the gateway knows, as data                |
 //! | [`quota`]     | per-(app, route) quotas: the GCRA planner and the limiter      |
+//! | [`sdk_token`] | signed gateway tokens handed to the official SDKs              |
+//! | [`store`]     | store apps: app_ticket, tenants, the event endpoint             |
+//! | [`validate`]  | request contracts per route, checked before any quota is spent |
 //! | [`token`]     | tenant_access_token: single-flight fetch, proactive refresh    |
+//! | [`events`]    | Feishu event callbacks: signature, decryption, app_ticket      |
+//! | [`ticket_store`] | the latest app_ticket per store app, kept across restarts   |
 //! | [`upstream`]  | the pooled HTTPS client to Feishu, failure classes, `code` peek |
 //! | [`error`]     | every gateway-made answer and its status, reason and code      |
 //! | [`body`]      | the response body type (held bytes or streamed upstream body)  |
@@ -36,16 +41,21 @@ pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod proxy;
 /// Per-app quotas: one GCRA per (app, route) derived from all of Feishu's windows.
 pub mod quota;
 pub mod runtime;
+pub mod sdk_token;
 pub mod secret;
 pub mod server;
 /// A simulated Feishu Open Platform for the demo, the tests and the benchmark.
 pub mod sim;
 pub mod stack;
+pub mod store;
+pub mod ticket_store;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod validate;

@@ -89,7 +89,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log.format, &config.log.level);
+    let _log_guard = init_logging(config.log.format, &config.log.level);
     block_on(async move {
         let runtime = match Runtime::start(config).await {
             Ok(r) => r,
@@ -107,7 +107,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
 }
 
 fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
-    init_logging(LogFormat::Plain, "info");
+    let _log_guard = init_logging(LogFormat::Plain, "info");
     block_on(async move {
         let demo = match feishu_gateway::demo::start(listen, admin_listen).await {
             Ok(d) => d,
@@ -139,18 +139,27 @@ fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Logs go to stdout through a background writer thread, so a request
+/// never waits on a write to stdout. Keep the guard alive until exit: it
+/// flushes what is queued.
+fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Under a log flood, block rather than silently drop lines.
+        .lossy(false)
+        .finish(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Plain => builder.init(),
     }
+    guard
 }
 
 async fn shutdown_signal() {

@@ -25,6 +25,7 @@ pub const OTHER_ROUTE: &str = "other";
 /// exported as `feishu_error_code_info{code,description} 1`.
 pub const KNOWN_CODES: &[(i64, &str)] = &[
     (0, "success"),
+    (9499, "bad request"),
     (10012, "fetching app access token failed"),
     (10013, "fetching tenant access token failed"),
     (10014, "app secret invalid"),
@@ -72,8 +73,11 @@ pub struct Metrics {
     token_expiry: GaugeVec,
     token_replays: IntCounterVec,
     upstream_errors: IntCounterVec,
+    would_reject: IntCounterVec,
     in_flight: IntGauge,
     quota_limit: IntGaugeVec,
+    store_tenants: IntGaugeVec,
+    app_ticket_received: GaugeVec,
     quota_waiting: IntGaugeVec,
     quota_wait: HistogramVec,
     backend: BackendFamilies,
@@ -278,6 +282,13 @@ impl Metrics {
             ),
             &["app", "route", "kind"],
         )?;
+        let would_reject = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_validation_would_reject_total",
+                "Requests that broke their contract on a route in log-only validation mode (forwarded)",
+            ),
+            &["app", "route"],
+        )?;
         let in_flight = IntGauge::new(
             "feishu_gateway_in_flight_requests",
             "Requests being handled now",
@@ -288,6 +299,20 @@ impl Metrics {
                 "Configured requests per window of each (app, route) quota",
             ),
             &["app", "route", "window"],
+        )?;
+        let store_tenants = IntGaugeVec::new(
+            Opts::new(
+                "feishu_gateway_store_tenants",
+                "Tenants (tenant tokens and quotas) held for a store app",
+            ),
+            &["app"],
+        )?;
+        let app_ticket_received = GaugeVec::new(
+            Opts::new(
+                "feishu_gateway_app_ticket_received_timestamp_seconds",
+                "Unix time at which a store app's current app_ticket was received",
+            ),
+            &["app"],
         )?;
         let quota_waiting = IntGaugeVec::new(
             Opts::new(
@@ -326,8 +351,11 @@ impl Metrics {
             Box::new(token_expiry.clone()),
             Box::new(token_replays.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(would_reject.clone()),
             Box::new(in_flight.clone()),
             Box::new(quota_limit.clone()),
+            Box::new(store_tenants.clone()),
+            Box::new(app_ticket_received.clone()),
             Box::new(quota_waiting.clone()),
             Box::new(quota_wait.clone()),
             Box::new(build_info.clone()),
@@ -379,8 +407,11 @@ impl Metrics {
             token_expiry,
             token_replays,
             upstream_errors,
+            would_reject,
             in_flight,
             quota_limit,
+            store_tenants,
+            app_ticket_received,
             quota_waiting,
             quota_wait,
             backend,
@@ -467,6 +498,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Records a request that broke its contract in log-only mode.
+    pub fn would_reject(&self, app: Option<usize>, route: Option<usize>) {
+        self.would_reject
+            .with_label_values(&[self.app_label(app), self.route_label(route)])
+            .inc();
+    }
+
     /// Records a transport failure talking to Feishu.
     pub fn upstream_error(&self, app: Option<usize>, route: Option<usize>, kind: &str) {
         self.upstream_errors
@@ -475,9 +513,9 @@ impl Metrics {
     }
 
     /// Records a token fetch and, on success, the new expiry (Unix seconds).
-    pub fn token_refresh(&self, app: usize, expiry_unix: Option<f64>) {
+    pub fn token_refresh(&self, app: usize, expiry_unix: Option<f64>, ok: bool) {
         let label = self.app_label(Some(app));
-        let result = if expiry_unix.is_some() { "ok" } else { "error" };
+        let result = if ok { "ok" } else { "error" };
         self.token_refreshes
             .with_label_values(&[label, result])
             .inc();
@@ -558,6 +596,24 @@ impl Metrics {
             fallback_seconds: b.fallback_seconds.clone(),
             degraded_requests: b.degraded_requests.with_label_values(&[fail]),
         })
+    }
+
+    /// Records how many tenants a store app holds.
+    pub fn store_tenants(&self, app: usize, n: usize) {
+        self.store_tenants
+            .with_label_values(&[self.app_label(Some(app))])
+            .set(n as i64);
+    }
+
+    /// Records when a store app's current ticket was received (`age` ago).
+    pub fn app_ticket_received(&self, app: usize, age: Duration) {
+        let at = std::time::SystemTime::now()
+            .checked_sub(age)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.app_ticket_received
+            .with_label_values(&[self.app_label(Some(app))])
+            .set(at);
     }
 
     /// The in-flight gauge.

@@ -7,8 +7,10 @@
 //! | phase            | what belongs there                                        |
 //! |------------------|-----------------------------------------------------------|
 //! | `route`          | is this an `/open-apis/` path? which catalog entry?       |
+//! | `issue_token`    | Feishu's token endpoints, answered by the gateway itself  |
 //! | `authenticate`   | which client is calling, and so which app                 |
 //! | `read_body`      | buffer the body within the size and time limits           |
+//! | `validate`       | the route's contract: bad input answered here, in Feishu's words |
 //! | `admit`          | the (app, route) quota: go now, wait, or 429              |
 //! | `forward`        | inject the tenant token, send, replay once on token-invalid |
 //! | `response_filter`| strip hop-by-hop headers from Feishu's answer             |
@@ -28,15 +30,19 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::auth::{AuthError, ClientTable};
+use crate::auth::{bearer, AuthError, ClientTable};
 use crate::body::ProxyBody;
 use crate::catalog::{Catalog, Route};
+use crate::config::ValidationMode;
 use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
 use crate::error::{codes, GatewayError};
 use crate::metrics::{Metrics, QuotaPairMetrics};
 use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey};
-use crate::token::{Token, TokenManager};
+use crate::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
+use crate::store::{StoreApps, Tenant, TicketBox};
+use crate::token::{TokenManager, TokenSlot};
 use crate::upstream::{classify, inspect, HttpClient, Inspected};
+use crate::validate::{Contracts, RequestView};
 
 /// Largest JSON answer buffered whole to read its `code` (and so replayable).
 const INSPECT_LIMIT: usize = 256 * 1024;
@@ -45,6 +51,16 @@ const INSPECT_LIMIT: usize = 256 * 1024;
 pub const X_REQUEST_ID: &str = "x-request-id";
 /// Feishu's log id, the id its support asks for.
 pub const X_TT_LOGID: &str = "x-tt-logid";
+/// The client's key, sent beside a user access token.
+pub const X_GATEWAY_KEY: &str = "x-gateway-key";
+/// Feishu's event callbacks for store apps: `POST /feishu/events/<app name>`.
+pub const EVENTS_PREFIX: &str = "/feishu/events/";
+/// A store app's client names its tenant here.
+pub const X_TENANT_KEY: &str = "x-tenant-key";
+/// Feishu's self-built token endpoints, answered by the gateway.
+const TENANT_TOKEN_ENDPOINT: &str = "/open-apis/auth/v3/tenant_access_token/internal";
+const APP_TOKEN_ENDPOINT: &str = "/open-apis/auth/v3/app_access_token/internal";
+
 /// Per-request wait-mode override: `X-Gateway-Max-Wait: <ms>` (0 = reject).
 pub const X_GATEWAY_MAX_WAIT: &str = "x-gateway-max-wait";
 
@@ -52,8 +68,11 @@ pub const X_GATEWAY_MAX_WAIT: &str = "x-gateway-max-wait";
 pub struct Gateway {
     apps: Vec<AppRoute>,
     clients: ClientTable,
+    issuer: TokenIssuer,
     catalog: Catalog,
+    contracts: Contracts,
     tokens: Arc<TokenManager>,
+    store: Arc<StoreApps>,
     client: HttpClient,
     metrics: Arc<Metrics>,
     quota: Engine,
@@ -95,6 +114,11 @@ pub struct RequestCtx {
     pub gateway_error: Option<&'static str>,
     /// Token-invalid code that caused a replay, if any.
     pub replayed_after: Option<i64>,
+    /// The caller's own `Authorization` when it carries a user access token:
+    /// sent to Feishu untouched instead of the tenant token.
+    pub user_token: Option<HeaderValue>,
+    /// For store apps: the tenant the request acts for.
+    pub tenant: Option<Arc<Tenant>>,
 }
 
 impl RequestCtx {
@@ -110,6 +134,8 @@ impl RequestCtx {
             logid: None,
             gateway_error: None,
             replayed_after: None,
+            user_token: None,
+            tenant: None,
         }
     }
 }
@@ -121,6 +147,7 @@ impl Gateway {
         config: &Config,
         catalog: Catalog,
         tokens: Arc<TokenManager>,
+        tickets: Vec<Option<Arc<TicketBox>>>,
         client: HttpClient,
         metrics: Arc<Metrics>,
     ) -> Result<Gateway, String> {
@@ -139,6 +166,19 @@ impl Gateway {
             tracing::info!(route = %route.template, plan = %plan, "quota plan");
             plans.push(Some(plan));
         }
+        let tenant_specs = plans
+            .iter()
+            .map(|p| {
+                p.as_ref()
+                    .map(|p| KeySpec::new(p.clone(), config.quota.max_waiters))
+            })
+            .collect();
+        let store = Arc::new(StoreApps::new(
+            &config.apps,
+            tickets,
+            tenant_specs,
+            Arc::clone(&metrics),
+        ));
         let mut specs = Vec::new();
         let mut quota_keys = Vec::new();
         for app in 0..config.apps.len() {
@@ -157,6 +197,12 @@ impl Gateway {
             }
         }
         let quota = Engine::from_config(&config.quota, specs, &metrics)?;
+        let mut contracts = Contracts::for_catalog(&catalog);
+        for (i, route) in catalog.routes().iter().enumerate() {
+            if let Some(c) = contracts.get_mut(i) {
+                *c = c.clone().with_unknown_fields(route.unknown_fields);
+            }
+        }
         Ok(Gateway {
             apps: config
                 .apps
@@ -166,9 +212,18 @@ impl Gateway {
                     upstream: a.upstream.clone(),
                 })
                 .collect(),
-            clients: ClientTable::new(&config.clients),
+            clients: ClientTable::new(
+                &config.clients,
+                config.apps.iter().map(|a| a.app_id.clone()).collect(),
+            ),
+            issuer: TokenIssuer::new(
+                config.sdk_tokens.signing_key.clone(),
+                config.sdk_tokens.lifetime,
+            ),
             catalog,
+            contracts,
             tokens,
+            store,
             client,
             metrics,
             quota,
@@ -203,9 +258,16 @@ impl Gateway {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let (parts, body) = req.into_parts();
+        if let Some(app) = parts.uri.path().strip_prefix(EVENTS_PREFIX) {
+            return self.event_callback(&parts, body, app).await;
+        }
         self.route(ctx, &parts)?;
+        if let Some(field) = token_endpoint(parts.uri.path()) {
+            return self.issue_token(ctx, &parts, body, field).await;
+        }
         self.authenticate(ctx, &parts.headers)?;
-        let body = self.read_body(&parts, body).await?;
+        let body = self.read_body(&parts, body, self.body_limit(ctx)).await?;
+        self.validate(ctx, &parts, &body)?;
         self.admit(ctx, &parts.headers).await?;
         let resp = self.forward(ctx, &parts, body).await?;
         Ok(self.response_filter(resp))
@@ -218,27 +280,130 @@ impl Gateway {
         if !path.starts_with("/open-apis/") || has_dot_segment(path) {
             return Err(GatewayError::NotFound);
         }
+        // Token endpoints other than the two the gateway answers would hand
+        // a caller Feishu credentials: never forwarded.
+        if path.starts_with("/open-apis/auth/") && token_endpoint(path).is_none() {
+            return Err(GatewayError::NotFound);
+        }
         ctx.route = self.catalog.find(&parts.method, path);
         Ok(())
     }
 
-    /// Phase `authenticate`: the client key selects the client, and the
-    /// client its app.
-    fn authenticate(&self, ctx: &mut RequestCtx, headers: &HeaderMap) -> Result<(), GatewayError> {
-        let client = self.clients.authenticate(headers).map_err(|e| match e {
-            AuthError::Missing => GatewayError::MissingCredentials,
-            AuthError::Unknown => GatewayError::InvalidCredentials,
-        })?;
+    /// Phase `issue_token`: the SDKs' own token call, answered in Feishu's
+    /// flat shape with a gateway token bound to the client and app. The
+    /// `app_secret` is the client's gateway key; any mismatch gets Feishu's
+    /// wrong-secret answer without saying which part was wrong. Never
+    /// forwarded.
+    async fn issue_token(
+        &self,
+        ctx: &mut RequestCtx,
+        parts: &Parts,
+        body: Incoming,
+        field: &'static str,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        #[derive(serde::Deserialize)]
+        struct Credentials {
+            app_id: String,
+            app_secret: String,
+        }
+        if parts.method != http::Method::POST {
+            return Err(GatewayError::NotFound);
+        }
+        // The Python SDK sends no Content-Type here: the body decides.
+        let body = self.read_body(parts, body, self.max_body_bytes).await?;
+        let creds: Credentials =
+            serde_json::from_slice(&body).map_err(|_| GatewayError::BadTokenRequest)?;
+        let client = self
+            .clients
+            .by_key(creds.app_secret.as_bytes())
+            .filter(|c| self.clients.app_id_of(c) == Some(creds.app_id.as_str()))
+            .ok_or(GatewayError::InvalidAppCredentials)?;
         ctx.client = Some(client.index);
         ctx.app = Some(client.app);
+        ctx.code = Some(0);
+        let (token, expire) = self.issuer.issue(client, &creds.app_id);
+        let answer = serde_json::json!({
+            "code": 0,
+            "msg": "ok",
+            field: token,
+            "expire": expire,
+        });
+        Ok(crate::error::json_answer(http::StatusCode::OK, &answer))
+    }
+
+    /// Phase `event_callback` (store apps): Feishu's pushes to
+    /// `/feishu/events/<app>`: the URL check, the app_ticket, and any other
+    /// event acknowledged and ignored. Answered here, never forwarded.
+    async fn event_callback(
+        &self,
+        parts: &Parts,
+        body: Incoming,
+        app: &str,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        if parts.method != http::Method::POST {
+            return Err(GatewayError::NotFound);
+        }
+        let body = self.read_body(parts, body, self.max_body_bytes).await?;
+        self.store.handle_event(app, &parts.headers, &body).await
+    }
+
+    /// Phase `authenticate`: who is calling, and so as which app. The
+    /// bearer credential is one of:
+    /// - a user access token (`u-…`), with the client key in `X-Gateway-Key`:
+    ///   forwarded untouched, still counted against the app's quota;
+    /// - a gateway token from [`Gateway::issue_token`] (`t-g1.…`);
+    /// - the client's gateway key itself.
+    fn authenticate(&self, ctx: &mut RequestCtx, headers: &HeaderMap) -> Result<(), GatewayError> {
+        let credential = bearer(headers).ok_or(GatewayError::MissingCredentials)?;
+        let client = if credential.starts_with("u-") {
+            let key = headers
+                .get(X_GATEWAY_KEY)
+                .and_then(|v| v.to_str().ok())
+                .ok_or(GatewayError::UserTokenWithoutKey)?;
+            let client = self
+                .clients
+                .by_key(key.trim().as_bytes())
+                .ok_or(GatewayError::UserTokenWithoutKey)?;
+            ctx.user_token = headers.get(AUTHORIZATION).cloned();
+            client
+        } else if credential.starts_with(SDK_TOKEN_PREFIX) {
+            self.issuer
+                .verify(credential, &self.clients)
+                .map_err(|_| GatewayError::InvalidCredentials)?
+        } else {
+            self.clients.authenticate(headers).map_err(|e| match e {
+                AuthError::Missing => GatewayError::MissingCredentials,
+                AuthError::Unknown => GatewayError::InvalidCredentials,
+            })?
+        };
+        ctx.client = Some(client.index);
+        ctx.app = Some(client.app);
+        if self.store.is_store(client.app) {
+            // A store app acts for one tenant per request: fixed for the
+            // client in config, or named in X-Tenant-Key.
+            let key = match &client.tenant {
+                Some(t) => t.as_str(),
+                None => headers
+                    .get(X_TENANT_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .ok_or(GatewayError::MissingTenant)?,
+            };
+            ctx.tenant = Some(self.store.tenant(&self.tokens, client.app, key)?);
+        }
         Ok(())
     }
 
     /// Phase `read_body`: the whole body, within `max_body_bytes` and the
     /// body timeout. A declared length over the limit is refused before
     /// reading anything; reading stops at the limit otherwise.
-    async fn read_body(&self, parts: &Parts, body: Incoming) -> Result<Bytes, GatewayError> {
-        let limit = self.max_body_bytes;
+    async fn read_body(
+        &self,
+        parts: &Parts,
+        body: Incoming,
+        limit: usize,
+    ) -> Result<Bytes, GatewayError> {
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -260,6 +425,53 @@ impl Gateway {
         }
     }
 
+    /// The body limit of the request's route, or the global one.
+    fn body_limit(&self, ctx: &RequestCtx) -> usize {
+        ctx.route
+            .and_then(|r| self.catalog.route(r).max_body_bytes)
+            .unwrap_or(self.max_body_bytes)
+    }
+
+    /// Phase `validate`: the route's contract (path parameters, headers,
+    /// body), BEFORE any quota is spent. Bad input is answered here with
+    /// Feishu's 400 / 232001 and every violation listed; nothing is sent.
+    /// In `log-only` mode it is logged and counted, and forwarded.
+    fn validate(
+        &self,
+        ctx: &mut RequestCtx,
+        parts: &Parts,
+        body: &Bytes,
+    ) -> Result<(), GatewayError> {
+        let Some(route) = ctx.route else {
+            return Ok(());
+        };
+        let Some(contract) = self.contracts.get(route) else {
+            return Ok(());
+        };
+        let entry = self.catalog.route(route);
+        let view = RequestView {
+            route: entry,
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            body,
+        };
+        let Err(violations) = contract.check(&view) else {
+            return Ok(());
+        };
+        match entry.validation {
+            ValidationMode::Enforce => Err(GatewayError::Invalid(Box::new(violations))),
+            ValidationMode::LogOnly => {
+                self.metrics.would_reject(ctx.app, ctx.route);
+                tracing::warn!(
+                    route = %entry.template,
+                    violations = %violations.msg(),
+                    "request breaks its contract (validation = \"log-only\": forwarded)"
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Phase `admit`: the (app, route) quota. Requests on routes without
     /// limits go straight on. Over the limit, reject mode answers 429 at
     /// once; wait mode holds the request (in arrival order) until it may go
@@ -272,12 +484,27 @@ impl Gateway {
         let Some((key, pair)) = self.quota_key(app, route) else {
             return Ok(());
         };
+        // Store apps: Feishu's limits hold per tenant, so each tenant has
+        // its own keys (same plans); the (app, route) metrics are shared.
+        let tenant = match &ctx.tenant {
+            Some(t) => match t.quota_key(route) {
+                Some(k) => Some((t.quota(), k)),
+                None => return Ok(()),
+            },
+            None => None,
+        };
         let overflow = self.overflow(self.catalog.route(route), headers)?;
+        let acquire = async {
+            match tenant {
+                Some((quota, key)) => quota.acquire(key, overflow).await,
+                None => self.quota.acquire(*key, overflow).await,
+            }
+        };
         let result = match overflow {
-            Overflow::Reject => self.quota.acquire(*key, overflow).await,
+            Overflow::Reject => acquire.await,
             Overflow::Wait(_) => {
                 pair.waiting.inc();
-                let r = self.quota.acquire(*key, overflow).await;
+                let r = acquire.await;
                 pair.waiting.dec();
                 r
             }
@@ -347,7 +574,14 @@ impl Gateway {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(1)
             .clamp(1, 300);
-        self.quota.pause(*key, Duration::from_secs(secs));
+        match ctx
+            .tenant
+            .as_ref()
+            .and_then(|t| t.quota_key(route).map(|k| (t, k)))
+        {
+            Some((t, k)) => t.quota().pause(k, Duration::from_secs(secs)),
+            None => self.quota.pause(*key, Duration::from_secs(secs)),
+        }
         tracing::warn!(
             app = %self.apps[app].name,
             route = %self.catalog.route(route).template,
@@ -371,20 +605,28 @@ impl Gateway {
         let headers = upstream_headers(&parts.headers);
         let mut replayed = false;
         loop {
-            let token = self
-                .tokens
-                .get(app)
-                .await
-                .map_err(|e| GatewayError::TokenUnavailable {
-                    code: e.code,
-                    msg: e.msg,
-                })?;
+            // A user's own token goes through untouched and is never
+            // replayed: user tokens are the caller's business.
+            let (authorization, generation) = match &ctx.user_token {
+                Some(user) => (user.clone(), None),
+                None => {
+                    let slot = self.token_slot(ctx, app);
+                    let token = self
+                        .tokens
+                        .get_slot(&slot)
+                        .await
+                        .map_err(|e| self.token_failure(ctx, e))?;
+                    (token.header.clone(), Some((slot, token.generation)))
+                }
+            };
             let answer = self
-                .send(ctx, parts, &uri, &headers, body.clone(), &token)
+                .send(ctx, parts, &uri, &headers, body.clone(), authorization)
                 .await?;
-            match answer.code {
-                Some(code) if codes::is_token_invalid(code) && !replayed => {
-                    self.tokens.invalidate_if_current(app, token.generation);
+            match (answer.code, generation) {
+                (Some(code), Some((slot, generation)))
+                    if codes::is_token_invalid(code) && !replayed =>
+                {
+                    self.tokens.invalidate_slot(&slot, generation);
                     self.metrics.token_replay(app, code);
                     ctx.replayed_after = Some(code);
                     replayed = true;
@@ -394,7 +636,7 @@ impl Gateway {
                         "Feishu rejected the tenant token; replaying once with a fresh one"
                     );
                 }
-                code => {
+                (code, _) => {
                     if answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
                         || code == Some(codes::RATE_LIMITED)
                     {
@@ -408,6 +650,34 @@ impl Gateway {
         }
     }
 
+    /// The token slot a request uses: its tenant's, or its app's.
+    fn token_slot(&self, ctx: &RequestCtx, app: usize) -> Arc<TokenSlot> {
+        match &ctx.tenant {
+            Some(t) => Arc::clone(&t.slot),
+            None => Arc::clone(self.tokens.app_slot(app)),
+        }
+    }
+
+    /// No token could be had. For a tenant, Feishu refusing the tenant
+    /// token (a Feishu code, not a transport failure or a missing app
+    /// token) is the caller's mistake: the tenant is dropped and the refusal
+    /// answered as a 400, never retried in a loop.
+    fn token_failure(&self, ctx: &RequestCtx, e: crate::token::TokenError) -> GatewayError {
+        match (&ctx.tenant, ctx.app) {
+            (Some(t), Some(app)) if codes::is_tenant_refusal(e.code) => {
+                self.store.forget(app, t);
+                GatewayError::UnknownTenant {
+                    code: e.code,
+                    msg: e.msg,
+                }
+            }
+            _ => GatewayError::TokenUnavailable {
+                code: e.code,
+                msg: e.msg,
+            },
+        }
+    }
+
     /// One attempt upstream: the answer's head and inspected body, within the
     /// upstream timeout.
     async fn send(
@@ -417,14 +687,13 @@ impl Gateway {
         uri: &Uri,
         headers: &HeaderMap,
         body: Bytes,
-        token: &Token,
+        authorization: HeaderValue,
     ) -> Result<Inspected, GatewayError> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers.clone();
-        req.headers_mut()
-            .insert(AUTHORIZATION, token.header.clone());
+        req.headers_mut().insert(AUTHORIZATION, authorization);
         let started = Instant::now();
         let attempt = async {
             let resp = self.client.request(req).await.map_err(|e| classify(&e))?;
@@ -503,6 +772,11 @@ impl Gateway {
             .path_and_query(pq)
             .build()
             .map_err(|_| GatewayError::NotFound)
+    }
+
+    /// The store apps (tickets, tenants, event endpoint).
+    pub fn store(&self) -> &Arc<StoreApps> {
+        &self.store
     }
 
     /// The token manager (for `/readyz`).
@@ -585,6 +859,16 @@ fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
         out.remove(k);
     }
     out
+}
+
+/// The token field of the answer if `path` is one of Feishu's token
+/// endpoints the gateway answers itself.
+fn token_endpoint(path: &str) -> Option<&'static str> {
+    match path {
+        TENANT_TOKEN_ENDPOINT => Some("tenant_access_token"),
+        APP_TOKEN_ENDPOINT => Some("app_access_token"),
+        _ => None,
+    }
 }
 
 /// `/./`, `/../` and their percent-encoded forms never reach Feishu.

@@ -72,6 +72,11 @@ impl Runtime {
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
+        if config.sdk_tokens.signing_key.is_none() {
+            tracing::info!(
+                "no [sdk_tokens] signing key: gateway tokens handed to SDKs will not survive a restart"
+            );
+        }
         let catalog = Catalog::with_overrides(&config.routes).map_err(StartError::Config)?;
         let app_names: Vec<String> = config.apps.iter().map(|a| a.name.clone()).collect();
         let metrics = Arc::new(Metrics::new(
@@ -80,8 +85,19 @@ impl Runtime {
             &catalog.templates(),
         )?);
         let client = crate::upstream::build_client(&config).map_err(StartError::Upstream)?;
+        let ticket_store: Arc<dyn crate::ticket_store::TicketStore> = match &config.state_dir {
+            Some(dir) => Arc::new(crate::ticket_store::FileTicketStore::new(dir)),
+            None => Arc::new(crate::ticket_store::MemoryTicketStore::new()),
+        };
+        let tickets = crate::store::StoreApps::ticket_boxes(
+            &config.apps,
+            &client,
+            &ticket_store,
+            config.token.fetch_timeout,
+        );
         let tokens = Arc::new(TokenManager::new(
             &config.apps,
+            &tickets,
             client.clone(),
             config.token.clone(),
             Arc::clone(&metrics),
@@ -91,12 +107,18 @@ impl Runtime {
                 &config,
                 catalog,
                 Arc::clone(&tokens),
+                tickets,
                 client,
                 Arc::clone(&metrics),
             )
             .map_err(StartError::Config)?,
         );
+        // Kept app_tickets first, so the first app-token fetch can use
+        // them; missing ones are asked for once the listener serves the
+        // event endpoint (below).
+        let missing_tickets = gateway.store().load_tickets().await;
         let mut refreshers = tokens.spawn_refreshers();
+        refreshers.extend(gateway.store().spawn_maintenance());
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(
                 crate::tls::ReloadingAcceptor::from_files(cert, key).map_err(StartError::Tls)?,
@@ -129,12 +151,21 @@ impl Runtime {
         ));
         let admin_srv = tokio::spawn(crate::server::serve(
             admin_listener,
-            Admin::new(tokens, metrics)
+            Admin::new(tokens, Arc::clone(gateway.store()), metrics)
                 .with_quota(gateway.quota().clone())
                 .service(),
             wait_for(rx),
             grace,
         ));
+        if !missing_tickets.is_empty() {
+            refreshers.push(tokio::spawn(async move {
+                for ticket in missing_tickets {
+                    if let Err(e) = ticket.resend().await {
+                        tracing::warn!(code = e.code, msg = %e.msg, "app_ticket resend failed at start");
+                    }
+                }
+            }));
+        }
         tracing::info!(%addr, %admin_addr, apps = config.apps.len(), clients = config.clients.len(), "feishu-gateway listening");
         Ok(Runtime {
             addr,

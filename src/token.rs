@@ -32,19 +32,31 @@ use rand::Rng;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::config::{AppConfig, TokenPolicy};
+use crate::config::{AppConfig, TokenPolicy, Upstream};
 use crate::error::codes;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
+use crate::store::TicketBox;
 use crate::upstream::HttpClient;
+
+/// A token call in flight: the token and its lifetime.
+type FetchFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(Secret, Duration), TokenError>> + Send + 'a>,
+>;
 
 /// Path of Feishu's self-built app token endpoint.
 pub const TENANT_TOKEN_PATH: &str = "/open-apis/auth/v3/tenant_access_token/internal";
+/// Store apps: the app token, bought with the app_ticket.
+pub const STORE_APP_TOKEN_PATH: &str = "/open-apis/auth/v3/app_access_token";
+/// Store apps: one tenant's token, bought with the app token.
+pub const STORE_TENANT_TOKEN_PATH: &str = "/open-apis/auth/v3/tenant_access_token";
 
 /// A cached tenant access token.
 pub struct Token {
     /// `Bearer t-…`, ready to insert (marked sensitive).
     pub header: HeaderValue,
+    /// The token itself (a store app's app token is sent in a body).
+    value: Secret,
     /// Increases with every token stored in the slot.
     pub generation: u64,
     /// When Feishu will consider it expired (from when the call was sent).
@@ -98,13 +110,57 @@ struct Flight {
     failures: u32,
 }
 
-/// Token state of one app.
+/// Where a slot's token comes from.
+pub enum Source {
+    /// A self-built app's tenant token: `tenant_access_token/internal` with
+    /// the app secret.
+    SelfBuilt {
+        /// Feishu app id.
+        app_id: String,
+        /// The app secret.
+        secret: Secret,
+        /// The token endpoint.
+        url: Uri,
+    },
+    /// A store app's app token: `app_access_token` with the app secret and
+    /// the app_ticket Feishu pushed to the event endpoint.
+    StoreApp {
+        /// The app's ticket (and how to ask for a new one).
+        ticket: Arc<TicketBox>,
+        /// The token endpoint.
+        url: Uri,
+    },
+    /// One tenant's token of a store app: `tenant_access_token` with the
+    /// app token and the tenant key.
+    StoreTenant {
+        /// The app-token slot of the app.
+        app_slot: Arc<TokenSlot>,
+        /// The tenant.
+        tenant_key: Arc<str>,
+        /// The token endpoint.
+        url: Uri,
+    },
+}
+
+impl Source {
+    /// The token field of Feishu's answer.
+    fn field(&self) -> &'static str {
+        match self {
+            Source::StoreApp { .. } => "app_access_token",
+            _ => "tenant_access_token",
+        }
+    }
+}
+
+/// One cached token: a self-built app's, a store app's app token, or one
+/// tenant's token of a store app.
 pub struct TokenSlot {
     index: usize,
     name: String,
-    app_id: String,
-    secret: Secret,
-    url: Uri,
+    source: Source,
+    /// A refresh started on use is running (tenant slots have no
+    /// background task; see [`TokenManager::get_slot`]).
+    refreshing: std::sync::atomic::AtomicBool,
     current: RwLock<Option<Arc<Token>>>,
     flight: tokio::sync::Mutex<Flight>,
     /// Copy of the flight's failure state for `/readyz`, readable without
@@ -112,7 +168,9 @@ pub struct TokenSlot {
     status: Mutex<(Option<TokenError>, u32)>,
 }
 
-/// The token slots of all apps, and what they need to fetch.
+/// The token slots of all apps, and what they need to fetch. `slots[app]`
+/// is a self-built app's tenant token, or a store app's app token (its
+/// tenants' slots are made by [`TokenManager::tenant_slot`]).
 pub struct TokenManager {
     slots: Vec<Arc<TokenSlot>>,
     client: HttpClient,
@@ -134,14 +192,17 @@ struct TokenAnswer {
     code: Option<i64>,
     msg: Option<String>,
     tenant_access_token: Option<String>,
+    app_access_token: Option<String>,
     expire: Option<i64>,
 }
 
 impl TokenManager {
     /// Creates one empty slot per app. Nothing is fetched until
-    /// [`TokenManager::spawn_refreshers`] or the first request.
+    /// [`TokenManager::spawn_refreshers`] or the first request. `tickets`
+    /// holds the ticket box of each store app (by app index).
     pub fn new(
         apps: &[AppConfig],
+        tickets: &[Option<Arc<TicketBox>>],
         client: HttpClient,
         policy: TokenPolicy,
         metrics: Arc<Metrics>,
@@ -150,22 +211,18 @@ impl TokenManager {
             .iter()
             .enumerate()
             .map(|(index, a)| {
-                let url = Uri::builder()
-                    .scheme(a.upstream.scheme.clone())
-                    .authority(a.upstream.authority.clone())
-                    .path_and_query(TENANT_TOKEN_PATH)
-                    .build()
-                    .expect("scheme, authority and a static path form a URI");
-                Arc::new(TokenSlot {
-                    index,
-                    name: a.name.clone(),
-                    app_id: a.app_id.clone(),
-                    secret: a.app_secret.clone(),
-                    url,
-                    current: RwLock::new(None),
-                    flight: tokio::sync::Mutex::new(Flight::default()),
-                    status: Mutex::new((None, 0)),
-                })
+                let source = match tickets.get(index).cloned().flatten() {
+                    Some(ticket) => Source::StoreApp {
+                        ticket,
+                        url: endpoint(&a.upstream, STORE_APP_TOKEN_PATH),
+                    },
+                    None => Source::SelfBuilt {
+                        app_id: a.app_id.clone(),
+                        secret: a.app_secret.clone(),
+                        url: endpoint(&a.upstream, TENANT_TOKEN_PATH),
+                    },
+                };
+                Arc::new(TokenSlot::new(index, a.name.clone(), source))
             })
             .collect();
         TokenManager {
@@ -177,11 +234,59 @@ impl TokenManager {
         }
     }
 
-    /// A usable token for `app`, fetching one (single-flight) if needed.
-    pub async fn get(&self, app: usize) -> Result<Arc<Token>, TokenError> {
-        let slot = &self.slots[app];
+    /// The slot of app `app`: a self-built app's tenant token, or a store
+    /// app's app token.
+    pub fn app_slot(&self, app: usize) -> &Arc<TokenSlot> {
+        &self.slots[app]
+    }
+
+    /// A new, empty slot for one tenant of the store app `app`.
+    pub fn tenant_slot(
+        &self,
+        app: usize,
+        tenant_key: Arc<str>,
+        upstream: &Upstream,
+    ) -> Arc<TokenSlot> {
+        let app_slot = Arc::clone(&self.slots[app]);
+        let name = app_slot.name.clone();
+        Arc::new(TokenSlot::new(
+            app,
+            name,
+            Source::StoreTenant {
+                app_slot,
+                tenant_key,
+                url: endpoint(upstream, STORE_TENANT_TOKEN_PATH),
+            },
+        ))
+    }
+
+    /// A usable token for the self-built app `app`, fetching one
+    /// (single-flight) if needed.
+    pub async fn get(self: &Arc<Self>, app: usize) -> Result<Arc<Token>, TokenError> {
+        let slot = Arc::clone(&self.slots[app]);
+        self.get_slot(&slot).await
+    }
+
+    /// A usable token of `slot`, fetching one (single-flight) if needed.
+    /// A tenant slot past its refresh time is refreshed in the background
+    /// while its still-usable token is returned.
+    pub async fn get_slot(
+        self: &Arc<Self>,
+        slot: &Arc<TokenSlot>,
+    ) -> Result<Arc<Token>, TokenError> {
         let requested_at = Instant::now();
         if let Some(t) = slot.usable(requested_at) {
+            if matches!(slot.source, Source::StoreTenant { .. })
+                && requested_at >= t.refresh_at
+                && !slot.refreshing.swap(true, Ordering::AcqRel)
+            {
+                let this = Arc::clone(self);
+                let slot = Arc::clone(slot);
+                tokio::spawn(async move {
+                    this.refresh(&slot).await;
+                    slot.refreshing.store(false, Ordering::Release);
+                });
+            }
             return Ok(t);
         }
         let mut flight = slot.flight.lock().await;
@@ -202,16 +307,38 @@ impl TokenManager {
         self.attempt(slot, &mut flight).await
     }
 
-    /// Drops the token of `app` if it is still generation `generation`.
-    /// Returns whether it was dropped.
+    /// Refreshes `slot` unless someone just did or it is backing off.
+    async fn refresh(self: &Arc<Self>, slot: &Arc<TokenSlot>) {
+        let mut flight = slot.flight.lock().await;
+        let now = Instant::now();
+        let fresh = slot
+            .current
+            .read()
+            .ok()
+            .and_then(|c| c.as_ref().map(|t| t.refresh_at > now))
+            .unwrap_or(false);
+        let backing_off = flight.next_attempt.is_some_and(|n| n > now);
+        if !fresh && !backing_off {
+            let _ = self.attempt(slot, &mut flight).await;
+        }
+    }
+
+    /// Drops the token of the self-built app `app` if it is still
+    /// generation `generation`. Returns whether it was dropped.
     pub fn invalidate_if_current(&self, app: usize, generation: u64) -> bool {
-        let slot = &self.slots[app];
+        self.invalidate_slot(&self.slots[app], generation)
+    }
+
+    /// Drops the token of `slot` if it is still generation `generation`.
+    pub fn invalidate_slot(&self, slot: &TokenSlot, generation: u64) -> bool {
         let mut cur = slot.current.write().unwrap_or_else(|e| e.into_inner());
         if cur.as_ref().is_some_and(|t| t.generation == generation) {
             *cur = None;
             drop(cur);
-            self.metrics.token_dropped(app);
-            tracing::info!(app = %slot.name, "dropped the cached tenant_access_token after Feishu rejected it");
+            if !matches!(slot.source, Source::StoreTenant { .. }) {
+                self.metrics.token_dropped(slot.index);
+            }
+            tracing::info!(app = %slot.name, kind = slot.source.field(), "dropped a cached token after Feishu rejected it");
             true
         } else {
             false
@@ -256,8 +383,8 @@ impl TokenManager {
             .collect()
     }
 
-    async fn refresh_loop(&self, app: usize) {
-        let slot = &self.slots[app];
+    async fn refresh_loop(self: &Arc<Self>, app: usize) {
+        let slot = Arc::clone(&self.slots[app]);
         loop {
             let wake = {
                 let flight = slot.flight.lock().await;
@@ -273,24 +400,13 @@ impl TokenManager {
                 }
             };
             tokio::time::sleep_until(wake).await;
-            let mut flight = slot.flight.lock().await;
-            let now = Instant::now();
-            let fresh = slot
-                .current
-                .read()
-                .ok()
-                .and_then(|c| c.as_ref().map(|t| t.refresh_at > now))
-                .unwrap_or(false);
-            let backing_off = flight.next_attempt.is_some_and(|n| n > now);
-            if !fresh && !backing_off {
-                let _ = self.attempt(slot, &mut flight).await;
-            }
+            self.refresh(&slot).await;
         }
     }
 
     /// One token call, recorded in the slot. Caller holds the flight lock.
     async fn attempt(
-        &self,
+        self: &Arc<Self>,
         slot: &TokenSlot,
         flight: &mut Flight,
     ) -> Result<Arc<Token>, TokenError> {
@@ -308,13 +424,23 @@ impl TokenManager {
                 if let Ok(mut s) = slot.status.lock() {
                     *s = (None, 0);
                 }
-                self.metrics
-                    .token_refresh(slot.index, expiry_unix.or(Some(0.0)));
+                // The expiry gauge shows the app's own token, not tenants'.
+                let tenant = matches!(slot.source, Source::StoreTenant { .. });
+                self.metrics.token_refresh(
+                    slot.index,
+                    if tenant {
+                        None
+                    } else {
+                        expiry_unix.or(Some(0.0))
+                    },
+                    true,
+                );
                 tracing::info!(
                     app = %slot.name,
+                    kind = slot.source.field(),
                     expire_secs = expire.as_secs(),
                     generation = token.generation,
-                    "fetched a tenant_access_token"
+                    "fetched a token"
                 );
                 Ok(token)
             }
@@ -327,14 +453,15 @@ impl TokenManager {
                 if let Ok(mut s) = slot.status.lock() {
                     *s = (Some(err.clone()), flight.failures);
                 }
-                self.metrics.token_refresh(slot.index, None);
+                self.metrics.token_refresh(slot.index, None, false);
                 tracing::warn!(
                     app = %slot.name,
+                    kind = slot.source.field(),
                     code = err.code,
                     msg = %err.msg,
                     failures = flight.failures,
                     retry_in_ms = delay.as_millis() as u64,
-                    "tenant_access_token fetch failed"
+                    "token fetch failed"
                 );
                 Err(err)
             }
@@ -356,6 +483,7 @@ impl TokenManager {
         let lead = self.policy.refresh_before.min(expire / 2).max(guard * 2);
         Ok(Token {
             header,
+            value,
             generation: self.generation.fetch_add(1, Ordering::Relaxed),
             expires_at,
             usable_until: expires_at - guard,
@@ -376,36 +504,91 @@ impl TokenManager {
         half + Duration::from_millis(jitter)
     }
 
-    async fn fetch(&self, slot: &TokenSlot) -> Result<(Secret, Duration), TokenError> {
-        let body = serde_json::json!({
-            "app_id": slot.app_id,
-            "app_secret": slot.secret.expose(),
-        });
-        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(slot.url.clone())
-            .header(CONTENT_TYPE, "application/json; charset=utf-8")
-            .body(Full::new(body))
-            .map_err(|_| transport_error("could not build the token request"))?;
-        let call = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                transport_error(&format!(
-                    "token call failed ({})",
-                    crate::upstream::classify(&e).as_str()
-                ))
-            })?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), 64 * 1024)
-                .collect()
-                .await
-                .map_err(|_| transport_error("token answer could not be read"))?
-                .to_bytes();
-            Ok::<_, TokenError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(self.policy.fetch_timeout, call)
-            .await
-            .map_err(|_| transport_error("token call timed out"))??;
+    /// One token call for `slot`, by its source. Boxed: a tenant token's
+    /// fetch first gets the app token through [`TokenManager::get_slot`],
+    /// which fetches through here one level down; the box ends that cycle
+    /// of types (it costs one allocation per token call, not per request).
+    fn fetch<'a>(self: &'a Arc<Self>, slot: &'a TokenSlot) -> FetchFuture<'a> {
+        Box::pin(async move { self.fetch_inner(slot).await })
+    }
+
+    async fn fetch_inner(
+        self: &Arc<Self>,
+        slot: &TokenSlot,
+    ) -> Result<(Secret, Duration), TokenError> {
+        match &slot.source {
+            Source::SelfBuilt {
+                app_id,
+                secret,
+                url,
+            } => {
+                let body = serde_json::json!({
+                    "app_id": app_id,
+                    "app_secret": secret.expose(),
+                });
+                self.call(url, &body, "tenant_access_token").await
+            }
+            Source::StoreApp { ticket, url } => {
+                let body = |t: &Secret| {
+                    serde_json::json!({
+                        "app_id": ticket.app_id(),
+                        "app_secret": ticket.secret().expose(),
+                        "app_ticket": t.expose(),
+                    })
+                };
+                let current = ticket.get_or_wait(self.policy.fetch_timeout).await?;
+                match self.call(url, &body(&current), "app_access_token").await {
+                    // Feishu says the ticket is no good: ask for a new one,
+                    // wait for it, and try once more.
+                    Err(e) if e.code == codes::APP_TICKET_INVALID => {
+                        ticket.invalidate(&current).await;
+                        let fresh = ticket.get_or_wait(self.policy.fetch_timeout).await?;
+                        self.call(url, &body(&fresh), "app_access_token").await
+                    }
+                    other => other,
+                }
+            }
+            Source::StoreTenant {
+                app_slot,
+                tenant_key,
+                url,
+            } => {
+                let mut retried = false;
+                loop {
+                    let app_token = self.get_slot(app_slot).await?;
+                    let body = serde_json::json!({
+                        "app_access_token": app_token.value.expose(),
+                        "tenant_key": &**tenant_key,
+                    });
+                    match self.call(url, &body, "tenant_access_token").await {
+                        // The app token went bad: drop it (if still the
+                        // cached one) and try once more with a fresh one.
+                        Err(e)
+                            if !retried
+                                && matches!(
+                                    e.code,
+                                    codes::APP_TOKEN_INVALID | codes::TOKEN_EXPIRED
+                                ) =>
+                        {
+                            self.invalidate_slot(app_slot, app_token.generation);
+                            retried = true;
+                        }
+                        other => return other,
+                    }
+                }
+            }
+        }
+    }
+
+    /// POSTs `body` to a token endpoint and reads `field` and `expire` from
+    /// Feishu's flat answer.
+    async fn call(
+        &self,
+        url: &Uri,
+        body: &serde_json::Value,
+        field: &str,
+    ) -> Result<(Secret, Duration), TokenError> {
+        let (status, bytes) = post_json(&self.client, url, body, self.policy.fetch_timeout).await?;
         let answer: TokenAnswer = serde_json::from_slice(&bytes).map_err(|_| TokenError {
             code: codes::TENANT_TOKEN_FETCH_FAILED,
             msg: format!("token answer with HTTP {status} is not Feishu JSON"),
@@ -417,19 +600,86 @@ impl TokenManager {
                 msg: answer.msg.unwrap_or_else(|| "token call refused".into()),
             });
         }
-        match (answer.tenant_access_token, answer.expire) {
+        let token = if field == "app_access_token" {
+            answer.app_access_token
+        } else {
+            answer.tenant_access_token
+        };
+        match (token, answer.expire) {
             (Some(t), Some(e)) if !t.is_empty() && e > 0 => {
                 Ok((Secret::new(t), Duration::from_secs(e as u64)))
             }
             _ => Err(TokenError {
                 code: codes::TENANT_TOKEN_FETCH_FAILED,
-                msg: "token answer without tenant_access_token or a positive expire".into(),
+                msg: format!("token answer without {field} or a positive expire"),
             }),
         }
     }
 }
 
+/// POSTs a JSON body to Feishu and reads the answer (at most 64 KiB),
+/// within `timeout`. Transport failures become gateway-coded errors.
+pub(crate) async fn post_json(
+    client: &HttpClient,
+    url: &Uri,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<(http::StatusCode, Bytes), TokenError> {
+    let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(url.clone())
+        .header(CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(Full::new(body))
+        .map_err(|_| transport_error("could not build the request"))?;
+    let call = async {
+        let resp = client.request(req).await.map_err(|e| {
+            transport_error(&format!(
+                "call failed ({})",
+                crate::upstream::classify(&e).as_str()
+            ))
+        })?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map_err(|_| transport_error("answer could not be read"))?
+            .to_bytes();
+        Ok::<_, TokenError>((status, bytes))
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| transport_error("call timed out"))?
+}
+
+/// `upstream` + a static path.
+pub(crate) fn endpoint(upstream: &Upstream, path: &'static str) -> Uri {
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path)
+        .build()
+        .expect("scheme, authority and a static path form a URI")
+}
+
 impl TokenSlot {
+    fn new(index: usize, name: String, source: Source) -> TokenSlot {
+        TokenSlot {
+            index,
+            name,
+            source,
+            refreshing: std::sync::atomic::AtomicBool::new(false),
+            current: RwLock::new(None),
+            flight: tokio::sync::Mutex::new(Flight::default()),
+            status: Mutex::new((None, 0)),
+        }
+    }
+
+    /// True when a usable token is cached.
+    pub fn has_token(&self) -> bool {
+        self.usable(Instant::now()).is_some()
+    }
+
     fn usable(&self, now: Instant) -> Option<Arc<Token>> {
         let cur = self.current.read().ok()?;
         cur.as_ref().filter(|t| now < t.usable_until).cloned()
@@ -470,7 +720,7 @@ app = "a"
         let metrics =
             Arc::new(Metrics::new(prometheus::Registry::new(), &["a".into()], &[]).unwrap());
         let client = crate::upstream::build_client(&config).unwrap();
-        TokenManager::new(&config.apps, client, config.token.clone(), metrics)
+        TokenManager::new(&config.apps, &[], client, config.token.clone(), metrics)
     }
 
     #[tokio::test]

@@ -381,3 +381,28 @@ async fn readyz_and_healthz() {
     let a = h.call(Method::GET, "/healthz", &[(k, &v)], "").await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_failing_refresh_keeps_using_the_still_valid_token() {
+    let mut sim = sim_without_quota();
+    sim.token_lifetime = Duration::from_secs(4);
+    let h = start(sim, "", NO_QUOTA).await;
+    h.ready().await;
+    // The next background refresh (at half-life) fails twice; the cached
+    // token is still valid and keeps serving meanwhile.
+    h.sim.fail_next_token_calls(2);
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < until {
+        let a = h.put("oc_1").await;
+        assert_eq!(a.code(), 0, "{:?}", a.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = h.sim.token_calls();
+    assert_eq!(
+        calls.iter().filter(|c| !c.ok).count(),
+        2,
+        "both failures were retried"
+    );
+    assert!(calls.last().unwrap().ok);
+    assert_eq!(h.sim.expired_token_uses(), 0);
+}

@@ -52,8 +52,13 @@ pub struct Config {
     pub token: TokenPolicy,
     /// Logging (`[log]`).
     pub log: Log,
+    /// Where the gateway keeps state across restarts (`state_dir`): the
+    /// latest app_ticket of each store app. Required with store apps.
+    pub state_dir: Option<std::path::PathBuf>,
     /// Quota behaviour (`[quota]`).
     pub quota: QuotaConfig,
+    /// Tokens the gateway issues to SDKs (`[sdk_tokens]`).
+    pub sdk_tokens: SdkTokens,
     /// Catalog overrides and additions (`[[routes]]`).
     pub routes: Vec<RouteConfig>,
     /// The Feishu apps the gateway holds secrets for (`[[apps]]`).
@@ -232,6 +237,36 @@ pub struct RouteConfig {
     pub overflow: Option<OverflowMode>,
     /// Overrides `quota.max_wait` for this route (`max_wait`).
     pub max_wait: Option<Duration>,
+    /// `"enforce"` (default) answers bad input itself; `"log-only"` forwards
+    /// it but logs and counts what would have been rejected (`validation`).
+    pub validation: Option<ValidationMode>,
+    /// Unknown body fields: `"allow"` (default; Feishu ignores them) or
+    /// `"reject"` (`unknown_fields`).
+    pub unknown_fields: Option<crate::validate::UnknownFields>,
+    /// Overrides the global `max_body_bytes` for this route.
+    pub max_body_bytes: Option<usize>,
+}
+
+/// What the validation phase does with a request that breaks its contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValidationMode {
+    /// Answer 400 itself; nothing is sent, no quota spent.
+    #[default]
+    Enforce,
+    /// Forward anyway, but log and count it (safe rollout).
+    LogOnly,
+}
+
+/// Tokens the gateway issues on Feishu's token endpoints (`[sdk_tokens]`).
+#[derive(Debug, Clone)]
+pub struct SdkTokens {
+    /// Secret that signs them (`signing_key_env` or `signing_key_file`).
+    /// Set it so tokens survive restarts and work on every replica; without
+    /// it a random secret is made at start.
+    pub signing_key: Option<Secret>,
+    /// The `expire` handed out (`lifetime`). Default 2 h; at least 15 min,
+    /// because the Python SDK refreshes 10 min early.
+    pub lifetime: Duration,
 }
 
 /// Log output (`[log]`).
@@ -264,6 +299,42 @@ pub struct AppConfig {
     pub app_secret: Secret,
     /// Feishu base URL for this app (`upstream`), default the global one.
     pub upstream: Upstream,
+    /// Self-built (default) or store app (`type`).
+    pub kind: AppKind,
+}
+
+/// What kind of Feishu app an `[[apps]]` entry is (`type`).
+#[derive(Debug, Clone)]
+pub enum AppKind {
+    /// `type = "self_built"` (default): one tenant token per app, fetched
+    /// with the app secret.
+    SelfBuilt,
+    /// `type = "store"`: installed by many tenants; one tenant token per
+    /// tenant, fetched with an app token bought with the app_ticket that
+    /// Feishu pushes to the event endpoint.
+    Store(StoreApp),
+}
+
+/// Store-app settings.
+#[derive(Debug, Clone)]
+pub struct StoreApp {
+    /// The event callback's Encrypt Key (`encrypt_key_env` /
+    /// `encrypt_key_file`), if one is set in the developer console.
+    pub encrypt_key: Option<Secret>,
+    /// The event callback's Verification Token (`verification_token_env` /
+    /// `verification_token_file`).
+    pub verification_token: Secret,
+    /// Most tenants held at once (`max_tenants`, default 1000): tenant keys
+    /// come from callers, so their tokens and quotas are bounded.
+    pub max_tenants: usize,
+    /// A tenant unused this long is evicted (`tenant_idle_timeout`,
+    /// default 1 h).
+    pub tenant_idle_timeout: Duration,
+    /// Require the `X-Lark-Signature` headers on callbacks
+    /// (`require_signature`, default false: Feishu's URL check is unsigned,
+    /// and forwarders may drop headers; an encrypted body with the right
+    /// Verification Token cannot be forged without the keys anyway).
+    pub require_signature: bool,
 }
 
 /// An internal service allowed to call (`[[clients]]`).
@@ -276,6 +347,9 @@ pub struct ClientConfig {
     /// SHA-256 of the client's gateway key (from `key_env`, `key_file` or
     /// `key_sha256`). The key itself is not kept.
     pub key_sha256: [u8; 32],
+    /// For a store app: the tenant this client always acts for (`tenant`);
+    /// otherwise it names one per request in `X-Tenant-Key`.
+    pub tenant: Option<String>,
 }
 
 /// SHA-256 of a client key, as stored in [`ClientConfig::key_sha256`].
@@ -426,11 +500,31 @@ impl Config {
             Log { format, level }
         };
 
+        let sdk_tokens = read_sdk_tokens(&mut s, env, p);
+        let state_dir = s.string("state_dir", p).map(std::path::PathBuf::from);
         let quota = read_quota(&mut s, env, p);
         let routes = read_routes(&mut s, &quota, p);
         let (apps, app_names) = read_apps(&mut s, &upstream, env, p);
         let clients = read_clients(&mut s, &app_names, env, p);
         s.finish(p);
+        if state_dir.is_none() && apps.iter().any(|a| matches!(a.kind, AppKind::Store(_))) {
+            p.push(
+                "state_dir",
+                "is required with store apps: the app_ticket must survive a restart",
+            );
+        }
+        for c in &clients {
+            if c.tenant.is_some()
+                && apps
+                    .get(c.app)
+                    .is_some_and(|a| matches!(a.kind, AppKind::SelfBuilt))
+            {
+                p.push(
+                    format!("clients[name = {:?}].tenant", c.name),
+                    "only clients of store apps name a tenant",
+                );
+            }
+        }
 
         let mut warnings = Vec::new();
         let mut seen_warn = Vec::new();
@@ -459,7 +553,9 @@ impl Config {
             pool,
             token,
             log,
+            state_dir,
             quota,
+            sdk_tokens,
             routes,
             apps,
             clients,
@@ -573,6 +669,41 @@ fn overflow(s: &mut Section<'_>, p: &mut Problems) -> Option<OverflowMode> {
             None
         }
     }
+}
+
+fn read_sdk_tokens(root: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -> SdkTokens {
+    let mut out = SdkTokens {
+        signing_key: None,
+        lifetime: Duration::from_secs(7200),
+    };
+    let Some(mut s) = root.table("sdk_tokens", p) else {
+        return out;
+    };
+    if s.value("signing_key_env").is_some() || s.value("signing_key_file").is_some() {
+        out.signing_key = secret_source(&mut s, "signing_key_env", "signing_key_file", &[], env, p);
+        if out
+            .signing_key
+            .as_ref()
+            .is_some_and(|k| k.expose().len() < 16)
+        {
+            p.push(
+                s.key("signing_key_env"),
+                "the signing key is shorter than 16 characters",
+            );
+        }
+    }
+    if let Some(l) = s.duration("lifetime", p) {
+        if l < Duration::from_secs(900) || l > Duration::from_secs(86_400) {
+            p.push(
+                s.key("lifetime"),
+                "must be between 15m (the Python SDK refreshes 10 min early) and 24h",
+            );
+        } else {
+            out.lifetime = l;
+        }
+    }
+    s.finish(p);
+    out
 }
 
 fn read_quota(root: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -> QuotaConfig {
@@ -794,6 +925,31 @@ fn read_routes(root: &mut Section<'_>, quota: &QuotaConfig, p: &mut Problems) ->
         });
         let overflow = overflow(&mut s, p);
         let max_wait = s.duration("max_wait", p);
+        let validation = match s.string("validation", p) {
+            None => None,
+            Some("enforce") => Some(ValidationMode::Enforce),
+            Some("log-only") => Some(ValidationMode::LogOnly),
+            Some(other) => {
+                p.push(
+                    s.key("validation"),
+                    format!("{other:?} is not \"enforce\" or \"log-only\""),
+                );
+                None
+            }
+        };
+        let unknown_fields = match s.string("unknown_fields", p) {
+            None => None,
+            Some("allow") => Some(crate::validate::UnknownFields::Allow),
+            Some("reject") => Some(crate::validate::UnknownFields::Reject),
+            Some(other) => {
+                p.push(
+                    s.key("unknown_fields"),
+                    format!("{other:?} is not \"allow\" or \"reject\""),
+                );
+                None
+            }
+        };
+        let max_body_bytes = s.integer("max_body_bytes", 1 << 30, p).map(|v| v as usize);
         if let (Some(m), Some(path)) = (&method, &path) {
             if out.iter().any(|r| r.method == *m && r.path == *path) {
                 p.push(s.key("path"), format!("{m} {path} is listed twice"));
@@ -807,6 +963,9 @@ fn read_routes(root: &mut Section<'_>, quota: &QuotaConfig, p: &mut Problems) ->
                 limits,
                 overflow,
                 max_wait,
+                validation,
+                unknown_fields,
+                max_body_bytes,
             });
         }
     }
@@ -839,6 +998,7 @@ fn read_apps(
             Some(_) => upstream(&mut s, "upstream", p),
             None => Some(global.clone()),
         };
+        let kind = read_app_kind(&mut s, env, p);
         if let Some(n) = name {
             check_label(&s, n, p);
             if let Some(j) = names.insert(n.to_string(), i) {
@@ -857,18 +1017,88 @@ fn read_apps(
         }
         s.finish(p);
         all_names.push(name.map(str::to_string));
-        if let (Some(name), Some(app_id), Some(app_secret), Some(upstream)) =
-            (name, app_id, app_secret, upstream)
+        if let (Some(name), Some(app_id), Some(app_secret), Some(upstream), Some(kind)) =
+            (name, app_id, app_secret, upstream, kind)
         {
             apps.push(AppConfig {
                 name: name.to_string(),
                 app_id: app_id.to_string(),
                 app_secret,
                 upstream,
+                kind,
             });
         }
     }
     (apps, all_names)
+}
+
+/// Reads `type` and the store-app keys of an `[[apps]]` entry.
+fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -> Option<AppKind> {
+    const STORE_KEYS: [&str; 8] = [
+        "encrypt_key_env",
+        "encrypt_key_file",
+        "verification_token_env",
+        "verification_token_file",
+        "max_tenants",
+        "tenant_idle_timeout",
+        "require_signature",
+        "type",
+    ];
+    match s.string("type", p).unwrap_or("self_built") {
+        "self_built" => {
+            for k in &STORE_KEYS[..7] {
+                if s.value(k).is_some() {
+                    p.push(s.key(k), "only store apps (type = \"store\") take this key");
+                }
+            }
+            Some(AppKind::SelfBuilt)
+        }
+        "store" => {
+            let encrypt_key =
+                if s.value("encrypt_key_env").is_some() || s.value("encrypt_key_file").is_some() {
+                    Some(secret_source(
+                        s,
+                        "encrypt_key_env",
+                        "encrypt_key_file",
+                        &[],
+                        env,
+                        p,
+                    )?)
+                } else {
+                    None
+                };
+            let verification_token = secret_source(
+                s,
+                "verification_token_env",
+                "verification_token_file",
+                &[],
+                env,
+                p,
+            );
+            let max_tenants = s.integer("max_tenants", 1_000_000, p).unwrap_or(1000) as usize;
+            if max_tenants == 0 {
+                p.push(s.key("max_tenants"), "must be at least 1");
+            }
+            let tenant_idle_timeout = s
+                .duration("tenant_idle_timeout", p)
+                .unwrap_or(Duration::from_secs(3600));
+            let require_signature = s.boolean("require_signature", p).unwrap_or(false);
+            Some(AppKind::Store(StoreApp {
+                encrypt_key,
+                verification_token: verification_token?,
+                max_tenants,
+                tenant_idle_timeout,
+                require_signature,
+            }))
+        }
+        other => {
+            p.push(
+                s.key("type"),
+                format!("{other:?} is not \"self_built\" or \"store\""),
+            );
+            None
+        }
+    }
 }
 
 /// Reports a `name` that would make a poor metric label.
@@ -897,6 +1127,10 @@ fn read_clients(
     for (i, mut s) in sections.into_iter().enumerate() {
         let name = s.required_string("name", p);
         let app_name = s.required_string("app", p);
+        let tenant = s.string("tenant", p).map(str::to_string);
+        if tenant.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            p.push(s.key("tenant"), "must not be empty");
+        }
         let digest = if s.value("key_sha256").is_some() {
             let given = s.string("key_sha256", p);
             let mut other = false;
@@ -967,6 +1201,7 @@ fn read_clients(
                 name: name.to_string(),
                 app,
                 key_sha256,
+                tenant,
             });
         }
     }

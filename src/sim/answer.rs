@@ -31,6 +31,8 @@ pub(crate) mod code {
     pub(crate) const RATE_LIMITED: i64 = 99991400;
     pub(crate) const MISSING_TOKEN: i64 = 99991661;
     pub(crate) const INVALID_TENANT_TOKEN: i64 = 99991663;
+    pub(crate) const INVALID_APP_TOKEN: i64 = 99991664;
+    pub(crate) const APP_TOKEN_EXPIRED: i64 = 99991677;
     pub(crate) const NOT_FOUND: i64 = 404;
 }
 

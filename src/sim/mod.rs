@@ -16,7 +16,11 @@
 //! - `server`: the accept loop and the request phases, in Feishu's order
 //!   (route, token, quota, body contract, magic chat ids, answer).
 //! - `tokens`: the token book (issue, 30-minute rule, verdicts).
-//! - `quota`: per (app, endpoint) arrival logs, sliding-window checks.
+//! - `quota`: per (app[, tenant], endpoint) arrival logs, sliding-window
+//!   checks.
+//! - `store`: store apps' tickets and tenants, and event pushes.
+//! - [`callback`](crate::sim::callback): the Feishu side of event callbacks
+//!   (encrypt, sign), public for tests that forge callbacks.
 //! - [`contract`](crate::sim::contract): the body contract of `put_top_notice`, public so other
 //!   modules can differential-test against it.
 //! - `answer`: JSON answers, error messages and `X-Tt-Logid` values.
@@ -34,14 +38,46 @@
 //!
 //! # Requests, as the fake sees them
 //!
-//! Token calls are the two `.../auth/v3/*_access_token/internal` endpoints.
-//! Every other request is a *business request*: it is recorded (see
+//! Token calls are the two `.../auth/v3/*_access_token/internal` endpoints;
+//! *store calls* are the three store-app endpoints (below). Every other
+//! request is a *business request*: it is recorded (see
 //! [`SimFeishu::requests`](crate::sim::SimFeishu::requests)), its bearer token is judged, and it gets the
 //! configured latency. Unknown routes answer 404 after that.
 //!
 //! A request header `X-Sim-Delay-Ms: <n>` holds that one answer n ms longer
 //! (token calls included, so slow token fetches can be tested too). Magic
 //! chat ids `oc_error<code>` answer HTTP 400 with that code.
+//!
+//! # Store apps (ISV)
+//!
+//! Apps in [`SimConfig::store_apps`](crate::sim::SimConfig::store_apps) get
+//! their tokens Feishu's store way (facts §2); their calls are recorded as
+//! [`StoreCall`](crate::sim::StoreCall)s:
+//!
+//! - `POST /open-apis/auth/v3/app_ticket/resend` `{app_id, app_secret}`
+//!   answers `{"code":0,"msg":"ok"}`, then, after
+//!   [`ticket_push_delay`](crate::sim::SimConfig::ticket_push_delay), issues
+//!   a new app_ticket and POSTs the v1 `app_ticket` event to the app's event
+//!   URL, encrypted and signed when the app has an Encrypt Key (see
+//!   [`callback`](crate::sim::callback)). Each push is recorded as a
+//!   [`PushedEvent`](crate::sim::PushedEvent) with the answer's status.
+//! - `POST /open-apis/auth/v3/app_access_token` `{app_id, app_secret,
+//!   app_ticket}` answers `app_access_token` (`a-…`). A ticket the fake did
+//!   not issue, or one invalidated by
+//!   [`invalidate_tickets`](crate::sim::SimFeishu::invalidate_tickets),
+//!   answers [`invalid_ticket_code`](crate::sim::SimConfig::invalid_ticket_code)
+//!   (default 10012, the code the official SDKs resend on).
+//! - `POST /open-apis/auth/v3/tenant_access_token` `{app_access_token,
+//!   tenant_key}` answers a `tenant_access_token` (`t-…`) for that tenant,
+//!   with the same-token rule per (app, tenant). An unknown or expired app
+//!   token answers 99991664 / 99991677; a tenant that did not install the app
+//!   answers [`unknown_tenant_code`](crate::sim::SimConfig::unknown_tenant_code)
+//!   (default 99991665, UNCONFIRMED).
+//!
+//! Business requests with a store tenant token are counted against quotas
+//! per (app, tenant, endpoint) and recorded with their
+//! [`tenant_key`](crate::sim::RecordedRequest::tenant_key); self-built apps
+//! keep one quota per (app, endpoint).
 //!
 //! # Time
 //!
@@ -65,10 +101,12 @@
 
 mod answer;
 pub mod ca;
+pub mod callback;
 pub mod contract;
 mod quota;
 mod server;
 mod state;
+mod store;
 mod tokens;
 
 #[cfg(test)]
@@ -103,6 +141,64 @@ impl SimApp {
             app_id: app_id.into(),
             app_secret: app_secret.into(),
         }
+    }
+}
+
+/// One store app (ISV) the fake knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimStoreApp {
+    /// The app id.
+    pub app_id: String,
+    /// The app secret the resend and app-token calls must present.
+    pub app_secret: String,
+    /// The Encrypt Key: with one, pushes are encrypted and signed.
+    pub encrypt_key: Option<String>,
+    /// The Verification Token every pushed event carries.
+    pub verification_token: String,
+    /// The tenant keys of the tenants that installed the app.
+    pub tenants: Vec<String>,
+    /// Where events are pushed; also settable once the gateway has its port
+    /// ([`SimFeishu::set_event_url`]). Plain `http://` only.
+    pub event_url: Option<String>,
+}
+
+impl SimStoreApp {
+    /// A store app with no Encrypt Key, no tenants and no event URL.
+    pub fn new(
+        app_id: impl Into<String>,
+        app_secret: impl Into<String>,
+        verification_token: impl Into<String>,
+    ) -> Self {
+        SimStoreApp {
+            app_id: app_id.into(),
+            app_secret: app_secret.into(),
+            encrypt_key: None,
+            verification_token: verification_token.into(),
+            tenants: Vec::new(),
+            event_url: None,
+        }
+    }
+
+    /// With this Encrypt Key.
+    pub fn encrypt_key(mut self, key: impl Into<String>) -> Self {
+        self.encrypt_key = Some(key.into());
+        self
+    }
+
+    /// With these tenants installed.
+    pub fn tenants<I, S>(mut self, tenants: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tenants = tenants.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// With this event URL.
+    pub fn event_url(mut self, url: impl Into<String>) -> Self {
+        self.event_url = Some(url.into());
+        self
     }
 }
 
@@ -166,6 +262,20 @@ pub struct SimConfig {
     /// `localhost` and `127.0.0.1` from a CA made at start; see
     /// [`SimFeishu::ca_pem`]. Default false (plain HTTP).
     pub tls: bool,
+    /// Store apps (ISV). Empty by default.
+    pub store_apps: Vec<SimStoreApp>,
+    /// Delay between a resend call and the ticket push it causes (Feishu
+    /// takes from seconds to minutes). Default 0.
+    pub ticket_push_delay: Duration,
+    /// The code answered (HTTP 400) by `app_access_token` for a stale or
+    /// unknown app_ticket. Default 10012: the code the official SDKs treat
+    /// as "ticket invalid, resend" (Go, Java, Node); Feishu's own wording for
+    /// it is UNCONFIRMED.
+    pub invalid_ticket_code: i64,
+    /// The code answered (HTTP 400) by `tenant_access_token` for a tenant key
+    /// that did not install the app. Default 99991665 ("tenant code
+    /// invalid"); UNCONFIRMED which code Feishu sends there.
+    pub unknown_tenant_code: i64,
 }
 
 impl Default for SimConfig {
@@ -183,6 +293,10 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             record_requests: true,
             tls: false,
+            store_apps: Vec::new(),
+            ticket_push_delay: Duration::ZERO,
+            invalid_ticket_code: 10012,
+            unknown_tenant_code: 99991665,
         }
     }
 }
@@ -192,6 +306,14 @@ impl SimConfig {
     pub fn with_app(app_id: impl Into<String>, app_secret: impl Into<String>) -> Self {
         SimConfig {
             apps: vec![SimApp::new(app_id, app_secret)],
+            ..SimConfig::default()
+        }
+    }
+
+    /// The default configuration with one store app.
+    pub fn with_store_app(app: SimStoreApp) -> Self {
+        SimConfig {
+            store_apps: vec![app],
             ..SimConfig::default()
         }
     }
@@ -242,6 +364,9 @@ pub struct RecordedRequest {
     pub token_verdict: TokenVerdict,
     /// The app the token belongs to, when it is valid.
     pub app_id: Option<String>,
+    /// The tenant of a valid store-app tenant token (`None` for self-built
+    /// apps' tokens).
+    pub tenant_key: Option<String>,
     /// The quota endpoint name (`"put_top_notice"`, `"delete_top_notice"`,
     /// `"get_chat"`), or `None` for an unknown route.
     pub endpoint: Option<&'static str>,
@@ -273,6 +398,98 @@ pub struct TokenCall {
     /// The `X-Tt-Logid` the answer carried (empty when the connection was
     /// dropped).
     pub logid: String,
+}
+
+/// Which store-app endpoint a [`StoreCall`] hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreCallKind {
+    /// `POST /open-apis/auth/v3/app_ticket/resend`
+    Resend,
+    /// `POST /open-apis/auth/v3/app_access_token`
+    AppToken,
+    /// `POST /open-apis/auth/v3/tenant_access_token`
+    TenantToken,
+}
+
+/// One call to a store-app endpoint.
+#[derive(Debug, Clone)]
+pub struct StoreCall {
+    /// Which endpoint.
+    pub kind: StoreCallKind,
+    /// The `app_id` the call claimed, or for a tenant-token call the app of
+    /// its app token (empty when absent, unreadable or unknown).
+    pub app_id: String,
+    /// The `tenant_key` a tenant-token call asked for.
+    pub tenant_key: Option<String>,
+    /// Whether it succeeded (a token handed out, or a resend accepted).
+    pub ok: bool,
+    /// The token handed out (empty for resends and failures).
+    pub token: String,
+    /// The `expire` handed out, in seconds (0 for resends and failures).
+    pub expire: u64,
+    /// The `code` of the answer.
+    pub code: i64,
+    /// When the call had arrived.
+    pub arrived: Instant,
+    /// The `X-Tt-Logid` the answer carried.
+    pub logid: String,
+}
+
+/// How a push to an event URL ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The event URL answered with this status.
+    Status(StatusCode),
+    /// The app has no event URL: nothing was sent.
+    NoEventUrl,
+    /// Connecting, sending or waiting failed (10 s at most).
+    Failed(String),
+}
+
+/// One event the fake pushed (or tried to) to a store app's event URL.
+#[derive(Debug, Clone)]
+pub struct PushedEvent {
+    /// The app.
+    pub app_id: String,
+    /// `app_ticket`, `url_verification`, or the type of a custom event.
+    pub event_type: String,
+    /// The ticket, for `app_ticket` pushes.
+    pub app_ticket: Option<String>,
+    /// The challenge, for `url_verification` pushes.
+    pub challenge: Option<String>,
+    /// Where it went (empty when there was no event URL).
+    pub url: String,
+    /// Whether the body was `{"encrypt":…}`.
+    pub encrypted: bool,
+    /// Whether it carried the `X-Lark-*` signature headers.
+    pub signed: bool,
+    /// How it ended.
+    pub outcome: PushOutcome,
+    /// The answer's body (up to 64 KiB).
+    pub answer: Bytes,
+    /// When the push started.
+    pub at: Instant,
+}
+
+impl PushedEvent {
+    /// The status the event URL answered, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self.outcome {
+            PushOutcome::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// For a `url_verification` push: whether the answer was 200 with
+    /// `{"challenge": <the same>}`.
+    pub fn challenge_echoed(&self) -> bool {
+        let Some(challenge) = &self.challenge else {
+            return false;
+        };
+        self.status() == Some(StatusCode::OK)
+            && serde_json::from_slice::<serde_json::Value>(&self.answer)
+                .is_ok_and(|v| v["challenge"].as_str() == Some(challenge))
+    }
 }
 
 /// The running fake. Dropping it stops the server and closes its connections.
@@ -355,9 +572,10 @@ impl SimFeishu {
         self.shared.faults.fail_token.store(n, Ordering::SeqCst);
     }
 
-    /// Forget every issued token: business requests bearing one get 99991663
-    /// (as [`TokenVerdict::Unknown`]), and the next token call of each app
-    /// issues a new token.
+    /// Forget every issued token, store apps' included: business requests
+    /// bearing one get 99991663 (as [`TokenVerdict::Unknown`]), and the next
+    /// token call of each app (or tenant) issues a new token. Tickets are
+    /// kept.
     pub fn invalidate_all_tokens(&self) {
         lock(&self.shared.tokens).invalidate_all();
     }
@@ -425,15 +643,96 @@ impl SimFeishu {
     /// `"put_top_notice"`, `"delete_top_notice"` and `"get_chat"`. Only
     /// requests with a valid token reach the log; throttled ones do.
     pub fn max_in_any_window(&self, app_id: &str, endpoint: &str, window: Duration) -> usize {
-        lock(&self.shared.quota).max_in_any_window(app_id, endpoint, window)
+        lock(&self.shared.quota).max_in_any_window(app_id, None, endpoint, window)
     }
 
-    /// Clear the recorded requests, token calls, arrival logs and the
-    /// violation and expired-use counters. Tokens, live quota windows and
-    /// pending faults are kept.
+    /// [`max_in_any_window`](Self::max_in_any_window) for a store app's
+    /// tenant: the key (`app_id`, `tenant_key`, `endpoint`).
+    pub fn max_in_any_window_for_tenant(
+        &self,
+        app_id: &str,
+        tenant_key: &str,
+        endpoint: &str,
+        window: Duration,
+    ) -> usize {
+        lock(&self.shared.quota).max_in_any_window(app_id, Some(tenant_key), endpoint, window)
+    }
+
+    /// Every store-app call (resend, app token, tenant token), in arrival
+    /// order.
+    pub fn store_calls(&self) -> Vec<StoreCall> {
+        lock(&self.shared.store_calls).clone()
+    }
+
+    /// Every push to an event URL, in the order they ended.
+    pub fn pushed_events(&self) -> Vec<PushedEvent> {
+        lock(&self.shared.pushed).clone()
+    }
+
+    /// The most recently issued, still valid ticket of a store app.
+    pub fn current_ticket(&self, app_id: &str) -> Option<String> {
+        lock(&self.shared.store).latest_ticket(app_id)
+    }
+
+    // ----- store apps --------------------------------------------------------
+
+    /// Where `app_id`'s events go from now on (e.g. the gateway's event
+    /// endpoint, once its port is known). Returns false for an unknown app.
+    pub fn set_event_url(&self, app_id: &str, url: impl Into<String>) -> bool {
+        lock(&self.shared.store).set_event_url(app_id, Some(url.into()))
+    }
+
+    /// Install `app_id` in one more tenant. Returns false for an unknown app.
+    pub fn add_tenant(&self, app_id: &str, tenant_key: &str) -> bool {
+        lock(&self.shared.store).add_tenant(app_id, tenant_key)
+    }
+
+    /// Make every ticket issued so far invalid: app-token calls presenting
+    /// one get [`SimConfig::invalid_ticket_code`] until a new ticket is
+    /// pushed. Issued app and tenant tokens stay valid. Returns false for an
+    /// unknown app.
+    pub fn invalidate_tickets(&self, app_id: &str) -> bool {
+        lock(&self.shared.store).invalidate_tickets(app_id)
+    }
+
+    /// Delay between a resend call and its push, from now on.
+    pub fn set_ticket_push_delay(&self, d: Duration) {
+        self.shared.set_ticket_push_delay(d);
+    }
+
+    /// Issue a new ticket and push it to the app's event URL now, as an
+    /// hourly push would, and wait for the answer. `None` for an unknown app.
+    pub async fn push_ticket_now(&self, app_id: &str) -> Option<PushedEvent> {
+        store::push_ticket(&self.shared, app_id).await
+    }
+
+    /// Send Feishu's subscription check (`url_verification`, encrypted with
+    /// the app's Encrypt Key but unsigned, as Feishu sends it) to the app's
+    /// event URL; see [`PushedEvent::challenge_echoed`]. `None` for an
+    /// unknown app.
+    pub async fn check_event_url(&self, app_id: &str) -> Option<PushedEvent> {
+        store::push_url_verification(&self.shared, app_id).await
+    }
+
+    /// Push any event JSON to the app's event URL, encrypted when the app has
+    /// an Encrypt Key and then signed when `sign`. `None` for an unknown app.
+    pub async fn push_event(
+        &self,
+        app_id: &str,
+        event: &serde_json::Value,
+        sign: bool,
+    ) -> Option<PushedEvent> {
+        store::push_event(&self.shared, app_id, event, sign).await
+    }
+
+    /// Clear the recorded requests, token calls, store calls, pushed events,
+    /// arrival logs and the violation and expired-use counters. Tokens,
+    /// tickets, live quota windows and pending faults are kept.
     pub fn reset_records(&self) {
         lock(&self.shared.requests).clear();
         lock(&self.shared.token_calls).clear();
+        lock(&self.shared.store_calls).clear();
+        lock(&self.shared.pushed).clear();
         lock(&self.shared.quota).clear_history();
         self.shared.violations.store(0, Ordering::SeqCst);
         self.shared.expired_uses.store(0, Ordering::SeqCst);
@@ -442,6 +741,7 @@ impl SimFeishu {
     /// Stop accepting, close every connection (answers in flight are lost)
     /// and wait until the server task has ended.
     pub async fn shutdown(mut self) {
+        lock(&self.shared.push_tasks).abort_all();
         self.task.abort();
         // The task ends as cancelled; that is the expected outcome.
         let _ = (&mut self.task).await;
@@ -450,6 +750,8 @@ impl SimFeishu {
 
 impl Drop for SimFeishu {
     fn drop(&mut self) {
+        // Scheduled pushes hold the shared state: abort them so it is freed.
+        lock(&self.shared.push_tasks).abort_all();
         self.task.abort();
     }
 }

@@ -1,5 +1,7 @@
-//! Quotas per (app, endpoint), counted in sliding windows (facts §4: the only
-//! safe reading of Feishu's rule is "never more than N in ANY interval of W").
+//! Quotas per (app, endpoint) for self-built apps and per (app, tenant,
+//! endpoint) for store apps' tenant tokens, counted in sliding windows (facts
+//! §4: the only safe reading of Feishu's rule is "never more than N in ANY
+//! interval of W").
 //!
 //! Each key keeps two logs of arrival instants:
 //! - `recent`, pruned to the largest configured window, answers the quota
@@ -70,7 +72,9 @@ struct KeyLog {
 pub(crate) struct QuotaBook {
     limits: Vec<(u32, Duration)>,
     longest: Duration,
-    logs: HashMap<String, [KeyLog; 3]>,
+    /// app → tenant key (`""` for a self-built app's own quota) → endpoint.
+    /// Nested so that a hit needs no allocation.
+    logs: HashMap<String, HashMap<String, [KeyLog; 3]>>,
 }
 
 impl QuotaBook {
@@ -88,13 +92,25 @@ impl QuotaBook {
         self.limits.first().copied()
     }
 
-    /// Log an arrival of `app` at `ep` now, and tell whether it went over a
-    /// window (the one that frees last, when several). The arrival is logged
-    /// either way: Feishu counts throttled calls too.
-    pub(crate) fn arrive(&mut self, app: &str, ep: Endpoint, now: Instant) -> Option<Over> {
-        let logs = match self.logs.get_mut(app) {
-            Some(logs) => logs,
+    /// Log an arrival of `app` (for `tenant`, with a store app's tenant
+    /// token) at `ep` now, and tell whether it went over a window (the one
+    /// that frees last, when several). The arrival is logged either way:
+    /// Feishu counts throttled calls too.
+    pub(crate) fn arrive(
+        &mut self,
+        app: &str,
+        tenant: Option<&str>,
+        ep: Endpoint,
+        now: Instant,
+    ) -> Option<Over> {
+        let tenants = match self.logs.get_mut(app) {
+            Some(tenants) => tenants,
             None => self.logs.entry(app.to_owned()).or_default(),
+        };
+        let tenant = tenant.unwrap_or("");
+        let logs = match tenants.get_mut(tenant) {
+            Some(logs) => logs,
+            None => tenants.entry(tenant.to_owned()).or_default(),
         };
         let log = &mut logs[ep.index()];
 
@@ -138,8 +154,18 @@ impl QuotaBook {
     }
 
     /// The most arrivals of the key within any interval of length `window`.
-    pub(crate) fn max_in_any_window(&self, app: &str, endpoint: &str, window: Duration) -> usize {
-        let (Some(logs), Some(ep)) = (self.logs.get(app), Endpoint::from_name(endpoint)) else {
+    pub(crate) fn max_in_any_window(
+        &self,
+        app: &str,
+        tenant: Option<&str>,
+        endpoint: &str,
+        window: Duration,
+    ) -> usize {
+        let logs = self
+            .logs
+            .get(app)
+            .and_then(|tenants| tenants.get(tenant.unwrap_or("")));
+        let (Some(logs), Some(ep)) = (logs, Endpoint::from_name(endpoint)) else {
             return 0;
         };
         let history = &logs[ep.index()].history;
@@ -158,7 +184,7 @@ impl QuotaBook {
 
     /// Forget the histories (not the live windows).
     pub(crate) fn clear_history(&mut self) {
-        for logs in self.logs.values_mut() {
+        for logs in self.logs.values_mut().flat_map(HashMap::values_mut) {
             for log in logs.iter_mut() {
                 log.history = Vec::new();
             }
@@ -182,10 +208,10 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..5 {
             let at = t0 + Duration::from_millis(100 * i);
-            assert_eq!(book.arrive("a", Endpoint::PutTopNotice, at), None);
+            assert_eq!(book.arrive("a", None, Endpoint::PutTopNotice, at), None);
         }
         let at = t0 + Duration::from_millis(500);
-        let over = book.arrive("a", Endpoint::PutTopNotice, at);
+        let over = book.arrive("a", None, Endpoint::PutTopNotice, at);
         // The second arrival (t0 + 100 ms) must leave: at t0 + 1.1 s.
         assert_eq!(
             over,
@@ -195,27 +221,59 @@ mod tests {
             })
         );
         // Other keys are independent.
-        assert_eq!(book.arrive("a", Endpoint::DeleteTopNotice, at), None);
-        assert_eq!(book.arrive("b", Endpoint::PutTopNotice, at), None);
+        assert_eq!(book.arrive("a", None, Endpoint::DeleteTopNotice, at), None);
+        assert_eq!(book.arrive("b", None, Endpoint::PutTopNotice, at), None);
         // Throttled arrivals count: at t0 + 1 s the window (t0, t0+1s] holds
         // 5 arrivals, this is the sixth.
-        assert!(book.arrive("a", Endpoint::PutTopNotice, t0 + SEC).is_some());
-        assert_eq!(book.max_in_any_window("a", "put_top_notice", SEC), 6);
+        assert!(book
+            .arrive("a", None, Endpoint::PutTopNotice, t0 + SEC)
+            .is_some());
+        assert_eq!(book.max_in_any_window("a", None, "put_top_notice", SEC), 6);
         assert_eq!(
-            book.max_in_any_window("a", "put_top_notice", Duration::from_millis(150)),
+            book.max_in_any_window("a", None, "put_top_notice", Duration::from_millis(150)),
             2
         );
-        assert_eq!(book.max_in_any_window("a", "nope", SEC), 0);
+        assert_eq!(book.max_in_any_window("a", None, "nope", SEC), 0);
+    }
+
+    #[test]
+    fn tenants_of_a_store_app_have_their_own_keys() {
+        let mut book = QuotaBook::new(vec![(1, SEC)]);
+        let t0 = Instant::now();
+        let ep = Endpoint::PutTopNotice;
+        assert_eq!(book.arrive("s", Some("t1"), ep, t0), None);
+        assert_eq!(book.arrive("s", Some("t2"), ep, t0), None);
+        assert_eq!(book.arrive("s", None, ep, t0), None);
+        assert!(book.arrive("s", Some("t1"), ep, t0).is_some());
+        assert_eq!(
+            book.max_in_any_window("s", Some("t1"), "put_top_notice", SEC),
+            2
+        );
+        assert_eq!(
+            book.max_in_any_window("s", Some("t2"), "put_top_notice", SEC),
+            1
+        );
+        assert_eq!(book.max_in_any_window("s", None, "put_top_notice", SEC), 1);
+        assert_eq!(
+            book.max_in_any_window("s", Some("t3"), "put_top_notice", SEC),
+            0
+        );
     }
 
     #[test]
     fn reports_the_window_that_frees_last() {
         let mut book = QuotaBook::new(vec![(1, SEC), (3, 60 * SEC)]);
         let t0 = Instant::now();
-        assert_eq!(book.arrive("a", Endpoint::GetChat, t0), None);
-        assert_eq!(book.arrive("a", Endpoint::GetChat, t0 + 2 * SEC), None);
-        assert_eq!(book.arrive("a", Endpoint::GetChat, t0 + 4 * SEC), None);
-        let over = book.arrive("a", Endpoint::GetChat, t0 + 4 * SEC);
+        assert_eq!(book.arrive("a", None, Endpoint::GetChat, t0), None);
+        assert_eq!(
+            book.arrive("a", None, Endpoint::GetChat, t0 + 2 * SEC),
+            None
+        );
+        assert_eq!(
+            book.arrive("a", None, Endpoint::GetChat, t0 + 4 * SEC),
+            None
+        );
+        let over = book.arrive("a", None, Endpoint::GetChat, t0 + 4 * SEC);
         // Both windows are over: the second one frees at t0 + 5 s, the
         // minute one at t0 + 62 s.
         assert_eq!(
@@ -232,12 +290,12 @@ mod tests {
         let mut book = QuotaBook::new(vec![(100, SEC)]);
         let t0 = Instant::now();
         for i in 0..50 {
-            book.arrive("a", Endpoint::PutTopNotice, t0 + i * SEC);
+            book.arrive("a", None, Endpoint::PutTopNotice, t0 + i * SEC);
         }
-        let log = &book.logs["a"][Endpoint::PutTopNotice.index()];
+        let log = &book.logs["a"][""][Endpoint::PutTopNotice.index()];
         assert_eq!(log.recent.len(), 1);
         assert_eq!(log.history.len(), 50);
         book.clear_history();
-        assert_eq!(book.max_in_any_window("a", "put_top_notice", SEC), 0);
+        assert_eq!(book.max_in_any_window("a", None, "put_top_notice", SEC), 0);
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! 1. read: the whole body is read; a pending `drop_next_connections` then
 //!    closes the connection with no answer.
-//! 2. route: token calls go to [`token_call`], everything else is a business
-//!    request ([`business`]).
+//! 2. route: token calls go to [`token_call`], store-app calls to
+//!    [`store_call`], everything else is a business request ([`business`]).
 //! 3. business requests: the bearer token is judged (and an expired one
 //!    counted) for the records, then [`decide`] runs injected answers, route
 //!    (404), token check, quota, body contract and magic chat ids; the first
@@ -36,7 +36,11 @@ use super::answer::{code, new_logid, Answer, RateLimitHeaders};
 use super::contract;
 use super::quota::{Endpoint, Over};
 use super::state::{lock, Shared};
-use super::{QuotaMode, RecordedRequest, TokenCall, TokenKind, TokenVerdict};
+use super::store::schedule_ticket_push;
+use super::tokens::Holder;
+use super::{
+    QuotaMode, RecordedRequest, StoreCall, StoreCallKind, TokenCall, TokenKind, TokenVerdict,
+};
 
 /// Bodies larger than this close the connection.
 const MAX_BODY: usize = 8 << 20;
@@ -126,8 +130,9 @@ async fn handle(
     let logid = new_logid();
     let mut wait = sim_delay(&parts.headers);
 
-    let answer = match token_route(&parts.method, parts.uri.path()) {
-        Some(kind) => token_call(&shared, kind, &body, arrived, &logid),
+    let answer = match auth_route(&parts.method, parts.uri.path()) {
+        Some(AuthRoute::SelfBuilt(kind)) => token_call(&shared, kind, &body, arrived, &logid),
+        Some(AuthRoute::Store(kind)) => store_call(&shared, kind, &body, arrived, &logid),
         None => {
             wait += shared.latency();
             business(&shared, parts, body, arrived, &logid)
@@ -151,15 +156,38 @@ fn sim_delay(headers: &HeaderMap) -> Duration {
 
 // ----- token calls ---------------------------------------------------------
 
-fn token_route(method: &Method, path: &str) -> Option<TokenKind> {
+/// The auth endpoints: self-built apps' token calls and store-app calls.
+#[derive(Debug, Clone, Copy)]
+enum AuthRoute {
+    SelfBuilt(TokenKind),
+    Store(StoreCallKind),
+}
+
+fn auth_route(method: &Method, path: &str) -> Option<AuthRoute> {
     if method != Method::POST {
         return None;
     }
     match path {
-        "/open-apis/auth/v3/tenant_access_token/internal" => Some(TokenKind::Tenant),
-        "/open-apis/auth/v3/app_access_token/internal" => Some(TokenKind::App),
+        "/open-apis/auth/v3/tenant_access_token/internal" => {
+            Some(AuthRoute::SelfBuilt(TokenKind::Tenant))
+        }
+        "/open-apis/auth/v3/app_access_token/internal" => {
+            Some(AuthRoute::SelfBuilt(TokenKind::App))
+        }
+        "/open-apis/auth/v3/app_ticket/resend" => Some(AuthRoute::Store(StoreCallKind::Resend)),
+        "/open-apis/auth/v3/app_access_token" => Some(AuthRoute::Store(StoreCallKind::AppToken)),
+        "/open-apis/auth/v3/tenant_access_token" => {
+            Some(AuthRoute::Store(StoreCallKind::TenantToken))
+        }
         _ => None,
     }
+}
+
+/// A JSON object body, or `None`.
+fn json_object(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object)
 }
 
 /// A token call: injected failure, then body, then credentials, then the
@@ -172,9 +200,7 @@ fn token_call(
     arrived: Instant,
     logid: &str,
 ) -> Answer {
-    let parsed = serde_json::from_slice::<Value>(body)
-        .ok()
-        .filter(Value::is_object);
+    let parsed = json_object(body);
     let field = |name: &str| {
         parsed
             .as_ref()
@@ -196,7 +222,7 @@ fn token_call(
         // One code for a wrong id or a wrong secret: do not reveal which.
         Answer::error(StatusCode::BAD_REQUEST, code::APP_SECRET_INVALID)
     } else {
-        let g = lock(&shared.tokens).grant(kind, app_id, Instant::now());
+        let g = lock(&shared.tokens).grant(kind, app_id, None, Instant::now());
         let field = match kind {
             TokenKind::Tenant => "tenant_access_token",
             TokenKind::App => "app_access_token",
@@ -218,6 +244,124 @@ fn token_call(
     };
     lock(&shared.token_calls).push(call);
     answer
+}
+
+// ----- store-app calls -----------------------------------------------------
+
+/// `{"code":code,"msg":msg}` with HTTP 400.
+fn refused(code: i64, msg: &str) -> Answer {
+    Answer::json(
+        StatusCode::BAD_REQUEST,
+        code,
+        &json!({"code": code, "msg": msg}),
+    )
+}
+
+/// A store-app call: resend, app token (with a ticket) or tenant token (with
+/// an app token). Injected token failures apply to the two token calls.
+fn store_call(
+    shared: &Arc<Shared>,
+    kind: StoreCallKind,
+    body: &[u8],
+    arrived: Instant,
+    logid: &str,
+) -> Answer {
+    let parsed = json_object(body);
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(Value::as_str)
+    };
+    let mut call = StoreCall {
+        kind,
+        app_id: field("app_id").unwrap_or("").to_owned(),
+        tenant_key: None,
+        ok: false,
+        token: String::new(),
+        expire: 0,
+        code: 0,
+        arrived,
+        logid: logid.to_owned(),
+    };
+    let injected = kind != StoreCallKind::Resend && shared.faults.take_token_failure();
+
+    let answer = if injected {
+        let failed = match kind {
+            StoreCallKind::TenantToken => code::GET_TENANT_TOKEN_FAILED,
+            _ => code::GET_APP_TOKEN_FAILED,
+        };
+        Answer::error(StatusCode::INTERNAL_SERVER_ERROR, failed)
+    } else if parsed.is_none() {
+        Answer::error(StatusCode::BAD_REQUEST, code::BAD_REQUEST)
+    } else {
+        match kind {
+            StoreCallKind::Resend | StoreCallKind::AppToken => {
+                let credentials_ok = lock(&shared.store)
+                    .credentials_ok(&call.app_id, field("app_secret").unwrap_or(""));
+                if !credentials_ok {
+                    Answer::error(StatusCode::BAD_REQUEST, code::APP_SECRET_INVALID)
+                } else if kind == StoreCallKind::Resend {
+                    schedule_ticket_push(shared, &call.app_id);
+                    call.ok = true;
+                    Answer::json(StatusCode::OK, 0, &json!({"code": 0, "msg": "ok"}))
+                } else {
+                    app_token(shared, &mut call, field("app_ticket").unwrap_or(""))
+                }
+            }
+            StoreCallKind::TenantToken => {
+                call.tenant_key = field("tenant_key").map(str::to_owned);
+                tenant_token(shared, &mut call, field("app_access_token"))
+            }
+        }
+    };
+    call.code = answer.code;
+    lock(&shared.store_calls).push(call);
+    answer
+}
+
+/// `app_access_token` for a store app whose credentials were checked.
+fn app_token(shared: &Shared, call: &mut StoreCall, ticket: &str) -> Answer {
+    if !lock(&shared.store).ticket_ok(&call.app_id, ticket) {
+        return refused(shared.invalid_ticket_code, "app ticket is invalid");
+    }
+    let g = lock(&shared.tokens).grant(TokenKind::App, &call.app_id, None, Instant::now());
+    let body = json!({"code": 0, "msg": "ok", "app_access_token": g.token, "expire": g.expire});
+    call.ok = true;
+    call.token = g.token;
+    call.expire = g.expire;
+    Answer::json(StatusCode::OK, 0, &body)
+}
+
+/// `tenant_access_token` for (the app token's app, `call.tenant_key`).
+fn tenant_token(shared: &Shared, call: &mut StoreCall, app_token: Option<&str>) -> Answer {
+    let now = Instant::now();
+    let (verdict, holder) = lock(&shared.tokens).check(TokenKind::App, app_token, now);
+    let app = match (verdict, holder) {
+        (TokenVerdict::Valid, Some(Holder { app_id, .. }))
+            if lock(&shared.store).is_store_app(&app_id) =>
+        {
+            app_id
+        }
+        (TokenVerdict::Expired, _) => {
+            return Answer::error(StatusCode::BAD_REQUEST, code::APP_TOKEN_EXPIRED)
+        }
+        _ => return Answer::error(StatusCode::BAD_REQUEST, code::INVALID_APP_TOKEN),
+    };
+    call.app_id = app.to_string();
+    let tenant = call.tenant_key.as_deref().unwrap_or("");
+    if !lock(&shared.store).tenant_ok(&app, tenant) {
+        return refused(
+            shared.unknown_tenant_code,
+            "tenant key invalid: the app is not installed in this tenant",
+        );
+    }
+    let g = lock(&shared.tokens).grant(TokenKind::Tenant, &app, Some(tenant), now);
+    let body = json!({"code": 0, "msg": "ok", "tenant_access_token": g.token, "expire": g.expire});
+    call.ok = true;
+    call.token = g.token;
+    call.expire = g.expire;
+    Answer::json(StatusCode::OK, 0, &body)
 }
 
 // ----- business requests ---------------------------------------------------
@@ -272,7 +416,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid: &str) -> Answer {
     let route = Route::of(&parts.method, parts.uri.path());
     let bearer = bearer_token(&parts.headers);
-    let (verdict, app) = lock(&shared.tokens).judge(bearer, Instant::now());
+    let (verdict, holder) = lock(&shared.tokens).judge(bearer, Instant::now());
     if verdict == TokenVerdict::Expired {
         shared.expired_uses.fetch_add(1, Ordering::Relaxed);
     }
@@ -281,7 +425,7 @@ fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid:
         shared,
         route,
         verdict,
-        app.as_deref(),
+        holder.as_ref(),
         &body,
         parts.uri.query(),
     );
@@ -297,7 +441,11 @@ fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid:
             version: parts.version,
             bearer: bearer.map(str::to_owned),
             token_verdict: verdict,
-            app_id: app.as_deref().map(str::to_owned),
+            app_id: holder.as_ref().map(|h| h.app_id.to_string()),
+            tenant_key: holder
+                .as_ref()
+                .and_then(|h| h.tenant_key.as_deref())
+                .map(str::to_owned),
             endpoint,
             answered_code: answer.code,
             answered_status: answer.status,
@@ -317,7 +465,7 @@ fn decide(
     shared: &Shared,
     route: Route<'_>,
     verdict: TokenVerdict,
-    app: Option<&str>,
+    holder: Option<&Holder>,
     body: &[u8],
     query: Option<&str>,
 ) -> Answer {
@@ -331,17 +479,19 @@ fn decide(
         return Answer::error(StatusCode::NOT_FOUND, code::NOT_FOUND);
     };
 
-    // a. token: the token identifies the app.
-    let app = match (verdict, app) {
-        (TokenVerdict::Valid, Some(app)) => app,
+    // a. token: the token identifies the app (and a store app's tenant).
+    let holder = match (verdict, holder) {
+        (TokenVerdict::Valid, Some(holder)) => holder,
         (TokenVerdict::Missing, _) => {
             return Answer::error(StatusCode::BAD_REQUEST, code::MISSING_TOKEN)
         }
         _ => return Answer::error(shared.token_invalid_status, code::INVALID_TENANT_TOKEN),
     };
 
-    // b. quota per (app, endpoint); throttled calls count as arrivals too.
-    if let Some(answer) = quota(shared, app, endpoint) {
+    // b. quota per (app[, tenant], endpoint); throttled calls count as
+    // arrivals too.
+    let tenant = holder.tenant_key.as_deref();
+    if let Some(answer) = quota(shared, &holder.app_id, tenant, endpoint) {
         return answer;
     }
 
@@ -393,11 +543,11 @@ fn injected(shared: &Shared, code: i64, status: StatusCode) -> Answer {
 }
 
 /// Log the arrival; answer 429 when it went over a window under `Enforce`.
-fn quota(shared: &Shared, app: &str, endpoint: Endpoint) -> Option<Answer> {
+fn quota(shared: &Shared, app: &str, tenant: Option<&str>, endpoint: Endpoint) -> Option<Answer> {
     let over = {
         let mut book = lock(&shared.quota);
         // Read the clock under the lock so each log is in arrival order.
-        book.arrive(app, endpoint, Instant::now())
+        book.arrive(app, tenant, endpoint, Instant::now())
     };
     let Over { limit, reset_secs } = over?;
     match shared.quota_mode() {

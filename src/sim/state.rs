@@ -10,10 +10,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use http::StatusCode;
+use tokio::task::JoinSet;
 
 use super::quota::QuotaBook;
+use super::store::{push_client, PushClient, StoreBook};
 use super::tokens::TokenBook;
-use super::{QuotaMode, RecordedRequest, SimApp, SimConfig, TokenCall};
+use super::{PushedEvent, QuotaMode, RecordedRequest, SimApp, SimConfig, StoreCall, TokenCall};
 
 /// Lock a mutex, carrying on after a panic elsewhere: the data is records and
 /// counters, always left consistent between statements.
@@ -88,6 +90,20 @@ pub(crate) struct Shared {
     pub(crate) token_calls: Mutex<Vec<TokenCall>>,
     pub(crate) violations: AtomicU64,
     pub(crate) expired_uses: AtomicU64,
+    /// Store apps: tickets, tenants, event URLs.
+    pub(crate) store: Mutex<StoreBook>,
+    /// The code answered for a stale or unknown app_ticket.
+    pub(crate) invalid_ticket_code: i64,
+    /// The code answered for a tenant that did not install the app.
+    pub(crate) unknown_tenant_code: i64,
+    /// Delay between a resend call and its push, in nanoseconds.
+    ticket_push_delay_ns: AtomicU64,
+    /// The client that pushes events to event URLs.
+    pub(crate) push_client: PushClient,
+    /// Pushes scheduled by resend calls; aborted when the fake stops.
+    pub(crate) push_tasks: Mutex<JoinSet<()>>,
+    pub(crate) store_calls: Mutex<Vec<StoreCall>>,
+    pub(crate) pushed: Mutex<Vec<PushedEvent>>,
 }
 
 impl Shared {
@@ -105,9 +121,27 @@ impl Shared {
             token_calls: Mutex::new(Vec::new()),
             violations: AtomicU64::new(0),
             expired_uses: AtomicU64::new(0),
+            store: Mutex::new(StoreBook::new(cfg.store_apps)),
+            invalid_ticket_code: cfg.invalid_ticket_code,
+            unknown_tenant_code: cfg.unknown_tenant_code,
+            ticket_push_delay_ns: AtomicU64::new(0),
+            push_client: push_client(),
+            push_tasks: Mutex::new(JoinSet::new()),
+            store_calls: Mutex::new(Vec::new()),
+            pushed: Mutex::new(Vec::new()),
         };
         shared.set_latency(cfg.latency);
+        shared.set_ticket_push_delay(cfg.ticket_push_delay);
         shared
+    }
+
+    pub(crate) fn set_ticket_push_delay(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.ticket_push_delay_ns.store(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn ticket_push_delay(&self) -> Duration {
+        Duration::from_nanos(self.ticket_push_delay_ns.load(Ordering::Relaxed))
     }
 
     pub(crate) fn set_latency(&self, d: Duration) {

@@ -846,3 +846,6 @@ async fn https_http1_answers_are_title_cased_and_untrusted_clients_fail() {
     assert_eq!(recorded[0].version, http::Version::HTTP_11);
     assert_eq!(recorded[0].answered_code, 99991663);
 }
+
+/// Store apps: resend, pushes, tickets, tenant tokens and quotas.
+mod store;

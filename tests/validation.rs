@@ -1,0 +1,294 @@
+//! Request validation through real sockets (issue 4): bad input is answered
+//! by the gateway in Feishu's words, before any quota is spent, and nothing
+//! reaches Feishu.
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DELETE_PATH: &str = "/open-apis/im/v1/chats/oc_123/top_notice/delete_top_notice";
+/// One request per 10 s: any spent quota would show at once.
+const TIGHT: &str = "[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice\"\nlimits = [\"1/10s\"]\n";
+
+async fn post(h: &Harness, path: &str, content_type: Option<&str>, body: &str) -> Answer {
+    let auth = format!("Bearer {CLIENT_KEY}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    if let Some(ct) = content_type {
+        headers.push(("content-type", ct));
+    }
+    h.call(Method::POST, path, &headers, body).await
+}
+
+fn violation(a: &Answer, i: usize) -> (String, String) {
+    let v = a.json();
+    let f = &v["error"]["field_violations"][i];
+    (
+        f["field"].as_str().unwrap_or_default().to_string(),
+        f["description"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn every_rule_has_its_field_and_nothing_reaches_feishu_or_spends_quota() {
+    let h = start(sim_config(), "", TIGHT).await;
+    h.ready().await;
+    let json = Some("application/json; charset=utf-8");
+    let cases: Vec<(&str, Option<&str>, &str, &str, &str)> = vec![
+        // (path, content type, body, field, description fragment)
+        (
+            "/open-apis/im/v1/chats/chat123/top_notice/put_top_notice",
+            json,
+            PUT_BODY,
+            "chat_id",
+            "oc_",
+        ),
+        (
+            "/open-apis/im/v1/chats/oc_1%2F2/top_notice/put_top_notice",
+            json,
+            PUT_BODY,
+            "chat_id",
+            "",
+        ),
+        (
+            PUT_PATH,
+            Some("text/plain"),
+            PUT_BODY,
+            "Content-Type",
+            "application/json",
+        ),
+        (PUT_PATH, None, PUT_BODY, "Content-Type", ""),
+        (PUT_PATH, json, "[1,2]", "body", "object"),
+        (PUT_PATH, json, "{}", "chat_top_notice", "required"),
+        (
+            PUT_PATH,
+            json,
+            r#"{"chat_top_notice":{}}"#,
+            "chat_top_notice",
+            "array",
+        ),
+        (
+            PUT_PATH,
+            json,
+            r#"{"chat_top_notice":[]}"#,
+            "chat_top_notice",
+            "",
+        ),
+        (
+            PUT_PATH,
+            json,
+            r#"{"chat_top_notice":[5]}"#,
+            "chat_top_notice[0]",
+            "object",
+        ),
+        (
+            PUT_PATH,
+            json,
+            r#"{"chat_top_notice":[{"action_type":"3"}]}"#,
+            "chat_top_notice[0].action_type",
+            "",
+        ),
+        (
+            PUT_PATH,
+            json,
+            r#"{"chat_top_notice":[{"action_type":1,"message_id":"om_1"}]}"#,
+            "chat_top_notice[0].action_type",
+            "string",
+        ),
+        (
+            PUT_PATH,
+            json,
+            r#"{"chat_top_notice":[{"action_type":"1"}]}"#,
+            "chat_top_notice[0].message_id",
+            "required when action_type is \"1\"",
+        ),
+        (
+            PUT_PATH,
+            json,
+            r#"{"chat_top_notice":[{"action_type":"1","message_id":"msg_1"}]}"#,
+            "chat_top_notice[0].message_id",
+            "om_",
+        ),
+        (
+            PUT_PATH,
+            json,
+            r#"{"chat_top_notice":[{"action_type":"1","#,
+            "body",
+            "line",
+        ),
+    ];
+    for (path, ct, body, field, fragment) in &cases {
+        let a = post(&h, path, *ct, body).await;
+        assert_eq!(
+            a.status,
+            StatusCode::BAD_REQUEST,
+            "{path} {body}: {:?}",
+            a.body
+        );
+        assert_eq!(a.header("x-gateway-error"), Some("invalid-request"));
+        assert!(a
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/json"));
+        assert_eq!(a.code(), 232001);
+        let (f, d) = violation(&a, 0);
+        assert_eq!(&f, field, "{body}: {:?}", a.json());
+        assert!(d.contains(fragment), "{body}: {d:?} lacks {fragment:?}");
+        let msg = a.json()["msg"].as_str().unwrap().to_string();
+        assert!(msg.contains(field), "msg names the field: {msg}");
+    }
+    assert!(h.sim.requests().is_empty(), "nothing reached Feishu");
+    // No quota was spent: the one request per 10 s still goes through.
+    assert_eq!(h.put("oc_123").await.code(), 0);
+}
+
+#[tokio::test]
+async fn every_violation_is_listed_and_values_are_capped() {
+    let h = start(sim_config(), "", "").await;
+    let long = "x".repeat(5000);
+    let body = format!(
+        r#"{{"chat_top_notice":[{{"action_type":"1"}},{{"action_type":"1","message_id":"{long}"}},{{"action_type":2}}]}}"#
+    );
+    let a = post(&h, PUT_PATH, Some("application/json"), &body).await;
+    let v = a.json();
+    let list = v["error"]["field_violations"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{v}");
+    let fields: Vec<&str> = list.iter().map(|f| f["field"].as_str().unwrap()).collect();
+    assert_eq!(
+        fields,
+        [
+            "chat_top_notice[0].message_id",
+            "chat_top_notice[1].message_id",
+            "chat_top_notice[2].action_type"
+        ]
+    );
+    let echoed = list[1]["value"].as_str().unwrap();
+    assert!(
+        echoed.chars().count() <= 80,
+        "value capped: {}",
+        echoed.len()
+    );
+    assert!(a.body.len() < 2000, "never echoes more than needed");
+}
+
+#[tokio::test]
+async fn the_sdks_bodies_and_the_three_delete_variants_pass() {
+    let h = start(sim_config(), "", "").await;
+    for body in [
+        PUT_BODY,
+        r#"{"chat_top_notice":[{"action_type":"2"}]}"#,
+        r#"{"chat_top_notice":[{}]}"#,
+        r#"{"chat_top_notice":[{"action_type":"2","message_id":"ignored"}],"extra":1}"#,
+    ] {
+        let a = post(&h, PUT_PATH, Some("application/json; charset=utf-8"), body).await;
+        assert_eq!(a.code(), 0, "{body}: {:?}", a.body);
+    }
+    for (ct, body) in [
+        (Some("application/json"), ""),
+        (Some("application/json"), "{}"),
+        (None, ""),
+    ] {
+        let a = post(&h, DELETE_PATH, ct, body).await;
+        assert_eq!(a.code(), 0, "{ct:?} {body:?}: {:?}", a.body);
+    }
+}
+
+#[tokio::test]
+async fn hostile_bodies_get_bounded_answers_and_the_gateway_stays_healthy() {
+    let h = start(
+        sim_config(),
+        "max_body_bytes = 65536\n[timeouts]\nbody_read = \"500ms\"\n",
+        "",
+    )
+    .await;
+    let json = Some("application/json");
+    // Oversized.
+    let big = format!(
+        r#"{{"chat_top_notice":[],"pad":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let a = post(&h, PUT_PATH, json, &big).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.code(), 232001);
+    assert_eq!(a.json()["error"]["field_violations"][0]["field"], "body");
+    // Deeply nested.
+    let deep = "[".repeat(60_000);
+    let a = post(&h, PUT_PATH, json, &deep).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    // Not UTF-8.
+    let auth = format!("Bearer {CLIENT_KEY}");
+    let mut s = tokio::net::TcpStream::connect(h.gw.addr()).await.unwrap();
+    let head = format!(
+        "POST {PUT_PATH} HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: 4\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[0x7b, 0xff, 0xfe, 0x7d]).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("232001"));
+    // Slow drip: the body never completes; the answer comes at the body
+    // timeout, not never.
+    let mut s = tokio::net::TcpStream::connect(h.gw.addr()).await.unwrap();
+    let head = format!(
+        "POST {PUT_PATH} HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n{{\"chat"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .expect("answered at the body timeout")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 408"));
+    assert!(h.sim.requests().is_empty());
+    assert_eq!(h.admin("/healthz").await.status, StatusCode::OK);
+    assert_eq!(h.put("oc_123").await.code(), 0, "still serving");
+}
+
+#[tokio::test]
+async fn log_only_forwards_and_counts_and_unknown_fields_can_be_rejected() {
+    let routes = r#"
+[[routes]]
+method = "POST"
+path = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice"
+validation = "log-only"
+
+[[routes]]
+method = "POST"
+path = "/open-apis/im/v1/chats/:chat_id/top_notice/delete_top_notice"
+unknown_fields = "reject"
+"#;
+    let h = start(sim_config(), "", routes).await;
+    let a = post(
+        &h,
+        PUT_PATH,
+        Some("application/json"),
+        r#"{"chat_top_notice":[{"action_type":"1"}]}"#,
+    )
+    .await;
+    assert_eq!(a.code(), 232001, "Feishu's own answer");
+    assert!(
+        a.header("x-gateway-error").is_none(),
+        "forwarded in log-only mode"
+    );
+    assert_eq!(h.sim.requests().len(), 1);
+    let m = String::from_utf8_lossy(&h.admin("/metrics").await.body).to_string();
+    assert!(
+        m.contains("feishu_gateway_validation_would_reject_total{app=\"ops-bot\""),
+        "{m}"
+    );
+
+    let a = post(
+        &h,
+        DELETE_PATH,
+        Some("application/json"),
+        r#"{"surprise":1}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(violation(&a, 0).0, "surprise");
+}
