@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
+use crate::quota::Engine;
 use crate::store::StoreApps;
 use crate::token::TokenManager;
 
@@ -20,6 +21,7 @@ pub struct Admin {
     tokens: Arc<TokenManager>,
     store: Arc<StoreApps>,
     metrics: Arc<Metrics>,
+    quota: Option<Engine>,
 }
 
 impl Admin {
@@ -29,7 +31,14 @@ impl Admin {
             tokens,
             store,
             metrics,
+            quota: None,
         }
+    }
+
+    /// Also reports the quota engine's backend in `/readyz`.
+    pub fn with_quota(mut self, quota: Engine) -> Self {
+        self.quota = Some(quota);
+        self
     }
 
     /// Answers one admin request.
@@ -44,15 +53,22 @@ impl Admin {
             "/healthz" => json(StatusCode::OK, &json!({"status": "ok"})),
             "/readyz" => {
                 let apps = self.tokens.statuses();
-                let ready = apps.iter().all(|a| a.has_token);
+                let settled = self.quota.as_ref().is_none_or(Engine::is_settled);
+                let ready = apps.iter().all(|a| a.has_token) && settled;
                 let status = if ready {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
+                // The quota backend's state is reported, not required (only
+                // its first probe, at start, is waited for): every replica
+                // shares the same Redis, so taking them all out of service
+                // would turn a quota outage into a full one; the fail mode
+                // already decides what limited routes get.
+                let quota = self.quota.as_ref().map(Engine::status);
                 json(
                     status,
-                    &json!({"ready": ready, "apps": apps, "store_apps": self.store.statuses()}),
+                    &json!({"ready": ready, "apps": apps, "store_apps": self.store.statuses(), "quota": quota}),
                 )
             }
             "/metrics" => {

@@ -51,6 +51,9 @@ pub mod codes {
     pub const GW_UPSTREAM_UNAVAILABLE: i64 = 99990502;
     /// Gateway: Feishu did not answer in time.
     pub const GW_UPSTREAM_TIMEOUT: i64 = 99990503;
+    /// Gateway: the shared quota backend (Redis) is unavailable and
+    /// `quota.fail = "closed"`.
+    pub const GW_QUOTA_BACKEND_UNAVAILABLE: i64 = 99990504;
 
     /// Codes with which Feishu refuses one tenant's token (the app is not
     /// installed there, or the tenant key is wrong): the caller's mistake.
@@ -154,6 +157,8 @@ pub enum GatewayError {
     Upstream(UpstreamFailure),
     /// Over the (app, route) quota: rejected at once or after waiting.
     RateLimited(Box<crate::quota::Rejection>),
+    /// The shared quota backend is unavailable and `quota.fail = "closed"`.
+    QuotaBackendUnavailable,
     /// A bug: a panic or an impossible state.
     Internal,
 }
@@ -181,6 +186,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::QuotaBackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -205,6 +211,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream-timeout",
             GatewayError::Upstream(_) => "upstream-unavailable",
             GatewayError::RateLimited(_) => "rate-limited",
+            GatewayError::QuotaBackendUnavailable => "quota-backend-unavailable",
             GatewayError::Internal => "internal",
         }
     }
@@ -230,6 +237,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Timeout) => codes::GW_UPSTREAM_TIMEOUT,
             GatewayError::Upstream(_) => codes::GW_UPSTREAM_UNAVAILABLE,
             GatewayError::RateLimited(_) => codes::RATE_LIMITED,
+            GatewayError::QuotaBackendUnavailable => codes::GW_QUOTA_BACKEND_UNAVAILABLE,
             GatewayError::Internal => codes::GW_INTERNAL,
         }
     }
@@ -290,6 +298,9 @@ impl GatewayError {
                 r.label(),
                 r.reset_secs()
             ),
+            GatewayError::QuotaBackendUnavailable => {
+                "feishu-gateway: the shared quota backend is unavailable; retry later".into()
+            }
             GatewayError::Internal => "feishu-gateway: internal error".into(),
         }
     }
@@ -327,6 +338,10 @@ impl GatewayError {
             if let Ok(v) = HeaderValue::from_str(&r.ratelimit()) {
                 h.insert("ratelimit", v);
             }
+        }
+        if let GatewayError::QuotaBackendUnavailable = &self {
+            let h = resp.headers_mut();
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

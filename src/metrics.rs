@@ -12,8 +12,8 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Label for requests that matched no configured app.
@@ -60,6 +60,7 @@ pub const KNOWN_CODES: &[(i64, &str)] = &[
     (99990500, "gateway: internal error"),
     (99990502, "gateway: Feishu unreachable"),
     (99990503, "gateway: Feishu timeout"),
+    (99990504, "gateway: shared quota backend unavailable"),
 ];
 
 /// All metric families of the gateway.
@@ -79,6 +80,7 @@ pub struct Metrics {
     app_ticket_received: GaugeVec,
     quota_waiting: IntGaugeVec,
     quota_wait: HistogramVec,
+    backend: BackendFamilies,
     /// Cached handles, indexed `[app + 1][route + 1]` (0 = unknown/other).
     pairs: Vec<Vec<PairMetrics>>,
     app_labels: Vec<String>,
@@ -92,6 +94,110 @@ pub struct QuotaPairMetrics {
     pub waiting: IntGauge,
     /// Time admitted requests waited.
     pub wait: Histogram,
+}
+
+/// The shared quota backend's families (`feishu_gateway_quota_backend_*`).
+struct BackendFamilies {
+    info: IntGaugeVec,
+    up: IntGauge,
+    duration: HistogramVec,
+    errors: IntCounterVec,
+    fallbacks: IntCounter,
+    fallback_seconds: Counter,
+    degraded_requests: IntCounterVec,
+}
+
+/// Handles of the shared quota backend (Redis), created once at start.
+#[derive(Clone)]
+pub struct QuotaBackendMetrics {
+    /// 1 while limits are shared through the backend, 0 while degraded.
+    pub up: IntGauge,
+    /// Round trips of the admission script (one per admitted request).
+    pub take: Histogram,
+    /// Round trips of snapshot reads.
+    pub peek: Histogram,
+    /// Round trips writing an upstream pause.
+    pub pause: Histogram,
+    /// Round trips of health probes and of the return to shared limiting.
+    pub probe: Histogram,
+    /// Calls that did not answer within the timeout.
+    pub timeouts: IntCounter,
+    /// Calls that failed to connect or lost their connection.
+    pub connection_errors: IntCounter,
+    /// Calls the server answered with an error.
+    pub server_errors: IntCounter,
+    /// Switches from shared limiting to the fail mode.
+    pub fallbacks: IntCounter,
+    /// Time spent not sharing limits, in seconds.
+    pub fallback_seconds: Counter,
+    /// Requests decided by the fail mode while degraded.
+    pub degraded_requests: IntCounter,
+}
+
+fn backend_buckets() -> Vec<f64> {
+    vec![
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    ]
+}
+
+impl BackendFamilies {
+    fn new() -> prometheus::Result<Self> {
+        Ok(BackendFamilies {
+            info: IntGaugeVec::new(
+                Opts::new(
+                    "feishu_gateway_quota_backend_info",
+                    "Where quota state lives (local or redis) and the fail mode when it is unreachable",
+                ),
+                &["backend", "fail"],
+            )?,
+            up: IntGauge::new(
+                "feishu_gateway_quota_backend_up",
+                "1 while quotas are shared through Redis, 0 while the fail mode decides",
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "feishu_gateway_quota_backend_duration_seconds",
+                    "Round trips to the shared quota backend, by operation",
+                )
+                .buckets(backend_buckets()),
+                &["op"],
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "feishu_gateway_quota_backend_errors_total",
+                    "Failed calls to the shared quota backend, by kind",
+                ),
+                &["kind"],
+            )?,
+            fallbacks: IntCounter::new(
+                "feishu_gateway_quota_backend_fallbacks_total",
+                "Switches from shared limiting to the fail mode",
+            )?,
+            fallback_seconds: Counter::new(
+                "feishu_gateway_quota_backend_fallback_seconds_total",
+                "Time spent with the shared quota backend unavailable",
+            )?,
+            degraded_requests: IntCounterVec::new(
+                Opts::new(
+                    "feishu_gateway_quota_backend_degraded_requests_total",
+                    "Requests decided by the fail mode (local, closed or open) while the backend was unavailable",
+                ),
+                &["fail"],
+            )?,
+        })
+    }
+
+    /// Everything but `info`, registered only when a Redis backend runs.
+    fn shared_collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.up.clone()),
+            Box::new(self.duration.clone()),
+            Box::new(self.errors.clone()),
+            Box::new(self.fallbacks.clone()),
+            Box::new(self.fallback_seconds.clone()),
+            Box::new(self.degraded_requests.clone()),
+        ]
+    }
 }
 
 /// Handles for one (app, route) pair.
@@ -223,6 +329,7 @@ impl Metrics {
             .buckets(buckets()),
             &["app", "route"],
         )?;
+        let backend = BackendFamilies::new()?;
         let build_info = IntGaugeVec::new(
             Opts::new("feishu_gateway_build_info", "Build information"),
             &["version"],
@@ -253,7 +360,10 @@ impl Metrics {
             Box::new(quota_wait.clone()),
             Box::new(build_info.clone()),
             Box::new(code_info.clone()),
-        ] {
+        ]
+        .into_iter()
+        .chain([Box::new(backend.info.clone()) as Box<dyn prometheus::core::Collector>])
+        {
             registry.register(c)?;
         }
         build_info
@@ -304,6 +414,7 @@ impl Metrics {
             app_ticket_received,
             quota_waiting,
             quota_wait,
+            backend,
             pairs,
             app_labels,
             route_labels,
@@ -452,6 +563,39 @@ impl Metrics {
             waiting: self.quota_waiting.with_label_values(&[a, r]),
             wait: self.quota_wait.with_label_values(&[a, r]),
         }
+    }
+
+    /// Publishes which quota backend runs (`local` or `redis`) and its fail
+    /// mode (`-` for local).
+    pub fn quota_backend_info(&self, backend: &str, fail: &str) {
+        self.backend.info.with_label_values(&[backend, fail]).set(1);
+    }
+
+    /// Registers the shared (Redis) quota backend's families, whose fail
+    /// mode is `fail`, and returns their handles; series start at 0 (`up` at
+    /// 1). Call once: a gateway on the local backend exports none of them.
+    pub fn quota_backend(&self, fail: &str) -> prometheus::Result<QuotaBackendMetrics> {
+        let b = &self.backend;
+        for c in b.shared_collectors() {
+            self.registry.register(c)?;
+        }
+        self.quota_backend_info("redis", fail);
+        b.up.set(1);
+        let op = |name: &str| b.duration.with_label_values(&[name]);
+        let kind = |name: &str| b.errors.with_label_values(&[name]);
+        Ok(QuotaBackendMetrics {
+            up: b.up.clone(),
+            take: op("take"),
+            peek: op("peek"),
+            pause: op("pause"),
+            probe: op("probe"),
+            timeouts: kind("timeout"),
+            connection_errors: kind("connection"),
+            server_errors: kind("server"),
+            fallbacks: b.fallbacks.clone(),
+            fallback_seconds: b.fallback_seconds.clone(),
+            degraded_requests: b.degraded_requests.with_label_values(&[fail]),
+        })
     }
 
     /// Records how many tenants a store app holds.

@@ -37,7 +37,7 @@ use crate::config::ValidationMode;
 use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
 use crate::error::{codes, GatewayError};
 use crate::metrics::{Metrics, QuotaPairMetrics};
-use crate::quota::{KeySpec, LocalQuota, Overflow, Plan, PlanPolicy, QuotaKey};
+use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey};
 use crate::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
 use crate::store::{StoreApps, Tenant, TicketBox};
 use crate::token::{TokenManager, TokenSlot};
@@ -75,7 +75,7 @@ pub struct Gateway {
     store: Arc<StoreApps>,
     client: HttpClient,
     metrics: Arc<Metrics>,
-    quota: LocalQuota,
+    quota: Engine,
     /// Quota key and wait metrics per (app, route), at `app * routes + route`;
     /// `None` where the route has no limits.
     quota_keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>,
@@ -185,11 +185,18 @@ impl Gateway {
             for (r, plan) in plans.iter().enumerate() {
                 quota_keys.push(plan.as_ref().map(|plan| {
                     let key = QuotaKey::new(specs.len() as u32);
-                    specs.push(KeySpec::new(plan.clone(), config.quota.max_waiters));
+                    let route = catalog.route(r);
+                    let name = format!(
+                        "{}:{} {}",
+                        config.apps[app].app_id, route.method, route.template
+                    );
+                    specs
+                        .push(KeySpec::new(plan.clone(), config.quota.max_waiters).with_name(name));
                     (key, metrics.quota_pair(app, r, &catalog.route(r).limits))
                 }));
             }
         }
+        let quota = Engine::from_config(&config.quota, specs, &metrics)?;
         let mut contracts = Contracts::for_catalog(&catalog);
         for (i, route) in catalog.routes().iter().enumerate() {
             if let Some(c) = contracts.get_mut(i) {
@@ -219,7 +226,7 @@ impl Gateway {
             store,
             client,
             metrics,
-            quota: LocalQuota::with_tokio_clock(specs),
+            quota,
             quota_keys,
             quota_config: config.quota.clone(),
             max_body_bytes: config.max_body_bytes,
@@ -479,19 +486,25 @@ impl Gateway {
         };
         // Store apps: Feishu's limits hold per tenant, so each tenant has
         // its own keys (same plans); the (app, route) metrics are shared.
-        let (quota, key) = match &ctx.tenant {
+        let tenant = match &ctx.tenant {
             Some(t) => match t.quota_key(route) {
-                Some(k) => (t.quota(), k),
+                Some(k) => Some((t.quota(), k)),
                 None => return Ok(()),
             },
-            None => (&self.quota, *key),
+            None => None,
         };
         let overflow = self.overflow(self.catalog.route(route), headers)?;
+        let acquire = async {
+            match tenant {
+                Some((quota, key)) => quota.acquire(key, overflow).await,
+                None => self.quota.acquire(*key, overflow).await,
+            }
+        };
         let result = match overflow {
-            Overflow::Reject => quota.check(key),
+            Overflow::Reject => acquire.await,
             Overflow::Wait(_) => {
                 pair.waiting.inc();
-                let r = quota.acquire(key, overflow).await;
+                let r = acquire.await;
                 pair.waiting.dec();
                 r
             }
@@ -502,6 +515,9 @@ impl Gateway {
                     pair.wait.observe(admit.waited.as_secs_f64());
                 }
                 Ok(())
+            }
+            Err(rejection) if rejection.cause() == Cause::BackendUnavailable => {
+                Err(GatewayError::QuotaBackendUnavailable)
             }
             Err(rejection) => {
                 self.metrics
@@ -766,6 +782,11 @@ impl Gateway {
     /// The token manager (for `/readyz`).
     pub fn tokens(&self) -> &Arc<TokenManager> {
         &self.tokens
+    }
+
+    /// The quota engine (for `/readyz`).
+    pub fn quota(&self) -> &Engine {
+        &self.quota
     }
 
     /// The metrics (for `/metrics`).

@@ -151,7 +151,9 @@ impl Runtime {
         ));
         let admin_srv = tokio::spawn(crate::server::serve(
             admin_listener,
-            Admin::new(tokens, Arc::clone(gateway.store()), metrics).service(),
+            Admin::new(tokens, Arc::clone(gateway.store()), metrics)
+                .with_quota(gateway.quota().clone())
+                .service(),
             wait_for(rx),
             grace,
         ));

@@ -192,8 +192,34 @@ pub struct QuotaConfig {
     /// per-request `X-Gateway-Max-Wait` header. Default 5 s.
     pub max_wait: Duration,
     /// Requests that may wait per (app, route) at once (`max_waiters`);
-    /// past it, requests are rejected. Default 256.
+    /// past it, requests are rejected. Default 256. With Redis: per
+    /// replica.
     pub max_waiters: u32,
+    /// Where quota state lives (`backend`: `"local"`, the default, or
+    /// `"redis"` to share every quota between replicas).
+    pub backend: crate::quota::BackendKind,
+    /// The Redis URL, `redis://[:password@]host[:port][/db]` or `rediss://…`
+    /// for TLS. From `redis_url_env` (an environment variable, for URLs
+    /// with a password), `redis_url_file`, or `redis_url`. Required with
+    /// `backend = "redis"`; never logged.
+    pub redis_url: Option<Secret>,
+    /// PEM root certificates for `rediss://` to a private CA
+    /// (`redis_ca_file`); default the public web roots.
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// Prefix of every Redis key the gateway writes (`key_prefix`). Default
+    /// `"feishu-gateway:"`. Replicas sharing quotas must use the same one.
+    pub key_prefix: String,
+    /// What to do while Redis is unreachable or slow (`fail`): `"local"`
+    /// (default: each replica limits locally to 1/replicas of every quota),
+    /// `"closed"` (503) or `"open"` (no limit).
+    pub fail: crate::quota::FailMode,
+    /// The most replicas that run at once, e.g. an autoscaler's maximum
+    /// (`replicas`). Required with `backend = "redis"` and `fail = "local"`;
+    /// every limit must be at least this.
+    pub replicas: u32,
+    /// Longest wait for one Redis call (`redis_timeout`). Default 50 ms, at
+    /// most half of `margin`: the answer's trip back is arrival jitter.
+    pub redis_timeout: Duration,
 }
 
 /// A catalog override or addition (`[[routes]]`). Fields left out keep the
@@ -476,7 +502,7 @@ impl Config {
 
         let sdk_tokens = read_sdk_tokens(&mut s, env, p);
         let state_dir = s.string("state_dir", p).map(std::path::PathBuf::from);
-        let quota = read_quota(&mut s, p);
+        let quota = read_quota(&mut s, env, p);
         let routes = read_routes(&mut s, &quota, p);
         let (apps, app_names) = read_apps(&mut s, &upstream, env, p);
         let clients = read_clients(&mut s, &app_names, env, p);
@@ -680,7 +706,8 @@ fn read_sdk_tokens(root: &mut Section<'_>, env: &dyn Environment, p: &mut Proble
     out
 }
 
-fn read_quota(root: &mut Section<'_>, p: &mut Problems) -> QuotaConfig {
+fn read_quota(root: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -> QuotaConfig {
+    use crate::quota::{BackendKind, FailMode};
     let defaults = crate::quota::PlanPolicy::default();
     let mut q = QuotaConfig {
         margin: defaults.margin,
@@ -688,6 +715,13 @@ fn read_quota(root: &mut Section<'_>, p: &mut Problems) -> QuotaConfig {
         overflow: OverflowMode::Reject,
         max_wait: Duration::from_secs(5),
         max_waiters: 256,
+        backend: BackendKind::Local,
+        redis_url: None,
+        redis_ca_file: None,
+        key_prefix: "feishu-gateway:".to_string(),
+        fail: FailMode::Local,
+        replicas: 1,
+        redis_timeout: Duration::from_millis(50),
     };
     let Some(mut s) = root.table("quota", p) else {
         return q;
@@ -713,6 +747,32 @@ fn read_quota(root: &mut Section<'_>, p: &mut Problems) -> QuotaConfig {
     if let Some(n) = s.integer("max_waiters", 1_000_000, p) {
         q.max_waiters = n as u32;
     }
+    match s.string("backend", p) {
+        None | Some("local") => {}
+        Some("redis") => q.backend = BackendKind::Redis,
+        Some(other) => p.push(
+            s.key("backend"),
+            format!("{other:?} is not \"local\" or \"redis\""),
+        ),
+    }
+    if q.backend == BackendKind::Redis {
+        read_redis(&mut s, &mut q, env, p);
+    } else {
+        for k in [
+            "redis_url",
+            "redis_url_env",
+            "redis_url_file",
+            "redis_ca_file",
+            "key_prefix",
+            "fail",
+            "replicas",
+            "redis_timeout",
+        ] {
+            if s.value(k).is_some() {
+                p.push(s.key(k), "only applies with backend = \"redis\"");
+            }
+        }
+    }
     s.finish(p);
     let policy = crate::quota::PlanPolicy {
         margin: q.margin,
@@ -723,6 +783,104 @@ fn read_quota(root: &mut Section<'_>, p: &mut Problems) -> QuotaConfig {
         p.push("quota.margin", e.to_string());
     }
     q
+}
+
+/// The Redis keys of `[quota]`, with `backend = "redis"`.
+fn read_redis(s: &mut Section<'_>, q: &mut QuotaConfig, env: &dyn Environment, p: &mut Problems) {
+    use crate::quota::FailMode;
+    let inline = s.string("redis_url", p);
+    let given = [
+        inline.is_some(),
+        s.value("redis_url_env").is_some(),
+        s.value("redis_url_file").is_some(),
+    ];
+    q.redis_url = match given.iter().filter(|g| **g).count() {
+        0 => {
+            p.push(
+                s.key("redis_url_env"),
+                "is required with backend = \"redis\": set one of `redis_url_env`, `redis_url_file`, `redis_url`",
+            );
+            None
+        }
+        1 => match inline {
+            Some(url) => Some(Secret::new(url.trim())),
+            None => secret_source(s, "redis_url_env", "redis_url_file", &["redis_url"], env, p),
+        },
+        _ => {
+            p.push(
+                s.key("redis_url"),
+                "give only one of `redis_url`, `redis_url_env`, `redis_url_file`",
+            );
+            None
+        }
+    };
+    if let Some(url) = &q.redis_url {
+        // The message never repeats the URL: it may carry a password.
+        let url = url.expose();
+        let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|prefix| url.starts_with(prefix));
+        if !scheme_ok || redis::IntoConnectionInfo::into_connection_info(url).is_err() {
+            p.push(
+                "quota.redis_url",
+                "is not a URL like redis://host:6379/0 or rediss://:password@host:6380/0",
+            );
+        }
+    }
+    q.redis_ca_file = s.string("redis_ca_file", p).map(std::path::PathBuf::from);
+    if let Some(path) = &q.redis_ca_file {
+        match env.read_file(path) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {}
+            Ok(_) => p.push(s.key("redis_ca_file"), "holds no PEM certificate"),
+            Err(e) => p.push(
+                s.key("redis_ca_file"),
+                format!("cannot read {}: {e}", path.display()),
+            ),
+        }
+    }
+    if let Some(prefix) = s.string("key_prefix", p) {
+        if prefix.len() > 128
+            || prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
+            p.push(
+                s.key("key_prefix"),
+                "must be at most 128 characters without spaces or braces",
+            );
+        }
+        q.key_prefix = prefix.to_string();
+    }
+    match s.string("fail", p) {
+        None | Some("local") => {}
+        Some("closed") => q.fail = FailMode::Closed,
+        Some("open") => q.fail = FailMode::Open,
+        Some(other) => p.push(
+            s.key("fail"),
+            format!("{other:?} is not \"local\", \"closed\" or \"open\""),
+        ),
+    }
+    match s.integer("replicas", 1000, p) {
+        Some(0) => p.push(s.key("replicas"), "must be at least 1"),
+        Some(n) => q.replicas = n as u32,
+        None if q.fail == FailMode::Local => p.push(
+            s.key("replicas"),
+            "is required with backend = \"redis\" and fail = \"local\": the most gateway replicas that run at once (each falls back to 1/replicas of every limit)",
+        ),
+        None => {}
+    }
+    if let Some(t) = s.duration("redis_timeout", p) {
+        q.redis_timeout = t;
+    }
+    if q.redis_timeout.is_zero() || q.redis_timeout > q.margin / 2 {
+        p.push(
+            s.key("redis_timeout"),
+            format!(
+                "must be more than 0 and at most half of quota.margin ({:?}): Redis's answer travels before the request does, so it counts against the margin",
+                q.margin / 2
+            ),
+        );
+    }
 }
 
 fn read_routes(root: &mut Section<'_>, quota: &QuotaConfig, p: &mut Problems) -> Vec<RouteConfig> {

@@ -40,13 +40,31 @@ use super::{Admit, Cause, Limit, Overflow, Policy, QuotaBackend, QuotaKey, Rejec
 pub struct KeySpec {
     plan: Plan,
     max_waiters: u32,
+    name: String,
 }
 
 impl KeySpec {
     /// A key limited by `plan`, with at most `max_waiters` requests held in
     /// wait mode at a time (0 disables waiting).
     pub fn new(plan: Plan, max_waiters: u32) -> Self {
-        Self { plan, max_waiters }
+        Self {
+            plan,
+            max_waiters,
+            name: String::new(),
+        }
+    }
+
+    /// The same key with a name every replica derives alike (e.g. app id,
+    /// method and route template): a shared backend stores its state under
+    /// it. The local engine ignores it.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The key's fleet-wide name (empty if none was given).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The key's plan.
@@ -197,6 +215,20 @@ impl<C: Clock> LocalQuota<C> {
             .now_ns()
             .saturating_add(duration.as_nanos().min(u64::MAX.into()) as u64);
         k.paused_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Spends whatever `key` could admit right now, so that its next
+    /// admission is one emission interval away at the earliest: a fresh key
+    /// starts "after a full burst". The Redis backend's fallback starts like
+    /// this, so a switch from shared to local limiting adds no burst (see
+    /// [`Plan::split`]).
+    pub fn drain(&self, key: QuotaKey) {
+        let Some(k) = self.key(key) else { return };
+        for _ in 0..k.spec.plan().burst() {
+            if k.limiter.check_key(&Access::Commit).is_err() {
+                break;
+            }
+        }
     }
 
     /// The state of `key`, read without spending quota.

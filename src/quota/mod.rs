@@ -19,11 +19,17 @@
 //!   bounded fair wait queues, upstream pauses, header snapshots.
 //! - [`clock`](crate::quota::clock): [`TokioClock`](crate::quota::TokioClock), governor's clock over `tokio::time::Instant`
 //!   (std's monotonic clock in production, tokio's paused clock in tests).
+//! - [`redis`](crate::quota::redis): [`RedisQuota`](crate::quota::RedisQuota), the same GCRA kept in Redis and
+//!   shared by every replica: one Lua script call per admission, Redis
+//!   time, slot reservations for wait mode, shared upstream pauses, and the
+//!   fail modes (local share, closed, open) with the return to Redis.
+//! - [`engine`](crate::quota::engine): [`Engine`](crate::quota::Engine), the engine `[quota] backend` selects,
+//!   behind the one API the request path uses.
 //! - [`sim`](crate::quota::sim): exact sliding-window checks and overload simulations, shared by
 //!   the property tests and `benches/quota.rs`.
 //! - This file: the backend-neutral vocabulary ([`QuotaKey`](crate::quota::QuotaKey), [`Overflow`](crate::quota::Overflow),
 //!   [`Admit`](crate::quota::Admit), [`Rejection`](crate::quota::Rejection), [`Snapshot`](crate::quota::Snapshot)) and [`QuotaBackend`](crate::quota::QuotaBackend), the small
-//!   interface a shared (Redis) backend will implement.
+//!   interface every backend implements.
 //!
 //! # Example
 //!
@@ -42,12 +48,16 @@
 //! ```
 
 pub mod clock;
+pub mod engine;
 pub mod local;
 pub mod plan;
+pub mod redis;
 pub mod sim;
 mod store;
 pub mod window;
 
+#[cfg(test)]
+mod fleet_tests;
 #[cfg(test)]
 mod tests;
 
@@ -56,8 +66,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use clock::TokioClock;
+pub use engine::{BackendKind, Engine, FailMode};
 pub use local::{KeySpec, LocalQuota};
 pub use plan::{Plan, PlanError, PlanPolicy, WindowFigures};
+pub use redis::{BackendStatus, RedisQuota, RedisSettings};
 pub use window::{Window, WindowError};
 
 /// A quota key: the index of its [`KeySpec`] in the list the engine was
@@ -106,6 +118,9 @@ pub enum Cause {
     QueueFull,
     /// Wait mode, but the request could not go within its maximum wait.
     WaitTooLong,
+    /// The shared backend (Redis) is unavailable and `fail = "closed"`:
+    /// nothing could be decided (the gateway answers 503, not 429).
+    BackendUnavailable,
 }
 
 /// The limit a rejection is reported against.
@@ -255,6 +270,7 @@ impl std::fmt::Display for Rejection {
             Cause::Limited => "over the limit",
             Cause::QueueFull => "wait queue full",
             Cause::WaitTooLong => "would wait longer than allowed",
+            Cause::BackendUnavailable => "quota backend unavailable",
         };
         write!(
             f,
@@ -288,7 +304,8 @@ impl Snapshot {
 }
 
 /// The quota operations the request path needs. [`LocalQuota`] implements it
-/// in memory; a Redis backend (shared by replicas) will implement it next.
+/// in memory, [`RedisQuota`] through Redis for a fleet of replicas, and
+/// [`Engine`] is either.
 pub trait QuotaBackend: Send + Sync {
     /// Admit one request for `key`, or reject it without spending quota;
     /// `Overflow::Wait` holds it up to the given maximum first.

@@ -132,6 +132,15 @@ pub enum PlanError {
         /// The smallest window limit.
         max: u32,
     },
+    /// A window's limit is smaller than the number of replicas it is split
+    /// between ([`Plan::split`]).
+    #[error("window {window} cannot be split between {replicas} replicas (less than 1 each)")]
+    Split {
+        /// The window.
+        window: Window,
+        /// The number of replicas.
+        replicas: u32,
+    },
 }
 
 /// What a plan guarantees and sustains for one window.
@@ -202,8 +211,63 @@ impl Plan {
         Ok(Self::build(windows, &spans, margin, burst))
     }
 
+    /// The plan for each of `replicas` gateways that normally share this
+    /// plan through one store but must limit on their own (the Redis
+    /// backend's fallback): every window's limit divided by `replicas`
+    /// (rounded down), planned by the same policy, and never faster than
+    /// `replicas` times this plan's period.
+    ///
+    /// The first part makes the replicas together honour every window on
+    /// their own: `replicas * (b' + floor(L / t')) <= N`. The second makes the
+    /// switch from the shared plan safe: if every replica starts its split
+    /// plan with an empty burst ([`LocalQuota::drain`](super::LocalQuota::drain))
+    /// at or after the last shared admission, then in any interval `[a, a+L]`
+    /// that spans the switch at `s` the fleet admits at most
+    /// `b + floor((s-a)/t)` shared and `replicas * floor((a+L-s)/t')
+    /// <= floor((a+L-s)/t)` split requests, `b + floor(L/t) <= N` in all.
+    pub fn split(&self, replicas: u32, min_rate_fraction: f64) -> Result<Plan, PlanError> {
+        let r = replicas.max(1);
+        let mut windows = Vec::with_capacity(self.figures.len());
+        for w in self.windows() {
+            let each = Window::new(w.limit() / r, w.period()).map_err(|_| PlanError::Split {
+                window: w,
+                replicas: r,
+            })?;
+            windows.push(each);
+        }
+        let policy = PlanPolicy {
+            margin: self.margin,
+            min_rate_fraction,
+        };
+        let plan = Plan::new(&windows, &policy)?;
+        let floor = self.emission_ns.saturating_mul(u64::from(r));
+        if plan.emission_ns >= floor {
+            return Ok(plan);
+        }
+        let spans = spans(&windows, self.margin)?;
+        Ok(Self::build_with_period(
+            &windows,
+            &spans,
+            self.margin,
+            plan.burst,
+            floor,
+        ))
+    }
+
     fn build(windows: &[Window], spans: &[(u64, u64)], margin: Duration, burst: u32) -> Self {
-        let t = t_min(spans, burst);
+        Self::build_with_period(windows, spans, margin, burst, t_min(spans, burst))
+    }
+
+    /// A plan with burst `burst` and period `t`, which must be at least
+    /// `t_min(spans, burst)` (a longer period is always safe).
+    fn build_with_period(
+        windows: &[Window],
+        spans: &[(u64, u64)],
+        margin: Duration,
+        burst: u32,
+        t: u64,
+    ) -> Self {
+        debug_assert!(t >= t_min(spans, burst));
         let figures: Vec<WindowFigures> = windows
             .iter()
             .zip(spans)

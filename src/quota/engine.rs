@@ -1,0 +1,192 @@
+//! [`Engine`]: the quota engine a gateway runs, chosen by `[quota] backend`:
+//! in-process ([`LocalQuota`]) or shared by every replica through Redis
+//! ([`RedisQuota`]). The request path sees one small API: `acquire`,
+//! `pause`, `snapshot`, and `status` for `/readyz`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::redis::{BackendStatus, RedisQuota, RedisSettings, PROBE_INTERVAL};
+use super::{Admit, KeySpec, LocalQuota, Overflow, QuotaBackend, QuotaKey, Rejection, Snapshot};
+use crate::config::QuotaConfig;
+use crate::metrics::Metrics;
+
+/// Where quota state lives (`[quota] backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// In this process (the default): right for one replica.
+    #[default]
+    Local,
+    /// In Redis, shared by every replica.
+    Redis,
+}
+
+impl BackendKind {
+    /// The config and metrics spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Redis => "redis",
+        }
+    }
+}
+
+/// What a replica does while Redis is unreachable or slow (`[quota] fail`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailMode {
+    /// Limit locally to 1/replicas of every quota (the default).
+    #[default]
+    Local,
+    /// Refuse limited requests: 503 `quota-backend-unavailable`.
+    Closed,
+    /// Forward limited requests without a limit.
+    Open,
+}
+
+impl FailMode {
+    /// The config and metrics spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Local => "local",
+            FailMode::Closed => "closed",
+            FailMode::Open => "open",
+        }
+    }
+}
+
+/// The quota engine of a gateway. Cheap to clone (an `Arc` inside).
+#[derive(Clone, Debug)]
+pub enum Engine {
+    /// In-process limits (`backend = "local"`).
+    Local(Arc<LocalQuota>),
+    /// Limits shared through Redis (`backend = "redis"`).
+    Redis(RedisQuota),
+}
+
+impl Engine {
+    /// The engine `[quota]` asks for, over these keys (`QuotaKey::new(i)` is
+    /// `specs[i]`). A Redis engine needs named specs and a tokio runtime; it
+    /// does not wait for Redis (see [`RedisQuota::new`]).
+    pub fn from_config(
+        config: &QuotaConfig,
+        specs: Vec<KeySpec>,
+        metrics: &Metrics,
+    ) -> Result<Engine, String> {
+        match config.backend {
+            BackendKind::Local => {
+                metrics.quota_backend_info("local", "-");
+                Ok(Engine::local(specs))
+            }
+            BackendKind::Redis => {
+                let url = config
+                    .redis_url
+                    .clone()
+                    .ok_or("quota.redis_url: required with backend = \"redis\"")?;
+                let settings = RedisSettings {
+                    url,
+                    ca_file: config.redis_ca_file.clone(),
+                    key_prefix: config.key_prefix.clone(),
+                    fail: config.fail,
+                    replicas: config.replicas,
+                    timeout: config.redis_timeout,
+                    min_rate_fraction: config.min_rate_fraction,
+                    probe_interval: PROBE_INTERVAL,
+                };
+                let handles = metrics
+                    .quota_backend(config.fail.as_str())
+                    .map_err(|e| format!("metrics: {e}"))?;
+                RedisQuota::new(&settings, specs, Some(handles)).map(Engine::Redis)
+            }
+        }
+    }
+
+    /// A local engine on the default clock.
+    pub fn local(specs: Vec<KeySpec>) -> Engine {
+        Engine::Local(Arc::new(LocalQuota::with_tokio_clock(specs)))
+    }
+
+    /// Admit one request for `key`, or reject it without spending quota.
+    /// `Overflow::Reject` answers at once (for Redis: one round trip);
+    /// `Overflow::Wait` may hold the request up to its maximum wait.
+    pub async fn acquire(&self, key: QuotaKey, overflow: Overflow) -> Result<Admit, Rejection> {
+        match self {
+            Engine::Local(q) => q.acquire(key, overflow).await,
+            Engine::Redis(q) => q.acquire(key, overflow).await,
+        }
+    }
+
+    /// Feishu throttled `key`: hold its requests for `duration` (for Redis,
+    /// on every replica; written in the background).
+    pub fn pause(&self, key: QuotaKey, duration: Duration) {
+        match self {
+            Engine::Local(q) => q.pause(key, duration),
+            Engine::Redis(q) => q.pause(key, duration),
+        }
+    }
+
+    /// The key's state for headers, without spending quota (for Redis, one
+    /// round trip).
+    pub async fn snapshot(&self, key: QuotaKey) -> Option<Snapshot> {
+        match self {
+            Engine::Local(q) => q.snapshot(key),
+            Engine::Redis(q) => q.snapshot(key).await,
+        }
+    }
+
+    /// False until a Redis engine has finished its first probe (see
+    /// [`RedisQuota::is_settled`]); always true for a local engine.
+    pub fn is_settled(&self) -> bool {
+        match self {
+            Engine::Local(_) => true,
+            Engine::Redis(q) => q.is_settled(),
+        }
+    }
+
+    /// The backend's state for `/readyz`.
+    pub fn status(&self) -> BackendStatus {
+        match self {
+            Engine::Local(_) => BackendStatus {
+                backend: "local",
+                state: "local",
+                fail: None,
+                target: None,
+                since_secs: None,
+                last_error: None,
+            },
+            Engine::Redis(q) => q.status(),
+        }
+    }
+}
+
+impl QuotaBackend for Engine {
+    fn acquire(
+        &self,
+        key: QuotaKey,
+        overflow: Overflow,
+    ) -> impl std::future::Future<Output = Result<Admit, Rejection>> + Send {
+        Engine::acquire(self, key, overflow)
+    }
+
+    fn pause(
+        &self,
+        key: QuotaKey,
+        duration: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let this = self.clone();
+        async move {
+            match &this {
+                Engine::Local(q) => q.pause(key, duration),
+                Engine::Redis(q) => {
+                    q.pause_shared(key, duration).await;
+                }
+            }
+        }
+    }
+
+    fn snapshot(
+        &self,
+        key: QuotaKey,
+    ) -> impl std::future::Future<Output = Option<Snapshot>> + Send {
+        Engine::snapshot(self, key)
+    }
+}
