@@ -607,18 +607,27 @@ fn manifests_agree_with_each_other_and_with_the_config() {
     let cm = yaml("kubernetes/configmap.yaml");
     assert_eq!(str_at(&cm, &["data", "config.toml"]), config_text);
 
-    // The config parses with the example Secret as its environment: every
-    // variable it names is in the Secret.
-    let secret = yaml("kubernetes/secret.example.yaml");
+    // The config parses with the example Secrets as its environment (the
+    // gateway's, and Redis' from redis.yaml): every variable it names is in
+    // one of them.
+    let mut secrets = vec![yaml("kubernetes/secret.example.yaml")];
+    for doc in serde_norway::Deserializer::from_str(&read("kubernetes/redis.yaml")) {
+        let doc = <Yaml as serde::Deserialize>::deserialize(doc).expect("redis.yaml document");
+        if doc.get("kind").and_then(Yaml::as_str) == Some("Secret") {
+            secrets.push(doc);
+        }
+    }
     let mut env = MapEnv::new();
-    for (k, v) in at(&secret, &["stringData"])
-        .as_mapping()
-        .expect("stringData")
-    {
-        env.set(
-            k.as_str().expect("secret key"),
-            v.as_str().expect("secret value"),
-        );
+    for secret in &secrets {
+        for (k, v) in at(secret, &["stringData"])
+            .as_mapping()
+            .expect("stringData")
+        {
+            env.set(
+                k.as_str().expect("secret key"),
+                v.as_str().expect("secret value"),
+            );
+        }
     }
     let config = Config::parse(&config_text, &env)
         .unwrap_or_else(|p| panic!("config.example.toml with the example Secret: {p}"));
@@ -691,7 +700,7 @@ fn manifests_agree_with_each_other_and_with_the_config() {
     // Secret, ConfigMap and mount.
     assert_eq!(
         str_at(&seq(at(container, &["envFrom"]))[0], &["secretRef", "name"]),
-        str_at(&secret, &["metadata", "name"])
+        str_at(&secrets[0], &["metadata", "name"])
     );
     let volume = &seq(at(pod, &["volumes"]))[0];
     assert_eq!(
