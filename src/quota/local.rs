@@ -264,19 +264,10 @@ impl<C: Clock> LocalQuota<C> {
 
     /// Time left on an upstream pause, if one is running.
     fn paused_for(&self, k: &KeyState<C>) -> Option<Duration> {
-        let until = k.paused_until.load(Ordering::Acquire);
-        if until == 0 {
+        if k.paused_until.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let now = self.now_ns();
-        if now >= until {
-            // Over: clear it so later checks skip the clock read.
-            let _ = k
-                .paused_until
-                .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed);
-            return None;
-        }
-        Some(Duration::from_nanos(until - now))
+        super::pause_left(&k.paused_until, self.now_ns())
     }
 
     fn limit_now(&self, k: &KeyState<C>) -> Limit {

@@ -181,6 +181,22 @@ impl Policy {
     }
 }
 
+/// Time left on an upstream pause stored as "paused until" nanoseconds
+/// (0 = none) in `cell`, at `now` (same clock). An elapsed pause is cleared
+/// so later checks skip the clock read. Shared by both backends.
+pub(crate) fn pause_left(cell: &std::sync::atomic::AtomicU64, now: u64) -> Option<Duration> {
+    use std::sync::atomic::Ordering;
+    let until = cell.load(Ordering::Acquire);
+    if until == 0 {
+        return None;
+    }
+    if now >= until {
+        let _ = cell.compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed);
+        return None;
+    }
+    Some(Duration::from_nanos(until - now))
+}
+
 /// Whole seconds, rounded up, at least 1: what `Retry-After`,
 /// `x-ogw-ratelimit-reset` and the draft's `w`/`t` parameters carry.
 pub fn whole_secs(d: Duration) -> u64 {

@@ -1041,19 +1041,12 @@ impl Inner {
         k.paused_until.fetch_max(until, Ordering::AcqRel);
     }
 
+    /// Time left on an upstream pause, if one is running.
     fn paused_for(&self, k: &SharedKey) -> Option<Duration> {
-        let until = k.paused_until.load(Ordering::Acquire);
-        if until == 0 {
+        if k.paused_until.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let now = self.now_ns();
-        if now >= until {
-            let _ = k
-                .paused_until
-                .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed);
-            return None;
-        }
-        Some(Duration::from_nanos(until - now))
+        super::pause_left(&k.paused_until, self.now_ns())
     }
 }
 
