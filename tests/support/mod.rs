@@ -121,23 +121,6 @@ pub async fn start(sim: SimConfig, top: &str, extra: &str) -> Harness {
 }
 
 impl Harness {
-    /// POST a valid put_top_notice body to `path` with the client key, the JSON
-    /// content type and `extra` headers.
-    pub async fn put_at(
-        client: &Client<HttpConnector, Full<Bytes>>,
-        addr: SocketAddr,
-        path: &str,
-        extra: &[(&str, &str)],
-    ) -> Answer {
-        let auth = format!("Bearer {CLIENT_KEY}");
-        let mut headers = vec![
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json; charset=utf-8"),
-        ];
-        headers.extend_from_slice(extra);
-        call(client, addr, Method::POST, path, &headers, PUT_BODY).await
-    }
-
     pub async fn call(
         &self,
         method: Method,
