@@ -26,6 +26,7 @@
 //! | [`error`]     | every gateway-made answer and its status, reason and code      |
 //! | [`body`]      | the response body type (held bytes or streamed upstream body)  |
 //! | [`metrics`]   | Prometheus families and cached per-(app, route) handles        |
+//! | [`logging`]   | the batched stdout writer and the fast access-log line         |
 //! | [`admin`]     | `/healthz`, `/readyz`, `/metrics` on the admin listener        |
 //! | [`server`]    | accept loop, title-cased HTTP/1 headers, graceful drain        |
 //! | [`tls`]       | HTTPS on the listener: rustls, ALPN, certificate reload        |
@@ -42,6 +43,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod events;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 /// Per-app quotas: one GCRA per (app, route) derived from all of Feishu's windows.

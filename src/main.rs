@@ -176,29 +176,8 @@ fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 /// Logs go to stdout through a background writer thread, so a request
 /// never waits on a write to stdout. Keep the guard alive until exit: it
 /// flushes what is queued.
-fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        // Under a log flood, block rather than silently drop lines.
-        .lossy(false)
-        // Batched: the writer thread flushes once per drain of its queue,
-        // so a burst of lines becomes one write.
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(writer);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Plain => builder.init(),
-    }
-    guard
+fn init_logging(format: LogFormat, level: &str) -> feishu_gateway::logging::LogGuard {
+    feishu_gateway::logging::init(format, level)
 }
 
 async fn shutdown_signal() {

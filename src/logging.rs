@@ -1,0 +1,538 @@
+//! Where log lines go, and the access log's fast path.
+//!
+//! Every line (tracing's and the access log's) is appended to one
+//! [`LogSink`]: a buffer that a background thread writes to stdout in
+//! batches, so a request never waits on stdout and a burst of lines becomes
+//! one `write`. Lines are never dropped: when the writer falls behind by
+//! [`MAX_PENDING`] bytes, appenders wait for it (as the old
+//! `tracing-appender` setup did with `lossy(false)`).
+//!
+//! The access log (target [`ACCESS_TARGET`], one line per request, emitted
+//! by the proxy's `logging` phase) is formatted by [`AccessLayer`] straight
+//! into a reused per-thread buffer: it writes the same line that
+//! `tracing_subscriber::fmt` would (plain or flattened JSON), at a fraction
+//! of the cost, which matters on a path taken by every request. Other
+//! events go through `tracing_subscriber::fmt` as usual. Filtering is
+//! unchanged: `RUST_LOG=info,feishu_gateway::access=off` turns the access
+//! log off.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::prelude::*;
+
+use crate::config::LogFormat;
+
+/// The access log's tracing target.
+pub const ACCESS_TARGET: &str = "feishu_gateway::access";
+
+/// Bytes queued for the writer before appenders wait for it.
+pub const MAX_PENDING: usize = 4 * 1024 * 1024;
+
+/// How long the writer lets lines gather after a write before it takes the
+/// next batch. Bounds writer wake-ups (and `write` calls) to ~500/s under
+/// any load; a line is on stdout at most this long after the previous
+/// batch.
+const GATHER: Duration = Duration::from_millis(2);
+
+// ----- the sink -----------------------------------------------------------
+
+struct State {
+    /// Lines waiting for the writer.
+    pending: Vec<u8>,
+    /// The writer is parked on `wake_writer` (so appenders must notify).
+    writer_parked: bool,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake_writer: Condvar,
+    space: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Where log lines go: cheap to clone, appends whole lines.
+#[derive(Clone)]
+pub struct LogSink {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogSink").finish_non_exhaustive()
+    }
+}
+
+/// Keeps the writer thread; dropping it writes out what is queued and
+/// stops the thread. Keep it alive until exit.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogSink {
+    /// A sink whose writer thread writes to `out`.
+    pub fn new(out: impl Write + Send + 'static) -> (LogSink, LogGuard) {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: Vec::with_capacity(64 * 1024),
+                writer_parked: false,
+                closed: false,
+            }),
+            wake_writer: Condvar::new(),
+            space: Condvar::new(),
+        });
+        let writer = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || write_loop(&writer, out))
+            .ok();
+        if thread.is_none() {
+            // No thread: nothing would ever drain the buffer. Appends are
+            // then dropped rather than blocking forever.
+            shared.lock().closed = true;
+        }
+        (
+            LogSink {
+                shared: Arc::clone(&shared),
+            },
+            LogGuard { shared, thread },
+        )
+    }
+
+    /// Queues `bytes` (whole lines) for the writer.
+    pub fn append(&self, bytes: &[u8]) {
+        let mut state = self.shared.lock();
+        while state.pending.len() >= MAX_PENDING && !state.closed {
+            state = self
+                .shared
+                .space
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if state.closed {
+            return;
+        }
+        state.pending.extend_from_slice(bytes);
+        if state.writer_parked {
+            state.writer_parked = false;
+            drop(state);
+            self.shared.wake_writer.notify_one();
+        }
+    }
+}
+
+fn write_loop(shared: &Shared, mut out: impl Write) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    loop {
+        {
+            let mut state = shared.lock();
+            while state.pending.is_empty() && !state.closed {
+                state.writer_parked = true;
+                state = shared
+                    .wake_writer
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.pending.is_empty() {
+                return; // closed and drained
+            }
+            std::mem::swap(&mut state.pending, &mut batch);
+            shared.space.notify_all();
+        }
+        // A failed write (stdout closed) loses these lines but must not
+        // stop the draining, or appenders would block forever.
+        let _ = out.write_all(&batch).and_then(|()| out.flush());
+        batch.clear();
+        if batch.capacity() > 2 * MAX_PENDING {
+            batch.shrink_to(64 * 1024);
+        }
+        std::thread::sleep(GATHER);
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake_writer.notify_one();
+        self.shared.space.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `tracing_subscriber::fmt` writes each formatted event with one
+/// `write_all`: one line, appended whole.
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
+    type Writer = SinkWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        SinkWriter(self)
+    }
+}
+
+/// The writer [`LogSink`] hands to `tracing_subscriber::fmt`.
+pub struct SinkWriter<'a>(&'a LogSink);
+
+impl Write for SinkWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.append(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// ----- set-up -------------------------------------------------------------
+
+/// Installs the global subscriber: the `level` filter (`RUST_LOG` wins),
+/// `tracing_subscriber::fmt` for every event but the access log, and
+/// [`AccessLayer`] for the access log, both into one sink on stdout.
+pub fn init(format: LogFormat, level: &str) -> LogGuard {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (sink, guard) = LogSink::new(std::io::stdout());
+    let not_access = tracing_subscriber::filter::filter_fn(|m| m.target() != ACCESS_TARGET);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(sink.clone());
+    let fmt = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(not_access).boxed(),
+        LogFormat::Plain => fmt.with_filter(not_access).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(AccessLayer::new(format, sink))
+        .init();
+    guard
+}
+
+// ----- the access line ----------------------------------------------------
+
+/// Formats [`ACCESS_TARGET`] events as `tracing_subscriber::fmt` would
+/// (`<time>  INFO feishu_gateway::access: request a="x" n=1 …`, or one
+/// flattened JSON object), without its per-field dynamic formatting.
+#[derive(Debug)]
+pub struct AccessLayer {
+    format: LogFormat,
+    sink: LogSink,
+}
+
+impl AccessLayer {
+    /// Access lines in `format`, into `sink`.
+    pub fn new(format: LogFormat, sink: LogSink) -> Self {
+        AccessLayer { format, sink }
+    }
+}
+
+thread_local! {
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+}
+
+impl<S: Subscriber> Layer<S> for AccessLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if meta.target() != ACCESS_TARGET {
+            return;
+        }
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return;
+            };
+            line.clear();
+            format_line(&mut line, self.format, SystemTime::now(), event);
+            self.sink.append(&line);
+        });
+    }
+}
+
+fn format_line(line: &mut Vec<u8>, format: LogFormat, now: SystemTime, event: &Event<'_>) {
+    let meta = event.metadata();
+    match format {
+        LogFormat::Plain => {
+            push_timestamp(line, now);
+            line.push(b' ');
+            // fmt pads the level to 5 characters, right-aligned.
+            let level = meta.level().as_str();
+            line.extend(std::iter::repeat_n(b' ', 5usize.saturating_sub(level.len())));
+            line.extend_from_slice(level.as_bytes());
+            line.push(b' ');
+            line.extend_from_slice(meta.target().as_bytes());
+            line.extend_from_slice(b": ");
+            let mut v = PlainVisitor { line, first: true };
+            event.record(&mut v);
+        }
+        LogFormat::Json => {
+            line.extend_from_slice(b"{\"timestamp\":\"");
+            push_timestamp(line, now);
+            line.extend_from_slice(b"\",\"level\":\"");
+            line.extend_from_slice(meta.level().as_str().as_bytes());
+            line.push(b'"');
+            event.record(&mut JsonVisitor { line });
+            line.extend_from_slice(b",\"target\":");
+            push_json_str(line, meta.target());
+            line.push(b'}');
+        }
+    }
+    line.push(b'\n');
+}
+
+struct PlainVisitor<'a> {
+    line: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl PlainVisitor<'_> {
+    /// Starts a field: `name=` (the message has no name), space-separated.
+    fn name(&mut self, field: &Field) {
+        if !std::mem::take(&mut self.first) {
+            self.line.push(b' ');
+        }
+        if field.name() != "message" {
+            self.line.extend_from_slice(field.name().as_bytes());
+            self.line.push(b'=');
+        }
+    }
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.name(field);
+        if field.name() == "message" {
+            self.line.extend_from_slice(value.as_bytes());
+        } else {
+            push_debug_str(self.line, value);
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.name(field);
+        push_u64(self.line, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.name(field);
+        push_i64(self.line, value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.name(field);
+        let _ = write!(self.line, "{value:?}");
+    }
+}
+
+struct JsonVisitor<'a> {
+    line: &'a mut Vec<u8>,
+}
+
+impl JsonVisitor<'_> {
+    fn name(&mut self, field: &Field) {
+        self.line.push(b',');
+        push_json_str(self.line, field.name());
+        self.line.push(b':');
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.name(field);
+        push_json_str(self.line, value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.name(field);
+        push_u64(self.line, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.name(field);
+        push_i64(self.line, value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.name(field);
+        self.line
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        // As tracing's JSON: a Debug (or `%` Display) value is a string.
+        self.name(field);
+        let mut s = StackStr::default();
+        let text = if fmt::Write::write_fmt(&mut s, format_args!("{value:?}")).is_ok() {
+            s.as_str()
+        } else {
+            None
+        };
+        match text {
+            Some(t) => push_json_str(self.line, t),
+            None => push_json_str(self.line, &format!("{value:?}")),
+        }
+    }
+}
+
+/// A small stack buffer for short Debug values (codes, dashes).
+#[derive(Default)]
+struct StackStr {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl StackStr {
+    fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.buf[..self.len]).ok()
+    }
+}
+
+impl fmt::Write for StackStr {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+// ----- writing values -------------------------------------------------------
+
+fn push_u64(line: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    line.extend_from_slice(&digits[i..]);
+}
+
+fn push_i64(line: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        line.push(b'-');
+    }
+    push_u64(line, v.unsigned_abs());
+}
+
+/// A string as Rust's `{:?}` writes it (what fmt's plain format does for
+/// string fields): quoted, with `"` `\` and control characters escaped.
+fn push_debug_str(line: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        line.push(b'"');
+        line.extend_from_slice(s.as_bytes());
+        line.push(b'"');
+    } else {
+        let _ = write!(line, "{s:?}");
+    }
+}
+
+/// A JSON string literal.
+fn push_json_str(line: &mut Vec<u8>, s: &str) {
+    line.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                line.extend_from_slice(&bytes[start..i]);
+                let _ = write!(line, "\\u{b:04x}");
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        line.extend_from_slice(&bytes[start..i]);
+        line.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    line.extend_from_slice(&bytes[start..]);
+    line.push(b'"');
+}
+
+thread_local! {
+    /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
+    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// `2026-11-24T10:11:12.123456Z` (UTC, microseconds): tracing fmt's format.
+fn push_timestamp(line: &mut Vec<u8>, now: SystemTime) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.0 != secs {
+            *cell = (secs, civil(secs));
+        }
+        line.extend_from_slice(&cell.1);
+    });
+    line.push(b'.');
+    let micros = since.subsec_micros();
+    let mut frac = [b'0'; 6];
+    let mut m = micros;
+    for d in frac.iter_mut().rev() {
+        *d = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    line.extend_from_slice(&frac);
+    line.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for unix seconds (years 1970–9999), by Howard
+/// Hinnant's days-to-civil algorithm.
+fn civil(secs: u64) -> [u8; 19] {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = *b"0000-00-00T00:00:00";
+    let put = |out: &mut [u8; 19], at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(&mut out, 0, 4, year.clamp(0, 9999) as u64);
+    put(&mut out, 5, 2, month as u64);
+    put(&mut out, 8, 2, day as u64);
+    put(&mut out, 11, 2, rem / 3600);
+    put(&mut out, 14, 2, rem / 60 % 60);
+    put(&mut out, 17, 2, rem % 60);
+    out
+}
+
+#[cfg(test)]
+mod tests;
