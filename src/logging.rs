@@ -215,7 +215,11 @@ pub fn init(format: LogFormat, level: &str) -> LogGuard {
         .with_ansi(ansi)
         .with_writer(sink.clone());
     let fmt = match format {
-        LogFormat::Json => fmt.json().flatten_event(true).with_filter(not_access).boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_filter(not_access)
+            .boxed(),
         LogFormat::Plain => fmt.with_filter(not_access).boxed(),
     };
     tracing_subscriber::registry()
@@ -273,7 +277,10 @@ fn format_line(line: &mut Vec<u8>, format: LogFormat, now: SystemTime, event: &E
             line.push(b' ');
             // fmt pads the level to 5 characters, right-aligned.
             let level = meta.level().as_str();
-            line.extend(std::iter::repeat_n(b' ', 5usize.saturating_sub(level.len())));
+            line.extend(std::iter::repeat_n(
+                b' ',
+                5usize.saturating_sub(level.len()),
+            ));
             line.extend_from_slice(level.as_bytes());
             line.push(b' ');
             line.extend_from_slice(meta.target().as_bytes());
@@ -439,7 +446,9 @@ fn push_i64(line: &mut Vec<u8>, v: i64) {
 /// A string as Rust's `{:?}` writes it (what fmt's plain format does for
 /// string fields): quoted, with `"` `\` and control characters escaped.
 fn push_debug_str(line: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
         line.push(b'"');
         line.extend_from_slice(s.as_bytes());
         line.push(b'"');

@@ -109,7 +109,9 @@ fn json_line_is_what_fmt_writes() {
         assert_eq!(rt.as_str().unwrap().len(), ot.as_str().unwrap().len());
         // Same outline as fmt's: timestamp first, target last.
         assert!(ours.starts_with("{\"timestamp\":\""), "{ours}");
-        assert!(ours.trim_end().ends_with(",\"target\":\"feishu_gateway::access\"}"));
+        assert!(ours
+            .trim_end()
+            .ends_with(",\"target\":\"feishu_gateway::access\"}"));
     }
 }
 
