@@ -29,6 +29,7 @@ PROFILE_TOOL=auto
 BUILD=1
 KEEP=0
 GATEWAY_ENV=() # extra VAR=VALUE for the gateway processes (experiments)
+GATEWAY_SET=() # extra top-level config lines for the gateways (experiments)
 
 usage() {
     cat <<EOF
@@ -55,6 +56,8 @@ Options:
   --gateway-env V=X  extra environment for the gateway, repeatable; for
                      experiments, e.g. TOKIO_WORKER_THREADS=1 or
                      RUST_LOG=info,feishu_gateway::access=off (no access log)
+  --gateway-set LINE a top-level config line for the gateways, repeatable;
+                     for experiments, e.g. 'workers = 0' (shared runtime)
   --no-build         use target/release/feishu-gateway as it is
   --keep             keep the temporary directory (configs, logs, raw results)
 EOF
@@ -76,6 +79,7 @@ while [ $# -gt 0 ]; do
     --apps) APPS=$2; shift ;;
     --profile-seconds) PROFILE_SECONDS=$2; shift ;;
     --gateway-env) GATEWAY_ENV+=("$2"); shift ;;
+    --gateway-set) GATEWAY_SET+=("$2"); shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
     -h | --help) usage; exit 0 ;;
@@ -265,6 +269,8 @@ gateway_config() {
         echo "listen = \"127.0.0.1:$port\""
         echo "admin_listen = \"127.0.0.1:$admin\""
         echo "upstream = \"$SIM_URL\""
+        local line
+        for line in ${GATEWAY_SET[@]+"${GATEWAY_SET[@]}"}; do echo "$line"; done
         echo
         echo "[log]"
         echo 'level = "info"'
@@ -449,6 +455,7 @@ report() {
     echo "load: wrk -t$THREADS, ${DURATION}s per cell after ${WARMUP}s warm-up, $ROUNDS rounds interleaved; medians (req/s spread = (max-min)/median)"
     echo "work: POST put_top_notice, realistic JSON body; gateway over $APPS apps / $APPS client keys; fake in fast mode (own process)"
     [ ${#GATEWAY_ENV[@]} -gt 0 ] && echo "gateway environment: ${GATEWAY_ENV[*]}"
+    [ ${#GATEWAY_SET[@]} -gt 0 ] && echo "gateway config lines: ${GATEWAY_SET[*]}"
     [ "$HWM_RESET" = 1 ] || echo "note: VmHWM could not be reset; peak RSS is over the whole run"
     echo
     awk -F'\t' '

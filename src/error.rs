@@ -305,8 +305,26 @@ impl GatewayError {
         }
     }
 
-    /// The complete answer.
+    /// The complete answer. When the request body was left unread (too
+    /// large, too slow, aborted), the answer says `Connection: close`: the
+    /// connection cannot carry another request, and a client that pooled it
+    /// would otherwise send its next request into a closing socket.
     pub fn into_response(self) -> Response<ProxyBody> {
+        let body_unread = matches!(
+            self,
+            GatewayError::BodyTooLarge { .. }
+                | GatewayError::BodyTimeout
+                | GatewayError::BodyAborted
+        );
+        let mut resp = self.answer();
+        if body_unread {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    fn answer(self) -> Response<ProxyBody> {
         if let GatewayError::Invalid(v) = self {
             // Feishu's shape with `error.field_violations`.
             return v.into_response();

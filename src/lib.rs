@@ -29,6 +29,7 @@
 //! | [`logging`]   | the batched stdout writer and the fast access-log line         |
 //! | [`admin`]     | `/healthz`, `/readyz`, `/metrics` on the admin listener        |
 //! | [`server`]    | accept loop, title-cased HTTP/1 headers, graceful drain        |
+//! | [`workers`]   | thread-per-core connection workers, each with its own pool     |
 //! | [`tls`]       | HTTPS on the listener: rustls, ALPN, certificate reload        |
 //! | [`secret`]    | values that are never printed                                  |
 //! | [`demo`]      | `feishu-gateway demo`: simulated Feishu + gateway, offline      |
@@ -61,3 +62,4 @@ pub mod tls;
 pub mod token;
 pub mod upstream;
 pub mod validate;
+pub mod workers;

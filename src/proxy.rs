@@ -41,7 +41,7 @@ use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey}
 use crate::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
 use crate::store::{StoreApps, Tenant, TicketBox};
 use crate::token::{TokenManager, TokenSlot};
-use crate::upstream::{classify, inspect, HttpClient, Inspected};
+use crate::upstream::{classify, inspect, Inspected, Upstreams};
 use crate::validate::{Contracts, RequestView};
 
 /// Largest JSON answer buffered whole to read its `code` (and so replayable).
@@ -73,7 +73,7 @@ pub struct Gateway {
     contracts: Contracts,
     tokens: Arc<TokenManager>,
     store: Arc<StoreApps>,
-    client: HttpClient,
+    upstreams: Upstreams,
     metrics: Arc<Metrics>,
     quota: Engine,
     /// Quota key and wait metrics per (app, route), at `app * routes + route`;
@@ -148,7 +148,7 @@ impl Gateway {
         catalog: Catalog,
         tokens: Arc<TokenManager>,
         tickets: Vec<Option<Arc<TicketBox>>>,
-        client: HttpClient,
+        upstreams: Upstreams,
         metrics: Arc<Metrics>,
     ) -> Result<Gateway, String> {
         let policy = PlanPolicy {
@@ -224,7 +224,7 @@ impl Gateway {
             contracts,
             tokens,
             store,
-            client,
+            upstreams,
             metrics,
             quota,
             quota_keys,
@@ -696,7 +696,12 @@ impl Gateway {
         req.headers_mut().insert(AUTHORIZATION, authorization);
         let started = Instant::now();
         let attempt = async {
-            let resp = self.client.request(req).await.map_err(|e| classify(&e))?;
+            let resp = self
+                .upstreams
+                .current()
+                .request(req)
+                .await
+                .map_err(|e| classify(&e))?;
             inspect(resp, INSPECT_LIMIT)
                 .await
                 .map_err(|_| crate::error::UpstreamFailure::Reset)

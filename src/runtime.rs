@@ -42,6 +42,9 @@ pub enum StartError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The connection worker threads could not be started.
+    #[error("connection workers: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running gateway.
@@ -84,7 +87,9 @@ impl Runtime {
             &app_names,
             &catalog.templates(),
         )?);
-        let client = crate::upstream::build_client(&config).map_err(StartError::Upstream)?;
+        let upstreams = crate::upstream::Upstreams::build(&config, config.workers)
+            .map_err(StartError::Upstream)?;
+        let client = upstreams.shared().clone();
         let ticket_store: Arc<dyn crate::ticket_store::TicketStore> = match &config.state_dir {
             Some(dir) => Arc::new(crate::ticket_store::FileTicketStore::new(dir)),
             None => Arc::new(crate::ticket_store::MemoryTicketStore::new()),
@@ -108,7 +113,7 @@ impl Runtime {
                 catalog,
                 Arc::clone(&tokens),
                 tickets,
-                client,
+                upstreams,
                 Arc::clone(&metrics),
             )
             .map_err(StartError::Config)?,
@@ -142,9 +147,16 @@ impl Runtime {
             })?;
         let (tx, rx) = watch::channel(false);
         let grace = config.timeouts.shutdown_grace;
+        let workers = match config.workers {
+            0 => None,
+            n => Some(Arc::new(
+                crate::workers::Workers::start(n).map_err(StartError::Workers)?,
+            )),
+        };
         let main = tokio::spawn(crate::server::serve_with_tls(
             listener,
             tls,
+            workers,
             crate::stack::gateway_service(Arc::clone(&gateway)),
             wait_for(rx.clone()),
             grace,

@@ -17,9 +17,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::tls::ReloadingAcceptor;
+use crate::workers::Workers;
 
 /// Serves `service` on `listener` over plain HTTP until `shutdown`
 /// completes, then stops accepting and gives open connections up to `grace`
@@ -39,7 +40,7 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_with_tls(listener, None, service, shutdown, grace).await
+    serve_with_tls(listener, None, None, service, shutdown, grace).await
 }
 
 /// [`serve`], over HTTPS when `tls` is given: each accepted connection does
@@ -47,9 +48,14 @@ pub async fn serve<S, B>(
 /// timeout, so a slow, silent or broken client never holds up the accept
 /// loop; a failed handshake closes only that connection. The protocol is
 /// HTTP/2 when ALPN chose `h2`, HTTP/1.1 otherwise.
+///
+/// With `workers`, each accepted connection is served on the next
+/// connection worker ([`crate::workers`]); otherwise on the caller's
+/// runtime.
 pub async fn serve_with_tls<S, B>(
     listener: TcpListener,
     tls: Option<ReloadingAcceptor>,
+    workers: Option<Arc<Workers>>,
     service: S,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -92,7 +98,7 @@ pub async fn serve_with_tls<S, B>(
                 let builder = Arc::clone(&builder);
                 let service = service.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                let serve = move |stream: TcpStream| async move {
                     match tls {
                         None => connection(&builder, TokioIo::new(stream), service, watcher).await,
                         Some(tls) => match tls.accept(stream).await {
@@ -104,7 +110,23 @@ pub async fn serve_with_tls<S, B>(
                             Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         },
                     }
-                });
+                };
+                match &workers {
+                    // The socket moves to the worker's event loop: tokio
+                    // sockets belong to the runtime that registered them.
+                    Some(workers) => match stream.into_std() {
+                        Ok(std_stream) => workers.spawn(async move {
+                            match TcpStream::from_std(std_stream) {
+                                Ok(stream) => serve(stream).await,
+                                Err(e) => tracing::warn!(error = %e, "cannot register a connection with its worker"),
+                            }
+                        }),
+                        Err(e) => tracing::warn!(error = %e, "cannot hand a connection to a worker"),
+                    },
+                    None => {
+                        tokio::spawn(serve(stream));
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }

@@ -34,6 +34,7 @@
 //! feishu_gateway::server::serve_with_tls(
 //!     listener,
 //!     Some(tls),
+//!     None, // no connection workers: serve on this runtime
 //!     service,
 //!     std::future::pending(),
 //!     Duration::from_secs(10),

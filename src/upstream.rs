@@ -68,6 +68,42 @@ pub fn build_client(config: &Config) -> Result<HttpClient, String> {
         .build(https))
 }
 
+/// The gateway's upstream clients: one per connection worker, so a
+/// request's upstream connection lives on the worker thread that serves
+/// the request (see [`crate::workers`]), and one shared by everything
+/// off the workers (token fetches, ticket calls, `workers = 0`). Cheap to
+/// clone.
+#[derive(Clone, Debug)]
+pub struct Upstreams {
+    shared: HttpClient,
+    per_worker: Arc<[HttpClient]>,
+}
+
+impl Upstreams {
+    /// The shared client and one pool per worker, all from `config`.
+    pub fn build(config: &Config, workers: usize) -> Result<Upstreams, String> {
+        Ok(Upstreams {
+            shared: build_client(config)?,
+            per_worker: (0..workers)
+                .map(|_| build_client(config))
+                .collect::<Result<Vec<_>, _>>()?
+                .into(),
+        })
+    }
+
+    /// The client used off the workers.
+    pub fn shared(&self) -> &HttpClient {
+        &self.shared
+    }
+
+    /// The client for the caller's thread: its worker's, or the shared one.
+    pub fn current(&self) -> &HttpClient {
+        crate::workers::current()
+            .and_then(|i| self.per_worker.get(i))
+            .unwrap_or(&self.shared)
+    }
+}
+
 /// Classifies a client error for metrics and the answer's status.
 pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamFailure {
     if err.is_connect() {

@@ -406,3 +406,44 @@ async fn a_failing_refresh_keeps_using_the_still_valid_token() {
     assert!(calls.last().unwrap().ok);
     assert_eq!(h.sim.expired_token_uses(), 0);
 }
+
+/// Thread-per-core workers and the shared runtime serve alike: many
+/// connections at once (more than workers), each answered, and a drain at
+/// shutdown that waits for them.
+#[tokio::test]
+async fn connection_workers_and_the_shared_runtime_serve_alike() {
+    for top in ["workers = 0\n", "workers = 3\n"] {
+        let h = start(sim_without_quota(), top, NO_QUOTA).await;
+        let addr = h.gw.addr();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            tasks.spawn(async move {
+                // A client (and so a connection) of its own.
+                let client = http_client();
+                let auth = format!("Bearer {CLIENT_KEY}");
+                let headers = [
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ];
+                let path = format!("/open-apis/im/v1/chats/oc_w{i}/top_notice/put_top_notice");
+                let mut codes = Vec::new();
+                for _ in 0..5 {
+                    codes.push(
+                        call(&client, addr, Method::POST, &path, &headers, PUT_BODY)
+                            .await
+                            .code(),
+                    );
+                }
+                codes
+            });
+        }
+        while let Some(codes) = tasks.join_next().await {
+            assert_eq!(codes.expect("task"), vec![0; 5], "{top}");
+        }
+        assert_eq!(h.sim.requests().len(), 40, "{top}");
+        h.gw.shutdown();
+        tokio::time::timeout(Duration::from_secs(10), h.gw.wait())
+            .await
+            .expect("drains and stops");
+    }
+}

@@ -147,6 +147,7 @@ async fn serve_hello(tls: ReloadingAcceptor) -> (SocketAddr, oneshot::Sender<()>
     tokio::spawn(feishu_gateway::server::serve_with_tls(
         listener,
         Some(tls),
+        None,
         service,
         async {
             let _ = stopped.await;

@@ -21,6 +21,11 @@ pub use reader::{parse_duration, Problem, Problems, Section};
 
 use crate::secret::Secret;
 
+/// One connection worker per core the process may use.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// The gateway's whole configuration. Every field has a documented default
 /// except `apps` and `clients`.
 #[derive(Debug, Clone)]
@@ -44,6 +49,10 @@ pub struct Config {
     /// Default 1 MiB. Bodies are buffered so a request can be replayed once
     /// after a token-invalid answer.
     pub max_body_bytes: usize,
+    /// Threads serving client connections, each with its own event loop
+    /// and upstream pool (`workers`, see [`crate::workers`]). Default: one
+    /// per core. 0 serves connections on the shared runtime.
+    pub workers: usize,
     /// Timeouts (`[timeouts]`).
     pub timeouts: Timeouts,
     /// Upstream connection pool (`[pool]`).
@@ -414,6 +423,9 @@ impl Config {
             .integer("max_body_bytes", 1 << 30, p)
             .map(|v| v as usize)
             .unwrap_or(1 << 20);
+        let workers = s
+            .integer("workers", 1024, p)
+            .map_or_else(default_workers, |v| v as usize);
 
         let timeouts = {
             let mut t = s.table("timeouts", p);
@@ -549,6 +561,7 @@ impl Config {
             tls_key,
             upstream_ca_file,
             max_body_bytes,
+            workers,
             timeouts,
             pool,
             token,

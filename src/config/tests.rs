@@ -35,6 +35,8 @@ fn the_documented_example_works_as_written() {
         key_digest(b"billing-key-0123456789abcdef")
     );
     assert_eq!(c.max_body_bytes, 1 << 20);
+    assert_eq!(c.workers, default_workers());
+    assert!(c.workers >= 1);
     assert!(c.warnings.is_empty());
     // Debug output of the whole config carries no secret.
     let dbg = format!("{c:?}");
@@ -139,4 +141,16 @@ fn short_keys_and_same_listeners_are_refused() {
     let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
     assert!(keys.contains(&"admin_listen"));
     assert!(keys.contains(&"clients[0].key_env"));
+}
+
+#[test]
+fn workers_are_a_count_and_zero_means_the_shared_runtime() {
+    let c = Config::parse(&format!("workers = 0\n{EXAMPLE}"), &env()).expect("valid");
+    assert_eq!(c.workers, 0);
+    let c = Config::parse(&format!("workers = 3\n{EXAMPLE}"), &env()).expect("valid");
+    assert_eq!(c.workers, 3);
+    for bad in ["workers = -1", "workers = \"many\"", "workers = 5000"] {
+        let e = Config::parse(&format!("{bad}\n{EXAMPLE}"), &env()).expect_err(bad);
+        assert!(e.to_string().contains("workers"), "{bad}: {e}");
+    }
 }
