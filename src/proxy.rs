@@ -37,7 +37,7 @@ use crate::config::ValidationMode;
 use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
 use crate::error::{codes, GatewayError};
 use crate::metrics::{Metrics, QuotaPairMetrics};
-use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey};
+use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey, RedisConnection};
 use crate::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
 use crate::store::{StoreApps, Tenant, TicketBox};
 use crate::token::{TokenManager, TokenSlot};
@@ -142,7 +142,8 @@ impl RequestCtx {
 
 impl Gateway {
     /// Builds the gateway's shared state: one quota key per configured app
-    /// and limited route (keys come from configuration only).
+    /// and limited route (keys come from configuration only). `redis` is the
+    /// replica's connection with `[quota] backend = "redis"`.
     pub fn new(
         config: &Config,
         catalog: Catalog,
@@ -150,6 +151,7 @@ impl Gateway {
         tickets: Vec<Option<Arc<TicketBox>>>,
         client: HttpClient,
         metrics: Arc<Metrics>,
+        redis: Option<&RedisConnection>,
     ) -> Result<Gateway, String> {
         let policy = PlanPolicy {
             margin: config.quota.margin,
@@ -196,7 +198,7 @@ impl Gateway {
                 }));
             }
         }
-        let quota = Engine::from_config(&config.quota, specs, &metrics)?;
+        let quota = Engine::from_config(&config.quota, specs, &metrics, redis)?;
         let mut contracts = Contracts::for_catalog(&catalog);
         for (i, route) in catalog.routes().iter().enumerate() {
             if let Some(c) = contracts.get_mut(i) {

@@ -17,6 +17,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::quota::{BackendKind, RedisConnection, RedisSettings};
 use crate::token::TokenManager;
 
 /// Why the gateway could not start.
@@ -85,6 +86,16 @@ impl Runtime {
             &catalog.templates(),
         )?);
         let client = crate::upstream::build_client(&config).map_err(StartError::Upstream)?;
+        // With `[quota] backend = "redis"`: the replica's one connection to
+        // Redis, shared by the quota engine and the app_ticket store.
+        let redis = match config.quota.backend {
+            BackendKind::Redis => Some(
+                RedisSettings::from_config(&config.quota)
+                    .and_then(|s| RedisConnection::open(&s))
+                    .map_err(StartError::Config)?,
+            ),
+            BackendKind::Local => None,
+        };
         let ticket_store: Arc<dyn crate::ticket_store::TicketStore> = match &config.state_dir {
             Some(dir) => Arc::new(crate::ticket_store::FileTicketStore::new(dir)),
             None => Arc::new(crate::ticket_store::MemoryTicketStore::new()),
@@ -110,6 +121,7 @@ impl Runtime {
                 tickets,
                 client,
                 Arc::clone(&metrics),
+                redis.as_ref(),
             )
             .map_err(StartError::Config)?,
         );

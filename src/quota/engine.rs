@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::redis::{BackendStatus, RedisQuota, RedisSettings, PROBE_INTERVAL};
+use super::redis::{BackendStatus, RedisConnection, RedisQuota, RedisSettings};
 use super::{Admit, KeySpec, LocalQuota, Overflow, QuotaBackend, QuotaKey, Rejection, Snapshot};
 use crate::config::QuotaConfig;
 use crate::metrics::Metrics;
@@ -66,11 +66,14 @@ pub enum Engine {
 impl Engine {
     /// The engine `[quota]` asks for, over these keys (`QuotaKey::new(i)` is
     /// `specs[i]`). A Redis engine needs named specs and a tokio runtime; it
-    /// does not wait for Redis (see [`RedisQuota::new`]).
+    /// does not wait for Redis (see [`RedisQuota::new`]). It uses `redis`
+    /// when given (the replica's one connection, shared with the app_ticket
+    /// store), else opens its own.
     pub fn from_config(
         config: &QuotaConfig,
         specs: Vec<KeySpec>,
         metrics: &Metrics,
+        redis: Option<&RedisConnection>,
     ) -> Result<Engine, String> {
         match config.backend {
             BackendKind::Local => {
@@ -78,24 +81,16 @@ impl Engine {
                 Ok(Engine::local(specs))
             }
             BackendKind::Redis => {
-                let url = config
-                    .redis_url
-                    .clone()
-                    .ok_or("quota.redis_url: required with backend = \"redis\"")?;
-                let settings = RedisSettings {
-                    url,
-                    ca_file: config.redis_ca_file.clone(),
-                    key_prefix: config.key_prefix.clone(),
-                    fail: config.fail,
-                    replicas: config.replicas,
-                    timeout: config.redis_timeout,
-                    min_rate_fraction: config.min_rate_fraction,
-                    probe_interval: PROBE_INTERVAL,
+                let settings = RedisSettings::from_config(config)?;
+                let connection = match redis {
+                    Some(c) => c.clone(),
+                    None => RedisConnection::open(&settings)?,
                 };
                 let handles = metrics
                     .quota_backend(config.fail.as_str())
                     .map_err(|e| format!("metrics: {e}"))?;
-                RedisQuota::new(&settings, specs, Some(handles)).map(Engine::Redis)
+                RedisQuota::with_connection(&connection, &settings, specs, Some(handles))
+                    .map(Engine::Redis)
             }
         }
     }

@@ -69,7 +69,7 @@ pub use clock::TokioClock;
 pub use engine::{BackendKind, Engine, FailMode};
 pub use local::{KeySpec, LocalQuota};
 pub use plan::{Plan, PlanError, PlanPolicy, WindowFigures};
-pub use redis::{BackendStatus, RedisQuota, RedisSettings};
+pub use redis::{BackendStatus, RedisConnection, RedisQuota, RedisSettings};
 pub use window::{Window, WindowError};
 
 /// A quota key: the index of its [`KeySpec`] in the list the engine was

@@ -122,6 +122,86 @@ pub struct RedisSettings {
     pub probe_interval: Duration,
 }
 
+impl RedisSettings {
+    /// The settings `[quota]` gives, with `backend = "redis"` (an error
+    /// without a `redis_url`).
+    pub fn from_config(config: &crate::config::QuotaConfig) -> Result<RedisSettings, String> {
+        let url = config
+            .redis_url
+            .clone()
+            .ok_or("quota.redis_url: required with backend = \"redis\"")?;
+        Ok(RedisSettings {
+            url,
+            ca_file: config.redis_ca_file.clone(),
+            key_prefix: config.key_prefix.clone(),
+            fail: config.fail,
+            replicas: config.replicas,
+            timeout: config.redis_timeout,
+            min_rate_fraction: config.min_rate_fraction,
+            probe_interval: PROBE_INTERVAL,
+        })
+    }
+}
+
+/// A replica's one connection to Redis: multiplexed, reconnecting, with
+/// `redis_timeout` on every answer. Cheap to clone; the clones share the
+/// connection. The quota engine and the app_ticket store
+/// ([`crate::ticket_store::RedisTicketStore`]) use the same one.
+#[derive(Clone)]
+pub struct RedisConnection {
+    conn: ConnectionManager,
+    target: Arc<str>,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConnection {
+    /// A connection to `settings.url`. Does not connect: the first command
+    /// does (within [`connect_timeout`](Self::connect_timeout)), and a lost
+    /// connection is made again by the next one.
+    pub fn open(settings: &RedisSettings) -> Result<RedisConnection, String> {
+        let client = client(settings)?;
+        let target = describe(client.get_connection_info());
+        let connect_timeout = settings.timeout.max(Duration::from_secs(1));
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("quota.redis_url: {e}"))?;
+        Ok(RedisConnection {
+            conn,
+            target: target.into(),
+            connect_timeout,
+        })
+    }
+
+    /// `rediss://host:port/db`, without credentials: for logs and `/readyz`.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// How long connecting may take (`redis_timeout`, at least 1 s: TLS
+    /// handshakes take time).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// A handle on the shared connection, for one command or pipeline.
+    pub(crate) fn manager(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
 /// The shared quota engine. Cheap to clone (one `Arc`).
 #[derive(Clone)]
 pub struct RedisQuota {
@@ -312,17 +392,22 @@ impl RedisQuota {
         specs: Vec<KeySpec>,
         metrics: Option<QuotaBackendMetrics>,
     ) -> Result<RedisQuota, String> {
-        let client = client(settings)?;
-        let target = describe(client.get_connection_info());
-        let connect_timeout = settings.timeout.max(Duration::from_secs(1));
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("quota.redis_url: {e}"))?;
+        let connection = RedisConnection::open(settings)?;
+        RedisQuota::with_connection(&connection, settings, specs, metrics)
+    }
+
+    /// [`new`](Self::new) on a connection the caller shares with others
+    /// (the app_ticket store): one connection per replica, however many
+    /// users it has.
+    pub fn with_connection(
+        connection: &RedisConnection,
+        settings: &RedisSettings,
+        specs: Vec<KeySpec>,
+        metrics: Option<QuotaBackendMetrics>,
+    ) -> Result<RedisQuota, String> {
+        let conn = connection.manager();
+        let target = connection.target().to_string();
+        let connect_timeout = connection.connect_timeout();
 
         let replicas = settings.replicas.max(1);
         let mut keys = Vec::with_capacity(specs.len());
