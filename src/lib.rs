@@ -21,7 +21,7 @@
 //! | [`validate`]  | request contracts per route, checked before any quota is spent |
 //! | [`token`]     | tenant_access_token: single-flight fetch, proactive refresh    |
 //! | [`events`]    | Feishu event callbacks: signature, decryption, app_ticket      |
-//! | [`ticket_store`] | the latest app_ticket per store app, kept across restarts   |
+//! | [`ticket_store`] | the latest app_ticket per store app: a file, or Redis      |
 //! | [`upstream`]  | the pooled HTTPS client to Feishu, failure classes, `code` peek |
 //! | [`error`]     | every gateway-made answer and its status, reason and code      |
 //! | [`body`]      | the response body type (held bytes or streamed upstream body)  |

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::quota::{BackendKind, RedisConnection, RedisSettings};
+use crate::ticket_store::{FileTicketStore, MemoryTicketStore, RedisTicketStore, TicketStore};
 use crate::token::TokenManager;
 
 /// Why the gateway could not start.
@@ -96,15 +97,23 @@ impl Runtime {
             ),
             BackendKind::Local => None,
         };
-        let ticket_store: Arc<dyn crate::ticket_store::TicketStore> = match &config.state_dir {
-            Some(dir) => Arc::new(crate::ticket_store::FileTicketStore::new(dir)),
-            None => Arc::new(crate::ticket_store::MemoryTicketStore::new()),
+        // Where store apps' app_tickets are kept: in Redis when quotas are
+        // (every replica then uses the ticket any replica received), else
+        // in `state_dir`, else in memory only.
+        let ticket_store: Arc<dyn TicketStore> = match (&redis, &config.state_dir) {
+            (Some(conn), _) => Arc::new(RedisTicketStore::new(
+                conn.clone(),
+                config.quota.key_prefix.clone(),
+            )),
+            (None, Some(dir)) => Arc::new(FileTicketStore::new(dir)),
+            (None, None) => Arc::new(MemoryTicketStore::new()),
         };
         let tickets = crate::store::StoreApps::ticket_boxes(
             &config.apps,
             &client,
             &ticket_store,
             config.token.fetch_timeout,
+            &metrics,
         );
         let tokens = Arc::new(TokenManager::new(
             &config.apps,
