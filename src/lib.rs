@@ -15,7 +15,7 @@
 //! | [`proxy`]     | the request lifecycle as named phases                          |
 //! | [`auth`]      | client keys → client → app                                     |
 //! | [`catalog`]   | the Feishu endpoints the gateway knows, as data                |
-//! | [`quota`]     | per-(app, route) quotas: the GCRA planner and the limiter      |
+//! | [`quota`]     | per-(app[, tenant], route) quotas: GCRA planner, limiters      |
 //! | [`sdk_token`] | signed gateway tokens handed to the official SDKs              |
 //! | [`store`]     | store apps: app_ticket, tenants, the event endpoint             |
 //! | [`validate`]  | request contracts per route, checked before any quota is spent |
@@ -44,7 +44,8 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod proxy;
-/// Per-app quotas: one GCRA per (app, route) derived from all of Feishu's windows.
+/// Per-app quotas: one GCRA per (app, route), or (app, tenant, route) for store
+/// apps, derived from all of Feishu's windows.
 pub mod quota;
 pub mod runtime;
 pub mod sdk_token;

@@ -15,7 +15,9 @@
 //! Tenant keys come from callers (`X-Tenant-Key`), so the tenants held per
 //! app are bounded (`max_tenants`, least recently used evicted first) and
 //! idle tenants are dropped (`tenant_idle_timeout`). Each tenant carries its
-//! own quota keys: Feishu's limits hold per app AND per tenant.
+//! own quota keys ([`Engine::scope`]): Feishu's limits hold per app AND per
+//! tenant. With the Redis backend they are shared by every replica, keyed
+//! per (app, tenant, route), and expire in Redis when idle.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +34,7 @@ use crate::config::{AppConfig, AppKind, Upstream};
 use crate::error::{codes, GatewayError};
 use crate::events::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
 use crate::metrics::Metrics;
-use crate::quota::{KeySpec, LocalQuota, QuotaKey};
+use crate::quota::{Engine, QuotaKey, ScopedQuota};
 use crate::secret::Secret;
 use crate::ticket_store::{StoredTicket, TicketStore, TicketStoreError};
 use crate::token::{endpoint, post_json, TokenError, TokenManager, TokenSlot};
@@ -355,7 +357,7 @@ pub struct Tenant {
     pub key: Arc<str>,
     /// Its tenant token.
     pub slot: Arc<TokenSlot>,
-    quota: LocalQuota,
+    quota: ScopedQuota,
     quota_keys: Vec<Option<QuotaKey>>,
     last_used_ms: AtomicU64,
 }
@@ -370,7 +372,7 @@ impl std::fmt::Debug for Tenant {
 
 impl Tenant {
     /// The tenant's own quota engine.
-    pub fn quota(&self) -> &LocalQuota {
+    pub fn quota(&self) -> &ScopedQuota {
         &self.quota
     }
 
@@ -392,14 +394,17 @@ pub struct StoreApp {
     max_tenants: usize,
     idle_timeout: Duration,
     started: Instant,
+    /// Per route: the engine's (app, route) key whose limits each tenant
+    /// gets a copy of (`None`: route unlimited).
+    quota_templates: Vec<Option<QuotaKey>>,
 }
 
 /// Every store app, by app index.
 pub struct StoreApps {
     apps: Vec<Option<Arc<StoreApp>>>,
     by_name: HashMap<String, usize>,
-    /// Per-route quota specs a new tenant gets (`None`: route unlimited).
-    specs: Vec<Option<KeySpec>>,
+    /// The gateway's quota engine: each tenant gets keys of its own from it.
+    quota: Engine,
     metrics: Arc<Metrics>,
 }
 
@@ -452,7 +457,8 @@ impl StoreApps {
     pub fn new(
         apps: &[AppConfig],
         tickets: Vec<Option<Arc<TicketBox>>>,
-        specs: Vec<Option<KeySpec>>,
+        quota: Engine,
+        mut templates: Vec<Vec<Option<QuotaKey>>>,
         metrics: Arc<Metrics>,
     ) -> StoreApps {
         let mut by_name = HashMap::new();
@@ -482,6 +488,10 @@ impl StoreApps {
                         max_tenants: cfg.max_tenants,
                         idle_timeout: cfg.tenant_idle_timeout,
                         started: Instant::now(),
+                        quota_templates: templates
+                            .get_mut(i)
+                            .map(std::mem::take)
+                            .unwrap_or_default(),
                     }))
                 }
                 _ => None,
@@ -490,7 +500,7 @@ impl StoreApps {
         StoreApps {
             apps,
             by_name,
-            specs,
+            quota,
             metrics,
         }
     }
@@ -557,21 +567,27 @@ impl StoreApps {
             }
         }
         let key: Arc<str> = Arc::from(key);
-        let mut specs = Vec::new();
-        let quota_keys = self
-            .specs
+        // The tenant's own keys, with the app's limits per route: in
+        // Redis (named after the tenant) with the Redis backend.
+        let mut templates = Vec::new();
+        let quota_keys = store
+            .quota_templates
             .iter()
-            .map(|spec| {
-                spec.as_ref().map(|spec| {
-                    specs.push(spec.clone());
-                    QuotaKey::new(specs.len() as u32 - 1)
+            .map(|t| {
+                t.map(|t| {
+                    templates.push(t);
+                    QuotaKey::new(templates.len() as u32 - 1)
                 })
             })
             .collect();
+        let quota = self.quota.scope(&key, &templates).map_err(|e| {
+            tracing::error!(app = %store.name, error = %e, "cannot make a tenant's quota keys");
+            GatewayError::Internal
+        })?;
         let tenant = Arc::new(Tenant {
             slot: tokens.tenant_slot(app, Arc::clone(&key), &store.upstream),
             key: Arc::clone(&key),
-            quota: LocalQuota::with_tokio_clock(specs),
+            quota,
             quota_keys,
             last_used_ms: AtomicU64::new(now_ms),
         });

@@ -360,6 +360,95 @@ async fn fallback_is_the_replicas_share_started_empty_and_heals_back() {
     assert!(n <= most, "{n} in 600 ms after the heal, at most {most}");
 }
 
+/// A scope (a store app's tenant) gets keys of its own with the engine's
+/// limits, shared by every replica under the same name, decided by the
+/// engine's fail mode with a fallback of its own, and drained after a heal
+/// although the heal never saw it.
+#[tokio::test]
+async fn a_scope_has_keys_of_its_own_with_the_engines_limits_fail_mode_and_heal() {
+    let mut redis = redis_or_skip!();
+    let p = plan(&["50/1s", "1000/60s"]);
+    let q = engine(&redis, p.clone(), FailMode::Local).await;
+    let a = q.scope("tenant_a", &[KEY]).unwrap();
+    assert_eq!(a.key_name(KEY), Some("tenant_a@cli_x:POST /open-apis/x"));
+    assert_eq!(
+        a.redis_keys(KEY).unwrap(),
+        (
+            "t:quota:{tenant_a@cli_x:POST /open-apis/x}:tat",
+            "t:quota:{tenant_a@cli_x:POST /open-apis/x}:pause"
+        )
+    );
+    assert!(q.scope("x", &[QuotaKey::new(7)]).is_err());
+
+    // The engine's key spent: the scope's is untouched.
+    for _ in 0..p.burst() {
+        q.acquire(KEY, Overflow::Reject).await.unwrap();
+    }
+    assert!(q.acquire(KEY, Overflow::Reject).await.is_err());
+    assert_eq!(a.snapshot(KEY).await.unwrap().remaining, p.burst());
+    // The same scope on another replica is the same quota.
+    let other = engine(&redis, p.clone(), FailMode::Local).await;
+    let a2 = other.scope("tenant_a", &[KEY]).unwrap();
+    for i in 0..p.burst() {
+        let s = if i % 2 == 0 { &a } else { &a2 };
+        s.acquire(KEY, Overflow::Reject).await.unwrap();
+    }
+    assert!(a.acquire(KEY, Overflow::Reject).await.is_err());
+    assert!(a2.acquire(KEY, Overflow::Reject).await.is_err());
+    // A pause of the scope's key is the scope's only.
+    assert!(a.pause_shared(KEY, Duration::from_secs(2)).await);
+    let r = a2.acquire(KEY, Overflow::Reject).await.unwrap_err();
+    assert_eq!(r.limit(), Limit::UpstreamPause);
+    let b = q.scope("tenant_b", &[KEY]).unwrap();
+    assert!(b.acquire(KEY, Overflow::Reject).await.is_ok());
+
+    // Redis gone: the scope falls back to its own share, drained.
+    redis.kill();
+    let fresh = q.scope("tenant_c", &[KEY]).unwrap();
+    let r = fresh.acquire(KEY, Overflow::Reject).await.unwrap_err();
+    assert_eq!(r.cause(), Cause::Limited, "drained: {r}");
+    assert_eq!(r.limit_value(), 50, "rejections report the fleet's limit");
+    assert!(!q.is_shared());
+    let split = p.split(2, PlanPolicy::default().min_rate_fraction).unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        if fresh.acquire(KEY, Overflow::Reject).await.is_ok() {
+            n += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let most =
+        (started.elapsed().as_secs_f64() / split.emission_interval().as_secs_f64()) as u32 + 1;
+    assert!(n >= 1 && n <= most, "{n} in 1 s, at most {most}");
+
+    // Redis is back, empty. A scope's keys were not drained by the heal
+    // (it knows only the engine's), yet give no fresh burst: every call
+    // floors them at the heal's drain.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !q.is_shared() {
+        assert!(Instant::now() < deadline, "{:?}", q.status());
+        q.probe_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = q.scope("tenant_d", &[KEY]).unwrap();
+    for s in [&fresh, &late] {
+        let snap = s.snapshot(KEY).await.unwrap();
+        assert!(snap.remaining < 5, "no fresh burst of 33: {snap:?}");
+    }
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(600) {
+        if late.acquire(KEY, Overflow::Reject).await.is_ok() {
+            n += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let most = (started.elapsed().as_secs_f64() / p.emission_interval().as_secs_f64()) as u32 + 5;
+    assert!(n <= most, "{n} in 600 ms after the heal, at most {most}");
+}
+
 #[tokio::test]
 async fn closed_and_open_when_redis_is_gone() {
     let mut redis = redis_or_skip!();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use feishu_gateway::config::{Config, MapEnv};
-use feishu_gateway::quota::{FailMode, RedisConnection, RedisSettings};
+use feishu_gateway::quota::{FailMode, Plan, PlanPolicy, RedisConnection, RedisSettings};
 use feishu_gateway::runtime::Runtime;
 use feishu_gateway::secret::Secret;
 use feishu_gateway::sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
@@ -736,8 +736,14 @@ async fn redis_down_the_ticket_in_memory_serves_and_is_written_back_later() {
     let pushed = sim.push_ticket_now(STORE_APP_ID).await.unwrap();
     assert_eq!(pushed.status(), Some(StatusCode::OK), "the push is taken");
     sim.invalidate_all_tokens();
-    let answer = put_to(&client, gw.addr(), Some("tenant_a")).await;
-    assert_eq!(answer.code(), 0, "served with the ticket in memory");
+    // (The quota falls back to this replica's share, started empty: the
+    // first request may be limited for one period.)
+    wait_for(Duration::from_secs(5), || async {
+        let answer = put_to(&client, gw.addr(), Some("tenant_a")).await;
+        assert_ne!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        answer.code() == 0
+    })
+    .await;
     let m = call(&client, gw.admin_addr(), Method::GET, "/metrics", &[], "").await;
     let m = String::from_utf8_lossy(&m.body).into_owned();
     let saves = m
@@ -757,4 +763,88 @@ async fn redis_down_the_ticket_in_memory_serves_and_is_written_back_later() {
         ticket_in_redis(&redis).await == pushed.app_ticket
     })
     .await;
+}
+#[tokio::test]
+async fn two_replicas_share_each_tenants_quota_through_redis() {
+    let redis = redis_or_skip!();
+    let mut cfg = sim_store(&["tenant_a", "tenant_b"]);
+    cfg.limits = vec![(5, Duration::from_secs(1))];
+    let sim = SimFeishu::start(cfg).await.unwrap();
+    let client = http_client();
+    let extra = format!(
+        "{}[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice\"\nlimits = [\"5/1s\"]\n",
+        redis_quota(&redis)
+    );
+    let a = start_replica(&sim, "", 100, &extra, true).await;
+    wait_ready(&client, &a).await;
+    let b = start_replica(&sim, "", 100, &extra, false).await;
+    wait_ready(&client, &b).await;
+    let gws = Arc::new([a, b]);
+
+    // Both replicas flood tenant_a, far over its quota, for 1.5 s.
+    let started = std::time::Instant::now();
+    let until = started + Duration::from_millis(1500);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (client, gws) = (client.clone(), Arc::clone(&gws));
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while std::time::Instant::now() < until {
+                let a = put_to(&client, gws[i % 2].addr(), Some("tenant_a")).await;
+                statuses.push(a.status);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            statuses
+        }));
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        for status in t.await.unwrap() {
+            match status {
+                StatusCode::OK => ok += 1,
+                StatusCode::TOO_MANY_REQUESTS => limited += 1,
+                other => panic!("{other}"),
+            }
+        }
+    }
+    let took = started.elapsed();
+    // One quota for the fleet: Feishu saw no violation, and the replicas
+    // together admitted what one gateway would (the plan's burst, then one
+    // per period), not twice that.
+    assert_eq!(sim.violations(), 0);
+    let seen = sim.max_in_any_window_for_tenant(
+        STORE_APP_ID,
+        "tenant_a",
+        "put_top_notice",
+        Duration::from_secs(1),
+    );
+    assert!(seen <= 5, "{seen} in one second");
+    let plan = Plan::new(&["5/1s".parse().unwrap()], &PlanPolicy::default()).unwrap();
+    let allowed = plan.burst() as usize
+        + (took.as_secs_f64() / plan.emission_interval().as_secs_f64()) as usize;
+    assert!(
+        ok >= 1 && ok <= allowed + 1,
+        "admitted {ok} (limited {limited}), the plan allows {allowed} in {took:?}"
+    );
+    assert_eq!(sim.requests().len(), ok, "limited requests never left");
+    // The tenant's keys live in Redis under (app, tenant, route).
+    let tat = format!(
+        "feishu-gateway:quota:{{tenant_a@{STORE_APP_ID}:POST /open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice}}:tat"
+    );
+    let mut c = redis.conn().await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&tat)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(exists, "{tat}");
+    // Another tenant is not limited by tenant_a's flood, on either replica
+    // (its own quota is shared too: one period apart).
+    for gw in gws.iter() {
+        let answer = put_to(&client, gw.addr(), Some("tenant_b")).await;
+        assert_eq!(answer.code(), 0, "{:?}", answer.body);
+        tokio::time::sleep(plan.emission_interval()).await;
+    }
+    assert_eq!(sim.violations(), 0);
 }
