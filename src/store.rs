@@ -287,8 +287,8 @@ impl TicketBox {
         let _ = self.resend().await;
     }
 
-    /// Asks Feishu to push the ticket again, at most once per
-    /// [`RESEND_INTERVAL`] while no ticket arrives.
+    /// Asks Feishu to push the ticket again, at most once per 10 s while
+    /// no ticket arrives.
     pub async fn resend(&self) -> Result<(), TokenError> {
         {
             let mut r = lock(&self.resend);

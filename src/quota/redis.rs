@@ -8,7 +8,7 @@
 //! reloaded by the client on `NOSCRIPT`): the upstream-pause check and the
 //! GCRA check-and-commit of the key run atomically on the Redis server, on
 //! the server's clock (`TIME`). It is the local engine's algorithm with the
-//! local plan's parameters ([`Plan`]), so the guarantee and the efficiency
+//! local plan's parameters ([`Plan`](super::Plan)), so the guarantee and the efficiency
 //! figures carry over, with two adjustments:
 //!
 //! - time is counted in whole microseconds, so the period is rounded UP to
@@ -49,9 +49,9 @@
 //! e.g. CPU throttling, from costing a switch and the drained return.)
 //!
 //! - `local`: a local limiter per key with every limit divided by
-//!   `replicas` ([`Plan::split`]), started with an empty burst
+//!   `replicas` ([`Plan::split`](super::Plan::split)), started with an empty burst
 //!   ([`LocalQuota::drain`]). If Redis is down for every replica, the fleet
-//!   honours every window across the switch too (proof at [`Plan::split`]).
+//!   honours every window across the switch too (proof at [`Plan::split`](super::Plan::split)).
 //! - `closed`: refuse (the gateway answers 503 `quota-backend-unavailable`).
 //! - `open`: admit without a limit.
 //!
