@@ -325,9 +325,10 @@ pub struct RedisTicketStore {
     prefix: String,
 }
 
-/// A ticket call gets this many tries when Redis does not answer in time
-/// (each `redis_timeout`, 50 ms by default: tight for a command that may
-/// also have to connect).
+/// A ticket call gets this many tries when Redis answers too slowly
+/// (`redis_timeout`, 50 ms by default, is tight for a ticket) or the
+/// connection was just lost (e.g. Redis restarted); not when it cannot
+/// connect at all.
 const REDIS_TRIES: u32 = 3;
 
 impl RedisTicketStore {
@@ -345,8 +346,9 @@ impl RedisTicketStore {
         Ok(format!("{}app_ticket:{app_id}", self.prefix))
     }
 
-    /// Runs `cmd`, trying again after a timeout or a lost connection, all
-    /// within the connection's connect timeout per try.
+    /// Runs `cmd`, trying again after a slow answer or a lost connection,
+    /// all within the connection's connect timeout (1 s by default), so an
+    /// unreachable Redis costs a ticket call at most that.
     async fn query<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
@@ -354,10 +356,14 @@ impl RedisTicketStore {
         cmd: &redis::Cmd,
     ) -> Result<T, TicketStoreError> {
         let mut last = String::new();
+        let deadline = tokio::time::Instant::now() + self.conn.connect_timeout();
         for _ in 0..REDIS_TRIES {
             let mut conn = self.conn.manager();
-            let limit = self.conn.connect_timeout();
-            match tokio::time::timeout(limit, cmd.query_async::<T>(&mut conn)).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, cmd.query_async::<T>(&mut conn)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
                     last = redis_failure(&e);
@@ -366,7 +372,10 @@ impl RedisTicketStore {
                         break;
                     }
                 }
-                Err(_) => last = "no answer in time".to_owned(),
+                Err(_) => {
+                    last = "no answer in time".to_owned();
+                    break;
+                }
             }
         }
         Err(TicketStoreError::Redis {
