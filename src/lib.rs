@@ -15,13 +15,13 @@
 //! | [`proxy`]     | the request lifecycle as named phases                          |
 //! | [`auth`]      | client keys → client → app                                     |
 //! | [`catalog`]   | the Feishu endpoints the gateway knows, as data                |
-//! | [`quota`]     | per-(app, route) quotas: the GCRA planner and the limiter      |
+//! | [`quota`]     | per-(app[, tenant], route) quotas: GCRA planner, limiters      |
 //! | [`sdk_token`] | signed gateway tokens handed to the official SDKs              |
 //! | [`store`]     | store apps: app_ticket, tenants, the event endpoint             |
 //! | [`validate`]  | request contracts per route, checked before any quota is spent |
 //! | [`token`]     | tenant_access_token: single-flight fetch, proactive refresh    |
 //! | [`events`]    | Feishu event callbacks: signature, decryption, app_ticket      |
-//! | [`ticket_store`] | the latest app_ticket per store app, kept across restarts   |
+//! | [`ticket_store`] | the latest app_ticket per store app: a file, or Redis      |
 //! | [`upstream`]  | the pooled HTTPS client to Feishu, failure classes, `code` peek |
 //! | [`error`]     | every gateway-made answer and its status, reason and code      |
 //! | [`body`]      | the response body type (held bytes or streamed upstream body)  |
@@ -47,7 +47,8 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
-/// Per-app quotas: one GCRA per (app, route) derived from all of Feishu's windows.
+/// Per-app quotas: one GCRA per (app, route), or (app, tenant, route) for store
+/// apps, derived from all of Feishu's windows.
 pub mod quota;
 pub mod runtime;
 pub mod sdk_token;

@@ -78,6 +78,7 @@ pub struct Metrics {
     quota_limit: IntGaugeVec,
     store_tenants: IntGaugeVec,
     app_ticket_received: GaugeVec,
+    app_ticket_store_errors: IntCounterVec,
     quota_waiting: IntGaugeVec,
     quota_wait: HistogramVec,
     backend: BackendFamilies,
@@ -314,6 +315,13 @@ impl Metrics {
             ),
             &["app"],
         )?;
+        let app_ticket_store_errors = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_app_ticket_store_errors_total",
+                "Failed loads and saves of a store app's app_ticket (state_dir file or Redis); the ticket in memory is used meanwhile",
+            ),
+            &["app", "op"],
+        )?;
         let quota_waiting = IntGaugeVec::new(
             Opts::new(
                 "feishu_gateway_quota_waiting",
@@ -356,6 +364,7 @@ impl Metrics {
             Box::new(quota_limit.clone()),
             Box::new(store_tenants.clone()),
             Box::new(app_ticket_received.clone()),
+            Box::new(app_ticket_store_errors.clone()),
             Box::new(quota_waiting.clone()),
             Box::new(quota_wait.clone()),
             Box::new(build_info.clone()),
@@ -412,6 +421,7 @@ impl Metrics {
             quota_limit,
             store_tenants,
             app_ticket_received,
+            app_ticket_store_errors,
             quota_waiting,
             quota_wait,
             backend,
@@ -614,6 +624,13 @@ impl Metrics {
         self.app_ticket_received
             .with_label_values(&[self.app_label(Some(app))])
             .set(at);
+    }
+
+    /// The counter of failed app_ticket store calls of store app `app`,
+    /// for `op` (`load` or `save`); the series exists from then on, at 0.
+    pub fn app_ticket_store_errors(&self, app: usize, op: &str) -> IntCounter {
+        self.app_ticket_store_errors
+            .with_label_values(&[self.app_label(Some(app)), op])
     }
 
     /// The in-flight gauge.

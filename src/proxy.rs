@@ -11,7 +11,7 @@
 //! | `authenticate`   | which client is calling, and so which app                 |
 //! | `read_body`      | buffer the body within the size and time limits           |
 //! | `validate`       | the route's contract: bad input answered here, in Feishu's words |
-//! | `admit`          | the (app, route) quota: go now, wait, or 429              |
+//! | `admit`          | the (app[, tenant], route) quota: go now, wait, or 429    |
 //! | `forward`        | inject the tenant token, send, replay once on token-invalid |
 //! | `response_filter`| strip hop-by-hop headers from Feishu's answer             |
 //! | `logging`        | one access-log line and the request metrics               |
@@ -37,7 +37,7 @@ use crate::config::ValidationMode;
 use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
 use crate::error::{codes, GatewayError};
 use crate::metrics::{Metrics, QuotaPairMetrics};
-use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey};
+use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey, RedisConnection};
 use crate::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
 use crate::store::{StoreApps, Tenant, TicketBox};
 use crate::token::{TokenManager, TokenSlot};
@@ -142,7 +142,8 @@ impl RequestCtx {
 
 impl Gateway {
     /// Builds the gateway's shared state: one quota key per configured app
-    /// and limited route (keys come from configuration only).
+    /// and limited route (keys come from configuration only). `redis` is the
+    /// replica's connection with `[quota] backend = "redis"`.
     pub fn new(
         config: &Config,
         catalog: Catalog,
@@ -150,6 +151,7 @@ impl Gateway {
         tickets: Vec<Option<Arc<TicketBox>>>,
         upstreams: Upstreams,
         metrics: Arc<Metrics>,
+        redis: Option<&RedisConnection>,
     ) -> Result<Gateway, String> {
         let policy = PlanPolicy {
             margin: config.quota.margin,
@@ -166,19 +168,6 @@ impl Gateway {
             tracing::info!(route = %route.template, plan = %plan, "quota plan");
             plans.push(Some(plan));
         }
-        let tenant_specs = plans
-            .iter()
-            .map(|p| {
-                p.as_ref()
-                    .map(|p| KeySpec::new(p.clone(), config.quota.max_waiters))
-            })
-            .collect();
-        let store = Arc::new(StoreApps::new(
-            &config.apps,
-            tickets,
-            tenant_specs,
-            Arc::clone(&metrics),
-        ));
         let mut specs = Vec::new();
         let mut quota_keys = Vec::new();
         for app in 0..config.apps.len() {
@@ -196,7 +185,23 @@ impl Gateway {
                 }));
             }
         }
-        let quota = Engine::from_config(&config.quota, specs, &metrics)?;
+        let quota = Engine::from_config(&config.quota, specs, &metrics, redis)?;
+        // Store apps' tenants get keys of their own with their app's limits.
+        let routes = catalog.routes().len();
+        let templates = (0..config.apps.len())
+            .map(|app| {
+                (0..routes)
+                    .map(|r| quota_keys[app * routes + r].as_ref().map(|(k, _)| *k))
+                    .collect()
+            })
+            .collect();
+        let store = Arc::new(StoreApps::new(
+            &config.apps,
+            tickets,
+            quota.clone(),
+            templates,
+            Arc::clone(&metrics),
+        ));
         let mut contracts = Contracts::for_catalog(&catalog);
         for (i, route) in catalog.routes().iter().enumerate() {
             if let Some(c) = contracts.get_mut(i) {
@@ -485,7 +490,8 @@ impl Gateway {
             return Ok(());
         };
         // Store apps: Feishu's limits hold per tenant, so each tenant has
-        // its own keys (same plans); the (app, route) metrics are shared.
+        // its own keys (same plans; in Redis with the Redis backend); the
+        // (app, route) metrics are shared.
         let tenant = match &ctx.tenant {
             Some(t) => match t.quota_key(route) {
                 Some(k) => Some((t.quota(), k)),

@@ -17,6 +17,8 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::quota::{BackendKind, RedisConnection, RedisSettings};
+use crate::ticket_store::{FileTicketStore, MemoryTicketStore, RedisTicketStore, TicketStore};
 use crate::token::TokenManager;
 
 /// Why the gateway could not start.
@@ -90,15 +92,33 @@ impl Runtime {
         let upstreams = crate::upstream::Upstreams::build(&config, config.workers)
             .map_err(StartError::Upstream)?;
         let client = upstreams.shared().clone();
-        let ticket_store: Arc<dyn crate::ticket_store::TicketStore> = match &config.state_dir {
-            Some(dir) => Arc::new(crate::ticket_store::FileTicketStore::new(dir)),
-            None => Arc::new(crate::ticket_store::MemoryTicketStore::new()),
+        // With `[quota] backend = "redis"`: the replica's one connection to
+        // Redis, shared by the quota engine and the app_ticket store.
+        let redis = match config.quota.backend {
+            BackendKind::Redis => Some(
+                RedisSettings::from_config(&config.quota)
+                    .and_then(|s| RedisConnection::open(&s))
+                    .map_err(StartError::Config)?,
+            ),
+            BackendKind::Local => None,
+        };
+        // Where store apps' app_tickets are kept: in Redis when quotas are
+        // (every replica then uses the ticket any replica received), else
+        // in `state_dir`, else in memory only.
+        let ticket_store: Arc<dyn TicketStore> = match (&redis, &config.state_dir) {
+            (Some(conn), _) => Arc::new(RedisTicketStore::new(
+                conn.clone(),
+                config.quota.key_prefix.clone(),
+            )),
+            (None, Some(dir)) => Arc::new(FileTicketStore::new(dir)),
+            (None, None) => Arc::new(MemoryTicketStore::new()),
         };
         let tickets = crate::store::StoreApps::ticket_boxes(
             &config.apps,
             &client,
             &ticket_store,
             config.token.fetch_timeout,
+            &metrics,
         );
         let tokens = Arc::new(TokenManager::new(
             &config.apps,
@@ -115,6 +135,7 @@ impl Runtime {
                 tickets,
                 upstreams,
                 Arc::clone(&metrics),
+                redis.as_ref(),
             )
             .map_err(StartError::Config)?,
         );

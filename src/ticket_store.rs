@@ -2,14 +2,21 @@
 //! wait for Feishu's next hourly push (facts §2: a ticket can only be
 //! received, never fetched).
 //!
-//! [`TicketStore`] is the seam: [`FileTicketStore`] keeps one JSON file per
-//! app under a state directory, [`MemoryTicketStore`] is for tests, and a
-//! Redis store can implement the same two methods (one key per app holding
-//! the same JSON document, see [`StoredTicket::to_json`]).
+//! [`TicketStore`] is the seam:
+//! - [`RedisTicketStore`] (with `[quota] backend = "redis"`): one key per
+//!   app, `<key_prefix>app_ticket:<app_id>`, holding the JSON document of
+//!   [`StoredTicket::to_json`], written by one `SET`. Every replica reads
+//!   and writes the same key, so a ticket Feishu pushed to any replica is
+//!   usable by all ([`TicketStore::is_shared`]; see [`crate::store::TicketBox`]
+//!   for when a replica reads it).
+//! - [`FileTicketStore`] (else, with `state_dir`): one JSON file per app
+//!   under the state directory, replaced atomically.
+//! - [`MemoryTicketStore`]: for tests, and for running without either (a
+//!   restart then waits for a resend).
 //!
 //! Tickets are secrets: [`StoredTicket`]'s `Debug` hides the ticket, files
-//! are created with mode 0600, and no error carries a ticket or file
-//! contents.
+//! are created with mode 0600, and no error carries a ticket, file contents
+//! or a Redis value.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,7 +29,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::quota::RedisConnection;
 use crate::secret::Secret;
+
+/// A kept ticket older than this is not trusted (the Go SDK keeps tickets
+/// 12 h): the gateway asks for a fresh one instead. A Redis key expires
+/// when its ticket reaches this age.
+pub const MAX_TICKET_AGE: Duration = Duration::from_secs(12 * 3600);
 
 /// A ticket as kept: whose, what, and when it was received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +126,16 @@ pub enum TicketStoreError {
     /// The blocking task doing the I/O panicked or was cancelled.
     #[error("ticket store: I/O task failed")]
     Task,
+    /// A Redis command failed or timed out.
+    #[error("ticket store: {op} {key} in Redis: {error}")]
+    Redis {
+        /// What was being done.
+        op: &'static str,
+        /// The key.
+        key: String,
+        /// Why, without the value (see [`redis_failure`]).
+        error: String,
+    },
 }
 
 /// A boxed future, so that the trait can be used as `dyn TicketStore`.
@@ -127,6 +150,13 @@ pub trait TicketStore: Send + Sync + fmt::Debug {
     /// Keep `ticket` as the latest of its app, replacing any older one. A
     /// concurrent `load` sees the old ticket or the new one, never a mix.
     fn save<'a>(&'a self, ticket: &'a StoredTicket) -> StoreFuture<'a, ()>;
+
+    /// True when other replicas read and write the same tickets (Redis):
+    /// a replica then looks in the store for a newer ticket before it uses
+    /// its own, and while it waits for a resent one.
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// Check that an app id can name a file or key.
@@ -278,6 +308,126 @@ impl TicketStore for FileTicketStore {
             let doc = ticket.to_json();
             blocking(move || Self::save_blocking(&dir, &path, &doc)).await
         })
+    }
+}
+
+// ----- redis ----------------------------------------------------------------
+
+/// One Redis key per app, `<key_prefix>app_ticket:<app_id>`, on the
+/// replica's shared [`RedisConnection`]. A save is one `SET … PX`: atomic,
+/// and the key expires when its ticket reaches [`MAX_TICKET_AGE`] (a stale
+/// ticket is not used anyway). A value that is not a ticket document of
+/// its app loads as [`TicketStoreError::Corrupt`] (no ticket; the next save
+/// replaces it).
+#[derive(Debug, Clone)]
+pub struct RedisTicketStore {
+    conn: RedisConnection,
+    prefix: String,
+}
+
+/// A ticket call gets this many tries when Redis answers too slowly
+/// (`redis_timeout`, 50 ms by default, is tight for a ticket) or the
+/// connection was just lost (e.g. Redis restarted); not when it cannot
+/// connect at all.
+const REDIS_TRIES: u32 = 3;
+
+impl RedisTicketStore {
+    /// A store on `conn`, under `key_prefix` (`[quota] key_prefix`).
+    pub fn new(conn: RedisConnection, key_prefix: impl Into<String>) -> Self {
+        RedisTicketStore {
+            conn,
+            prefix: key_prefix.into(),
+        }
+    }
+
+    /// The key that holds `app_id`'s ticket.
+    pub fn key_of(&self, app_id: &str) -> Result<String, TicketStoreError> {
+        check_app_id(app_id)?;
+        Ok(format!("{}app_ticket:{app_id}", self.prefix))
+    }
+
+    /// Runs `cmd`, trying again after a slow answer or a lost connection,
+    /// all within the connection's connect timeout (1 s by default), so an
+    /// unreachable Redis costs a ticket call at most that.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        key: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, TicketStoreError> {
+        let mut last = String::new();
+        let deadline = tokio::time::Instant::now() + self.conn.connect_timeout();
+        for _ in 0..REDIS_TRIES {
+            let mut conn = self.conn.manager();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, cmd.query_async::<T>(&mut conn)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    last = redis_failure(&e);
+                    let transient = e.is_timeout() || e.is_connection_dropped();
+                    if !transient {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    last = "no answer in time".to_owned();
+                    break;
+                }
+            }
+        }
+        Err(TicketStoreError::Redis {
+            op,
+            key: key.to_owned(),
+            error: last,
+        })
+    }
+}
+
+/// A Redis error as a ticket store reports it: what went wrong, never a
+/// value (a conversion error could quote the reply, i.e. the ticket).
+pub fn redis_failure(e: &redis::RedisError) -> String {
+    if e.is_timeout() {
+        "no answer in time".to_owned()
+    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        format!("connection: {e}")
+    } else if let Some(code) = e.code() {
+        format!("server error {code}")
+    } else {
+        format!("{:?}", e.kind())
+    }
+}
+
+impl TicketStore for RedisTicketStore {
+    fn load<'a>(&'a self, app_id: &'a str) -> StoreFuture<'a, Option<StoredTicket>> {
+        Box::pin(async move {
+            let key = self.key_of(app_id)?;
+            let mut get = redis::cmd("GET");
+            get.arg(&key);
+            let value: Option<Vec<u8>> = self.query("GET", &key, &get).await?;
+            match value.map(|v| StoredTicket::from_json(&v)) {
+                None => Ok(None),
+                Some(Some(t)) if t.app_id == app_id => Ok(Some(t)),
+                Some(_) => Err(TicketStoreError::Corrupt { where_: key }),
+            }
+        })
+    }
+
+    fn save<'a>(&'a self, ticket: &'a StoredTicket) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let key = self.key_of(&ticket.app_id)?;
+            let left = MAX_TICKET_AGE.saturating_sub(ticket.age(SystemTime::now()));
+            let ttl_ms = left.as_millis().max(1) as u64;
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg(ticket.to_json()).arg("PX").arg(ttl_ms);
+            self.query::<()>("SET", &key, &set).await
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 }
 
@@ -452,6 +602,7 @@ mod tests {
     #[tokio::test]
     async fn memory_store_round_trip_and_debug_hides_tickets() {
         let store: Box<dyn TicketStore> = Box::new(MemoryTicketStore::new());
+        assert!(!store.is_shared() && !FileTicketStore::new("/x").is_shared());
         let t = ticket("cli_a", "tkt-hidden", 5);
         store.save(&t).await.expect("save");
         assert_eq!(store.load("cli_a").await.expect("load"), Some(t.clone()));

@@ -8,9 +8,9 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,142 +23,8 @@ use feishu_gateway::runtime::Runtime;
 use feishu_gateway::secret::Secret;
 use feishu_gateway::sim::{QuotaMode, SimConfig, SimFeishu};
 use http::StatusCode;
+use support::redis_server::RedisServer;
 use support::*;
-
-// ----- a redis-server of the test's own -------------------------------------
-
-/// A `redis-server` on a free loopback port, killed on drop.
-struct RedisServer {
-    port: u16,
-    dir: tempfile::TempDir,
-    extra: Vec<String>,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// Starts one, or returns `None` (after a note) when `redis-server` is
-    /// not installed; under `CI=true` that is a failure.
-    fn start() -> Option<RedisServer> {
-        Self::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "redis-server is not installed (run deploy/ci-install-redis.sh)"
-            );
-            eprintln!("SKIPPED: redis-server is not installed (deploy/ci-install-redis.sh)");
-            return None;
-        }
-        let port = StdListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut server = RedisServer {
-            port,
-            dir: tempfile::tempdir().expect("tempdir"),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        server.spawn();
-        Some(server)
-    }
-
-    fn spawn(&mut self) {
-        let port = self.port.to_string();
-        let mut args: Vec<String> = vec![
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--save".into(),
-            String::new(),
-            "--appendonly".into(),
-            "no".into(),
-            "--dir".into(),
-            self.dir.path().display().to_string(),
-        ];
-        if self.extra.iter().any(|a| a == "--tls-port") {
-            args.extend(["--port".into(), "0".into()]);
-        } else {
-            args.extend(["--port".into(), port]);
-        }
-        args.extend(
-            self.extra
-                .iter()
-                .map(|a| a.replace("PORT", &self.port.to_string())),
-        );
-        let child = Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(self.addr()).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// SIGKILL, state lost (no persistence).
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// A fresh server on the same port.
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    /// SIGSTOP / SIGCONT: a server that accepts but never answers.
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("test connection to redis")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            // A stopped server must be continued to die cleanly.
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-        }
-        self.kill();
-    }
-}
 
 macro_rules! redis_or_skip {
     () => {
@@ -491,6 +357,95 @@ async fn fallback_is_the_replicas_share_started_empty_and_heals_back() {
     }
     let took = started.elapsed().as_secs_f64();
     let most = snap.remaining + (took / p.emission_interval().as_secs_f64()) as u32 + 1;
+    assert!(n <= most, "{n} in 600 ms after the heal, at most {most}");
+}
+
+/// A scope (a store app's tenant) gets keys of its own with the engine's
+/// limits, shared by every replica under the same name, decided by the
+/// engine's fail mode with a fallback of its own, and drained after a heal
+/// although the heal never saw it.
+#[tokio::test]
+async fn a_scope_has_keys_of_its_own_with_the_engines_limits_fail_mode_and_heal() {
+    let mut redis = redis_or_skip!();
+    let p = plan(&["50/1s", "1000/60s"]);
+    let q = engine(&redis, p.clone(), FailMode::Local).await;
+    let a = q.scope("tenant_a", &[KEY]).unwrap();
+    assert_eq!(a.key_name(KEY), Some("tenant_a@cli_x:POST /open-apis/x"));
+    assert_eq!(
+        a.redis_keys(KEY).unwrap(),
+        (
+            "t:quota:{tenant_a@cli_x:POST /open-apis/x}:tat",
+            "t:quota:{tenant_a@cli_x:POST /open-apis/x}:pause"
+        )
+    );
+    assert!(q.scope("x", &[QuotaKey::new(7)]).is_err());
+
+    // The engine's key spent: the scope's is untouched.
+    for _ in 0..p.burst() {
+        q.acquire(KEY, Overflow::Reject).await.unwrap();
+    }
+    assert!(q.acquire(KEY, Overflow::Reject).await.is_err());
+    assert_eq!(a.snapshot(KEY).await.unwrap().remaining, p.burst());
+    // The same scope on another replica is the same quota.
+    let other = engine(&redis, p.clone(), FailMode::Local).await;
+    let a2 = other.scope("tenant_a", &[KEY]).unwrap();
+    for i in 0..p.burst() {
+        let s = if i % 2 == 0 { &a } else { &a2 };
+        s.acquire(KEY, Overflow::Reject).await.unwrap();
+    }
+    assert!(a.acquire(KEY, Overflow::Reject).await.is_err());
+    assert!(a2.acquire(KEY, Overflow::Reject).await.is_err());
+    // A pause of the scope's key is the scope's only.
+    assert!(a.pause_shared(KEY, Duration::from_secs(2)).await);
+    let r = a2.acquire(KEY, Overflow::Reject).await.unwrap_err();
+    assert_eq!(r.limit(), Limit::UpstreamPause);
+    let b = q.scope("tenant_b", &[KEY]).unwrap();
+    assert!(b.acquire(KEY, Overflow::Reject).await.is_ok());
+
+    // Redis gone: the scope falls back to its own share, drained.
+    redis.kill();
+    let fresh = q.scope("tenant_c", &[KEY]).unwrap();
+    let r = fresh.acquire(KEY, Overflow::Reject).await.unwrap_err();
+    assert_eq!(r.cause(), Cause::Limited, "drained: {r}");
+    assert_eq!(r.limit_value(), 50, "rejections report the fleet's limit");
+    assert!(!q.is_shared());
+    let split = p.split(2, PlanPolicy::default().min_rate_fraction).unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        if fresh.acquire(KEY, Overflow::Reject).await.is_ok() {
+            n += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let most =
+        (started.elapsed().as_secs_f64() / split.emission_interval().as_secs_f64()) as u32 + 1;
+    assert!(n >= 1 && n <= most, "{n} in 1 s, at most {most}");
+
+    // Redis is back, empty. A scope's keys were not drained by the heal
+    // (it knows only the engine's), yet give no fresh burst: every call
+    // floors them at the heal's drain.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !q.is_shared() {
+        assert!(Instant::now() < deadline, "{:?}", q.status());
+        q.probe_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = q.scope("tenant_d", &[KEY]).unwrap();
+    for s in [&fresh, &late] {
+        let snap = s.snapshot(KEY).await.unwrap();
+        assert!(snap.remaining < 5, "no fresh burst of 33: {snap:?}");
+    }
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(600) {
+        if late.acquire(KEY, Overflow::Reject).await.is_ok() {
+            n += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let most = (started.elapsed().as_secs_f64() / p.emission_interval().as_secs_f64()) as u32 + 5;
     assert!(n <= most, "{n} in 600 ms after the heal, at most {most}");
 }
 

@@ -1,16 +1,25 @@
 //! Store apps (issue 9) end to end: app_ticket intake through the event
 //! endpoint, ticket persistence, app and tenant tokens, per-tenant quotas,
-//! against the simulated Feishu's store-app side.
+//! against the simulated Feishu's store-app side; then several replicas
+//! sharing tickets and tenant quotas through a real `redis-server` (skipped
+//! without one, except under `CI=true`: see `tests/support/redis_server.rs`).
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use feishu_gateway::config::{Config, MapEnv};
+use feishu_gateway::quota::{FailMode, Plan, PlanPolicy, RedisConnection, RedisSettings};
 use feishu_gateway::runtime::Runtime;
+use feishu_gateway::secret::Secret;
 use feishu_gateway::sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
+use feishu_gateway::ticket_store::{
+    RedisTicketStore, StoredTicket, TicketStore, TicketStoreError, MAX_TICKET_AGE,
+};
 use http::{Method, StatusCode};
+use support::redis_server::RedisServer;
 use support::*;
 use tokio::net::TcpListener;
 
@@ -28,18 +37,15 @@ fn store_env() -> MapEnv {
         .with("STORE_CLIENT_KEY", STORE_KEY)
 }
 
-fn store_config(
-    upstream: &str,
-    state_dir: &std::path::Path,
-    max_tenants: usize,
-    routes: &str,
-) -> String {
+/// A gateway config for the store app; `top` keeps the tickets
+/// (`state_dir = …`, or nothing with a Redis `[quota]` in `extra`).
+fn store_config(upstream: &str, top: &str, max_tenants: usize, extra: &str) -> String {
     format!(
         r#"
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 upstream = "{upstream}"
-state_dir = {state:?}
+{top}
 
 [token]
 retry_min = "50ms"
@@ -58,9 +64,8 @@ max_tenants = {max_tenants}
 name = "crm"
 key_env = "STORE_CLIENT_KEY"
 app = "isv-bot"
-{routes}
-"#,
-        state = state_dir.display().to_string()
+{extra}
+"#
     )
 }
 
@@ -72,13 +77,15 @@ fn sim_store(tenants: &[&str]) -> SimConfig {
     )
 }
 
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
 struct Store {
     sim: SimFeishu,
     gw: Runtime,
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Full<bytes::Bytes>,
-    >,
+    client: HttpClient,
     dir: tempfile::TempDir,
 }
 
@@ -90,11 +97,26 @@ async fn start_gateway(
     max_tenants: usize,
     routes: &str,
 ) -> Runtime {
+    let top = format!("state_dir = {:?}", dir.display().to_string());
+    start_replica(sim, &top, max_tenants, routes, true).await
+}
+
+/// A gateway with `top` and `extra` in its config (see [`store_config`]);
+/// with `events`, Feishu's pushes go to it from now on.
+async fn start_replica(
+    sim: &SimFeishu,
+    top: &str,
+    max_tenants: usize,
+    extra: &str,
+    events: bool,
+) -> Runtime {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    sim.set_event_url(STORE_APP_ID, format!("http://{addr}/feishu/events/isv-bot"));
-    let text = store_config(&sim.base_url(), dir, max_tenants, routes);
+    if events {
+        sim.set_event_url(STORE_APP_ID, format!("http://{addr}/feishu/events/isv-bot"));
+    }
+    let text = store_config(&sim.base_url(), top, max_tenants, extra);
     let config = Config::parse(&text, &store_env()).unwrap_or_else(|p| panic!("{p}"));
     Runtime::start_on(config, listener, admin).await.unwrap()
 }
@@ -111,25 +133,36 @@ async fn start_store(tenants: &[&str], max_tenants: usize, routes: &str) -> Stor
     }
 }
 
+/// POST put_top_notice to the gateway at `addr` as the store app's client,
+/// for `tenant`.
+async fn put_to(client: &HttpClient, addr: SocketAddr, tenant: Option<&str>) -> Answer {
+    let auth = format!("Bearer {STORE_KEY}");
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    if let Some(t) = tenant {
+        headers.push(("x-tenant-key", t));
+    }
+    call(client, addr, Method::POST, PUT_PATH, &headers, PUT_BODY).await
+}
+
+async fn readyz_of(client: &HttpClient, gw: &Runtime) -> serde_json::Value {
+    call(client, gw.admin_addr(), Method::GET, "/readyz", &[], "")
+        .await
+        .json()
+}
+
+fn resends(sim: &SimFeishu) -> usize {
+    sim.store_calls()
+        .iter()
+        .filter(|c| c.kind == StoreCallKind::Resend)
+        .count()
+}
+
 impl Store {
     async fn put(&self, tenant: Option<&str>) -> Answer {
-        let auth = format!("Bearer {STORE_KEY}");
-        let mut headers = vec![
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ];
-        if let Some(t) = tenant {
-            headers.push(("x-tenant-key", t));
-        }
-        call(
-            &self.client,
-            self.gw.addr(),
-            Method::POST,
-            PUT_PATH,
-            &headers,
-            PUT_BODY,
-        )
-        .await
+        put_to(&self.client, self.gw.addr(), tenant).await
     }
 
     async fn readyz(&self) -> serde_json::Value {
@@ -418,4 +451,400 @@ async fn an_invalidated_ticket_is_resent_and_requests_recover() {
     let a = s.put(Some("tenant_a")).await;
     assert_eq!(a.code(), 0, "recovered within one request: {:?}", a.body);
     assert_eq!(s.calls(StoreCallKind::Resend), resends + 1);
+}
+
+// ----- several replicas on one Redis -----------------------------------------
+
+macro_rules! redis_or_skip {
+    () => {
+        match RedisServer::start() {
+            Some(r) => r,
+            None => return,
+        }
+    };
+}
+
+/// The Redis key of the store app's ticket, with the default prefix.
+const TICKET_KEY: &str = "feishu-gateway:app_ticket:cli_store000000001";
+
+/// `[quota]` on `redis` for two replicas (no `state_dir`: the ticket is
+/// kept in Redis).
+fn redis_quota(redis: &RedisServer) -> String {
+    format!(
+        "[quota]\nbackend = \"redis\"\nredis_url = \"{}\"\nreplicas = 2\n",
+        redis.url()
+    )
+}
+
+async fn wait_ready(client: &HttpClient, gw: &Runtime) {
+    wait_for(Duration::from_secs(10), || async {
+        readyz_of(client, gw).await["ready"] == true
+    })
+    .await;
+}
+
+async fn redis_get(redis: &RedisServer, key: &str) -> Option<String> {
+    let mut c = redis.conn().await;
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+/// The ticket the gateways keep in Redis.
+async fn ticket_in_redis(redis: &RedisServer) -> Option<String> {
+    let raw = redis_get(redis, TICKET_KEY).await?;
+    let t = StoredTicket::from_json(raw.as_bytes()).expect("a ticket document");
+    Some(t.ticket.expose().to_string())
+}
+
+fn pushes_to(sim: &SimFeishu, gw: &Runtime) -> usize {
+    let url = format!("http://{}/feishu/events/isv-bot", gw.addr());
+    sim.pushed_events().iter().filter(|p| p.url == url).count()
+}
+
+#[tokio::test]
+async fn redis_ticket_store_round_trip_ttl_and_bad_values() {
+    let mut redis = redis_or_skip!();
+    let settings = RedisSettings {
+        url: Secret::new(redis.url()),
+        ca_file: None,
+        key_prefix: "t:".into(),
+        fail: FailMode::Closed,
+        replicas: 1,
+        timeout: Duration::from_millis(200),
+        min_rate_fraction: 0.965,
+        probe_interval: Duration::from_millis(100),
+    };
+    let store = RedisTicketStore::new(RedisConnection::open(&settings).unwrap(), "t:");
+    assert!(store.is_shared());
+    let key = store.key_of("cli_a").unwrap();
+    assert_eq!(key, "t:app_ticket:cli_a");
+    assert_eq!(store.load("cli_a").await.unwrap(), None);
+
+    // Round trip: one key holding the same document as a file would.
+    let t = StoredTicket::received_now("cli_a", Secret::new("tkt-secret-1"));
+    store.save(&t).await.unwrap();
+    assert_eq!(store.load("cli_a").await.unwrap(), Some(t.clone()));
+    assert_eq!(store.load("cli_b").await.unwrap(), None);
+    assert_eq!(redis_get(&redis, &key).await, Some(t.to_json()));
+    // The key expires when the ticket turns 12 h old (it is not used then).
+    let mut c = redis.conn().await;
+    let pttl = |key: String| {
+        let mut c = c.clone();
+        async move {
+            let ms: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            Duration::from_millis(ms.max(0) as u64)
+        }
+    };
+    let ttl = pttl(key.clone()).await;
+    assert!(
+        ttl > MAX_TICKET_AGE - Duration::from_secs(60) && ttl <= MAX_TICKET_AGE,
+        "{ttl:?}"
+    );
+    let mut old = t.clone();
+    old.received_at_unix -= 11 * 3600;
+    store.save(&old).await.unwrap();
+    let ttl = pttl(key.clone()).await;
+    assert!(
+        ttl > Duration::from_secs(3500) && ttl <= Duration::from_secs(3600),
+        "{ttl:?}"
+    );
+
+    // What is not a ticket document of this app is no ticket: an error
+    // that never quotes the value.
+    let no_leak = |e: TicketStoreError| {
+        let text = format!("{e} {e:?}");
+        assert!(!text.contains("tkt-leak"), "{text}");
+        e
+    };
+    let set = |value: String| {
+        let mut c = c.clone();
+        let key = key.clone();
+        async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .query_async::<()>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    set(r#"{"app_id":"cli_a","ticket":"tkt-leak"#.into()).await;
+    let e = no_leak(store.load("cli_a").await.unwrap_err());
+    assert!(matches!(e, TicketStoreError::Corrupt { .. }), "{e:?}");
+    let foreign = StoredTicket::received_now("cli_b", Secret::new("tkt-leak"));
+    set(foreign.to_json()).await;
+    no_leak(store.load("cli_a").await.unwrap_err());
+    redis::cmd("DEL")
+        .arg(&key)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    redis::cmd("HSET")
+        .arg(&key)
+        .arg("ticket")
+        .arg("tkt-leak")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let e = no_leak(store.load("cli_a").await.unwrap_err());
+    assert!(matches!(e, TicketStoreError::Redis { .. }), "{e:?}");
+    // The next save repairs it.
+    store.save(&t).await.unwrap();
+    assert_eq!(store.load("cli_a").await.unwrap(), Some(t.clone()));
+    assert!(matches!(
+        store.load("a/b").await,
+        Err(TicketStoreError::InvalidAppId(_))
+    ));
+
+    // Redis gone: errors, quickly, without the ticket.
+    redis.kill();
+    let started = std::time::Instant::now();
+    no_leak(store.load("cli_a").await.unwrap_err());
+    no_leak(store.save(&t).await.unwrap_err());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_ticket_pushed_to_one_replica_lets_a_cold_one_serve_without_a_resend() {
+    let redis = redis_or_skip!();
+    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
+    let client = http_client();
+    let quota = redis_quota(&redis);
+    // Replica A takes Feishu's pushes; Redis is empty: it asks for the
+    // ticket, receives it, and keeps it in Redis.
+    let a = start_replica(&sim, "", 100, &quota, true).await;
+    wait_ready(&client, &a).await;
+    assert_eq!(resends(&sim), 1);
+    assert_eq!(
+        ticket_in_redis(&redis).await,
+        sim.current_ticket(STORE_APP_ID)
+    );
+
+    // Replica B starts cold and never gets a push: it serves at once.
+    let b = start_replica(&sim, "", 100, &quota, false).await;
+    let answer = put_to(&client, b.addr(), Some("tenant_a")).await;
+    assert_eq!(answer.code(), 0, "{:?}", answer.body);
+    assert_eq!(resends(&sim), 1, "no resend for B");
+    assert_eq!(pushes_to(&sim, &b), 0);
+    let r = readyz_of(&client, &b).await;
+    assert!(
+        r["store_apps"][0]["ticket_age_secs"].as_u64().unwrap() < 60,
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn replicas_started_together_use_the_ticket_pushed_to_one_of_them() {
+    let redis = redis_or_skip!();
+    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
+    // The push comes after both replicas have asked for it.
+    sim.set_ticket_push_delay(Duration::from_millis(500));
+    let client = http_client();
+    let quota = redis_quota(&redis);
+    let a = start_replica(&sim, "", 100, &quota, true).await;
+    let b = start_replica(&sim, "", 100, &quota, false).await;
+    // B waits for its ticket in Redis too, not only at its own endpoint.
+    wait_ready(&client, &b).await;
+    wait_ready(&client, &a).await;
+    assert_eq!(pushes_to(&sim, &b), 0);
+    assert!(resends(&sim) <= 2, "one per replica at most");
+    let answer = put_to(&client, b.addr(), Some("tenant_a")).await;
+    assert_eq!(answer.code(), 0, "{:?}", answer.body);
+}
+
+#[tokio::test]
+async fn a_ticket_refused_on_one_replica_is_replaced_by_the_one_another_received() {
+    let redis = redis_or_skip!();
+    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
+    let client = http_client();
+    let quota = redis_quota(&redis);
+    let a = start_replica(&sim, "", 100, &quota, true).await;
+    wait_ready(&client, &a).await;
+    let b = start_replica(&sim, "", 100, &quota, false).await;
+    assert_eq!(put_to(&client, b.addr(), Some("tenant_a")).await.code(), 0);
+    let before = resends(&sim);
+
+    // Feishu's next push replaces the ticket and lands on A; B's ticket is
+    // no good any more, and neither are its tokens.
+    sim.invalidate_tickets(STORE_APP_ID);
+    let pushed = sim.push_ticket_now(STORE_APP_ID).await.unwrap();
+    assert_eq!(pushed.status(), Some(StatusCode::OK));
+    assert_eq!(ticket_in_redis(&redis).await, pushed.app_ticket);
+    sim.invalidate_all_tokens();
+    let answer = put_to(&client, b.addr(), Some("tenant_a")).await;
+    assert_eq!(answer.code(), 0, "{:?}", answer.body);
+    assert_eq!(resends(&sim), before, "B took A's ticket, no resend");
+    assert_eq!(pushes_to(&sim, &b), 0);
+}
+
+#[tokio::test]
+async fn a_restart_with_the_ticket_in_redis_needs_no_resend_and_garbage_is_no_ticket() {
+    let redis = redis_or_skip!();
+    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
+    let client = http_client();
+    let quota = redis_quota(&redis);
+    let gw = start_replica(&sim, "", 100, &quota, true).await;
+    wait_ready(&client, &gw).await;
+    gw.shutdown();
+    gw.wait().await;
+    let before = resends(&sim);
+
+    let gw = start_replica(&sim, "", 100, &quota, true).await;
+    let answer = put_to(&client, gw.addr(), Some("tenant_a")).await;
+    assert_eq!(answer.code(), 0, "{:?}", answer.body);
+    assert_eq!(resends(&sim), before, "no resend after a restart");
+    gw.shutdown();
+    gw.wait().await;
+
+    // Garbage under the key counts as no ticket: a resend, and the ticket
+    // that comes replaces it.
+    let mut c = redis.conn().await;
+    redis::cmd("SET")
+        .arg(TICKET_KEY)
+        .arg("not a ticket")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let gw = start_replica(&sim, "", 100, &quota, true).await;
+    let answer = put_to(&client, gw.addr(), Some("tenant_a")).await;
+    assert_eq!(answer.code(), 0, "{:?}", answer.body);
+    assert_eq!(resends(&sim), before + 1);
+    assert_eq!(
+        ticket_in_redis(&redis).await,
+        sim.current_ticket(STORE_APP_ID)
+    );
+}
+
+#[tokio::test]
+async fn redis_down_the_ticket_in_memory_serves_and_is_written_back_later() {
+    let mut redis = redis_or_skip!();
+    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
+    let client = http_client();
+    let gw = start_replica(&sim, "", 100, &redis_quota(&redis), true).await;
+    wait_ready(&client, &gw).await;
+
+    // Redis dies; Feishu pushes a new ticket and forgets the old one.
+    redis.kill();
+    sim.invalidate_tickets(STORE_APP_ID);
+    let pushed = sim.push_ticket_now(STORE_APP_ID).await.unwrap();
+    assert_eq!(pushed.status(), Some(StatusCode::OK), "the push is taken");
+    sim.invalidate_all_tokens();
+    // (The quota falls back to this replica's share, started empty: the
+    // first request may be limited for one period.)
+    wait_for(Duration::from_secs(5), || async {
+        let answer = put_to(&client, gw.addr(), Some("tenant_a")).await;
+        assert_ne!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        answer.code() == 0
+    })
+    .await;
+    let m = call(&client, gw.admin_addr(), Method::GET, "/metrics", &[], "").await;
+    let m = String::from_utf8_lossy(&m.body).into_owned();
+    let saves = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"feishu_gateway_app_ticket_store_errors_total{app="isv-bot",op="save"} "#,
+            )
+        })
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(saves >= Some(1), "{m}");
+
+    // Redis is back, empty: the next sync writes the ticket back.
+    redis.restart();
+    wait_for(Duration::from_secs(10), || async {
+        gw.gateway().store().sync_tickets().await;
+        ticket_in_redis(&redis).await == pushed.app_ticket
+    })
+    .await;
+}
+#[tokio::test]
+async fn two_replicas_share_each_tenants_quota_through_redis() {
+    let redis = redis_or_skip!();
+    let mut cfg = sim_store(&["tenant_a", "tenant_b"]);
+    cfg.limits = vec![(5, Duration::from_secs(1))];
+    let sim = SimFeishu::start(cfg).await.unwrap();
+    let client = http_client();
+    let extra = format!(
+        "{}[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice\"\nlimits = [\"5/1s\"]\n",
+        redis_quota(&redis)
+    );
+    let a = start_replica(&sim, "", 100, &extra, true).await;
+    wait_ready(&client, &a).await;
+    let b = start_replica(&sim, "", 100, &extra, false).await;
+    wait_ready(&client, &b).await;
+    let gws = Arc::new([a, b]);
+
+    // Both replicas flood tenant_a, far over its quota, for 1.5 s.
+    let started = std::time::Instant::now();
+    let until = started + Duration::from_millis(1500);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (client, gws) = (client.clone(), Arc::clone(&gws));
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while std::time::Instant::now() < until {
+                let a = put_to(&client, gws[i % 2].addr(), Some("tenant_a")).await;
+                statuses.push(a.status);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            statuses
+        }));
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        for status in t.await.unwrap() {
+            match status {
+                StatusCode::OK => ok += 1,
+                StatusCode::TOO_MANY_REQUESTS => limited += 1,
+                other => panic!("{other}"),
+            }
+        }
+    }
+    let took = started.elapsed();
+    // One quota for the fleet: Feishu saw no violation, and the replicas
+    // together admitted what one gateway would (the plan's burst, then one
+    // per period), not twice that.
+    assert_eq!(sim.violations(), 0);
+    let seen = sim.max_in_any_window_for_tenant(
+        STORE_APP_ID,
+        "tenant_a",
+        "put_top_notice",
+        Duration::from_secs(1),
+    );
+    assert!(seen <= 5, "{seen} in one second");
+    let plan = Plan::new(&["5/1s".parse().unwrap()], &PlanPolicy::default()).unwrap();
+    let allowed = plan.burst() as usize
+        + (took.as_secs_f64() / plan.emission_interval().as_secs_f64()) as usize;
+    assert!(
+        ok >= 1 && ok <= allowed + 1,
+        "admitted {ok} (limited {limited}), the plan allows {allowed} in {took:?}"
+    );
+    assert_eq!(sim.requests().len(), ok, "limited requests never left");
+    // The tenant's keys live in Redis under (app, tenant, route).
+    let tat = format!(
+        "feishu-gateway:quota:{{tenant_a@{STORE_APP_ID}:POST /open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice}}:tat"
+    );
+    let mut c = redis.conn().await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&tat)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(exists, "{tat}");
+    // Another tenant is not limited by tenant_a's flood, on either replica
+    // (its own quota is shared too: one period apart).
+    for gw in gws.iter() {
+        let answer = put_to(&client, gw.addr(), Some("tenant_b")).await;
+        assert_eq!(answer.code(), 0, "{:?}", answer.body);
+        tokio::time::sleep(plan.emission_interval()).await;
+    }
+    assert_eq!(sim.violations(), 0);
 }

@@ -62,7 +62,9 @@ pub struct Config {
     /// Logging (`[log]`).
     pub log: Log,
     /// Where the gateway keeps state across restarts (`state_dir`): the
-    /// latest app_ticket of each store app. Required with store apps.
+    /// latest app_ticket of each store app. Required with store apps,
+    /// unless `quota.backend = "redis"`: the tickets are then kept in Redis
+    /// and this directory is not used.
     pub state_dir: Option<std::path::PathBuf>,
     /// Quota behaviour (`[quota]`).
     pub quota: QuotaConfig,
@@ -519,10 +521,14 @@ impl Config {
         let (apps, app_names) = read_apps(&mut s, &upstream, env, p);
         let clients = read_clients(&mut s, &app_names, env, p);
         s.finish(p);
-        if state_dir.is_none() && apps.iter().any(|a| matches!(a.kind, AppKind::Store(_))) {
+        // The app_ticket must survive a restart: in Redis with the Redis
+        // backend (shared by every replica), else in `state_dir`.
+        let redis = quota.backend == crate::quota::BackendKind::Redis;
+        if !redis && state_dir.is_none() && apps.iter().any(|a| matches!(a.kind, AppKind::Store(_)))
+        {
             p.push(
                 "state_dir",
-                "is required with store apps: the app_ticket must survive a restart",
+                "is required with store apps (or quota.backend = \"redis\"): the app_ticket must survive a restart",
             );
         }
         for c in &clients {
@@ -539,6 +545,11 @@ impl Config {
         }
 
         let mut warnings = Vec::new();
+        if redis && state_dir.is_some() {
+            warnings.push(
+                "state_dir is not used: with quota.backend = \"redis\" the app_tickets are kept in Redis".to_string(),
+            );
+        }
         let mut seen_warn = Vec::new();
         for u in std::iter::once(&upstream).chain(apps.iter().map(|a| &a.upstream)) {
             if u.scheme == Scheme::HTTP && !u.is_loopback() && !seen_warn.contains(u) {

@@ -154,3 +154,36 @@ fn workers_are_a_count_and_zero_means_the_shared_runtime() {
         assert!(e.to_string().contains("workers"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn store_apps_keep_their_ticket_in_state_dir_or_in_redis() {
+    let store = r#"
+[[apps]]
+name = "isv-bot"
+app_id = "cli_store"
+app_secret_env = "OPS_BOT_APP_SECRET"
+type = "store"
+verification_token_env = "OPS_BOT_APP_SECRET"
+"#;
+    let redis =
+        "[quota]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\nreplicas = 2\n";
+    // Local quotas and no state_dir: nowhere to keep the ticket.
+    let text = format!("{EXAMPLE}{store}");
+    let problems = Config::parse(&text, &env()).unwrap_err();
+    assert_eq!(problems.0.len(), 1, "{problems}");
+    assert_eq!(problems.0[0].key, "state_dir");
+    // With state_dir: fine.
+    let text = format!("state_dir = \"/var/lib/feishu-gateway\"\n{EXAMPLE}{store}");
+    let c = Config::parse(&text, &env()).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // With Redis: the ticket is kept there, no state_dir needed.
+    let text = format!("{EXAMPLE}{store}{redis}");
+    let c = Config::parse(&text, &env()).unwrap();
+    assert!(c.state_dir.is_none());
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // Both: Redis wins, and the unused directory is pointed out.
+    let text = format!("state_dir = \"/var/lib/feishu-gateway\"\n{EXAMPLE}{store}{redis}");
+    let c = Config::parse(&text, &env()).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("state_dir is not used"));
+}

@@ -1,5 +1,5 @@
-//! Per-(app, route) quotas: Feishu never throttles us, and we use nearly all
-//! of its quota (issue 3).
+//! Per-(app, route) quotas, and per-(app, tenant, route) for store apps:
+//! Feishu never throttles us, and we use nearly all of its quota (issue 3).
 //!
 //! # The guarantee
 //!
@@ -22,9 +22,12 @@
 //! - [`redis`](crate::quota::redis): [`RedisQuota`](crate::quota::RedisQuota), the same GCRA kept in Redis and
 //!   shared by every replica: one Lua script call per admission, Redis
 //!   time, slot reservations for wait mode, shared upstream pauses, and the
-//!   fail modes (local share, closed, open) with the return to Redis.
+//!   fail modes (local share, closed, open) with the return to Redis; and
+//!   [`RedisScope`](crate::quota::RedisScope), a store app tenant's keys on
+//!   the same engine.
 //! - [`engine`](crate::quota::engine): [`Engine`](crate::quota::Engine), the engine `[quota] backend` selects,
-//!   behind the one API the request path uses.
+//!   behind the one API the request path uses, and [`ScopedQuota`](crate::quota::ScopedQuota), the
+//!   keys of one store app tenant ([`Engine::scope`](crate::quota::Engine::scope)): local, or shared through Redis.
 //! - [`sim`](crate::quota::sim): exact sliding-window checks and overload simulations, shared by
 //!   the property tests and `benches/quota.rs`.
 //! - This file: the backend-neutral vocabulary ([`QuotaKey`](crate::quota::QuotaKey), [`Overflow`](crate::quota::Overflow),
@@ -66,10 +69,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use clock::TokioClock;
-pub use engine::{BackendKind, Engine, FailMode};
+pub use engine::{BackendKind, Engine, FailMode, ScopedQuota};
 pub use local::{KeySpec, LocalQuota};
 pub use plan::{Plan, PlanError, PlanPolicy, WindowFigures};
-pub use redis::{BackendStatus, RedisQuota, RedisSettings};
+pub use redis::{BackendStatus, RedisConnection, RedisQuota, RedisScope, RedisSettings};
 pub use window::{Window, WindowError};
 
 /// A quota key: the index of its [`KeySpec`] in the list the engine was

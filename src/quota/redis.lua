@@ -1,6 +1,6 @@
--- feishu-gateway: the shared quota of one (app, route) key, decided in ONE
--- atomic step inside Redis (src/quota/redis.rs loads it and calls it by
--- EVALSHA).
+-- feishu-gateway: the shared quota of one (app, route) or (app, tenant,
+-- route) key, decided in ONE atomic step inside Redis (src/quota/redis.rs
+-- loads it and calls it by EVALSHA).
 --
 -- The algorithm is the local engine's (src/quota/plan.rs): one GCRA with
 -- emission interval t and burst b, tau = (b - 1) * t. Per key one number,
@@ -15,7 +15,8 @@
 --          (both in one hash slot: the caller wraps the key name in {...})
 -- ARGV[1]  the operation; its arguments follow (integers, microseconds):
 --
---   take t tau max_wait -> {1, wait, remaining}  admitted; go after `wait`:
+--   take t tau max_wait [floor]
+--                       -> {1, wait, remaining}  admitted; go after `wait`:
 --                                                0 = now, > 0 = a slot is
 --                                                reserved that far ahead
 --                                                (wait mode, wait <= max_wait)
@@ -24,8 +25,12 @@
 --                                                is stored
 --                          {2, left, 0}          paused `left` more; nothing
 --                                                is stored
---   peek t tau          -> like take with max_wait 0, but never stores;
+--   peek t tau [floor]  -> like take with max_wait 0, but never stores;
 --                          {1, 0, n}: n could be admitted now
+--                          (take and peek count the key's tat as at least
+--                          `floor`: the drain of a key the fleet's heal did
+--                          not reach, e.g. a store app tenant's; absent or 0:
+--                          none)
 --   pause duration      -> {left}: the pause ends `left` from now (extends,
 --                          never shortens, a running pause)
 --   drain t slots at    -> {wait}: tat = max(tat, max(at, now) + slots * t),
@@ -36,7 +41,8 @@
 --
 -- Every key expires when it stops mattering: a tat once it has passed (an
 -- absent tat is the same state), a pause when it ends. Redis memory stays
--- bounded by the configured keys, and idle keys take none.
+-- bounded by the keys in use (configured, or tenants held by the
+-- replicas), and idle keys take none.
 
 -- Redis < 5 refuses writes after TIME unless effects are replicated (the
 -- default since 5; 7 keeps the call as a no-op).
@@ -62,11 +68,19 @@ end
 if op == 'take' or op == 'peek' then
   local t = tonumber(ARGV[2])
   local tau = tonumber(ARGV[3])
+  local floor = ARGV[4]
+  if op == 'take' then
+    floor = ARGV[5]
+  end
+  floor = tonumber(floor or 0) or 0
   local paused = get(KEYS[2])
   if paused > now then
     return {2, paused - now, 0}
   end
   local tat = get(KEYS[1])
+  if tat < floor then
+    tat = floor
+  end
   if tat < now then
     tat = now
   end

@@ -1,5 +1,6 @@
 //! [`RedisQuota`]: one quota for the whole fleet of gateway replicas, kept
-//! in Redis (issue 7).
+//! in Redis (issue 7), and [`RedisScope`]: the same for each tenant of a
+//! store app (issue 9).
 //!
 //! # The decision
 //!
@@ -7,7 +8,7 @@
 //! reloaded by the client on `NOSCRIPT`): the upstream-pause check and the
 //! GCRA check-and-commit of the key run atomically on the Redis server, on
 //! the server's clock (`TIME`). It is the local engine's algorithm with the
-//! local plan's parameters ([`Plan`]), so the guarantee and the efficiency
+//! local plan's parameters ([`Plan`](super::Plan)), so the guarantee and the efficiency
 //! figures carry over, with two adjustments:
 //!
 //! - time is counted in whole microseconds, so the period is rounded UP to
@@ -48,9 +49,9 @@
 //! e.g. CPU throttling, from costing a switch and the drained return.)
 //!
 //! - `local`: a local limiter per key with every limit divided by
-//!   `replicas` ([`Plan::split`]), started with an empty burst
+//!   `replicas` ([`Plan::split`](super::Plan::split)), started with an empty burst
 //!   ([`LocalQuota::drain`]). If Redis is down for every replica, the fleet
-//!   honours every window across the switch too (proof at [`Plan::split`]).
+//!   honours every window across the switch too (proof at [`Plan::split`](super::Plan::split)).
 //! - `closed`: refuse (the gateway answers 503 `quota-backend-unavailable`).
 //! - `open`: admit without a limit.
 //!
@@ -63,6 +64,22 @@
 //! they switch together; with the drain, the switch back is as safe as the
 //! switch away. A Redis restart (state lost) is noticed the same way: the
 //! old connection fails first.
+//!
+//! # Scopes: a store app's tenants
+//!
+//! Feishu limits a store app per tenant, and tenants come and go at run
+//! time. [`RedisQuota::scope`] gives a tenant keys of its own with the
+//! limits of the engine's (app, route) keys, named
+//! `<tenant>@<app key name>` (so every replica derives the same Redis
+//! keys), without a connection, a task or an engine of its own: its calls
+//! go through this engine, so they share its script, health, metrics and
+//! fail mode. Its Redis keys expire like the engine's; the replicas bound
+//! how many scopes they hold. With `fail = "local"` a scope has a fallback
+//! of its own, built drained on its first use in each outage. The heal
+//! drains only the engine's keys, which it knows; a scope's keys are
+//! drained by a *floor* every take and peek carries (the heal time plus
+//! the key's drain, the same target): harmless once passed, idempotent, and
+//! no extra round trip.
 //!
 //! Not covered: a *partial* outage, where Redis is reachable from some
 //! replicas and not others. Then the cut-off replicas' local share comes on
@@ -120,6 +137,86 @@ pub struct RedisSettings {
     pub min_rate_fraction: f64,
     /// How often to probe Redis (default [`PROBE_INTERVAL`]).
     pub probe_interval: Duration,
+}
+
+impl RedisSettings {
+    /// The settings `[quota]` gives, with `backend = "redis"` (an error
+    /// without a `redis_url`).
+    pub fn from_config(config: &crate::config::QuotaConfig) -> Result<RedisSettings, String> {
+        let url = config
+            .redis_url
+            .clone()
+            .ok_or("quota.redis_url: required with backend = \"redis\"")?;
+        Ok(RedisSettings {
+            url,
+            ca_file: config.redis_ca_file.clone(),
+            key_prefix: config.key_prefix.clone(),
+            fail: config.fail,
+            replicas: config.replicas,
+            timeout: config.redis_timeout,
+            min_rate_fraction: config.min_rate_fraction,
+            probe_interval: PROBE_INTERVAL,
+        })
+    }
+}
+
+/// A replica's one connection to Redis: multiplexed, reconnecting, with
+/// `redis_timeout` on every answer. Cheap to clone; the clones share the
+/// connection. The quota engine and the app_ticket store
+/// ([`crate::ticket_store::RedisTicketStore`]) use the same one.
+#[derive(Clone)]
+pub struct RedisConnection {
+    conn: ConnectionManager,
+    target: Arc<str>,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConnection {
+    /// A connection to `settings.url`. Does not connect: the first command
+    /// does (within [`connect_timeout`](Self::connect_timeout)), and a lost
+    /// connection is made again by the next one.
+    pub fn open(settings: &RedisSettings) -> Result<RedisConnection, String> {
+        let client = client(settings)?;
+        let target = describe(client.get_connection_info());
+        let connect_timeout = settings.timeout.max(Duration::from_secs(1));
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("quota.redis_url: {e}"))?;
+        Ok(RedisConnection {
+            conn,
+            target: target.into(),
+            connect_timeout,
+        })
+    }
+
+    /// `rediss://host:port/db`, without credentials: for logs and `/readyz`.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// How long connecting may take (`redis_timeout`, at least 1 s: TLS
+    /// handshakes take time).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// A handle on the shared connection, for one command or pipeline.
+    pub(crate) fn manager(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
 }
 
 /// The shared quota engine. Cheap to clone (one `Arc`).
@@ -183,6 +280,15 @@ struct Inner {
     probe_interval: Duration,
     heal_key: String,
     heal_grace: Duration,
+    /// Prefix of every key (for scoped keys, see [`RedisQuota::scope`]).
+    key_prefix: String,
+    /// Switches away from Redis so far: a scope rebuilds its fallback
+    /// (drained) when this has changed since it built it.
+    outages: AtomicU64,
+    /// The fleet's last heal time, in Redis µs (0 = none): every take and
+    /// peek floors a key's `tat` at this plus its drain, so keys the heal
+    /// did not drain (scoped keys) are drained on first use.
+    healed_at_us: AtomicU64,
     /// `rediss://host:port/db`, without credentials: for logs and `/readyz`.
     target: String,
     epoch: Instant,
@@ -227,6 +333,70 @@ struct SharedKey {
     /// End of an upstream pause this replica knows of, in ns since the
     /// engine's epoch; 0 = none.
     paused_until: AtomicU64,
+}
+
+/// Which fallback limiter a key uses while Redis is away.
+#[derive(Clone, Copy)]
+enum Fallback<'a> {
+    /// The engine's, at this key.
+    Engine(QuotaKey),
+    /// A scope's, at this key.
+    Scope(&'a ScopeKeys, QuotaKey),
+}
+
+/// The keys of one scope, e.g. a store app's tenant (see
+/// [`RedisQuota::scope`]): the limits of some of the engine's keys, counted
+/// apart under names of their own, decided through the engine's connection,
+/// script, health and fail mode. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisScope {
+    engine: RedisQuota,
+    keys: Arc<ScopeKeys>,
+}
+
+impl std::fmt::Debug for RedisScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisScope")
+            .field("keys", &self.keys.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct ScopeKeys {
+    keys: Box<[SharedKey]>,
+    /// The engine key each one copies (for its fallback spec).
+    templates: Box<[usize]>,
+    /// With `fail = "local"`: the scope's fallback limiter, and the outage
+    /// (`Inner::outages`) it was built in.
+    fallback: Mutex<Option<(u64, Arc<LocalQuota>)>>,
+}
+
+impl ScopeKeys {
+    /// The scope's fallback limiter for the current outage: built on first
+    /// use in each outage, drained like the engine's (the switch adds no
+    /// burst).
+    fn fallback(&self, inner: &Inner) -> Option<Arc<LocalQuota>> {
+        let specs = inner.fallback_specs.as_ref()?;
+        let outage = inner.outages.load(Ordering::Acquire);
+        let mut held = lock(&self.fallback);
+        if let Some((built, q)) = held.as_ref() {
+            if *built == outage {
+                return Some(Arc::clone(q));
+            }
+        }
+        let specs: Vec<KeySpec> = self
+            .templates
+            .iter()
+            .map(|&i| specs.get(i).cloned())
+            .collect::<Option<_>>()?;
+        let fresh = LocalQuota::with_tokio_clock(specs);
+        for i in 0..self.templates.len() {
+            fresh.drain(QuotaKey::new(i as u32));
+        }
+        let fresh = Arc::new(fresh);
+        *held = Some((outage, Arc::clone(&fresh)));
+        Some(fresh)
+    }
 }
 
 /// What changes rarely: for logs, `/readyz` and the fallback-time counter.
@@ -312,17 +482,22 @@ impl RedisQuota {
         specs: Vec<KeySpec>,
         metrics: Option<QuotaBackendMetrics>,
     ) -> Result<RedisQuota, String> {
-        let client = client(settings)?;
-        let target = describe(client.get_connection_info());
-        let connect_timeout = settings.timeout.max(Duration::from_secs(1));
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("quota.redis_url: {e}"))?;
+        let connection = RedisConnection::open(settings)?;
+        RedisQuota::with_connection(&connection, settings, specs, metrics)
+    }
+
+    /// [`new`](Self::new) on a connection the caller shares with others
+    /// (the app_ticket store): one connection per replica, however many
+    /// users it has.
+    pub fn with_connection(
+        connection: &RedisConnection,
+        settings: &RedisSettings,
+        specs: Vec<KeySpec>,
+        metrics: Option<QuotaBackendMetrics>,
+    ) -> Result<RedisQuota, String> {
+        let conn = connection.manager();
+        let target = connection.target().to_string();
+        let connect_timeout = connection.connect_timeout();
 
         let replicas = settings.replicas.max(1);
         let mut keys = Vec::with_capacity(specs.len());
@@ -351,19 +526,15 @@ impl RedisQuota {
             let t_us = t_ns.div_ceil(1000) + 1;
             let burst = u64::from(plan.burst());
             let split_burst = split.map_or(0, |s| u64::from(s.burst()) * u64::from(replicas));
-            let tag = name.replace(['{', '}'], "_");
-            keys.push(SharedKey {
-                name: name.to_string(),
-                tat: format!("{}quota:{{{tag}}}:tat", settings.key_prefix),
-                pause: format!("{}quota:{{{tag}}}:pause", settings.key_prefix),
+            keys.push(SharedKey::named(
+                name,
+                &settings.key_prefix,
                 t_us,
-                tau_us: (burst - 1) * t_us,
-                drain_slots: burst.max(split_burst),
-                policy: Arc::new(Policy::new(plan.windows(), plan.reported_window())),
-                max_waiters: spec.max_waiters(),
-                waiters: AtomicU32::new(0),
-                paused_until: AtomicU64::new(0),
-            });
+                (burst - 1) * t_us,
+                burst.max(split_burst),
+                Arc::new(Policy::new(plan.windows(), plan.reported_window())),
+                spec.max_waiters(),
+            ));
         }
         let probe_interval = settings.probe_interval.max(Duration::from_millis(10));
         let now = Instant::now();
@@ -378,6 +549,9 @@ impl RedisQuota {
             connect_timeout,
             probe_interval,
             heal_key: format!("{}quota:heal", settings.key_prefix),
+            key_prefix: settings.key_prefix.clone(),
+            outages: AtomicU64::new(0),
+            healed_at_us: AtomicU64::new(0),
             // Every replica probes at least once within it (a probe is a few
             // calls of at most `timeout` each).
             heal_grace: 2 * probe_interval + 4 * settings.timeout,
@@ -421,10 +595,201 @@ impl RedisQuota {
     /// Reject mode takes one Redis round trip; so does wait mode, plus a
     /// sleep until the reserved slot.
     pub async fn acquire(&self, key: QuotaKey, overflow: Overflow) -> Result<Admit, Rejection> {
-        let inner = &self.inner;
-        let Some(k) = inner.keys.get(key.index() as usize) else {
+        let Some(k) = self.inner.keys.get(key.index() as usize) else {
             return Ok(unknown_key(key));
         };
+        self.inner.acquire(k, Fallback::Engine(key), overflow).await
+    }
+
+    /// Feishu throttled `key`: pause it for `duration`, on this replica at
+    /// once and for the whole fleet through Redis (written in the
+    /// background; extends, never shortens, a running pause).
+    pub fn pause(&self, key: QuotaKey, duration: Duration) {
+        let Some(k) = self.inner.keys.get(key.index() as usize) else {
+            return;
+        };
+        if duration.is_zero() {
+            return;
+        }
+        self.inner.note_pause(k, duration);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let this = self.clone();
+            rt.spawn(async move { this.pause_shared(key, duration).await });
+        }
+    }
+
+    /// Writes an upstream pause of `key` to Redis and waits for it (also
+    /// pauses the key on this replica). Returns whether Redis has it.
+    pub async fn pause_shared(&self, key: QuotaKey, duration: Duration) -> bool {
+        let Some(k) = self.inner.keys.get(key.index() as usize) else {
+            return false;
+        };
+        self.inner.pause_shared(k, duration).await
+    }
+
+    /// The state of `key` for headers, read without spending quota (one
+    /// round trip while shared; the fallback's state while degraded).
+    pub async fn snapshot(&self, key: QuotaKey) -> Option<Snapshot> {
+        let k = self.inner.keys.get(key.index() as usize)?;
+        Some(self.inner.snapshot(k, Fallback::Engine(key)).await)
+    }
+
+    /// The backend's state for `/readyz`.
+    pub fn status(&self) -> BackendStatus {
+        let inner = &self.inner;
+        let mode = inner.mode();
+        let health = lock(&inner.health);
+        BackendStatus {
+            backend: "redis",
+            state: mode.as_str(),
+            fail: Some(inner.fail.as_str()),
+            target: Some(inner.target.clone()),
+            since_secs: Some(health.since.elapsed().as_secs()),
+            last_error: if mode == Mode::Shared {
+                None
+            } else {
+                health.last_error.clone()
+            },
+        }
+    }
+
+    /// True once the first probe has finished: connected and the script
+    /// loaded, or failed (then the fail mode decides). `/readyz` waits for
+    /// it, so the first requests do not pay for the connection.
+    pub fn is_settled(&self) -> bool {
+        self.inner.settled.load(Ordering::Acquire)
+    }
+
+    /// True while decisions are taken through Redis.
+    pub fn is_shared(&self) -> bool {
+        self.inner.mode() == Mode::Shared
+    }
+
+    /// The Redis key names of `key`: its `tat` and its pause (for tests and
+    /// operators).
+    pub fn redis_keys(&self, key: QuotaKey) -> Option<(&str, &str)> {
+        let k = self.inner.keys.get(key.index() as usize)?;
+        Some((&k.tat, &k.pause))
+    }
+
+    /// The fleet-wide name of `key` (as given in its spec).
+    pub fn key_name(&self, key: QuotaKey) -> Option<&str> {
+        Some(&self.inner.keys.get(key.index() as usize)?.name)
+    }
+
+    /// Runs one health probe now (what the background task does every
+    /// [`PROBE_INTERVAL`]); for tests.
+    pub async fn probe_now(&self) {
+        self.inner.probe().await;
+    }
+
+    /// Keys for one `scope` (e.g. a store app's tenant): key `i` of the
+    /// scope has the limits of engine key `templates[i]` and a state of its
+    /// own, under the name `"<scope>@<template's name>"`, so every replica
+    /// derives the same Redis keys. Nothing is stored until a key is used,
+    /// and its Redis keys expire like the engine's, so idle scopes take no
+    /// Redis memory. A scope opens no connection and starts no task: it
+    /// is decided like the engine's own keys (same script, health, fail
+    /// mode; with `fail = "local"`, a fallback of its own, drained). After
+    /// a return to Redis, its keys are drained on first use (a floor on
+    /// their `tat`, passed with every call), as the heal drains the
+    /// engine's. Errors on a template this engine does not have.
+    pub fn scope(&self, scope: &str, templates: &[QuotaKey]) -> Result<RedisScope, String> {
+        let inner = &self.inner;
+        let mut keys = Vec::with_capacity(templates.len());
+        let mut indices = Vec::with_capacity(templates.len());
+        for &t in templates {
+            let i = t.index() as usize;
+            let k = inner
+                .keys
+                .get(i)
+                .ok_or_else(|| format!("quota: no key {} to scope", t.index()))?;
+            keys.push(k.derive(&format!("{scope}@{}", k.name), &inner.key_prefix));
+            indices.push(i);
+        }
+        Ok(RedisScope {
+            engine: self.clone(),
+            keys: Arc::new(ScopeKeys {
+                keys: keys.into_boxed_slice(),
+                templates: indices.into_boxed_slice(),
+                fallback: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+impl RedisScope {
+    /// Admit one request for the scope's `key`, or reject it (as
+    /// [`RedisQuota::acquire`]).
+    pub async fn acquire(&self, key: QuotaKey, overflow: Overflow) -> Result<Admit, Rejection> {
+        let Some(k) = self.keys.keys.get(key.index() as usize) else {
+            return Ok(unknown_key(key));
+        };
+        let fb = Fallback::Scope(&self.keys, key);
+        self.engine.inner.acquire(k, fb, overflow).await
+    }
+
+    /// Feishu throttled the scope's `key` (as [`RedisQuota::pause`]: here
+    /// at once, for the fleet in the background).
+    pub fn pause(&self, key: QuotaKey, duration: Duration) {
+        let Some(k) = self.keys.keys.get(key.index() as usize) else {
+            return;
+        };
+        if duration.is_zero() {
+            return;
+        }
+        self.engine.inner.note_pause(k, duration);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let this = self.clone();
+            rt.spawn(async move { this.pause_shared(key, duration).await });
+        }
+    }
+
+    /// Writes an upstream pause of the scope's `key` to Redis and waits
+    /// for it (as [`RedisQuota::pause_shared`]).
+    pub async fn pause_shared(&self, key: QuotaKey, duration: Duration) -> bool {
+        let Some(k) = self.keys.keys.get(key.index() as usize) else {
+            return false;
+        };
+        self.engine.inner.pause_shared(k, duration).await
+    }
+
+    /// The state of the scope's `key` for headers (as
+    /// [`RedisQuota::snapshot`]).
+    pub async fn snapshot(&self, key: QuotaKey) -> Option<Snapshot> {
+        let k = self.keys.keys.get(key.index() as usize)?;
+        let fb = Fallback::Scope(&self.keys, key);
+        Some(self.engine.inner.snapshot(k, fb).await)
+    }
+
+    /// The Redis key names of the scope's `key`: its `tat` and its pause.
+    pub fn redis_keys(&self, key: QuotaKey) -> Option<(&str, &str)> {
+        let k = self.keys.keys.get(key.index() as usize)?;
+        Some((&k.tat, &k.pause))
+    }
+
+    /// The fleet-wide name of the scope's `key`.
+    pub fn key_name(&self, key: QuotaKey) -> Option<&str> {
+        Some(&self.keys.keys.get(key.index() as usize)?.name)
+    }
+}
+
+impl Inner {
+    fn now_ns(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64
+    }
+
+    /// [`RedisQuota::acquire`] for key `k`, whose fallback limiter is
+    /// found by `fb`.
+    async fn acquire(
+        &self,
+        k: &SharedKey,
+        fb: Fallback<'_>,
+        overflow: Overflow,
+    ) -> Result<Admit, Rejection> {
+        let inner = self;
         let started = Instant::now();
         let max_wait = match overflow {
             Overflow::Reject => Duration::ZERO,
@@ -455,7 +820,7 @@ impl RedisQuota {
                     Overflow::Reject => Overflow::Reject,
                     Overflow::Wait(_) => Overflow::Wait(left),
                 };
-                return inner.degraded(key, k, overflow, started).await;
+                return inner.degraded(k, fb, overflow, started).await;
             }
             // A place among this replica's sleepers is taken before asking,
             // so their bound holds; without one, only "now" is acceptable.
@@ -520,30 +885,9 @@ impl RedisQuota {
         }
     }
 
-    /// Feishu throttled `key`: pause it for `duration`, on this replica at
-    /// once and for the whole fleet through Redis (written in the
-    /// background; extends, never shortens, a running pause).
-    pub fn pause(&self, key: QuotaKey, duration: Duration) {
-        let Some(k) = self.inner.keys.get(key.index() as usize) else {
-            return;
-        };
-        if duration.is_zero() {
-            return;
-        }
-        self.inner.note_pause(k, duration);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let this = self.clone();
-            rt.spawn(async move { this.pause_shared(key, duration).await });
-        }
-    }
-
-    /// Writes an upstream pause of `key` to Redis and waits for it (also
-    /// pauses the key on this replica). Returns whether Redis has it.
-    pub async fn pause_shared(&self, key: QuotaKey, duration: Duration) -> bool {
-        let inner = &self.inner;
-        let Some(k) = inner.keys.get(key.index() as usize) else {
-            return false;
-        };
+    /// [`RedisQuota::pause_shared`] for key `k`.
+    async fn pause_shared(&self, k: &SharedKey, duration: Duration) -> bool {
+        let inner = self;
         inner.note_pause(k, duration);
         if inner.mode() != Mode::Shared {
             return false;
@@ -561,11 +905,10 @@ impl RedisQuota {
         }
     }
 
-    /// The state of `key` for headers, read without spending quota (one
-    /// round trip while shared; the fallback's state while degraded).
-    pub async fn snapshot(&self, key: QuotaKey) -> Option<Snapshot> {
-        let inner = &self.inner;
-        let k = inner.keys.get(key.index() as usize)?;
+    /// [`RedisQuota::snapshot`] for key `k`, whose fallback limiter is
+    /// found by `fb`.
+    async fn snapshot(&self, k: &SharedKey, fb: Fallback<'_>) -> Snapshot {
+        let inner = self;
         let waiters = k.waiters.load(Ordering::Acquire);
         let local_pause = inner.paused_for(k).unwrap_or_default();
         let shared = if inner.mode() == Mode::Shared {
@@ -575,7 +918,8 @@ impl RedisQuota {
                 .key(&k.pause)
                 .arg("peek")
                 .arg(k.t_us)
-                .arg(k.tau_us);
+                .arg(k.tau_us)
+                .arg(inner.floor(k));
             match inner.call(&call, hist).await {
                 Ok(v) => Some(v),
                 Err(failure) => {
@@ -590,7 +934,7 @@ impl RedisQuota {
             Some([1, _, n, ..]) => (clamp_u32(*n), Duration::ZERO, Duration::ZERO),
             Some([0, wait, ..]) => (0, micros(*wait), Duration::ZERO),
             Some([2, left, ..]) => (0, micros(*left), micros(*left)),
-            _ => match inner.fallback().and_then(|f| f.snapshot(key)) {
+            _ => match inner.fallback_for(fb).and_then(|(f, key)| f.snapshot(key)) {
                 Some(s) => (s.remaining, s.next_in, s.paused_for),
                 None => (0, Duration::ZERO, Duration::ZERO),
             },
@@ -600,70 +944,30 @@ impl RedisQuota {
             next_in = next_in.max(local_pause);
             paused_for = paused_for.max(local_pause);
         }
-        Some(Snapshot {
+        Snapshot {
             remaining,
             next_in,
             paused_for,
             waiters,
             policy: Arc::clone(&k.policy),
-        })
-    }
-
-    /// The backend's state for `/readyz`.
-    pub fn status(&self) -> BackendStatus {
-        let inner = &self.inner;
-        let mode = inner.mode();
-        let health = lock(&inner.health);
-        BackendStatus {
-            backend: "redis",
-            state: mode.as_str(),
-            fail: Some(inner.fail.as_str()),
-            target: Some(inner.target.clone()),
-            since_secs: Some(health.since.elapsed().as_secs()),
-            last_error: if mode == Mode::Shared {
-                None
-            } else {
-                health.last_error.clone()
-            },
         }
     }
 
-    /// True once the first probe has finished: connected and the script
-    /// loaded, or failed (then the fail mode decides). `/readyz` waits for
-    /// it, so the first requests do not pay for the connection.
-    pub fn is_settled(&self) -> bool {
-        self.inner.settled.load(Ordering::Acquire)
+    /// The floor of `k`'s `tat` after the fleet's last heal (0 = none):
+    /// the heal time plus the key's drain (see the module docs).
+    fn floor(&self, k: &SharedKey) -> u64 {
+        match self.healed_at_us.load(Ordering::Relaxed) {
+            0 => 0,
+            at => at.saturating_add(k.drain_slots.saturating_mul(k.t_us)),
+        }
     }
 
-    /// True while decisions are taken through Redis.
-    pub fn is_shared(&self) -> bool {
-        self.inner.mode() == Mode::Shared
-    }
-
-    /// The Redis key names of `key`: its `tat` and its pause (for tests and
-    /// operators).
-    pub fn redis_keys(&self, key: QuotaKey) -> Option<(&str, &str)> {
-        let k = self.inner.keys.get(key.index() as usize)?;
-        Some((&k.tat, &k.pause))
-    }
-
-    /// The fleet-wide name of `key` (as given in its spec).
-    pub fn key_name(&self, key: QuotaKey) -> Option<&str> {
-        Some(&self.inner.keys.get(key.index() as usize)?.name)
-    }
-
-    /// Runs one health probe now (what the background task does every
-    /// [`PROBE_INTERVAL`]); for tests.
-    pub async fn probe_now(&self) {
-        self.inner.probe().await;
-    }
-}
-
-impl Inner {
-    fn now_ns(&self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.epoch)
-            .as_nanos() as u64
+    /// The fallback limiter of a key and its key in it.
+    fn fallback_for(&self, fb: Fallback<'_>) -> Option<(Arc<LocalQuota>, QuotaKey)> {
+        match fb {
+            Fallback::Engine(key) => self.fallback().map(|f| (f, key)),
+            Fallback::Scope(scope, key) => scope.fallback(self).map(|f| (f, key)),
+        }
     }
 
     /// The current mode; switches `Healing` to `Shared` once the heal time
@@ -764,6 +1068,8 @@ impl Inner {
                     *self.fallback.write().unwrap_or_else(|e| e.into_inner()) =
                         Some(Arc::new(fresh));
                 }
+                // Scopes rebuild theirs, drained, when they see it.
+                self.outages.fetch_add(1, Ordering::AcqRel);
                 self.mode.store(Mode::Degraded as u8, Ordering::Release);
                 self.loaded.store(false, Ordering::Release);
                 let now = Instant::now();
@@ -804,8 +1110,8 @@ impl Inner {
     /// Decide by the fail mode.
     async fn degraded(
         &self,
-        key: QuotaKey,
         k: &SharedKey,
+        fb: Fallback<'_>,
         overflow: Overflow,
         started: Instant,
     ) -> Result<Admit, Rejection> {
@@ -813,8 +1119,8 @@ impl Inner {
             m.degraded_requests.inc();
         }
         match self.fail {
-            FailMode::Local => match self.fallback() {
-                Some(fallback) => match fallback.acquire(key, overflow).await {
+            FailMode::Local => match self.fallback_for(fb) {
+                Some((fallback, key)) => match fallback.acquire(key, overflow).await {
                     Ok(admit) => Ok(Admit {
                         waited: if admit.waited.is_zero() {
                             admit.waited
@@ -849,7 +1155,8 @@ impl Inner {
             .arg("take")
             .arg(k.t_us)
             .arg(k.tau_us)
-            .arg(max_wait);
+            .arg(max_wait)
+            .arg(self.floor(k));
         match self.call(&call, hist).await?.as_slice() {
             [1, wait, remaining, ..] => Ok(Reply::Go {
                 wait: micros(*wait),
@@ -1011,6 +1318,9 @@ impl Inner {
         }
         let _: Vec<Vec<i64>> = self.pipeline(&second, &mut conn).await?;
         self.loaded.store(true, Ordering::Release);
+        // Keys this heal did not drain (scoped keys) are floored at their
+        // drain by every take and peek from now on.
+        self.healed_at_us.store(at.max(0) as u64, Ordering::Release);
         // Redis read its clock somewhere after `sent`: switching at
         // `sent + ahead` ends the local era no later than the heal time.
         Ok(sent + ahead)
@@ -1051,6 +1361,44 @@ impl Inner {
 }
 
 impl SharedKey {
+    fn named(
+        name: &str,
+        prefix: &str,
+        t_us: u64,
+        tau_us: u64,
+        drain_slots: u64,
+        policy: Arc<Policy>,
+        max_waiters: u32,
+    ) -> SharedKey {
+        // The whole name is the hash tag: both keys in one slot.
+        let tag = name.replace(['{', '}'], "_");
+        SharedKey {
+            name: name.to_string(),
+            tat: format!("{prefix}quota:{{{tag}}}:tat"),
+            pause: format!("{prefix}quota:{{{tag}}}:pause"),
+            t_us,
+            tau_us,
+            drain_slots,
+            policy,
+            max_waiters,
+            waiters: AtomicU32::new(0),
+            paused_until: AtomicU64::new(0),
+        }
+    }
+
+    /// The same limits under another name, with state of its own.
+    fn derive(&self, name: &str, prefix: &str) -> SharedKey {
+        SharedKey::named(
+            name,
+            prefix,
+            self.t_us,
+            self.tau_us,
+            self.drain_slots,
+            Arc::clone(&self.policy),
+            self.max_waiters,
+        )
+    }
+
     fn reject(&self, cause: Cause, limit: Limit, retry_after: Duration) -> Rejection {
         Rejection::new(cause, limit, retry_after, Arc::clone(&self.policy))
     }

@@ -2,6 +2,8 @@
 //! the gateway in front of it on loopback ports, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
