@@ -30,6 +30,8 @@ BUILD=1
 KEEP=0
 GATEWAY_ENV=() # extra VAR=VALUE for the gateway processes (experiments)
 GATEWAY_SET=() # extra top-level config lines for the gateways (experiments)
+OPEN_RATE=0    # --open-loop: fixed request rate for the open-loop latency table (0 = off)
+OPEN_CONNS=64  # connections oha may use at that rate
 
 usage() {
     cat <<EOF
@@ -58,6 +60,11 @@ Options:
                      RUST_LOG=info,feishu_gateway::access=off (no access log)
   --gateway-set LINE a top-level config line for the gateways, repeatable;
                      for experiments, e.g. 'workers = 0' (shared runtime)
+  --open-loop RATE   also measure latency open-loop at a fixed RATE req/s
+                     (oha -q RATE --latency-correction; needs oha:
+                     cargo install oha --locked) for direct, nginx and
+                     gateway: a fair "added p99", unlike closed-loop wrk
+  --open-conns N     connections oha may use for --open-loop (default $OPEN_CONNS)
   --no-build         use target/release/feishu-gateway as it is
   --keep             keep the temporary directory (configs, logs, raw results)
 EOF
@@ -80,6 +87,8 @@ while [ $# -gt 0 ]; do
     --profile-seconds) PROFILE_SECONDS=$2; shift ;;
     --gateway-env) GATEWAY_ENV+=("$2"); shift ;;
     --gateway-set) GATEWAY_SET+=("$2"); shift ;;
+    --open-loop) OPEN_RATE=$2; shift ;;
+    --open-conns) OPEN_CONNS=$2; shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
     -h | --help) usage; exit 0 ;;
@@ -110,6 +119,11 @@ check_tools() {
         esac
     fi
     if [ "$BUILD" = 1 ]; then need cargo "rustup (https://rustup.rs)"; fi
+    if [ "$OPEN_RATE" != 0 ]; then
+        need python3 python3
+        command -v oha >/dev/null 2>&1 ||
+            { echo "load.sh: --open-loop needs oha (not packaged in Debian 12): cargo install oha --locked" >&2; exit 2; }
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         echo "load.sh: missing tools: ${missing[*]}" >&2
         echo "On Debian/Ubuntu install them with:" >&2
@@ -414,6 +428,81 @@ cell() {
         $1, $2, $3, $4, $6 / 1000, $10, ($12 > 0 ? sprintf("  429/s %.0f", $12) : "") }' >&2
 }
 
+# ----- open loop: a fixed rate, the same for every target -----------------------
+
+OPEN_RESULTS="$WORK/open.tsv"
+OPEN_PATH=/open-apis/im/v1/chats/oc_5ad11d72b830411d72b836c2000000/top_notice/put_top_notice
+OPEN_BODY='{"chat_top_notice":[{"action_type":"1","message_id":"om_dc13264520392913993dd051dba21dcf"}]}'
+
+# open_cell ROUND TARGET URL CREDENTIAL: oha at OPEN_RATE for DURATION s,
+# latencies corrected for coordinated omission (measured from when each
+# request was due, not when it was sent).
+open_cell() {
+    local round=$1 target=$2 url=$3 cred=$4
+    oha --no-tui --output-format json -z "${WARMUP}s" -q "$OPEN_RATE" -c "$OPEN_CONNS" \
+        -m POST -H "Authorization: Bearer $cred" -H "Content-Type: application/json; charset=utf-8" \
+        -d "$OPEN_BODY" "$url$OPEN_PATH" >/dev/null
+    oha --no-tui --output-format json -z "${DURATION}s" -q "$OPEN_RATE" -c "$OPEN_CONNS" --latency-correction \
+        -m POST -H "Authorization: Bearer $cred" -H "Content-Type: application/json; charset=utf-8" \
+        -d "$OPEN_BODY" "$url$OPEN_PATH" |
+        python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+p = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+ok = sum(n for c, n in codes.items() if c.startswith("2"))
+# Requests cut off by the end of the run are not failures.
+errors = sum(n for e, n in d.get("errorDistribution", {}).items() if "deadline" not in e)
+bad = sum(codes.values()) - ok + errors
+print("%s\t%s\t%.1f\t%.3f\t%.3f\t%.3f\t%d" % (sys.argv[1], sys.argv[2], d["summary"]["requestsPerSec"],
+      p["p50"] * 1e3, p["p99"] * 1e3, p["p99.9"] * 1e3, bad))' "$round" "$target" >>"$OPEN_RESULTS" ||
+        die "oha failed against $target"
+    tail -n 1 "$OPEN_RESULTS" | awk -F'\t' '{ printf "   round %s %-15s open loop %6.0f req/s  p50 %6.3f ms  p99 %6.3f ms  failed %d\n", $1, $2, $3, $4, $5, $7 }' >&2
+}
+
+open_loop() {
+    [ "$OPEN_RATE" != 0 ] || return 0
+    say "open loop: $OPEN_RATE req/s for ${DURATION}s per target (after ${WARMUP}s), up to $OPEN_CONNS connections, $ROUNDS round(s)"
+    : >"$OPEN_RESULTS"
+    local round k targets=(direct nginx gateway) tok key
+    tok=$(head -n 1 "$WORK/tokens.txt")
+    key=$(head -n 1 "$WORK/keys.txt")
+    for round in $(seq 1 "$ROUNDS"); do
+        for k in 0 1 2; do
+            case ${targets[$(((k + round - 1) % 3))]} in
+            direct) open_cell "$round" direct "$SIM_URL" "$tok" ;;
+            nginx) open_cell "$round" nginx "$NGINX_URL" "$tok" ;;
+            gateway) open_cell "$round" gateway "$GW1_URL" "$key" ;;
+            esac
+        done
+    done
+}
+
+open_report() {
+    [ "$OPEN_RATE" != 0 ] && [ -s "$OPEN_RESULTS" ] || return 0
+    echo
+    echo "Open loop at $OPEN_RATE req/s (oha, latency corrected for coordinated omission; medians over $ROUNDS round(s)):"
+    awk -F'\t' -v rate="$OPEN_RATE" '
+        function median(list,    n, a, i, j, t) {
+            n = split(list, a, " ")
+            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        { rps[$2] = rps[$2] " " $3; p50[$2] = p50[$2] " " $4; p99[$2] = p99[$2] " " $5; p999[$2] = p999[$2] " " $6; bad[$2] += $7 }
+        END {
+            printf "| %-15s | %9s | %8s | %8s | %8s | %6s |\n", "target", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "failed"
+            printf "|-----------------|----------:|---------:|---------:|---------:|-------:|\n"
+            split("direct nginx gateway", order, " ")
+            for (k = 1; k <= 3; k++) {
+                t = order[k]; if (!(t in rps)) continue
+                m99[t] = median(p99[t])
+                printf "| %-15s | %9.0f | %8.3f | %8.3f | %8.3f | %6d |\n", t, median(rps[t]), median(p50[t]), m99[t], median(p999[t]), bad[t]
+            }
+            gw = m99["gateway"] - m99["direct"]; ng = m99["nginx"] - m99["direct"]
+            printf "\n  open loop  added p99 gateway %.3f ms, nginx %.3f ms (target: gateway <= nginx)   %s\n", gw, ng, (gw <= ng ? "met" : "MISSED")
+        }' "$OPEN_RESULTS"
+}
+
 # ----- the comparison ----------------------------------------------------------
 
 compare() {
@@ -443,7 +532,9 @@ compare() {
             done
         done
     done
+    open_loop
     report
+    open_report
 }
 
 report() {
