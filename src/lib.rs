@@ -23,6 +23,7 @@
 //! | [`events`]    | Feishu event callbacks: signature, decryption, app_ticket      |
 //! | [`ticket_store`] | the latest app_ticket per store app: a file, or Redis      |
 //! | [`upstream`]  | the pooled HTTPS client to Feishu, failure classes, `code` peek |
+//! | [`pool`]      | the request path's upstream connections, per worker            |
 //! | [`error`]     | every gateway-made answer and its status, reason and code      |
 //! | [`body`]      | the response body type (held bytes or streamed upstream body)  |
 //! | [`metrics`]   | Prometheus families and cached per-(app, route) handles        |
@@ -46,6 +47,7 @@ pub mod error;
 pub mod events;
 pub mod logging;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 /// Per-app quotas: one GCRA per (app, route), or (app, tenant, route) for store
 /// apps, derived from all of Feishu's windows.

@@ -41,7 +41,7 @@ use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey,
 use crate::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
 use crate::store::{StoreApps, Tenant, TicketBox};
 use crate::token::{TokenManager, TokenSlot};
-use crate::upstream::{classify, inspect, Inspected, Upstreams};
+use crate::upstream::{inspect, Inspected, Upstreams};
 use crate::validate::{Contracts, RequestView};
 
 /// Largest JSON answer buffered whole to read its `code` (and so replayable).
@@ -702,15 +702,18 @@ impl Gateway {
         req.headers_mut().insert(AUTHORIZATION, authorization);
         let started = Instant::now();
         let attempt = async {
-            let resp = self
-                .upstreams
-                .current()
-                .request(req)
+            let (resp, checkout) = self.upstreams.current().send(req).await?;
+            let answer = inspect(resp, INSPECT_LIMIT)
                 .await
-                .map_err(|e| classify(&e))?;
-            inspect(resp, INSPECT_LIMIT)
-                .await
-                .map_err(|_| crate::error::UpstreamFailure::Reset)
+                .map_err(|_| crate::error::UpstreamFailure::Reset)?;
+            // A held answer was read to its end: the connection is free.
+            // A streamed one frees it when the client has read it all.
+            if matches!(answer.body, ProxyBody::Full(_)) {
+                checkout.release();
+            } else {
+                drop(checkout);
+            }
+            Ok(answer)
         };
         let result = tokio::time::timeout(self.upstream_timeout, attempt).await;
         let spent = started.elapsed();

@@ -21,14 +21,15 @@ use rustls::pki_types::CertificateDer;
 use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::error::UpstreamFailure;
+use crate::pool::Pool;
 
 /// The pooled client used for every call to Feishu.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the upstream client from config: connect timeout, idle pool with a
-/// real timer (without `pool_timer` hyper never reaps idle connections),
-/// TLS via rustls with the webpki roots plus an optional extra CA.
-pub fn build_client(config: &Config) -> Result<HttpClient, String> {
+/// The connector every upstream connection is made with: connect timeout,
+/// TCP keep-alive and no Nagle, TLS via rustls with the webpki roots plus
+/// an optional extra CA, and ALPN offering HTTP/2 and HTTP/1.1.
+pub fn build_connector(config: &Config) -> Result<HttpsConnector<HttpConnector>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &config.upstream_ca_file {
@@ -53,54 +54,67 @@ pub fn build_client(config: &Config) -> Result<HttpClient, String> {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.timeouts.connect));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(http))
+}
 
+/// Builds the pooled client for token calls and other background traffic:
+/// the same connector, an idle pool with a real timer (without
+/// `pool_timer` hyper never reaps idle connections).
+pub fn build_client(config: &Config) -> Result<HttpClient, String> {
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.pool.idle_timeout)
         .pool_max_idle_per_host(config.pool.max_idle_per_host)
-        .build(https))
+        .build(build_connector(config)?))
 }
 
-/// The gateway's upstream clients: one per connection worker, so a
-/// request's upstream connection lives on the worker thread that serves
-/// the request (see [`crate::workers`]), and one shared by everything
-/// off the workers (token fetches, ticket calls, `workers = 0`). Cheap to
-/// clone.
+/// The gateway's upstream connections: for the request path, one
+/// [`Pool`] per connection worker, so a request's upstream connection lives
+/// on the worker thread that serves the request (see [`crate::workers`]),
+/// and one for requests served off the workers (`workers = 0`); for token
+/// fetches and ticket calls, one shared hyper-util client. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Upstreams {
     shared: HttpClient,
-    per_worker: Arc<[HttpClient]>,
+    shared_pool: Pool,
+    per_worker: Arc<[Pool]>,
 }
 
 impl Upstreams {
-    /// The shared client and one pool per worker, all from `config`.
+    /// The shared client and pools for `workers` workers, all from `config`.
     pub fn build(config: &Config, workers: usize) -> Result<Upstreams, String> {
+        let connector = build_connector(config)?;
+        let pool = || {
+            Pool::new(
+                connector.clone(),
+                config.pool.idle_timeout,
+                config.pool.max_idle_per_host,
+            )
+        };
         Ok(Upstreams {
             shared: build_client(config)?,
-            per_worker: (0..workers)
-                .map(|_| build_client(config))
-                .collect::<Result<Vec<_>, _>>()?
-                .into(),
+            shared_pool: pool(),
+            per_worker: (0..workers).map(|_| pool()).collect(),
         })
     }
 
-    /// The client used off the workers.
+    /// The client for token calls and other background traffic.
     pub fn shared(&self) -> &HttpClient {
         &self.shared
     }
 
-    /// The client for the caller's thread: its worker's, or the shared one.
-    pub fn current(&self) -> &HttpClient {
+    /// The request-path pool for the caller's thread: its worker's, or the
+    /// one used off the workers.
+    pub fn current(&self) -> &Pool {
         crate::workers::current()
             .and_then(|i| self.per_worker.get(i))
-            .unwrap_or(&self.shared)
+            .unwrap_or(&self.shared_pool)
     }
 }
 
