@@ -284,27 +284,7 @@ async fn send_h2(
 
 /// A transport failure's class, for metrics and the answer's status.
 fn failure(e: &hyper::Error) -> UpstreamFailure {
-    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
-        UpstreamFailure::Reset
-    } else if e.is_timeout() {
-        UpstreamFailure::Timeout
-    } else {
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                use std::io::ErrorKind::*;
-                return match io.kind() {
-                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
-                        UpstreamFailure::Reset
-                    }
-                    TimedOut => UpstreamFailure::Timeout,
-                    _ => UpstreamFailure::Protocol,
-                };
-            }
-            source = s.source();
-        }
-        UpstreamFailure::Protocol
-    }
+    crate::upstream::classify_chain(Some(e))
 }
 
 impl Inner {

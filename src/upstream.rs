@@ -123,7 +123,13 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamFailure {
     if err.is_connect() {
         return UpstreamFailure::Connect;
     }
-    let mut source = err.source();
+    classify_chain(err.source())
+}
+
+/// Classifies a transport error by the first hyper or I/O error in its
+/// chain, starting at `first` (the pool passes hyper's error itself).
+pub fn classify_chain(first: Option<&(dyn std::error::Error + 'static)>) -> UpstreamFailure {
+    let mut source = first;
     while let Some(e) = source {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
