@@ -225,16 +225,12 @@ impl Pool {
         }
     }
 
+    /// Connects to `uri`'s upstream (`uri` is the request's absolute URI:
+    /// the connector uses only its scheme, host and port).
     async fn connect(&self, key: &Key, uri: &Uri) -> Result<Fresh, UpstreamFailure> {
         let mut connector = self.inner.connector.clone();
-        let absolute = Uri::builder()
-            .scheme(key.scheme.clone())
-            .authority(key.authority.clone())
-            .path_and_query("/")
-            .build()
-            .unwrap_or_else(|_| uri.clone());
         let io = connector
-            .call(absolute)
+            .call(uri.clone())
             .await
             .map_err(|_| UpstreamFailure::Connect)?;
         if io.connected().is_negotiated_h2() {

@@ -89,6 +89,8 @@ pub struct Gateway {
 struct AppRoute {
     name: String,
     upstream: Upstream,
+    /// `Host` for its upstream, made once.
+    host: HeaderValue,
 }
 
 /// Per-request state, passed to every phase.
@@ -212,11 +214,16 @@ impl Gateway {
             apps: config
                 .apps
                 .iter()
-                .map(|a| AppRoute {
-                    name: a.name.clone(),
-                    upstream: a.upstream.clone(),
+                .map(|a| {
+                    Ok(AppRoute {
+                        name: a.name.clone(),
+                        upstream: a.upstream.clone(),
+                        host: HeaderValue::from_str(a.upstream.authority.as_str()).map_err(
+                            |_| format!("app {}: upstream host is not a header value", a.name),
+                        )?,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, String>>()?,
             clients: ClientTable::new(
                 &config.clients,
                 config.apps.iter().map(|a| a.app_id.clone()).collect(),
@@ -608,7 +615,8 @@ impl Gateway {
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let app = ctx.app.ok_or(GatewayError::Internal)?;
         let uri = self.upstream_uri(app, &parts.uri)?;
-        let headers = upstream_headers(&parts.headers);
+        let mut headers = upstream_headers(&parts.headers);
+        headers.insert(HOST, self.apps[app].host.clone());
         let mut replayed = false;
         loop {
             // A user's own token goes through untouched and is never

@@ -66,12 +66,16 @@ pub fn build_connector(config: &Config) -> Result<HttpsConnector<HttpConnector>,
 /// the same connector, an idle pool with a real timer (without
 /// `pool_timer` hyper never reaps idle connections).
 pub fn build_client(config: &Config) -> Result<HttpClient, String> {
-    Ok(Client::builder(TokioExecutor::new())
+    Ok(client_on(build_connector(config)?, config))
+}
+
+fn client_on(connector: HttpsConnector<HttpConnector>, config: &Config) -> HttpClient {
+    Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.pool.idle_timeout)
         .pool_max_idle_per_host(config.pool.max_idle_per_host)
-        .build(build_connector(config)?))
+        .build(connector)
 }
 
 /// The gateway's upstream connections: for the request path, one
@@ -98,7 +102,7 @@ impl Upstreams {
             )
         };
         Ok(Upstreams {
-            shared: build_client(config)?,
+            shared: client_on(connector.clone(), config),
             shared_pool: pool(),
             per_worker: (0..workers).map(|_| pool()).collect(),
         })
