@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+
+use crate::pool::{BodyError, UpstreamBody};
 
 /// Response body of the gateway.
 #[derive(Debug)]
@@ -22,7 +23,7 @@ pub enum ProxyBody {
         /// Bytes read from `rest` before streaming started.
         prefix: Option<Bytes>,
         /// The remainder of the upstream body.
-        rest: Incoming,
+        rest: UpstreamBody,
     },
 }
 
@@ -40,12 +41,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Stream { prefix, rest } => {

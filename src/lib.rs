@@ -23,7 +23,7 @@
 //! | [`events`]    | Feishu event callbacks: signature, decryption, app_ticket      |
 //! | [`ticket_store`] | the latest app_ticket per store app: a file, or Redis      |
 //! | [`upstream`]  | the pooled HTTPS client to Feishu, failure classes, `code` peek |
-//! | [`pool`]      | the request path's upstream connections, per worker            |
+//! | [`pool`]      | upstream connections per worker, and their HTTP/1.1 client     |
 //! | [`error`]     | every gateway-made answer and its status, reason and code      |
 //! | [`body`]      | the response body type (held bytes or streamed upstream body)  |
 //! | [`metrics`]   | Prometheus families and cached per-(app, route) handles        |

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST};
 use http::request::Parts;
 use http::{HeaderMap, Request, Response, Uri};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -703,25 +703,20 @@ impl Gateway {
         body: Bytes,
         authorization: HeaderValue,
     ) -> Result<Inspected, GatewayError> {
-        let mut req = Request::new(Full::new(body));
+        let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers.clone();
         req.headers_mut().insert(AUTHORIZATION, authorization);
         let started = Instant::now();
+        // An HTTP/1.1 connection goes back to the pool when the answer's
+        // body has been read to its end: here for a held answer, by the
+        // client for a streamed one.
         let attempt = async {
-            let (resp, checkout) = self.upstreams.current().send(req).await?;
-            let answer = inspect(resp, INSPECT_LIMIT)
+            let resp = self.upstreams.current().send(req).await?;
+            inspect(resp, INSPECT_LIMIT)
                 .await
-                .map_err(|_| crate::error::UpstreamFailure::Reset)?;
-            // A held answer was read to its end: the connection is free.
-            // A streamed one frees it when the client has read it all.
-            if matches!(answer.body, ProxyBody::Full(_)) {
-                checkout.release();
-            } else {
-                drop(checkout);
-            }
-            Ok(answer)
+                .map_err(|_| crate::error::UpstreamFailure::Reset)
         };
         let result = tokio::time::timeout(self.upstream_timeout, attempt).await;
         let spent = started.elapsed();

@@ -10,7 +10,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -21,7 +20,7 @@ use rustls::pki_types::CertificateDer;
 use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::error::UpstreamFailure;
-use crate::pool::Pool;
+use crate::pool::{BodyError, Pool, UpstreamBody};
 
 /// The pooled client used for every call to Feishu.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -179,7 +178,7 @@ pub struct Inspected {
 /// larger one is sent on as the prefix read so far plus the rest streamed,
 /// with the `code` taken from that prefix. Anything else (downloads) streams
 /// untouched. Returns the transport error if the body fails mid-read.
-pub async fn inspect(resp: Response<Incoming>, limit: usize) -> Result<Inspected, hyper::Error> {
+pub async fn inspect(resp: Response<UpstreamBody>, limit: usize) -> Result<Inspected, BodyError> {
     let (head, mut body) = resp.into_parts();
     if !is_json(&head.headers) {
         return Ok(Inspected {

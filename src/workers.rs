@@ -4,7 +4,7 @@
 //! its own upstream connection pool (see [`crate::upstream::Upstreams`]).
 //! The accept loop hands each new connection to the next worker, and from
 //! then on everything that connection's requests do — parsing, the proxy
-//! phases, the upstream call and its connection task, the answer — runs on
+//! phases, the upstream call (and an HTTP/2 connection's task), the answer — runs on
 //! that one thread. This is nginx's model (worker processes) and what
 //! pingora calls thread-per-core.
 //!

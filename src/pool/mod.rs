@@ -3,41 +3,48 @@
 //! One [`Pool`] per connection worker ([`crate::workers`]) holds that
 //! worker's connections to Feishu: idle HTTP/1.1 connections in a stack
 //! (most recently used first), and one multiplexed HTTP/2 connection per
-//! upstream when ALPN chose `h2`. It sits directly on
-//! `hyper::client::conn`: hyper-util's general-purpose pool costs about
-//! 8,400 instructions per request here (a hashed checkout and return, a
-//! `Host` header entry, connection metadata put into each response's
-//! extensions), about a tenth of the gateway's whole per-request work
-//! (callgrind, `bash benches/load.sh --profile callgrind`).
+//! upstream when ALPN chose `h2`. HTTP/1.1 is spoken by [`h1`], inside the
+//! request's own future (no connection task, no channels); HTTP/2 by
+//! `hyper::client::conn::http2`. hyper-util's general-purpose pool cost
+//! about 8,400 instructions per request here and hyper's HTTP/1.1
+//! connection task about 15,000, together a third of the gateway's whole
+//! per-request work (callgrind, `bash benches/load.sh --profile callgrind`).
 //!
 //! What it keeps from a full client:
 //! - a request that could not be written on a pooled connection (the
-//!   server closed it while idle) is sent again on a fresh one, once;
+//!   server closed it while idle) is sent again on a fresh one, once; so is
+//!   an idempotent request (RFC 9110 §9.2.2) whose pooled connection ended
+//!   before any byte of an answer;
 //! - idle connections are dropped after `pool.idle_timeout` and at most
 //!   `pool.max_idle_per_host` are kept per upstream;
 //! - an HTTP/1.1 connection goes back to the pool only when its answer was
-//!   read to the end ([`Checkout`]).
+//!   read to the end (by [`h1::Body`] itself).
 //!
 //! Token calls and other background traffic keep using hyper-util's client
 //! ([`crate::upstream::HttpClient`]).
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Method, Request, Response, Uri};
+use http_body::{Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tower::Service as _;
 
 use crate::error::UpstreamFailure;
+
+pub mod h1;
 
 /// One upstream: where connections go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +54,7 @@ struct Key {
 }
 
 struct Idle {
-    tx: http1::SendRequest<Full<Bytes>>,
+    conn: Box<h1::Conn>,
     since: Instant,
 }
 
@@ -78,48 +85,70 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// The HTTP/1.1 connection a request used, until its answer was read.
-/// [`Checkout::release`] after reading the answer to its end returns the
-/// connection to the pool; dropping it earlier waits (in a task) for the
-/// answer to finish first. HTTP/2 checkouts hold nothing.
-#[must_use = "release the checkout once the answer is read"]
-pub struct Checkout {
-    back: Option<(Arc<Inner>, Key, http1::SendRequest<Full<Bytes>>)>,
+/// Where an HTTP/1.1 connection goes back to once its answer was read.
+struct Home {
+    inner: Arc<Inner>,
+    key: Key,
 }
 
-impl Checkout {
-    /// The answer was read to its end: the connection is free again.
-    pub fn release(mut self) {
-        if let Some((inner, key, tx)) = self.back.take() {
-            if tx.is_ready() {
-                inner.put(key, tx);
-            } else {
-                wait_then_put(inner, key, tx);
-            }
-        }
+impl Home {
+    fn put(self, conn: Box<h1::Conn>) {
+        self.inner.put(self.key, conn);
     }
 }
 
-impl Drop for Checkout {
-    fn drop(&mut self) {
-        if let Some((inner, key, tx)) = self.back.take() {
-            wait_then_put(inner, key, tx);
-        }
-    }
+/// The body of an upstream answer, as the pool's connection reads it.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// From an HTTP/1.1 connection of this pool.
+    H1(h1::Body),
+    /// From an HTTP/2 connection.
+    H2(Incoming),
 }
 
-/// Returns `tx` to the pool once its connection has finished the answer
-/// in flight (the caller streams it on), or drops it if the connection
-/// closes instead.
-fn wait_then_put(inner: Arc<Inner>, key: Key, mut tx: http1::SendRequest<Full<Bytes>>) {
-    if tx.is_closed() {
-        return;
-    }
-    tokio::spawn(async move {
-        if tx.ready().await.is_ok() {
-            inner.put(key, tx);
+/// A failure while reading an upstream answer's body.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The HTTP/2 connection failed.
+    #[error("upstream body: {0}")]
+    Hyper(#[from] hyper::Error),
+    /// The HTTP/1.1 connection failed or ended early.
+    #[error("upstream body: {0}")]
+    Io(#[from] std::io::Error),
+    /// The HTTP/1.1 body's framing is broken.
+    #[error("upstream body: {0}")]
+    Protocol(&'static str),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BodyError::from))),
         }
-    });
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 impl Pool {
@@ -140,11 +169,12 @@ impl Pool {
     }
 
     /// Sends `req` (an absolute URI) and returns Feishu's answer head with
-    /// its body still to read, and the checkout to release after reading.
+    /// its body still to read. An HTTP/1.1 connection goes back to the pool
+    /// when that body has been read to its end.
     pub async fn send(
         &self,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Checkout), UpstreamFailure> {
+        mut req: Request<Bytes>,
+    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
         let key = Key {
             scheme: req.uri().scheme().cloned().unwrap_or(Scheme::HTTPS),
             authority: req
@@ -159,15 +189,16 @@ impl Pool {
             req.headers_mut().insert(HOST, host);
         }
         // A pooled connection first; if the server had closed it before
-        // the request could be written, once more on a fresh connection.
-        if let Some(tx) = self.inner.take_idle(&key) {
-            match self.send_h1(req, key.clone(), tx).await {
-                Err(Resend(Some(req))) => return Box::pin(self.send_fresh(req, key)).await,
-                Err(Resend(None)) => return Err(UpstreamFailure::Reset),
-                Ok(sent) => return sent,
+        // the request could be written (or, for an idempotent request,
+        // before answering), once more on a fresh connection.
+        if let Some(conn) = self.inner.take_idle(&key) {
+            match conn.send(&req, self.home(&key)).await {
+                Ok(resp) => return Ok(resp.map(UpstreamBody::H1)),
+                Err(h1::SendError::NotWritten(_)) => {}
+                Err(h1::SendError::ClosedBeforeAnswer) if is_idempotent(req.method()) => {}
+                Err(e) => return Err(h1_failure(&e)),
             }
-        }
-        if let Some(tx) = self.inner.h2_for(&key) {
+        } else if let Some(tx) = self.inner.h2_for(&key) {
             return send_h2(req, tx).await;
         }
         // Boxed: connecting (TCP, TLS, the HTTP/2 handshake) is a large
@@ -176,52 +207,25 @@ impl Pool {
         Box::pin(self.send_fresh(req, key)).await
     }
 
-    /// Connects, then sends on the new connection.
-    async fn send_fresh(
-        &self,
-        req: Request<Full<Bytes>>,
-        key: Key,
-    ) -> Result<(Response<Incoming>, Checkout), UpstreamFailure> {
-        match self.connect(&key, req.uri()).await? {
-            Fresh::H1(tx) => match self.send_h1(req, key, tx).await {
-                Ok(sent) => sent,
-                Err(_) => Err(UpstreamFailure::Reset),
-            },
-            Fresh::H2(tx) => send_h2(req, tx).await,
+    fn home(&self, key: &Key) -> Home {
+        Home {
+            inner: Arc::clone(&self.inner),
+            key: key.clone(),
         }
     }
 
-    /// Sends on an HTTP/1.1 connection. `Err(Resend(Some(req)))`: the
-    /// request was not written and may go again elsewhere.
-    async fn send_h1(
+    /// Connects, then sends on the new connection.
+    async fn send_fresh(
         &self,
-        mut req: Request<Full<Bytes>>,
+        req: Request<Bytes>,
         key: Key,
-        mut tx: http1::SendRequest<Full<Bytes>>,
-    ) -> Result<Result<(Response<Incoming>, Checkout), UpstreamFailure>, Resend> {
-        // HTTP/1.1 wants the origin form (`/path?query`) on the wire.
-        let absolute = std::mem::take(req.uri_mut());
-        *req.uri_mut() = absolute
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-        if tx.ready().await.is_err() {
-            *req.uri_mut() = absolute;
-            return Err(Resend(Some(req)));
-        }
-        match tx.try_send_request(req).await {
-            Ok(resp) => Ok(Ok((
-                resp,
-                Checkout {
-                    back: Some((Arc::clone(&self.inner), key, tx)),
-                },
-            ))),
-            Err(mut e) => match e.take_message() {
-                Some(mut req) => {
-                    *req.uri_mut() = absolute;
-                    Err(Resend(Some(req)))
-                }
-                None => Ok(Err(failure(e.error()))),
+    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
+        match self.connect(&key, req.uri()).await? {
+            Fresh::H1(conn) => match conn.send(&req, self.home(&key)).await {
+                Ok(resp) => Ok(resp.map(UpstreamBody::H1)),
+                Err(e) => Err(h1_failure(&e)),
             },
+            Fresh::H2(tx) => send_h2(req, tx).await,
         }
     }
 
@@ -247,40 +251,49 @@ impl Pool {
             self.inner.set_h2(key.clone(), tx.clone());
             Ok(Fresh::H2(tx))
         } else {
-            let (tx, conn) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|_| UpstreamFailure::Connect)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-            Ok(Fresh::H1(tx))
+            Ok(Fresh::H1(h1::Conn::new(TokioIo::new(io))))
         }
     }
 }
 
-/// A request that was not written and may be sent again.
-struct Resend(Option<Request<Full<Bytes>>>);
-
 enum Fresh {
-    H1(http1::SendRequest<Full<Bytes>>),
+    H1(Box<h1::Conn>),
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
+/// Methods a client may repeat on its own (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
 async fn send_h2(
-    req: Request<Full<Bytes>>,
+    req: Request<Bytes>,
     mut tx: http2::SendRequest<Full<Bytes>>,
-) -> Result<(Response<Incoming>, Checkout), UpstreamFailure> {
+) -> Result<Response<UpstreamBody>, UpstreamFailure> {
     tx.ready().await.map_err(|e| failure(&e))?;
-    let resp = tx.send_request(req).await.map_err(|e| failure(&e))?;
-    Ok((resp, Checkout { back: None }))
+    let resp = tx
+        .send_request(req.map(Full::new))
+        .await
+        .map_err(|e| failure(&e))?;
+    Ok(resp.map(UpstreamBody::H2))
 }
 
 /// A transport failure's class, for metrics and the answer's status.
 fn failure(e: &hyper::Error) -> UpstreamFailure {
     crate::upstream::classify_chain(Some(e))
+}
+
+/// The class of an HTTP/1.1 failure, as [`failure`] gives hyper's.
+fn h1_failure(e: &h1::SendError) -> UpstreamFailure {
+    tracing::debug!(error = %e, "upstream HTTP/1.1 exchange failed");
+    match e {
+        h1::SendError::NotWritten(_) | h1::SendError::ClosedBeforeAnswer => UpstreamFailure::Reset,
+        h1::SendError::Io(io) => crate::upstream::classify_chain(Some(io)),
+        h1::SendError::Protocol(_) => UpstreamFailure::Protocol,
+    }
 }
 
 impl Inner {
@@ -290,23 +303,20 @@ impl Inner {
 
     /// The most recently used idle connection that is still open and
     /// young enough; older ones are dropped on the way.
-    fn take_idle(&self, key: &Key) -> Option<http1::SendRequest<Full<Bytes>>> {
+    fn take_idle(&self, key: &Key) -> Option<Box<h1::Conn>> {
         let mut conns = self.lock();
         let list = &mut conns.idle.iter_mut().find(|(k, _)| k == key)?.1;
         let now = Instant::now();
-        while let Some(idle) = list.pop() {
-            if now.duration_since(idle.since) < self.idle_timeout
-                && !idle.tx.is_closed()
-                && idle.tx.is_ready()
-            {
-                return Some(idle.tx);
+        while let Some(mut idle) = list.pop() {
+            if now.duration_since(idle.since) < self.idle_timeout && idle.conn.is_usable() {
+                return Some(idle.conn);
             }
         }
         None
     }
 
-    fn put(&self, key: Key, tx: http1::SendRequest<Full<Bytes>>) {
-        if self.max_idle == 0 || tx.is_closed() {
+    fn put(&self, key: Key, conn: Box<h1::Conn>) {
+        if self.max_idle == 0 {
             return;
         }
         let mut conns = self.lock();
@@ -323,9 +333,15 @@ impl Inner {
             list.remove(0);
         }
         list.push(Idle {
-            tx,
+            conn,
             since: Instant::now(),
         });
+    }
+
+    /// Idle HTTP/1.1 connections held, all upstreams together.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.lock().idle.iter().map(|(_, l)| l.len()).sum()
     }
 
     fn h2_for(&self, key: &Key) -> Option<http2::SendRequest<Full<Bytes>>> {
@@ -425,11 +441,10 @@ mod tests {
     async fn get(pool: &Pool, uri: &Uri) -> Result<i64, UpstreamFailure> {
         let req = Request::builder()
             .uri(uri.clone())
-            .body(Full::new(Bytes::new()))
+            .body(Bytes::new())
             .unwrap();
-        let (resp, checkout) = pool.send(req).await?;
+        let resp = pool.send(req).await?;
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        checkout.release();
         Ok(crate::upstream::read_code(&body).unwrap())
     }
 
@@ -463,19 +478,110 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreleased_checkout_returns_its_connection_when_the_answer_ends() {
+    async fn a_connection_goes_back_only_when_its_answer_was_read_to_the_end() {
         let (uri, accepted) = server(100).await;
         let pool = pool();
-        let req = Request::builder()
-            .uri(uri.clone())
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let (resp, checkout) = pool.send(req).await.unwrap();
-        drop(checkout); // as for a streamed answer
-        let _ = resp.into_body().collect().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let req = || {
+            Request::builder()
+                .uri(uri.clone())
+                .body(Bytes::new())
+                .unwrap()
+        };
+        // Answer head read, body not: the connection is still in use, so
+        // a second request needs a second connection.
+        let first = pool.send(req()).await.unwrap();
         assert_eq!(get(&pool, &uri).await, Ok(0));
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // Read to its end, the first goes back too: both are reused.
+        let _ = first.into_body().collect().await.unwrap();
+        let (a, b) = tokio::join!(get(&pool, &uri), get(&pool, &uri));
+        assert_eq!((a, b), (Ok(0), Ok(0)));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // Dropped before its end, a body closes its connection.
+        drop(pool.send(req()).await.unwrap());
+        let (a, b) = tokio::join!(get(&pool, &uri), get(&pool, &uri));
+        assert_eq!((a, b), (Ok(0), Ok(0)));
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    /// A server that answers the first request on each connection, then
+    /// reads the second and closes without answering. Counts connections
+    /// and the requests it read.
+    async fn answers_once_then_drops_the_next() -> (Uri, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (conns, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c, r) = (Arc::clone(&conns), Arc::clone(&requests));
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = Arc::clone(&r);
+                tokio::spawn(async move {
+                    for answered in [true, false] {
+                        let mut got = Vec::new();
+                        // Heads only: the requests here have no body.
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        r.fetch_add(1, Ordering::SeqCst);
+                        if answered {
+                            let body = br#"{"code":0,"msg":"success"}"#;
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                                body.len()
+                            );
+                            s.write_all(head.as_bytes()).await.unwrap();
+                            s.write_all(body).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (
+            format!("http://{addr}/open-apis/x").parse().unwrap(),
+            conns,
+            requests,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_after_the_request_was_written_is_retried_only_for_idempotent_methods(
+    ) {
+        let (uri, conns, requests) = answers_once_then_drops_the_next().await;
+        let pool = pool();
+        let send = |method: Method| {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri.clone())
+                .body(Bytes::new())
+                .unwrap();
+            pool.send(req)
+        };
+        // GET: the pooled connection swallows it; it goes again on a fresh one.
+        assert_eq!(get(&pool, &uri).await, Ok(0));
+        assert_eq!(get(&pool, &uri).await, Ok(0));
+        assert_eq!(
+            (
+                conns.load(Ordering::SeqCst),
+                requests.load(Ordering::SeqCst)
+            ),
+            (2, 3)
+        );
+        // POST: Feishu may have acted on it; never sent twice.
+        let resp = send(Method::POST).await;
+        assert_eq!(resp.err(), Some(UpstreamFailure::Reset));
+        assert_eq!(
+            (
+                conns.load(Ordering::SeqCst),
+                requests.load(Ordering::SeqCst)
+            ),
+            (2, 4)
+        );
     }
 
     #[tokio::test]
