@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST};
 use http::request::Parts;
-use http::{HeaderMap, Request, Response, Uri};
+use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -614,9 +614,15 @@ impl Gateway {
         body: Bytes,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let app = ctx.app.ok_or(GatewayError::Internal)?;
-        let uri = self.upstream_uri(app, &parts.uri)?;
+        // Made once for every attempt: the caller's path and query (only
+        // those go on the wire; the app's upstream says where), the
+        // filtered headers, the body.
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
         let mut headers = upstream_headers(&parts.headers);
         headers.insert(HOST, self.apps[app].host.clone());
+        *req.headers_mut() = headers;
         let mut replayed = false;
         loop {
             // A user's own token goes through untouched and is never
@@ -633,9 +639,8 @@ impl Gateway {
                     (token.header.clone(), Some((slot, token.generation)))
                 }
             };
-            let answer = self
-                .send(ctx, parts, &uri, &headers, body.clone(), authorization)
-                .await?;
+            req.headers_mut().insert(AUTHORIZATION, authorization);
+            let answer = self.send(ctx, app, &req).await?;
             match (answer.code, generation) {
                 (Some(code), Some((slot, generation)))
                     if codes::is_token_invalid(code) && !replayed =>
@@ -697,23 +702,19 @@ impl Gateway {
     async fn send(
         &self,
         ctx: &mut RequestCtx,
-        parts: &Parts,
-        uri: &Uri,
-        headers: &HeaderMap,
-        body: Bytes,
-        authorization: HeaderValue,
+        app: usize,
+        req: &Request<Bytes>,
     ) -> Result<Inspected, GatewayError> {
-        let mut req = Request::new(body);
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri.clone();
-        *req.headers_mut() = headers.clone();
-        req.headers_mut().insert(AUTHORIZATION, authorization);
         let started = Instant::now();
         // An HTTP/1.1 connection goes back to the pool when the answer's
         // body has been read to its end: here for a held answer, by the
         // client for a streamed one.
         let attempt = async {
-            let resp = self.upstreams.current().send(req).await?;
+            let resp = self
+                .upstreams
+                .current()
+                .send(&self.apps[app].upstream, req)
+                .await?;
             inspect(resp, INSPECT_LIMIT)
                 .await
                 .map_err(|_| crate::error::UpstreamFailure::Reset)
@@ -773,22 +774,6 @@ impl Gateway {
             replayed_after = %ctx.replayed_after.map_or(CodeField::Dash, CodeField::Code),
             "request"
         );
-    }
-
-    /// Feishu's URI for this request: the app's upstream plus the caller's
-    /// path and query, and nothing else from the caller.
-    fn upstream_uri(&self, app: usize, uri: &Uri) -> Result<Uri, GatewayError> {
-        let up = &self.apps[app].upstream;
-        let pq = uri
-            .path_and_query()
-            .cloned()
-            .ok_or(GatewayError::NotFound)?;
-        Uri::builder()
-            .scheme(up.scheme.clone())
-            .authority(up.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| GatewayError::NotFound)
     }
 
     /// The store apps (tickets, tenants, event endpoint).

@@ -18,8 +18,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::response::Parts;
+use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
@@ -111,7 +112,7 @@ impl Conn {
         home: Home,
     ) -> Result<Response<Body>, SendError> {
         self.out.clear();
-        encode_request(req, &mut self.out);
+        encode_request(req, &home.key.authority, &mut self.out);
         let body = req.body();
         let written = if body.len() <= COPY_BODY_UP_TO {
             self.out.extend_from_slice(body);
@@ -180,9 +181,10 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-/// Writes the request line and headers, with `Content-Length` from the
+/// Writes the request line (origin form) and headers, with `Host` from
+/// `authority` unless the request has one, and `Content-Length` from the
 /// body (the caller's own framing headers were removed before).
-fn encode_request(req: &Request<Bytes>, out: &mut Vec<u8>) {
+fn encode_request(req: &Request<Bytes>, authority: &Authority, out: &mut Vec<u8>) {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     match req.uri().path_and_query() {
@@ -190,6 +192,11 @@ fn encode_request(req: &Request<Bytes>, out: &mut Vec<u8>) {
         None => out.push(b'/'),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !req.headers().contains_key(HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in req.headers() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");

@@ -29,9 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HOST;
-use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Method, Request, Response, Uri};
+use http::{Method, Request, Response, Uri};
 use http_body::{Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -42,16 +40,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tower::Service as _;
 
+use crate::config::Upstream;
 use crate::error::UpstreamFailure;
 
 pub mod h1;
-
-/// One upstream: where connections go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Key {
-    scheme: Scheme,
-    authority: Authority,
-}
 
 struct Idle {
     conn: Box<h1::Conn>,
@@ -61,9 +53,9 @@ struct Idle {
 #[derive(Default)]
 struct Conns {
     /// Idle HTTP/1.1 connections per upstream, most recent last.
-    idle: Vec<(Key, Vec<Idle>)>,
+    idle: Vec<(Upstream, Vec<Idle>)>,
     /// The HTTP/2 connection per upstream, shared by every request.
-    h2: Vec<(Key, http2::SendRequest<Full<Bytes>>)>,
+    h2: Vec<(Upstream, http2::SendRequest<Full<Bytes>>)>,
 }
 
 /// A connection pool for the request path. Cheap to clone.
@@ -88,7 +80,7 @@ impl std::fmt::Debug for Pool {
 /// Where an HTTP/1.1 connection goes back to once its answer was read.
 struct Home {
     inner: Arc<Inner>,
-    key: Key,
+    key: Upstream,
 }
 
 impl Home {
@@ -168,73 +160,62 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (an absolute URI) and returns Feishu's answer head with
-    /// its body still to read. An HTTP/1.1 connection goes back to the pool
-    /// when that body has been read to its end.
+    /// Sends `req` to `upstream` and returns its answer head with the body
+    /// still to read. Only the path and query of `req`'s URI are used. An
+    /// HTTP/1.1 connection goes back to the pool when that body has been
+    /// read to its end.
     pub async fn send(
         &self,
-        mut req: Request<Bytes>,
+        upstream: &Upstream,
+        req: &Request<Bytes>,
     ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
-        let key = Key {
-            scheme: req.uri().scheme().cloned().unwrap_or(Scheme::HTTPS),
-            authority: req
-                .uri()
-                .authority()
-                .cloned()
-                .ok_or(UpstreamFailure::Protocol)?,
-        };
-        if !req.headers().contains_key(HOST) {
-            let host = HeaderValue::from_str(key.authority.as_str())
-                .map_err(|_| UpstreamFailure::Protocol)?;
-            req.headers_mut().insert(HOST, host);
-        }
         // A pooled connection first; if the server had closed it before
         // the request could be written (or, for an idempotent request,
         // before answering), once more on a fresh connection.
-        if let Some(conn) = self.inner.take_idle(&key) {
-            match conn.send(&req, self.home(&key)).await {
+        if let Some(conn) = self.inner.take_idle(upstream) {
+            match conn.send(req, self.home(upstream)).await {
                 Ok(resp) => return Ok(resp.map(UpstreamBody::H1)),
                 Err(h1::SendError::NotWritten(_)) => {}
                 Err(h1::SendError::ClosedBeforeAnswer) if is_idempotent(req.method()) => {}
                 Err(e) => return Err(h1_failure(&e)),
             }
-        } else if let Some(tx) = self.inner.h2_for(&key) {
-            return send_h2(req, tx).await;
+        } else if let Some(tx) = self.inner.h2_for(upstream) {
+            return send_h2(upstream, req, tx).await;
         }
         // Boxed: connecting (TCP, TLS, the HTTP/2 handshake) is a large
         // future, and inline it would make every request's future that
         // large, copied whole at each of the stack's layers.
-        Box::pin(self.send_fresh(req, key)).await
+        Box::pin(self.send_fresh(upstream, req)).await
     }
 
-    fn home(&self, key: &Key) -> Home {
+    fn home(&self, upstream: &Upstream) -> Home {
         Home {
             inner: Arc::clone(&self.inner),
-            key: key.clone(),
+            key: upstream.clone(),
         }
     }
 
     /// Connects, then sends on the new connection.
     async fn send_fresh(
         &self,
-        req: Request<Bytes>,
-        key: Key,
+        upstream: &Upstream,
+        req: &Request<Bytes>,
     ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
-        match self.connect(&key, req.uri()).await? {
-            Fresh::H1(conn) => match conn.send(&req, self.home(&key)).await {
+        match self.connect(upstream).await? {
+            Fresh::H1(conn) => match conn.send(req, self.home(upstream)).await {
                 Ok(resp) => Ok(resp.map(UpstreamBody::H1)),
                 Err(e) => Err(h1_failure(&e)),
             },
-            Fresh::H2(tx) => send_h2(req, tx).await,
+            Fresh::H2(tx) => send_h2(upstream, req, tx).await,
         }
     }
 
-    /// Connects to `uri`'s upstream (`uri` is the request's absolute URI:
-    /// the connector uses only its scheme, host and port).
-    async fn connect(&self, key: &Key, uri: &Uri) -> Result<Fresh, UpstreamFailure> {
+    /// Connects to `upstream`: TCP, TLS for `https`, and HTTP/2 when ALPN
+    /// chose it.
+    async fn connect(&self, upstream: &Upstream) -> Result<Fresh, UpstreamFailure> {
         let mut connector = self.inner.connector.clone();
         let io = connector
-            .call(uri.clone())
+            .call(absolute(upstream, "/"))
             .await
             .map_err(|_| UpstreamFailure::Connect)?;
         if io.connected().is_negotiated_h2() {
@@ -248,12 +229,22 @@ impl Pool {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            self.inner.set_h2(key.clone(), tx.clone());
+            self.inner.set_h2(upstream.clone(), tx.clone());
             Ok(Fresh::H2(tx))
         } else {
             Ok(Fresh::H1(h1::Conn::new(TokioIo::new(io))))
         }
     }
+}
+
+/// `upstream` with `path_and_query`, as an absolute URI.
+fn absolute(upstream: &Upstream, path_and_query: &str) -> Uri {
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 enum Fresh {
@@ -269,15 +260,22 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// Sends on the upstream's HTTP/2 connection: hyper's client wants the
+/// request owned and its URI absolute.
 async fn send_h2(
-    req: Request<Bytes>,
+    upstream: &Upstream,
+    req: &Request<Bytes>,
     mut tx: http2::SendRequest<Full<Bytes>>,
 ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
+    let mut owned = Request::new(Full::new(req.body().clone()));
+    *owned.method_mut() = req.method().clone();
+    *owned.uri_mut() = absolute(
+        upstream,
+        req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+    );
+    *owned.headers_mut() = req.headers().clone();
     tx.ready().await.map_err(|e| failure(&e))?;
-    let resp = tx
-        .send_request(req.map(Full::new))
-        .await
-        .map_err(|e| failure(&e))?;
+    let resp = tx.send_request(owned).await.map_err(|e| failure(&e))?;
     Ok(resp.map(UpstreamBody::H2))
 }
 
@@ -303,7 +301,7 @@ impl Inner {
 
     /// The most recently used idle connection that is still open and
     /// young enough; older ones are dropped on the way.
-    fn take_idle(&self, key: &Key) -> Option<Box<h1::Conn>> {
+    fn take_idle(&self, key: &Upstream) -> Option<Box<h1::Conn>> {
         let mut conns = self.lock();
         let list = &mut conns.idle.iter_mut().find(|(k, _)| k == key)?.1;
         let now = Instant::now();
@@ -315,7 +313,7 @@ impl Inner {
         None
     }
 
-    fn put(&self, key: Key, conn: Box<h1::Conn>) {
+    fn put(&self, key: Upstream, conn: Box<h1::Conn>) {
         if self.max_idle == 0 {
             return;
         }
@@ -344,7 +342,7 @@ impl Inner {
         self.lock().idle.iter().map(|(_, l)| l.len()).sum()
     }
 
-    fn h2_for(&self, key: &Key) -> Option<http2::SendRequest<Full<Bytes>>> {
+    fn h2_for(&self, key: &Upstream) -> Option<http2::SendRequest<Full<Bytes>>> {
         let mut conns = self.lock();
         let i = conns.h2.iter().position(|(k, _)| k == key)?;
         if conns.h2[i].1.is_closed() {
@@ -354,7 +352,7 @@ impl Inner {
         Some(conns.h2[i].1.clone())
     }
 
-    fn set_h2(&self, key: Key, tx: http2::SendRequest<Full<Bytes>>) {
+    fn set_h2(&self, key: Upstream, tx: http2::SendRequest<Full<Bytes>>) {
         let mut conns = self.lock();
         match conns.h2.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = tx,
@@ -438,12 +436,23 @@ mod tests {
         Pool::new(connector, Duration::from_secs(60), 4)
     }
 
-    async fn get(pool: &Pool, uri: &Uri) -> Result<i64, UpstreamFailure> {
+    /// `uri`'s upstream, and a request for its path.
+    fn split(uri: &Uri, method: Method) -> (Upstream, Request<Bytes>) {
+        let upstream = Upstream {
+            scheme: uri.scheme().unwrap().clone(),
+            authority: uri.authority().unwrap().clone(),
+        };
         let req = Request::builder()
-            .uri(uri.clone())
+            .method(method)
+            .uri(uri.path_and_query().unwrap().as_str())
             .body(Bytes::new())
             .unwrap();
-        let resp = pool.send(req).await?;
+        (upstream, req)
+    }
+
+    async fn get(pool: &Pool, uri: &Uri) -> Result<i64, UpstreamFailure> {
+        let (upstream, req) = split(uri, Method::GET);
+        let resp = pool.send(&upstream, &req).await?;
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         Ok(crate::upstream::read_code(&body).unwrap())
     }
@@ -481,15 +490,10 @@ mod tests {
     async fn a_connection_goes_back_only_when_its_answer_was_read_to_the_end() {
         let (uri, accepted) = server(100).await;
         let pool = pool();
-        let req = || {
-            Request::builder()
-                .uri(uri.clone())
-                .body(Bytes::new())
-                .unwrap()
-        };
+        let (upstream, req) = split(&uri, Method::GET);
         // Answer head read, body not: the connection is still in use, so
         // a second request needs a second connection.
-        let first = pool.send(req()).await.unwrap();
+        let first = pool.send(&upstream, &req).await.unwrap();
         assert_eq!(get(&pool, &uri).await, Ok(0));
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // Read to its end, the first goes back too: both are reused.
@@ -498,7 +502,7 @@ mod tests {
         assert_eq!((a, b), (Ok(0), Ok(0)));
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // Dropped before its end, a body closes its connection.
-        drop(pool.send(req()).await.unwrap());
+        drop(pool.send(&upstream, &req).await.unwrap());
         let (a, b) = tokio::join!(get(&pool, &uri), get(&pool, &uri));
         assert_eq!((a, b), (Ok(0), Ok(0)));
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
@@ -554,14 +558,6 @@ mod tests {
     ) {
         let (uri, conns, requests) = answers_once_then_drops_the_next().await;
         let pool = pool();
-        let send = |method: Method| {
-            let req = Request::builder()
-                .method(method)
-                .uri(uri.clone())
-                .body(Bytes::new())
-                .unwrap();
-            pool.send(req)
-        };
         // GET: the pooled connection swallows it; it goes again on a fresh one.
         assert_eq!(get(&pool, &uri).await, Ok(0));
         assert_eq!(get(&pool, &uri).await, Ok(0));
@@ -573,7 +569,8 @@ mod tests {
             (2, 3)
         );
         // POST: Feishu may have acted on it; never sent twice.
-        let resp = send(Method::POST).await;
+        let (upstream, post) = split(&uri, Method::POST);
+        let resp = pool.send(&upstream, &post).await;
         assert_eq!(resp.err(), Some(UpstreamFailure::Reset));
         assert_eq!(
             (
