@@ -679,7 +679,7 @@ profile() {
 # caller's), hence some different stand-ins.
 PHASES=(
     "server: parse request head (hyper);Server as hyper::proto::h1::Http1Transaction>::parse$;Server as hyper::proto::h1::Http1Transaction>::parse$"
-    "request id (tower-http SetRequestId);SetRequestId<S,M> as tower_service::Service;SetRequestId<S,M> as tower_service::Service"
+    "request id (src/request_id.rs);RequestIdService<S> as tower_service::Service;RequestIdService<S> as tower_service::Service"
     "all phases (Gateway::handle);proxy::Gateway::handle::\{\{closure\}\}$;tower_http::catch_panic::ResponseFuture<F,T> as core::future::future::Future>::poll$"
     "  route (dot segments, catalog);proxy::Gateway::route$;proxy::Gateway::route$"
     "  authenticate (SHA-256, map);proxy::Gateway::authenticate$;proxy::Gateway::authenticate$"

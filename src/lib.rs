@@ -12,6 +12,7 @@
 //! | [`config`]    | the TOML file, checked in one pass that reports every problem  |
 //! | [`runtime`]   | building the gateway from a config, start and graceful stop     |
 //! | [`stack`]     | the tower layers of the main listener, in one place            |
+//! | [`request_id`] | an id on every request and its answer (`X-Request-Id`)       |
 //! | [`proxy`]     | the request lifecycle as named phases                          |
 //! | [`auth`]      | client keys → client → app                                     |
 //! | [`catalog`]   | the Feishu endpoints the gateway knows, as data                |
@@ -52,6 +53,7 @@ pub mod proxy;
 /// Per-app quotas: one GCRA per (app, route), or (app, tenant, route) for store
 /// apps, derived from all of Feishu's windows.
 pub mod quota;
+pub mod request_id;
 pub mod runtime;
 pub mod sdk_token;
 pub mod secret;
