@@ -123,7 +123,11 @@ impl Conn {
                 Err(e) => Err(e),
             }
         };
-        if let Err(e) = written.and(self.io.flush().await) {
+        let flushed = match written {
+            Ok(()) => self.io.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = flushed {
             return Err(SendError::NotWritten(e));
         }
         let head_only = req.method() == Method::HEAD;

@@ -350,3 +350,30 @@ async fn an_answer_with_many_headers_keeps_them_all_in_order() {
         Err(SendError::Protocol(_))
     ));
 }
+
+/// An interim answer, then a final head with its body's first bytes.
+const HEADS: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\
+Content-Type: application/json\r\nX-Tt-Logid: 0123\r\nContent-Length: 11\r\n\r\n{\"code\":0}";
+
+proptest::proptest! {
+    #[test]
+    fn any_bytes_parse_or_fail_without_panicking(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+    ) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        let _ = parse_head(&mut buf, false);
+    }
+
+    #[test]
+    fn heads_cut_anywhere_are_partial_until_complete(cut in 0usize..HEADS.len() - 11) {
+        let mut buf = BytesMut::from(&HEADS[..cut]);
+        proptest::prop_assert!(matches!(parse_head(&mut buf, false), Ok(None)));
+        buf.extend_from_slice(&HEADS[cut..]);
+        let (parts, framing, reusable) = parse_head(&mut buf, false).unwrap().unwrap();
+        proptest::prop_assert_eq!(parts.status, StatusCode::OK);
+        proptest::prop_assert_eq!(&parts.headers["x-tt-logid"], "0123");
+        proptest::prop_assert_eq!(framing, Framing::Length(11));
+        proptest::prop_assert!(reusable);
+        proptest::prop_assert_eq!(&buf[..], b"{\"code\":0}");
+    }
+}
