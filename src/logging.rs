@@ -23,7 +23,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 
@@ -269,131 +269,169 @@ impl<S: Subscriber> Layer<S> for AccessLayer {
     }
 }
 
-fn format_line(line: &mut Vec<u8>, format: LogFormat, now: SystemTime, event: &Event<'_>) {
+fn format_line(buf: &mut Vec<u8>, format: LogFormat, now: SystemTime, event: &Event<'_>) {
     let meta = event.metadata();
-    match format {
-        LogFormat::Plain => {
-            push_timestamp(line, now);
-            line.push(b' ');
-            // fmt pads the level to 5 characters, right-aligned.
-            let level = meta.level().as_str();
-            line.extend(std::iter::repeat_n(
-                b' ',
-                5usize.saturating_sub(level.len()),
-            ));
-            line.extend_from_slice(level.as_bytes());
-            line.push(b' ');
-            line.extend_from_slice(meta.target().as_bytes());
-            line.extend_from_slice(b": ");
-            let mut v = PlainVisitor { line, first: true };
-            event.record(&mut v);
-        }
-        LogFormat::Json => {
-            line.extend_from_slice(b"{\"timestamp\":\"");
-            push_timestamp(line, now);
-            line.extend_from_slice(b"\",\"level\":\"");
-            line.extend_from_slice(meta.level().as_str().as_bytes());
-            line.push(b'"');
-            event.record(&mut JsonVisitor { line });
-            line.extend_from_slice(b",\"target\":");
-            push_json_str(line, meta.target());
-            line.push(b'}');
-        }
-    }
-    line.push(b'\n');
+    let mut line = Line::start(buf, format, now, meta.level(), meta.target());
+    event.record(&mut line);
+    line.finish(meta.target());
 }
 
-struct PlainVisitor<'a> {
-    line: &'a mut Vec<u8>,
+/// One line being written, in either format. Every value is written
+/// through it, whether it comes from a tracing event (as a [`Visit`]or)
+/// or from a typed record, so the same values give the same bytes.
+struct Line<'a> {
+    buf: &'a mut Vec<u8>,
+    format: LogFormat,
+    /// Plain: nothing written after the target yet (no separating space).
     first: bool,
 }
 
-impl PlainVisitor<'_> {
-    /// Starts a field: `name=` (the message has no name), space-separated.
-    fn name(&mut self, field: &Field) {
-        if !std::mem::take(&mut self.first) {
-            self.line.push(b' ');
+impl<'a> Line<'a> {
+    /// Writes what comes before the fields: the time, the level and (plain)
+    /// the target.
+    fn start(
+        buf: &'a mut Vec<u8>,
+        format: LogFormat,
+        now: SystemTime,
+        level: &Level,
+        target: &str,
+    ) -> Line<'a> {
+        let level = level.as_str();
+        match format {
+            LogFormat::Plain => {
+                push_timestamp(buf, now);
+                buf.push(b' ');
+                // fmt pads the level to 5 characters, right-aligned.
+                buf.extend(std::iter::repeat_n(
+                    b' ',
+                    5usize.saturating_sub(level.len()),
+                ));
+                buf.extend_from_slice(level.as_bytes());
+                buf.push(b' ');
+                buf.extend_from_slice(target.as_bytes());
+                buf.extend_from_slice(b": ");
+            }
+            LogFormat::Json => {
+                buf.extend_from_slice(b"{\"timestamp\":\"");
+                push_timestamp(buf, now);
+                buf.extend_from_slice(b"\",\"level\":\"");
+                buf.extend_from_slice(level.as_bytes());
+                buf.push(b'"');
+            }
         }
-        if field.name() != "message" {
-            self.line.extend_from_slice(field.name().as_bytes());
-            self.line.push(b'=');
+        Line {
+            buf,
+            format,
+            first: true,
+        }
+    }
+
+    /// Writes what comes after the fields (JSON: the target) and the newline.
+    fn finish(self, target: &str) {
+        if self.format == LogFormat::Json {
+            self.buf.extend_from_slice(b",\"target\":");
+            push_json_str(self.buf, target);
+            self.buf.push(b'}');
+        }
+        self.buf.push(b'\n');
+    }
+
+    /// Starts a field. Plain: `name=` (the message has no name),
+    /// space-separated; JSON: `,"name":`.
+    fn name(&mut self, name: &str) {
+        match self.format {
+            LogFormat::Plain => {
+                if !std::mem::take(&mut self.first) {
+                    self.buf.push(b' ');
+                }
+                if name != "message" {
+                    self.buf.extend_from_slice(name.as_bytes());
+                    self.buf.push(b'=');
+                }
+            }
+            LogFormat::Json => {
+                self.buf.push(b',');
+                push_json_str(self.buf, name);
+                self.buf.push(b':');
+            }
+        }
+    }
+
+    /// A string field. Plain: quoted and escaped as `{:?}` does (but the
+    /// message, as is); JSON: a string.
+    fn str(&mut self, name: &str, value: &str) {
+        self.name(name);
+        match self.format {
+            LogFormat::Plain if name == "message" => self.buf.extend_from_slice(value.as_bytes()),
+            LogFormat::Plain => push_debug_str(self.buf, value),
+            LogFormat::Json => push_json_str(self.buf, value),
+        }
+    }
+
+    /// A number field: digits in both formats.
+    fn u64(&mut self, name: &str, value: u64) {
+        self.name(name);
+        push_u64(self.buf, value);
+    }
+
+    fn i64(&mut self, name: &str, value: i64) {
+        self.name(name);
+        push_i64(self.buf, value);
+    }
+
+    /// A field whose `Debug` output is `text` (as for `%display` fields and
+    /// the message): as is in plain, a string in JSON.
+    fn shown(&mut self, name: &str, text: &str) {
+        self.name(name);
+        match self.format {
+            LogFormat::Plain => self.buf.extend_from_slice(text.as_bytes()),
+            LogFormat::Json => push_json_str(self.buf, text),
+        }
+    }
+
+    /// A field written with its `Debug` (`%display` fields and the message
+    /// come this way from tracing): as [`Line::shown`].
+    fn debug(&mut self, name: &str, value: &dyn fmt::Debug) {
+        match self.format {
+            LogFormat::Plain => {
+                self.name(name);
+                let _ = write!(self.buf, "{value:?}");
+            }
+            LogFormat::Json => {
+                let mut s = StackStr::default();
+                match fmt::Write::write_fmt(&mut s, format_args!("{value:?}")) {
+                    Ok(()) => self.shown(name, s.as_str()),
+                    // Longer than the stack buffer.
+                    Err(_) => self.shown(name, &format!("{value:?}")),
+                }
+            }
         }
     }
 }
 
-impl Visit for PlainVisitor<'_> {
+impl Visit for Line<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.name(field);
-        if field.name() == "message" {
-            self.line.extend_from_slice(value.as_bytes());
-        } else {
-            push_debug_str(self.line, value);
-        }
+        self.str(field.name(), value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.name(field);
-        push_u64(self.line, value);
+        self.u64(field.name(), value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.name(field);
-        push_i64(self.line, value);
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.name(field);
-        let _ = write!(self.line, "{value:?}");
-    }
-}
-
-struct JsonVisitor<'a> {
-    line: &'a mut Vec<u8>,
-}
-
-impl JsonVisitor<'_> {
-    fn name(&mut self, field: &Field) {
-        self.line.push(b',');
-        push_json_str(self.line, field.name());
-        self.line.push(b':');
-    }
-}
-
-impl Visit for JsonVisitor<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.name(field);
-        push_json_str(self.line, value);
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.name(field);
-        push_u64(self.line, value);
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.name(field);
-        push_i64(self.line, value);
+        self.i64(field.name(), value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.name(field);
-        self.line
+        // `true` / `false` in both formats (plain: its `Debug`; JSON: a
+        // boolean).
+        self.name(field.name());
+        self.buf
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        // As tracing's JSON: a Debug (or `%` Display) value is a string.
-        self.name(field);
-        let mut s = StackStr::default();
-        let text = if fmt::Write::write_fmt(&mut s, format_args!("{value:?}")).is_ok() {
-            s.as_str()
-        } else {
-            None
-        };
-        match text {
-            Some(t) => push_json_str(self.line, t),
-            None => push_json_str(self.line, &format!("{value:?}")),
-        }
+        self.debug(field.name(), value);
     }
 }
 
@@ -405,8 +443,9 @@ struct StackStr {
 }
 
 impl StackStr {
-    fn as_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.buf[..self.len]).ok()
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever copied in.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
