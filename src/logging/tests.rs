@@ -230,3 +230,44 @@ fn a_failing_writer_does_not_block_appenders() {
     }
     drop(guard);
 }
+
+#[test]
+fn values_are_escaped_as_debug_and_serde_json_do() {
+    // Every ASCII character and a few others, at every offset of a 24-byte
+    // string, so each lands in every lane of the 8-byte scans and in the
+    // tail after them.
+    let specials = (0u8..0x80)
+        .map(char::from)
+        .chain(['\u{80}', 'é', '\u{301}', '\u{200b}', '\u{feff}', '😀', '中']);
+    for c in specials {
+        for at in 0..24 {
+            let mut s: String = "abcdefghijklmnopqrstuvwx".chars().take(at).collect();
+            s.push(c);
+            s.extend("ABCDEFGHIJKLMNOPQRSTUVWX".chars().take(23 - at));
+            let mut line = Vec::new();
+            push_debug_str(&mut line, &s);
+            assert_eq!(
+                String::from_utf8(line).unwrap(),
+                format!("{s:?}"),
+                "{c:?} at {at}"
+            );
+            let mut line = Vec::new();
+            push_json_str(&mut line, &s);
+            let ours = String::from_utf8(line).unwrap();
+            assert_eq!(serde_json::from_str::<String>(&ours).unwrap(), s, "{ours}");
+            // serde_json writes `\b` and `\f` for what we write `\u0008`
+            // and `\u000c` (no backslash in `s` is followed by b or f).
+            let theirs = serde_json::to_string(&s).unwrap();
+            let theirs = theirs.replace("\\b", "\\u0008").replace("\\f", "\\u000c");
+            assert_eq!(ours, theirs, "{c:?} at {at}");
+        }
+    }
+    for n in [0, 1, -1, i64::MAX, i64::MIN] {
+        let mut line = Vec::new();
+        push_i64(&mut line, n);
+        assert_eq!(line, n.to_string().as_bytes());
+    }
+    let mut line = Vec::new();
+    push_u64(&mut line, u64::MAX);
+    assert_eq!(line, u64::MAX.to_string().as_bytes());
+}
