@@ -691,7 +691,7 @@ PHASES=(
     "    upstream pool send (src/pool.rs);pool::Pool::send::\{\{closure\}\}$;pool::Pool::send::\{\{closure\}\}$"
     "    read code from the JSON answer;upstream::read_code$;upstream::read_code$"
     "  response_filter (strip);proxy::Gateway::response_filter$;proxy::Gateway::response_filter$"
-    "  logging: access log line (tracing);tracing_core::event::Event::dispatch$;tracing_core::event::Event::dispatch$"
+    "  logging: access log line;logging::write_access$;logging::write_access$"
     "  logging: metrics;metrics::Metrics::request_done$;metrics::Metrics::request_done$"
     "log writer thread (logging::write_loop);logging::write_loop;logging::write_loop"
     "server: encode answer head (hyper);Server as hyper::proto::h1::Http1Transaction>::encode$;Server as hyper::proto::h1::Http1Transaction>::encode$"
