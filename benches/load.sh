@@ -693,7 +693,7 @@ PHASES=(
     "    answer body (src/pool/h1.rs);pool::h1::Body as http_body::Body>::poll_frame$;pool::h1::Body as http_body::Body>::poll_frame$"
     "    read code from the JSON answer;upstream::read_code$;upstream::read_code$"
     "  response_filter (strip);proxy::Gateway::response_filter$;proxy::Gateway::response_filter$"
-    "  logging: access log line (tracing);tracing_core::event::Event::dispatch$;tracing_core::event::Event::dispatch$"
+    "  logging: access log line;logging::write_access$;logging::write_access$"
     "  logging: metrics;metrics::Metrics::request_done$;metrics::Metrics::request_done$"
     "log writer thread (logging::write_loop);logging::write_loop;logging::write_loop"
     "server: encode answer head (hyper);Server as hyper::proto::h1::Http1Transaction>::encode$;Server as hyper::proto::h1::Http1Transaction>::encode$"

@@ -36,6 +36,7 @@ use crate::catalog::{Catalog, Route};
 use crate::config::ValidationMode;
 use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
 use crate::error::{codes, GatewayError};
+use crate::logging::{self, AccessRecord};
 use crate::metrics::{Metrics, QuotaPairMetrics};
 use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey, RedisConnection};
 use crate::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
@@ -756,24 +757,19 @@ impl Gateway {
             total,
             ctx.upstream_time,
         );
-        let client = ctx.client.map(|c| self.clients.clients()[c].name.as_str());
-        let app = ctx.app.map(|a| self.apps[a].name.as_str());
-        let route = ctx.route.map(|r| self.catalog.route(r).template.as_str());
-        tracing::info!(
-            target: "feishu_gateway::access",
-            request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            client = client.unwrap_or("-"),
-            app = app.unwrap_or("-"),
-            route = route.unwrap_or("other"),
+        logging::access(|| AccessRecord {
+            request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            client: ctx.client.map(|c| self.clients.clients()[c].name.as_str()),
+            app: ctx.app.map(|a| self.apps[a].name.as_str()),
+            route: ctx.route.map(|r| self.catalog.route(r).template.as_str()),
             status,
-            code = %ctx.code.map_or(CodeField::None, CodeField::Code),
-            total_us = total.as_micros() as u64,
-            upstream_us = ctx.upstream_time.map_or(0, |d| d.as_micros() as u64),
-            logid = ctx.logid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            gateway_error = ctx.gateway_error.unwrap_or("-"),
-            replayed_after = %ctx.replayed_after.map_or(CodeField::Dash, CodeField::Code),
-            "request"
-        );
+            code: ctx.code,
+            total_us: total.as_micros() as u64,
+            upstream_us: ctx.upstream_time.map_or(0, |d| d.as_micros() as u64),
+            logid: ctx.logid.as_ref().and_then(|v| v.to_str().ok()),
+            gateway_error: ctx.gateway_error,
+            replayed_after: ctx.replayed_after,
+        });
     }
 
     /// The store apps (tickets, tenants, event endpoint).
@@ -794,25 +790,6 @@ impl Gateway {
     /// The metrics (for `/metrics`).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
-    }
-}
-
-/// A Feishu code in the access log, written without allocating: the code,
-/// `none`, or `-`.
-#[derive(Clone, Copy)]
-enum CodeField {
-    Code(i64),
-    None,
-    Dash,
-}
-
-impl std::fmt::Display for CodeField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CodeField::Code(c) => write!(f, "{c}"),
-            CodeField::None => f.write_str("none"),
-            CodeField::Dash => f.write_str("-"),
-        }
     }
 }
 

@@ -206,3 +206,116 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
         assert!(!all.contains(secret), "a secret leaked into the logs");
     }
 }
+
+/// Runs `serve` (plain log lines) with `[log]` `extra` and `RUST_LOG`,
+/// sends one request once it listens, stops it with SIGTERM, and returns
+/// every line it wrote. The `feishu_gateway::runtime` line that gives the
+/// address must be on in the filter.
+async fn serve_one_request(log: &str, rust_log: Option<&str>) -> Vec<String> {
+    let sim = SimFeishu::start(sim_config()).await.unwrap();
+    let f = write_config(&config_text(
+        &sim.base_url(),
+        "",
+        &format!("[log]\n{log}\n"),
+    ));
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(f.path())
+        .env("APP_SECRET", APP_SECRET)
+        .env("CLIENT_KEY", CLIENT_KEY)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut logs = Vec::new();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("gateway starts")
+            .expect("log line");
+        logs.push(line.clone());
+        if line.contains("feishu-gateway listening") {
+            let addr = line.split(" addr=").nth(1).expect("addr=");
+            break addr
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse::<std::net::SocketAddr>()
+                .unwrap();
+        }
+    };
+    let answer = put_at(&http_client(), addr, PUT_PATH, &[]).await;
+    assert_eq!(answer.code(), 0);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    // The process is gone: its stdout is closed once read to the end.
+    tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    while let Ok(line) = rx.try_recv() {
+        logs.push(line);
+    }
+    logs
+}
+
+#[tokio::test]
+async fn serve_writes_the_access_line_as_the_log_filter_says() {
+    let access = |logs: &[String]| -> Vec<String> {
+        logs.iter()
+            .filter(|l| l.contains(" feishu_gateway::access: "))
+            .cloned()
+            .collect()
+    };
+
+    // On by default: one plain line, as tracing's fmt writes an event.
+    let logs = serve_one_request("level = \"info\"", None).await;
+    let lines = access(&logs);
+    assert_eq!(lines.len(), 1, "{logs:#?}");
+    let line = &lines[0];
+    let (time, rest) = line.split_once(' ').unwrap();
+    assert_eq!(time.len(), "2026-11-24T10:11:12.123456Z".len(), "{line}");
+    assert!(
+        rest.starts_with(" INFO feishu_gateway::access: request request_id=\"gw-"),
+        "{line}"
+    );
+    for field in [
+        " client=\"billing\" app=\"ops-bot\"",
+        " route=\"/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice\" status=200 code=0 total_us=",
+        " gateway_error=\"-\" replayed_after=-",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    assert!(line.ends_with(" replayed_after=-"), "{line}");
+
+    // Off by RUST_LOG, or by the configured level, while other lines stay.
+    for (log, rust_log) in [
+        ("level = \"info\"", Some("info,feishu_gateway::access=off")),
+        (
+            "level = \"info\"",
+            Some("warn,feishu_gateway::runtime=info"),
+        ),
+        ("level = \"warn,feishu_gateway::runtime=info\"", None),
+    ] {
+        let logs = serve_one_request(log, rust_log).await;
+        assert_eq!(access(&logs), Vec::<String>::new(), "{log} {rust_log:?}");
+        assert!(logs.iter().any(|l| l.contains("feishu-gateway stopped")));
+    }
+}
