@@ -103,8 +103,9 @@ impl Conn {
             .is_pending()
     }
 
-    /// Writes `req` (its URI in origin form is taken from the absolute one)
-    /// and reads the answer's head. The body, still to read, owns the
+    /// Writes `req` (of its URI, only the path and query: the origin form;
+    /// `Host` from `home`'s upstream unless the request has one) and reads
+    /// the answer's head. The body, still to read, owns the
     /// connection and gives it to `home` at its end if it can be reused.
     pub(super) async fn send(
         mut self: Box<Self>,
