@@ -13,6 +13,24 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_feishu-gateway");
 
+/// The child's stdout, line by line, read on a thread of its own (ended
+/// when the child closes stdout).
+fn stdout_lines(
+    child: &mut std::process::Child,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (rx, reader)
+}
+
 fn write_config(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
@@ -108,13 +126,7 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut rx, _reader) = stdout_lines(&mut child);
     let mut logs = Vec::new();
     let addr = loop {
         let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
@@ -230,13 +242,7 @@ async fn serve_one_request(log: &str, rust_log: Option<&str>) -> Vec<String> {
         cmd.env("RUST_LOG", filter);
     }
     let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut rx, reader) = stdout_lines(&mut child);
     let mut logs = Vec::new();
     let addr = loop {
         let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())

@@ -418,7 +418,8 @@ mod tests {
         )
     }
 
-    fn pool() -> Pool {
+    /// A pool for plain-HTTP test servers (no trusted roots).
+    pub(super) fn pool() -> Pool {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(

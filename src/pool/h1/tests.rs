@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use super::super::tests::pool;
 use super::super::Pool;
 use super::*;
 use crate::config::Upstream;
@@ -59,22 +60,6 @@ async fn scripted(
         Conn::new(TokioIo::new(MaybeHttpsStream::Http(TokioIo::new(tcp)))),
         rx,
     )
-}
-
-fn pool() -> Pool {
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(hyper_util::client::legacy::connect::HttpConnector::new());
-    Pool::new(connector, Duration::from_secs(60), 4)
 }
 
 fn home(pool: &Pool) -> Home {
