@@ -10,7 +10,7 @@
 //! `Value` parse, 4 860 for the simulated Feishu's check.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use feishu_gateway::catalog::Catalog;
+use feishu_gateway::endpoints::Catalog;
 use feishu_gateway::sim::contract::put_top_notice_ok;
 use feishu_gateway::validate::{put_top_notice, RequestView};
 use http::header::{HeaderValue, CONTENT_TYPE};

@@ -38,33 +38,20 @@
 //! | [`sim`]       | a simulated Feishu for the demo, the tests and the benchmarks  |
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub mod app;
 pub mod auth;
-pub mod body;
-pub mod catalog;
 pub mod config;
-pub mod demo;
-pub mod error;
-pub mod events;
-pub mod logging;
-pub mod metrics;
-pub mod pool;
+pub mod endpoints;
+pub mod observe;
 pub mod proxy;
 /// Per-app quotas: one GCRA per (app, route), or (app, tenant, route) for store
 /// apps, derived from all of Feishu's windows.
 pub mod quota;
-pub mod request_id;
-pub mod runtime;
-pub mod sdk_token;
 pub mod secret;
 pub mod server;
-/// A simulated Feishu Open Platform for the demo, the tests and the benchmark.
+/// A simulated Feishu for the demo, the tests and the benchmark.
 pub mod sim;
-pub mod stack;
-pub mod store;
-pub mod ticket_store;
-pub mod tls;
-pub mod token;
+pub mod store_apps;
+pub mod tokens;
 pub mod upstream;
 pub mod validate;
-pub mod workers;

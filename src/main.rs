@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use feishu_gateway::config::{Config, LogFormat, ProcessEnv};
-use feishu_gateway::runtime::Runtime;
+use feishu_gateway::app::Runtime;
 
 #[derive(Parser)]
 #[command(
@@ -126,14 +126,14 @@ fn serve(path: &std::path::Path) -> ExitCode {
 fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
     let _log_guard = init_logging(LogFormat::Plain, "info");
     block_on(async move {
-        let demo = match feishu_gateway::demo::start(listen, admin_listen).await {
+        let demo = match feishu_gateway::app::demo::start(listen, admin_listen).await {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("demo: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        println!("{}", feishu_gateway::demo::banner(&demo));
+        println!("{}", feishu_gateway::app::demo::banner(&demo));
         shutdown_signal().await;
         demo.gateway.shutdown();
         demo.gateway.wait().await;
@@ -144,7 +144,7 @@ fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
 
 fn sim(listen: SocketAddr, apps: usize, fast: bool) -> ExitCode {
     block_on(async move {
-        let sim = match feishu_gateway::demo::start_sim(listen, apps, fast).await {
+        let sim = match feishu_gateway::app::demo::start_sim(listen, apps, fast).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("sim: cannot listen on {listen}: {e}");
@@ -176,8 +176,8 @@ fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 /// Logs go to stdout through a background writer thread, so a request
 /// never waits on a write to stdout. Keep the guard alive until exit: it
 /// flushes what is queued.
-fn init_logging(format: LogFormat, level: &str) -> feishu_gateway::logging::LogGuard {
-    feishu_gateway::logging::init(format, level)
+fn init_logging(format: LogFormat, level: &str) -> feishu_gateway::observe::logging::LogGuard {
+    feishu_gateway::observe::logging::init(format, level)
 }
 
 async fn shutdown_signal() {

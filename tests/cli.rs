@@ -221,7 +221,7 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
 
 /// Runs `serve` (plain log lines) with `[log]` `extra` and `RUST_LOG`,
 /// sends one request once it listens, stops it with SIGTERM, and returns
-/// every line it wrote. The `feishu_gateway::runtime` line that gives the
+/// every line it wrote. The `feishu_gateway::app` line that gives the
 /// address must be on in the filter.
 async fn serve_one_request(log: &str, rust_log: Option<&str>) -> Vec<String> {
     let sim = SimFeishu::start(sim_config()).await.unwrap();
@@ -316,9 +316,9 @@ async fn serve_writes_the_access_line_as_the_log_filter_says() {
         ("level = \"info\"", Some("info,feishu_gateway::access=off")),
         (
             "level = \"info\"",
-            Some("warn,feishu_gateway::runtime=info"),
+            Some("warn,feishu_gateway::app=info"),
         ),
-        ("level = \"warn,feishu_gateway::runtime=info\"", None),
+        ("level = \"warn,feishu_gateway::app=info\"", None),
     ] {
         let logs = serve_one_request(log, rust_log).await;
         assert_eq!(access(&logs), Vec::<String>::new(), "{log} {rust_log:?}");

@@ -19,7 +19,7 @@ use feishu_gateway::quota::{
     Cause, FailMode, KeySpec, Limit, Overflow, Plan, PlanPolicy, QuotaKey, RedisQuota,
     RedisSettings, Window,
 };
-use feishu_gateway::runtime::Runtime;
+use feishu_gateway::app::Runtime;
 use feishu_gateway::secret::Secret;
 use feishu_gateway::sim::{QuotaMode, SimConfig, SimFeishu};
 use http::StatusCode;

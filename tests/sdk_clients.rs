@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use feishu_gateway::config::Config;
-use feishu_gateway::runtime::Runtime;
+use feishu_gateway::app::Runtime;
 use feishu_gateway::sim::ca::TestCa;
 use feishu_gateway::sim::{SimFeishu, TokenKind};
 use serde_json::Value;

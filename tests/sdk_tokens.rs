@@ -4,7 +4,7 @@
 mod support;
 
 use feishu_gateway::config::Config;
-use feishu_gateway::runtime::Runtime;
+use feishu_gateway::app::Runtime;
 use http::{Method, StatusCode};
 use support::*;
 

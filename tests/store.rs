@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use feishu_gateway::config::{Config, MapEnv};
 use feishu_gateway::quota::{FailMode, Plan, PlanPolicy, RedisConnection, RedisSettings};
-use feishu_gateway::runtime::Runtime;
+use feishu_gateway::app::Runtime;
 use feishu_gateway::secret::Secret;
 use feishu_gateway::sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
-use feishu_gateway::ticket_store::{
+use feishu_gateway::tokens::ticket_store::{
     RedisTicketStore, StoredTicket, TicketStore, TicketStoreError, MAX_TICKET_AGE,
 };
 use http::{Method, StatusCode};

@@ -16,7 +16,7 @@
 //!   last copy win.
 #![no_main]
 
-use feishu_gateway::catalog::Catalog;
+use feishu_gateway::endpoints::Catalog;
 use feishu_gateway::sim::contract::{delete_top_notice_ok, put_top_notice_ok};
 use feishu_gateway::validate::{
     builtin, Contract, RequestView, UnknownFields, Violations, DELETE_TOP_NOTICE, MAX_VALUE_CHARS,

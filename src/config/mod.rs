@@ -3,7 +3,7 @@
 //! [`Config::parse`] reads the whole file, resolves secrets through an
 //! [`Environment`], and returns either a complete [`Config`] or EVERY problem
 //! it found ([`Problems`]), each with its key. Nothing here opens a socket or
-//! spawns a task: the runtime is built from a `Config` in [`crate::runtime`].
+//! spawns a task: the runtime is built from a `Config` in [`crate::app`].
 
 mod env;
 mod reader;
@@ -50,7 +50,7 @@ pub struct Config {
     /// after a token-invalid answer.
     pub max_body_bytes: usize,
     /// Threads serving client connections, each with its own event loop
-    /// and upstream pool (`workers`, see [`crate::workers`]). Default: one
+    /// and upstream pool (`workers`, see [`crate::server::workers`]). Default: one
     /// per core. 0 serves connections on the shared runtime.
     pub workers: usize,
     /// Timeouts (`[timeouts]`).
@@ -415,7 +415,7 @@ impl Config {
             (Some(_), None) => p.push("tls_key", "is required when tls_cert is set"),
             (None, Some(_)) => p.push("tls_cert", "is required when tls_key is set"),
             (Some(cert), Some(key)) => {
-                if let Err(e) = crate::tls::ReloadingAcceptor::from_files(cert, key) {
+                if let Err(e) = crate::server::tls::ReloadingAcceptor::from_files(cert, key) {
                     p.push("tls_cert", e);
                 }
             }
@@ -924,7 +924,7 @@ fn read_routes(root: &mut Section<'_>, quota: &QuotaConfig, p: &mut Problems) ->
             }
         });
         let path = s.required_string("path", p).and_then(|path| {
-            match crate::catalog::Route::new("config", http::Method::GET, path) {
+            match crate::endpoints::Route::new("config", http::Method::GET, path) {
                 Ok(_) => Some(path.to_string()),
                 Err(e) => {
                     p.push(s.key("path"), e);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::redis::{BackendStatus, RedisConnection, RedisQuota, RedisScope, RedisSettings};
 use super::{Admit, KeySpec, LocalQuota, Overflow, QuotaBackend, QuotaKey, Rejection, Snapshot};
 use crate::config::QuotaConfig;
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 
 /// Where quota state lives (`[quota] backend`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::plan::{DEFAULT_MARGIN, DEFAULT_MIN_RATE_FRACTION};
-use super::sim;
+use super::testing as sim;
 use super::*;
 
 const MS: u64 = 1_000_000;

@@ -31,7 +31,7 @@ use governor::RateLimiter;
 
 use super::clock::TokioClock;
 use super::plan::Plan;
-use super::store::{Access, PeekableState};
+use super::peek::{Access, PeekableState};
 use super::{Admit, Cause, Limit, Overflow, Policy, QuotaBackend, QuotaKey, Rejection, Snapshot};
 
 /// What the engine needs to know about one key: its plan and the bound on

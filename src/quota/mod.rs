@@ -28,7 +28,7 @@
 //! - [`engine`](crate::quota::engine): [`Engine`](crate::quota::Engine), the engine `[quota] backend` selects,
 //!   behind the one API the request path uses, and [`ScopedQuota`](crate::quota::ScopedQuota), the
 //!   keys of one store app tenant ([`Engine::scope`](crate::quota::Engine::scope)): local, or shared through Redis.
-//! - [`sim`](crate::quota::sim): exact sliding-window checks and overload simulations, shared by
+//! - [`sim`](crate::quota::testing): exact sliding-window checks and overload simulations, shared by
 //!   the property tests and `benches/quota.rs`.
 //! - This file: the backend-neutral vocabulary ([`QuotaKey`](crate::quota::QuotaKey), [`Overflow`](crate::quota::Overflow),
 //!   [`Admit`](crate::quota::Admit), [`Rejection`](crate::quota::Rejection), [`Snapshot`](crate::quota::Snapshot)) and [`QuotaBackend`](crate::quota::QuotaBackend), the small
@@ -55,8 +55,8 @@ pub mod engine;
 pub mod local;
 pub mod plan;
 pub mod redis;
-pub mod sim;
-mod store;
+pub mod testing;
+mod peek;
 pub mod window;
 
 #[cfg(test)]

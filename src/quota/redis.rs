@@ -100,7 +100,7 @@ use tokio::time::Instant;
 use super::engine::FailMode;
 use super::{Admit, Cause, KeySpec, Limit, LocalQuota, Overflow, Policy, QuotaKey, Rejection};
 use super::{QuotaBackend, Snapshot};
-use crate::metrics::QuotaBackendMetrics;
+use crate::observe::metrics::QuotaBackendMetrics;
 use crate::secret::Secret;
 
 /// The admission script (see the contract at its top).
@@ -163,7 +163,7 @@ impl RedisSettings {
 /// A replica's one connection to Redis: multiplexed, reconnecting, with
 /// `redis_timeout` on every answer. Cheap to clone; the clones share the
 /// connection. The quota engine and the app_ticket store
-/// ([`crate::ticket_store::RedisTicketStore`]) use the same one.
+/// ([`crate::tokens::ticket_store::RedisTicketStore`]) use the same one.
 #[derive(Clone)]
 pub struct RedisConnection {
     conn: ConnectionManager,

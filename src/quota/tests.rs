@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tokio::time::Instant;
 
-use super::sim::{self, Sim};
+use super::testing::{self as sim, Sim};
 use super::*;
 
 fn windows(list: &[&str]) -> Vec<Window> {

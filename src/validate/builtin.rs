@@ -1,12 +1,12 @@
 //! The built-in contracts, by route id, and the table that gives each
 //! catalog route its contract.
 //!
-//! To add an endpoint: add its row to [`Catalog::builtin`](crate::catalog::Catalog::builtin),
+//! To add an endpoint: add its row to [`Catalog::builtin`](crate::endpoints::Catalog::builtin),
 //! then an arm to [`builtin`] below returning its contract. Nothing else
 //! changes: [`Contracts::for_catalog`] picks it up by id.
 
 use super::contract::{BodyRule, Contract, Field, HeaderRule, Param, Shape, UnknownFields};
-use crate::catalog::Catalog;
+use crate::endpoints::Catalog;
 
 /// Route id of `put_top_notice`.
 pub const PUT_TOP_NOTICE: &str = "im.v1.chat_top_notice.put_top_notice";

@@ -3,7 +3,7 @@
 //! by the gateway, in Feishu's words (400, code 232001, `field_violations`).
 //!
 //! ```
-//! use feishu_gateway::catalog::Catalog;
+//! use feishu_gateway::endpoints::Catalog;
 //! use feishu_gateway::validate::{Contracts, RequestView};
 //!
 //! let catalog = Catalog::builtin();
@@ -91,7 +91,7 @@ pub use violation::{Violation, Violations, MAX_VALUE_CHARS, MAX_VIOLATIONS, REAS
 
 use http::HeaderMap;
 
-use crate::catalog::Route;
+use crate::endpoints::Route;
 
 /// The parts of a request a contract looks at.
 #[derive(Debug, Clone, Copy)]

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::events::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
+use crate::store_apps::callback::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
 use crate::secret::Secret;
 
 const STORE: &str = "cli_store_app";

@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use super::super::tests::pool;
-use super::super::Pool;
+use crate::upstream::pool::tests::pool;
+use crate::upstream::pool::{Home, Pool};
 use super::*;
 use crate::config::Upstream;
 

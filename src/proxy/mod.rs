@@ -19,6 +19,9 @@
 //! Per-request state lives in [`RequestCtx`]; shared state lives on
 //! [`Gateway`], never in statics.
 
+pub mod body;
+pub mod error;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,17 +34,17 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::auth::{bearer, AuthError, ClientTable};
-use crate::body::ProxyBody;
-use crate::catalog::{Catalog, Route};
+use crate::proxy::body::ProxyBody;
+use crate::endpoints::{Catalog, Route};
 use crate::config::ValidationMode;
 use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
-use crate::error::{codes, GatewayError};
-use crate::logging::{self, AccessRecord};
-use crate::metrics::{Metrics, QuotaPairMetrics};
+use crate::proxy::error::{codes, GatewayError};
+use crate::observe::logging::{self, AccessRecord};
+use crate::observe::metrics::{Metrics, QuotaPairMetrics};
 use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey, RedisConnection};
-use crate::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
-use crate::store::{StoreApps, Tenant, TicketBox};
-use crate::token::{TokenManager, TokenSlot};
+use crate::auth::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
+use crate::store_apps::{StoreApps, Tenant, TicketBox};
+use crate::tokens::{TokenManager, TokenSlot};
 use crate::upstream::{inspect, Inspected, Upstreams};
 use crate::validate::{Contracts, RequestView};
 
@@ -341,7 +344,7 @@ impl Gateway {
             field: token,
             "expire": expire,
         });
-        Ok(crate::error::json_answer(http::StatusCode::OK, &answer))
+        Ok(crate::proxy::error::json_answer(http::StatusCode::OK, &answer))
     }
 
     /// Phase `event_callback` (store apps): Feishu's pushes to
@@ -682,7 +685,7 @@ impl Gateway {
     /// token (a Feishu code, not a transport failure or a missing app
     /// token) is the caller's mistake: the tenant is dropped and the refusal
     /// answered as a 400, never retried in a loop.
-    fn token_failure(&self, ctx: &RequestCtx, e: crate::token::TokenError) -> GatewayError {
+    fn token_failure(&self, ctx: &RequestCtx, e: crate::tokens::TokenError) -> GatewayError {
         match (&ctx.tenant, ctx.app) {
             (Some(t), Some(app)) if codes::is_tenant_refusal(e.code) => {
                 self.store.forget(app, t);
@@ -718,7 +721,7 @@ impl Gateway {
                 .await?;
             inspect(resp, INSPECT_LIMIT)
                 .await
-                .map_err(|_| crate::error::UpstreamFailure::Reset)
+                .map_err(|_| crate::upstream::UpstreamFailure::Reset)
         };
         let result = tokio::time::timeout(self.upstream_timeout, attempt).await;
         let spent = started.elapsed();
@@ -726,7 +729,7 @@ impl Gateway {
         let failure = match result {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(kind)) => kind,
-            Err(_) => crate::error::UpstreamFailure::Timeout,
+            Err(_) => crate::upstream::UpstreamFailure::Timeout,
         };
         self.metrics
             .upstream_error(ctx.app, ctx.route, failure.as_str());

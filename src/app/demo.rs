@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use crate::config::{Config, MapEnv};
-use crate::runtime::{Runtime, StartError};
+use crate::app::{Runtime, StartError};
 use crate::sim::{QuotaMode, SimApp, SimConfig, SimFeishu};
 
 /// The demo client's gateway key (printed in the curl commands).

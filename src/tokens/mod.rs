@@ -20,6 +20,8 @@
 //! - **Backoff.** Failed fetches are retried with doubling delays and jitter;
 //!   a token that is still usable keeps being used meanwhile.
 
+pub mod ticket_store;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,10 +35,10 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::config::{AppConfig, TokenPolicy, Upstream};
-use crate::error::codes;
-use crate::metrics::Metrics;
+use crate::proxy::error::codes;
+use crate::observe::metrics::Metrics;
 use crate::secret::Secret;
-use crate::store::TicketBox;
+use crate::store_apps::TicketBox;
 use crate::upstream::HttpClient;
 
 /// A token call in flight: the token and its lifetime.

@@ -28,7 +28,17 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{BodyError, Home};
+use super::failure::BodyError;
+
+/// Where a connection goes once its answer was read to the end. The pool
+/// hands one to each request; the codec knows nothing else of the pool (as
+/// pingora's connector releases its sessions).
+pub trait Release: Send + Unpin + 'static {
+    /// The upstream's authority: the `Host` of a request that has none.
+    fn authority(&self) -> &Authority;
+    /// Takes back a connection that may carry another request.
+    fn release(self, conn: Box<Conn>);
+}
 
 /// The most header fields an answer may have (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -48,7 +58,7 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 pub(super) type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
 
 /// One HTTP/1.1 connection to an upstream, idle or in use by one request.
-pub(super) struct Conn {
+pub struct Conn {
     io: Io,
     /// Bytes read from the socket and not yet consumed.
     buf: BytesMut,
@@ -58,7 +68,7 @@ pub(super) struct Conn {
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum SendError {
+pub enum SendError {
     /// The request could not be written: the server had closed the
     /// connection. Nothing reached it; the request may go again.
     #[error("request not written: {0}")]
@@ -107,13 +117,13 @@ impl Conn {
     /// `Host` from `home`'s upstream unless the request has one) and reads
     /// the answer's head. The body, still to read, owns the
     /// connection and gives it to `home` at its end if it can be reused.
-    pub(super) async fn send(
+    pub async fn send<R: Release>(
         mut self: Box<Self>,
         req: &Request<Bytes>,
-        home: Home,
-    ) -> Result<Response<Body>, SendError> {
+        home: R,
+    ) -> Result<Response<Body<R>>, SendError> {
         self.out.clear();
-        encode_request(req, &home.key.authority, &mut self.out);
+        encode_request(req, home.authority(), &mut self.out);
         let body = req.body();
         let written = if body.len() <= COPY_BODY_UP_TO {
             self.out.extend_from_slice(body);
@@ -420,13 +430,13 @@ enum Chunked {
 /// An answer's body, read from its connection as the caller polls. At its
 /// end a reusable connection goes back to the pool; dropped before its
 /// end, the connection is closed.
-pub struct Body {
+pub struct Body<R> {
     conn: Option<Box<Conn>>,
-    home: Option<Home>,
+    home: Option<R>,
     state: State,
 }
 
-impl std::fmt::Debug for Body {
+impl<R> std::fmt::Debug for Body<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Body")
             .field("state", &self.state)
@@ -434,7 +444,7 @@ impl std::fmt::Debug for Body {
     }
 }
 
-impl Body {
+impl<R: Release> Body<R> {
     /// The body is complete: the connection goes home if it may, and only
     /// if the server sent nothing beyond the answer.
     fn finish(&mut self) {
@@ -442,7 +452,7 @@ impl Body {
         let conn = self.conn.take();
         if let (Some(conn), Some(home)) = (conn, self.home.take()) {
             if conn.buf.is_empty() {
-                home.put(conn);
+                home.release(conn);
             }
         }
     }
@@ -537,7 +547,7 @@ impl Body {
     }
 }
 
-impl http_body::Body for Body {
+impl<R: Release> http_body::Body for Body<R> {
     type Data = Bytes;
     type Error = BodyError;
 

@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::pool::{BodyError, UpstreamBody};
+use crate::upstream::pool::UpstreamBody;
+use crate::upstream::BodyError;
 
 /// Response body of the gateway.
 #[derive(Debug)]

@@ -9,11 +9,11 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::body::ProxyBody;
-use crate::metrics::Metrics;
+use crate::proxy::body::ProxyBody;
+use crate::observe::metrics::Metrics;
 use crate::quota::Engine;
-use crate::store::StoreApps;
-use crate::token::TokenManager;
+use crate::store_apps::StoreApps;
+use crate::tokens::TokenManager;
 
 /// What the admin endpoints read.
 #[derive(Clone)]

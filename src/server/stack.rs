@@ -12,10 +12,10 @@ use hyper::body::Incoming;
 use tower::{service_fn, Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::body::ProxyBody;
-use crate::error::GatewayError;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::error::GatewayError;
 use crate::proxy::{Gateway, X_REQUEST_ID};
-use crate::request_id::RequestIdLayer;
+use crate::server::request_id::RequestIdLayer;
 
 /// The main listener's service: request ids, panic safety, then the
 /// gateway's phases.

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
-use crate::body::ProxyBody;
+use crate::proxy::body::ProxyBody;
+use crate::upstream::UpstreamFailure;
 
 /// Feishu and gateway codes the gateway writes or acts on.
 pub mod codes {
@@ -72,31 +73,6 @@ pub mod codes {
                 | TOKEN_PREFIX_INVALID
                 | TOKEN_EXPIRED
         )
-    }
-}
-
-/// How an upstream call failed, as counted in metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    /// TCP or TLS connect failed.
-    Connect,
-    /// No answer within the configured timeout.
-    Timeout,
-    /// The connection was reset or closed before a complete answer.
-    Reset,
-    /// The answer was not valid HTTP.
-    Protocol,
-}
-
-impl UpstreamFailure {
-    /// Label value for metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamFailure::Connect => "connect",
-            UpstreamFailure::Timeout => "timeout",
-            UpstreamFailure::Reset => "reset",
-            UpstreamFailure::Protocol => "protocol",
-        }
     }
 }
 

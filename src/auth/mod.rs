@@ -5,6 +5,8 @@
 //! up the digest of what the caller sent compares hashes, not keys, so the
 //! time taken says nothing about how much of a key was right.
 
+pub mod sdk_token;
+
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 

@@ -1,13 +1,13 @@
 //! Store apps (ISV): the app_ticket, the tenants, and the event endpoint.
 //!
 //! A store app is installed by many tenants. Its credentials come in three
-//! steps, each kept here or in [`crate::token`]:
+//! steps, each kept here or in [`crate::tokens`]:
 //! 1. Feishu pushes an **app_ticket** to the event endpoint about once an
-//!    hour ([`TicketBox`]). It is persisted ([`crate::ticket_store`]) so a
+//!    hour ([`TicketBox`]). It is persisted ([`crate::tokens::ticket_store`]) so a
 //!    restart does not wait for the next push; with none (or a stale one) the
 //!    gateway asks Feishu to resend it. Kept in Redis, it is shared: the
 //!    push reaches one replica and every replica uses it.
-//! 2. The ticket buys the **app token** (a [`crate::token::TokenSlot`] per
+//! 2. The ticket buys the **app token** (a [`crate::tokens::TokenSlot`] per
 //!    app, refreshed in the background like a self-built app's token).
 //! 3. The app token buys one **tenant token** per tenant ([`Tenant`]),
 //!    refreshed ahead of expiry while the tenant is in use.
@@ -19,6 +19,8 @@
 //! tenant. With the Redis backend they are shared by every replica, keyed
 //! per (app, tenant, route), and expire in Redis when idle.
 
+pub mod callback;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,20 +31,20 @@ use prometheus::IntCounter;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::body::ProxyBody;
+use crate::proxy::body::ProxyBody;
 use crate::config::{AppConfig, AppKind, Upstream};
-use crate::error::{codes, GatewayError};
-use crate::events::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
-use crate::metrics::Metrics;
+use crate::proxy::error::{codes, GatewayError};
+use crate::store_apps::callback::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
+use crate::observe::metrics::Metrics;
 use crate::quota::{Engine, QuotaKey, ScopedQuota};
 use crate::secret::Secret;
-use crate::ticket_store::{StoredTicket, TicketStore, TicketStoreError};
-use crate::token::{endpoint, post_json, TokenError, TokenManager, TokenSlot};
+use crate::tokens::ticket_store::{StoredTicket, TicketStore, TicketStoreError};
+use crate::tokens::{endpoint, post_json, TokenError, TokenManager, TokenSlot};
 use crate::upstream::HttpClient;
 
 /// Feishu's endpoint that asks for the app_ticket to be pushed again.
 pub const RESEND_PATH: &str = "/open-apis/auth/v3/app_ticket/resend";
-pub use crate::ticket_store::MAX_TICKET_AGE;
+pub use crate::tokens::ticket_store::MAX_TICKET_AGE;
 /// Resends are not repeated more often than this while no ticket arrives.
 const RESEND_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest tenant key accepted from a caller.
@@ -726,7 +728,7 @@ impl StoreApps {
                 serde_json::json!({})
             }
         };
-        Ok(crate::error::json_answer(StatusCode::OK, &answer))
+        Ok(crate::proxy::error::json_answer(StatusCode::OK, &answer))
     }
 }
 
@@ -737,7 +739,7 @@ mod tests {
     use super::*;
     use crate::config::{Config, MapEnv};
     use crate::sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
-    use crate::ticket_store::{MemoryTicketStore, StoreFuture};
+    use crate::tokens::ticket_store::{MemoryTicketStore, StoreFuture};
 
     const APP_ID: &str = "cli_store_unit";
 

@@ -2,7 +2,12 @@
 //! HTTP/2 where the server offers it), classification of transport
 //! failures, and reading the `code` out of an answer without consuming it.
 
-use std::error::Error as _;
+mod failure;
+pub mod http1;
+pub mod pool;
+
+pub use failure::{classify, classify_chain, BodyError, UpstreamFailure};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +22,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-use crate::body::ProxyBody;
+use crate::proxy::body::ProxyBody;
 use crate::config::Config;
-use crate::error::UpstreamFailure;
-use crate::pool::{BodyError, Pool, UpstreamBody};
+use pool::{Pool, UpstreamBody};
 
 /// The pooled client used for every call to Feishu.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -79,7 +83,7 @@ fn client_on(connector: HttpsConnector<HttpConnector>, config: &Config) -> HttpC
 
 /// The gateway's upstream connections: for the request path, one
 /// [`Pool`] per connection worker, so a request's upstream connection lives
-/// on the worker thread that serves the request (see [`crate::workers`]),
+/// on the worker thread that serves the request (see [`crate::server::workers`]),
 /// and one for requests served off the workers (`workers = 0`); for token
 /// fetches and ticket calls, one shared hyper-util client. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -115,49 +119,10 @@ impl Upstreams {
     /// The request-path pool for the caller's thread: its worker's, or the
     /// one used off the workers.
     pub fn current(&self) -> &Pool {
-        crate::workers::current()
+        crate::server::workers::current()
             .and_then(|i| self.per_worker.get(i))
             .unwrap_or(&self.shared_pool)
     }
-}
-
-/// Classifies a client error for metrics and the answer's status.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    if err.is_connect() {
-        return UpstreamFailure::Connect;
-    }
-    classify_chain(err.source())
-}
-
-/// Classifies a transport error by the first hyper or I/O error in its
-/// chain, starting at `first` (the pool passes hyper's error itself).
-pub fn classify_chain(first: Option<&(dyn std::error::Error + 'static)>) -> UpstreamFailure {
-    let mut source = first;
-    while let Some(e) = source {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
-                return UpstreamFailure::Reset;
-            }
-            if h.is_timeout() {
-                return UpstreamFailure::Timeout;
-            }
-            if h.is_parse() || h.is_user() {
-                return UpstreamFailure::Protocol;
-            }
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return match io.kind() {
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
-                    UpstreamFailure::Reset
-                }
-                TimedOut => UpstreamFailure::Timeout,
-                _ => UpstreamFailure::Protocol,
-            };
-        }
-        source = e.source();
-    }
-    UpstreamFailure::Protocol
 }
 
 /// An upstream answer whose body was read (when it is JSON and small) to

@@ -1,6 +1,6 @@
 //! The upstream connection pool of the request path.
 //!
-//! One [`Pool`] per connection worker ([`crate::workers`]) holds that
+//! One [`Pool`] per connection worker ([`crate::server::workers`]) holds that
 //! worker's connections to Feishu: idle HTTP/1.1 connections in a stack
 //! (most recently used first), and one multiplexed HTTP/2 connection per
 //! upstream when ALPN chose `h2`. HTTP/1.1 is spoken by [`h1`], inside the
@@ -18,7 +18,7 @@
 //! - idle connections are dropped after `pool.idle_timeout` and at most
 //!   `pool.max_idle_per_host` are kept per upstream;
 //! - an HTTP/1.1 connection goes back to the pool only when its answer was
-//!   read to the end (by [`h1::Body`] itself).
+//!   read to the end (by [`http1::Body`] itself).
 //!
 //! Token calls and other background traffic keep using hyper-util's client
 //! ([`crate::upstream::HttpClient`]).
@@ -40,13 +40,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tower::Service as _;
 
+use super::http1;
 use crate::config::Upstream;
-use crate::error::UpstreamFailure;
+use super::failure::{classify_chain, BodyError, UpstreamFailure};
 
-pub mod h1;
 
 struct Idle {
-    conn: Box<h1::Conn>,
+    conn: Box<http1::Conn>,
     since: Instant,
 }
 
@@ -61,10 +61,10 @@ struct Conns {
 /// A connection pool for the request path. Cheap to clone.
 #[derive(Clone)]
 pub struct Pool {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     connector: HttpsConnector<HttpConnector>,
     conns: Mutex<Conns>,
     idle_timeout: Duration,
@@ -78,13 +78,16 @@ impl std::fmt::Debug for Pool {
 }
 
 /// Where an HTTP/1.1 connection goes back to once its answer was read.
-struct Home {
+pub struct Home {
     inner: Arc<Inner>,
     key: Upstream,
 }
 
-impl Home {
-    fn put(self, conn: Box<h1::Conn>) {
+impl http1::Release for Home {
+    fn authority(&self) -> &http::uri::Authority {
+        &self.key.authority
+    }
+    fn release(self, conn: Box<http1::Conn>) {
         self.inner.put(self.key, conn);
     }
 }
@@ -93,23 +96,9 @@ impl Home {
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// From an HTTP/1.1 connection of this pool.
-    H1(h1::Body),
+    H1(http1::Body<Home>),
     /// From an HTTP/2 connection.
     H2(Incoming),
-}
-
-/// A failure while reading an upstream answer's body.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    /// The HTTP/2 connection failed.
-    #[error("upstream body: {0}")]
-    Hyper(#[from] hyper::Error),
-    /// The HTTP/1.1 connection failed or ended early.
-    #[error("upstream body: {0}")]
-    Io(#[from] std::io::Error),
-    /// The HTTP/1.1 body's framing is broken.
-    #[error("upstream body: {0}")]
-    Protocol(&'static str),
 }
 
 impl http_body::Body for UpstreamBody {
@@ -175,8 +164,8 @@ impl Pool {
         if let Some(conn) = self.inner.take_idle(upstream) {
             match conn.send(req, self.home(upstream)).await {
                 Ok(resp) => return Ok(resp.map(UpstreamBody::H1)),
-                Err(h1::SendError::NotWritten(_)) => {}
-                Err(h1::SendError::ClosedBeforeAnswer) if is_idempotent(req.method()) => {}
+                Err(http1::SendError::NotWritten(_)) => {}
+                Err(http1::SendError::ClosedBeforeAnswer) if is_idempotent(req.method()) => {}
                 Err(e) => return Err(h1_failure(&e)),
             }
         } else if let Some(tx) = self.inner.h2_for(upstream) {
@@ -188,7 +177,7 @@ impl Pool {
         Box::pin(self.send_fresh(upstream, req)).await
     }
 
-    fn home(&self, upstream: &Upstream) -> Home {
+    pub(crate) fn home(&self, upstream: &Upstream) -> Home {
         Home {
             inner: Arc::clone(&self.inner),
             key: upstream.clone(),
@@ -232,7 +221,7 @@ impl Pool {
             self.inner.set_h2(upstream.clone(), tx.clone());
             Ok(Fresh::H2(tx))
         } else {
-            Ok(Fresh::H1(h1::Conn::new(TokioIo::new(io))))
+            Ok(Fresh::H1(http1::Conn::new(TokioIo::new(io))))
         }
     }
 }
@@ -248,7 +237,7 @@ fn absolute(upstream: &Upstream, path_and_query: &str) -> Uri {
 }
 
 enum Fresh {
-    H1(Box<h1::Conn>),
+    H1(Box<http1::Conn>),
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
@@ -281,16 +270,16 @@ async fn send_h2(
 
 /// A transport failure's class, for metrics and the answer's status.
 fn failure(e: &hyper::Error) -> UpstreamFailure {
-    crate::upstream::classify_chain(Some(e))
+    classify_chain(Some(e))
 }
 
 /// The class of an HTTP/1.1 failure, as [`failure`] gives hyper's.
-fn h1_failure(e: &h1::SendError) -> UpstreamFailure {
+fn h1_failure(e: &http1::SendError) -> UpstreamFailure {
     tracing::debug!(error = %e, "upstream HTTP/1.1 exchange failed");
     match e {
-        h1::SendError::NotWritten(_) | h1::SendError::ClosedBeforeAnswer => UpstreamFailure::Reset,
-        h1::SendError::Io(io) => crate::upstream::classify_chain(Some(io)),
-        h1::SendError::Protocol(_) => UpstreamFailure::Protocol,
+        http1::SendError::NotWritten(_) | http1::SendError::ClosedBeforeAnswer => UpstreamFailure::Reset,
+        http1::SendError::Io(io) => classify_chain(Some(io)),
+        http1::SendError::Protocol(_) => UpstreamFailure::Protocol,
     }
 }
 
@@ -301,7 +290,7 @@ impl Inner {
 
     /// The most recently used idle connection that is still open and
     /// young enough; older ones are dropped on the way.
-    fn take_idle(&self, key: &Upstream) -> Option<Box<h1::Conn>> {
+    fn take_idle(&self, key: &Upstream) -> Option<Box<http1::Conn>> {
         let mut conns = self.lock();
         let list = &mut conns.idle.iter_mut().find(|(k, _)| k == key)?.1;
         let now = Instant::now();
@@ -313,7 +302,7 @@ impl Inner {
         None
     }
 
-    fn put(&self, key: Upstream, conn: Box<h1::Conn>) {
+    fn put(&self, key: Upstream, conn: Box<http1::Conn>) {
         if self.max_idle == 0 {
             return;
         }
@@ -338,7 +327,7 @@ impl Inner {
 
     /// Idle HTTP/1.1 connections held, all upstreams together.
     #[cfg(test)]
-    fn idle_count(&self) -> usize {
+    pub(crate) fn idle_count(&self) -> usize {
         self.lock().idle.iter().map(|(_, l)| l.len()).sum()
     }
 
@@ -362,7 +351,7 @@ impl Inner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http_body_util::BodyExt as _;
@@ -419,7 +408,7 @@ mod tests {
     }
 
     /// A pool for plain-HTTP test servers (no trusted roots).
-    pub(super) fn pool() -> Pool {
+    pub(crate) fn pool() -> Pool {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(

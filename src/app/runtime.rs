@@ -12,14 +12,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
-use crate::catalog::Catalog;
+use crate::server::admin::Admin;
+use crate::endpoints::Catalog;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::quota::{BackendKind, RedisConnection, RedisSettings};
-use crate::ticket_store::{FileTicketStore, MemoryTicketStore, RedisTicketStore, TicketStore};
-use crate::token::TokenManager;
+use crate::tokens::ticket_store::{FileTicketStore, MemoryTicketStore, RedisTicketStore, TicketStore};
+use crate::tokens::TokenManager;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +113,7 @@ impl Runtime {
             (None, Some(dir)) => Arc::new(FileTicketStore::new(dir)),
             (None, None) => Arc::new(MemoryTicketStore::new()),
         };
-        let tickets = crate::store::StoreApps::ticket_boxes(
+        let tickets = crate::store_apps::StoreApps::ticket_boxes(
             &config.apps,
             &client,
             &ticket_store,
@@ -147,13 +147,13 @@ impl Runtime {
         refreshers.extend(gateway.store().spawn_maintenance());
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(
-                crate::tls::ReloadingAcceptor::from_files(cert, key).map_err(StartError::Tls)?,
+                crate::server::tls::ReloadingAcceptor::from_files(cert, key).map_err(StartError::Tls)?,
             ),
             _ => None,
         };
         if let Some(tls) = &tls {
             // Reloads on SIGHUP and when the files change; aborted by wait().
-            refreshers.push(tls.spawn_reloader(crate::tls::DEFAULT_RELOAD_INTERVAL));
+            refreshers.push(tls.spawn_reloader(crate::server::tls::DEFAULT_RELOAD_INTERVAL));
         }
 
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -171,14 +171,14 @@ impl Runtime {
         let workers = match config.workers {
             0 => None,
             n => Some(Arc::new(
-                crate::workers::Workers::start(n).map_err(StartError::Workers)?,
+                crate::server::workers::Workers::start(n).map_err(StartError::Workers)?,
             )),
         };
         let main = tokio::spawn(crate::server::serve_with_tls(
             listener,
             tls,
             workers,
-            crate::stack::gateway_service(Arc::clone(&gateway)),
+            crate::server::stack::gateway_service(Arc::clone(&gateway)),
             wait_for(rx.clone()),
             grace,
         ));

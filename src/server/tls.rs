@@ -24,7 +24,7 @@
 //! ```no_run
 //! # async fn demo(listener: tokio::net::TcpListener) -> Result<(), String> {
 //! use std::time::Duration;
-//! use feishu_gateway::tls::ReloadingAcceptor;
+//! use feishu_gateway::server::tls::ReloadingAcceptor;
 //!
 //! let tls = ReloadingAcceptor::from_files("/etc/gw/cert.pem", "/etc/gw/key.pem")?;
 //! let reloader = tls.spawn_reloader(Duration::from_secs(5));

@@ -6,6 +6,12 @@
 //! (`X-Tt-Logid`, `Content-Type`), over TLS too: the official Python SDK
 //! looks them up case-sensitively.
 
+pub mod admin;
+pub mod request_id;
+pub mod stack;
+pub mod tls;
+pub mod workers;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -19,8 +25,8 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::tls::ReloadingAcceptor;
-use crate::workers::Workers;
+use crate::server::tls::ReloadingAcceptor;
+use crate::server::workers::Workers;
 
 /// Serves `service` on `listener` over plain HTTP until `shutdown`
 /// completes, then stops accepting and gives open connections up to `grace`
@@ -50,7 +56,7 @@ pub async fn serve<S, B>(
 /// HTTP/2 when ALPN chose `h2`, HTTP/1.1 otherwise.
 ///
 /// With `workers`, each accepted connection is served on the next
-/// connection worker ([`crate::workers`]); otherwise on the caller's
+/// connection worker ([`crate::server::workers`]); otherwise on the caller's
 /// runtime.
 pub async fn serve_with_tls<S, B>(
     listener: TcpListener,
