@@ -691,7 +691,7 @@ PHASES=(
     "    upstream exchange (src/pool/h1.rs);pool::h1::Conn::send::\{\{closure\}\}$;pool::h1::Conn::send::\{\{closure\}\}$"
     "      parse answer head;pool::h1::parse_head$;pool::h1::parse_head$"
     "    answer body (src/pool/h1.rs);pool::h1::Body as http_body::Body>::poll_frame$;pool::h1::Body as http_body::Body>::poll_frame$"
-    "    read code from the JSON answer;upstream::read_code$;upstream::read_code$"
+    "    read code from the JSON answer;feishu::answer::read_code$;feishu::answer::read_code$"
     "  response_filter (strip);proxy::Gateway::response_filter$;proxy::Gateway::response_filter$"
     "  logging: access log line;logging::write_access$;logging::write_access$"
     "  logging: metrics;metrics::Metrics::request_done$;metrics::Metrics::request_done$"

@@ -9,7 +9,9 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use feishu_gateway::quota::{testing as sim, KeySpec, LocalQuota, Plan, PlanPolicy, QuotaKey, Window};
+use feishu_gateway::quota::{
+    testing as sim, KeySpec, LocalQuota, Plan, PlanPolicy, QuotaKey, Window,
+};
 use governor::clock::{Clock, MonotonicClock};
 
 /// Counts heap allocations, to show that a check allocates nothing.

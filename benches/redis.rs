@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use feishu_gateway::app::Runtime;
 use feishu_gateway::config::{Config, MapEnv};
 use feishu_gateway::quota::{
     Cause, Engine, FailMode, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey, RedisQuota,
     RedisSettings, Window,
 };
-use feishu_gateway::app::Runtime;
 use feishu_gateway::secret::Secret;
 use feishu_gateway::sim::{QuotaMode, SimConfig, SimFeishu};
 use http_body_util::{BodyExt, Full};

@@ -42,6 +42,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod endpoints;
+pub mod feishu;
 pub mod observe;
 pub mod proxy;
 /// Per-app quotas: one GCRA per (app, route), or (app, tenant, route) for store

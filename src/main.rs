@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use feishu_gateway::config::{Config, LogFormat, ProcessEnv};
 use feishu_gateway::app::Runtime;
+use feishu_gateway::config::{Config, LogFormat, ProcessEnv};
 
 #[derive(Parser)]
 #[command(

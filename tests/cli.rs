@@ -314,10 +314,7 @@ async fn serve_writes_the_access_line_as_the_log_filter_says() {
     // Off by RUST_LOG, or by the configured level, while other lines stay.
     for (log, rust_log) in [
         ("level = \"info\"", Some("info,feishu_gateway::access=off")),
-        (
-            "level = \"info\"",
-            Some("warn,feishu_gateway::app=info"),
-        ),
+        ("level = \"info\"", Some("warn,feishu_gateway::app=info")),
         ("level = \"warn,feishu_gateway::app=info\"", None),
     ] {
         let logs = serve_one_request(log, rust_log).await;

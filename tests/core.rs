@@ -142,9 +142,7 @@ async fn token_fetch_failure_is_a_503_with_feishus_code_then_recovers() {
     sim.fail_next_token_calls(3);
     let text = config_text(&sim.base_url(), "", "");
     let config = feishu_gateway::config::Config::parse(&text, &env()).unwrap();
-    let gw = feishu_gateway::app::Runtime::start(config)
-        .await
-        .unwrap();
+    let gw = feishu_gateway::app::Runtime::start(config).await.unwrap();
     let client = http_client();
     let a = put_at(&client, gw.addr(), PUT_PATH, &[]).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -34,8 +34,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use feishu_gateway::config::{Config, MapEnv};
 use feishu_gateway::app::Runtime;
+use feishu_gateway::config::{Config, MapEnv};
 use feishu_gateway::sim::{SimConfig, SimFeishu};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -14,12 +14,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use feishu_gateway::app::Runtime;
 use feishu_gateway::config::{Config, MapEnv};
 use feishu_gateway::quota::{
     Cause, FailMode, KeySpec, Limit, Overflow, Plan, PlanPolicy, QuotaKey, RedisQuota,
     RedisSettings, Window,
 };
-use feishu_gateway::app::Runtime;
 use feishu_gateway::secret::Secret;
 use feishu_gateway::sim::{QuotaMode, SimConfig, SimFeishu};
 use http::StatusCode;

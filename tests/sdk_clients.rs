@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use feishu_gateway::config::Config;
 use feishu_gateway::app::Runtime;
+use feishu_gateway::config::Config;
 use feishu_gateway::sim::ca::TestCa;
 use feishu_gateway::sim::{SimFeishu, TokenKind};
 use serde_json::Value;

@@ -3,8 +3,8 @@
 
 mod support;
 
-use feishu_gateway::config::Config;
 use feishu_gateway::app::Runtime;
+use feishu_gateway::config::Config;
 use http::{Method, StatusCode};
 use support::*;
 

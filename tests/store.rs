@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use feishu_gateway::app::Runtime;
 use feishu_gateway::config::{Config, MapEnv};
 use feishu_gateway::quota::{FailMode, Plan, PlanPolicy, RedisConnection, RedisSettings};
-use feishu_gateway::app::Runtime;
 use feishu_gateway::secret::Secret;
 use feishu_gateway::sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
 use feishu_gateway::tokens::ticket_store::{

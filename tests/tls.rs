@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use feishu_gateway::config::Config;
 use feishu_gateway::app::Runtime;
+use feishu_gateway::config::Config;
+use feishu_gateway::server::tls::ReloadingAcceptor;
 use feishu_gateway::sim::ca::{IssuedCert, TestCa};
 use feishu_gateway::sim::{SimConfig, SimFeishu};
-use feishu_gateway::server::tls::ReloadingAcceptor;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

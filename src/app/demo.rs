@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 
-use crate::config::{Config, MapEnv};
 use crate::app::{Runtime, StartError};
+use crate::config::{Config, MapEnv};
 use crate::sim::{QuotaMode, SimApp, SimConfig, SimFeishu};
 
 /// The demo client's gateway key (printed in the curl commands).

@@ -12,13 +12,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::server::admin::Admin;
-use crate::endpoints::Catalog;
 use crate::config::Config;
+use crate::endpoints::Catalog;
 use crate::observe::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::quota::{BackendKind, RedisConnection, RedisSettings};
-use crate::tokens::ticket_store::{FileTicketStore, MemoryTicketStore, RedisTicketStore, TicketStore};
+use crate::server::admin::Admin;
+use crate::tokens::ticket_store::{
+    FileTicketStore, MemoryTicketStore, RedisTicketStore, TicketStore,
+};
 use crate::tokens::TokenManager;
 
 /// Why the gateway could not start.
@@ -89,8 +91,9 @@ impl Runtime {
             &app_names,
             &catalog.templates(),
         )?);
-        let upstreams = crate::upstream::Upstreams::build(&config, config.workers)
-            .map_err(StartError::Upstream)?;
+        let upstreams =
+            crate::upstream::Upstreams::build(&config.upstream_settings(), config.workers)
+                .map_err(StartError::Upstream)?;
         let client = upstreams.shared().clone();
         // With `[quota] backend = "redis"`: the replica's one connection to
         // Redis, shared by the quota engine and the app_ticket store.
@@ -147,7 +150,8 @@ impl Runtime {
         refreshers.extend(gateway.store().spawn_maintenance());
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(
-                crate::server::tls::ReloadingAcceptor::from_files(cert, key).map_err(StartError::Tls)?,
+                crate::server::tls::ReloadingAcceptor::from_files(cert, key)
+                    .map_err(StartError::Tls)?,
             ),
             _ => None,
         };

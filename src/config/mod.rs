@@ -13,13 +13,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use sha2::{Digest, Sha256};
 
 pub use env::{Environment, MapEnv, ProcessEnv};
 pub use reader::{parse_duration, Problem, Problems, Section};
 
 use crate::secret::Secret;
+pub use crate::upstream::Upstream;
 
 /// One connection worker per core the process may use.
 pub fn default_workers() -> usize {
@@ -79,59 +80,6 @@ pub struct Config {
     /// Things worth saying that do not stop the gateway (e.g. plain-HTTP
     /// upstream on a non-loopback host).
     pub warnings: Vec<String>,
-}
-
-/// An upstream base URL: scheme and authority only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    /// `http` or `https`.
-    pub scheme: Scheme,
-    /// Host and optional port.
-    pub authority: Authority,
-}
-
-impl Upstream {
-    /// Parses `https://host[:port]` (a trailing `/` is allowed, a path is not).
-    pub fn parse(s: &str) -> Result<Upstream, String> {
-        let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::HTTP,
-            Some("https") => Scheme::HTTPS,
-            _ => return Err(format!("{s:?} must start with https:// or http://")),
-        };
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("{s:?} has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("{s:?} must not carry credentials"));
-        }
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
-                "{s:?} must be a base URL without a path, like https://open.feishu.cn"
-            ));
-        }
-        Ok(Upstream { scheme, authority })
-    }
-
-    /// True for `localhost` and loopback addresses.
-    pub fn is_loopback(&self) -> bool {
-        let host = self
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .map(|ip| ip.is_loopback())
-                .unwrap_or(false)
-    }
-
-    /// `scheme://authority`, for logs and docs.
-    pub fn base_url(&self) -> String {
-        format!("{}://{}", self.scheme, self.authority)
-    }
 }
 
 /// Timeouts (`[timeouts]`).
@@ -369,6 +317,16 @@ pub fn key_digest(key: &[u8]) -> [u8; 32] {
 }
 
 impl Config {
+    /// How connections to Feishu are made and kept.
+    pub fn upstream_settings(&self) -> crate::upstream::Settings {
+        crate::upstream::Settings {
+            ca_file: self.upstream_ca_file.clone(),
+            connect_timeout: self.timeouts.connect,
+            idle_timeout: self.pool.idle_timeout,
+            max_idle_per_host: self.pool.max_idle_per_host,
+        }
+    }
+
     /// Reads and checks a config file.
     pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, Problems> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -923,15 +881,16 @@ fn read_routes(root: &mut Section<'_>, quota: &QuotaConfig, p: &mut Problems) ->
                 }
             }
         });
-        let path = s.required_string("path", p).and_then(|path| {
-            match crate::endpoints::Route::new("config", http::Method::GET, path) {
-                Ok(_) => Some(path.to_string()),
-                Err(e) => {
-                    p.push(s.key("path"), e);
-                    None
+        let path =
+            s.required_string("path", p).and_then(|path| {
+                match crate::endpoints::Route::new("config", http::Method::GET, path) {
+                    Ok(_) => Some(path.to_string()),
+                    Err(e) => {
+                        p.push(s.key("path"), e);
+                        None
+                    }
                 }
-            }
-        });
+            });
         let limits = s.strings("limits", p).map(|list| {
             let mut windows = Vec::new();
             for (i, w) in list.iter().enumerate() {

@@ -21,48 +21,6 @@ pub const UNKNOWN_APP: &str = "unknown";
 /// Label for paths outside the catalog.
 pub const OTHER_ROUTE: &str = "other";
 
-/// Every Feishu or gateway code the gateway knows, with a description,
-/// exported as `feishu_error_code_info{code,description} 1`.
-pub const KNOWN_CODES: &[(i64, &str)] = &[
-    (0, "success"),
-    (9499, "bad request"),
-    (10012, "fetching app access token failed"),
-    (10013, "fetching tenant access token failed"),
-    (10014, "app secret invalid"),
-    (99991400, "request trigger frequency limit"),
-    (99991403, "monthly API call quota exceeded"),
-    (99991543, "app_id or app_secret wrong"),
-    (99991661, "Authorization header missing or malformed"),
-    (99991663, "tenant access token invalid"),
-    (99991664, "app access token invalid"),
-    (99991665, "tenant code invalid"),
-    (99991668, "user access token invalid"),
-    (99991671, "token must start with t- or u-"),
-    (99991672, "missing scope or permission"),
-    (99991676, "missing scope or permission"),
-    (99991677, "token expired"),
-    (99991679, "missing scope or permission"),
-    (230111, "message about to self-destruct"),
-    (232001, "invalid parameter"),
-    (232009, "chat dissolved"),
-    (232010, "operator and chat in different tenants"),
-    (232011, "operator not in the chat"),
-    (232014, "no permission to manage pins"),
-    (
-        232024,
-        "app not visible to user or no collaboration permission",
-    ),
-    (232025, "bot ability not enabled"),
-    (232033, "external chat not supported"),
-    (232034, "app not installed or not enabled in the tenant"),
-    (99990404, "gateway: no such path"),
-    (99990408, "gateway: request body timeout"),
-    (99990500, "gateway: internal error"),
-    (99990502, "gateway: Feishu unreachable"),
-    (99990503, "gateway: Feishu timeout"),
-    (99990504, "gateway: shared quota backend unavailable"),
-];
-
 /// All metric families of the gateway.
 pub struct Metrics {
     registry: Registry,
@@ -378,7 +336,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        for (code, desc) in KNOWN_CODES {
+        for (code, desc) in crate::feishu::codes::KNOWN {
             code_info
                 .with_label_values(&[code.to_string().as_str(), desc])
                 .set(1);

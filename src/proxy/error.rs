@@ -11,70 +11,10 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
+use crate::feishu::codes;
+use crate::feishu::paths::{X_OGW_RATELIMIT_LIMIT, X_OGW_RATELIMIT_RESET};
 use crate::proxy::body::ProxyBody;
 use crate::upstream::UpstreamFailure;
-
-/// Feishu and gateway codes the gateway writes or acts on.
-pub mod codes {
-    /// Feishu: Authorization header missing or malformed.
-    pub const AUTH_MISSING: i64 = 99991661;
-    /// Feishu: tenant access token invalid (also: unknown gateway key).
-    pub const TENANT_TOKEN_INVALID: i64 = 99991663;
-    /// Feishu: app access token invalid.
-    pub const APP_TOKEN_INVALID: i64 = 99991664;
-    /// Feishu: tenant code invalid.
-    pub const TENANT_CODE_INVALID: i64 = 99991665;
-    /// Feishu: token must start with t-/u-.
-    pub const TOKEN_PREFIX_INVALID: i64 = 99991671;
-    /// Feishu: token expired.
-    pub const TOKEN_EXPIRED: i64 = 99991677;
-    /// Feishu: request trigger frequency limit.
-    pub const RATE_LIMITED: i64 = 99991400;
-    /// Feishu: invalid parameter.
-    pub const INVALID_PARAM: i64 = 232001;
-    /// Feishu: app secret invalid (the answer to wrong token credentials).
-    pub const APP_SECRET_INVALID: i64 = 10014;
-    /// Feishu: malformed request.
-    pub const BAD_REQUEST: i64 = 9499;
-    /// Feishu: the app_ticket is invalid (store apps; the official SDKs
-    /// resend the ticket on it).
-    pub const APP_TICKET_INVALID: i64 = 10012;
-    /// Feishu: fetching tenant access token failed.
-    pub const TENANT_TOKEN_FETCH_FAILED: i64 = 10013;
-    /// Gateway: no such path on the gateway.
-    pub const GW_NOT_FOUND: i64 = 99990404;
-    /// Gateway: the client's request body did not arrive in time.
-    pub const GW_BODY_TIMEOUT: i64 = 99990408;
-    /// Gateway: unexpected internal failure.
-    pub const GW_INTERNAL: i64 = 99990500;
-    /// Gateway: Feishu could not be reached, reset the connection or
-    /// answered something that is not HTTP.
-    pub const GW_UPSTREAM_UNAVAILABLE: i64 = 99990502;
-    /// Gateway: Feishu did not answer in time.
-    pub const GW_UPSTREAM_TIMEOUT: i64 = 99990503;
-    /// Gateway: the shared quota backend (Redis) is unavailable and
-    /// `quota.fail = "closed"`.
-    pub const GW_QUOTA_BACKEND_UNAVAILABLE: i64 = 99990504;
-
-    /// Codes with which Feishu refuses one tenant's token (the app is not
-    /// installed there, or the tenant key is wrong): the caller's mistake.
-    pub fn is_tenant_refusal(code: i64) -> bool {
-        matches!(code, TENANT_CODE_INVALID | 232034)
-    }
-
-    /// Token-invalid codes after which the gateway drops the token it used,
-    /// fetches a fresh one and replays the request once (facts §3).
-    pub fn is_token_invalid(code: i64) -> bool {
-        matches!(
-            code,
-            TENANT_TOKEN_INVALID
-                | APP_TOKEN_INVALID
-                | TENANT_CODE_INVALID
-                | TOKEN_PREFIX_INVALID
-                | TOKEN_EXPIRED
-        )
-    }
-}
 
 /// An answer the gateway writes itself instead of Feishu's.
 #[derive(Debug, Clone)]
@@ -323,8 +263,8 @@ impl GatewayError {
             // plus Retry-After and the IETF draft RateLimit headers.
             let h = resp.headers_mut();
             let reset = HeaderValue::from(r.reset_secs());
-            h.insert("x-ogw-ratelimit-limit", HeaderValue::from(r.limit_value()));
-            h.insert("x-ogw-ratelimit-reset", reset.clone());
+            h.insert(X_OGW_RATELIMIT_LIMIT, HeaderValue::from(r.limit_value()));
+            h.insert(X_OGW_RATELIMIT_RESET, reset.clone());
             h.insert(http::header::RETRY_AFTER, reset);
             if let Ok(v) = HeaderValue::from_str(r.ratelimit_policy()) {
                 h.insert("ratelimit-policy", v);

@@ -21,6 +21,7 @@
 
 pub mod body;
 pub mod error;
+mod inspect;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,37 +34,34 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::auth::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
 use crate::auth::{bearer, AuthError, ClientTable};
-use crate::proxy::body::ProxyBody;
-use crate::endpoints::{Catalog, Route};
 use crate::config::ValidationMode;
 use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
-use crate::proxy::error::{codes, GatewayError};
+use crate::endpoints::{Catalog, Route};
+use crate::feishu::{codes, paths};
 use crate::observe::logging::{self, AccessRecord};
 use crate::observe::metrics::{Metrics, QuotaPairMetrics};
+use crate::proxy::body::ProxyBody;
+use crate::proxy::error::GatewayError;
 use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey, RedisConnection};
-use crate::auth::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
 use crate::store_apps::{StoreApps, Tenant, TicketBox};
 use crate::tokens::{TokenManager, TokenSlot};
-use crate::upstream::{inspect, Inspected, Upstreams};
+use crate::upstream::Upstreams;
 use crate::validate::{Contracts, RequestView};
+use inspect::{inspect, Inspected};
 
 /// Largest JSON answer buffered whole to read its `code` (and so replayable).
 const INSPECT_LIMIT: usize = 256 * 1024;
 
 /// Header carrying the request id, kept from the caller or generated.
 pub const X_REQUEST_ID: &str = "x-request-id";
-/// Feishu's log id, the id its support asks for.
-pub const X_TT_LOGID: &str = "x-tt-logid";
 /// The client's key, sent beside a user access token.
 pub const X_GATEWAY_KEY: &str = "x-gateway-key";
 /// Feishu's event callbacks for store apps: `POST /feishu/events/<app name>`.
 pub const EVENTS_PREFIX: &str = "/feishu/events/";
 /// A store app's client names its tenant here.
 pub const X_TENANT_KEY: &str = "x-tenant-key";
-/// Feishu's self-built token endpoints, answered by the gateway.
-const TENANT_TOKEN_ENDPOINT: &str = "/open-apis/auth/v3/tenant_access_token/internal";
-const APP_TOKEN_ENDPOINT: &str = "/open-apis/auth/v3/app_access_token/internal";
 
 /// Per-request wait-mode override: `X-Gateway-Max-Wait: <ms>` (0 = reject).
 pub const X_GATEWAY_MAX_WAIT: &str = "x-gateway-max-wait";
@@ -293,12 +291,12 @@ impl Gateway {
     /// dot segments, and the catalog entry (if any) is noted.
     fn route(&self, ctx: &mut RequestCtx, parts: &Parts) -> Result<(), GatewayError> {
         let path = parts.uri.path();
-        if !path.starts_with("/open-apis/") || has_dot_segment(path) {
+        if !path.starts_with(paths::OPEN_APIS) || has_dot_segment(path) {
             return Err(GatewayError::NotFound);
         }
         // Token endpoints other than the two the gateway answers would hand
         // a caller Feishu credentials: never forwarded.
-        if path.starts_with("/open-apis/auth/") && token_endpoint(path).is_none() {
+        if path.starts_with(paths::AUTH_PREFIX) && token_endpoint(path).is_none() {
             return Err(GatewayError::NotFound);
         }
         ctx.route = self.catalog.find(&parts.method, path);
@@ -344,7 +342,10 @@ impl Gateway {
             field: token,
             "expire": expire,
         });
-        Ok(crate::proxy::error::json_answer(http::StatusCode::OK, &answer))
+        Ok(crate::proxy::error::json_answer(
+            http::StatusCode::OK,
+            &answer,
+        ))
     }
 
     /// Phase `event_callback` (store apps): Feishu's pushes to
@@ -586,7 +587,7 @@ impl Gateway {
             return;
         };
         let secs = headers
-            .get("x-ogw-ratelimit-reset")
+            .get(paths::X_OGW_RATELIMIT_RESET)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(1)
@@ -666,7 +667,7 @@ impl Gateway {
                         self.upstream_throttled(ctx, &answer.head.headers);
                     }
                     ctx.code = code;
-                    ctx.logid = answer.head.headers.get(X_TT_LOGID).cloned();
+                    ctx.logid = answer.head.headers.get(paths::X_TT_LOGID).cloned();
                     return Ok(Response::from_parts(answer.head, answer.body));
                 }
             }
@@ -685,7 +686,7 @@ impl Gateway {
     /// token (a Feishu code, not a transport failure or a missing app
     /// token) is the caller's mistake: the tenant is dropped and the refusal
     /// answered as a 400, never retried in a loop.
-    fn token_failure(&self, ctx: &RequestCtx, e: crate::tokens::TokenError) -> GatewayError {
+    fn token_failure(&self, ctx: &RequestCtx, e: crate::feishu::FeishuError) -> GatewayError {
         match (&ctx.tenant, ctx.app) {
             (Some(t), Some(app)) if codes::is_tenant_refusal(e.code) => {
                 self.store.forget(app, t);
@@ -888,8 +889,8 @@ fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
 /// endpoints the gateway answers itself.
 fn token_endpoint(path: &str) -> Option<&'static str> {
     match path {
-        TENANT_TOKEN_ENDPOINT => Some("tenant_access_token"),
-        APP_TOKEN_ENDPOINT => Some("app_access_token"),
+        paths::TENANT_TOKEN_INTERNAL => Some("tenant_access_token"),
+        paths::APP_TOKEN_INTERNAL => Some("app_access_token"),
         _ => None,
     }
 }

@@ -30,8 +30,8 @@ use governor::middleware::StateInformationMiddleware;
 use governor::RateLimiter;
 
 use super::clock::TokioClock;
-use super::plan::Plan;
 use super::peek::{Access, PeekableState};
+use super::plan::Plan;
 use super::{Admit, Cause, Limit, Overflow, Policy, QuotaBackend, QuotaKey, Rejection, Snapshot};
 
 /// What the engine needs to know about one key: its plan and the bound on

@@ -53,10 +53,10 @@
 pub mod clock;
 pub mod engine;
 pub mod local;
+mod peek;
 pub mod plan;
 pub mod redis;
 pub mod testing;
-mod peek;
 pub mod window;
 
 #[cfg(test)]

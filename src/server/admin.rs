@@ -9,8 +9,8 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::proxy::body::ProxyBody;
 use crate::observe::metrics::Metrics;
+use crate::proxy::body::ProxyBody;
 use crate::quota::Engine;
 use crate::store_apps::StoreApps;
 use crate::tokens::TokenManager;

@@ -31,19 +31,19 @@ use prometheus::IntCounter;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::proxy::body::ProxyBody;
 use crate::config::{AppConfig, AppKind, Upstream};
-use crate::proxy::error::{codes, GatewayError};
-use crate::store_apps::callback::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
+use crate::feishu::codes;
+use crate::feishu::{paths, FeishuError};
 use crate::observe::metrics::Metrics;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::error::GatewayError;
 use crate::quota::{Engine, QuotaKey, ScopedQuota};
 use crate::secret::Secret;
+use crate::store_apps::callback::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
 use crate::tokens::ticket_store::{StoredTicket, TicketStore, TicketStoreError};
-use crate::tokens::{endpoint, post_json, TokenError, TokenManager, TokenSlot};
+use crate::tokens::{endpoint, post_json, TokenManager, TokenSlot};
 use crate::upstream::HttpClient;
 
-/// Feishu's endpoint that asks for the app_ticket to be pushed again.
-pub const RESEND_PATH: &str = "/open-apis/auth/v3/app_ticket/resend";
 pub use crate::tokens::ticket_store::MAX_TICKET_AGE;
 /// Resends are not repeated more often than this while no ticket arrives.
 const RESEND_INTERVAL: Duration = Duration::from_secs(10);
@@ -235,7 +235,7 @@ impl TicketBox {
     /// received), or: ask Feishu to resend it and wait up to `timeout` for
     /// it to arrive at the event endpoint (with a shared store: of any
     /// replica).
-    pub async fn get_or_wait(&self, timeout: Duration) -> Result<Secret, TokenError> {
+    pub async fn get_or_wait(&self, timeout: Duration) -> Result<Secret, FeishuError> {
         let deadline = Instant::now() + timeout;
         let arrived = self.arrived.notified();
         tokio::pin!(arrived);
@@ -265,7 +265,7 @@ impl TicketBox {
                 break;
             }
         }
-        self.get().ok_or_else(|| TokenError {
+        self.get().ok_or_else(|| FeishuError {
             code: codes::APP_TICKET_INVALID,
             msg: "no app_ticket yet: asked Feishu to resend it; check that the app's event URL reaches /feishu/events/<app>".into(),
         })
@@ -291,7 +291,7 @@ impl TicketBox {
 
     /// Asks Feishu to push the ticket again, at most once per 10 s while
     /// no ticket arrives.
-    pub async fn resend(&self) -> Result<(), TokenError> {
+    pub async fn resend(&self) -> Result<(), FeishuError> {
         {
             let mut r = lock(&self.resend);
             let now = Instant::now();
@@ -305,10 +305,10 @@ impl TicketBox {
         }
         let body = serde_json::json!({"app_id": self.app_id, "app_secret": self.secret.expose()});
         let (_, bytes) = post_json(&self.client, &self.resend_url, &body, self.timeout).await?;
-        let code = crate::upstream::read_code(&bytes).unwrap_or(-1);
+        let code = crate::feishu::read_code(&bytes).unwrap_or(-1);
         if code != 0 {
             tracing::warn!(app = %self.app_name, code, "app_ticket resend refused");
-            return Err(TokenError {
+            return Err(FeishuError {
                 code,
                 msg: "Feishu refused to resend the app_ticket".into(),
             });
@@ -438,7 +438,7 @@ impl StoreApps {
                     app_name: a.name.clone(),
                     app_id: a.app_id.clone(),
                     secret: a.app_secret.clone(),
-                    resend_url: endpoint(&a.upstream, RESEND_PATH),
+                    resend_url: endpoint(&a.upstream, paths::APP_TICKET_RESEND),
                     client: client.clone(),
                     timeout,
                     current: RwLock::new(None),
@@ -825,7 +825,7 @@ app = "isv-bot"
         let metrics = Arc::new(
             Metrics::new(prometheus::Registry::new(), &["isv-bot".into()], &[]).expect("metrics"),
         );
-        let client = crate::upstream::build_client(&config).expect("client");
+        let client = crate::upstream::build_client(&config.upstream_settings()).expect("client");
         let store = Arc::new(SharedMemory::default());
         let dyn_store: Arc<dyn TicketStore> = Arc::clone(&store) as Arc<dyn TicketStore>;
         let ticket = StoreApps::ticket_boxes(

@@ -35,7 +35,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::config::{AppConfig, TokenPolicy, Upstream};
-use crate::proxy::error::codes;
+use crate::feishu::{codes, paths, FeishuError};
 use crate::observe::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store_apps::TicketBox;
@@ -43,15 +43,8 @@ use crate::upstream::HttpClient;
 
 /// A token call in flight: the token and its lifetime.
 type FetchFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(Secret, Duration), TokenError>> + Send + 'a>,
+    Box<dyn std::future::Future<Output = Result<(Secret, Duration), FeishuError>> + Send + 'a>,
 >;
-
-/// Path of Feishu's self-built app token endpoint.
-pub const TENANT_TOKEN_PATH: &str = "/open-apis/auth/v3/tenant_access_token/internal";
-/// Store apps: the app token, bought with the app_ticket.
-pub const STORE_APP_TOKEN_PATH: &str = "/open-apis/auth/v3/app_access_token";
-/// Store apps: one tenant's token, bought with the app token.
-pub const STORE_TENANT_TOKEN_PATH: &str = "/open-apis/auth/v3/tenant_access_token";
 
 /// A cached tenant access token.
 pub struct Token {
@@ -78,16 +71,6 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// Why no token could be had: Feishu's code and msg from the token call, or
-/// a gateway code when Feishu could not be reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenError {
-    /// Feishu's `code`, or a gateway code for transport failures.
-    pub code: i64,
-    /// Feishu's `msg`, or what went wrong. Never contains a secret.
-    pub msg: String,
-}
-
 /// What `/readyz` shows of a slot.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TokenStatus {
@@ -107,7 +90,7 @@ pub struct TokenStatus {
 
 #[derive(Default)]
 struct Flight {
-    last_failure: Option<(Instant, TokenError)>,
+    last_failure: Option<(Instant, FeishuError)>,
     next_attempt: Option<Instant>,
     failures: u32,
 }
@@ -167,7 +150,7 @@ pub struct TokenSlot {
     flight: tokio::sync::Mutex<Flight>,
     /// Copy of the flight's failure state for `/readyz`, readable without
     /// waiting on the async mutex.
-    status: Mutex<(Option<TokenError>, u32)>,
+    status: Mutex<(Option<FeishuError>, u32)>,
 }
 
 /// The token slots of all apps, and what they need to fetch. `slots[app]`
@@ -216,12 +199,12 @@ impl TokenManager {
                 let source = match tickets.get(index).cloned().flatten() {
                     Some(ticket) => Source::StoreApp {
                         ticket,
-                        url: endpoint(&a.upstream, STORE_APP_TOKEN_PATH),
+                        url: endpoint(&a.upstream, paths::STORE_APP_TOKEN),
                     },
                     None => Source::SelfBuilt {
                         app_id: a.app_id.clone(),
                         secret: a.app_secret.clone(),
-                        url: endpoint(&a.upstream, TENANT_TOKEN_PATH),
+                        url: endpoint(&a.upstream, paths::TENANT_TOKEN_INTERNAL),
                     },
                 };
                 Arc::new(TokenSlot::new(index, a.name.clone(), source))
@@ -257,14 +240,14 @@ impl TokenManager {
             Source::StoreTenant {
                 app_slot,
                 tenant_key,
-                url: endpoint(upstream, STORE_TENANT_TOKEN_PATH),
+                url: endpoint(upstream, paths::STORE_TENANT_TOKEN),
             },
         ))
     }
 
     /// A usable token for the self-built app `app`, fetching one
     /// (single-flight) if needed.
-    pub async fn get(self: &Arc<Self>, app: usize) -> Result<Arc<Token>, TokenError> {
+    pub async fn get(self: &Arc<Self>, app: usize) -> Result<Arc<Token>, FeishuError> {
         let slot = Arc::clone(&self.slots[app]);
         self.get_slot(&slot).await
     }
@@ -275,7 +258,7 @@ impl TokenManager {
     pub async fn get_slot(
         self: &Arc<Self>,
         slot: &Arc<TokenSlot>,
-    ) -> Result<Arc<Token>, TokenError> {
+    ) -> Result<Arc<Token>, FeishuError> {
         let requested_at = Instant::now();
         if let Some(t) = slot.usable(requested_at) {
             if matches!(slot.source, Source::StoreTenant { .. })
@@ -411,7 +394,7 @@ impl TokenManager {
         self: &Arc<Self>,
         slot: &TokenSlot,
         flight: &mut Flight,
-    ) -> Result<Arc<Token>, TokenError> {
+    ) -> Result<Arc<Token>, FeishuError> {
         let sent = Instant::now();
         let sent_wall = SystemTime::now();
         match self.fetch(slot).await {
@@ -471,10 +454,10 @@ impl TokenManager {
     }
 
     /// Turns a fresh token into its timing plan.
-    fn plan(&self, value: Secret, expire: Duration, sent: Instant) -> Result<Token, TokenError> {
+    fn plan(&self, value: Secret, expire: Duration, sent: Instant) -> Result<Token, FeishuError> {
         let mut header =
             HeaderValue::try_from(format!("Bearer {}", value.expose())).map_err(|_| {
-                TokenError {
+                FeishuError {
                     code: codes::TENANT_TOKEN_FETCH_FAILED,
                     msg: "Feishu returned a token that is not a valid header value".into(),
                 }
@@ -517,7 +500,7 @@ impl TokenManager {
     async fn fetch_inner(
         self: &Arc<Self>,
         slot: &TokenSlot,
-    ) -> Result<(Secret, Duration), TokenError> {
+    ) -> Result<(Secret, Duration), FeishuError> {
         match &slot.source {
             Source::SelfBuilt {
                 app_id,
@@ -589,15 +572,15 @@ impl TokenManager {
         url: &Uri,
         body: &serde_json::Value,
         field: &str,
-    ) -> Result<(Secret, Duration), TokenError> {
+    ) -> Result<(Secret, Duration), FeishuError> {
         let (status, bytes) = post_json(&self.client, url, body, self.policy.fetch_timeout).await?;
-        let answer: TokenAnswer = serde_json::from_slice(&bytes).map_err(|_| TokenError {
+        let answer: TokenAnswer = serde_json::from_slice(&bytes).map_err(|_| FeishuError {
             code: codes::TENANT_TOKEN_FETCH_FAILED,
             msg: format!("token answer with HTTP {status} is not Feishu JSON"),
         })?;
         let code = answer.code.unwrap_or(-1);
         if code != 0 {
-            return Err(TokenError {
+            return Err(FeishuError {
                 code,
                 msg: answer.msg.unwrap_or_else(|| "token call refused".into()),
             });
@@ -611,7 +594,7 @@ impl TokenManager {
             (Some(t), Some(e)) if !t.is_empty() && e > 0 => {
                 Ok((Secret::new(t), Duration::from_secs(e as u64)))
             }
-            _ => Err(TokenError {
+            _ => Err(FeishuError {
                 code: codes::TENANT_TOKEN_FETCH_FAILED,
                 msg: format!("token answer without {field} or a positive expire"),
             }),
@@ -626,7 +609,7 @@ pub(crate) async fn post_json(
     url: &Uri,
     body: &serde_json::Value,
     timeout: Duration,
-) -> Result<(http::StatusCode, Bytes), TokenError> {
+) -> Result<(http::StatusCode, Bytes), FeishuError> {
     let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
     let req = Request::builder()
         .method(Method::POST)
@@ -647,7 +630,7 @@ pub(crate) async fn post_json(
             .await
             .map_err(|_| transport_error("answer could not be read"))?
             .to_bytes();
-        Ok::<_, TokenError>((status, bytes))
+        Ok::<_, FeishuError>((status, bytes))
     };
     tokio::time::timeout(timeout, call)
         .await
@@ -688,8 +671,8 @@ impl TokenSlot {
     }
 }
 
-fn transport_error(msg: &str) -> TokenError {
-    TokenError {
+fn transport_error(msg: &str) -> FeishuError {
+    FeishuError {
         code: codes::GW_UPSTREAM_UNAVAILABLE,
         msg: format!("Feishu could not be reached for a token: {msg}"),
     }
@@ -721,7 +704,7 @@ app = "a"
         let config = Config::parse(&text, &env).unwrap();
         let metrics =
             Arc::new(Metrics::new(prometheus::Registry::new(), &["a".into()], &[]).unwrap());
-        let client = crate::upstream::build_client(&config).unwrap();
+        let client = crate::upstream::build_client(&config.upstream_settings()).unwrap();
         TokenManager::new(&config.apps, &[], client, config.token.clone(), metrics)
     }
 

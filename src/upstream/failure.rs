@@ -82,4 +82,3 @@ pub fn classify_chain(first: Option<&(dyn std::error::Error + 'static)>) -> Upst
     }
     UpstreamFailure::Protocol
 }
-

@@ -40,10 +40,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tower::Service as _;
 
+use super::failure::{classify_chain, BodyError, UpstreamFailure};
 use super::http1;
 use crate::config::Upstream;
-use super::failure::{classify_chain, BodyError, UpstreamFailure};
-
 
 struct Idle {
     conn: Box<http1::Conn>,
@@ -277,7 +276,9 @@ fn failure(e: &hyper::Error) -> UpstreamFailure {
 fn h1_failure(e: &http1::SendError) -> UpstreamFailure {
     tracing::debug!(error = %e, "upstream HTTP/1.1 exchange failed");
     match e {
-        http1::SendError::NotWritten(_) | http1::SendError::ClosedBeforeAnswer => UpstreamFailure::Reset,
+        http1::SendError::NotWritten(_) | http1::SendError::ClosedBeforeAnswer => {
+            UpstreamFailure::Reset
+        }
         http1::SendError::Io(io) => classify_chain(Some(io)),
         http1::SendError::Protocol(_) => UpstreamFailure::Protocol,
     }
@@ -444,7 +445,7 @@ pub(crate) mod tests {
         let (upstream, req) = split(uri, Method::GET);
         let resp = pool.send(&upstream, &req).await?;
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Ok(crate::upstream::read_code(&body).unwrap())
+        Ok(crate::feishu::read_code(&body).unwrap())
     }
 
     #[tokio::test]

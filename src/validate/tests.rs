@@ -8,8 +8,8 @@ use http::{HeaderMap, HeaderValue, Method};
 use super::json::Path;
 use super::request::{is_json_media_type, path_problem};
 use super::*;
-use crate::proxy::body::ProxyBody;
 use crate::endpoints::Catalog;
+use crate::proxy::body::ProxyBody;
 use crate::proxy::error::X_GATEWAY_ERROR;
 use crate::sim::contract::{delete_top_notice_ok, put_top_notice_ok};
 

@@ -6,8 +6,9 @@ use std::fmt;
 use http::{Response, StatusCode};
 use serde_json::json;
 
+use crate::feishu::codes;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::error::{codes, json_value_response};
+use crate::proxy::error::json_value_response;
 
 /// Longest `value` echoed back, in characters; longer ones end in `…`.
 pub const MAX_VALUE_CHARS: usize = 64;

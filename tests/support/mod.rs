@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use feishu_gateway::config::{Config, MapEnv};
 use feishu_gateway::app::Runtime;
+use feishu_gateway::config::{Config, MapEnv};
 use feishu_gateway::sim::{SimConfig, SimFeishu};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};

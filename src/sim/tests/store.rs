@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::store_apps::callback::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
 use crate::secret::Secret;
+use crate::store_apps::callback::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
 
 const STORE: &str = "cli_store_app";
 const STORE_SECRET: &str = "store-s3cret";

@@ -9,10 +9,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::upstream::pool::tests::pool;
-use crate::upstream::pool::{Home, Pool};
 use super::*;
 use crate::config::Upstream;
+use crate::upstream::pool::tests::pool;
+use crate::upstream::pool::{Home, Pool};
 
 /// A server for one connection: reads one request (head and
 /// `Content-Length` body), sends it back through the returned receiver,
