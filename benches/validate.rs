@@ -10,9 +10,11 @@
 //! `Value` parse, 4 860 for the simulated Feishu's check.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use feishu_gateway::endpoints::put_top_notice;
 use feishu_gateway::endpoints::Catalog;
+use feishu_gateway::proxy::error::GatewayError;
 use feishu_gateway::sim::contract::put_top_notice_ok;
-use feishu_gateway::validate::{put_top_notice, RequestView};
+use feishu_gateway::validate::RequestView;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method};
 
@@ -60,7 +62,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("check + 400 answer (invalid request)", |b| {
         b.iter(|| match contract.check(black_box(&bad)) {
             Ok(()) => None,
-            Err(v) => Some(v.into_response()),
+            Err(v) => Some(GatewayError::Invalid(Box::new(v)).into_response()),
         })
     });
     // For comparison: only parsing the body into a Value, and the

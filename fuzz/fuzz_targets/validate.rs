@@ -16,12 +16,12 @@
 //!   last copy win.
 #![no_main]
 
-use feishu_gateway::endpoints::Catalog;
-use feishu_gateway::sim::contract::{delete_top_notice_ok, put_top_notice_ok};
-use feishu_gateway::validate::{
-    builtin, Contract, RequestView, UnknownFields, Violations, DELETE_TOP_NOTICE, MAX_VALUE_CHARS,
-    PUT_TOP_NOTICE,
+use feishu_gateway::endpoints::{
+    builtin_contract as builtin, Catalog, DELETE_TOP_NOTICE, PUT_TOP_NOTICE,
 };
+use feishu_gateway::proxy::error::GatewayError;
+use feishu_gateway::sim::contract::{delete_top_notice_ok, put_top_notice_ok};
+use feishu_gateway::validate::{Contract, RequestView, UnknownFields, Violations, MAX_VALUE_CHARS};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method};
 use libfuzzer_sys::fuzz_target;
@@ -150,6 +150,6 @@ fn well_formed(v: Violations) {
     assert_eq!(json["code"], 232001);
     assert!(json["msg"].is_string());
     assert!(json["error"]["field_violations"].is_array());
-    let resp = v.into_response();
+    let resp = GatewayError::Invalid(Box::new(v)).into_response();
     assert_eq!(resp.status(), 400);
 }

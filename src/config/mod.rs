@@ -19,8 +19,11 @@ use sha2::{Digest, Sha256};
 pub use env::{Environment, MapEnv, ProcessEnv};
 pub use reader::{parse_duration, Problem, Problems, Section};
 
+pub use crate::endpoints::RouteConfig;
+pub use crate::quota::OverflowMode;
 use crate::secret::Secret;
 pub use crate::upstream::Upstream;
+pub use crate::validate::ValidationMode;
 
 /// One connection worker per core the process may use.
 pub fn default_workers() -> usize {
@@ -125,15 +128,6 @@ pub struct TokenPolicy {
     pub fetch_timeout: Duration,
 }
 
-/// What to do with a request over its quota.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OverflowMode {
-    /// Answer 429 at once (default).
-    Reject,
-    /// Hold the request until it may go, up to `max_wait`.
-    Wait,
-}
-
 /// Quota behaviour (`[quota]`).
 #[derive(Debug, Clone)]
 pub struct QuotaConfig {
@@ -179,41 +173,6 @@ pub struct QuotaConfig {
     /// Longest wait for one Redis call (`redis_timeout`). Default 50 ms, at
     /// most half of `margin`: the answer's trip back is arrival jitter.
     pub redis_timeout: Duration,
-}
-
-/// A catalog override or addition (`[[routes]]`). Fields left out keep the
-/// built-in entry's values (or the global defaults for a new entry).
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    /// HTTP method (`method`).
-    pub method: http::Method,
-    /// Path template (`path`), e.g. `/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice`.
-    pub path: String,
-    /// Windows like `["50/1s", "1000/60s"]` (`limits`); `[]` removes the
-    /// gateway quota of the route.
-    pub limits: Option<Vec<crate::quota::Window>>,
-    /// Overrides `quota.overflow` for this route (`overflow`).
-    pub overflow: Option<OverflowMode>,
-    /// Overrides `quota.max_wait` for this route (`max_wait`).
-    pub max_wait: Option<Duration>,
-    /// `"enforce"` (default) answers bad input itself; `"log-only"` forwards
-    /// it but logs and counts what would have been rejected (`validation`).
-    pub validation: Option<ValidationMode>,
-    /// Unknown body fields: `"allow"` (default; Feishu ignores them) or
-    /// `"reject"` (`unknown_fields`).
-    pub unknown_fields: Option<crate::validate::UnknownFields>,
-    /// Overrides the global `max_body_bytes` for this route.
-    pub max_body_bytes: Option<usize>,
-}
-
-/// What the validation phase does with a request that breaks its contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ValidationMode {
-    /// Answer 400 itself; nothing is sent, no quota spent.
-    #[default]
-    Enforce,
-    /// Forward anyway, but log and count it (safe rollout).
-    LogOnly,
 }
 
 /// Tokens the gateway issues on Feishu's token endpoints (`[sdk_tokens]`).

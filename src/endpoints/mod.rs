@@ -1,131 +1,80 @@
-//! The endpoint catalog: which Feishu endpoints the gateway knows, as data.
+//! Everything the gateway knows per Feishu endpoint: the catalog of
+//! [`Route`]s (method, template, limits, per-route options) and each
+//! route's body [`Contract`].
 //!
-//! Each [`Route`] names a method and a path template (`:name` segments match
-//! one path segment). A request that matches no route is still forwarded,
-//! as route `other`, without gateway-specific rules.
+//! The built-in entries come from one file per endpoint family
+//! ([`top_notice`]), each listing its endpoints as [`Builtin`] rows; the
+//! config's `[[routes]]` ([`RouteConfig`]) override them field by field or
+//! add more. A request that matches no route is still forwarded, as route
+//! `other`, without gateway-specific rules.
 //!
-//! Matching walks the templates segment by segment over the request path
-//! without allocating; the catalog is small (tens of routes), so a linear
-//! scan over pre-split templates is both simplest and fast.
+//! The catalog is small (tens of routes), so matching is a linear scan over
+//! pre-split templates: simplest, and fast.
+
+mod route;
+pub mod top_notice;
+
+pub use route::Route;
+pub use top_notice::{delete_top_notice, put_top_notice, DELETE_TOP_NOTICE, PUT_TOP_NOTICE};
+
+use std::time::Duration;
 
 use http::Method;
 
-use crate::config::{OverflowMode, RouteConfig, ValidationMode};
-use crate::quota::Window;
-use crate::validate::UnknownFields;
+use crate::quota::{OverflowMode, Window};
+use crate::validate::{Contract, UnknownFields, ValidationMode};
 
-/// Feishu's published limit of the top-notice endpoints: 50 per second AND
-/// 1000 per minute, per app (facts §7).
-pub const TOP_NOTICE_LIMITS: [(u32, u64); 2] = [(50, 1), (1000, 60)];
-
-/// A catalog entry.
+/// A built-in endpoint, as its family's file lists it.
 #[derive(Debug, Clone)]
-pub struct Route {
+pub struct Builtin {
     /// Stable id, e.g. `im.v1.chat_top_notice.put_top_notice`.
-    pub id: String,
+    pub id: &'static str,
     /// HTTP method.
     pub method: Method,
-    /// Path template, e.g. `/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice`;
-    /// also the `route` label in metrics.
-    pub template: String,
-    /// Feishu's windows for this endpoint, per app; empty means no gateway
-    /// quota.
-    pub limits: Vec<Window>,
-    /// Overrides the global over-limit behaviour.
+    /// Path template.
+    pub template: &'static str,
+    /// Feishu's windows per app, as (requests, seconds).
+    pub limits: &'static [(u32, u64)],
+    /// The body contract, if the gateway checks one.
+    pub contract: Option<fn() -> Contract>,
+}
+
+/// Every built-in endpoint, family by family.
+pub const BUILTIN: &[&[Builtin]] = &[top_notice::ENDPOINTS];
+
+/// The built-in contract of the route `route_id`, if it has one.
+pub fn builtin_contract(route_id: &str) -> Option<Contract> {
+    BUILTIN
+        .iter()
+        .flat_map(|family| family.iter())
+        .find(|b| b.id == route_id)
+        .and_then(|b| b.contract)
+        .map(|make| make())
+}
+
+/// A catalog override or addition (`[[routes]]`). Fields left out keep the
+/// built-in entry's values (or the global defaults for a new entry).
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// HTTP method (`method`).
+    pub method: http::Method,
+    /// Path template (`path`), e.g. `/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice`.
+    pub path: String,
+    /// Windows like `["50/1s", "1000/60s"]` (`limits`); `[]` removes the
+    /// gateway quota of the route.
+    pub limits: Option<Vec<Window>>,
+    /// Overrides `quota.overflow` for this route (`overflow`).
     pub overflow: Option<OverflowMode>,
-    /// Overrides the global longest wait.
-    pub max_wait: Option<std::time::Duration>,
-    /// Enforce the route's contract, or only log what breaks it.
-    pub validation: ValidationMode,
-    /// Unknown body fields allowed (default) or rejected.
-    pub unknown_fields: UnknownFields,
-    /// Overrides the global body limit.
+    /// Overrides `quota.max_wait` for this route (`max_wait`).
+    pub max_wait: Option<Duration>,
+    /// `"enforce"` (default) answers bad input itself; `"log-only"` forwards
+    /// it but logs and counts what would have been rejected (`validation`).
+    pub validation: Option<ValidationMode>,
+    /// Unknown body fields: `"allow"` (default; Feishu ignores them) or
+    /// `"reject"` (`unknown_fields`).
+    pub unknown_fields: Option<UnknownFields>,
+    /// Overrides the global `max_body_bytes` for this route.
     pub max_body_bytes: Option<usize>,
-    segments: Vec<Segment>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Param(String),
-}
-
-impl Route {
-    /// A route from a method and a template.
-    pub fn new(id: &str, method: Method, template: &str) -> Result<Route, String> {
-        if !template.starts_with("/open-apis/") {
-            return Err(format!("{template:?} must start with /open-apis/"));
-        }
-        let mut segments = Vec::new();
-        for seg in template[1..].split('/') {
-            if seg.is_empty() {
-                return Err(format!("{template:?} has an empty segment"));
-            }
-            if let Some(name) = seg.strip_prefix(':') {
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
-                    return Err(format!(
-                        "{template:?}: parameter {seg:?} needs a name of letters, digits or '_'"
-                    ));
-                }
-                segments.push(Segment::Param(name.to_string()));
-            } else {
-                segments.push(Segment::Literal(seg.to_string()));
-            }
-        }
-        Ok(Route {
-            id: id.to_string(),
-            method,
-            template: template.to_string(),
-            limits: Vec::new(),
-            overflow: None,
-            max_wait: None,
-            validation: ValidationMode::Enforce,
-            unknown_fields: UnknownFields::Allow,
-            max_body_bytes: None,
-            segments,
-        })
-    }
-
-    /// True when `method` and `path` match this route.
-    pub fn matches(&self, method: &Method, path: &str) -> bool {
-        if *method != self.method {
-            return false;
-        }
-        let Some(rest) = path.strip_prefix('/') else {
-            return false;
-        };
-        let mut parts = rest.split('/');
-        for seg in &self.segments {
-            match (seg, parts.next()) {
-                (Segment::Literal(l), Some(p)) if l == p => {}
-                (Segment::Param(_), Some(p)) if !p.is_empty() => {}
-                _ => return false,
-            }
-        }
-        parts.next().is_none()
-    }
-
-    /// The raw (still percent-encoded) value of parameter `name` in `path`,
-    /// which must match this route.
-    pub fn param<'p>(&self, path: &'p str, name: &str) -> Option<&'p str> {
-        let rest = path.strip_prefix('/')?;
-        self.segments
-            .iter()
-            .zip(rest.split('/'))
-            .find_map(|(seg, p)| match seg {
-                Segment::Param(n) if n == name => Some(p),
-                _ => None,
-            })
-    }
-
-    /// Names of the path parameters.
-    pub fn params(&self) -> impl Iterator<Item = &str> {
-        self.segments.iter().filter_map(|s| match s {
-            Segment::Param(n) => Some(n.as_str()),
-            Segment::Literal(_) => None,
-        })
-    }
 }
 
 /// All known routes.
@@ -135,30 +84,24 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The built-in entries (the seed endpoints).
+    /// The built-in entries, family by family.
     pub fn builtin() -> Catalog {
-        let routes = [
-            (
-                "im.v1.chat_top_notice.put_top_notice",
-                "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice",
-            ),
-            (
-                "im.v1.chat_top_notice.delete_top_notice",
-                "/open-apis/im/v1/chats/:chat_id/top_notice/delete_top_notice",
-            ),
-        ]
-        .into_iter()
-        .map(|(id, t)| {
-            let mut r = Route::new(id, Method::POST, t).expect("built-in templates are valid");
-            r.limits = TOP_NOTICE_LIMITS
-                .iter()
-                .map(|&(n, secs)| {
-                    Window::new(n, std::time::Duration::from_secs(secs)).expect("valid window")
-                })
-                .collect();
-            r
-        })
-        .collect();
+        let routes = BUILTIN
+            .iter()
+            .flat_map(|family| family.iter())
+            .map(|b| {
+                let mut r = Route::new(b.id, b.method.clone(), b.template)
+                    .expect("built-in templates are valid");
+                r.limits = b
+                    .limits
+                    .iter()
+                    .map(|&(n, secs)| {
+                        Window::new(n, Duration::from_secs(secs)).expect("valid window")
+                    })
+                    .collect();
+                r
+            })
+            .collect();
         Catalog { routes }
     }
 
@@ -222,6 +165,36 @@ impl Catalog {
     /// Route templates, in index order (metric labels).
     pub fn templates(&self) -> Vec<String> {
         self.routes.iter().map(|r| r.template.clone()).collect()
+    }
+}
+
+/// The contract of each catalog route, by route index.
+#[derive(Debug, Clone)]
+pub struct Contracts {
+    by_route: Vec<Option<Contract>>,
+}
+
+impl Contracts {
+    /// The built-in contract of every route of `catalog` that has one.
+    pub fn for_catalog(catalog: &Catalog) -> Contracts {
+        Contracts {
+            by_route: catalog
+                .routes()
+                .iter()
+                .map(|r| builtin_contract(&r.id))
+                .collect(),
+        }
+    }
+
+    /// The contract of route `index`, if it has one.
+    pub fn get(&self, index: usize) -> Option<&Contract> {
+        self.by_route.get(index).and_then(Option::as_ref)
+    }
+
+    /// The contract of route `index`, to adjust per-route options
+    /// (e.g. [`Contract::unknown_fields`]).
+    pub fn get_mut(&mut self, index: usize) -> Option<&mut Contract> {
+        self.by_route.get_mut(index).and_then(Option::as_mut)
     }
 }
 
@@ -293,12 +266,5 @@ mod tests {
         );
         let i = c.find(&Method::POST, "/open-apis/im/v1/messages").unwrap();
         assert_eq!(c.route(i).limits[0].to_string(), "20/10s");
-    }
-
-    #[test]
-    fn bad_templates_are_refused() {
-        assert!(Route::new("x", Method::GET, "/other/x").is_err());
-        assert!(Route::new("x", Method::GET, "/open-apis//x").is_err());
-        assert!(Route::new("x", Method::GET, "/open-apis/:/x").is_err());
     }
 }

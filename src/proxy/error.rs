@@ -241,9 +241,9 @@ impl GatewayError {
     }
 
     fn answer(self) -> Response<ProxyBody> {
-        if let GatewayError::Invalid(v) = self {
+        if let GatewayError::Invalid(v) = &self {
             // Feishu's shape with `error.field_violations`.
-            return v.into_response();
+            return json_value_response(self.status(), self.reason(), &v.to_json());
         }
         if let GatewayError::BodyTooLarge { limit } = self {
             // The same shape as a validation failure, naming the body.

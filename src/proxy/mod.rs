@@ -36,19 +36,21 @@ use tokio::time::Instant;
 
 use crate::auth::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
 use crate::auth::{bearer, AuthError, ClientTable};
-use crate::config::ValidationMode;
-use crate::config::{Config, OverflowMode, QuotaConfig, Upstream};
+use crate::config::{Config, QuotaConfig, Upstream};
+use crate::endpoints::Contracts;
 use crate::endpoints::{Catalog, Route};
 use crate::feishu::{codes, paths};
 use crate::observe::logging::{self, AccessRecord};
 use crate::observe::metrics::{Metrics, QuotaPairMetrics};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::GatewayError;
+use crate::quota::OverflowMode;
 use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey, RedisConnection};
 use crate::store_apps::{StoreApps, Tenant, TicketBox};
 use crate::tokens::{TokenManager, TokenSlot};
 use crate::upstream::Upstreams;
-use crate::validate::{Contracts, RequestView};
+use crate::validate::RequestView;
+use crate::validate::ValidationMode;
 use inspect::{inspect, Inspected};
 
 /// Largest JSON answer buffered whole to read its `code` (and so replayable).

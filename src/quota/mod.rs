@@ -59,6 +59,15 @@ pub mod redis;
 pub mod testing;
 pub mod window;
 
+/// What to do with a request over its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowMode {
+    /// Answer 429 at once (default).
+    Reject,
+    /// Hold the request until it may go, up to `max_wait`.
+    Wait,
+}
+
 #[cfg(test)]
 mod fleet_tests;
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! by the gateway, in Feishu's words (400, code 232001, `field_violations`).
 //!
 //! ```
-//! use feishu_gateway::endpoints::Catalog;
-//! use feishu_gateway::validate::{Contracts, RequestView};
+//! use feishu_gateway::endpoints::{Catalog, Contracts};
+//! use feishu_gateway::validate::RequestView;
 //!
 //! let catalog = Catalog::builtin();
 //! let contracts = Contracts::for_catalog(&catalog);
@@ -21,8 +21,8 @@
 //! let err = contracts.get(index).unwrap().check(&req).unwrap_err();
 //! assert_eq!(err.list()[0].field, "chat_top_notice[0].message_id");
 //! assert_eq!(err.list()[0].description, r#"required when action_type is "1""#);
-//! let answer = err.into_response(); // 400, X-Gateway-Error: invalid-request
-//! assert_eq!(answer.status(), 400);
+//! let answer = err.to_json(); // the body of the 400 the proxy sends
+//! assert_eq!(answer["code"], 232001);
 //! ```
 //!
 //! # Layout
@@ -30,10 +30,9 @@
 //! | file           | concern                                                      |
 //! |----------------|--------------------------------------------------------------|
 //! | `contract.rs`  | the contract as plain data: params, headers, body [`Shape`]s |
-//! | `builtin.rs`   | the seed contracts by route id, and [`Contracts`] by route   |
 //! | `request.rs`   | [`Contract::check`]: path parameters, headers, body          |
 //! | `json.rs`      | the one-pass streaming walk of the body                      |
-//! | `violation.rs` | [`Violations`] and the 400 answer                            |
+//! | `violation.rs` | [`Violations`] and the body of the 400 answer                |
 //!
 //! # Why a declarative form of our own
 //!
@@ -71,7 +70,6 @@
 //!   echoed values are cut at [`MAX_VALUE_CHARS`] characters, and missing
 //!   fields, objects and arrays echo no value at all.
 
-mod builtin;
 mod contract;
 mod json;
 mod request;
@@ -80,24 +78,36 @@ mod violation;
 #[cfg(test)]
 mod tests;
 
-pub use builtin::{
-    builtin, delete_top_notice, put_top_notice, Contracts, DELETE_TOP_NOTICE, PUT_TOP_NOTICE,
-};
 pub use contract::{
     Array, BodyRule, Contract, Field, HeaderCheck, HeaderRule, Object, Param, Presence, Shape,
     Text, UnknownFields, MAX_CONDITIONAL, MAX_FIELDS,
 };
-pub use violation::{Violation, Violations, MAX_VALUE_CHARS, MAX_VIOLATIONS, REASON};
+pub use violation::{Violation, Violations, MAX_VALUE_CHARS, MAX_VIOLATIONS};
 
 use http::HeaderMap;
 
-use crate::endpoints::Route;
+/// Where a contract finds the request's path parameters: the catalog route
+/// the request matched (`crate::endpoints::Route` implements it).
+pub trait PathParams {
+    /// The raw (still percent-encoded) value of parameter `name` in `path`.
+    fn param<'p>(&self, path: &'p str, name: &str) -> Option<&'p str>;
+}
+
+/// What the validation phase does with a request that breaks its contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValidationMode {
+    /// Answer 400 itself; nothing is sent, no quota spent.
+    #[default]
+    Enforce,
+    /// Forward anyway, but log and count it (safe rollout).
+    LogOnly,
+}
 
 /// The parts of a request a contract looks at.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RequestView<'a> {
-    /// The catalog route the request matched.
-    pub route: &'a Route,
+    /// The path parameters of the route the request matched.
+    pub route: &'a dyn PathParams,
     /// The request path, without the query (`uri.path()`), still
     /// percent-encoded.
     pub path: &'a str,

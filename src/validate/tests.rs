@@ -8,7 +8,10 @@ use http::{HeaderMap, HeaderValue, Method};
 use super::json::Path;
 use super::request::{is_json_media_type, path_problem};
 use super::*;
-use crate::endpoints::Catalog;
+use crate::endpoints::{
+    builtin_contract as builtin, put_top_notice, Catalog, Contracts, DELETE_TOP_NOTICE,
+    PUT_TOP_NOTICE,
+};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::X_GATEWAY_ERROR;
 use crate::sim::contract::{delete_top_notice_ok, put_top_notice_ok};
@@ -579,7 +582,7 @@ fn the_answer_is_feishu_shaped() {
         msg,
         "feishu-gateway: invalid request: chat_top_notice[0].message_id: required when action_type is \"1\" (and 1 more problem, see error.field_violations)"
     );
-    let resp = err.into_response();
+    let resp = crate::proxy::error::GatewayError::Invalid(Box::new(err)).into_response();
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers()[X_GATEWAY_ERROR], "invalid-request");
     assert!(resp.headers()[CONTENT_TYPE]

@@ -3,21 +3,15 @@
 
 use std::fmt;
 
-use http::{Response, StatusCode};
 use serde_json::json;
 
 use crate::feishu::codes;
-use crate::proxy::body::ProxyBody;
-use crate::proxy::error::json_value_response;
 
 /// Longest `value` echoed back, in characters; longer ones end in `…`.
 pub const MAX_VALUE_CHARS: usize = 64;
 
 /// Most violations kept; further ones are only counted.
 pub const MAX_VIOLATIONS: usize = 50;
-
-/// `X-Gateway-Error` of the answer.
-pub const REASON: &str = "invalid-request";
 
 /// One problem with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +78,8 @@ impl Violations {
         msg
     }
 
-    /// The JSON body of the answer.
+    /// The JSON body of the answer (400, `X-Gateway-Error: invalid-request`):
+    /// Feishu's shape with code 232001 and every violation kept.
     pub fn to_json(&self) -> serde_json::Value {
         let violations: Vec<serde_json::Value> = self
             .list
@@ -101,12 +96,6 @@ impl Violations {
             "msg": self.msg(),
             "error": { "field_violations": violations },
         })
-    }
-
-    /// The answer: 400, `X-Gateway-Error: invalid-request`, Feishu-shaped
-    /// JSON with code 232001 and every violation kept.
-    pub fn into_response(self) -> Response<ProxyBody> {
-        json_value_response(StatusCode::BAD_REQUEST, REASON, &self.to_json())
     }
 }
 
