@@ -48,6 +48,7 @@ pub mod proxy;
 /// Per-app quotas: one GCRA per (app, route), or (app, tenant, route) for store
 /// apps, derived from all of Feishu's windows.
 pub mod quota;
+pub mod redis_connection;
 pub mod secret;
 pub mod server;
 /// A simulated Feishu for the demo, the tests and the benchmark.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use feishu_gateway::app::Runtime;
 use feishu_gateway::config::{Config, MapEnv};
-use feishu_gateway::quota::{FailMode, Plan, PlanPolicy, RedisConnection, RedisSettings};
+use feishu_gateway::quota::{FailMode, Plan, PlanPolicy, RedisSettings};
 use feishu_gateway::secret::Secret;
 use feishu_gateway::sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
 use feishu_gateway::tokens::ticket_store::{
@@ -517,7 +517,7 @@ async fn redis_ticket_store_round_trip_ttl_and_bad_values() {
         min_rate_fraction: 0.965,
         probe_interval: Duration::from_millis(100),
     };
-    let store = RedisTicketStore::new(RedisConnection::open(&settings).unwrap(), "t:");
+    let store = RedisTicketStore::new(settings.open_connection().unwrap(), "t:");
     assert!(store.is_shared());
     let key = store.key_of("cli_a").unwrap();
     assert_eq!(key, "t:app_ticket:cli_a");

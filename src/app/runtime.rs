@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::endpoints::Catalog;
 use crate::observe::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::quota::{BackendKind, RedisConnection, RedisSettings};
+use crate::quota::{BackendKind, RedisSettings};
 use crate::server::admin::Admin;
 use crate::tokens::ticket_store::{
     FileTicketStore, MemoryTicketStore, RedisTicketStore, TicketStore,
@@ -100,7 +100,7 @@ impl Runtime {
         let redis = match config.quota.backend {
             BackendKind::Redis => Some(
                 RedisSettings::from_config(&config.quota)
-                    .and_then(|s| RedisConnection::open(&s))
+                    .and_then(|s| s.open_connection())
                     .map_err(StartError::Config)?,
             ),
             BackendKind::Local => None,

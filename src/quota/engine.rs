@@ -7,53 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::redis::{BackendStatus, RedisConnection, RedisQuota, RedisScope, RedisSettings};
+use super::redis::{RedisQuota, RedisScope, RedisSettings};
 use super::{Admit, KeySpec, LocalQuota, Overflow, QuotaBackend, QuotaKey, Rejection, Snapshot};
-use crate::config::QuotaConfig;
+use super::{BackendKind, BackendStatus, QuotaConfig};
 use crate::observe::metrics::Metrics;
-
-/// Where quota state lives (`[quota] backend`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum BackendKind {
-    /// In this process (the default): right for one replica.
-    #[default]
-    Local,
-    /// In Redis, shared by every replica.
-    Redis,
-}
-
-impl BackendKind {
-    /// The config and metrics spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Local => "local",
-            BackendKind::Redis => "redis",
-        }
-    }
-}
-
-/// What a replica does while Redis is unreachable or slow (`[quota] fail`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum FailMode {
-    /// Limit locally to 1/replicas of every quota (the default).
-    #[default]
-    Local,
-    /// Refuse limited requests: 503 `quota-backend-unavailable`.
-    Closed,
-    /// Forward limited requests without a limit.
-    Open,
-}
-
-impl FailMode {
-    /// The config and metrics spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailMode::Local => "local",
-            FailMode::Closed => "closed",
-            FailMode::Open => "open",
-        }
-    }
-}
+use crate::redis_connection::RedisConnection;
 
 /// The quota engine of a gateway. Cheap to clone (an `Arc` inside).
 #[derive(Clone, Debug)]
@@ -85,7 +43,7 @@ impl Engine {
                 let settings = RedisSettings::from_config(config)?;
                 let connection = match redis {
                     Some(c) => c.clone(),
-                    None => RedisConnection::open(&settings)?,
+                    None => settings.open_connection()?,
                 };
                 let handles = metrics
                     .quota_backend(config.fail.as_str())

@@ -50,7 +50,9 @@
 //! # }
 //! ```
 
+mod backend;
 pub mod clock;
+mod config;
 pub mod engine;
 pub mod local;
 mod peek;
@@ -77,11 +79,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::redis_connection::RedisConnection;
+pub use backend::{BackendKind, BackendStatus, FailMode};
 pub use clock::TokioClock;
-pub use engine::{BackendKind, Engine, FailMode, ScopedQuota};
+pub use config::QuotaConfig;
+pub use engine::{Engine, ScopedQuota};
 pub use local::{KeySpec, LocalQuota};
 pub use plan::{Plan, PlanError, PlanPolicy, WindowFigures};
-pub use redis::{BackendStatus, RedisConnection, RedisQuota, RedisScope, RedisSettings};
+pub use redis::{RedisQuota, RedisScope, RedisSettings};
 pub use window::{Window, WindowError};
 
 /// A quota key: the index of its [`KeySpec`] in the list the engine was

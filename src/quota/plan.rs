@@ -1,81 +1,12 @@
 //! The planner: ONE governor GCRA (emission interval `t`, burst `b`) that
 //! honours every window of a key at once, with a safety margin.
 //!
-//! # What governor admits (verified in its source and by the tests below)
-//!
-//! governor 0.10 keeps one number per limiter, the theoretical arrival time
-//! `tat` (`gcra.rs`, `test_and_update`). With `tau = (b - 1) * t`, a request
-//! at time `t0` is admitted iff `t0 >= tat - tau` (an exact comparison on
-//! integer nanoseconds: at `tat - tau` it passes, one nanosecond earlier it
-//! fails), and an admission sets `tat = max(tat, t0) + t`. A fresh limiter
-//! (or one idle long enough) admits `b` at once. Rejections never touch the
-//! state, so a rejected request spends nothing.
-//!
-//! **Bound.** In every *closed* interval `[a, a + L]` governor admits at most
-//! `b + floor(L / t)` requests, and the bound is reached (a burst of `b` at
-//! `a`, then one every `t`; the last lands exactly on `a + L`). Proof: let
-//! the admissions in the interval be `s_1 <= ... <= s_n`. After the first,
-//! `tat >= s_1 + t`, and each further admission adds `t`, so before the
-//! `k`-th, `tat >= s_1 + (k - 1) t`; admission needs
-//! `s_k >= tat - tau >= s_1 + (k - b) t`. With `k = n`:
-//! `a + L >= s_n >= a + (n - b) t`, so `n <= b + floor(L / t)`.
-//!
-//! # Planning with a margin
-//!
-//! Feishu counts at arrival, and an admitted request reaches it after a delay
-//! in `[0, margin]` (pool, scheduler, network). Requests arriving within any
-//! interval of length `W` were admitted within an interval of length
-//! `W + margin`, so each window is planned as `L = W + margin`:
-//!
-//! `b + floor(L_i / t) <= N_i` for every window `i`, which holds iff
-//! `t > L_i / (N_i - b + 1)`. For a given burst the fastest safe period is
-//! therefore `t_min(b) = max_i (floor(L_i / (N_i - b + 1)) + 1)` ns: larger
-//! bursts cost rate, and `(b, t_min(b))` for `b = 1 ..= min N_i` is the whole
-//! trade-off curve.
-//!
-//! # Choosing the burst (the default policy)
-//!
-//! The best achievable sustained rate is `1 / t_min(1)` (burst 1). The policy
-//! takes the **largest burst whose rate is still at least
-//! `min_rate_fraction` (default 0.965) of that best rate**, with the fastest
-//! period for that burst. Because `t_min` has cliffs (one more request of
-//! burst can force a much longer period when a short window becomes the
-//! binding one), this lands on the edge of a cliff: as much burst as the rate
-//! budget buys, and not one request more.
-//!
-//! For the seed limits (`50/1s` and `1000/60s`, margin 100 ms) the best rate
-//! is one per 60.1 ms (998.3 per minute); the policy picks `b = 33`,
-//! `t = 62.087 ms`: 966.4 per minute sustained (96.64 %), a burst of 33 after
-//! idle, and at most 50 in any 1.1 s and 1000 in any 60.1 s. One more burst
-//! (34) would need `t >= 64.7 ms` (the 1 s window binds), i.e. 92.7 %.
-//!
-//! # Can governor reach the theoretical maximum (100 % with a burst of 50)?
-//!
-//! No. A GCRA with burst `b` may admit `b + floor(L/t)` within *every*
-//! interval of length `L`, so the burst is paid out of every window's budget
-//! all the time, not once after idle:
-//!
-//! - a burst of 50 leaves nothing for the 1 s window: `floor(1.1 s / t) = 0`,
-//!   so `t > 1.1 s` (5.5 % of the minute quota);
-//! - even the minute window alone would cap it: `floor(60.1 s / t) <= 950`,
-//!   94.8 %;
-//! - 100 % needs `b = 1`, and even then the margin caps it at
-//!   60 / 60.1 = 99.83 % (`t` = 60.1 ms).
-//!
-//! Checking several GCRAs together (one per window, spending only when all
-//! conform, which the peekable store would allow) does not help: every token
-//! bucket sustaining rate `r` admits at least `b_min + floor(L r)` within some
-//! interval of length `L`, so the conjunction is never better than the single
-//! GCRA `(1/r, b_min)` planned here.
-//!
-//! What it would take: a limiter that remembers individual admissions, i.e.
-//! an exact sliding log per window (admit iff fewer than `N` admissions lie
-//! in the last `W + margin`; a ring buffer of `N` timestamps, 8 KB per key for
-//! `1000/60s`). It admits 50 at once after idle and 1000 per 60.1 s under
-//! overload (99.83 %); the literal 100 % also needs margin 0, which Feishu's
-//! counting at arrival makes unsafe. It is not a governor feature; it would
-//! replace governor behind the same [`QuotaBackend`](super::QuotaBackend)
-//! interface.
+//! Each window `N_i / W_i` is planned as `L_i = W_i + margin` (Feishu counts
+//! at arrival, admitted requests arrive up to a margin later), so that
+//! `b + floor(L_i / t) <= N_i`; the default policy takes the largest burst
+//! whose rate is still `min_rate_fraction` of the best one. What governor
+//! admits, the proof of that bound, the seed endpoints' figures and why 100 %
+//! is out of reach are in `docs/quota.md`.
 
 use std::fmt;
 use std::num::NonZeroU32;

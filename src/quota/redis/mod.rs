@@ -1,4 +1,15 @@
 //! [`RedisQuota`]: one quota for the whole fleet of gateway replicas, kept
+//! in Redis, and [`RedisScope`]: the same for each tenant of a store app.
+//!
+//! Every admission is ONE call of `redis.lua` by EVALSHA: the upstream-pause
+//! check and the GCRA check-and-commit run atomically on the Redis server's
+//! clock, with the local planner's parameters, so the local guarantee
+//! carries over. While Redis is unreachable or slow, `fail` decides: each
+//! replica limits locally to its share (`local`), refuses (`closed`) or
+//! forwards without a limit (`open`) — see [`health`]. The design, the
+//! timing argument and what failover may over-admit are in
+//! `docs/quota.md`, "The shared quota".
+//! [`RedisQuota`]: one quota for the whole fleet of gateway replicas, kept
 //! in Redis (issue 7), and [`RedisScope`]: the same for each tenant of a
 //! store app (issue 9).
 //!
@@ -92,15 +103,19 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus::Histogram;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
-use serde::Serialize;
 use tokio::time::Instant;
 
-use super::engine::FailMode;
+mod health;
+
+use health::{Failure, Health};
+
 use super::{Admit, Cause, KeySpec, Limit, LocalQuota, Overflow, Policy, QuotaKey, Rejection};
+use super::{BackendStatus, FailMode};
 use super::{QuotaBackend, Snapshot};
 use crate::observe::metrics::QuotaBackendMetrics;
+use crate::redis_connection::RedisConnection;
 use crate::secret::Secret;
 
 /// The admission script (see the contract at its top).
@@ -140,9 +155,14 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
+    /// The replica's connection to the Redis these settings name.
+    pub fn open_connection(&self) -> Result<RedisConnection, String> {
+        RedisConnection::open(&self.url, self.ca_file.as_deref(), self.timeout)
+    }
+
     /// The settings `[quota]` gives, with `backend = "redis"` (an error
     /// without a `redis_url`).
-    pub fn from_config(config: &crate::config::QuotaConfig) -> Result<RedisSettings, String> {
+    pub fn from_config(config: &super::QuotaConfig) -> Result<RedisSettings, String> {
         let url = config
             .redis_url
             .clone()
@@ -157,65 +177,6 @@ impl RedisSettings {
             min_rate_fraction: config.min_rate_fraction,
             probe_interval: PROBE_INTERVAL,
         })
-    }
-}
-
-/// A replica's one connection to Redis: multiplexed, reconnecting, with
-/// `redis_timeout` on every answer. Cheap to clone; the clones share the
-/// connection. The quota engine and the app_ticket store
-/// ([`crate::tokens::ticket_store::RedisTicketStore`]) use the same one.
-#[derive(Clone)]
-pub struct RedisConnection {
-    conn: ConnectionManager,
-    target: Arc<str>,
-    connect_timeout: Duration,
-}
-
-impl std::fmt::Debug for RedisConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConnection")
-            .field("target", &self.target)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisConnection {
-    /// A connection to `settings.url`. Does not connect: the first command
-    /// does (within [`connect_timeout`](Self::connect_timeout)), and a lost
-    /// connection is made again by the next one.
-    pub fn open(settings: &RedisSettings) -> Result<RedisConnection, String> {
-        let client = client(settings)?;
-        let target = describe(client.get_connection_info());
-        let connect_timeout = settings.timeout.max(Duration::from_secs(1));
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("quota.redis_url: {e}"))?;
-        Ok(RedisConnection {
-            conn,
-            target: target.into(),
-            connect_timeout,
-        })
-    }
-
-    /// `rediss://host:port/db`, without credentials: for logs and `/readyz`.
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
-    /// How long connecting may take (`redis_timeout`, at least 1 s: TLS
-    /// handshakes take time).
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
-    }
-
-    /// A handle on the shared connection, for one command or pipeline.
-    pub(crate) fn manager(&self) -> ConnectionManager {
-        self.conn.clone()
     }
 }
 
@@ -399,48 +360,6 @@ impl ScopeKeys {
     }
 }
 
-/// What changes rarely: for logs, `/readyz` and the fallback-time counter.
-struct Health {
-    since: Instant,
-    last_error: Option<String>,
-    accounted: Instant,
-}
-
-/// Why a call to Redis failed.
-#[derive(Debug)]
-enum Failure {
-    Timeout,
-    Connection(RedisError),
-    Server(RedisError),
-}
-
-impl Failure {
-    fn from_error(e: RedisError) -> Failure {
-        if e.is_timeout() {
-            Failure::Timeout
-        } else if e.is_io_error()
-            || e.is_connection_refusal()
-            || e.is_connection_dropped()
-            || e.is_unrecoverable_error()
-        {
-            Failure::Connection(e)
-        } else {
-            Failure::Server(e)
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // RedisError never carries the URL or the password.
-        match self {
-            Failure::Timeout => f.write_str("no answer within redis_timeout"),
-            Failure::Connection(e) => write!(f, "connection: {e}"),
-            Failure::Server(e) => write!(f, "server: {e}"),
-        }
-    }
-}
-
 /// The script's answer to `take`.
 enum Reply {
     /// Admitted; go after `wait` (a reserved slot when not zero).
@@ -449,27 +368,6 @@ enum Reply {
     Limited { wait: Duration },
     /// Paused for `left` more.
     Paused { left: Duration },
-}
-
-/// What `/readyz` shows of the quota backend.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct BackendStatus {
-    /// `local` or `redis`.
-    pub backend: &'static str,
-    /// `local` (the local backend), or `shared`, `degraded` or `healing`.
-    pub state: &'static str,
-    /// The fail mode (`local`, `closed`, `open`), for `redis`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fail: Option<&'static str>,
-    /// Where Redis is, without credentials.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// Seconds in the current state.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub since_secs: Option<u64>,
-    /// The last failure, while not shared.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
 }
 
 impl RedisQuota {
@@ -482,7 +380,7 @@ impl RedisQuota {
         specs: Vec<KeySpec>,
         metrics: Option<QuotaBackendMetrics>,
     ) -> Result<RedisQuota, String> {
-        let connection = RedisConnection::open(settings)?;
+        let connection = settings.open_connection()?;
         RedisQuota::with_connection(&connection, settings, specs, metrics)
     }
 
@@ -970,179 +868,11 @@ impl Inner {
         }
     }
 
-    /// The current mode; switches `Healing` to `Shared` once the heal time
-    /// has come.
-    fn mode(&self) -> Mode {
-        let mode = Mode::from_u8(self.mode.load(Ordering::Acquire));
-        if mode == Mode::Healing && self.now_ns() >= self.heal_at.load(Ordering::Acquire) {
-            let mut health = lock(&self.health);
-            if self
-                .mode
-                .compare_exchange(
-                    Mode::Healing as u8,
-                    Mode::Shared as u8,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-            {
-                let now = Instant::now();
-                let away = now.saturating_duration_since(health.since);
-                self.account(&mut health, now);
-                health.since = now;
-                health.last_error = None;
-                if let Some(m) = &self.metrics {
-                    m.up.set(1);
-                }
-                tracing::warn!(
-                    target = %self.target,
-                    after_secs = away.as_secs(),
-                    "quota backend: Redis is back; quotas are shared again"
-                );
-                return Mode::Shared;
-            }
-            return Mode::from_u8(self.mode.load(Ordering::Acquire));
-        }
-        mode
-    }
-
-    /// Adds the time since the last accounting to the fallback counter.
-    fn account(&self, health: &mut Health, now: Instant) {
-        if let Some(m) = &self.metrics {
-            let d = now.saturating_duration_since(health.accounted);
-            m.fallback_seconds.inc_by(d.as_secs_f64());
-        }
-        health.accounted = now;
-    }
-
-    /// Counts a failed call; returns true once it has switched to the fail
-    /// mode (at once for a connection error, else when failures have gone on
-    /// for [`TRIP_AFTER`] timeouts).
-    fn failed(&self, failure: &Failure) -> bool {
-        self.count(failure);
-        if self.mode() != Mode::Shared {
-            return true;
-        }
-        let now = self.now_ns().max(1);
-        let since =
-            match self
-                .failing_since
-                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => now,
-                Err(since) => since,
-            };
-        let streak = Duration::from_nanos(now - since.min(now));
-        if matches!(failure, Failure::Connection(_)) || streak >= self.timeout * TRIP_AFTER {
-            self.degrade(failure);
-            return true;
-        }
-        tracing::debug!(error = %failure, "quota backend: a call failed");
-        false
-    }
-
-    fn count(&self, failure: &Failure) {
-        if let Some(m) = &self.metrics {
-            match failure {
-                Failure::Timeout => m.timeouts.inc(),
-                Failure::Connection(_) => m.connection_errors.inc(),
-                Failure::Server(_) => m.server_errors.inc(),
-            }
-        }
-    }
-
-    /// Leave shared limiting (logged and counted once per outage).
-    fn degrade(&self, failure: &Failure) {
-        self.failing_since.store(0, Ordering::Release);
-        let mut health = lock(&self.health);
-        health.last_error = Some(failure.to_string());
-        match Mode::from_u8(self.mode.load(Ordering::Acquire)) {
-            Mode::Shared => {
-                // The fallback first, so no request sees the new mode
-                // without it. Drained: the switch adds no burst.
-                if let Some(specs) = &self.fallback_specs {
-                    let fresh = LocalQuota::with_tokio_clock(specs.clone());
-                    for i in 0..specs.len() {
-                        fresh.drain(QuotaKey::new(i as u32));
-                    }
-                    *self.fallback.write().unwrap_or_else(|e| e.into_inner()) =
-                        Some(Arc::new(fresh));
-                }
-                // Scopes rebuild theirs, drained, when they see it.
-                self.outages.fetch_add(1, Ordering::AcqRel);
-                self.mode.store(Mode::Degraded as u8, Ordering::Release);
-                self.loaded.store(false, Ordering::Release);
-                let now = Instant::now();
-                health.since = now;
-                health.accounted = now;
-                if let Some(m) = &self.metrics {
-                    m.fallbacks.inc();
-                    m.up.set(0);
-                }
-                let action = match self.fail {
-                    FailMode::Local => "each replica limits locally to 1/replicas of every quota",
-                    FailMode::Closed => "limited routes answer 503 until it is back",
-                    FailMode::Open => {
-                        "limited routes are forwarded WITHOUT a limit until it is back"
-                    }
-                };
-                tracing::error!(
-                    target = %self.target,
-                    error = %failure,
-                    fail = self.fail.as_str(),
-                    "quota backend: Redis unavailable; {action}"
-                );
-            }
-            // The heal did not hold: stay on the fallback (its state goes
-            // on) and wait for the next probe.
-            Mode::Healing => self.mode.store(Mode::Degraded as u8, Ordering::Release),
-            Mode::Degraded => {}
-        }
-    }
-
     fn fallback(&self) -> Option<Arc<LocalQuota>> {
         self.fallback
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    /// Decide by the fail mode.
-    async fn degraded(
-        &self,
-        k: &SharedKey,
-        fb: Fallback<'_>,
-        overflow: Overflow,
-        started: Instant,
-    ) -> Result<Admit, Rejection> {
-        if let Some(m) = &self.metrics {
-            m.degraded_requests.inc();
-        }
-        match self.fail {
-            FailMode::Local => match self.fallback_for(fb) {
-                Some((fallback, key)) => match fallback.acquire(key, overflow).await {
-                    Ok(admit) => Ok(Admit {
-                        waited: if admit.waited.is_zero() {
-                            admit.waited
-                        } else {
-                            started.elapsed()
-                        },
-                        ..admit
-                    }),
-                    // Report the fleet's limit, not the replica's share.
-                    Err(r) => {
-                        let limit = match r.limit() {
-                            Limit::Window(_) => Limit::Window(k.policy.reported_window()),
-                            other => other,
-                        };
-                        Err(k.reject(r.cause(), limit, r.retry_after()))
-                    }
-                },
-                None => Err(k.unavailable()),
-            },
-            FailMode::Closed => Err(k.unavailable()),
-            FailMode::Open => Ok(unlimited()),
-        }
     }
 
     /// One `take`: the admission decision in Redis.
@@ -1198,132 +928,6 @@ impl Inner {
             Ok(Err(e)) => Err(Failure::from_error(e)),
             Err(_) => Err(Failure::Timeout),
         }
-    }
-
-    /// One health probe (see the module docs).
-    async fn probe(&self) {
-        let started = Instant::now();
-        match self.mode() {
-            Mode::Shared => {
-                // The script is loaded once (the first probe, and after each
-                // outage); EVALSHA reloads it on NOSCRIPT. Otherwise a PING.
-                let mut conn = self.conn.clone();
-                let loaded = self.loaded.load(Ordering::Acquire);
-                let call = async {
-                    if loaded {
-                        redis::cmd("PING").query_async::<()>(&mut conn).await
-                    } else {
-                        self.script.load_async(&mut conn).await.map(|_| ())
-                    }
-                };
-                let limit = if loaded {
-                    self.timeout
-                } else {
-                    self.connect_timeout
-                };
-                let result = tokio::time::timeout(limit, call).await;
-                if let Some(m) = &self.metrics {
-                    m.probe.observe(started.elapsed().as_secs_f64());
-                }
-                match result {
-                    Ok(Ok(())) => {
-                        self.loaded.store(true, Ordering::Release);
-                        self.failing_since.store(0, Ordering::Release);
-                    }
-                    Ok(Err(e)) => {
-                        self.failed(&Failure::from_error(e));
-                    }
-                    Err(_) => {
-                        self.failed(&Failure::Timeout);
-                    }
-                }
-            }
-            Mode::Degraded => match self.heal().await {
-                Ok(heal_at) => {
-                    let mut health = lock(&self.health);
-                    if self
-                        .mode
-                        .compare_exchange(
-                            Mode::Degraded as u8,
-                            Mode::Healing as u8,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .is_ok()
-                    {
-                        let at = heal_at.saturating_duration_since(self.epoch);
-                        self.heal_at.store(at.as_nanos() as u64, Ordering::Release);
-                        health.last_error = None;
-                        tracing::info!(
-                            target = %self.target,
-                            in_ms = heal_at.saturating_duration_since(Instant::now()).as_millis() as u64,
-                            "quota backend: Redis answers again; shared limiting resumes at the fleet's heal time"
-                        );
-                    }
-                }
-                Err(failure) => {
-                    self.count(&failure);
-                    lock(&self.health).last_error = Some(failure.to_string());
-                }
-            },
-            Mode::Healing => {}
-        }
-        if self.mode() != Mode::Shared {
-            let mut health = lock(&self.health);
-            self.account(&mut health, Instant::now());
-        }
-        self.settled.store(true, Ordering::Release);
-    }
-
-    /// Joins (or starts) the fleet's heal and drains every key from its
-    /// time on: two round trips (the script is loaded in the first, the
-    /// drains are pipelined in the second). Returns when, on this replica's
-    /// clock, to switch back.
-    async fn heal(&self) -> Result<Instant, Failure> {
-        let mut conn = self.conn.clone();
-        let sent = Instant::now();
-        let grace = self.heal_grace.as_micros() as u64;
-        let mut heal = self.script.prepare_invoke();
-        heal.key(&self.heal_key).arg("heal").arg(grace);
-        let mut first = redis::pipe();
-        first.load_script(&self.script).invoke_script(&heal);
-        let (_, reply): (String, Vec<i64>) = self.pipeline(&first, &mut conn).await?;
-        let (at, ahead) = match reply.as_slice() {
-            [at, ahead, ..] => (*at, micros(*ahead)),
-            other => {
-                return Err(Failure::Server(RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "quota script heal reply",
-                    format!("{other:?}"),
-                ))))
-            }
-        };
-        let drains: Vec<_> = self
-            .keys
-            .iter()
-            .map(|k| {
-                let mut call = self.script.prepare_invoke();
-                call.key(&k.tat)
-                    .key(&k.pause)
-                    .arg("drain")
-                    .arg(k.t_us)
-                    .arg(k.drain_slots)
-                    .arg(at);
-                call
-            })
-            .collect();
-        let mut second = redis::pipe();
-        for call in &drains {
-            second.invoke_script(call);
-        }
-        let _: Vec<Vec<i64>> = self.pipeline(&second, &mut conn).await?;
-        self.loaded.store(true, Ordering::Release);
-        // Keys this heal did not drain (scoped keys) are floored at their
-        // drain by every take and peek from now on.
-        self.healed_at_us.store(at.max(0) as u64, Ordering::Release);
-        // Redis read its clock somewhere after `sent`: switching at
-        // `sent + ahead` ends the local era no later than the heal time.
-        Ok(sent + ahead)
     }
 
     /// One pipeline within the timeout, timed as a probe.
@@ -1431,56 +1035,6 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-fn client(settings: &RedisSettings) -> Result<redis::Client, String> {
-    use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
-    use redis::IntoConnectionInfo;
-    // Parse errors never echo the URL: it may carry a password.
-    let bad = |e: RedisError| {
-        format!(
-            "quota.redis_url: not a usable redis:// or rediss:// URL ({:?})",
-            e.kind()
-        )
-    };
-    // TCP_NODELAY: commands are tiny and pipelined on one connection; with
-    // Nagle they would wait for the server's delayed ACK (40 ms on Linux).
-    // Keepalive notices a peer that vanished without a FIN.
-    let info = settings
-        .url
-        .expose()
-        .into_connection_info()
-        .map_err(bad)?
-        .set_tcp_settings(
-            TcpSettings::default()
-                .set_nodelay(true)
-                .set_keepalive(TcpKeepalive::new().with_time(Duration::from_secs(15))),
-        );
-    match &settings.ca_file {
-        None => redis::Client::open(info).map_err(bad),
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("quota.redis_ca_file: cannot read {}: {e}", path.display()))?;
-            redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            )
-            .map_err(bad)
-        }
-    }
-}
-
-/// `scheme://host:port/db` without credentials.
-fn describe(info: &redis::ConnectionInfo) -> String {
-    let scheme = match info.addr() {
-        redis::ConnectionAddr::TcpTls { .. } => "rediss",
-        redis::ConnectionAddr::Unix(_) => "redis+unix",
-        _ => "redis",
-    };
-    format!("{scheme}://{}/{}", info.addr(), info.redis_settings().db())
 }
 
 fn micros(v: i64) -> Duration {
