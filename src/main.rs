@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use feishu_gateway::app::Runtime;
-use feishu_gateway::config::{Config, LogFormat, ProcessEnv};
+use feishu_gateway::config::{LogFormat, ProcessEnv};
 
 #[derive(Parser)]
 #[command(
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
-    match Config::load(path, &ProcessEnv) {
+    match feishu_gateway::app::load_config(path, &ProcessEnv) {
         Ok(c) => {
             for w in &c.warnings {
                 println!("warning: {w}");
@@ -99,7 +99,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path, &ProcessEnv) {
+    let config = match feishu_gateway::app::load_config(path, &ProcessEnv) {
         Ok(c) => c,
         Err(problems) => {
             eprint!("{}: {problems}", path.display());

@@ -1,7 +1,9 @@
 //! The composition root: the only code that turns a [`Config`](crate::config::Config)
 //! into running parts, starts them and stops them.
 
+mod build;
 pub mod demo;
 mod runtime;
 
+pub use build::{load_config, tls_acceptor};
 pub use runtime::{Runtime, StartError};

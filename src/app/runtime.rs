@@ -12,16 +12,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::build;
 use crate::config::Config;
-use crate::endpoints::Catalog;
-use crate::observe::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::quota::{BackendKind, RedisSettings};
 use crate::server::admin::Admin;
-use crate::tokens::ticket_store::{
-    FileTicketStore, MemoryTicketStore, RedisTicketStore, TicketStore,
-};
-use crate::tokens::TokenManager;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,77 +78,18 @@ impl Runtime {
                 "no [sdk_tokens] signing key: gateway tokens handed to SDKs will not survive a restart"
             );
         }
-        let catalog = Catalog::with_overrides(&config.routes).map_err(StartError::Config)?;
-        let app_names: Vec<String> = config.apps.iter().map(|a| a.name.clone()).collect();
-        let metrics = Arc::new(Metrics::new(
-            prometheus::Registry::new(),
-            &app_names,
-            &catalog.templates(),
-        )?);
-        let upstreams =
-            crate::upstream::Upstreams::build(&config.upstream_settings(), config.workers)
-                .map_err(StartError::Upstream)?;
-        let client = upstreams.shared().clone();
-        // With `[quota] backend = "redis"`: the replica's one connection to
-        // Redis, shared by the quota engine and the app_ticket store.
-        let redis = match config.quota.backend {
-            BackendKind::Redis => Some(
-                RedisSettings::from_config(&config.quota)
-                    .and_then(|s| s.open_connection())
-                    .map_err(StartError::Config)?,
-            ),
-            BackendKind::Local => None,
-        };
-        // Where store apps' app_tickets are kept: in Redis when quotas are
-        // (every replica then uses the ticket any replica received), else
-        // in `state_dir`, else in memory only.
-        let ticket_store: Arc<dyn TicketStore> = match (&redis, &config.state_dir) {
-            (Some(conn), _) => Arc::new(RedisTicketStore::new(
-                conn.clone(),
-                config.quota.key_prefix.clone(),
-            )),
-            (None, Some(dir)) => Arc::new(FileTicketStore::new(dir)),
-            (None, None) => Arc::new(MemoryTicketStore::new()),
-        };
-        let tickets = crate::store_apps::StoreApps::ticket_boxes(
-            &config.apps,
-            &client,
-            &ticket_store,
-            config.token.fetch_timeout,
-            &metrics,
-        );
-        let tokens = Arc::new(TokenManager::new(
-            &config.apps,
-            &tickets,
-            client.clone(),
-            config.token.clone(),
-            Arc::clone(&metrics),
-        ));
-        let gateway = Arc::new(
-            Gateway::new(
-                &config,
-                catalog,
-                Arc::clone(&tokens),
-                tickets,
-                upstreams,
-                Arc::clone(&metrics),
-                redis.as_ref(),
-            )
-            .map_err(StartError::Config)?,
-        );
+        let build::Parts {
+            gateway,
+            tokens,
+            metrics,
+        } = build::parts(&config)?;
         // Kept app_tickets first, so the first app-token fetch can use
         // them; missing ones are asked for once the listener serves the
         // event endpoint (below).
         let missing_tickets = gateway.store().load_tickets().await;
         let mut refreshers = tokens.spawn_refreshers();
         refreshers.extend(gateway.store().spawn_maintenance());
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                crate::server::tls::ReloadingAcceptor::from_files(cert, key)
-                    .map_err(StartError::Tls)?,
-            ),
-            _ => None,
-        };
+        let tls = build::tls_acceptor(&config).map_err(StartError::Tls)?;
         if let Some(tls) = &tls {
             // Reloads on SIGHUP and when the files change; aborted by wait().
             refreshers.push(tls.spawn_reloader(crate::server::tls::DEFAULT_RELOAD_INTERVAL));

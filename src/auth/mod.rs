@@ -13,7 +13,27 @@ use std::hash::{BuildHasherDefault, Hasher};
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 
-use crate::config::{key_digest, ClientConfig};
+use sha2::{Digest, Sha256};
+
+/// An internal service allowed to call (`[[clients]]`).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Label in logs (`name`).
+    pub name: String,
+    /// Index into the config's `[[apps]]` of the app it acts as (`app`).
+    pub app: usize,
+    /// SHA-256 of the client's gateway key (from `key_env`, `key_file` or
+    /// `key_sha256`). The key itself is not kept.
+    pub key_sha256: [u8; 32],
+    /// For a store app: the tenant this client always acts for (`tenant`);
+    /// otherwise it names one per request in `X-Tenant-Key`.
+    pub tenant: Option<String>,
+}
+
+/// SHA-256 of a client key, as stored in [`ClientConfig::key_sha256`].
+pub fn key_digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
 
 /// A configured client, as found by [`ClientTable::authenticate`].
 #[derive(Debug, Clone)]

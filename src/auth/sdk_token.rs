@@ -44,6 +44,18 @@ pub enum TokenRefusal {
     Invalid,
 }
 
+/// Tokens the gateway issues on Feishu's token endpoints (`[sdk_tokens]`).
+#[derive(Debug, Clone)]
+pub struct SdkTokens {
+    /// Secret that signs them (`signing_key_env` or `signing_key_file`).
+    /// Set it so tokens survive restarts and work on every replica; without
+    /// it a random secret is made at start.
+    pub signing_key: Option<Secret>,
+    /// The `expire` handed out (`lifetime`). Default 2 h; at least 15 min,
+    /// because the Python SDK refreshes 10 min early.
+    pub lifetime: Duration,
+}
+
 /// Issues and verifies gateway tokens.
 pub struct TokenIssuer {
     secret: Secret,
@@ -168,7 +180,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{key_digest, ClientConfig};
+    use crate::auth::{key_digest, ClientConfig};
 
     fn clients() -> ClientTable {
         ClientTable::new(

@@ -14,14 +14,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use http::uri::Scheme;
-use sha2::{Digest, Sha256};
 
 pub use env::{Environment, MapEnv, ProcessEnv};
 pub use reader::{parse_duration, Problem, Problems, Section};
 
+pub use crate::auth::sdk_token::SdkTokens;
+pub use crate::auth::{key_digest, ClientConfig};
 pub use crate::endpoints::RouteConfig;
+pub use crate::observe::logging::{Log, LogFormat};
 pub use crate::quota::{OverflowMode, QuotaConfig};
 use crate::secret::Secret;
+pub use crate::tokens::{AppConfig, AppKind, StoreAppSettings, TokenPolicy};
 pub use crate::upstream::Upstream;
 pub use crate::validate::ValidationMode;
 
@@ -111,123 +114,6 @@ pub struct Pool {
     pub max_idle_per_host: usize,
 }
 
-/// When and how tenant tokens are refreshed (`[token]`).
-#[derive(Debug, Clone)]
-pub struct TokenPolicy {
-    /// Refresh this long before expiry at most (`refresh_before`). Default
-    /// 25 min: Feishu hands out a NEW token only when less than 30 min
-    /// remain, so refreshing earlier just returns the same token. Short
-    /// lifetimes are refreshed at half their life.
-    pub refresh_before: Duration,
-    /// First retry delay after a failed fetch (`retry_min`). Default 500 ms.
-    pub retry_min: Duration,
-    /// Largest retry delay (`retry_max`). Default 30 s. Delays double with
-    /// full jitter between the two.
-    pub retry_max: Duration,
-    /// Timeout of one token call (`fetch_timeout`). Default 10 s.
-    pub fetch_timeout: Duration,
-}
-
-/// Tokens the gateway issues on Feishu's token endpoints (`[sdk_tokens]`).
-#[derive(Debug, Clone)]
-pub struct SdkTokens {
-    /// Secret that signs them (`signing_key_env` or `signing_key_file`).
-    /// Set it so tokens survive restarts and work on every replica; without
-    /// it a random secret is made at start.
-    pub signing_key: Option<Secret>,
-    /// The `expire` handed out (`lifetime`). Default 2 h; at least 15 min,
-    /// because the Python SDK refreshes 10 min early.
-    pub lifetime: Duration,
-}
-
-/// Log output (`[log]`).
-#[derive(Debug, Clone)]
-pub struct Log {
-    /// `plain` (default) or `json` (`format`).
-    pub format: LogFormat,
-    /// A tracing filter like `info` or `feishu_gateway=debug` (`level`).
-    /// Default `info`; `RUST_LOG` wins when set.
-    pub level: String,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
-
-/// A Feishu app (`[[apps]]`).
-#[derive(Debug, Clone)]
-pub struct AppConfig {
-    /// Label in logs and metrics (`name`).
-    pub name: String,
-    /// Feishu app id, `cli_…` (`app_id`).
-    pub app_id: String,
-    /// The app secret (from `app_secret_env` or `app_secret_file`).
-    pub app_secret: Secret,
-    /// Feishu base URL for this app (`upstream`), default the global one.
-    pub upstream: Upstream,
-    /// Self-built (default) or store app (`type`).
-    pub kind: AppKind,
-}
-
-/// What kind of Feishu app an `[[apps]]` entry is (`type`).
-#[derive(Debug, Clone)]
-pub enum AppKind {
-    /// `type = "self_built"` (default): one tenant token per app, fetched
-    /// with the app secret.
-    SelfBuilt,
-    /// `type = "store"`: installed by many tenants; one tenant token per
-    /// tenant, fetched with an app token bought with the app_ticket that
-    /// Feishu pushes to the event endpoint.
-    Store(StoreApp),
-}
-
-/// Store-app settings.
-#[derive(Debug, Clone)]
-pub struct StoreApp {
-    /// The event callback's Encrypt Key (`encrypt_key_env` /
-    /// `encrypt_key_file`), if one is set in the developer console.
-    pub encrypt_key: Option<Secret>,
-    /// The event callback's Verification Token (`verification_token_env` /
-    /// `verification_token_file`).
-    pub verification_token: Secret,
-    /// Most tenants held at once (`max_tenants`, default 1000): tenant keys
-    /// come from callers, so their tokens and quotas are bounded.
-    pub max_tenants: usize,
-    /// A tenant unused this long is evicted (`tenant_idle_timeout`,
-    /// default 1 h).
-    pub tenant_idle_timeout: Duration,
-    /// Require the `X-Lark-Signature` headers on callbacks
-    /// (`require_signature`, default false: Feishu's URL check is unsigned,
-    /// and forwarders may drop headers; an encrypted body with the right
-    /// Verification Token cannot be forged without the keys anyway).
-    pub require_signature: bool,
-}
-
-/// An internal service allowed to call (`[[clients]]`).
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    /// Label in logs (`name`).
-    pub name: String,
-    /// Index into [`Config::apps`] of the app it acts as (`app`).
-    pub app: usize,
-    /// SHA-256 of the client's gateway key (from `key_env`, `key_file` or
-    /// `key_sha256`). The key itself is not kept.
-    pub key_sha256: [u8; 32],
-    /// For a store app: the tenant this client always acts for (`tenant`);
-    /// otherwise it names one per request in `X-Tenant-Key`.
-    pub tenant: Option<String>,
-}
-
-/// SHA-256 of a client key, as stored in [`ClientConfig::key_sha256`].
-pub fn key_digest(key: &[u8]) -> [u8; 32] {
-    Sha256::digest(key).into()
-}
-
 impl Config {
     /// How connections to Feishu are made and kept.
     pub fn upstream_settings(&self) -> crate::upstream::Settings {
@@ -284,12 +170,9 @@ impl Config {
         match (&tls_cert, &tls_key) {
             (Some(_), None) => p.push("tls_key", "is required when tls_cert is set"),
             (None, Some(_)) => p.push("tls_cert", "is required when tls_key is set"),
-            (Some(cert), Some(key)) => {
-                if let Err(e) = crate::server::tls::ReloadingAcceptor::from_files(cert, key) {
-                    p.push("tls_cert", e);
-                }
-            }
-            (None, None) => {}
+            // Whether they load is checked with the running parts
+            // (`app::load_config`).
+            _ => {}
         }
         let max_body_bytes = s
             .integer("max_body_bytes", 1 << 30, p)
@@ -978,7 +861,7 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
                 .duration("tenant_idle_timeout", p)
                 .unwrap_or(Duration::from_secs(3600));
             let require_signature = s.boolean("require_signature", p).unwrap_or(false);
-            Some(AppKind::Store(StoreApp {
+            Some(AppKind::Store(StoreAppSettings {
                 encrypt_key,
                 verification_token: verification_token?,
                 max_tenants,

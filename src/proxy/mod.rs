@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::auth::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
 use crate::auth::{bearer, AuthError, ClientTable};
-use crate::config::{Config, QuotaConfig, Upstream};
+use crate::config::{QuotaConfig, Upstream};
 use crate::endpoints::Contracts;
 use crate::endpoints::{Catalog, Route};
 use crate::feishu::{codes, paths};
@@ -45,8 +45,8 @@ use crate::observe::metrics::{Metrics, QuotaPairMetrics};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::GatewayError;
 use crate::quota::OverflowMode;
-use crate::quota::{Cause, Engine, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey, RedisConnection};
-use crate::store_apps::{StoreApps, Tenant, TicketBox};
+use crate::quota::{Cause, Engine, Overflow, QuotaKey};
+use crate::store_apps::{CallbackRefused, StoreApps, Tenant, TenantError};
 use crate::tokens::{TokenManager, TokenSlot};
 use crate::upstream::Upstreams;
 use crate::validate::RequestView;
@@ -70,31 +70,31 @@ pub const X_GATEWAY_MAX_WAIT: &str = "x-gateway-max-wait";
 
 /// Shared state of the gateway: everything a phase may consult.
 pub struct Gateway {
-    apps: Vec<AppRoute>,
-    clients: ClientTable,
-    issuer: TokenIssuer,
-    catalog: Catalog,
-    contracts: Contracts,
-    tokens: Arc<TokenManager>,
-    store: Arc<StoreApps>,
-    upstreams: Upstreams,
-    metrics: Arc<Metrics>,
-    quota: Engine,
+    pub(crate) apps: Vec<AppRoute>,
+    pub(crate) clients: ClientTable,
+    pub(crate) issuer: TokenIssuer,
+    pub(crate) catalog: Catalog,
+    pub(crate) contracts: Contracts,
+    pub(crate) tokens: Arc<TokenManager>,
+    pub(crate) store: Arc<StoreApps>,
+    pub(crate) upstreams: Upstreams,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) quota: Engine,
     /// Quota key and wait metrics per (app, route), at `app * routes + route`;
     /// `None` where the route has no limits.
-    quota_keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>,
-    quota_config: QuotaConfig,
-    max_body_bytes: usize,
-    body_read_timeout: Duration,
-    upstream_timeout: Duration,
+    pub(crate) quota_keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>,
+    pub(crate) quota_config: QuotaConfig,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) upstream_timeout: Duration,
 }
 
 /// Where an app's requests go.
-struct AppRoute {
-    name: String,
-    upstream: Upstream,
+pub struct AppRoute {
+    pub(crate) name: String,
+    pub(crate) upstream: Upstream,
     /// `Host` for its upstream, made once.
-    host: HeaderValue,
+    pub(crate) host: HeaderValue,
 }
 
 /// Per-request state, passed to every phase.
@@ -147,110 +147,6 @@ impl RequestCtx {
 }
 
 impl Gateway {
-    /// Builds the gateway's shared state: one quota key per configured app
-    /// and limited route (keys come from configuration only). `redis` is the
-    /// replica's connection with `[quota] backend = "redis"`.
-    pub fn new(
-        config: &Config,
-        catalog: Catalog,
-        tokens: Arc<TokenManager>,
-        tickets: Vec<Option<Arc<TicketBox>>>,
-        upstreams: Upstreams,
-        metrics: Arc<Metrics>,
-        redis: Option<&RedisConnection>,
-    ) -> Result<Gateway, String> {
-        let policy = PlanPolicy {
-            margin: config.quota.margin,
-            min_rate_fraction: config.quota.min_rate_fraction,
-        };
-        let mut plans: Vec<Option<Plan>> = Vec::new();
-        for route in catalog.routes() {
-            if route.limits.is_empty() {
-                plans.push(None);
-                continue;
-            }
-            let plan = Plan::new(&route.limits, &policy)
-                .map_err(|e| format!("route {}: {e}", route.template))?;
-            tracing::info!(route = %route.template, plan = %plan, "quota plan");
-            plans.push(Some(plan));
-        }
-        let mut specs = Vec::new();
-        let mut quota_keys = Vec::new();
-        for app in 0..config.apps.len() {
-            for (r, plan) in plans.iter().enumerate() {
-                quota_keys.push(plan.as_ref().map(|plan| {
-                    let key = QuotaKey::new(specs.len() as u32);
-                    let route = catalog.route(r);
-                    let name = format!(
-                        "{}:{} {}",
-                        config.apps[app].app_id, route.method, route.template
-                    );
-                    specs
-                        .push(KeySpec::new(plan.clone(), config.quota.max_waiters).with_name(name));
-                    (key, metrics.quota_pair(app, r, &catalog.route(r).limits))
-                }));
-            }
-        }
-        let quota = Engine::from_config(&config.quota, specs, &metrics, redis)?;
-        // Store apps' tenants get keys of their own with their app's limits.
-        let routes = catalog.routes().len();
-        let templates = (0..config.apps.len())
-            .map(|app| {
-                (0..routes)
-                    .map(|r| quota_keys[app * routes + r].as_ref().map(|(k, _)| *k))
-                    .collect()
-            })
-            .collect();
-        let store = Arc::new(StoreApps::new(
-            &config.apps,
-            tickets,
-            quota.clone(),
-            templates,
-            Arc::clone(&metrics),
-        ));
-        let mut contracts = Contracts::for_catalog(&catalog);
-        for (i, route) in catalog.routes().iter().enumerate() {
-            if let Some(c) = contracts.get_mut(i) {
-                *c = c.clone().with_unknown_fields(route.unknown_fields);
-            }
-        }
-        Ok(Gateway {
-            apps: config
-                .apps
-                .iter()
-                .map(|a| {
-                    Ok(AppRoute {
-                        name: a.name.clone(),
-                        upstream: a.upstream.clone(),
-                        host: HeaderValue::from_str(a.upstream.authority.as_str()).map_err(
-                            |_| format!("app {}: upstream host is not a header value", a.name),
-                        )?,
-                    })
-                })
-                .collect::<Result<_, String>>()?,
-            clients: ClientTable::new(
-                &config.clients,
-                config.apps.iter().map(|a| a.app_id.clone()).collect(),
-            ),
-            issuer: TokenIssuer::new(
-                config.sdk_tokens.signing_key.clone(),
-                config.sdk_tokens.lifetime,
-            ),
-            catalog,
-            contracts,
-            tokens,
-            store,
-            upstreams,
-            metrics,
-            quota,
-            quota_keys,
-            quota_config: config.quota.clone(),
-            max_body_bytes: config.max_body_bytes,
-            body_read_timeout: config.timeouts.body_read,
-            upstream_timeout: config.timeouts.upstream,
-        })
-    }
-
     /// Handles one request through every phase. Never fails: a phase that
     /// answers itself produces a gateway JSON answer.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -363,7 +259,19 @@ impl Gateway {
             return Err(GatewayError::NotFound);
         }
         let body = self.read_body(parts, body, self.max_body_bytes).await?;
-        self.store.handle_event(app, &parts.headers, &body).await
+        match self.store.handle_event(app, &parts.headers, &body).await {
+            Ok(answer) => Ok(crate::proxy::error::json_answer(
+                http::StatusCode::OK,
+                &answer,
+            )),
+            Err(CallbackRefused::UnknownApp) => Err(GatewayError::NotFound),
+            Err(CallbackRefused::Unauthenticated) => {
+                Err(GatewayError::BadCallback(http::StatusCode::UNAUTHORIZED))
+            }
+            Err(CallbackRefused::Invalid) => {
+                Err(GatewayError::BadCallback(http::StatusCode::BAD_REQUEST))
+            }
+        }
     }
 
     /// Phase `authenticate`: who is calling, and so as which app. The
@@ -409,7 +317,14 @@ impl Gateway {
                     .filter(|v| !v.is_empty())
                     .ok_or(GatewayError::MissingTenant)?,
             };
-            ctx.tenant = Some(self.store.tenant(&self.tokens, client.app, key)?);
+            let tenant = self.store.tenant(&self.tokens, client.app, key);
+            ctx.tenant = Some(tenant.map_err(|e| match e {
+                TenantError::BadKey => GatewayError::BadHeader {
+                    name: "X-Tenant-Key",
+                    expected: "a Feishu tenant key (letters, digits, '-' or '_', at most 128)",
+                },
+                TenantError::NotStoreApp | TenantError::Quota => GatewayError::Internal,
+            })?);
         }
         Ok(())
     }

@@ -20,26 +20,44 @@
 //! - **Backoff.** Failed fetches are retried with doubling delays and jitter;
 //!   a token that is still usable keeps being used meanwhile.
 
+mod app;
+pub mod ticket;
 pub mod ticket_store;
+
+pub use app::{AppConfig, AppKind, StoreAppSettings};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Method, Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::header::HeaderValue;
+use http::Uri;
 use rand::Rng;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::config::{AppConfig, TokenPolicy, Upstream};
 use crate::feishu::{codes, paths, FeishuError};
 use crate::observe::metrics::Metrics;
 use crate::secret::Secret;
-use crate::store_apps::TicketBox;
-use crate::upstream::HttpClient;
+use crate::upstream::{endpoint, post_json, HttpClient, Upstream};
+use ticket::TicketBox;
+
+/// When and how tenant tokens are refreshed (`[token]`).
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    /// Refresh this long before expiry at most (`refresh_before`). Default
+    /// 25 min: Feishu hands out a NEW token only when less than 30 min
+    /// remain, so refreshing earlier just returns the same token. Short
+    /// lifetimes are refreshed at half their life.
+    pub refresh_before: Duration,
+    /// First retry delay after a failed fetch (`retry_min`). Default 500 ms.
+    pub retry_min: Duration,
+    /// Largest retry delay (`retry_max`). Default 30 s. Delays double with
+    /// full jitter between the two.
+    pub retry_max: Duration,
+    /// Timeout of one token call (`fetch_timeout`). Default 10 s.
+    pub fetch_timeout: Duration,
+}
 
 /// A token call in flight: the token and its lifetime.
 type FetchFuture<'a> = std::pin::Pin<
@@ -602,51 +620,6 @@ impl TokenManager {
     }
 }
 
-/// POSTs a JSON body to Feishu and reads the answer (at most 64 KiB),
-/// within `timeout`. Transport failures become gateway-coded errors.
-pub(crate) async fn post_json(
-    client: &HttpClient,
-    url: &Uri,
-    body: &serde_json::Value,
-    timeout: Duration,
-) -> Result<(http::StatusCode, Bytes), FeishuError> {
-    let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(url.clone())
-        .header(CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(Full::new(body))
-        .map_err(|_| transport_error("could not build the request"))?;
-    let call = async {
-        let resp = client.request(req).await.map_err(|e| {
-            transport_error(&format!(
-                "call failed ({})",
-                crate::upstream::classify(&e).as_str()
-            ))
-        })?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), 64 * 1024)
-            .collect()
-            .await
-            .map_err(|_| transport_error("answer could not be read"))?
-            .to_bytes();
-        Ok::<_, FeishuError>((status, bytes))
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| transport_error("call timed out"))?
-}
-
-/// `upstream` + a static path.
-pub(crate) fn endpoint(upstream: &Upstream, path: &'static str) -> Uri {
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path)
-        .build()
-        .expect("scheme, authority and a static path form a URI")
-}
-
 impl TokenSlot {
     fn new(index: usize, name: String, source: Source) -> TokenSlot {
         TokenSlot {
@@ -668,13 +641,6 @@ impl TokenSlot {
     fn usable(&self, now: Instant) -> Option<Arc<Token>> {
         let cur = self.current.read().ok()?;
         cur.as_ref().filter(|t| now < t.usable_until).cloned()
-    }
-}
-
-fn transport_error(msg: &str) -> FeishuError {
-    FeishuError {
-        code: codes::GW_UPSTREAM_UNAVAILABLE,
-        msg: format!("Feishu could not be reached for a token: {msg}"),
     }
 }
 

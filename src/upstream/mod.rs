@@ -6,13 +6,15 @@
 //! | [`build_connector`] | TCP + rustls, ALPN `h2` and `http/1.1` |
 //! | [`pool`] | the request path's connections, one pool per worker; retry-once rules |
 //! | [`http1`] | the request path's own HTTP/1.1 client (the wire) |
-//! | [`HttpClient`] | hyper-util's client for token and ticket calls ([`client`]) |
+//! | [`HttpClient`] | hyper-util's client for token and ticket calls ([`client`])   |
 //! | [`UpstreamFailure`] | how a call failed: connect, timeout, reset, protocol |
 
+pub mod client;
 mod failure;
 pub mod http1;
 pub mod pool;
 
+pub use client::{build_client, endpoint, post_json, HttpClient};
 pub use failure::{classify, classify_chain, BodyError, UpstreamFailure};
 
 use std::sync::Arc;
@@ -20,12 +22,8 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -98,9 +96,6 @@ pub struct Settings {
     pub max_idle_per_host: usize,
 }
 
-/// The pooled client used for token and ticket calls.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// The connector every upstream connection is made with: connect timeout,
 /// TCP keep-alive and no Nagle, TLS via rustls with the webpki roots plus
 /// an optional extra CA, and ALPN offering HTTP/2 and HTTP/1.1.
@@ -137,22 +132,6 @@ pub fn build_connector(config: &Settings) -> Result<HttpsConnector<HttpConnector
         .wrap_connector(http))
 }
 
-/// Builds the pooled client for token calls and other background traffic:
-/// the same connector, an idle pool with a real timer (without
-/// `pool_timer` hyper never reaps idle connections).
-pub fn build_client(config: &Settings) -> Result<HttpClient, String> {
-    Ok(client_on(build_connector(config)?, config))
-}
-
-fn client_on(connector: HttpsConnector<HttpConnector>, config: &Settings) -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(config.idle_timeout)
-        .pool_max_idle_per_host(config.max_idle_per_host)
-        .build(connector)
-}
-
 /// The gateway's upstream connections: for the request path, one
 /// [`Pool`] per connection worker, so a request's upstream connection lives
 /// on the worker thread that serves the request (see [`crate::server::workers`]),
@@ -177,7 +156,7 @@ impl Upstreams {
             )
         };
         Ok(Upstreams {
-            shared: client_on(connector.clone(), config),
+            shared: client::client_on(connector.clone(), config),
             shared_pool: pool(),
             per_worker: (0..workers).map(|_| pool()).collect(),
         })

@@ -42,7 +42,7 @@ use tower::Service as _;
 
 use super::failure::{classify_chain, BodyError, UpstreamFailure};
 use super::http1;
-use crate::config::Upstream;
+use super::Upstream;
 
 struct Idle {
     conn: Box<http1::Conn>,

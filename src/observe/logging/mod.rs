@@ -36,8 +36,6 @@ use tracing_subscriber::fmt::writer::MakeWriterExt as _;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 
-use crate::config::LogFormat;
-
 /// The access log's tracing target.
 pub const ACCESS_TARGET: &str = "feishu_gateway::access";
 
@@ -70,6 +68,25 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Log output (`[log]`).
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// `plain` (default) or `json` (`format`).
+    pub format: LogFormat,
+    /// A tracing filter like `info` or `feishu_gateway=debug` (`level`).
+    /// Default `info`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Where log lines go: cheap to clone, appends whole lines.

@@ -10,9 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::config::Upstream;
 use crate::upstream::pool::tests::pool;
 use crate::upstream::pool::{Home, Pool};
+use crate::upstream::Upstream;
 
 /// A server for one connection: reads one request (head and
 /// `Content-Length` body), sends it back through the returned receiver,

@@ -1,0 +1,228 @@
+//! The composition root: the only code that turns a [`Config`] into the
+//! gateway's parts — catalog, metrics, upstream connections, the Redis
+//! connection, app_ticket store, token manager, quota engine and keys, store
+//! apps, contracts — and the listener's TLS. Domain modules never read the
+//! config; they are handed what they need here.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use super::StartError;
+use crate::auth::sdk_token::TokenIssuer;
+use crate::auth::ClientTable;
+use crate::config::{Config, Environment, Problems};
+use crate::endpoints::{Catalog, Contracts};
+use crate::observe::metrics::Metrics;
+use crate::proxy::{AppRoute, Gateway};
+use crate::quota::{
+    BackendKind, Engine, KeySpec, Plan, PlanPolicy, QuotaKey, RedisConnection, RedisSettings,
+};
+use crate::server::tls::ReloadingAcceptor;
+use crate::store_apps::StoreApps;
+use crate::tokens::ticket::TicketBox;
+use crate::tokens::ticket_store::{
+    FileTicketStore, MemoryTicketStore, RedisTicketStore, TicketStore,
+};
+use crate::tokens::TokenManager;
+use crate::upstream::Upstreams;
+
+/// Reads a config file and checks what only the running parts can check
+/// (the listener's certificate and key load), listing every problem.
+/// `serve` and `check-config` both start here.
+pub fn load_config(path: &Path, env: &dyn Environment) -> Result<Config, Problems> {
+    let config = Config::load(path, env)?;
+    let mut problems = Problems::default();
+    if let Err(e) = tls_acceptor(&config) {
+        problems.push("tls_cert", e);
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The listener's TLS, when `tls_cert` and `tls_key` are set.
+pub fn tls_acceptor(config: &Config) -> Result<Option<ReloadingAcceptor>, String> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => ReloadingAcceptor::from_files(cert, key).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The parts a [`Runtime`](super::Runtime) serves with.
+pub(super) struct Parts {
+    pub(super) gateway: Arc<Gateway>,
+    pub(super) tokens: Arc<TokenManager>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+/// Builds every part from `config`, in dependency order.
+pub(super) fn parts(config: &Config) -> Result<Parts, StartError> {
+    let catalog = Catalog::with_overrides(&config.routes).map_err(StartError::Config)?;
+    let app_names: Vec<String> = config.apps.iter().map(|a| a.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new(
+        prometheus::Registry::new(),
+        &app_names,
+        &catalog.templates(),
+    )?);
+    let upstreams = Upstreams::build(&config.upstream_settings(), config.workers)
+        .map_err(StartError::Upstream)?;
+    let client = upstreams.shared().clone();
+    // With `[quota] backend = "redis"`: the replica's one connection to
+    // Redis, shared by the quota engine and the app_ticket store.
+    let redis = match config.quota.backend {
+        BackendKind::Redis => Some(
+            RedisSettings::from_config(&config.quota)
+                .and_then(|s| s.open_connection())
+                .map_err(StartError::Config)?,
+        ),
+        BackendKind::Local => None,
+    };
+    // Where store apps' app_tickets are kept: in Redis when quotas are
+    // (every replica then uses the ticket any replica received), else in
+    // `state_dir`, else in memory only.
+    let ticket_store: Arc<dyn TicketStore> = match (&redis, &config.state_dir) {
+        (Some(conn), _) => Arc::new(RedisTicketStore::new(
+            conn.clone(),
+            config.quota.key_prefix.clone(),
+        )),
+        (None, Some(dir)) => Arc::new(FileTicketStore::new(dir)),
+        (None, None) => Arc::new(MemoryTicketStore::new()),
+    };
+    let tickets = TicketBox::for_apps(
+        &config.apps,
+        &client,
+        &ticket_store,
+        config.token.fetch_timeout,
+        &metrics,
+    );
+    let tokens = Arc::new(TokenManager::new(
+        &config.apps,
+        &tickets,
+        client,
+        config.token.clone(),
+        Arc::clone(&metrics),
+    ));
+    let gateway = gateway(
+        config,
+        catalog,
+        Arc::clone(&tokens),
+        tickets,
+        upstreams,
+        Arc::clone(&metrics),
+        redis.as_ref(),
+    )
+    .map_err(StartError::Config)?;
+    Ok(Parts {
+        gateway: Arc::new(gateway),
+        tokens,
+        metrics,
+    })
+}
+
+/// The gateway's shared state: one quota key per configured app and limited
+/// route (keys come from configuration only), the store apps with their
+/// tenants' key templates, and each route's contract. `redis` is the
+/// replica's connection with `[quota] backend = "redis"`.
+fn gateway(
+    config: &Config,
+    catalog: Catalog,
+    tokens: Arc<TokenManager>,
+    tickets: Vec<Option<Arc<TicketBox>>>,
+    upstreams: Upstreams,
+    metrics: Arc<Metrics>,
+    redis: Option<&RedisConnection>,
+) -> Result<Gateway, String> {
+    let policy = PlanPolicy {
+        margin: config.quota.margin,
+        min_rate_fraction: config.quota.min_rate_fraction,
+    };
+    let mut plans: Vec<Option<Plan>> = Vec::new();
+    for route in catalog.routes() {
+        if route.limits.is_empty() {
+            plans.push(None);
+            continue;
+        }
+        let plan = Plan::new(&route.limits, &policy)
+            .map_err(|e| format!("route {}: {e}", route.template))?;
+        tracing::info!(route = %route.template, plan = %plan, "quota plan");
+        plans.push(Some(plan));
+    }
+    let mut specs = Vec::new();
+    let mut quota_keys = Vec::new();
+    for app in 0..config.apps.len() {
+        for (r, plan) in plans.iter().enumerate() {
+            quota_keys.push(plan.as_ref().map(|plan| {
+                let key = QuotaKey::new(specs.len() as u32);
+                let route = catalog.route(r);
+                let name = format!(
+                    "{}:{} {}",
+                    config.apps[app].app_id, route.method, route.template
+                );
+                specs.push(KeySpec::new(plan.clone(), config.quota.max_waiters).with_name(name));
+                (key, metrics.quota_pair(app, r, &catalog.route(r).limits))
+            }));
+        }
+    }
+    let quota = Engine::from_config(&config.quota, specs, &metrics, redis)?;
+    // Store apps' tenants get keys of their own with their app's limits.
+    let routes = catalog.routes().len();
+    let templates = (0..config.apps.len())
+        .map(|app| {
+            (0..routes)
+                .map(|r| quota_keys[app * routes + r].as_ref().map(|(k, _)| *k))
+                .collect()
+        })
+        .collect();
+    let store = Arc::new(StoreApps::new(
+        &config.apps,
+        tickets,
+        quota.clone(),
+        templates,
+        Arc::clone(&metrics),
+    ));
+    let mut contracts = Contracts::for_catalog(&catalog);
+    for (i, route) in catalog.routes().iter().enumerate() {
+        if let Some(c) = contracts.get_mut(i) {
+            *c = c.clone().with_unknown_fields(route.unknown_fields);
+        }
+    }
+    Ok(Gateway {
+        apps: config
+            .apps
+            .iter()
+            .map(|a| {
+                Ok(AppRoute {
+                    name: a.name.clone(),
+                    upstream: a.upstream.clone(),
+                    host: HeaderValue::from_str(a.upstream.authority.as_str()).map_err(|_| {
+                        format!("app {}: upstream host is not a header value", a.name)
+                    })?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        clients: ClientTable::new(
+            &config.clients,
+            config.apps.iter().map(|a| a.app_id.clone()).collect(),
+        ),
+        issuer: TokenIssuer::new(
+            config.sdk_tokens.signing_key.clone(),
+            config.sdk_tokens.lifetime,
+        ),
+        catalog,
+        contracts,
+        tokens,
+        store,
+        upstreams,
+        metrics,
+        quota,
+        quota_keys,
+        quota_config: config.quota.clone(),
+        max_body_bytes: config.max_body_bytes,
+        body_read_timeout: config.timeouts.body_read,
+        upstream_timeout: config.timeouts.upstream,
+    })
+}
