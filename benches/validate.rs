@@ -11,8 +11,8 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use feishu_gateway::catalog::Catalog;
-use feishu_gateway::sim::contract::put_top_notice_ok;
 use feishu_gateway::validate::{put_top_notice, RequestView};
+use feishu_sim::contract::put_top_notice_ok;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method};
 

@@ -35,7 +35,6 @@
 //! | [`tls`]       | HTTPS on the listener: rustls, ALPN, certificate reload        |
 //! | [`secret`]    | values that are never printed                                  |
 //! | [`demo`]      | `feishu-gateway demo`: simulated Feishu + gateway, offline      |
-//! | [`sim`]       | a simulated Feishu for the demo, the tests and the benchmarks  |
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -58,8 +57,6 @@ pub mod runtime;
 pub mod sdk_token;
 pub mod secret;
 pub mod server;
-/// A simulated Feishu Open Platform for the demo, the tests and the benchmark.
-pub mod sim;
 pub mod stack;
 pub mod store;
 pub mod ticket_store;

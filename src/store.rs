@@ -736,8 +736,8 @@ mod tests {
 
     use super::*;
     use crate::config::{Config, MapEnv};
-    use crate::sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
     use crate::ticket_store::{MemoryTicketStore, StoreFuture};
+    use feishu_sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
 
     const APP_ID: &str = "cli_store_unit";
 

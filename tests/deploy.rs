@@ -36,7 +36,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use feishu_gateway::config::{Config, MapEnv};
 use feishu_gateway::runtime::Runtime;
-use feishu_gateway::sim::{SimConfig, SimFeishu};
+use feishu_sim::{SimConfig, SimFeishu};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;

@@ -23,8 +23,8 @@ use std::process::{Command, Stdio};
 
 use feishu_gateway::config::Config;
 use feishu_gateway::runtime::Runtime;
-use feishu_gateway::sim::ca::TestCa;
-use feishu_gateway::sim::{SimFeishu, TokenKind};
+use feishu_sim::ca::TestCa;
+use feishu_sim::{SimFeishu, TokenKind};
 use serde_json::Value;
 use support::*;
 

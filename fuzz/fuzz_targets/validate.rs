@@ -17,11 +17,11 @@
 #![no_main]
 
 use feishu_gateway::catalog::Catalog;
-use feishu_gateway::sim::contract::{delete_top_notice_ok, put_top_notice_ok};
 use feishu_gateway::validate::{
     builtin, Contract, RequestView, UnknownFields, Violations, DELETE_TOP_NOTICE, MAX_VALUE_CHARS,
     PUT_TOP_NOTICE,
 };
+use feishu_sim::contract::{delete_top_notice_ok, put_top_notice_ok};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method};
 use libfuzzer_sys::fuzz_target;

@@ -11,7 +11,7 @@
 //!
 //! # Layout
 //!
-//! - this file: [`SimConfig`](crate::sim::SimConfig) (plain data) and [`SimFeishu`](crate::sim::SimFeishu), the running
+//! - this file: [`SimConfig`](crate::SimConfig) (plain data) and [`SimFeishu`](crate::SimFeishu), the running
 //!   fake with its fault-injection and introspection methods.
 //! - `server`: the accept loop and the request phases, in Feishu's order
 //!   (route, token, quota, body contract, magic chat ids, answer).
@@ -19,20 +19,20 @@
 //! - `quota`: per (app[, tenant], endpoint) arrival logs, sliding-window
 //!   checks.
 //! - `store`: store apps' tickets and tenants, and event pushes.
-//! - [`callback`](crate::sim::callback): the Feishu side of event callbacks
+//! - [`callback`](crate::callback): the Feishu side of event callbacks
 //!   (encrypt, sign), public for tests that forge callbacks.
-//! - [`contract`](crate::sim::contract): the body contract of `put_top_notice`, public so other
+//! - [`contract`](crate::contract): the body contract of `put_top_notice`, public so other
 //!   modules can differential-test against it.
 //! - `answer`: JSON answers, error messages and `X-Tt-Logid` values.
 //! - `state`: the state shared by the server and the handle.
-//! - [`ca`](crate::sim::ca): a certificate authority made at run time, for
-//!   HTTPS on loopback ([`SimConfig::tls`](crate::sim::SimConfig::tls)).
+//! - [`ca`](crate::ca): a certificate authority made at run time, for
+//!   HTTPS on loopback ([`SimConfig::tls`](crate::SimConfig::tls)).
 //!
 //! # HTTPS
 //!
 //! With `tls` set, the fake serves HTTPS only, with a certificate for
 //! `localhost` and `127.0.0.1` signed by a CA generated at start
-//! ([`SimFeishu::ca_pem`](crate::sim::SimFeishu::ca_pem)), offering HTTP/2 and
+//! ([`SimFeishu::ca_pem`](crate::SimFeishu::ca_pem)), offering HTTP/2 and
 //! HTTP/1.1 by ALPN. Each recorded request carries the HTTP version it came
 //! with.
 //!
@@ -41,7 +41,7 @@
 //! Token calls are the two `.../auth/v3/*_access_token/internal` endpoints;
 //! *store calls* are the three store-app endpoints (below). Every other
 //! request is a *business request*: it is recorded (see
-//! [`SimFeishu::requests`](crate::sim::SimFeishu::requests)), its bearer token is judged, and it gets the
+//! [`SimFeishu::requests`](crate::SimFeishu::requests)), its bearer token is judged, and it gets the
 //! configured latency. Unknown routes answer 404 after that.
 //!
 //! A request header `X-Sim-Delay-Ms: <n>` holds that one answer n ms longer
@@ -50,33 +50,33 @@
 //!
 //! # Store apps (ISV)
 //!
-//! Apps in [`SimConfig::store_apps`](crate::sim::SimConfig::store_apps) get
+//! Apps in [`SimConfig::store_apps`](crate::SimConfig::store_apps) get
 //! their tokens Feishu's store way (facts §2); their calls are recorded as
-//! [`StoreCall`](crate::sim::StoreCall)s:
+//! [`StoreCall`](crate::StoreCall)s:
 //!
 //! - `POST /open-apis/auth/v3/app_ticket/resend` `{app_id, app_secret}`
 //!   answers `{"code":0,"msg":"ok"}`, then, after
-//!   [`ticket_push_delay`](crate::sim::SimConfig::ticket_push_delay), issues
+//!   [`ticket_push_delay`](crate::SimConfig::ticket_push_delay), issues
 //!   a new app_ticket and POSTs the v1 `app_ticket` event to the app's event
 //!   URL, encrypted and signed when the app has an Encrypt Key (see
-//!   [`callback`](crate::sim::callback)). Each push is recorded as a
-//!   [`PushedEvent`](crate::sim::PushedEvent) with the answer's status.
+//!   [`callback`](crate::callback)). Each push is recorded as a
+//!   [`PushedEvent`](crate::PushedEvent) with the answer's status.
 //! - `POST /open-apis/auth/v3/app_access_token` `{app_id, app_secret,
 //!   app_ticket}` answers `app_access_token` (`a-…`). A ticket the fake did
 //!   not issue, or one invalidated by
-//!   [`invalidate_tickets`](crate::sim::SimFeishu::invalidate_tickets),
-//!   answers [`invalid_ticket_code`](crate::sim::SimConfig::invalid_ticket_code)
+//!   [`invalidate_tickets`](crate::SimFeishu::invalidate_tickets),
+//!   answers [`invalid_ticket_code`](crate::SimConfig::invalid_ticket_code)
 //!   (default 10012, the code the official SDKs resend on).
 //! - `POST /open-apis/auth/v3/tenant_access_token` `{app_access_token,
 //!   tenant_key}` answers a `tenant_access_token` (`t-…`) for that tenant,
 //!   with the same-token rule per (app, tenant). An unknown or expired app
 //!   token answers 99991664 / 99991677; a tenant that did not install the app
-//!   answers [`unknown_tenant_code`](crate::sim::SimConfig::unknown_tenant_code)
+//!   answers [`unknown_tenant_code`](crate::SimConfig::unknown_tenant_code)
 //!   (default 99991665, UNCONFIRMED).
 //!
 //! Business requests with a store tenant token are counted against quotas
 //! per (app, tenant, endpoint) and recorded with their
-//! [`tenant_key`](crate::sim::RecordedRequest::tenant_key); self-built apps
+//! [`tenant_key`](crate::RecordedRequest::tenant_key); self-built apps
 //! keep one quota per (app, endpoint).
 //!
 //! # Time
@@ -89,7 +89,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use feishu_gateway::sim::{SimConfig, SimFeishu};
+//! use feishu_sim::{SimConfig, SimFeishu};
 //!
 //! let sim = SimFeishu::start(SimConfig::with_app("cli_demo", "secret")).await?;
 //! println!("simulated Feishu at {}", sim.base_url());

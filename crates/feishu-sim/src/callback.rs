@@ -3,7 +3,7 @@
 //! a genuine (or deliberately broken) callback.
 //!
 //! This is written from the platform's description, apart from the
-//! gateway's decoder ([`crate::events`]), so a test that has one accept what
+//! gateway's decoder (`feishu_gateway::events`), so a test that has one accept what
 //! the other made shows they agree.
 
 use aes::Aes256;

@@ -1,5 +1,5 @@
 //! Store apps through real sockets. Pushes go to a tiny event receiver that
-//! checks each callback with the gateway's [`crate::events`] module: the
+//! checks each callback with the gateway's `feishu_gateway::events` module: the
 //! fake's Feishu side and the gateway's decoder must agree.
 
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::events::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
-use crate::secret::Secret;
+use feishu_gateway::events::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
+use feishu_gateway::secret::Secret;
 
 const STORE: &str = "cli_store_app";
 const STORE_SECRET: &str = "store-s3cret";
