@@ -34,7 +34,7 @@
 //! | [`workers`]   | thread-per-core connection workers, each with its own pool     |
 //! | [`tls`]       | HTTPS on the listener: rustls, ALPN, certificate reload        |
 //! | [`secret`]    | values that are never printed                                  |
-//! | [`demo`]      | `feishu-gateway demo`: simulated Feishu + gateway, offline      |
+//! | `demo`        | `feishu-gateway demo`: simulated Feishu + gateway, offline (feature `demo`) |
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -42,6 +42,7 @@ pub mod auth;
 pub mod body;
 pub mod catalog;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
 pub mod events;
