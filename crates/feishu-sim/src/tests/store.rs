@@ -1,6 +1,7 @@
 //! Store apps through real sockets. Pushes go to a tiny event receiver that
-//! checks each callback with the gateway's `feishu_gateway::events` module: the
-//! fake's Feishu side and the gateway's decoder must agree.
+//! checks each callback with the gateway's decoder (`feishu_gateway::events`,
+//! a dev-dependency): the fake's Feishu side and the gateway's decoder must
+//! agree.
 
 use std::sync::Arc;
 
