@@ -1,4 +1,4 @@
-//! End-to-end tests of the gateway core (issue 2), through real sockets,
+//! End-to-end tests of the gateway core, through real sockets,
 //! against the simulated Feishu.
 
 mod support;

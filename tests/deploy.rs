@@ -58,7 +58,9 @@ const NOT_YET_EXPORTED: &[&str] = &[];
 /// Series Prometheus makes itself for every scrape target.
 const FROM_PROMETHEUS: &[&str] = &["up"];
 
-/// The alerts issue 5 asks for (plus `FeishuGatewayDown`), by name.
+/// The alerts deploy/ must define, by name: token refresh and expiry,
+/// upstream throttling, Feishu error codes, sustained rate limiting, added
+/// latency, readiness, and the gateway being down.
 const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayTokenRefreshFailing",
     "FeishuGatewayTokenExpiringSoon",

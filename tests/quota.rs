@@ -1,4 +1,4 @@
-//! Per-app quotas through real sockets (issue 3): the simulated Feishu
+//! Per-app quotas through real sockets: the simulated Feishu
 //! enforces its own sliding windows at arrival and counts every violation.
 
 mod support;

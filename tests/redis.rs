@@ -1,4 +1,4 @@
-//! Quotas shared by several gateway replicas through Redis (issue 7), against
+//! Quotas shared by several gateway replicas through Redis, against
 //! a real `redis-server` each test starts on a free port (no persistence) and
 //! kills at the end, and the simulated Feishu counting violations at arrival.
 //!

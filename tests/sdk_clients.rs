@@ -1,4 +1,4 @@
-//! Proof with the real SDKs (issue 8): the official Python (`lark-oapi`) and
+//! Proof with the real SDKs: the official Python (`lark-oapi`) and
 //! Node (`@larksuiteoapi/node-sdk`) SDKs, configured only with the gateway's
 //! HTTPS base URL, the app id and the client's gateway key as the app secret,
 //! against the gateway in front of the simulated Feishu.

@@ -1,5 +1,5 @@
 //! The token endpoints the gateway answers for the official SDKs, gateway
-//! tokens as bearer credentials, and user access tokens (issue 8).
+//! tokens as bearer credentials, and user access tokens.
 
 mod support;
 

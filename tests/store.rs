@@ -1,4 +1,4 @@
-//! Store apps (issue 9) end to end: app_ticket intake through the event
+//! Store apps end to end: app_ticket intake through the event
 //! endpoint, ticket persistence, app and tenant tokens, per-tenant quotas,
 //! against the simulated Feishu's store-app side; then several replicas
 //! sharing tickets and tenant quotas through a real `redis-server` (skipped
