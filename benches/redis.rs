@@ -27,7 +27,7 @@ use feishu_gateway::quota::{
     RedisSettings, Window,
 };
 use feishu_gateway::secret::Secret;
-use feishu_gateway::sim::{QuotaMode, SimConfig, SimFeishu};
+use feishu_sim::{QuotaMode, SimConfig, SimFeishu};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;

@@ -13,8 +13,8 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use feishu_gateway::endpoints::put_top_notice;
 use feishu_gateway::endpoints::Catalog;
 use feishu_gateway::proxy::error::GatewayError;
-use feishu_gateway::sim::contract::put_top_notice_ok;
 use feishu_gateway::validate::RequestView;
+use feishu_sim::contract::put_top_notice_ok;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method};
 

@@ -34,8 +34,7 @@
 //! | [`workers`]   | thread-per-core connection workers, each with its own pool     |
 //! | [`tls`]       | HTTPS on the listener: rustls, ALPN, certificate reload        |
 //! | [`secret`]    | values that are never printed                                  |
-//! | [`demo`]      | `feishu-gateway demo`: simulated Feishu + gateway, offline      |
-//! | [`sim`]       | a simulated Feishu for the demo, the tests and the benchmarks  |
+//! | `demo`        | `feishu-gateway demo`: simulated Feishu + gateway, offline (feature `demo`) |
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -51,8 +50,6 @@ pub mod quota;
 pub mod redis_connection;
 pub mod secret;
 pub mod server;
-/// A simulated Feishu for the demo, the tests and the benchmark.
-pub mod sim;
 pub mod store_apps;
 pub mod tokens;
 pub mod upstream;

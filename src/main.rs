@@ -1,8 +1,10 @@
 //! The `feishu-gateway` command: `serve`, `check-config` and `demo` (and the
-//! hidden `sim`, the simulated Feishu alone, for the load benchmark).
+//! hidden `sim`, the simulated Feishu alone, for the load benchmark). `demo`
+//! and `sim` exist only with the `demo` feature (on by default).
 //! Kept thin: parse arguments, load config (exiting with every problem
 //! listed), build, run, drain on signal.
 
+#[cfg(feature = "demo")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +39,7 @@ enum Command {
         config: PathBuf,
     },
     /// Run a simulated Feishu and the gateway in front of it, offline.
+    #[cfg(feature = "demo")]
     Demo {
         /// Where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -47,6 +50,7 @@ enum Command {
     },
     /// Run the simulated Feishu alone (for `benches/load.sh`). Apps are
     /// `cli_bench0000000000`, … with secrets `bench-secret-0000000000`, ….
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     Sim {
         /// Where the fake listens (port 0: any free port; the address is
@@ -67,10 +71,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => serve(&config),
+        #[cfg(feature = "demo")]
         Command::Demo {
             listen,
             admin_listen,
         } => demo(listen, admin_listen),
+        #[cfg(feature = "demo")]
         Command::Sim { listen, apps, fast } => sim(listen, apps, fast),
     }
 }
@@ -123,6 +129,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
     })
 }
 
+#[cfg(feature = "demo")]
 fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
     let _log_guard = init_logging(LogFormat::Plain, "info");
     block_on(async move {
@@ -142,6 +149,7 @@ fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
     })
 }
 
+#[cfg(feature = "demo")]
 fn sim(listen: SocketAddr, apps: usize, fast: bool) -> ExitCode {
     block_on(async move {
         let sim = match feishu_gateway::app::demo::start_sim(listen, apps, fast).await {

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use feishu_gateway::sim::SimFeishu;
+use feishu_sim::SimFeishu;
 use http::{Method, StatusCode};
 use support::*;
 

@@ -1,4 +1,4 @@
-//! End-to-end tests of the gateway core (issue 2), through real sockets,
+//! End-to-end tests of the gateway core, through real sockets,
 //! against the simulated Feishu.
 
 mod support;
@@ -136,9 +136,7 @@ async fn a_second_token_invalid_answer_is_returned_not_looped() {
 
 #[tokio::test]
 async fn token_fetch_failure_is_a_503_with_feishus_code_then_recovers() {
-    let sim = feishu_gateway::sim::SimFeishu::start(sim_config())
-        .await
-        .unwrap();
+    let sim = feishu_sim::SimFeishu::start(sim_config()).await.unwrap();
     sim.fail_next_token_calls(3);
     let text = config_text(&sim.base_url(), "", "");
     let config = feishu_gateway::config::Config::parse(&text, &env()).unwrap();

@@ -36,7 +36,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use feishu_gateway::app::Runtime;
 use feishu_gateway::config::{Config, MapEnv};
-use feishu_gateway::sim::{SimConfig, SimFeishu};
+use feishu_sim::{SimConfig, SimFeishu};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -58,7 +58,9 @@ const NOT_YET_EXPORTED: &[&str] = &[];
 /// Series Prometheus makes itself for every scrape target.
 const FROM_PROMETHEUS: &[&str] = &["up"];
 
-/// The alerts issue 5 asks for (plus `FeishuGatewayDown`), by name.
+/// The alerts deploy/ must define, by name: token refresh and expiry,
+/// upstream throttling, Feishu error codes, sustained rate limiting, added
+/// latency, readiness, and the gateway being down.
 const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayTokenRefreshFailing",
     "FeishuGatewayTokenExpiringSoon",

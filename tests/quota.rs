@@ -1,4 +1,4 @@
-//! Per-app quotas through real sockets (issue 3): the simulated Feishu
+//! Per-app quotas through real sockets: the simulated Feishu
 //! enforces its own sliding windows at arrival and counts every violation.
 
 mod support;
@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use feishu_gateway::sim::SimConfig;
+use feishu_sim::SimConfig;
 use http::{Method, StatusCode};
 use support::*;
 
@@ -243,7 +243,7 @@ async fn small_configured_windows_hold_at_feishu_under_sustained_load() {
 #[tokio::test]
 async fn routes_outside_the_catalog_have_no_gateway_quota() {
     let mut sim = sim_config();
-    sim.quota = feishu_gateway::sim::QuotaMode::Off;
+    sim.quota = feishu_sim::QuotaMode::Off;
     let h = Arc::new(start(sim, "", "").await);
     h.ready().await;
     let mut tasks = Vec::new();

@@ -1,4 +1,4 @@
-//! Quotas shared by several gateway replicas through Redis (issue 7), against
+//! Quotas shared by several gateway replicas through Redis, against
 //! a real `redis-server` each test starts on a free port (no persistence) and
 //! kills at the end, and the simulated Feishu counting violations at arrival.
 //!
@@ -21,7 +21,7 @@ use feishu_gateway::quota::{
     RedisSettings, Window,
 };
 use feishu_gateway::secret::Secret;
-use feishu_gateway::sim::{QuotaMode, SimConfig, SimFeishu};
+use feishu_sim::{QuotaMode, SimConfig, SimFeishu};
 use http::StatusCode;
 use support::redis_server::RedisServer;
 use support::*;
@@ -983,7 +983,7 @@ async fn limits_below_the_replica_count_are_refused_at_start() {
 /// target without the password.
 #[tokio::test]
 async fn rediss_with_a_password_and_a_private_ca() {
-    let ca = feishu_gateway::sim::ca::TestCa::new("redis test CA").unwrap();
+    let ca = feishu_sim::ca::TestCa::new("redis test CA").unwrap();
     let cert = ca.issue_localhost("redis").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| -> PathBuf {

@@ -1,4 +1,4 @@
-//! Proof with the real SDKs (issue 8): the official Python (`lark-oapi`) and
+//! Proof with the real SDKs: the official Python (`lark-oapi`) and
 //! Node (`@larksuiteoapi/node-sdk`) SDKs, configured only with the gateway's
 //! HTTPS base URL, the app id and the client's gateway key as the app secret,
 //! against the gateway in front of the simulated Feishu.
@@ -23,8 +23,8 @@ use std::process::{Command, Stdio};
 
 use feishu_gateway::app::Runtime;
 use feishu_gateway::config::Config;
-use feishu_gateway::sim::ca::TestCa;
-use feishu_gateway::sim::{SimFeishu, TokenKind};
+use feishu_sim::ca::TestCa;
+use feishu_sim::{SimFeishu, TokenKind};
 use serde_json::Value;
 use support::*;
 

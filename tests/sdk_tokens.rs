@@ -1,5 +1,5 @@
 //! The token endpoints the gateway answers for the official SDKs, gateway
-//! tokens as bearer credentials, and user access tokens (issue 8).
+//! tokens as bearer credentials, and user access tokens.
 
 mod support;
 
@@ -15,7 +15,7 @@ fn env_with_signing() -> feishu_gateway::config::MapEnv {
     env().with("SIGNING_KEY", "a-signing-key-0123456789abcdef")
 }
 
-async fn start_signed(sim: &feishu_gateway::sim::SimFeishu) -> Runtime {
+async fn start_signed(sim: &feishu_sim::SimFeishu) -> Runtime {
     let text = config_text(&sim.base_url(), "", SIGNING);
     let config = Config::parse(&text, &env_with_signing()).unwrap_or_else(|p| panic!("{p}"));
     Runtime::start(config).await.unwrap()
@@ -155,9 +155,7 @@ async fn tampered_or_unknown_tokens_get_401_99991663() {
 
 #[tokio::test]
 async fn tokens_survive_a_restart_with_a_signing_key() {
-    let sim = feishu_gateway::sim::SimFeishu::start(sim_config())
-        .await
-        .unwrap();
+    let sim = feishu_sim::SimFeishu::start(sim_config()).await.unwrap();
     let client = http_client();
     let body = format!(r#"{{"app_id":"{APP_ID}","app_secret":"{CLIENT_KEY}"}}"#);
     let first = start_signed(&sim).await;

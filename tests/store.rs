@@ -1,4 +1,4 @@
-//! Store apps (issue 9) end to end: app_ticket intake through the event
+//! Store apps end to end: app_ticket intake through the event
 //! endpoint, ticket persistence, app and tenant tokens, per-tenant quotas,
 //! against the simulated Feishu's store-app side; then several replicas
 //! sharing tickets and tenant quotas through a real `redis-server` (skipped
@@ -14,10 +14,10 @@ use feishu_gateway::app::Runtime;
 use feishu_gateway::config::{Config, MapEnv};
 use feishu_gateway::quota::{FailMode, Plan, PlanPolicy, RedisSettings};
 use feishu_gateway::secret::Secret;
-use feishu_gateway::sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
 use feishu_gateway::tokens::ticket_store::{
     RedisTicketStore, StoredTicket, TicketStore, TicketStoreError, MAX_TICKET_AGE,
 };
+use feishu_sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
 use http::{Method, StatusCode};
 use support::redis_server::RedisServer;
 use support::*;
@@ -291,7 +291,7 @@ async fn callbacks_are_verified_and_bad_ones_change_nothing() {
         }
     };
     // Bad signature.
-    let mut sealed = feishu_gateway::sim::callback::seal(Some(ENCRYPT_KEY), &event, true, now);
+    let mut sealed = feishu_sim::callback::seal(Some(ENCRYPT_KEY), &event, true, now);
     sealed
         .headers
         .insert("x-lark-signature", "00".repeat(32).parse().unwrap());
@@ -301,7 +301,7 @@ async fn callbacks_are_verified_and_bad_ones_change_nothing() {
     // Wrong verification token.
     let mut wrong = event.clone();
     wrong["token"] = "not-the-token".into();
-    let sealed = feishu_gateway::sim::callback::seal(Some(ENCRYPT_KEY), &wrong, true, now);
+    let sealed = feishu_sim::callback::seal(Some(ENCRYPT_KEY), &wrong, true, now);
     assert_eq!(
         post(sealed.headers, sealed.body).await.status,
         StatusCode::UNAUTHORIZED
@@ -314,7 +314,7 @@ async fn callbacks_are_verified_and_bad_ones_change_nothing() {
     .await;
     assert!(a.status.is_client_error());
     // Encrypted with another key.
-    let sealed = feishu_gateway::sim::callback::seal(Some("another-key"), &event, false, now);
+    let sealed = feishu_sim::callback::seal(Some("another-key"), &event, false, now);
     assert!(post(sealed.headers, sealed.body)
         .await
         .status

@@ -20,7 +20,7 @@ use feishu_gateway::endpoints::{
     builtin_contract as builtin, Catalog, DELETE_TOP_NOTICE, PUT_TOP_NOTICE,
 };
 use feishu_gateway::proxy::error::GatewayError;
-use feishu_gateway::sim::contract::{delete_top_notice_ok, put_top_notice_ok};
+use feishu_sim::contract::{delete_top_notice_ok, put_top_notice_ok};
 use feishu_gateway::validate::{Contract, RequestView, UnknownFields, Violations, MAX_VALUE_CHARS};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method};

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::app::{Runtime, StartError};
 use crate::config::{Config, MapEnv};
-use crate::sim::{QuotaMode, SimApp, SimConfig, SimFeishu};
+use feishu_sim::{QuotaMode, SimApp, SimConfig, SimFeishu};
 
 /// The demo client's gateway key (printed in the curl commands).
 pub const DEMO_CLIENT_KEY: &str = "demo-client-key-0123456789";

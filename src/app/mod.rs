@@ -2,6 +2,7 @@
 //! into running parts, starts them and stops them.
 
 mod build;
+#[cfg(feature = "demo")]
 pub mod demo;
 mod runtime;
 

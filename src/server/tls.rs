@@ -350,7 +350,7 @@ fn parse(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::ca::TestCa;
+    use feishu_sim::ca::TestCa;
 
     struct Files {
         _dir: tempfile::TempDir,

@@ -14,7 +14,7 @@ use crate::endpoints::{
 };
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::X_GATEWAY_ERROR;
-use crate::sim::contract::{delete_top_notice_ok, put_top_notice_ok};
+use feishu_sim::contract::{delete_top_notice_ok, put_top_notice_ok};
 
 const CHAT: &str = "oc_5ad11d72b830411d72b836c20";
 const MSG: &str = "om_dc13264520392913993dd051dba21dcf";

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use feishu_gateway::app::Runtime;
 use feishu_gateway::config::{Config, MapEnv};
-use feishu_gateway::sim::{SimConfig, SimFeishu};
+use feishu_sim::{SimConfig, SimFeishu};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -35,7 +35,7 @@ limits = []
 /// A simulated Feishu with the test app and its quota enforcement off.
 pub fn sim_without_quota() -> SimConfig {
     let mut c = sim_config();
-    c.quota = feishu_gateway::sim::QuotaMode::Off;
+    c.quota = feishu_sim::QuotaMode::Off;
     c
 }
 

@@ -1,4 +1,4 @@
-//! Callbacks made by the fake's Feishu side ([`crate::sim::callback`]), fed
+//! Callbacks made by the fake's Feishu side ([`feishu_sim::callback`]), fed
 //! to the verifier.
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::sim::callback::{encrypt, seal, signature as sim_signature, SealedCallback};
+use feishu_sim::callback::{encrypt, seal, signature as sim_signature, SealedCallback};
 
 const KEY: &str = "encrypt-key-0123";
 const TOKEN: &str = "verification-token-abc";

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 use crate::config::{Config, MapEnv};
-use crate::sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
 use crate::tokens::ticket_store::{MemoryTicketStore, StoreFuture};
+use feishu_sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
 
 const APP_ID: &str = "cli_store_unit";
 

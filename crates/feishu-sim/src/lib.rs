@@ -1,17 +1,22 @@
-//! A simulated Feishu Open Platform: the parts of `open.feishu.cn` the gateway
-//! touches, served over real HTTP on `127.0.0.1` for the `demo` command, the
-//! integration tests and the load benchmark.
+//! feishu-sim: a simulated Feishu Open Platform, the parts of
+//! `open.feishu.cn` feishu-gateway touches, served over real HTTP on
+//! `127.0.0.1` for the gateway's `demo` command, its tests and the load
+//! benchmark (`feishu-gateway sim`, driven by `benches/load.sh`).
 //!
-//! The fake follows the platform facts in `feishu-facts.md`: flat token
-//! answers with the 30-minute same-token rule (§1), the token error codes
-//! (§3), sliding-window quotas answered with 429 and `x-ogw-ratelimit-*`
-//! headers (§4), an `X-Tt-Logid` on every answer, written title-cased on the
-//! wire (§5), and the top-notice endpoints with their body contract and error
-//! codes (§7).
+//! It is a crate of its own, not a module of the gateway's library, so that
+//! the fake is no part of the product's API: the gateway links it only for
+//! its `demo` feature (on by default) and as a dev-dependency.
+//!
+//! The fake follows what the platform does: flat token answers with the
+//! 30-minute same-token rule (the current token while at least 30 minutes of
+//! it remain, a new one after), the token error codes,
+//! sliding-window quotas answered with 429 and `x-ogw-ratelimit-*` headers,
+//! an `X-Tt-Logid` on every answer, written title-cased on the wire, and the
+//! top-notice endpoints with their body contract and error codes.
 //!
 //! # Layout
 //!
-//! - this file: [`SimConfig`](crate::sim::SimConfig) (plain data) and [`SimFeishu`](crate::sim::SimFeishu), the running
+//! - this file: [`SimConfig`] (plain data) and [`SimFeishu`], the running
 //!   fake with its fault-injection and introspection methods.
 //! - `server`: the accept loop and the request phases, in Feishu's order
 //!   (route, token, quota, body contract, magic chat ids, answer).
@@ -19,21 +24,20 @@
 //! - `quota`: per (app[, tenant], endpoint) arrival logs, sliding-window
 //!   checks.
 //! - `store`: store apps' tickets and tenants, and event pushes.
-//! - [`callback`](crate::sim::callback): the Feishu side of event callbacks
-//!   (encrypt, sign), public for tests that forge callbacks.
-//! - [`contract`](crate::sim::contract): the body contract of `put_top_notice`, public so other
-//!   modules can differential-test against it.
+//! - [`callback`]: the Feishu side of event callbacks (encrypt, sign),
+//!   public for tests that forge callbacks.
+//! - [`contract`]: the body contract of `put_top_notice`, public so the
+//!   gateway's validation can be differential-tested against it.
 //! - `answer`: JSON answers, error messages and `X-Tt-Logid` values.
 //! - `state`: the state shared by the server and the handle.
-//! - [`ca`](crate::sim::ca): a certificate authority made at run time, for
-//!   HTTPS on loopback ([`SimConfig::tls`](crate::sim::SimConfig::tls)).
+//! - [`ca`]: a certificate authority made at run time, for HTTPS on
+//!   loopback ([`SimConfig::tls`]).
 //!
 //! # HTTPS
 //!
 //! With `tls` set, the fake serves HTTPS only, with a certificate for
 //! `localhost` and `127.0.0.1` signed by a CA generated at start
-//! ([`SimFeishu::ca_pem`](crate::sim::SimFeishu::ca_pem)), offering HTTP/2 and
-//! HTTP/1.1 by ALPN. Each recorded request carries the HTTP version it came
+//! ([`SimFeishu::ca_pem`]), offering HTTP/2 and HTTP/1.1 by ALPN. Each recorded request carries the HTTP version it came
 //! with.
 //!
 //! # Requests, as the fake sees them
@@ -41,7 +45,7 @@
 //! Token calls are the two `.../auth/v3/*_access_token/internal` endpoints;
 //! *store calls* are the three store-app endpoints (below). Every other
 //! request is a *business request*: it is recorded (see
-//! [`SimFeishu::requests`](crate::sim::SimFeishu::requests)), its bearer token is judged, and it gets the
+//! [`SimFeishu::requests`]), its bearer token is judged, and it gets the
 //! configured latency. Unknown routes answer 404 after that.
 //!
 //! A request header `X-Sim-Delay-Ms: <n>` holds that one answer n ms longer
@@ -50,33 +54,34 @@
 //!
 //! # Store apps (ISV)
 //!
-//! Apps in [`SimConfig::store_apps`](crate::sim::SimConfig::store_apps) get
-//! their tokens Feishu's store way (facts §2); their calls are recorded as
-//! [`StoreCall`](crate::sim::StoreCall)s:
+//! Apps in [`SimConfig::store_apps`] get their tokens Feishu's store way (an
+//! app_ticket Feishu pushes, an app token made with it, then a tenant token
+//! per tenant that installed the app); their calls are recorded as
+//! [`StoreCall`]s:
 //!
 //! - `POST /open-apis/auth/v3/app_ticket/resend` `{app_id, app_secret}`
 //!   answers `{"code":0,"msg":"ok"}`, then, after
-//!   [`ticket_push_delay`](crate::sim::SimConfig::ticket_push_delay), issues
+//!   [`ticket_push_delay`](crate::SimConfig::ticket_push_delay), issues
 //!   a new app_ticket and POSTs the v1 `app_ticket` event to the app's event
 //!   URL, encrypted and signed when the app has an Encrypt Key (see
-//!   [`callback`](crate::sim::callback)). Each push is recorded as a
-//!   [`PushedEvent`](crate::sim::PushedEvent) with the answer's status.
+//!   [`callback`]). Each push is recorded as a
+//!   [`PushedEvent`] with the answer's status.
 //! - `POST /open-apis/auth/v3/app_access_token` `{app_id, app_secret,
 //!   app_ticket}` answers `app_access_token` (`a-…`). A ticket the fake did
 //!   not issue, or one invalidated by
-//!   [`invalidate_tickets`](crate::sim::SimFeishu::invalidate_tickets),
-//!   answers [`invalid_ticket_code`](crate::sim::SimConfig::invalid_ticket_code)
+//!   [`invalidate_tickets`](crate::SimFeishu::invalidate_tickets),
+//!   answers [`invalid_ticket_code`](crate::SimConfig::invalid_ticket_code)
 //!   (default 10012, the code the official SDKs resend on).
 //! - `POST /open-apis/auth/v3/tenant_access_token` `{app_access_token,
 //!   tenant_key}` answers a `tenant_access_token` (`t-…`) for that tenant,
 //!   with the same-token rule per (app, tenant). An unknown or expired app
 //!   token answers 99991664 / 99991677; a tenant that did not install the app
-//!   answers [`unknown_tenant_code`](crate::sim::SimConfig::unknown_tenant_code)
+//!   answers [`unknown_tenant_code`](crate::SimConfig::unknown_tenant_code)
 //!   (default 99991665, UNCONFIRMED).
 //!
 //! Business requests with a store tenant token are counted against quotas
 //! per (app, tenant, endpoint) and recorded with their
-//! [`tenant_key`](crate::sim::RecordedRequest::tenant_key); self-built apps
+//! [`tenant_key`](crate::RecordedRequest::tenant_key); self-built apps
 //! keep one quota per (app, endpoint).
 //!
 //! # Time
@@ -89,7 +94,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use feishu_gateway::sim::{SimConfig, SimFeishu};
+//! use feishu_sim::{SimConfig, SimFeishu};
 //!
 //! let sim = SimFeishu::start(SimConfig::with_app("cli_demo", "secret")).await?;
 //! println!("simulated Feishu at {}", sim.base_url());

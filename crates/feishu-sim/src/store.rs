@@ -166,7 +166,8 @@ pub(crate) fn push_client() -> PushClient {
         .build_http()
 }
 
-/// The v1 `app_ticket` event (facts §2).
+/// The v1 `app_ticket` event, the one Feishu pushes to a store app's event
+/// URL.
 pub(crate) fn app_ticket_event(plan: &PushPlan, ticket: &str) -> Value {
     json!({
         "uuid": random_hex(16),

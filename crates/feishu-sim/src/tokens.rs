@@ -1,6 +1,7 @@
 //! The token book: which tokens were issued to which app (and, for store
 //! apps' tenant tokens, which tenant), until when, and Feishu's 30-minute
-//! same-token rule (facts §1), which holds per (app, tenant) too.
+//! same-token rule (the current token while at least 30 minutes of it remain,
+//! a new one after), which holds per (app, tenant) too.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
-//! Body contracts of the top-notice endpoints (facts §7), as the fake
-//! enforces them. Public so that the gateway's own validation can be
-//! differential-tested against the fake.
+//! Body contracts of a chat's top-notice endpoints (`put_top_notice`,
+//! `delete_top_notice`), as the fake enforces them. Public so that the
+//! gateway's own validation can be differential-tested against the fake.
 
 use serde_json::Value;
 

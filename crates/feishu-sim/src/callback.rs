@@ -1,10 +1,11 @@
-//! The Feishu side of event callbacks (facts §2): encrypt and sign an event
-//! the way the platform does, for the fake's pushes and for tests that need
-//! a genuine (or deliberately broken) callback.
+//! The Feishu side of event callbacks (AES-256-CBC keyed by the app's
+//! Encrypt Key, a SHA-256 signature header): encrypt and sign an event the
+//! way the platform does, for the fake's pushes and for tests that need a
+//! genuine (or deliberately broken) callback.
 //!
 //! This is written from the platform's description, apart from the
-//! gateway's decoder ([`crate::events`]), so a test that has one accept what
-//! the other made shows they agree.
+//! gateway's decoder (`feishu_gateway::events`), so a test that has one
+//! accept what the other made shows they agree.
 
 use aes::Aes256;
 use base64::Engine as _;

@@ -815,7 +815,7 @@ async fn https_http1_answers_are_title_cased_and_untrusted_clients_fail() {
     // A client that does not trust the CA fails its handshake, and the fake
     // goes on serving.
     let stranger = tokio_rustls::TlsConnector::from(std::sync::Arc::new(trusting(
-        &crate::sim::ca::TestCa::new("other").expect("CA").cert_pem(),
+        &crate::ca::TestCa::new("other").expect("CA").cert_pem(),
         &[b"http/1.1"],
     )));
     let tcp = TcpStream::connect(sim.addr()).await.expect("connect");

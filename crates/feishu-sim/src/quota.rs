@@ -1,6 +1,6 @@
 //! Quotas per (app, endpoint) for self-built apps and per (app, tenant,
-//! endpoint) for store apps' tenant tokens, counted in sliding windows (facts
-//! §4: the only safe reading of Feishu's rule is "never more than N in ANY
+//! endpoint) for store apps' tenant tokens, counted in sliding windows (the
+//! only safe reading of Feishu's quota rule is "never more than N in ANY
 //! interval of W").
 //!
 //! Each key keeps two logs of arrival instants:

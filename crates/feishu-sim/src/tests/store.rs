@@ -1,6 +1,7 @@
 //! Store apps through real sockets. Pushes go to a tiny event receiver that
-//! checks each callback with the gateway's [`crate::events`] module: the
-//! fake's Feishu side and the gateway's decoder must agree.
+//! checks each callback with the gateway's decoder (`feishu_gateway::events`,
+//! a dev-dependency): the fake's Feishu side and the gateway's decoder must
+//! agree.
 
 use std::sync::Arc;
 
@@ -14,8 +15,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::secret::Secret;
-use crate::store_apps::callback::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
+use feishu_gateway::secret::Secret;
+use feishu_gateway::store_apps::callback::{
+    CallbackKeys, Event, EventError, Verifier, VerifyOptions,
+};
 
 const STORE: &str = "cli_store_app";
 const STORE_SECRET: &str = "store-s3cret";
