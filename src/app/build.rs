@@ -163,7 +163,8 @@ fn gateway(
                     config.apps[app].app_id, route.method, route.template
                 );
                 specs.push(KeySpec::new(plan.clone(), config.quota.max_waiters).with_name(name));
-                (key, metrics.quota_pair(app, r, &catalog.route(r).limits))
+                let windows = route.limits.iter().map(|w| (w.to_string(), w.limit()));
+                (key, metrics.quota_pair(app, r, windows))
             }));
         }
     }

@@ -507,21 +507,21 @@ impl Metrics {
     }
 
     /// Handles for a quota-limited (app, route) pair; also publishes its
-    /// windows in `feishu_gateway_quota_limit` and starts its rate-limit and
-    /// throttle counters at 0, so dashboards and alerts see the series.
+    /// windows, as (label like `50/1s`, limit), in
+    /// `feishu_gateway_quota_limit` and starts its rate-limit and throttle
+    /// counters at 0, so dashboards and alerts see the series.
     pub fn quota_pair(
         &self,
         app: usize,
         route: usize,
-        windows: &[crate::quota::Window],
+        windows: impl IntoIterator<Item = (String, u32)>,
     ) -> QuotaPairMetrics {
         let a = self.app_label(Some(app));
         let r = self.route_label(Some(route));
-        for w in windows {
-            let label = w.to_string();
+        for (label, limit) in windows {
             self.quota_limit
                 .with_label_values(&[a, r, &label])
-                .set(i64::from(w.limit()));
+                .set(i64::from(limit));
             self.rate_limited.with_label_values(&[a, r, &label]);
         }
         self.rate_limited
