@@ -1,24 +1,19 @@
 //! The token endpoints the gateway answers for the official SDKs, gateway
-//! tokens as bearer credentials, and user access tokens (issue 8).
+//! tokens as bearer credentials, and user access tokens.
 
 mod support;
 
-use feishu_gateway::config::Config;
-use feishu_gateway::runtime::Runtime;
 use http::{Method, StatusCode};
 use support::*;
 
 const TOKEN_PATH: &str = "/open-apis/auth/v3/tenant_access_token/internal";
-const SIGNING: &str = "[sdk_tokens]\nsigning_key_env = \"SIGNING_KEY\"\n";
 
-fn env_with_signing() -> feishu_gateway::config::MapEnv {
-    env().with("SIGNING_KEY", "a-signing-key-0123456789abcdef")
-}
-
-async fn start_signed(sim: &feishu_gateway::sim::SimFeishu) -> Runtime {
-    let text = config_text(&sim.base_url(), "", SIGNING);
-    let config = Config::parse(&text, &env_with_signing()).unwrap_or_else(|p| panic!("{p}"));
-    Runtime::start(config).await.unwrap()
+/// A gateway whose tokens are signed with a configured key.
+async fn start_signed(sim: &SimFeishu) -> Runtime {
+    let config = GatewayConfig::new(&sim.base_url())
+        .sdk_signing_key_env("SIGNING_KEY")
+        .env("SIGNING_KEY", "a-signing-key-0123456789abcdef");
+    start_gateway(&config).await
 }
 
 async fn fetch_token(h: &Harness, body: &str) -> Answer {
@@ -28,7 +23,7 @@ async fn fetch_token(h: &Harness, body: &str) -> Answer {
 
 #[tokio::test]
 async fn the_gateway_answers_the_sdk_token_call_and_accepts_its_token() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let body = format!(r#"{{"app_id":"{APP_ID}","app_secret":"{CLIENT_KEY}"}}"#);
     let a = fetch_token(&h, &body).await;
     assert_eq!(a.status, StatusCode::OK);
@@ -100,7 +95,7 @@ async fn the_gateway_answers_the_sdk_token_call_and_accepts_its_token() {
 
 #[tokio::test]
 async fn bad_credentials_get_feishus_wrong_secret_answer_without_saying_which() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let wrong_id = fetch_token(
         &h,
         &format!(r#"{{"app_id":"cli_other","app_secret":"{CLIENT_KEY}"}}"#),
@@ -124,7 +119,7 @@ async fn bad_credentials_get_feishus_wrong_secret_answer_without_saying_which() 
 
 #[tokio::test]
 async fn tampered_or_unknown_tokens_get_401_99991663() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let body = format!(r#"{{"app_id":"{APP_ID}","app_secret":"{CLIENT_KEY}"}}"#);
     let token = fetch_token(&h, &body).await.json()["tenant_access_token"]
         .as_str()
@@ -155,9 +150,7 @@ async fn tampered_or_unknown_tokens_get_401_99991663() {
 
 #[tokio::test]
 async fn tokens_survive_a_restart_with_a_signing_key() {
-    let sim = feishu_gateway::sim::SimFeishu::start(sim_config())
-        .await
-        .unwrap();
+    let sim = SimFeishu::start(sim_config()).await.unwrap();
     let client = http_client();
     let body = format!(r#"{{"app_id":"{APP_ID}","app_secret":"{CLIENT_KEY}"}}"#);
     let first = start_signed(&sim).await;
@@ -188,7 +181,7 @@ async fn tokens_survive_a_restart_with_a_signing_key() {
 
 #[tokio::test]
 async fn user_tokens_pass_untouched_with_the_client_key_and_are_never_replayed() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     h.ready().await;
     let headers = [
         ("authorization", "Bearer u-user-token-123"),
@@ -222,7 +215,7 @@ async fn user_tokens_pass_untouched_with_the_client_key_and_are_never_replayed()
 
 #[tokio::test]
 async fn other_auth_endpoints_are_never_forwarded() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let auth = format!("Bearer {CLIENT_KEY}");
     for path in [
         "/open-apis/auth/v3/app_access_token",
