@@ -1,6 +1,7 @@
 //! The integration tests' harness: a simulated Feishu, the gateway in front
 //! of it on loopback ports, its config ([`config::GatewayConfig`]), a small
-//! HTTP client, and a Redis of the test's own ([`redis_server`]).
+//! HTTP client, a Redis of the test's own ([`redis_server`]) and the
+//! Prometheus tools ([`tools`]).
 //!
 //! Every item of the crate under test that a test file uses is re-exported
 //! here, from [`gateway`], in one place.
@@ -9,6 +10,7 @@
 pub mod config;
 mod gateway;
 pub mod redis_server;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,12 +49,6 @@ pub fn sim_without_quota() -> SimConfig {
     let mut c = sim_config();
     c.quota = QuotaMode::Off;
     c
-}
-
-/// The environment of [`GatewayConfig::new`]: the app secret and the
-/// client key.
-pub fn env() -> MapEnv {
-    GatewayConfig::new("https://open.feishu.cn").map_env()
 }
 
 pub fn http_client() -> HttpClient {
@@ -308,32 +304,4 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The old text-pasting config; goes once tests/redis.rs uses
-/// [`GatewayConfig`].
-pub fn config_text(upstream: &str, top: &str, extra: &str) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-upstream = "{upstream}"
-{top}
-
-[token]
-retry_min = "50ms"
-retry_max = "200ms"
-
-[[apps]]
-name = "ops-bot"
-app_id = "{APP_ID}"
-app_secret_env = "APP_SECRET"
-
-[[clients]]
-name = "billing"
-key_env = "CLIENT_KEY"
-app = "ops-bot"
-{extra}
-"#
-    )
 }
