@@ -9,7 +9,6 @@
 //!     .parse();
 //! ```
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -29,15 +28,15 @@ impl GatewayConfig {
     /// Loopback listeners on free ports, `upstream`, fast token retries
     /// (50 ms to 200 ms), no app and no client, an empty environment.
     pub fn bare(upstream: &str) -> GatewayConfig {
-        let mut c = GatewayConfig {
+        GatewayConfig {
             root: Table::new(),
             env: Vec::new(),
             raw: String::new(),
-        };
-        c.set("listen", "127.0.0.1:0");
-        c.set("admin_listen", "127.0.0.1:0");
-        c.set("upstream", upstream);
-        c.token_retry(Duration::from_millis(50), Duration::from_millis(200))
+        }
+        .set("listen", "127.0.0.1:0")
+        .set("admin_listen", "127.0.0.1:0")
+        .set("upstream", upstream)
+        .token_retry(Duration::from_millis(50), Duration::from_millis(200))
     }
 
     /// [`GatewayConfig::bare`] with the test app `ops-bot` (secret from
@@ -53,109 +52,82 @@ impl GatewayConfig {
 
     // ----- top-level keys -------------------------------------------------
 
-    /// `listen`.
-    pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.set("listen", addr.to_string());
-        self
-    }
-
     /// `max_body_bytes`.
-    pub fn max_body_bytes(mut self, n: usize) -> Self {
-        self.set("max_body_bytes", int(n));
-        self
+    pub fn max_body_bytes(self, n: usize) -> Self {
+        self.set("max_body_bytes", int(n))
     }
 
     /// `workers` (0: the shared runtime serves connections).
-    pub fn workers(mut self, n: usize) -> Self {
-        self.set("workers", int(n));
-        self
+    pub fn workers(self, n: usize) -> Self {
+        self.set("workers", int(n))
     }
 
     /// `state_dir`.
-    pub fn state_dir(mut self, dir: &Path) -> Self {
-        self.set("state_dir", path(dir));
-        self
+    pub fn state_dir(self, dir: &Path) -> Self {
+        self.set("state_dir", path(dir))
     }
 
     /// `upstream_ca_file`: extra roots trusted for the upstream.
-    pub fn upstream_ca_file(mut self, file: &Path) -> Self {
-        self.set("upstream_ca_file", path(file));
-        self
+    pub fn upstream_ca_file(self, file: &Path) -> Self {
+        self.set("upstream_ca_file", path(file))
     }
 
     /// `tls_cert` and `tls_key`: HTTPS on `listen`.
-    pub fn tls(mut self, cert: &Path, key: &Path) -> Self {
-        self.set("tls_cert", path(cert));
-        self.set("tls_key", path(key));
-        self
+    pub fn tls(self, cert: &Path, key: &Path) -> Self {
+        self.set("tls_cert", path(cert)).set("tls_key", path(key))
     }
 
     // ----- sections ---------------------------------------------------------
 
     /// `[token]` `retry_min` and `retry_max`.
-    pub fn token_retry(mut self, min: Duration, max: Duration) -> Self {
-        let t = self.section("token");
-        t.insert("retry_min".into(), duration(min));
-        t.insert("retry_max".into(), duration(max));
-        self
+    pub fn token_retry(self, min: Duration, max: Duration) -> Self {
+        self.set_in("token", "retry_min", duration(min))
+            .set_in("token", "retry_max", duration(max))
     }
 
     /// `[timeouts]` `upstream`: one upstream attempt.
-    pub fn upstream_timeout(mut self, d: Duration) -> Self {
-        self.section("timeouts")
-            .insert("upstream".into(), duration(d));
-        self
+    pub fn upstream_timeout(self, d: Duration) -> Self {
+        self.set_in("timeouts", "upstream", duration(d))
     }
 
     /// `[timeouts]` `body_read`: reading a client's body.
-    pub fn body_read_timeout(mut self, d: Duration) -> Self {
-        self.section("timeouts")
-            .insert("body_read".into(), duration(d));
-        self
+    pub fn body_read_timeout(self, d: Duration) -> Self {
+        self.set_in("timeouts", "body_read", duration(d))
     }
 
     /// `[log]` `format`.
-    pub fn log_format(mut self, format: LogFormat) -> Self {
-        self.section("log")
-            .insert("format".into(), format.name().into());
-        self
+    pub fn log_format(self, format: LogFormat) -> Self {
+        self.set_in("log", "format", format.name())
     }
 
     /// `[log]` `level`: a tracing filter like `info`.
-    pub fn log_level(mut self, filter: &str) -> Self {
-        self.section("log").insert("level".into(), filter.into());
-        self
+    pub fn log_level(self, filter: &str) -> Self {
+        self.set_in("log", "level", filter)
     }
 
     /// `[sdk_tokens]` `signing_key_env`.
-    pub fn sdk_signing_key_env(mut self, var: &str) -> Self {
-        self.section("sdk_tokens")
-            .insert("signing_key_env".into(), var.into());
-        self
+    pub fn sdk_signing_key_env(self, var: &str) -> Self {
+        self.set_in("sdk_tokens", "signing_key_env", var)
     }
 
     /// `[quota]`.
-    pub fn quota(mut self, quota: Quota) -> Self {
-        self.root.insert("quota".into(), Value::Table(quota.0));
-        self
+    pub fn quota(self, quota: Quota) -> Self {
+        self.set("quota", quota.0)
     }
 
     /// One more `[[apps]]` entry.
-    pub fn app(mut self, app: App) -> Self {
-        self.push("apps", app.0);
-        self
+    pub fn app(self, app: App) -> Self {
+        self.push("apps", app.0)
     }
 
     /// One more `[[clients]]` entry.
-    pub fn client(mut self, client: Client) -> Self {
-        self.push("clients", client.0);
-        self
+    pub fn client(self, client: Client) -> Self {
+        self.push("clients", client.0)
     }
 
     /// One more `[[routes]]` entry.
-    pub fn route(mut self, route: Route) -> Self {
-        self.push("routes", route.0);
-        self
+    pub fn route(self, route: Route) -> Self {
+        self.push("routes", route.0)
     }
 
     /// put_top_notice limited to `limits` instead of its catalog quota.
@@ -223,25 +195,29 @@ impl GatewayConfig {
             .unwrap_or_else(|p| panic!("test config: {p}\n{}", self.text()))
     }
 
-    fn set(&mut self, key: &str, value: impl Into<Value>) {
+    fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.root.insert(key.into(), value.into());
+        self
     }
 
-    fn section(&mut self, name: &str) -> &mut Table {
+    fn set_in(mut self, section: &str, key: &str, value: impl Into<Value>) -> Self {
         self.root
-            .entry(name)
+            .entry(section)
             .or_insert_with(|| Value::Table(Table::new()))
             .as_table_mut()
             .expect("a section")
+            .insert(key.into(), value.into());
+        self
     }
 
-    fn push(&mut self, name: &str, entry: Table) {
+    fn push(mut self, name: &str, entry: Table) -> Self {
         self.root
             .entry(name)
             .or_insert_with(|| Value::Array(Vec::new()))
             .as_array_mut()
             .expect("an array of tables")
             .push(Value::Table(entry));
+        self
     }
 }
 
@@ -252,35 +228,35 @@ pub struct App(Table);
 impl App {
     /// A self-built app whose secret is in the variable `secret_env`.
     pub fn self_built(name: &str, app_id: &str, secret_env: &str) -> App {
-        let mut t = Table::new();
-        t.insert("name".into(), name.into());
-        t.insert("app_id".into(), app_id.into());
-        t.insert("app_secret_env".into(), secret_env.into());
-        App(t)
+        App(table(&[
+            ("name", name),
+            ("app_id", app_id),
+            ("app_secret_env", secret_env),
+        ]))
     }
 
     /// A store app (`type = "store"`) whose secret is in `secret_env`.
     pub fn store(name: &str, app_id: &str, secret_env: &str) -> App {
-        let mut app = App::self_built(name, app_id, secret_env);
-        app.0.insert("type".into(), "store".into());
-        app
+        App::self_built(name, app_id, secret_env).set("type", "store")
     }
 
     /// `encrypt_key_env`: the event callback's Encrypt Key.
-    pub fn encrypt_key_env(mut self, var: &str) -> Self {
-        self.0.insert("encrypt_key_env".into(), var.into());
-        self
+    pub fn encrypt_key_env(self, var: &str) -> Self {
+        self.set("encrypt_key_env", var)
     }
 
     /// `verification_token_env`: the event callback's Verification Token.
-    pub fn verification_token_env(mut self, var: &str) -> Self {
-        self.0.insert("verification_token_env".into(), var.into());
-        self
+    pub fn verification_token_env(self, var: &str) -> Self {
+        self.set("verification_token_env", var)
     }
 
     /// `max_tenants`.
-    pub fn max_tenants(mut self, n: usize) -> Self {
-        self.0.insert("max_tenants".into(), int(n));
+    pub fn max_tenants(self, n: usize) -> Self {
+        self.set("max_tenants", int(n))
+    }
+
+    fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.0.insert(key.into(), value.into());
         self
     }
 }
@@ -292,11 +268,7 @@ pub struct Client(Table);
 impl Client {
     /// A client whose key is in the variable `key_env`, acting as `app`.
     pub fn new(name: &str, key_env: &str, app: &str) -> Client {
-        let mut t = Table::new();
-        t.insert("name".into(), name.into());
-        t.insert("key_env".into(), key_env.into());
-        t.insert("app".into(), app.into());
-        Client(t)
+        Client(table(&[("name", name), ("key_env", key_env), ("app", app)]))
     }
 
     /// `tenant`: the store app's tenant it always acts for.
@@ -313,10 +285,7 @@ pub struct Route(Table);
 impl Route {
     /// The route `method path` (a path template, `:name` for a segment).
     pub fn new(method: http::Method, path: &str) -> Route {
-        let mut t = Table::new();
-        t.insert("method".into(), method.as_str().into());
-        t.insert("path".into(), path.into());
-        Route(t)
+        Route(table(&[("method", method.as_str()), ("path", path)]))
     }
 
     /// `POST path`.
@@ -326,44 +295,36 @@ impl Route {
 
     /// `limits`: at most N requests per window W, for each `(N, W)`; none
     /// lifts the route's gateway quota.
-    pub fn limits(mut self, limits: &[(u32, Duration)]) -> Self {
-        let list = limits
+    pub fn limits(self, limits: &[(u32, Duration)]) -> Self {
+        let list: Vec<Value> = limits
             .iter()
             .map(|&(n, w)| Value::from(format!("{n}/{}", duration_text(w))))
             .collect();
-        self.0.insert("limits".into(), Value::Array(list));
-        self
+        self.set("limits", list)
     }
 
     /// `overflow`: overrides the quota's for this route.
-    pub fn overflow(mut self, mode: QuotaOverflow) -> Self {
-        self.0.insert("overflow".into(), mode.name().into());
-        self
+    pub fn overflow(self, mode: QuotaOverflow) -> Self {
+        self.set("overflow", mode.name())
     }
 
     /// `max_wait`: overrides the quota's for this route.
-    pub fn max_wait(mut self, d: Duration) -> Self {
-        self.0.insert("max_wait".into(), duration(d));
-        self
+    pub fn max_wait(self, d: Duration) -> Self {
+        self.set("max_wait", duration(d))
     }
 
     /// `validation`.
-    pub fn validation(mut self, mode: Validation) -> Self {
-        let name = match mode {
-            Validation::Enforce => "enforce",
-            Validation::LogOnly => "log-only",
-        };
-        self.0.insert("validation".into(), name.into());
-        self
+    pub fn validation(self, mode: Validation) -> Self {
+        self.set("validation", mode.name())
     }
 
     /// `unknown_fields`.
-    pub fn unknown_fields(mut self, mode: UnknownFields) -> Self {
-        let name = match mode {
-            UnknownFields::Allow => "allow",
-            UnknownFields::Reject => "reject",
-        };
-        self.0.insert("unknown_fields".into(), name.into());
+    pub fn unknown_fields(self, mode: UnknownFields) -> Self {
+        self.set("unknown_fields", mode.name())
+    }
+
+    fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.0.insert(key.into(), value.into());
         self
     }
 }
@@ -380,16 +341,14 @@ impl Quota {
 
     /// `backend = "redis"` at `url` (`redis_url`).
     pub fn redis(url: &str) -> Quota {
-        Quota::redis_backend().set("redis_url", url)
+        Quota::local().set("backend", "redis").set("redis_url", url)
     }
 
     /// `backend = "redis"` at the URL in the variable `var` (`redis_url_env`).
     pub fn redis_env(var: &str) -> Quota {
-        Quota::redis_backend().set("redis_url_env", var)
-    }
-
-    fn redis_backend() -> Quota {
-        Quota::local().set("backend", "redis")
+        Quota::local()
+            .set("backend", "redis")
+            .set("redis_url_env", var)
     }
 
     /// `overflow`: what a request over its quota gets.
@@ -414,12 +373,7 @@ impl Quota {
 
     /// `fail`: what to do while Redis is away.
     pub fn fail(self, mode: QuotaFail) -> Self {
-        let name = match mode {
-            QuotaFail::Local => "local",
-            QuotaFail::Closed => "closed",
-            QuotaFail::Open => "open",
-        };
-        self.set("fail", name)
+        self.set("fail", mode.name())
     }
 
     /// `replicas`: the most replicas that run at once.
@@ -448,58 +402,44 @@ impl Quota {
     }
 }
 
-/// `[quota]` `overflow`.
-#[derive(Debug, Clone, Copy)]
-pub enum QuotaOverflow {
-    Reject,
-    Wait,
-}
-
-impl QuotaOverflow {
-    fn name(self) -> &'static str {
-        match self {
-            QuotaOverflow::Reject => "reject",
-            QuotaOverflow::Wait => "wait",
+/// Enums of the config's string choices, each variant with its text.
+macro_rules! choices {
+    ($($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub enum $name {
+            $($variant),+
         }
-    }
-}
 
-/// `[quota]` `fail`.
-#[derive(Debug, Clone, Copy)]
-pub enum QuotaFail {
-    Local,
-    Closed,
-    Open,
-}
-
-/// `[[routes]]` `validation`.
-#[derive(Debug, Clone, Copy)]
-pub enum Validation {
-    Enforce,
-    LogOnly,
-}
-
-/// `[[routes]]` `unknown_fields`.
-#[derive(Debug, Clone, Copy)]
-pub enum UnknownFields {
-    Allow,
-    Reject,
-}
-
-/// `[log]` `format`.
-#[derive(Debug, Clone, Copy)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
-
-impl LogFormat {
-    fn name(self) -> &'static str {
-        match self {
-            LogFormat::Plain => "plain",
-            LogFormat::Json => "json",
+        impl $name {
+            fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
         }
-    }
+    )+};
+}
+
+choices! {
+    /// `[quota]` and `[[routes]]` `overflow`.
+    QuotaOverflow { Reject => "reject", Wait => "wait" }
+    /// `[quota]` `fail`.
+    QuotaFail { Local => "local", Closed => "closed", Open => "open" }
+    /// `[[routes]]` `validation`.
+    Validation { Enforce => "enforce", LogOnly => "log-only" }
+    /// `[[routes]]` `unknown_fields`.
+    UnknownFields { Allow => "allow", Reject => "reject" }
+    /// `[log]` `format`.
+    LogFormat { Plain => "plain", Json => "json" }
+}
+
+/// A table of strings.
+fn table(pairs: &[(&str, &str)]) -> Table {
+    pairs
+        .iter()
+        .map(|&(k, v)| (k.to_string(), Value::from(v)))
+        .collect()
 }
 
 fn int(n: usize) -> Value {
@@ -518,11 +458,11 @@ fn duration(d: Duration) -> Value {
 /// quota windows read them.
 fn duration_text(d: Duration) -> String {
     assert!(
-        d.subsec_nanos() % 1_000_000 == 0,
+        d.subsec_nanos().is_multiple_of(1_000_000),
         "{d:?}: whole milliseconds only"
     );
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
