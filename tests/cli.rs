@@ -4,6 +4,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -52,6 +53,25 @@ fn serve(config: &GatewayConfig, rust_log: Option<&str>) -> (Child, tempfile::Na
         cmd.env("RUST_LOG", filter);
     }
     (cmd.spawn().unwrap(), file)
+}
+
+/// Reads the log lines, each kept in `logs`, until `listening` finds the
+/// address the gateway listens on in one (20 s at most for each line).
+async fn listening_addr(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    logs: &mut Vec<String>,
+    listening: impl Fn(&str) -> Option<SocketAddr>,
+) -> SocketAddr {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("gateway starts")
+            .expect("log line");
+        logs.push(line.clone());
+        if let Some(addr) = listening(&line) {
+            return addr;
+        }
+    }
 }
 
 /// SIGTERM, then how the process ended.
@@ -147,21 +167,12 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
     let (mut child, _file) = serve(&config, None);
     let (mut rx, _reader) = stdout_lines(&mut child);
     let mut logs = Vec::new();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .expect("gateway starts")
-            .expect("log line");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-        logs.push(line);
-        if v["message"] == "feishu-gateway listening" {
-            break v["addr"]
-                .as_str()
-                .unwrap()
-                .parse::<std::net::SocketAddr>()
-                .unwrap();
-        }
-    };
+    let addr = listening_addr(&mut rx, &mut logs, |line| {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+        (v["message"] == "feishu-gateway listening")
+            .then(|| v["addr"].as_str().unwrap().parse().unwrap())
+    })
+    .await;
     let client = http_client();
     let auth = format!("Bearer {CLIENT_KEY}");
     let headers = [
@@ -240,22 +251,13 @@ async fn serve_one_request(level: &str, rust_log: Option<&str>) -> Vec<String> {
     let (mut child, _file) = serve(&config, rust_log);
     let (mut rx, reader) = stdout_lines(&mut child);
     let mut logs = Vec::new();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .expect("gateway starts")
-            .expect("log line");
-        logs.push(line.clone());
-        if line.contains("feishu-gateway listening") {
-            let addr = line.split(" addr=").nth(1).expect("addr=");
-            break addr
-                .split(' ')
-                .next()
-                .unwrap()
-                .parse::<std::net::SocketAddr>()
-                .unwrap();
-        }
-    };
+    let addr = listening_addr(&mut rx, &mut logs, |line| {
+        let addr = line
+            .contains("feishu-gateway listening")
+            .then(|| line.split(" addr=").nth(1).expect("addr="))?;
+        Some(addr.split(' ').next().unwrap().parse().unwrap())
+    })
+    .await;
     let answer = put_at(&http_client(), addr, PUT_PATH, &[]).await;
     assert_eq!(answer.code(), 0);
     let exit = terminate(child).await;

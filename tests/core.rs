@@ -116,8 +116,7 @@ async fn a_token_feishu_rejects_is_replaced_and_the_request_replayed_once() {
         "replayed with a fresh token"
     );
     assert_eq!(h.sim.token_calls().len(), 2);
-    let m = h.admin("/metrics").await;
-    let text = String::from_utf8_lossy(&m.body);
+    let text = h.metrics().await;
     assert!(
         text.contains(r#"feishu_gateway_token_replays_total{app="ops-bot",code="99991663"} 1"#),
         "{text}"
@@ -259,17 +258,11 @@ async fn upstream_failures_are_502_or_503_json_never_504() {
     assert_eq!(a.code(), 99990502);
 
     // Too slow.
-    let a = put_at(
-        &h.client,
-        h.gw.addr(),
-        PUT_PATH,
-        &[("x-sim-delay-ms", "2000")],
-    )
-    .await;
+    let a = h.put_with(&[("x-sim-delay-ms", "2000")]).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.header("x-gateway-error"), Some("upstream-timeout"));
 
-    let m = String::from_utf8_lossy(&h.admin("/metrics").await.body).to_string();
+    let m = h.metrics().await;
     assert!(
         m.contains(r#"kind="reset""#) && m.contains(r#"kind="timeout""#),
         "{m}"

@@ -20,9 +20,7 @@ async fn flood(
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
         let h = Arc::clone(h);
-        tasks.push(tokio::spawn(async move {
-            put_at(&h.client, h.gw.addr(), PUT_PATH, extra).await
-        }));
+        tasks.push(tokio::spawn(async move { h.put_with(extra).await }));
     }
     let mut out = Vec::with_capacity(n);
     for t in tasks {
@@ -137,22 +135,10 @@ async fn the_per_request_header_chooses_wait_or_reject() {
         a.iter().map(|a| a.status).collect::<Vec<_>>()
     );
     // A wait allowance too short to help is rejected at once.
-    let a = put_at(
-        &h.client,
-        h.gw.addr(),
-        PUT_PATH,
-        &[("x-gateway-max-wait", "1")],
-    )
-    .await;
+    let a = h.put_with(&[("x-gateway-max-wait", "1")]).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     // A bad value is named.
-    let a = put_at(
-        &h.client,
-        h.gw.addr(),
-        PUT_PATH,
-        &[("x-gateway-max-wait", "soon")],
-    )
-    .await;
+    let a = h.put_with(&[("x-gateway-max-wait", "soon")]).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.json()["msg"]
         .as_str()

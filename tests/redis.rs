@@ -48,6 +48,35 @@ async fn engine(redis: &RedisServer, plan: Plan, fail: FailMode) -> RedisQuota {
 
 const KEY: QuotaKey = QuotaKey::new(0);
 
+/// Calls `acquire` every 5 ms for `d`: how many it admitted, and how long
+/// that took.
+async fn admitted_during<F, Fut>(d: Duration, mut acquire: F) -> (u32, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < d {
+        if acquire().await {
+            n += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (n, started.elapsed())
+}
+
+/// Probes every 50 ms until `q` shares its quotas through Redis again,
+/// failing after `limit`.
+async fn healed(q: &RedisQuota, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !q.is_shared() {
+        assert!(Instant::now() < deadline, "{:?}", q.status());
+        q.probe_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn redis_time_us(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
     let (s, us): (i64, i64) = redis::cmd("TIME").query_async(conn).await.unwrap();
     s * 1_000_000 + us
@@ -296,41 +325,27 @@ async fn fallback_is_the_replicas_share_started_empty_and_heals_back() {
     assert!(q.status().last_error.is_some());
     let split = p.split(2, PlanPolicy::default().min_rate_fraction).unwrap();
     assert!(split.emission_interval() >= 2 * p.emission_interval());
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < Duration::from_secs(1) {
-        if q.acquire(KEY, Overflow::Reject).await.is_ok() {
-            n += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let took = started.elapsed().as_secs_f64();
-    let most = (took / split.emission_interval().as_secs_f64()) as u32 + 1;
+    let (n, took) = admitted_during(Duration::from_secs(1), || async {
+        q.acquire(KEY, Overflow::Reject).await.is_ok()
+    })
+    .await;
+    let most = (took.as_secs_f64() / split.emission_interval().as_secs_f64()) as u32 + 1;
     assert!(n >= 1 && n <= most, "{n} in 1 s, at most {most}");
 
     // Redis is back: the probe joins the fleet's heal time, drains the key,
     // and the engine switches back.
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !q.is_shared() {
-        assert!(Instant::now() < deadline, "{:?}", q.status());
-        q.probe_now().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    healed(&q, Duration::from_secs(5)).await;
     // Drained from the heal on: the lost state gives no fresh burst, only
     // the shared rate.
     let snap = q.snapshot(KEY).await.unwrap();
     assert!(snap.remaining < 5, "no fresh burst of 33: {snap:?}");
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < Duration::from_millis(600) {
-        if q.acquire(KEY, Overflow::Reject).await.is_ok() {
-            n += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let took = started.elapsed().as_secs_f64();
-    let most = snap.remaining + (took / p.emission_interval().as_secs_f64()) as u32 + 1;
+    let (n, took) = admitted_during(Duration::from_millis(600), || async {
+        q.acquire(KEY, Overflow::Reject).await.is_ok()
+    })
+    .await;
+    let most =
+        snap.remaining + (took.as_secs_f64() / p.emission_interval().as_secs_f64()) as u32 + 1;
     assert!(n <= most, "{n} in 600 ms after the heal, at most {most}");
 }
 
@@ -384,42 +399,28 @@ async fn a_scope_has_keys_of_its_own_with_the_engines_limits_fail_mode_and_heal(
     assert_eq!(r.limit_value(), 50, "rejections report the fleet's limit");
     assert!(!q.is_shared());
     let split = p.split(2, PlanPolicy::default().min_rate_fraction).unwrap();
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < Duration::from_secs(1) {
-        if fresh.acquire(KEY, Overflow::Reject).await.is_ok() {
-            n += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let most =
-        (started.elapsed().as_secs_f64() / split.emission_interval().as_secs_f64()) as u32 + 1;
+    let (n, took) = admitted_during(Duration::from_secs(1), || async {
+        fresh.acquire(KEY, Overflow::Reject).await.is_ok()
+    })
+    .await;
+    let most = (took.as_secs_f64() / split.emission_interval().as_secs_f64()) as u32 + 1;
     assert!(n >= 1 && n <= most, "{n} in 1 s, at most {most}");
 
     // Redis is back, empty. A scope's keys were not drained by the heal
     // (it knows only the engine's), yet give no fresh burst: every call
     // floors them at the heal's drain.
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !q.is_shared() {
-        assert!(Instant::now() < deadline, "{:?}", q.status());
-        q.probe_now().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    healed(&q, Duration::from_secs(10)).await;
     let late = q.scope("tenant_d", &[KEY]).unwrap();
     for s in [&fresh, &late] {
         let snap = s.snapshot(KEY).await.unwrap();
         assert!(snap.remaining < 5, "no fresh burst of 33: {snap:?}");
     }
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < Duration::from_millis(600) {
-        if late.acquire(KEY, Overflow::Reject).await.is_ok() {
-            n += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let most = (started.elapsed().as_secs_f64() / p.emission_interval().as_secs_f64()) as u32 + 5;
+    let (n, took) = admitted_during(Duration::from_millis(600), || async {
+        late.acquire(KEY, Overflow::Reject).await.is_ok()
+    })
+    .await;
+    let most = (took.as_secs_f64() / p.emission_interval().as_secs_f64()) as u32 + 5;
     assert!(n <= most, "{n} in 600 ms after the heal, at most {most}");
 }
 

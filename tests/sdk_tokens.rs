@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::net::SocketAddr;
+
 use http::{Method, StatusCode};
 use support::*;
 
@@ -14,6 +16,17 @@ async fn start_signed(sim: &SimFeishu) -> Runtime {
         .sdk_signing_key_env("SIGNING_KEY")
         .env("SIGNING_KEY", "a-signing-key-0123456789abcdef");
     start_gateway(&config).await
+}
+
+/// POST put_top_notice to the gateway at `addr` with `token` as the bearer
+/// credential.
+async fn put_with_token(client: &HttpClient, addr: SocketAddr, token: &str) -> Answer {
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    call(client, addr, Method::POST, PUT_PATH, &headers, PUT_BODY).await
 }
 
 async fn fetch_token(h: &Harness, body: &str) -> Answer {
@@ -37,18 +50,7 @@ async fn the_gateway_answers_the_sdk_token_call_and_accepts_its_token() {
     assert!(token.starts_with("t-"));
     assert!(!token.contains(CLIENT_KEY));
 
-    let auth = format!("Bearer {token}");
-    let a = h
-        .call(
-            Method::POST,
-            PUT_PATH,
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
-            PUT_BODY,
-        )
-        .await;
+    let a = put_with_token(&h.client, h.gw.addr(), &token).await;
     assert_eq!(a.code(), 0, "{:?}", a.body);
     // Feishu saw the gateway's own tenant token, and only the gateway's own
     // token calls: the app secret never left the gateway.
@@ -65,17 +67,7 @@ async fn the_gateway_answers_the_sdk_token_call_and_accepts_its_token() {
         .to_string();
     assert_ne!(second, token);
     assert_eq!(h.put("oc_1").await.code(), 0);
-    let a = h
-        .call(
-            Method::POST,
-            PUT_PATH,
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
-            PUT_BODY,
-        )
-        .await;
+    let a = put_with_token(&h.client, h.gw.addr(), &token).await;
     assert_eq!(a.code(), 0);
 
     // The app token endpoint answers too, with its own field.
@@ -163,19 +155,7 @@ async fn tokens_survive_a_restart_with_a_signing_key() {
     first.wait().await;
 
     let second = start_signed(&sim).await;
-    let auth = format!("Bearer {token}");
-    let a = call(
-        &client,
-        second.addr(),
-        Method::POST,
-        PUT_PATH,
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        PUT_BODY,
-    )
-    .await;
+    let a = put_with_token(&client, second.addr(), &token).await;
     assert_eq!(a.code(), 0, "{:?}", a.body);
 }
 

@@ -369,10 +369,13 @@ async fn an_invalidated_ticket_is_resent_and_requests_recover() {
 /// The Redis key of the store app's ticket, with the default prefix.
 const TICKET_KEY: &str = "feishu-gateway:app_ticket:cli_store000000001";
 
-/// The store app's config for two replicas sharing quotas and the ticket
-/// through `redis` (no `state_dir`: the ticket is kept in Redis).
-fn on_redis(sim: &SimFeishu, redis: &RedisServer) -> GatewayConfig {
-    store_config(sim, 100).quota(Quota::redis(&redis.url()).replicas(2))
+/// A simulated Feishu with `sim`, a client, and the store app's config for
+/// two replicas sharing quotas and the ticket through `redis` (no
+/// `state_dir`: the ticket is kept in Redis).
+async fn on_redis(redis: &RedisServer, sim: SimConfig) -> (SimFeishu, HttpClient, GatewayConfig) {
+    let sim = SimFeishu::start(sim).await.unwrap();
+    let config = store_config(&sim, 100).quota(Quota::redis(&redis.url()).replicas(2));
+    (sim, http_client(), config)
 }
 
 async fn redis_get(redis: &RedisServer, key: &str) -> Option<String> {
@@ -497,9 +500,7 @@ async fn redis_ticket_store_round_trip_ttl_and_bad_values() {
 #[tokio::test]
 async fn a_ticket_pushed_to_one_replica_lets_a_cold_one_serve_without_a_resend() {
     let redis = redis_or_skip!();
-    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
-    let client = http_client();
-    let config = on_redis(&sim, &redis);
+    let (sim, client, config) = on_redis(&redis, sim_store(&["tenant_a"])).await;
     // Replica A takes Feishu's pushes; Redis is empty: it asks for the
     // ticket, receives it, and keeps it in Redis.
     let a = start_replica(&sim, &config, true).await;
@@ -526,11 +527,9 @@ async fn a_ticket_pushed_to_one_replica_lets_a_cold_one_serve_without_a_resend()
 #[tokio::test]
 async fn replicas_started_together_use_the_ticket_pushed_to_one_of_them() {
     let redis = redis_or_skip!();
-    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
+    let (sim, client, config) = on_redis(&redis, sim_store(&["tenant_a"])).await;
     // The push comes after both replicas have asked for it.
     sim.set_ticket_push_delay(Duration::from_millis(500));
-    let client = http_client();
-    let config = on_redis(&sim, &redis);
     let a = start_replica(&sim, &config, true).await;
     let b = start_replica(&sim, &config, false).await;
     // B waits for its ticket in Redis too, not only at its own endpoint.
@@ -545,9 +544,7 @@ async fn replicas_started_together_use_the_ticket_pushed_to_one_of_them() {
 #[tokio::test]
 async fn a_ticket_refused_on_one_replica_is_replaced_by_the_one_another_received() {
     let redis = redis_or_skip!();
-    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
-    let client = http_client();
-    let config = on_redis(&sim, &redis);
+    let (sim, client, config) = on_redis(&redis, sim_store(&["tenant_a"])).await;
     let a = start_replica(&sim, &config, true).await;
     wait_ready(&client, &a).await;
     let b = start_replica(&sim, &config, false).await;
@@ -570,9 +567,7 @@ async fn a_ticket_refused_on_one_replica_is_replaced_by_the_one_another_received
 #[tokio::test]
 async fn a_restart_with_the_ticket_in_redis_needs_no_resend_and_garbage_is_no_ticket() {
     let redis = redis_or_skip!();
-    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
-    let client = http_client();
-    let config = on_redis(&sim, &redis);
+    let (sim, client, config) = on_redis(&redis, sim_store(&["tenant_a"])).await;
     let gw = start_replica(&sim, &config, true).await;
     wait_ready(&client, &gw).await;
     gw.shutdown();
@@ -608,9 +603,8 @@ async fn a_restart_with_the_ticket_in_redis_needs_no_resend_and_garbage_is_no_ti
 #[tokio::test]
 async fn redis_down_the_ticket_in_memory_serves_and_is_written_back_later() {
     let mut redis = redis_or_skip!();
-    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
-    let client = http_client();
-    let gw = start_replica(&sim, &on_redis(&sim, &redis), true).await;
+    let (sim, client, config) = on_redis(&redis, sim_store(&["tenant_a"])).await;
+    let gw = start_replica(&sim, &config, true).await;
     wait_ready(&client, &gw).await;
 
     // Redis dies; Feishu pushes a new ticket and forgets the old one.
@@ -649,11 +643,11 @@ async fn redis_down_the_ticket_in_memory_serves_and_is_written_back_later() {
 #[tokio::test]
 async fn two_replicas_share_each_tenants_quota_through_redis() {
     let redis = redis_or_skip!();
-    let mut cfg = sim_store(&["tenant_a", "tenant_b"]);
-    cfg.limits = vec![(5, Duration::from_secs(1))];
-    let sim = SimFeishu::start(cfg).await.unwrap();
-    let client = http_client();
-    let config = on_redis(&sim, &redis).put_limits(&[(5, Duration::from_secs(1))]);
+    let limits = [(5, Duration::from_secs(1))];
+    let mut sim = sim_store(&["tenant_a", "tenant_b"]);
+    sim.limits = limits.to_vec();
+    let (sim, client, config) = on_redis(&redis, sim).await;
+    let config = config.put_limits(&limits);
     let a = start_replica(&sim, &config, true).await;
     wait_ready(&client, &a).await;
     let b = start_replica(&sim, &config, false).await;

@@ -167,6 +167,12 @@ impl Harness {
         put_at(&self.client, self.gw.addr(), &path, &[]).await
     }
 
+    /// POST put_top_notice ([`PUT_PATH`]) with the client key, a valid body
+    /// and `extra` headers.
+    pub async fn put_with(&self, extra: &[(&str, &str)]) -> Answer {
+        put_at(&self.client, self.gw.addr(), PUT_PATH, extra).await
+    }
+
     /// GET `path` on the admin listener.
     pub async fn admin(&self, path: &str) -> Answer {
         admin_get(&self.client, &self.gw, path).await
