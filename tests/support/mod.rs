@@ -35,7 +35,7 @@ pub const PUT_ROUTE: &str = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_
 /// delete_top_notice's route.
 pub const DELETE_ROUTE: &str = "/open-apis/im/v1/chats/:chat_id/top_notice/delete_top_notice";
 
-/// The client every test uses: plain HTTP/1.1 and h2c, pooled.
+/// The client the tests use: plain HTTP/1.1, pooled.
 pub type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
 /// A simulated Feishu with the test app.
