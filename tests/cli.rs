@@ -4,11 +4,12 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use feishu_sim::SimFeishu;
 use http::{Method, StatusCode};
+use support::config::LogFormat;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_feishu-gateway");
@@ -16,7 +17,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_feishu-gateway");
 /// The child's stdout, line by line, read on a thread of its own (ended
 /// when the child closes stdout).
 fn stdout_lines(
-    child: &mut std::process::Child,
+    child: &mut Child,
 ) -> (
     tokio::sync::mpsc::UnboundedReceiver<String>,
     std::thread::JoinHandle<()>,
@@ -35,6 +36,55 @@ fn write_config(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
     f
+}
+
+/// `serve` with `config` (its file, kept as long as the process runs, and
+/// its environment), `RUST_LOG` as given (unset otherwise), stdout piped.
+fn serve(config: &GatewayConfig, rust_log: Option<&str>) -> (Child, tempfile::NamedTempFile) {
+    let file = write_config(&config.text());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(file.path())
+        .envs(config.env_vars().iter().map(|(k, v)| (k, v)))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    (cmd.spawn().unwrap(), file)
+}
+
+/// Reads the log lines, each kept in `logs`, until `listening` finds the
+/// address the gateway listens on in one (20 s at most for each line).
+async fn listening_addr(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    logs: &mut Vec<String>,
+    listening: impl Fn(&str) -> Option<SocketAddr>,
+) -> SocketAddr {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("gateway starts")
+            .expect("log line");
+        logs.push(line.clone());
+        if let Some(addr) = listening(&line) {
+            return addr;
+        }
+    }
+}
+
+/// SIGTERM, then how the process ended.
+async fn terminate(mut child: Child) -> ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 #[test]
@@ -71,12 +121,12 @@ app = "nobody"
 
 #[test]
 fn check_config_accepts_a_good_file() {
-    let f = write_config(&config_text("https://open.feishu.cn", "", ""));
+    let config = GatewayConfig::new("https://open.feishu.cn");
+    let f = write_config(&config.text());
     let out = Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(f.path())
-        .env("APP_SECRET", APP_SECRET)
-        .env("CLIENT_KEY", CLIENT_KEY)
+        .envs(config.env_vars().iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     assert!(
@@ -111,38 +161,18 @@ fn serve_with_a_bad_config_exits_before_binding() {
 #[tokio::test]
 async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sigterm() {
     let sim = SimFeishu::start(sim_config()).await.unwrap();
-    let f = write_config(&config_text(
-        &sim.base_url(),
-        "",
-        "[log]\nformat = \"json\"\nlevel = \"debug\"\n",
-    ));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(f.path())
-        .env("APP_SECRET", APP_SECRET)
-        .env("CLIENT_KEY", CLIENT_KEY)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let config = GatewayConfig::new(&sim.base_url())
+        .log_format(LogFormat::Json)
+        .log_level("debug");
+    let (mut child, _file) = serve(&config, None);
     let (mut rx, _reader) = stdout_lines(&mut child);
     let mut logs = Vec::new();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .expect("gateway starts")
-            .expect("log line");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-        logs.push(line);
-        if v["message"] == "feishu-gateway listening" {
-            break v["addr"]
-                .as_str()
-                .unwrap()
-                .parse::<std::net::SocketAddr>()
-                .unwrap();
-        }
-    };
+    let addr = listening_addr(&mut rx, &mut logs, |line| {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+        (v["message"] == "feishu-gateway listening")
+            .then(|| v["addr"].as_str().unwrap().parse().unwrap())
+    })
+    .await;
     let client = http_client();
     let auth = format!("Bearer {CLIENT_KEY}");
     let headers = [
@@ -165,15 +195,7 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
     .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = terminate(child).await;
     assert_eq!(exit.code(), Some(0), "SIGTERM exits 0");
     while let Ok(line) = rx.try_recv() {
         logs.push(line);
@@ -219,58 +241,26 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
     }
 }
 
-/// Runs `serve` (plain log lines) with `[log]` `extra` and `RUST_LOG`,
+/// Runs `serve` (plain log lines) with the `[log]` `level` and `RUST_LOG`,
 /// sends one request once it listens, stops it with SIGTERM, and returns
 /// every line it wrote. The `feishu_gateway::app` line that gives the
 /// address must be on in the filter.
-async fn serve_one_request(log: &str, rust_log: Option<&str>) -> Vec<String> {
+async fn serve_one_request(level: &str, rust_log: Option<&str>) -> Vec<String> {
     let sim = SimFeishu::start(sim_config()).await.unwrap();
-    let f = write_config(&config_text(
-        &sim.base_url(),
-        "",
-        &format!("[log]\n{log}\n"),
-    ));
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--config"])
-        .arg(f.path())
-        .env("APP_SECRET", APP_SECRET)
-        .env("CLIENT_KEY", CLIENT_KEY)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if let Some(filter) = rust_log {
-        cmd.env("RUST_LOG", filter);
-    }
-    let mut child = cmd.spawn().unwrap();
+    let config = GatewayConfig::new(&sim.base_url()).log_level(level);
+    let (mut child, _file) = serve(&config, rust_log);
     let (mut rx, reader) = stdout_lines(&mut child);
     let mut logs = Vec::new();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .expect("gateway starts")
-            .expect("log line");
-        logs.push(line.clone());
-        if line.contains("feishu-gateway listening") {
-            let addr = line.split(" addr=").nth(1).expect("addr=");
-            break addr
-                .split(' ')
-                .next()
-                .unwrap()
-                .parse::<std::net::SocketAddr>()
-                .unwrap();
-        }
-    };
+    let addr = listening_addr(&mut rx, &mut logs, |line| {
+        let addr = line
+            .contains("feishu-gateway listening")
+            .then(|| line.split(" addr=").nth(1).expect("addr="))?;
+        Some(addr.split(' ').next().unwrap().parse().unwrap())
+    })
+    .await;
     let answer = put_at(&http_client(), addr, PUT_PATH, &[]).await;
     assert_eq!(answer.code(), 0);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = terminate(child).await;
     assert_eq!(exit.code(), Some(0));
     // The process is gone: its stdout is closed once read to the end.
     tokio::task::spawn_blocking(move || reader.join().unwrap())
@@ -292,7 +282,7 @@ async fn serve_writes_the_access_line_as_the_log_filter_says() {
     };
 
     // On by default: one plain line, as tracing's fmt writes an event.
-    let logs = serve_one_request("level = \"info\"", None).await;
+    let logs = serve_one_request("info", None).await;
     let lines = access(&logs);
     assert_eq!(lines.len(), 1, "{logs:#?}");
     let line = &lines[0];
@@ -312,13 +302,13 @@ async fn serve_writes_the_access_line_as_the_log_filter_says() {
     assert!(line.ends_with(" replayed_after=-"), "{line}");
 
     // Off by RUST_LOG, or by the configured level, while other lines stay.
-    for (log, rust_log) in [
-        ("level = \"info\"", Some("info,feishu_gateway::access=off")),
-        ("level = \"info\"", Some("warn,feishu_gateway::app=info")),
-        ("level = \"warn,feishu_gateway::app=info\"", None),
+    for (level, rust_log) in [
+        ("info", Some("info,feishu_gateway::access=off")),
+        ("info", Some("warn,feishu_gateway::app=info")),
+        ("warn,feishu_gateway::app=info", None),
     ] {
-        let logs = serve_one_request(log, rust_log).await;
-        assert_eq!(access(&logs), Vec::<String>::new(), "{log} {rust_log:?}");
+        let logs = serve_one_request(level, rust_log).await;
+        assert_eq!(access(&logs), Vec::<String>::new(), "{level} {rust_log:?}");
         assert!(logs.iter().any(|l| l.contains("feishu-gateway stopped")));
     }
 }

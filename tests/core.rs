@@ -1,5 +1,7 @@
-//! End-to-end tests of the gateway core, through real sockets,
-//! against the simulated Feishu.
+//! End-to-end tests of the gateway core, through real sockets, against the
+//! simulated Feishu: tenant tokens injected and refreshed, client keys
+//! checked and stripped, requests and errors passed through, upstream
+//! failures answered in JSON, graceful shutdown, health and readiness.
 
 mod support;
 
@@ -15,7 +17,7 @@ fn auth() -> (&'static str, String) {
 
 #[tokio::test]
 async fn injects_the_tenant_token_and_strips_the_client_key() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let a = h
         .call(
             Method::POST,
@@ -55,7 +57,7 @@ async fn injects_the_tenant_token_and_strips_the_client_key() {
 
 #[tokio::test]
 async fn fifty_concurrent_cold_requests_make_one_token_call() {
-    let h = start(sim_without_quota(), "", NO_QUOTA).await;
+    let h = start_with(sim_without_quota(), GatewayConfig::without_put_quota).await;
     let mut tasks = Vec::new();
     let h = std::sync::Arc::new(h);
     for i in 0..50 {
@@ -74,7 +76,7 @@ async fn fifty_concurrent_cold_requests_make_one_token_call() {
 async fn short_lifetimes_never_send_an_expired_token() {
     let mut sim = sim_without_quota();
     sim.token_lifetime = Duration::from_secs(2);
-    let h = start(sim, "", NO_QUOTA).await;
+    let h = start_with(sim, GatewayConfig::without_put_quota).await;
     h.ready().await;
     // Run over four lifetimes; every request must find a valid token.
     let until = tokio::time::Instant::now() + Duration::from_secs(8);
@@ -100,7 +102,7 @@ async fn short_lifetimes_never_send_an_expired_token() {
 
 #[tokio::test]
 async fn a_token_feishu_rejects_is_replaced_and_the_request_replayed_once() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     assert_eq!(h.put("oc_1").await.code(), 0);
     h.sim.invalidate_all_tokens();
     let a = h.put("oc_2").await;
@@ -114,8 +116,7 @@ async fn a_token_feishu_rejects_is_replaced_and_the_request_replayed_once() {
         "replayed with a fresh token"
     );
     assert_eq!(h.sim.token_calls().len(), 2);
-    let m = h.admin("/metrics").await;
-    let text = String::from_utf8_lossy(&m.body);
+    let text = h.metrics().await;
     assert!(
         text.contains(r#"feishu_gateway_token_replays_total{app="ops-bot",code="99991663"} 1"#),
         "{text}"
@@ -124,7 +125,7 @@ async fn a_token_feishu_rejects_is_replaced_and_the_request_replayed_once() {
 
 #[tokio::test]
 async fn a_second_token_invalid_answer_is_returned_not_looped() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     h.ready().await;
     // 99991663 arrives with HTTP 200 here: the gateway decides on the code.
     h.sim.answer_next_with_code(99991663, StatusCode::OK, 2);
@@ -136,32 +137,23 @@ async fn a_second_token_invalid_answer_is_returned_not_looped() {
 
 #[tokio::test]
 async fn token_fetch_failure_is_a_503_with_feishus_code_then_recovers() {
-    let sim = feishu_sim::SimFeishu::start(sim_config()).await.unwrap();
+    let sim = SimFeishu::start(sim_config()).await.unwrap();
     sim.fail_next_token_calls(3);
-    let text = config_text(&sim.base_url(), "", "");
-    let config = feishu_gateway::config::Config::parse(&text, &env()).unwrap();
-    let gw = feishu_gateway::app::Runtime::start(config).await.unwrap();
-    let client = http_client();
-    let a = put_at(&client, gw.addr(), PUT_PATH, &[]).await;
+    let h = Harness::on(sim, |c| c).await;
+    let a = h.put("oc_123").await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.header("x-gateway-error"), Some("token-unavailable"));
     assert_eq!(a.code(), 10013, "Feishu's code from the token call");
     assert!(!a.json()["msg"].as_str().unwrap().contains(APP_SECRET));
-    let r = call(&client, gw.admin_addr(), Method::GET, "/readyz", &[], "").await;
+    let r = h.admin("/readyz").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.json()["apps"][0]["last_error_code"], 10013);
 
     // The fake heals after three failures; retries with backoff recover.
-    wait_for(Duration::from_secs(10), || async {
-        call(&client, gw.admin_addr(), Method::GET, "/readyz", &[], "")
-            .await
-            .status
-            == StatusCode::OK
-    })
-    .await;
-    let a = put_at(&client, gw.addr(), PUT_PATH, &[]).await;
+    h.ready().await;
+    let a = h.put("oc_123").await;
     assert_eq!(a.code(), 0);
-    let calls = sim.token_calls();
+    let calls = h.sim.token_calls();
     assert_eq!(calls.iter().filter(|c| !c.ok).count(), 3);
     // Backoff: the failed calls were not made in a tight loop.
     let gaps: Vec<_> = calls
@@ -176,7 +168,7 @@ async fn token_fetch_failure_is_a_503_with_feishus_code_then_recovers() {
 
 #[tokio::test]
 async fn missing_malformed_and_unknown_keys_get_401_in_feishus_shape() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     for (headers, code) in [
         (vec![], 99991661),
         (vec![("authorization", "Basic abc")], 99991661),
@@ -200,7 +192,7 @@ async fn missing_malformed_and_unknown_keys_get_401_in_feishus_shape() {
 
 #[tokio::test]
 async fn only_open_apis_paths_are_forwarded() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let (k, v) = auth();
     for path in [
         "/",
@@ -219,7 +211,7 @@ async fn only_open_apis_paths_are_forwarded() {
 
 #[tokio::test]
 async fn method_path_and_query_pass_through() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let (k, v) = auth();
     let a = h
         .call(
@@ -238,7 +230,7 @@ async fn method_path_and_query_pass_through() {
 
 #[tokio::test]
 async fn feishu_errors_stream_back_unchanged() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let a = h.put("oc_error232011").await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(a.code(), 232011);
@@ -252,7 +244,10 @@ async fn feishu_errors_stream_back_unchanged() {
 
 #[tokio::test]
 async fn upstream_failures_are_502_or_503_json_never_504() {
-    let h = start(sim_config(), "[timeouts]\nupstream = \"300ms\"\n", "").await;
+    let h = start_with(sim_config(), |c| {
+        c.upstream_timeout(Duration::from_millis(300))
+    })
+    .await;
     h.ready().await;
 
     // Connection dropped mid-request.
@@ -263,17 +258,11 @@ async fn upstream_failures_are_502_or_503_json_never_504() {
     assert_eq!(a.code(), 99990502);
 
     // Too slow.
-    let a = put_at(
-        &h.client,
-        h.gw.addr(),
-        PUT_PATH,
-        &[("x-sim-delay-ms", "2000")],
-    )
-    .await;
+    let a = h.put_with(&[("x-sim-delay-ms", "2000")]).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.header("x-gateway-error"), Some("upstream-timeout"));
 
-    let m = String::from_utf8_lossy(&h.admin("/metrics").await.body).to_string();
+    let m = h.metrics().await;
     assert!(
         m.contains(r#"kind="reset""#) && m.contains(r#"kind="timeout""#),
         "{m}"
@@ -282,7 +271,7 @@ async fn upstream_failures_are_502_or_503_json_never_504() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_a_json_502() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     h.ready().await;
     // Token cached; now Feishu goes away.
     let Harness { sim, gw, client } = h;
@@ -299,7 +288,7 @@ async fn unreachable_upstream_is_a_json_502() {
 
 #[tokio::test]
 async fn header_names_reach_the_client_title_cased() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let mut s = tokio::net::TcpStream::connect(h.gw.addr()).await.unwrap();
     let req = format!(
         "POST {PUT_PATH} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{PUT_BODY}",
@@ -319,7 +308,7 @@ async fn header_names_reach_the_client_title_cased() {
 
 #[tokio::test]
 async fn oversized_bodies_get_413_before_reaching_feishu() {
-    let h = start(sim_config(), "max_body_bytes = 1024", "").await;
+    let h = start_with(sim_config(), |c| c.max_body_bytes(1024)).await;
     let (k, v) = auth();
     let big = format!(r#"{{"chat_top_notice":[],"pad":"{}"}}"#, "x".repeat(4096));
     let a = h
@@ -337,7 +326,7 @@ async fn oversized_bodies_get_413_before_reaching_feishu() {
 
 #[tokio::test]
 async fn graceful_shutdown_lets_an_in_flight_request_finish() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     h.ready().await;
     let addr = h.gw.addr();
     let client = h.client.clone();
@@ -361,7 +350,7 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish() {
 
 #[tokio::test]
 async fn readyz_and_healthz() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     assert_eq!(h.admin("/healthz").await.status, StatusCode::OK);
     h.ready().await;
     let r = h.admin("/readyz").await.json();
@@ -382,7 +371,7 @@ async fn readyz_and_healthz() {
 async fn a_failing_refresh_keeps_using_the_still_valid_token() {
     let mut sim = sim_without_quota();
     sim.token_lifetime = Duration::from_secs(4);
-    let h = start(sim, "", NO_QUOTA).await;
+    let h = start_with(sim, GatewayConfig::without_put_quota).await;
     h.ready().await;
     // The next background refresh (at half-life) fails twice; the cached
     // token is still valid and keeps serving meanwhile.
@@ -408,8 +397,11 @@ async fn a_failing_refresh_keeps_using_the_still_valid_token() {
 /// shutdown that waits for them.
 #[tokio::test]
 async fn connection_workers_and_the_shared_runtime_serve_alike() {
-    for top in ["workers = 0\n", "workers = 3\n"] {
-        let h = start(sim_without_quota(), top, NO_QUOTA).await;
+    for workers in [0, 3] {
+        let h = start_with(sim_without_quota(), |c| {
+            c.workers(workers).without_put_quota()
+        })
+        .await;
         let addr = h.gw.addr();
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..8 {
@@ -434,9 +426,9 @@ async fn connection_workers_and_the_shared_runtime_serve_alike() {
             });
         }
         while let Some(codes) = tasks.join_next().await {
-            assert_eq!(codes.expect("task"), vec![0; 5], "{top}");
+            assert_eq!(codes.expect("task"), vec![0; 5], "workers = {workers}");
         }
-        assert_eq!(h.sim.requests().len(), 40, "{top}");
+        assert_eq!(h.sim.requests().len(), 40, "workers = {workers}");
         h.gw.shutdown();
         tokio::time::timeout(Duration::from_secs(10), h.gw.wait())
             .await

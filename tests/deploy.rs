@@ -26,25 +26,20 @@
 //! editing those, run `DEPLOY_BLESS=1 cargo test --test deploy` to rewrite
 //! the manifests.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
-use feishu_gateway::app::Runtime;
-use feishu_gateway::config::{Config, MapEnv};
-use feishu_sim::{SimConfig, SimFeishu};
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
-use tokio::net::TcpListener;
+use support::config::App;
+use support::tools::{run, tool};
+use support::*;
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------------------
@@ -58,9 +53,9 @@ const NOT_YET_EXPORTED: &[&str] = &[];
 /// Series Prometheus makes itself for every scrape target.
 const FROM_PROMETHEUS: &[&str] = &["up"];
 
-/// The alerts deploy/ must define, by name: token refresh and expiry,
-/// upstream throttling, Feishu error codes, sustained rate limiting, added
-/// latency, readiness, and the gateway being down.
+/// The alerts that must exist, by name: token refreshes and expiry,
+/// Feishu's throttling, error codes, rate limiting, added latency,
+/// readiness, and the gateway being down.
 const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayTokenRefreshFailing",
     "FeishuGatewayTokenExpiringSoon",
@@ -71,8 +66,6 @@ const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayNotReady",
     "FeishuGatewayDown",
 ];
-
-const PUT_ROUTE: &str = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice";
 
 // ---------------------------------------------------------------------------
 // Files.
@@ -821,62 +814,6 @@ fn dockerfile_builds_locked_and_runs_non_root_with_a_health_check() {
 // ---------------------------------------------------------------------------
 // promtool and prometheus.
 
-/// The path of `name` on PATH. Missing: `None` with a note, or a failure
-/// under CI, which must install it (deploy/ci-install.sh).
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "{name} is not on PATH and CI is set: .ci/run must install it \
-                 (deploy/ci-install.sh installs Debian's prometheus package)"
-            );
-        }
-        eprintln!(
-            "note: {name} is not on PATH, skipping (apt-get install prometheus, or deploy/ci-install.sh)"
-        );
-    }
-    found
-}
-
-/// Runs a command to completion (bounded), returning (success, stdout+stderr).
-fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> (bool, String) {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    if let Some(input) = stdin {
-        let mut w = child.stdin.take().expect("stdin");
-        w.write_all(input).expect("write stdin");
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[test]
 fn promtool_checks_and_unit_tests_the_rules() {
     let Some(promtool) = tool("promtool") else {
@@ -896,226 +833,95 @@ fn promtool_checks_and_unit_tests_the_rules() {
 // ---------------------------------------------------------------------------
 // The gateway and the simulated Feishu, in-process.
 
-const OPS_APP_ID: &str = "cli_deploy_ops";
-const CLIENT_KEY: &str = "deploy-test-client-key-0123456789";
-
 /// The simulated Feishu and a gateway in front of it with two apps: `ops-bot`
 /// (valid credentials) and `broken-bot` (a secret the fake rejects, so it
 /// never gets a token and the gateway is not ready).
-struct Stack {
-    sim: SimFeishu,
-    gateway: Runtime,
-    http: Client<HttpConnector, Full<Bytes>>,
+async fn start_stack() -> Harness {
+    start_with(sim_config(), |c| {
+        c.token_retry(Duration::from_millis(100), Duration::from_millis(500))
+            .app(App::self_built(
+                "broken-bot",
+                "cli_deploy_broken",
+                "BROKEN_BOT_APP_SECRET",
+            ))
+            .env("BROKEN_BOT_APP_SECRET", "not-the-secret")
+    })
+    .await
 }
 
-impl Stack {
-    async fn start() -> Stack {
-        let sim = SimFeishu::start(SimConfig::with_app(OPS_APP_ID, "ops-secret"))
-            .await
-            .expect("start the simulated Feishu");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let text = format!(
-            r#"
-listen = "{listen}"
-admin_listen = "{admin}"
-upstream = "{upstream}"
-
-[token]
-retry_min = "100ms"
-retry_max = "500ms"
-
-[[apps]]
-name = "ops-bot"
-app_id = "{OPS_APP_ID}"
-app_secret_env = "OPS_BOT_APP_SECRET"
-
-[[apps]]
-name = "broken-bot"
-app_id = "cli_deploy_broken"
-app_secret_env = "BROKEN_BOT_APP_SECRET"
-
-[[clients]]
-name = "billing"
-app = "ops-bot"
-key_env = "BILLING_GATEWAY_KEY"
-"#,
-            listen = listener.local_addr().expect("addr"),
-            admin = admin.local_addr().expect("addr"),
-            upstream = sim.base_url(),
-        );
-        let env = MapEnv::new()
-            .with("OPS_BOT_APP_SECRET", "ops-secret")
-            .with("BROKEN_BOT_APP_SECRET", "not-the-secret")
-            .with("BILLING_GATEWAY_KEY", CLIENT_KEY);
-        let config = Config::parse(&text, &env).unwrap_or_else(|p| panic!("test config: {p}"));
-        let gateway = Runtime::start_on(config, listener, admin)
-            .await
-            .expect("start the gateway");
-        let http = Client::builder(TokioExecutor::new()).build_http();
-        Stack { sim, gateway, http }
+/// Sends one request, with the client key or without; returns the status
+/// and the JSON body (Null if none).
+async fn send(
+    h: &Harness,
+    method: Method,
+    path: &str,
+    key: bool,
+    body: &str,
+) -> (StatusCode, Json) {
+    let auth = format!("Bearer {CLIENT_KEY}");
+    let mut headers = vec![("content-type", "application/json")];
+    if key {
+        headers.push(("authorization", auth.as_str()));
     }
-
-    /// Sends one request; returns the status and the JSON body (Null if none).
-    async fn call(
-        &self,
-        method: Method,
-        uri: String,
-        key: Option<&str>,
-        body: &str,
-    ) -> (StatusCode, Json) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(&uri)
-            .header("content-type", "application/json");
-        if let Some(k) = key {
-            req = req.header("authorization", format!("Bearer {k}"));
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("request");
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.http.request(req))
-            .await
-            .unwrap_or_else(|_| panic!("{uri}: no answer within 10 s"))
-            .unwrap_or_else(|e| panic!("{uri}: {e}"));
-        let status = resp.status();
-        let bytes = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
-            .await
-            .expect("body within 10 s")
-            .expect("body")
-            .to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Json::Null))
-    }
-
-    async fn get_text(&self, addr: SocketAddr, path: &str) -> (StatusCode, String) {
-        get_text(&self.http, &format!("http://{addr}{path}")).await
-    }
-
-    /// The scripted mix of calls: success, Feishu's 232011, no client key,
-    /// delete, a path outside the catalog, a replay after Feishu forgot its
-    /// tokens, a dropped connection, and Feishu's own throttling.
-    async fn make_calls(&self) {
-        let base = format!("http://{}", self.gateway.addr());
-        let put =
-            |chat: &str| format!("{base}/open-apis/im/v1/chats/{chat}/top_notice/put_top_notice");
-        let body = r#"{"chat_top_notice":[{"action_type":"2"}]}"#;
-
-        let (status, json) = self
-            .call(Method::POST, put("oc_123"), Some(CLIENT_KEY), body)
-            .await;
-        assert_eq!(
-            (status, &json["code"]),
-            (StatusCode::OK, &Json::from(0)),
-            "{json}"
-        );
-        let (status, json) = self
-            .call(Method::POST, put("oc_error232011"), Some(CLIENT_KEY), body)
-            .await;
-        assert_eq!(json["code"], 232011, "{status} {json}");
-        let (status, json) = self.call(Method::POST, put("oc_123"), None, body).await;
-        assert_eq!(
-            (status, &json["code"]),
-            (StatusCode::UNAUTHORIZED, &Json::from(99991661))
-        );
-        let (status, _) = self
-            .call(
-                Method::POST,
-                format!("{base}/open-apis/im/v1/chats/oc_123/top_notice/delete_top_notice"),
-                Some(CLIENT_KEY),
-                "",
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK);
-        let _ = self
-            .call(
-                Method::GET,
-                format!("{base}/open-apis/not/in/the/catalog"),
-                Some(CLIENT_KEY),
-                "",
-            )
-            .await;
-        // Feishu forgets its tokens: the gateway replays once with a new one.
-        self.sim.invalidate_all_tokens();
-        let (status, json) = self
-            .call(Method::POST, put("oc_123"), Some(CLIENT_KEY), body)
-            .await;
-        assert_eq!(
-            (status, &json["code"]),
-            (StatusCode::OK, &Json::from(0)),
-            "{json}"
-        );
-        // A connection dropped by Feishu: an upstream error. The fake drops
-        // the next request of any kind, and broken-bot's token retries may
-        // take it first, so try a few times.
-        let mut dropped = false;
-        for _ in 0..10 {
-            self.sim.drop_next_connections(1);
-            let (status, _) = self
-                .call(Method::POST, put("oc_123"), Some(CLIENT_KEY), body)
-                .await;
-            if status.is_server_error() {
-                dropped = true;
-                break;
-            }
-        }
-        self.sim.drop_next_connections(0);
-        assert!(dropped, "no request of ours met a dropped connection");
-        // Feishu itself throttles one request (last, so that whatever the
-        // gateway does about it cannot affect the calls above).
-        self.sim
-            .answer_next_with_code(99991400, StatusCode::TOO_MANY_REQUESTS, 1);
-        let (status, json) = self
-            .call(Method::POST, put("oc_123"), Some(CLIENT_KEY), body)
-            .await;
-        assert_eq!(json["code"], 99991400, "{status} {json}");
-    }
-
-    async fn stop(self) {
-        self.gateway.shutdown();
-        tokio::time::timeout(Duration::from_secs(30), self.gateway.wait())
-            .await
-            .expect("the gateway stops within 30 s");
-        self.sim.shutdown().await;
-    }
+    let a = h.call(method, path, &headers, body).await;
+    (
+        a.status,
+        serde_json::from_slice(&a.body).unwrap_or(Json::Null),
+    )
 }
 
-async fn get_text(http: &Client<HttpConnector, Full<Bytes>>, uri: &str) -> (StatusCode, String) {
-    let req = Request::get(uri)
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(10), http.request(req))
-        .await
-        .unwrap_or_else(|_| panic!("{uri}: no answer within 10 s"))
-        .unwrap_or_else(|e| panic!("{uri}: {e}"));
-    let status = resp.status();
-    let bytes = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
-        .await
-        .expect("body within 10 s")
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
-}
+/// The scripted mix of calls: success, Feishu's 232011, no client key,
+/// delete, a path outside the catalog, a replay after Feishu forgot its
+/// tokens, a dropped connection, and Feishu's own throttling.
+async fn make_calls(h: &Harness) {
+    let put = |chat: &str| format!("/open-apis/im/v1/chats/{chat}/top_notice/put_top_notice");
+    let body = r#"{"chat_top_notice":[{"action_type":"2"}]}"#;
 
-/// Like [`get_text`], but a connection failure is `None` instead of a panic.
-async fn try_get(
-    http: &Client<HttpConnector, Full<Bytes>>,
-    uri: &str,
-) -> (Option<StatusCode>, String) {
-    let req = Request::get(uri)
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    match http.request(req).await {
-        Ok(resp) => {
-            let status = resp.status();
-            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
-            (
-                Some(status),
-                body.map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default(),
-            )
+    let (status, json) = send(h, Method::POST, &put("oc_123"), true, body).await;
+    assert_eq!(
+        (status, &json["code"]),
+        (StatusCode::OK, &Json::from(0)),
+        "{json}"
+    );
+    let (status, json) = send(h, Method::POST, &put("oc_error232011"), true, body).await;
+    assert_eq!(json["code"], 232011, "{status} {json}");
+    let (status, json) = send(h, Method::POST, &put("oc_123"), false, body).await;
+    assert_eq!(
+        (status, &json["code"]),
+        (StatusCode::UNAUTHORIZED, &Json::from(99991661))
+    );
+    let delete = "/open-apis/im/v1/chats/oc_123/top_notice/delete_top_notice";
+    let (status, _) = send(h, Method::POST, delete, true, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let _ = send(h, Method::GET, "/open-apis/not/in/the/catalog", true, "").await;
+    // Feishu forgets its tokens: the gateway replays once with a new one.
+    h.sim.invalidate_all_tokens();
+    let (status, json) = send(h, Method::POST, &put("oc_123"), true, body).await;
+    assert_eq!(
+        (status, &json["code"]),
+        (StatusCode::OK, &Json::from(0)),
+        "{json}"
+    );
+    // A connection dropped by Feishu: an upstream error. The fake drops
+    // the next request of any kind, and broken-bot's token retries may
+    // take it first, so try a few times.
+    let mut dropped = false;
+    for _ in 0..10 {
+        h.sim.drop_next_connections(1);
+        let (status, _) = send(h, Method::POST, &put("oc_123"), true, body).await;
+        if status.is_server_error() {
+            dropped = true;
+            break;
         }
-        Err(_) => (None, String::new()),
     }
+    h.sim.drop_next_connections(0);
+    assert!(dropped, "no request of ours met a dropped connection");
+    // Feishu itself throttles one request (last, so that whatever the
+    // gateway does about it cannot affect the calls above).
+    h.sim
+        .answer_next_with_code(99991400, StatusCode::TOO_MANY_REQUESTS, 1);
+    let (status, json) = send(h, Method::POST, &put("oc_123"), true, body).await;
+    assert_eq!(json["code"], 99991400, "{status} {json}");
 }
 
 /// Metric family names in a text exposition, with their types.
@@ -1158,10 +964,9 @@ fn allowed_unexported(name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_in_rules_and_dashboard_is_exported() {
-    let stack = Stack::start().await;
-    stack.make_calls().await;
-    let (status, exposition) = stack.get_text(stack.gateway.admin_addr(), "/metrics").await;
-    assert_eq!(status, StatusCode::OK);
+    let stack = start_stack().await;
+    make_calls(&stack).await;
+    let exposition = stack.metrics().await;
     let families = exported_families(&exposition);
 
     // The calls are there, labelled by app, route and code.
@@ -1224,16 +1029,12 @@ async fn every_metric_in_rules_and_dashboard_is_exported() {
     }
 
     // promtool's linter accepts the real scrape.
-    if let Some(promtool) = tool("promtool") {
-        let input = exposition.clone().into_bytes();
-        let (ok, out) = tokio::task::spawn_blocking(move || {
-            run(
-                Command::new(promtool).args(["check", "metrics"]),
-                Some(&input),
-            )
-        })
-        .await
-        .expect("promtool");
+    if tool("promtool").is_some() {
+        let input = exposition.clone();
+        let (ok, out) = tokio::task::spawn_blocking(move || tools::promtool_check_metrics(&input))
+            .await
+            .expect("promtool")
+            .expect("promtool is on PATH");
         assert!(ok, "promtool check metrics:\n{out}");
     }
 
@@ -1241,7 +1042,7 @@ async fn every_metric_in_rules_and_dashboard_is_exported() {
     // /healthz passes; /readyz fails (broken-bot has no token); a closed
     // port fails.
     let script = deploy_path("healthcheck.sh");
-    let admin_port = stack.gateway.admin_addr().port().to_string();
+    let admin_port = stack.gw.admin_addr().port().to_string();
     let closed_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port().to_string()
@@ -1283,7 +1084,7 @@ impl Drop for Killed {
 /// A running `prometheus` (killed on drop) and its temporary directory.
 struct Prometheus {
     _child: Killed,
-    base: String,
+    addr: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -1295,11 +1096,7 @@ impl Prometheus {
 
     /// Starts Prometheus with deploy/prometheus/prometheus.yml, pointed at
     /// `target`, scraping and evaluating every second, on a free port.
-    async fn start(
-        binary: &Path,
-        target: SocketAddr,
-        http: &Client<HttpConnector, Full<Bytes>>,
-    ) -> Prometheus {
+    async fn start(binary: &Path, target: SocketAddr, http: &HttpClient) -> Prometheus {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = yaml("prometheus/prometheus.yml");
         config["global"]["scrape_interval"] = Yaml::from("1s");
@@ -1323,9 +1120,9 @@ impl Prometheus {
         // A free port: bind, note, release. Another process could take it
         // in between; then Prometheus exits and we try another.
         for _attempt in 0..3 {
-            let port = {
+            let addr = {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                l.local_addr().expect("addr").port()
+                l.local_addr().expect("addr")
             };
             let log_file = std::fs::File::create(&log).expect("log file");
             let mut child = Killed(
@@ -1335,7 +1132,7 @@ impl Prometheus {
                         "--storage.tsdb.path={}",
                         dir.path().join("data").display()
                     ))
-                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                    .arg(format!("--web.listen-address={addr}"))
                     .arg("--log.level=warn")
                     .stdin(Stdio::null())
                     .stdout(log_file.try_clone().expect("log"))
@@ -1343,23 +1140,21 @@ impl Prometheus {
                     .spawn()
                     .expect("start prometheus"),
             );
-            let base = format!("http://127.0.0.1:{port}");
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(Some(status)) = child.0.try_wait() {
                     eprintln!("prometheus exited ({status}), retrying:\n{}", read_log());
                     break;
                 }
-                let (status, _) = tokio::time::timeout(
+                let ready = tokio::time::timeout(
                     Duration::from_secs(2),
-                    try_get(http, &format!("{base}/-/ready")),
+                    try_call(http, addr, Method::GET, "/-/ready", &[], ""),
                 )
-                .await
-                .unwrap_or((None, String::new()));
-                if status == Some(StatusCode::OK) {
+                .await;
+                if matches!(ready, Ok(Ok(ref a)) if a.status == StatusCode::OK) {
                     return Prometheus {
                         _child: child,
-                        base,
+                        addr,
                         log,
                         _dir: dir,
                     };
@@ -1376,16 +1171,10 @@ impl Prometheus {
     }
 
     /// `/api/v1/query`: the `data.result` list, or the error.
-    async fn query(
-        &self,
-        http: &Client<HttpConnector, Full<Bytes>>,
-        promql: &str,
-    ) -> Result<Vec<Json>, String> {
-        let (status, body) = get_text(
-            http,
-            &format!("{}/api/v1/query?query={}", self.base, url_encode(promql)),
-        )
-        .await;
+    async fn query(&self, http: &HttpClient, promql: &str) -> Result<Vec<Json>, String> {
+        let path = format!("/api/v1/query?query={}", url_encode(promql));
+        let answer = get(http, self.addr, &path).await;
+        let (status, body) = (answer.status, answer.text());
         let json: Json =
             serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
         if json["status"] != "success" {
@@ -1400,7 +1189,7 @@ impl Prometheus {
     /// Polls a query until `done` holds for its result (at most 30 s).
     async fn wait_for(
         &self,
-        http: &Client<HttpConnector, Full<Bytes>>,
+        http: &HttpClient,
         promql: &str,
         what: &str,
         done: impl Fn(&[Json]) -> bool,
@@ -1453,10 +1242,10 @@ async fn a_real_prometheus_scrapes_the_gateway_and_loads_the_rules() {
     let Some(binary) = tool("prometheus") else {
         return;
     };
-    let stack = Stack::start().await;
-    stack.make_calls().await;
-    let http = stack.http.clone();
-    let prom = Prometheus::start(&binary, stack.gateway.admin_addr(), &http).await;
+    let stack = start_stack().await;
+    make_calls(&stack).await;
+    let http = stack.client.clone();
+    let prom = Prometheus::start(&binary, stack.gw.admin_addr(), &http).await;
 
     // The expected series, with the job name of prometheus.yml.
     let result = prom
@@ -1503,7 +1292,7 @@ async fn a_real_prometheus_scrapes_the_gateway_and_loads_the_rules() {
     // Every alerting rule loaded and evaluated without error.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, body) = get_text(&http, &format!("{}/api/v1/rules", prom.base)).await;
+        let body = get(&http, prom.addr, "/api/v1/rules").await.text();
         let json: Json = serde_json::from_str(&body).expect("rules JSON");
         let rules: Vec<&Json> = json["data"]["groups"]
             .as_array()
@@ -1535,9 +1324,14 @@ async fn a_real_prometheus_scrapes_the_gateway_and_loads_the_rules() {
 
     // "Not ready" as the rules derive it agrees with /readyz: broken-bot
     // has no token, ops-bot has one.
-    let (status, readyz) = stack.get_text(stack.gateway.admin_addr(), "/readyz").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{readyz}");
-    let readyz: Json = serde_json::from_str(&readyz).expect("readyz JSON");
+    let readyz = stack.admin("/readyz").await;
+    assert_eq!(
+        readyz.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        readyz.text()
+    );
+    let readyz = readyz.json();
     let not_ready: BTreeSet<String> = readyz["apps"]
         .as_array()
         .expect("apps")

@@ -1,28 +1,23 @@
-//! `/metrics` after a scripted mix of calls (issue 5): exact counts per
-//! Feishu code, from Feishu, from validation, from the limiter, and the
-//! token series.
+//! `/metrics` after a scripted mix of calls: exact counts per Feishu code,
+//! from Feishu, from validation, from the limiter, and the token series.
 
 mod support;
+
+use std::time::Duration;
 
 use http::Method;
 use support::*;
 
-const PUT: &str = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice";
-const DELETE: &str = "/open-apis/im/v1/chats/:chat_id/top_notice/delete_top_notice";
-
 fn value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).map(str::trim))
-        .unwrap_or_else(|| panic!("{series} missing from\n{metrics}"))
-        .parse()
-        .unwrap()
+    metric_value(metrics, series).unwrap_or_else(|| panic!("{series} missing from\n{metrics}"))
 }
 
 #[tokio::test]
 async fn metrics_count_every_outcome_by_code() {
-    let routes = format!("[[routes]]\nmethod = \"POST\"\npath = \"{PUT}\"\nlimits = [\"1/10s\"]\n");
-    let h = start(sim_config(), "", &routes).await;
+    let h = start_with(sim_config(), |c| {
+        c.put_limits(&[(1, Duration::from_secs(10))])
+    })
+    .await;
     h.ready().await;
     let auth = format!("Bearer {CLIENT_KEY}");
     let del = |chat: &'static str| {
@@ -58,18 +53,18 @@ async fn metrics_count_every_outcome_by_code() {
     let anon = h.call(Method::POST, PUT_PATH, &[], PUT_BODY).await;
     assert_eq!(anon.code(), 99991661);
 
-    let m = String::from_utf8(h.admin("/metrics").await.body.to_vec()).unwrap();
+    let m = h.metrics().await;
     let req = |app: &str, code: &str, route: &str, status: u16| {
         format!(
             "feishu_gateway_requests_total{{app=\"{app}\",code=\"{code}\",route=\"{route}\",status=\"{status}\"}}"
         )
     };
-    assert_eq!(value(&m, &req("ops-bot", "0", DELETE, 200)), 3.0);
-    assert_eq!(value(&m, &req("ops-bot", "232011", DELETE, 400)), 2.0);
-    assert_eq!(value(&m, &req("ops-bot", "232001", PUT, 400)), 1.0);
-    assert_eq!(value(&m, &req("ops-bot", "0", PUT, 200)), 1.0);
-    assert_eq!(value(&m, &req("ops-bot", "99991400", PUT, 429)), 2.0);
-    assert_eq!(value(&m, &req("unknown", "99991661", PUT, 401)), 1.0);
+    assert_eq!(value(&m, &req("ops-bot", "0", DELETE_ROUTE, 200)), 3.0);
+    assert_eq!(value(&m, &req("ops-bot", "232011", DELETE_ROUTE, 400)), 2.0);
+    assert_eq!(value(&m, &req("ops-bot", "232001", PUT_ROUTE, 400)), 1.0);
+    assert_eq!(value(&m, &req("ops-bot", "0", PUT_ROUTE, 200)), 1.0);
+    assert_eq!(value(&m, &req("ops-bot", "99991400", PUT_ROUTE, 429)), 2.0);
+    assert_eq!(value(&m, &req("unknown", "99991661", PUT_ROUTE, 401)), 1.0);
     let total: f64 = m
         .lines()
         .filter(|l| l.starts_with("feishu_gateway_requests_total{"))
@@ -78,13 +73,15 @@ async fn metrics_count_every_outcome_by_code() {
     assert_eq!(total, 10.0, "every request counted once");
 
     assert_eq!(
-        value(&m, &format!("feishu_gateway_rate_limited_total{{app=\"ops-bot\",reason=\"1/10s\",route=\"{PUT}\"}}")),
+        value(&m, &format!("feishu_gateway_rate_limited_total{{app=\"ops-bot\",reason=\"1/10s\",route=\"{PUT_ROUTE}\"}}")),
         2.0
     );
     assert_eq!(
         value(
             &m,
-            &format!("feishu_gateway_upstream_throttled_total{{app=\"ops-bot\",route=\"{PUT}\"}}")
+            &format!(
+                "feishu_gateway_upstream_throttled_total{{app=\"ops-bot\",route=\"{PUT_ROUTE}\"}}"
+            )
         ),
         0.0
     );
@@ -108,11 +105,11 @@ async fn metrics_count_every_outcome_by_code() {
         "{expiry} vs {now}"
     );
     assert_eq!(
-        value(&m, &format!("feishu_gateway_request_duration_seconds_count{{app=\"ops-bot\",route=\"{DELETE}\"}}")),
+        value(&m, &format!("feishu_gateway_request_duration_seconds_count{{app=\"ops-bot\",route=\"{DELETE_ROUTE}\"}}")),
         5.0
     );
     assert_eq!(
-        value(&m, &format!("feishu_gateway_upstream_duration_seconds_count{{app=\"ops-bot\",route=\"{DELETE}\"}}")),
+        value(&m, &format!("feishu_gateway_upstream_duration_seconds_count{{app=\"ops-bot\",route=\"{DELETE_ROUTE}\"}}")),
         5.0
     );
     assert_eq!(

@@ -1,13 +1,15 @@
-//! Per-app quotas through real sockets: the simulated Feishu
-//! enforces its own sliding windows at arrival and counts every violation.
+//! Per-app quotas through real sockets: floods are answered 429 with the
+//! rate-limit headers, wait mode serves in order, Feishu's own 429 pauses
+//! the key, and the simulated Feishu, which enforces its own sliding windows
+//! at arrival, counts no violation.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use feishu_sim::SimConfig;
 use http::{Method, StatusCode};
+use support::config::{Quota, QuotaOverflow};
 use support::*;
 
 async fn flood(
@@ -18,9 +20,7 @@ async fn flood(
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
         let h = Arc::clone(h);
-        tasks.push(tokio::spawn(async move {
-            put_at(&h.client, h.gw.addr(), PUT_PATH, extra).await
-        }));
+        tasks.push(tokio::spawn(async move { h.put_with(extra).await }));
     }
     let mut out = Vec::with_capacity(n);
     for t in tasks {
@@ -31,7 +31,7 @@ async fn flood(
 
 #[tokio::test]
 async fn a_flood_of_300_gets_429s_with_headers_and_feishu_sees_no_violation() {
-    let h = Arc::new(start(sim_config(), "", "").await);
+    let h = Arc::new(start(sim_config()).await);
     h.ready().await;
     let answers = flood(&h, 300, &[]).await;
     let ok = answers
@@ -66,24 +66,27 @@ async fn a_flood_of_300_gets_429s_with_headers_and_feishu_sees_no_violation() {
         "rejected requests never reached Feishu"
     );
 
-    let m = String::from_utf8_lossy(&h.admin("/metrics").await.body).to_string();
+    let m = h.metrics().await;
     let line = format!(
-        r#"feishu_gateway_rate_limited_total{{app="ops-bot",reason="50/1s",route="{}"}} {}"#,
-        "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice",
+        r#"feishu_gateway_rate_limited_total{{app="ops-bot",reason="50/1s",route="{PUT_ROUTE}"}} {}"#,
         limited.len()
     );
     assert!(m.contains(&line), "{line}\n{m}");
-    assert!(m.contains(r#"feishu_gateway_quota_limit{app="ops-bot",route="/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice",window="1000/60s"} 1000"#));
+    assert!(m.contains(&format!(
+        r#"feishu_gateway_quota_limit{{app="ops-bot",route="{PUT_ROUTE}",window="1000/60s"}} 1000"#
+    )));
 }
 
 #[tokio::test]
 async fn wait_mode_serves_a_burst_of_120_in_order_with_no_violation() {
     let h = Arc::new(
-        start(
-            sim_config(),
-            "",
-            "[quota]\noverflow = \"wait\"\nmax_wait = \"20s\"\n",
-        )
+        start_with(sim_config(), |c| {
+            c.quota(
+                Quota::local()
+                    .overflow(QuotaOverflow::Wait)
+                    .max_wait(Duration::from_secs(20)),
+            )
+        })
         .await,
     );
     h.ready().await;
@@ -108,11 +111,9 @@ async fn wait_mode_serves_a_burst_of_120_in_order_with_no_violation() {
 #[tokio::test]
 async fn the_per_request_header_chooses_wait_or_reject() {
     let h = Arc::new(
-        start(
-            sim_config(),
-            "",
-            "[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice\"\nlimits = [\"2/1s\"]\n",
-        )
+        start_with(sim_config(), |c| {
+            c.put_limits(&[(2, Duration::from_secs(1))])
+        })
         .await,
     );
     h.ready().await;
@@ -134,22 +135,10 @@ async fn the_per_request_header_chooses_wait_or_reject() {
         a.iter().map(|a| a.status).collect::<Vec<_>>()
     );
     // A wait allowance too short to help is rejected at once.
-    let a = put_at(
-        &h.client,
-        h.gw.addr(),
-        PUT_PATH,
-        &[("x-gateway-max-wait", "1")],
-    )
-    .await;
+    let a = h.put_with(&[("x-gateway-max-wait", "1")]).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     // A bad value is named.
-    let a = put_at(
-        &h.client,
-        h.gw.addr(),
-        PUT_PATH,
-        &[("x-gateway-max-wait", "soon")],
-    )
-    .await;
+    let a = h.put_with(&[("x-gateway-max-wait", "soon")]).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.json()["msg"]
         .as_str()
@@ -160,7 +149,7 @@ async fn the_per_request_header_chooses_wait_or_reject() {
 
 #[tokio::test]
 async fn feishus_own_429_pauses_the_key_until_its_reset() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     h.ready().await;
     h.sim
         .answer_next_with_code(99991400, StatusCode::TOO_MANY_REQUESTS, 1);
@@ -179,7 +168,7 @@ async fn feishus_own_429_pauses_the_key_until_its_reset() {
     // After the reset, requests flow again.
     tokio::time::sleep(Duration::from_secs(reset) + Duration::from_millis(200)).await;
     assert_eq!(h.put("oc_1").await.code(), 0);
-    let m = String::from_utf8_lossy(&h.admin("/metrics").await.body).to_string();
+    let m = h.metrics().await;
     assert!(
         m.contains(r#"reason="upstream-pause""#)
             && m.contains("feishu_gateway_upstream_throttled_total{app=\"ops-bot\""),
@@ -194,16 +183,10 @@ async fn feishus_own_429_pauses_the_key_until_its_reset() {
 
 #[tokio::test]
 async fn small_configured_windows_hold_at_feishu_under_sustained_load() {
-    let mut sim = SimConfig::with_app(APP_ID, APP_SECRET);
-    sim.limits = vec![(5, Duration::from_secs(1)), (20, Duration::from_secs(10))];
-    let h = Arc::new(
-        start(
-            sim,
-            "",
-            "[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice\"\nlimits = [\"5/1s\", \"20/10s\"]\n",
-        )
-        .await,
-    );
+    let limits = [(5, Duration::from_secs(1)), (20, Duration::from_secs(10))];
+    let mut sim = sim_config();
+    sim.limits = limits.to_vec();
+    let h = Arc::new(start_with(sim, |c| c.put_limits(&limits)).await);
     h.ready().await;
     // Eight concurrent senders for 4 s, far over 5/s.
     let until = Instant::now() + Duration::from_secs(4);
@@ -242,9 +225,7 @@ async fn small_configured_windows_hold_at_feishu_under_sustained_load() {
 
 #[tokio::test]
 async fn routes_outside_the_catalog_have_no_gateway_quota() {
-    let mut sim = sim_config();
-    sim.quota = feishu_sim::QuotaMode::Off;
-    let h = Arc::new(start(sim, "", "").await);
+    let h = Arc::new(start(sim_without_quota()).await);
     h.ready().await;
     let mut tasks = Vec::new();
     for _ in 0..80 {

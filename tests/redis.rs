@@ -1,6 +1,9 @@
-//! Quotas shared by several gateway replicas through Redis, against
-//! a real `redis-server` each test starts on a free port (no persistence) and
-//! kills at the end, and the simulated Feishu counting violations at arrival.
+//! Quotas shared by several gateway replicas through Redis, against a real
+//! `redis-server` each test starts on a free port (no persistence) and kills
+//! at the end, and the simulated Feishu counting violations at arrival: the
+//! Redis engine's script, fallback and heal; replicas through sockets
+//! admitting one quota between them, in every fail mode; the `[quota]`
+//! Redis keys; the Kubernetes example.
 //!
 //! Without `redis-server` on PATH the tests are skipped with a note, except
 //! under `CI=true`, where they fail (`deploy/ci-install-redis.sh` installs
@@ -8,32 +11,15 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use feishu_gateway::app::Runtime;
-use feishu_gateway::config::{Config, MapEnv};
-use feishu_gateway::quota::{
-    Cause, FailMode, KeySpec, Limit, Overflow, Plan, PlanPolicy, QuotaKey, RedisQuota,
-    RedisSettings, Window,
-};
-use feishu_gateway::secret::Secret;
-use feishu_sim::{QuotaMode, SimConfig, SimFeishu};
 use http::StatusCode;
-use support::redis_server::RedisServer;
+use support::config::{Quota, QuotaFail, QuotaOverflow};
+use support::redis_server::{redis_or_skip, RedisServer};
+use support::tools::promtool_check_metrics;
 use support::*;
-
-macro_rules! redis_or_skip {
-    () => {
-        match RedisServer::start() {
-            Some(r) => r,
-            None => return,
-        }
-    };
-}
 
 // ----- engines without a gateway -------------------------------------------
 
@@ -45,25 +31,13 @@ fn plan(list: &[&str]) -> Plan {
     Plan::new(&windows(list), &PlanPolicy::default()).unwrap()
 }
 
-fn settings(redis: &RedisServer, fail: FailMode) -> RedisSettings {
-    RedisSettings {
-        url: Secret::new(redis.url()),
-        ca_file: None,
-        key_prefix: "t:".into(),
-        fail,
-        replicas: 2,
-        // Generous: these tests are about the script and the switches, not
-        // about riding out a loaded machine's stalls.
-        timeout: Duration::from_secs(1),
-        min_rate_fraction: PlanPolicy::default().min_rate_fraction,
-        probe_interval: Duration::from_millis(100),
-    }
-}
-
 /// An engine on one key, once its first probe has connected.
 async fn engine(redis: &RedisServer, plan: Plan, fail: FailMode) -> RedisQuota {
     let spec = KeySpec::new(plan, 16).with_name("cli_x:POST /open-apis/x");
-    let q = RedisQuota::new(&settings(redis, fail), vec![spec], None).expect("engine");
+    // A generous timeout: these tests are about the script and the
+    // switches, not about riding out a loaded machine's stalls.
+    let settings = redis.settings(fail, 2, Duration::from_secs(1));
+    let q = RedisQuota::new(&settings, vec![spec], None).expect("engine");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !q.is_settled() {
         assert!(Instant::now() < deadline, "first probe");
@@ -73,6 +47,35 @@ async fn engine(redis: &RedisServer, plan: Plan, fail: FailMode) -> RedisQuota {
 }
 
 const KEY: QuotaKey = QuotaKey::new(0);
+
+/// Calls `acquire` every 5 ms for `d`: how many it admitted, and how long
+/// that took.
+async fn admitted_during<F, Fut>(d: Duration, mut acquire: F) -> (u32, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < d {
+        if acquire().await {
+            n += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (n, started.elapsed())
+}
+
+/// Probes every 50 ms until `q` shares its quotas through Redis again,
+/// failing after `limit`.
+async fn healed(q: &RedisQuota, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !q.is_shared() {
+        assert!(Instant::now() < deadline, "{:?}", q.status());
+        q.probe_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 async fn redis_time_us(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
     let (s, us): (i64, i64) = redis::cmd("TIME").query_async(conn).await.unwrap();
@@ -322,41 +325,27 @@ async fn fallback_is_the_replicas_share_started_empty_and_heals_back() {
     assert!(q.status().last_error.is_some());
     let split = p.split(2, PlanPolicy::default().min_rate_fraction).unwrap();
     assert!(split.emission_interval() >= 2 * p.emission_interval());
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < Duration::from_secs(1) {
-        if q.acquire(KEY, Overflow::Reject).await.is_ok() {
-            n += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let took = started.elapsed().as_secs_f64();
-    let most = (took / split.emission_interval().as_secs_f64()) as u32 + 1;
+    let (n, took) = admitted_during(Duration::from_secs(1), || async {
+        q.acquire(KEY, Overflow::Reject).await.is_ok()
+    })
+    .await;
+    let most = (took.as_secs_f64() / split.emission_interval().as_secs_f64()) as u32 + 1;
     assert!(n >= 1 && n <= most, "{n} in 1 s, at most {most}");
 
     // Redis is back: the probe joins the fleet's heal time, drains the key,
     // and the engine switches back.
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !q.is_shared() {
-        assert!(Instant::now() < deadline, "{:?}", q.status());
-        q.probe_now().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    healed(&q, Duration::from_secs(5)).await;
     // Drained from the heal on: the lost state gives no fresh burst, only
     // the shared rate.
     let snap = q.snapshot(KEY).await.unwrap();
     assert!(snap.remaining < 5, "no fresh burst of 33: {snap:?}");
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < Duration::from_millis(600) {
-        if q.acquire(KEY, Overflow::Reject).await.is_ok() {
-            n += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let took = started.elapsed().as_secs_f64();
-    let most = snap.remaining + (took / p.emission_interval().as_secs_f64()) as u32 + 1;
+    let (n, took) = admitted_during(Duration::from_millis(600), || async {
+        q.acquire(KEY, Overflow::Reject).await.is_ok()
+    })
+    .await;
+    let most =
+        snap.remaining + (took.as_secs_f64() / p.emission_interval().as_secs_f64()) as u32 + 1;
     assert!(n <= most, "{n} in 600 ms after the heal, at most {most}");
 }
 
@@ -410,42 +399,28 @@ async fn a_scope_has_keys_of_its_own_with_the_engines_limits_fail_mode_and_heal(
     assert_eq!(r.limit_value(), 50, "rejections report the fleet's limit");
     assert!(!q.is_shared());
     let split = p.split(2, PlanPolicy::default().min_rate_fraction).unwrap();
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < Duration::from_secs(1) {
-        if fresh.acquire(KEY, Overflow::Reject).await.is_ok() {
-            n += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let most =
-        (started.elapsed().as_secs_f64() / split.emission_interval().as_secs_f64()) as u32 + 1;
+    let (n, took) = admitted_during(Duration::from_secs(1), || async {
+        fresh.acquire(KEY, Overflow::Reject).await.is_ok()
+    })
+    .await;
+    let most = (took.as_secs_f64() / split.emission_interval().as_secs_f64()) as u32 + 1;
     assert!(n >= 1 && n <= most, "{n} in 1 s, at most {most}");
 
     // Redis is back, empty. A scope's keys were not drained by the heal
     // (it knows only the engine's), yet give no fresh burst: every call
     // floors them at the heal's drain.
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !q.is_shared() {
-        assert!(Instant::now() < deadline, "{:?}", q.status());
-        q.probe_now().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    healed(&q, Duration::from_secs(10)).await;
     let late = q.scope("tenant_d", &[KEY]).unwrap();
     for s in [&fresh, &late] {
         let snap = s.snapshot(KEY).await.unwrap();
         assert!(snap.remaining < 5, "no fresh burst of 33: {snap:?}");
     }
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < Duration::from_millis(600) {
-        if late.acquire(KEY, Overflow::Reject).await.is_ok() {
-            n += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let most = (started.elapsed().as_secs_f64() / p.emission_interval().as_secs_f64()) as u32 + 5;
+    let (n, took) = admitted_during(Duration::from_millis(600), || async {
+        late.acquire(KEY, Overflow::Reject).await.is_ok()
+    })
+    .await;
+    let most = (took.as_secs_f64() / p.emission_interval().as_secs_f64()) as u32 + 5;
     assert!(n <= most, "{n} in 600 ms after the heal, at most {most}");
 }
 
@@ -474,60 +449,50 @@ async fn closed_and_open_when_redis_is_gone() {
 
 // ----- replicas through sockets ----------------------------------------------
 
-const PUT_ROUTE: &str = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice";
-
 /// One simulated Feishu, one Redis, and `n` gateways sharing them.
 struct Fleet {
     sim: SimFeishu,
     gws: Vec<Runtime>,
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Full<bytes::Bytes>,
-    >,
+    client: HttpClient,
 }
 
-fn quota_section(redis: &RedisServer, fail: &str, replicas: u32, more: &str) -> String {
-    format!(
-        "[quota]\nbackend = \"redis\"\nredis_url = \"{}\"\nfail = \"{fail}\"\nreplicas = {replicas}\n{more}\n",
-        redis.url()
-    )
+/// `[quota]` on `redis` for `replicas` replicas, failing as `fail` says.
+fn redis_quota(redis: &RedisServer, fail: QuotaFail, replicas: u32) -> Quota {
+    Quota::redis(&redis.url()).fail(fail).replicas(replicas)
 }
 
-async fn fleet(n: usize, sim: SimConfig, extra: &str) -> Fleet {
+/// `n` gateways with the default config as `configure` changes it, in
+/// front of a simulated Feishu; once all are ready.
+async fn fleet(
+    n: usize,
+    sim: SimConfig,
+    configure: impl FnOnce(GatewayConfig) -> GatewayConfig,
+) -> Fleet {
     let sim = SimFeishu::start(sim).await.expect("sim starts");
-    let text = config_text(&sim.base_url(), "", extra);
+    let config = configure(GatewayConfig::new(&sim.base_url()));
     let mut gws = Vec::new();
     for _ in 0..n {
-        let config = Config::parse(&text, &env()).unwrap_or_else(|p| panic!("{p}"));
-        gws.push(Runtime::start(config).await.expect("gateway starts"));
+        gws.push(start_gateway(&config).await);
     }
-    let f = Fleet {
-        sim,
-        gws,
-        client: http_client(),
-    };
-    for gw in &f.gws {
-        wait_for(Duration::from_secs(10), || async {
-            f.get(gw.admin_addr(), "/readyz").await.status == StatusCode::OK
-        })
-        .await;
+    let client = http_client();
+    for gw in &gws {
+        wait_ready(&client, gw).await;
     }
-    f
+    Fleet { sim, gws, client }
 }
 
 impl Fleet {
-    async fn get(&self, addr: SocketAddr, path: &str) -> Answer {
-        call(&self.client, addr, http::Method::GET, path, &[], "").await
+    async fn readyz(&self, i: usize) -> Answer {
+        admin_get(&self.client, &self.gws[i], "/readyz").await
     }
 
     async fn quota_state(&self, i: usize) -> String {
-        let v = self.get(self.gws[i].admin_addr(), "/readyz").await.json();
+        let v = self.readyz(i).await.json();
         v["quota"]["state"].as_str().unwrap_or("?").to_string()
     }
 
     async fn metrics(&self, i: usize) -> String {
-        String::from_utf8_lossy(&self.get(self.gws[i].admin_addr(), "/metrics").await.body)
-            .into_owned()
+        metrics_of(&self.client, &self.gws[i]).await
     }
 
     /// `senders` loops per replica, each sending put_top_notice with a short
@@ -570,40 +535,12 @@ impl Fleet {
     }
 }
 
-/// The value of the series `name` (with its labels) in an exposition.
-fn metric(exposition: &str, name: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// `promtool check metrics` accepts the exposition (when promtool is
 /// installed; tests/deploy.rs requires it under CI).
 fn promtool_accepts(exposition: &str) {
-    use std::io::Write;
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Some((ok, out)) = promtool_check_metrics(exposition) {
+        assert!(ok, "promtool check metrics:\n{out}");
+    }
 }
 
 fn ok_count(answers: &[(StatusCode, Duration)]) -> usize {
@@ -620,7 +557,12 @@ fn seed_curve(d: Duration) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_flooded_in_reject_mode_forward_one_quota() {
     let redis = redis_or_skip!();
-    let f = Arc::new(fleet(3, sim_config(), &quota_section(&redis, "local", 3, "")).await);
+    let f = Arc::new(
+        fleet(3, sim_config(), |c| {
+            c.quota(redis_quota(&redis, QuotaFail::Local, 3))
+        })
+        .await,
+    );
     for i in 0..3 {
         assert_eq!(f.quota_state(i).await, "shared");
     }
@@ -640,10 +582,11 @@ async fn three_replicas_flooded_in_reject_mode_forward_one_quota() {
     let curve = seed_curve(took);
     let mut late = 0.0;
     for i in 0..3 {
-        late += metric(
+        late += metric_value(
             &f.metrics(i).await,
             r#"feishu_gateway_quota_backend_errors_total{kind="timeout"}"#,
-        );
+        )
+        .unwrap_or(0.0);
     }
     assert!(
         ok + late as usize + 4 >= curve && ok <= curve + 1,
@@ -661,8 +604,10 @@ async fn three_replicas_flooded_in_reject_mode_forward_one_quota() {
 #[tokio::test]
 async fn three_replicas_in_wait_mode_serve_a_burst_in_order() {
     let redis = redis_or_skip!();
-    let more = "overflow = \"wait\"\nmax_wait = \"20s\"";
-    let f = Arc::new(fleet(3, sim_config(), &quota_section(&redis, "local", 3, more)).await);
+    let quota = redis_quota(&redis, QuotaFail::Local, 3)
+        .overflow(QuotaOverflow::Wait)
+        .max_wait(Duration::from_secs(20));
+    let f = Arc::new(fleet(3, sim_config(), |c| c.quota(quota)).await);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for n in 0..120 {
@@ -685,7 +630,10 @@ async fn three_replicas_in_wait_mode_serve_a_burst_in_order() {
 #[tokio::test]
 async fn feishus_429_on_one_replica_pauses_the_key_on_all() {
     let redis = redis_or_skip!();
-    let f = fleet(2, sim_config(), &quota_section(&redis, "local", 2, "")).await;
+    let f = fleet(2, sim_config(), |c| {
+        c.quota(redis_quota(&redis, QuotaFail::Local, 2))
+    })
+    .await;
     f.sim
         .answer_next_with_code(99991400, StatusCode::TOO_MANY_REQUESTS, 1);
     let a = put_at(&f.client, f.gws[0].addr(), PUT_PATH, &[]).await;
@@ -709,7 +657,12 @@ async fn feishus_429_on_one_replica_pauses_the_key_on_all() {
 #[tokio::test]
 async fn redis_killed_mid_run_fail_local_falls_back_and_returns() {
     let mut redis = redis_or_skip!();
-    let f = Arc::new(fleet(2, sim_config(), &quota_section(&redis, "local", 2, "")).await);
+    let f = Arc::new(
+        fleet(2, sim_config(), |c| {
+            c.quota(redis_quota(&redis, QuotaFail::Local, 2))
+        })
+        .await,
+    );
     let t0 = Instant::now();
     let flood = {
         let f = Arc::clone(&f);
@@ -720,7 +673,7 @@ async fn redis_killed_mid_run_fail_local_falls_back_and_returns() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 0..2 {
         assert_eq!(f.quota_state(i).await, "degraded");
-        let v = f.get(f.gws[i].admin_addr(), "/readyz").await;
+        let v = f.readyz(i).await;
         assert_eq!(
             v.status,
             StatusCode::OK,
@@ -772,7 +725,10 @@ async fn redis_killed_mid_run_fail_local_falls_back_and_returns() {
 #[tokio::test]
 async fn fail_closed_answers_503_then_recovers() {
     let mut redis = redis_or_skip!();
-    let f = fleet(1, sim_config(), &quota_section(&redis, "closed", 1, "")).await;
+    let f = fleet(1, sim_config(), |c| {
+        c.quota(redis_quota(&redis, QuotaFail::Closed, 1))
+    })
+    .await;
     assert_eq!(
         put_at(&f.client, f.gws[0].addr(), PUT_PATH, &[])
             .await
@@ -833,10 +789,11 @@ async fn fail_open_forwards_without_a_limit_then_recovers() {
     let mut sim = sim_config();
     sim.quota = QuotaMode::CountOnly;
     sim.limits = vec![(5, Duration::from_secs(1))];
-    let route =
-        format!("[[routes]]\nmethod = \"POST\"\npath = \"{PUT_ROUTE}\"\nlimits = [\"5/1s\"]\n");
-    let extra = format!("{}{route}", quota_section(&redis, "open", 1, ""));
-    let f = fleet(1, sim, &extra).await;
+    let f = fleet(1, sim, |c| {
+        c.quota(redis_quota(&redis, QuotaFail::Open, 1))
+            .put_limits(&[(5, Duration::from_secs(1))])
+    })
+    .await;
     redis.kill();
     for _ in 0..12 {
         let a = put_at(&f.client, f.gws[0].addr(), PUT_PATH, &[]).await;
@@ -866,7 +823,12 @@ async fn fail_open_forwards_without_a_limit_then_recovers() {
 #[tokio::test]
 async fn a_stalled_redis_costs_at_most_the_timeout() {
     let redis = redis_or_skip!();
-    let f = Arc::new(fleet(1, sim_config(), &quota_section(&redis, "local", 1, "")).await);
+    let f = Arc::new(
+        fleet(1, sim_config(), |c| {
+            c.quota(redis_quota(&redis, QuotaFail::Local, 1))
+        })
+        .await,
+    );
     redis.signal("-STOP");
     let answers = f
         .flood(2, Instant::now() + Duration::from_millis(1500), &[])
@@ -894,20 +856,19 @@ async fn a_stalled_redis_costs_at_most_the_timeout() {
 
 // ----- configuration ----------------------------------------------------------
 
-fn parse(quota: &str, env: MapEnv) -> Result<Config, String> {
-    let text = config_text("http://127.0.0.1:1", "", &format!("[quota]\n{quota}\n"));
-    Config::parse(&text, &env).map_err(|p| p.to_string())
+/// A config in front of an upstream no test reaches.
+fn config() -> GatewayConfig {
+    GatewayConfig::new("http://127.0.0.1:1")
 }
 
 #[test]
 fn redis_config_keys_defaults_and_problems() {
-    let c = parse(
-        "backend = \"redis\"\nredis_url_env = \"REDIS_URL\"\nreplicas = 3",
-        env().with("REDIS_URL", "redis://:hunter2-secret@redis:6379/0"),
-    )
-    .unwrap();
+    let c = config()
+        .quota(Quota::redis_env("REDIS_URL").replicas(3))
+        .env("REDIS_URL", "redis://:hunter2-secret@redis:6379/0")
+        .parse();
     let q = &c.quota;
-    assert_eq!(q.backend, feishu_gateway::quota::BackendKind::Redis);
+    assert_eq!(q.backend, BackendKind::Redis);
     assert_eq!(q.fail, FailMode::Local);
     assert_eq!(q.replicas, 3);
     assert_eq!(q.key_prefix, "feishu-gateway:");
@@ -918,18 +879,24 @@ fn redis_config_keys_defaults_and_problems() {
     );
     assert!(!format!("{c:?}").contains("hunter2"), "never printed");
 
-    let c = parse(
-        "backend = \"redis\"\nredis_url = \"rediss://cache.internal:6380\"\nfail = \"closed\"\nkey_prefix = \"gw1:\"\nredis_timeout = \"20ms\"",
-        env(),
-    )
-    .unwrap();
+    let c = config()
+        .quota(
+            Quota::redis("rediss://cache.internal:6380")
+                .fail(QuotaFail::Closed)
+                .key_prefix("gw1:")
+                .redis_timeout(Duration::from_millis(20)),
+        )
+        .parse();
     assert_eq!(c.quota.fail, FailMode::Closed);
     assert_eq!(c.quota.replicas, 1);
     assert_eq!(c.quota.key_prefix, "gw1:");
 
     // The local default is untouched.
-    let c = parse("", env()).unwrap();
-    assert_eq!(c.quota.backend, feishu_gateway::quota::BackendKind::Local);
+    let c = config().parse();
+    assert_eq!(c.quota.backend, BackendKind::Local);
+
+    // Invalid `[quota]` text, as an operator could write it: every problem
+    // is named by its key, and no password is quoted.
 
     for (quota, key, says) in [
         ("backend = \"memcached\"", "quota.backend", "is not"),
@@ -957,7 +924,11 @@ fn redis_config_keys_defaults_and_problems() {
         ),
         ("redis_url = \"redis://a\"", "quota.redis_url", "only applies"),
     ] {
-        let err = parse(quota, env()).unwrap_err();
+        let err = config()
+            .raw(&format!("[quota]\n{quota}"))
+            .try_parse()
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains(key) && err.contains(says),
             "{quota:?}: expected {key} {says:?} in\n{err}"
@@ -969,11 +940,10 @@ fn redis_config_keys_defaults_and_problems() {
 #[tokio::test]
 async fn limits_below_the_replica_count_are_refused_at_start() {
     let redis = redis_or_skip!();
-    let route =
-        format!("[[routes]]\nmethod = \"POST\"\npath = \"{PUT_ROUTE}\"\nlimits = [\"2/1s\"]\n");
-    let extra = format!("{}{route}", quota_section(&redis, "local", 3, ""));
-    let text = config_text("http://127.0.0.1:1", "", &extra);
-    let config = Config::parse(&text, &env()).unwrap();
+    let config = config()
+        .quota(redis_quota(&redis, QuotaFail::Local, 3))
+        .put_limits(&[(2, Duration::from_secs(1))])
+        .parse();
     let err = Runtime::start(config).await.err().expect("refused");
     let msg = err.to_string();
     assert!(msg.contains("2/1s") && msg.contains("replicas"), "{msg}");
@@ -1011,42 +981,20 @@ async fn rediss_with_a_password_and_a_private_ca() {
         return;
     };
     let url = format!("rediss://:hunter2-secret@localhost:{}/0", redis.port);
-    let extra = format!(
-        "[quota]\nbackend = \"redis\"\nredis_url_env = \"REDIS_URL\"\nredis_ca_file = \"{}\"\nreplicas = 1\n",
-        ca_file.display()
-    );
-    let sim = SimFeishu::start(sim_config()).await.unwrap();
-    let text = config_text(&sim.base_url(), "", &extra);
-    let config =
-        Config::parse(&text, &env().with("REDIS_URL", url)).unwrap_or_else(|p| panic!("{p}"));
-    let gw = Runtime::start(config).await.unwrap();
-    let client = http_client();
-    wait_for(Duration::from_secs(10), || async {
-        call(
-            &client,
-            gw.admin_addr(),
-            http::Method::GET,
-            "/readyz",
-            &[],
-            "",
+    let h = start_with(sim_config(), |c| {
+        c.quota(
+            Quota::redis_env("REDIS_URL")
+                .redis_ca_file(&ca_file)
+                .replicas(1),
         )
-        .await
-        .status
-            == StatusCode::OK
+        .env("REDIS_URL", url)
     })
     .await;
-    let a = put_at(&client, gw.addr(), PUT_PATH, &[]).await;
+    h.ready().await;
+    let a = h.put("oc_123").await;
     assert_eq!(a.status, StatusCode::OK);
-    let ready = call(
-        &client,
-        gw.admin_addr(),
-        http::Method::GET,
-        "/readyz",
-        &[],
-        "",
-    )
-    .await;
-    let text = String::from_utf8_lossy(&ready.body).into_owned();
+    let ready = h.admin("/readyz").await;
+    let text = ready.text();
     let v = ready.json();
     assert_eq!(v["quota"]["state"], "shared", "{text}");
     assert_eq!(
@@ -1054,16 +1002,7 @@ async fn rediss_with_a_password_and_a_private_ca() {
         format!("rediss://localhost:{}/0", redis.port)
     );
     assert!(!text.contains("hunter2"), "{text}");
-    let m = call(
-        &client,
-        gw.admin_addr(),
-        http::Method::GET,
-        "/metrics",
-        &[],
-        "",
-    )
-    .await;
-    assert!(!String::from_utf8_lossy(&m.body).contains("hunter2"));
+    assert!(!h.metrics().await.contains("hunter2"));
 }
 
 // ----- the Kubernetes example -------------------------------------------------
@@ -1117,9 +1056,11 @@ fn the_kubernetes_redis_example_agrees_with_itself_and_the_gateway() {
     let service = svc["metadata"]["name"].as_str().unwrap();
     let svc_port = svc["spec"]["ports"][0]["port"].as_u64().unwrap();
     assert_eq!(url, format!("redis://:{password}@{service}:{svc_port}/0"));
-    let snippet = "backend = \"redis\"\nredis_url_env = \"REDIS_URL\"\nreplicas = 3";
     assert!(text.contains("backend = \"redis\""));
-    let c = parse(snippet, env().with("REDIS_URL", url)).unwrap();
+    let c = config()
+        .quota(Quota::redis_env("REDIS_URL").replicas(3))
+        .env("REDIS_URL", url)
+        .parse();
     assert_eq!(c.quota.replicas, 3);
 
     // Only the gateway's pods may connect.

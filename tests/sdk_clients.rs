@@ -21,21 +21,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use feishu_gateway::app::Runtime;
-use feishu_gateway::config::Config;
-use feishu_sim::ca::TestCa;
-use feishu_sim::{SimFeishu, TokenKind};
+use std::time::Duration;
+
 use serde_json::Value;
 use support::*;
 
 /// A quota so small that the second call in a row is refused (Python and
 /// Node calls take milliseconds; ten seconds leaves room for a slow CI).
-const TINY_QUOTA: &str = r#"
-[[routes]]
-method = "POST"
-path = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice"
-limits = ["1/10s"]
-"#;
+const TINY_QUOTA: &[(u32, Duration)] = &[(1, Duration::from_secs(10))];
 
 /// The cases each driver runs against the ordinary gateway, in this order
 /// (`bad_key` first: the SDKs cache a token per app id for the process).
@@ -92,21 +85,10 @@ impl Setup {
         std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).expect("write");
         std::fs::write(dir.path().join("cert.pem"), &cert.cert_pem).expect("write");
         std::fs::write(dir.path().join("key.pem"), &cert.key_pem).expect("write");
-        let top = format!(
-            "tls_cert = {:?}\ntls_key = {:?}",
-            dir.path().join("cert.pem").display().to_string(),
-            dir.path().join("key.pem").display().to_string()
-        );
-        let gateway = |extra: &str| {
-            let text = config_text(&sim.base_url(), &top, extra);
-            Config::parse(&text, &env()).unwrap_or_else(|p| panic!("{p}"))
-        };
-        let gw = Runtime::start(gateway(NO_QUOTA))
-            .await
-            .expect("gateway starts");
-        let limited = Runtime::start(gateway(TINY_QUOTA))
-            .await
-            .expect("gateway starts");
+        let https = GatewayConfig::new(&sim.base_url())
+            .tls(&dir.path().join("cert.pem"), &dir.path().join("key.pem"));
+        let gw = start_gateway(&https.clone().without_put_quota()).await;
+        let limited = start_gateway(&https.put_limits(TINY_QUOTA)).await;
         Setup {
             sim,
             gw,

@@ -3,22 +3,30 @@
 
 mod support;
 
-use feishu_gateway::app::Runtime;
-use feishu_gateway::config::Config;
+use std::net::SocketAddr;
+
 use http::{Method, StatusCode};
 use support::*;
 
 const TOKEN_PATH: &str = "/open-apis/auth/v3/tenant_access_token/internal";
-const SIGNING: &str = "[sdk_tokens]\nsigning_key_env = \"SIGNING_KEY\"\n";
 
-fn env_with_signing() -> feishu_gateway::config::MapEnv {
-    env().with("SIGNING_KEY", "a-signing-key-0123456789abcdef")
+/// A gateway whose tokens are signed with a configured key.
+async fn start_signed(sim: &SimFeishu) -> Runtime {
+    let config = GatewayConfig::new(&sim.base_url())
+        .sdk_signing_key_env("SIGNING_KEY")
+        .env("SIGNING_KEY", "a-signing-key-0123456789abcdef");
+    start_gateway(&config).await
 }
 
-async fn start_signed(sim: &feishu_sim::SimFeishu) -> Runtime {
-    let text = config_text(&sim.base_url(), "", SIGNING);
-    let config = Config::parse(&text, &env_with_signing()).unwrap_or_else(|p| panic!("{p}"));
-    Runtime::start(config).await.unwrap()
+/// POST put_top_notice to the gateway at `addr` with `token` as the bearer
+/// credential.
+async fn put_with_token(client: &HttpClient, addr: SocketAddr, token: &str) -> Answer {
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    call(client, addr, Method::POST, PUT_PATH, &headers, PUT_BODY).await
 }
 
 async fn fetch_token(h: &Harness, body: &str) -> Answer {
@@ -28,7 +36,7 @@ async fn fetch_token(h: &Harness, body: &str) -> Answer {
 
 #[tokio::test]
 async fn the_gateway_answers_the_sdk_token_call_and_accepts_its_token() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let body = format!(r#"{{"app_id":"{APP_ID}","app_secret":"{CLIENT_KEY}"}}"#);
     let a = fetch_token(&h, &body).await;
     assert_eq!(a.status, StatusCode::OK);
@@ -42,18 +50,7 @@ async fn the_gateway_answers_the_sdk_token_call_and_accepts_its_token() {
     assert!(token.starts_with("t-"));
     assert!(!token.contains(CLIENT_KEY));
 
-    let auth = format!("Bearer {token}");
-    let a = h
-        .call(
-            Method::POST,
-            PUT_PATH,
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
-            PUT_BODY,
-        )
-        .await;
+    let a = put_with_token(&h.client, h.gw.addr(), &token).await;
     assert_eq!(a.code(), 0, "{:?}", a.body);
     // Feishu saw the gateway's own tenant token, and only the gateway's own
     // token calls: the app secret never left the gateway.
@@ -70,17 +67,7 @@ async fn the_gateway_answers_the_sdk_token_call_and_accepts_its_token() {
         .to_string();
     assert_ne!(second, token);
     assert_eq!(h.put("oc_1").await.code(), 0);
-    let a = h
-        .call(
-            Method::POST,
-            PUT_PATH,
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
-            PUT_BODY,
-        )
-        .await;
+    let a = put_with_token(&h.client, h.gw.addr(), &token).await;
     assert_eq!(a.code(), 0);
 
     // The app token endpoint answers too, with its own field.
@@ -100,7 +87,7 @@ async fn the_gateway_answers_the_sdk_token_call_and_accepts_its_token() {
 
 #[tokio::test]
 async fn bad_credentials_get_feishus_wrong_secret_answer_without_saying_which() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let wrong_id = fetch_token(
         &h,
         &format!(r#"{{"app_id":"cli_other","app_secret":"{CLIENT_KEY}"}}"#),
@@ -124,7 +111,7 @@ async fn bad_credentials_get_feishus_wrong_secret_answer_without_saying_which() 
 
 #[tokio::test]
 async fn tampered_or_unknown_tokens_get_401_99991663() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let body = format!(r#"{{"app_id":"{APP_ID}","app_secret":"{CLIENT_KEY}"}}"#);
     let token = fetch_token(&h, &body).await.json()["tenant_access_token"]
         .as_str()
@@ -155,7 +142,7 @@ async fn tampered_or_unknown_tokens_get_401_99991663() {
 
 #[tokio::test]
 async fn tokens_survive_a_restart_with_a_signing_key() {
-    let sim = feishu_sim::SimFeishu::start(sim_config()).await.unwrap();
+    let sim = SimFeishu::start(sim_config()).await.unwrap();
     let client = http_client();
     let body = format!(r#"{{"app_id":"{APP_ID}","app_secret":"{CLIENT_KEY}"}}"#);
     let first = start_signed(&sim).await;
@@ -168,25 +155,13 @@ async fn tokens_survive_a_restart_with_a_signing_key() {
     first.wait().await;
 
     let second = start_signed(&sim).await;
-    let auth = format!("Bearer {token}");
-    let a = call(
-        &client,
-        second.addr(),
-        Method::POST,
-        PUT_PATH,
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        PUT_BODY,
-    )
-    .await;
+    let a = put_with_token(&client, second.addr(), &token).await;
     assert_eq!(a.code(), 0, "{:?}", a.body);
 }
 
 #[tokio::test]
 async fn user_tokens_pass_untouched_with_the_client_key_and_are_never_replayed() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     h.ready().await;
     let headers = [
         ("authorization", "Bearer u-user-token-123"),
@@ -220,7 +195,7 @@ async fn user_tokens_pass_untouched_with_the_client_key_and_are_never_replayed()
 
 #[tokio::test]
 async fn other_auth_endpoints_are_never_forwarded() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let auth = format!("Bearer {CLIENT_KEY}");
     for path in [
         "/open-apis/auth/v3/app_access_token",

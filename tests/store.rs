@@ -1,7 +1,7 @@
-//! Store apps end to end: app_ticket intake through the event
-//! endpoint, ticket persistence, app and tenant tokens, per-tenant quotas,
-//! against the simulated Feishu's store-app side; then several replicas
-//! sharing tickets and tenant quotas through a real `redis-server` (skipped
+//! Store apps end to end: app_ticket intake through the event endpoint,
+//! ticket persistence, app and tenant tokens, per-tenant quotas, against
+//! the simulated Feishu's store-app side; then several replicas sharing
+//! tickets and tenant quotas through a real `redis-server` (skipped
 //! without one, except under `CI=true`: see `tests/support/redis_server.rs`).
 
 mod support;
@@ -10,18 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use feishu_gateway::app::Runtime;
-use feishu_gateway::config::{Config, MapEnv};
-use feishu_gateway::quota::{FailMode, Plan, PlanPolicy, RedisSettings};
-use feishu_gateway::secret::Secret;
-use feishu_gateway::tokens::ticket_store::{
-    RedisTicketStore, StoredTicket, TicketStore, TicketStoreError, MAX_TICKET_AGE,
-};
-use feishu_sim::{SimConfig, SimFeishu, SimStoreApp, StoreCallKind};
 use http::{Method, StatusCode};
-use support::redis_server::RedisServer;
+use support::config::{App, Client, Quota};
+use support::redis_server::{redis_or_skip, RedisServer};
 use support::*;
-use tokio::net::TcpListener;
 
 const STORE_APP_ID: &str = "cli_store000000001";
 const STORE_SECRET: &str = "store-app-secret-0001";
@@ -29,44 +21,22 @@ const ENCRYPT_KEY: &str = "encrypt-key-0001";
 const VTOKEN: &str = "verification-token-0001";
 const STORE_KEY: &str = "store-client-key-0123456789";
 
-fn store_env() -> MapEnv {
-    MapEnv::new()
-        .with("STORE_SECRET", STORE_SECRET)
-        .with("STORE_ENCRYPT_KEY", ENCRYPT_KEY)
-        .with("STORE_VTOKEN", VTOKEN)
-        .with("STORE_CLIENT_KEY", STORE_KEY)
-}
-
-/// A gateway config for the store app; `top` keeps the tickets
-/// (`state_dir = …`, or nothing with a Redis `[quota]` in `extra`).
-fn store_config(upstream: &str, top: &str, max_tenants: usize, extra: &str) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-upstream = "{upstream}"
-{top}
-
-[token]
-retry_min = "50ms"
-retry_max = "200ms"
-
-[[apps]]
-name = "isv-bot"
-app_id = "{STORE_APP_ID}"
-app_secret_env = "STORE_SECRET"
-type = "store"
-encrypt_key_env = "STORE_ENCRYPT_KEY"
-verification_token_env = "STORE_VTOKEN"
-max_tenants = {max_tenants}
-
-[[clients]]
-name = "crm"
-key_env = "STORE_CLIENT_KEY"
-app = "isv-bot"
-{extra}
-"#
-    )
+/// A gateway config for the store app `isv-bot`, holding at most
+/// `max_tenants`, and its client `crm`; the tickets are kept in a
+/// `state_dir` or, with a Redis `[quota]`, in Redis.
+fn store_config(sim: &SimFeishu, max_tenants: usize) -> GatewayConfig {
+    GatewayConfig::bare(&sim.base_url())
+        .app(
+            App::store("isv-bot", STORE_APP_ID, "STORE_SECRET")
+                .encrypt_key_env("STORE_ENCRYPT_KEY")
+                .verification_token_env("STORE_VTOKEN")
+                .max_tenants(max_tenants),
+        )
+        .client(Client::new("crm", "STORE_CLIENT_KEY", "isv-bot"))
+        .env("STORE_SECRET", STORE_SECRET)
+        .env("STORE_ENCRYPT_KEY", ENCRYPT_KEY)
+        .env("STORE_VTOKEN", VTOKEN)
+        .env("STORE_CLIENT_KEY", STORE_KEY)
 }
 
 fn sim_store(tenants: &[&str]) -> SimConfig {
@@ -77,11 +47,6 @@ fn sim_store(tenants: &[&str]) -> SimConfig {
     )
 }
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<bytes::Bytes>,
->;
-
 struct Store {
     sim: SimFeishu,
     gw: Runtime,
@@ -89,42 +54,27 @@ struct Store {
     dir: tempfile::TempDir,
 }
 
-/// A gateway whose port is known before it starts, so the sim can push
-/// tickets to its event endpoint from the first resend on.
-async fn start_gateway(
-    sim: &SimFeishu,
-    dir: &std::path::Path,
-    max_tenants: usize,
-    routes: &str,
-) -> Runtime {
-    let top = format!("state_dir = {:?}", dir.display().to_string());
-    start_replica(sim, &top, max_tenants, routes, true).await
-}
-
-/// A gateway with `top` and `extra` in its config (see [`store_config`]);
-/// with `events`, Feishu's pushes go to it from now on.
-async fn start_replica(
-    sim: &SimFeishu,
-    top: &str,
-    max_tenants: usize,
-    extra: &str,
-    events: bool,
-) -> Runtime {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+/// A gateway with `config` whose port is known before it starts; with
+/// `events`, Feishu's pushes go to it from now on (from the first resend
+/// on).
+async fn start_replica(sim: &SimFeishu, config: &GatewayConfig, events: bool) -> Runtime {
+    let listeners = Listeners::bind().await;
     if events {
-        sim.set_event_url(STORE_APP_ID, format!("http://{addr}/feishu/events/isv-bot"));
+        let url = format!("http://{}/feishu/events/isv-bot", listeners.addr());
+        sim.set_event_url(STORE_APP_ID, url);
     }
-    let text = store_config(&sim.base_url(), top, max_tenants, extra);
-    let config = Config::parse(&text, &store_env()).unwrap_or_else(|p| panic!("{p}"));
-    Runtime::start_on(config, listener, admin).await.unwrap()
+    listeners.start(config).await
 }
 
-async fn start_store(tenants: &[&str], max_tenants: usize, routes: &str) -> Store {
+/// A gateway taking Feishu's pushes, keeping the tickets in `dir`.
+async fn start_gateway(sim: &SimFeishu, config: GatewayConfig, dir: &std::path::Path) -> Runtime {
+    start_replica(sim, &config.state_dir(dir), true).await
+}
+
+async fn start_store(tenants: &[&str], max_tenants: usize) -> Store {
     let sim = SimFeishu::start(sim_store(tenants)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_gateway(&sim, dir.path(), max_tenants, routes).await;
+    let gw = start_gateway(&sim, store_config(&sim, max_tenants), dir.path()).await;
     Store {
         sim,
         gw,
@@ -148,9 +98,7 @@ async fn put_to(client: &HttpClient, addr: SocketAddr, tenant: Option<&str>) -> 
 }
 
 async fn readyz_of(client: &HttpClient, gw: &Runtime) -> serde_json::Value {
-    call(client, gw.admin_addr(), Method::GET, "/readyz", &[], "")
-        .await
-        .json()
+    admin_get(client, gw, "/readyz").await.json()
 }
 
 fn resends(sim: &SimFeishu) -> usize {
@@ -166,16 +114,12 @@ impl Store {
     }
 
     async fn readyz(&self) -> serde_json::Value {
-        call(
-            &self.client,
-            self.gw.admin_addr(),
-            Method::GET,
-            "/readyz",
-            &[],
-            "",
-        )
-        .await
-        .json()
+        readyz_of(&self.client, &self.gw).await
+    }
+
+    /// Waits until `/readyz` says ready.
+    async fn ready(&self) {
+        wait_ready(&self.client, &self.gw).await;
     }
 
     fn calls(&self, kind: StoreCallKind) -> usize {
@@ -189,13 +133,10 @@ impl Store {
 
 #[tokio::test]
 async fn a_cold_start_asks_for_the_ticket_and_the_first_request_succeeds() {
-    let s = start_store(&["tenant_a"], 100, "").await;
+    let s = start_store(&["tenant_a"], 100).await;
     // No kept ticket: the gateway asked for one, Feishu pushed it to the
     // event endpoint (encrypted and signed), and the app token followed.
-    wait_for(Duration::from_secs(10), || async {
-        s.readyz().await["ready"] == true
-    })
-    .await;
+    s.ready().await;
     assert_eq!(s.calls(StoreCallKind::Resend), 1);
     let pushed = s.sim.pushed_events();
     assert!(pushed
@@ -215,11 +156,8 @@ async fn a_cold_start_asks_for_the_ticket_and_the_first_request_succeeds() {
 
 #[tokio::test]
 async fn a_restart_with_a_kept_ticket_needs_no_resend() {
-    let s = start_store(&["tenant_a"], 100, "").await;
-    wait_for(Duration::from_secs(10), || async {
-        s.readyz().await["ready"] == true
-    })
-    .await;
+    let s = start_store(&["tenant_a"], 100).await;
+    s.ready().await;
     let Store {
         sim,
         gw,
@@ -228,12 +166,8 @@ async fn a_restart_with_a_kept_ticket_needs_no_resend() {
     } = s;
     gw.shutdown();
     gw.wait().await;
-    let resends = sim
-        .store_calls()
-        .iter()
-        .filter(|c| c.kind == StoreCallKind::Resend)
-        .count();
-    let gw = start_gateway(&sim, dir.path(), 100, "").await;
+    let resends = resends(&sim);
+    let gw = start_gateway(&sim, store_config(&sim, 100), dir.path()).await;
     let s = Store {
         sim,
         gw,
@@ -251,11 +185,8 @@ async fn a_restart_with_a_kept_ticket_needs_no_resend() {
 
 #[tokio::test]
 async fn callbacks_are_verified_and_bad_ones_change_nothing() {
-    let s = start_store(&["tenant_a"], 100, "").await;
-    wait_for(Duration::from_secs(10), || async {
-        s.readyz().await["ready"] == true
-    })
-    .await;
+    let s = start_store(&["tenant_a"], 100).await;
+    s.ready().await;
     // The URL check is answered.
     let check = s.sim.check_event_url(STORE_APP_ID).await.unwrap();
     assert!(check.challenge_echoed(), "{check:?}");
@@ -291,7 +222,7 @@ async fn callbacks_are_verified_and_bad_ones_change_nothing() {
         }
     };
     // Bad signature.
-    let mut sealed = feishu_sim::callback::seal(Some(ENCRYPT_KEY), &event, true, now);
+    let mut sealed = callback::seal(Some(ENCRYPT_KEY), &event, true, now);
     sealed
         .headers
         .insert("x-lark-signature", "00".repeat(32).parse().unwrap());
@@ -301,7 +232,7 @@ async fn callbacks_are_verified_and_bad_ones_change_nothing() {
     // Wrong verification token.
     let mut wrong = event.clone();
     wrong["token"] = "not-the-token".into();
-    let sealed = feishu_sim::callback::seal(Some(ENCRYPT_KEY), &wrong, true, now);
+    let sealed = callback::seal(Some(ENCRYPT_KEY), &wrong, true, now);
     assert_eq!(
         post(sealed.headers, sealed.body).await.status,
         StatusCode::UNAUTHORIZED
@@ -314,7 +245,7 @@ async fn callbacks_are_verified_and_bad_ones_change_nothing() {
     .await;
     assert!(a.status.is_client_error());
     // Encrypted with another key.
-    let sealed = feishu_sim::callback::seal(Some("another-key"), &event, false, now);
+    let sealed = callback::seal(Some("another-key"), &event, false, now);
     assert!(post(sealed.headers, sealed.body)
         .await
         .status
@@ -329,22 +260,20 @@ async fn callbacks_are_verified_and_bad_ones_change_nothing() {
 
 #[tokio::test]
 async fn tenants_get_their_own_tokens_and_quotas() {
-    let routes = "[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice\"\nlimits = [\"5/1s\"]\n";
+    let limits = [(5, Duration::from_secs(1))];
     let mut sim = sim_store(&["tenant_a", "tenant_b"]);
-    sim.limits = vec![(5, Duration::from_secs(1))];
+    sim.limits = limits.to_vec();
     let sim = SimFeishu::start(sim).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_gateway(&sim, dir.path(), 100, routes).await;
+    let config = store_config(&sim, 100).put_limits(&limits);
+    let gw = start_gateway(&sim, config, dir.path()).await;
     let s = Arc::new(Store {
         sim,
         gw,
         client: http_client(),
         dir,
     });
-    wait_for(Duration::from_secs(10), || async {
-        s.readyz().await["ready"] == true
-    })
-    .await;
+    s.ready().await;
 
     // Flood tenant_a far over its quota.
     let mut tasks = Vec::new();
@@ -387,11 +316,8 @@ async fn tenants_get_their_own_tokens_and_quotas() {
 
 #[tokio::test]
 async fn missing_and_unknown_tenants_get_clear_answers_without_loops() {
-    let s = start_store(&["tenant_a"], 100, "").await;
-    wait_for(Duration::from_secs(10), || async {
-        s.readyz().await["ready"] == true
-    })
-    .await;
+    let s = start_store(&["tenant_a"], 100).await;
+    s.ready().await;
     let a = s.put(None).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(a.header("x-gateway-error"), Some("missing-tenant"));
@@ -413,36 +339,21 @@ async fn missing_and_unknown_tenants_get_clear_answers_without_loops() {
 async fn tenants_are_bounded_and_evicted() {
     let tenants: Vec<String> = (0..20).map(|i| format!("tenant_{i}")).collect();
     let refs: Vec<&str> = tenants.iter().map(String::as_str).collect();
-    let s = start_store(&refs, 5, "").await;
-    wait_for(Duration::from_secs(10), || async {
-        s.readyz().await["ready"] == true
-    })
-    .await;
+    let s = start_store(&refs, 5).await;
+    s.ready().await;
     for t in &refs {
         assert_eq!(s.put(Some(t)).await.code(), 0);
     }
     let r = s.readyz().await;
     assert_eq!(r["store_apps"][0]["tenants"], 5, "{r}");
-    let m = call(
-        &s.client,
-        s.gw.admin_addr(),
-        Method::GET,
-        "/metrics",
-        &[],
-        "",
-    )
-    .await;
-    assert!(String::from_utf8_lossy(&m.body)
-        .contains(r#"feishu_gateway_store_tenants{app="isv-bot"} 5"#));
+    let m = metrics_of(&s.client, &s.gw).await;
+    assert!(m.contains(r#"feishu_gateway_store_tenants{app="isv-bot"} 5"#));
 }
 
 #[tokio::test]
 async fn an_invalidated_ticket_is_resent_and_requests_recover() {
-    let s = start_store(&["tenant_a"], 100, "").await;
-    wait_for(Duration::from_secs(10), || async {
-        s.readyz().await["ready"] == true
-    })
-    .await;
+    let s = start_store(&["tenant_a"], 100).await;
+    s.ready().await;
     assert_eq!(s.put(Some("tenant_a")).await.code(), 0);
     let resends = s.calls(StoreCallKind::Resend);
     // Feishu forgets the ticket and every token.
@@ -455,32 +366,16 @@ async fn an_invalidated_ticket_is_resent_and_requests_recover() {
 
 // ----- several replicas on one Redis -----------------------------------------
 
-macro_rules! redis_or_skip {
-    () => {
-        match RedisServer::start() {
-            Some(r) => r,
-            None => return,
-        }
-    };
-}
-
 /// The Redis key of the store app's ticket, with the default prefix.
 const TICKET_KEY: &str = "feishu-gateway:app_ticket:cli_store000000001";
 
-/// `[quota]` on `redis` for two replicas (no `state_dir`: the ticket is
-/// kept in Redis).
-fn redis_quota(redis: &RedisServer) -> String {
-    format!(
-        "[quota]\nbackend = \"redis\"\nredis_url = \"{}\"\nreplicas = 2\n",
-        redis.url()
-    )
-}
-
-async fn wait_ready(client: &HttpClient, gw: &Runtime) {
-    wait_for(Duration::from_secs(10), || async {
-        readyz_of(client, gw).await["ready"] == true
-    })
-    .await;
+/// A simulated Feishu with `sim`, a client, and the store app's config for
+/// two replicas sharing quotas and the ticket through `redis` (no
+/// `state_dir`: the ticket is kept in Redis).
+async fn on_redis(redis: &RedisServer, sim: SimConfig) -> (SimFeishu, HttpClient, GatewayConfig) {
+    let sim = SimFeishu::start(sim).await.unwrap();
+    let config = store_config(&sim, 100).quota(Quota::redis(&redis.url()).replicas(2));
+    (sim, http_client(), config)
 }
 
 async fn redis_get(redis: &RedisServer, key: &str) -> Option<String> {
@@ -507,16 +402,7 @@ fn pushes_to(sim: &SimFeishu, gw: &Runtime) -> usize {
 #[tokio::test]
 async fn redis_ticket_store_round_trip_ttl_and_bad_values() {
     let mut redis = redis_or_skip!();
-    let settings = RedisSettings {
-        url: Secret::new(redis.url()),
-        ca_file: None,
-        key_prefix: "t:".into(),
-        fail: FailMode::Closed,
-        replicas: 1,
-        timeout: Duration::from_millis(200),
-        min_rate_fraction: 0.965,
-        probe_interval: Duration::from_millis(100),
-    };
+    let settings = redis.settings(FailMode::Closed, 1, Duration::from_millis(200));
     let store = RedisTicketStore::new(settings.open_connection().unwrap(), "t:");
     assert!(store.is_shared());
     let key = store.key_of("cli_a").unwrap();
@@ -614,12 +500,10 @@ async fn redis_ticket_store_round_trip_ttl_and_bad_values() {
 #[tokio::test]
 async fn a_ticket_pushed_to_one_replica_lets_a_cold_one_serve_without_a_resend() {
     let redis = redis_or_skip!();
-    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
-    let client = http_client();
-    let quota = redis_quota(&redis);
+    let (sim, client, config) = on_redis(&redis, sim_store(&["tenant_a"])).await;
     // Replica A takes Feishu's pushes; Redis is empty: it asks for the
     // ticket, receives it, and keeps it in Redis.
-    let a = start_replica(&sim, "", 100, &quota, true).await;
+    let a = start_replica(&sim, &config, true).await;
     wait_ready(&client, &a).await;
     assert_eq!(resends(&sim), 1);
     assert_eq!(
@@ -628,7 +512,7 @@ async fn a_ticket_pushed_to_one_replica_lets_a_cold_one_serve_without_a_resend()
     );
 
     // Replica B starts cold and never gets a push: it serves at once.
-    let b = start_replica(&sim, "", 100, &quota, false).await;
+    let b = start_replica(&sim, &config, false).await;
     let answer = put_to(&client, b.addr(), Some("tenant_a")).await;
     assert_eq!(answer.code(), 0, "{:?}", answer.body);
     assert_eq!(resends(&sim), 1, "no resend for B");
@@ -643,13 +527,11 @@ async fn a_ticket_pushed_to_one_replica_lets_a_cold_one_serve_without_a_resend()
 #[tokio::test]
 async fn replicas_started_together_use_the_ticket_pushed_to_one_of_them() {
     let redis = redis_or_skip!();
-    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
+    let (sim, client, config) = on_redis(&redis, sim_store(&["tenant_a"])).await;
     // The push comes after both replicas have asked for it.
     sim.set_ticket_push_delay(Duration::from_millis(500));
-    let client = http_client();
-    let quota = redis_quota(&redis);
-    let a = start_replica(&sim, "", 100, &quota, true).await;
-    let b = start_replica(&sim, "", 100, &quota, false).await;
+    let a = start_replica(&sim, &config, true).await;
+    let b = start_replica(&sim, &config, false).await;
     // B waits for its ticket in Redis too, not only at its own endpoint.
     wait_ready(&client, &b).await;
     wait_ready(&client, &a).await;
@@ -662,12 +544,10 @@ async fn replicas_started_together_use_the_ticket_pushed_to_one_of_them() {
 #[tokio::test]
 async fn a_ticket_refused_on_one_replica_is_replaced_by_the_one_another_received() {
     let redis = redis_or_skip!();
-    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
-    let client = http_client();
-    let quota = redis_quota(&redis);
-    let a = start_replica(&sim, "", 100, &quota, true).await;
+    let (sim, client, config) = on_redis(&redis, sim_store(&["tenant_a"])).await;
+    let a = start_replica(&sim, &config, true).await;
     wait_ready(&client, &a).await;
-    let b = start_replica(&sim, "", 100, &quota, false).await;
+    let b = start_replica(&sim, &config, false).await;
     assert_eq!(put_to(&client, b.addr(), Some("tenant_a")).await.code(), 0);
     let before = resends(&sim);
 
@@ -687,16 +567,14 @@ async fn a_ticket_refused_on_one_replica_is_replaced_by_the_one_another_received
 #[tokio::test]
 async fn a_restart_with_the_ticket_in_redis_needs_no_resend_and_garbage_is_no_ticket() {
     let redis = redis_or_skip!();
-    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
-    let client = http_client();
-    let quota = redis_quota(&redis);
-    let gw = start_replica(&sim, "", 100, &quota, true).await;
+    let (sim, client, config) = on_redis(&redis, sim_store(&["tenant_a"])).await;
+    let gw = start_replica(&sim, &config, true).await;
     wait_ready(&client, &gw).await;
     gw.shutdown();
     gw.wait().await;
     let before = resends(&sim);
 
-    let gw = start_replica(&sim, "", 100, &quota, true).await;
+    let gw = start_replica(&sim, &config, true).await;
     let answer = put_to(&client, gw.addr(), Some("tenant_a")).await;
     assert_eq!(answer.code(), 0, "{:?}", answer.body);
     assert_eq!(resends(&sim), before, "no resend after a restart");
@@ -712,7 +590,7 @@ async fn a_restart_with_the_ticket_in_redis_needs_no_resend_and_garbage_is_no_ti
         .query_async::<()>(&mut c)
         .await
         .unwrap();
-    let gw = start_replica(&sim, "", 100, &quota, true).await;
+    let gw = start_replica(&sim, &config, true).await;
     let answer = put_to(&client, gw.addr(), Some("tenant_a")).await;
     assert_eq!(answer.code(), 0, "{:?}", answer.body);
     assert_eq!(resends(&sim), before + 1);
@@ -725,9 +603,8 @@ async fn a_restart_with_the_ticket_in_redis_needs_no_resend_and_garbage_is_no_ti
 #[tokio::test]
 async fn redis_down_the_ticket_in_memory_serves_and_is_written_back_later() {
     let mut redis = redis_or_skip!();
-    let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
-    let client = http_client();
-    let gw = start_replica(&sim, "", 100, &redis_quota(&redis), true).await;
+    let (sim, client, config) = on_redis(&redis, sim_store(&["tenant_a"])).await;
+    let gw = start_replica(&sim, &config, true).await;
     wait_ready(&client, &gw).await;
 
     // Redis dies; Feishu pushes a new ticket and forgets the old one.
@@ -744,8 +621,7 @@ async fn redis_down_the_ticket_in_memory_serves_and_is_written_back_later() {
         answer.code() == 0
     })
     .await;
-    let m = call(&client, gw.admin_addr(), Method::GET, "/metrics", &[], "").await;
-    let m = String::from_utf8_lossy(&m.body).into_owned();
+    let m = metrics_of(&client, &gw).await;
     let saves = m
         .lines()
         .find_map(|l| {
@@ -767,17 +643,14 @@ async fn redis_down_the_ticket_in_memory_serves_and_is_written_back_later() {
 #[tokio::test]
 async fn two_replicas_share_each_tenants_quota_through_redis() {
     let redis = redis_or_skip!();
-    let mut cfg = sim_store(&["tenant_a", "tenant_b"]);
-    cfg.limits = vec![(5, Duration::from_secs(1))];
-    let sim = SimFeishu::start(cfg).await.unwrap();
-    let client = http_client();
-    let extra = format!(
-        "{}[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice\"\nlimits = [\"5/1s\"]\n",
-        redis_quota(&redis)
-    );
-    let a = start_replica(&sim, "", 100, &extra, true).await;
+    let limits = [(5, Duration::from_secs(1))];
+    let mut sim = sim_store(&["tenant_a", "tenant_b"]);
+    sim.limits = limits.to_vec();
+    let (sim, client, config) = on_redis(&redis, sim).await;
+    let config = config.put_limits(&limits);
+    let a = start_replica(&sim, &config, true).await;
     wait_ready(&client, &a).await;
-    let b = start_replica(&sim, "", 100, &extra, false).await;
+    let b = start_replica(&sim, &config, false).await;
     wait_ready(&client, &b).await;
     let gws = Arc::new([a, b]);
 

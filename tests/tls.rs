@@ -11,11 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use feishu_gateway::app::Runtime;
-use feishu_gateway::config::Config;
-use feishu_gateway::server::tls::ReloadingAcceptor;
-use feishu_sim::ca::{IssuedCert, TestCa};
-use feishu_sim::{SimConfig, SimFeishu};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -144,7 +139,7 @@ async fn serve_hello(tls: ReloadingAcceptor) -> (SocketAddr, oneshot::Sender<()>
         Ok::<_, Infallible>(resp)
     });
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(feishu_gateway::server::serve_with_tls(
+    tokio::spawn(serve_with_tls(
         listener,
         Some(tls),
         None,
@@ -169,22 +164,14 @@ async fn start_https(trust_the_ca: bool) -> (Harness, tempfile::NamedTempFile) {
     assert!(sim.base_url().starts_with("https://127.0.0.1:"));
     let ca_file = tempfile::NamedTempFile::new().expect("tempfile");
     std::fs::write(ca_file.path(), sim.ca_pem().expect("CA")).expect("write CA");
-    let top = if trust_the_ca {
-        format!(
-            "upstream_ca_file = {:?}",
-            ca_file.path().display().to_string()
-        )
-    } else {
-        String::new()
-    };
-    let text = config_text(&sim.base_url(), &top, "");
-    let config = Config::parse(&text, &env()).unwrap_or_else(|p| panic!("{p}"));
-    let gw = Runtime::start(config).await.expect("gateway starts");
-    let h = Harness {
-        sim,
-        gw,
-        client: http_client(),
-    };
+    let h = Harness::on(sim, |c| {
+        if trust_the_ca {
+            c.upstream_ca_file(ca_file.path())
+        } else {
+            c
+        }
+    })
+    .await;
     (h, ca_file)
 }
 
@@ -249,22 +236,9 @@ async fn the_gateway_listener_serves_https_with_h2_and_title_cased_http1() {
     // The gateway configured with `tls_cert` / `tls_key`, in front of a
     // plain-HTTP simulated Feishu; the listener's certificate comes from a
     // test CA.
-    let sim = SimFeishu::start(sim_config()).await.expect("sim starts");
     let ca = TestCa::new("gateway test CA").expect("CA");
     let files = CertFiles::new(&ca.issue_localhost("gateway").expect("cert"));
-    let top = format!(
-        "tls_cert = {:?}\ntls_key = {:?}",
-        files.cert.display().to_string(),
-        files.key.display().to_string()
-    );
-    let text = config_text(&sim.base_url(), &top, "");
-    let config = Config::parse(&text, &env()).unwrap_or_else(|p| panic!("{p}"));
-    let gw = Runtime::start(config).await.expect("gateway starts");
-    let h = Harness {
-        sim,
-        gw,
-        client: http_client(),
-    };
+    let h = start_with(sim_config(), |c| c.tls(&files.cert, &files.key)).await;
     let addr = h.gw.addr();
     let ca_pem = ca.cert_pem();
 

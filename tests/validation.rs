@@ -1,5 +1,5 @@
-//! Request validation through real sockets (issue 4): bad input is answered
-//! by the gateway in Feishu's words, before any quota is spent, and nothing
+//! Request validation through real sockets: bad input is answered by the
+//! gateway in Feishu's words, before any quota is spent, and nothing
 //! reaches Feishu.
 
 mod support;
@@ -7,12 +7,13 @@ mod support;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use support::config::{Route, UnknownFields, Validation};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DELETE_PATH: &str = "/open-apis/im/v1/chats/oc_123/top_notice/delete_top_notice";
 /// One request per 10 s: any spent quota would show at once.
-const TIGHT: &str = "[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice\"\nlimits = [\"1/10s\"]\n";
+const TIGHT: &[(u32, Duration)] = &[(1, Duration::from_secs(10))];
 
 async fn post(h: &Harness, path: &str, content_type: Option<&str>, body: &str) -> Answer {
     let auth = format!("Bearer {CLIENT_KEY}");
@@ -34,7 +35,7 @@ fn violation(a: &Answer, i: usize) -> (String, String) {
 
 #[tokio::test]
 async fn every_rule_has_its_field_and_nothing_reaches_feishu_or_spends_quota() {
-    let h = start(sim_config(), "", TIGHT).await;
+    let h = start_with(sim_config(), |c| c.put_limits(TIGHT)).await;
     h.ready().await;
     let json = Some("application/json; charset=utf-8");
     let cases: Vec<(&str, Option<&str>, &str, &str, &str)> = vec![
@@ -147,7 +148,7 @@ async fn every_rule_has_its_field_and_nothing_reaches_feishu_or_spends_quota() {
 
 #[tokio::test]
 async fn every_violation_is_listed_and_values_are_capped() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     let long = "x".repeat(5000);
     let body = format!(
         r#"{{"chat_top_notice":[{{"action_type":"1"}},{{"action_type":"1","message_id":"{long}"}},{{"action_type":2}}]}}"#
@@ -176,7 +177,7 @@ async fn every_violation_is_listed_and_values_are_capped() {
 
 #[tokio::test]
 async fn the_sdks_bodies_and_the_three_delete_variants_pass() {
-    let h = start(sim_config(), "", "").await;
+    let h = start(sim_config()).await;
     for body in [
         PUT_BODY,
         r#"{"chat_top_notice":[{"action_type":"2"}]}"#,
@@ -198,11 +199,10 @@ async fn the_sdks_bodies_and_the_three_delete_variants_pass() {
 
 #[tokio::test]
 async fn hostile_bodies_get_bounded_answers_and_the_gateway_stays_healthy() {
-    let h = start(
-        sim_config(),
-        "max_body_bytes = 65536\n[timeouts]\nbody_read = \"500ms\"\n",
-        "",
-    )
+    let h = start_with(sim_config(), |c| {
+        c.max_body_bytes(65536)
+            .body_read_timeout(Duration::from_millis(500))
+    })
     .await;
     let json = Some("application/json");
     // Oversized.
@@ -254,18 +254,11 @@ async fn hostile_bodies_get_bounded_answers_and_the_gateway_stays_healthy() {
 
 #[tokio::test]
 async fn log_only_forwards_and_counts_and_unknown_fields_can_be_rejected() {
-    let routes = r#"
-[[routes]]
-method = "POST"
-path = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice"
-validation = "log-only"
-
-[[routes]]
-method = "POST"
-path = "/open-apis/im/v1/chats/:chat_id/top_notice/delete_top_notice"
-unknown_fields = "reject"
-"#;
-    let h = start(sim_config(), "", routes).await;
+    let h = start_with(sim_config(), |c| {
+        c.route(Route::post(PUT_ROUTE).validation(Validation::LogOnly))
+            .route(Route::post(DELETE_ROUTE).unknown_fields(UnknownFields::Reject))
+    })
+    .await;
     let a = post(
         &h,
         PUT_PATH,
@@ -279,7 +272,7 @@ unknown_fields = "reject"
         "forwarded in log-only mode"
     );
     assert_eq!(h.sim.requests().len(), 1);
-    let m = String::from_utf8_lossy(&h.admin("/metrics").await.body).to_string();
+    let m = h.metrics().await;
     assert!(
         m.contains("feishu_gateway_validation_would_reject_total{app=\"ops-bot\""),
         "{m}"

@@ -1,89 +1,115 @@
-//! Shared fakes and helpers for the integration tests: a simulated Feishu,
-//! the gateway in front of it on loopback ports, and a small HTTP client.
+//! The integration tests' harness: a simulated Feishu, the gateway in front
+//! of it on loopback ports, its config ([`config::GatewayConfig`]), a small
+//! HTTP client, a Redis of the test's own ([`redis_server`]) and the
+//! Prometheus tools ([`tools`]).
+//!
+//! Every item of the crate under test that a test file uses is re-exported
+//! here, from [`gateway`], in one place.
 #![allow(dead_code)]
 
+pub mod config;
+mod gateway;
 pub mod redis_server;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use feishu_gateway::app::Runtime;
-use feishu_gateway::config::{Config, MapEnv};
-use feishu_sim::{SimConfig, SimFeishu};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+
+pub use config::GatewayConfig;
+pub use gateway::*;
 
 pub const APP_ID: &str = "cli_test0000000001";
 pub const APP_SECRET: &str = "app-secret-VERY-SECRET-0001";
 pub const CLIENT_KEY: &str = "client-key-billing-0123456789";
 pub const PUT_PATH: &str = "/open-apis/im/v1/chats/oc_123/top_notice/put_top_notice";
 pub const PUT_BODY: &str = r#"{"chat_top_notice":[{"action_type":"1","message_id":"om_dc13264520392913993dd051dba21dcf"}]}"#;
+/// put_top_notice's route, as in the catalog, `[[routes]]` and metrics.
+pub const PUT_ROUTE: &str = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice";
+/// delete_top_notice's route.
+pub const DELETE_ROUTE: &str = "/open-apis/im/v1/chats/:chat_id/top_notice/delete_top_notice";
 
-/// Config sections that lift the gateway's quota on put_top_notice, for
-/// tests about something else (pair with [`sim_without_quota`]).
-pub const NO_QUOTA: &str = r#"
-[[routes]]
-method = "POST"
-path = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice"
-limits = []
-"#;
-
-/// A simulated Feishu with the test app and its quota enforcement off.
-pub fn sim_without_quota() -> SimConfig {
-    let mut c = sim_config();
-    c.quota = feishu_sim::QuotaMode::Off;
-    c
-}
-
-/// The environment the gateway's config reads secrets from.
-pub fn env() -> MapEnv {
-    MapEnv::new()
-        .with("APP_SECRET", APP_SECRET)
-        .with("CLIENT_KEY", CLIENT_KEY)
-}
-
-/// A config for one app and one client in front of `upstream`, with fast
-/// token retries; `extra` is appended (sections) or prepended (top-level
-/// keys, with `top`).
-pub fn config_text(upstream: &str, top: &str, extra: &str) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-upstream = "{upstream}"
-{top}
-
-[token]
-retry_min = "50ms"
-retry_max = "200ms"
-
-[[apps]]
-name = "ops-bot"
-app_id = "{APP_ID}"
-app_secret_env = "APP_SECRET"
-
-[[clients]]
-name = "billing"
-key_env = "CLIENT_KEY"
-app = "ops-bot"
-{extra}
-"#
-    )
-}
+/// The client the tests use: plain HTTP/1.1, pooled.
+pub type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
 /// A simulated Feishu with the test app.
 pub fn sim_config() -> SimConfig {
     SimConfig::with_app(APP_ID, APP_SECRET)
 }
 
+/// A simulated Feishu with the test app and its quota enforcement off
+/// (pair with [`GatewayConfig::without_put_quota`]).
+pub fn sim_without_quota() -> SimConfig {
+    let mut c = sim_config();
+    c.quota = QuotaMode::Off;
+    c
+}
+
+pub fn http_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Starts a gateway with `config`.
+pub async fn start_gateway(config: &GatewayConfig) -> Runtime {
+    Runtime::start(config.parse())
+        .await
+        .expect("gateway starts")
+}
+
+/// The gateway's two listeners, bound before it starts so that its address
+/// is known beforehand (e.g. to point Feishu's event pushes at it).
+pub struct Listeners {
+    main: TcpListener,
+    admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind() -> Listeners {
+        Listeners {
+            main: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            admin: TcpListener::bind("127.0.0.1:0").await.expect("bind admin"),
+        }
+    }
+
+    /// Where the gateway will serve.
+    pub fn addr(&self) -> SocketAddr {
+        self.main.local_addr().expect("addr")
+    }
+
+    /// Starts a gateway with `config` on these listeners.
+    pub async fn start(self, config: &GatewayConfig) -> Runtime {
+        Runtime::start_on(config.parse(), self.main, self.admin)
+            .await
+            .expect("gateway starts")
+    }
+}
+
+/// A simulated Feishu and a gateway in front of it.
 pub struct Harness {
     pub sim: SimFeishu,
     pub gw: Runtime,
-    pub client: Client<HttpConnector, Full<Bytes>>,
+    pub client: HttpClient,
+}
+
+/// A simulated Feishu and a gateway with the default config in front of it.
+pub async fn start(sim: SimConfig) -> Harness {
+    start_with(sim, |c| c).await
+}
+
+/// A simulated Feishu and a gateway in front of it, with the default
+/// config as `configure` changes it.
+pub async fn start_with(
+    sim: SimConfig,
+    configure: impl FnOnce(GatewayConfig) -> GatewayConfig,
+) -> Harness {
+    let sim = SimFeishu::start(sim).await.expect("sim starts");
+    Harness::on(sim, configure).await
 }
 
 pub struct Answer {
@@ -103,26 +129,28 @@ impl Answer {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
-}
-
-pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// Starts a simulated Feishu and a gateway in front of it.
-pub async fn start(sim: SimConfig, top: &str, extra: &str) -> Harness {
-    let sim = SimFeishu::start(sim).await.expect("sim starts");
-    let text = config_text(&sim.base_url(), top, extra);
-    let config = Config::parse(&text, &env()).unwrap_or_else(|p| panic!("{p}"));
-    let gw = Runtime::start(config).await.expect("gateway starts");
-    Harness {
-        sim,
-        gw,
-        client: http_client(),
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 impl Harness {
+    /// A gateway in front of `sim`, which is already running, with the
+    /// default config as `configure` changes it.
+    pub async fn on(
+        sim: SimFeishu,
+        configure: impl FnOnce(GatewayConfig) -> GatewayConfig,
+    ) -> Harness {
+        let config = configure(GatewayConfig::new(&sim.base_url()));
+        let gw = start_gateway(&config).await;
+        Harness {
+            sim,
+            gw,
+            client: http_client(),
+        }
+    }
+
     pub async fn call(
         &self,
         method: Method,
@@ -139,31 +167,61 @@ impl Harness {
         put_at(&self.client, self.gw.addr(), &path, &[]).await
     }
 
+    /// POST put_top_notice ([`PUT_PATH`]) with the client key, a valid body
+    /// and `extra` headers.
+    pub async fn put_with(&self, extra: &[(&str, &str)]) -> Answer {
+        put_at(&self.client, self.gw.addr(), PUT_PATH, extra).await
+    }
+
+    /// GET `path` on the admin listener.
     pub async fn admin(&self, path: &str) -> Answer {
-        call(
-            &self.client,
-            self.gw.admin_addr(),
-            Method::GET,
-            path,
-            &[],
-            "",
-        )
-        .await
+        admin_get(&self.client, &self.gw, path).await
+    }
+
+    /// `/metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        metrics_of(&self.client, &self.gw).await
     }
 
     /// Waits until `/readyz` says ready.
     pub async fn ready(&self) {
-        wait_for(Duration::from_secs(10), || async {
-            self.admin("/readyz").await.status == StatusCode::OK
-        })
-        .await;
+        wait_ready(&self.client, &self.gw).await;
     }
+
+    /// Stops the gateway (its drain within 30 s), then the simulated Feishu.
+    pub async fn stop(self) {
+        self.gw.shutdown();
+        tokio::time::timeout(Duration::from_secs(30), self.gw.wait())
+            .await
+            .expect("the gateway stops within 30 s");
+        self.sim.shutdown().await;
+    }
+}
+
+/// GET `path` on `gw`'s admin listener.
+pub async fn admin_get(client: &HttpClient, gw: &Runtime, path: &str) -> Answer {
+    get(client, gw.admin_addr(), path).await
+}
+
+/// `gw`'s `/metrics`, as text (UTF-8, as an exposition must be).
+pub async fn metrics_of(client: &HttpClient, gw: &Runtime) -> String {
+    let m = admin_get(client, gw, "/metrics").await;
+    assert_eq!(m.status, StatusCode::OK, "/metrics");
+    String::from_utf8(m.body.to_vec()).expect("a UTF-8 exposition")
+}
+
+/// Waits (10 s at most) until `gw`'s `/readyz` says ready.
+pub async fn wait_ready(client: &HttpClient, gw: &Runtime) {
+    wait_for(Duration::from_secs(10), || async {
+        admin_get(client, gw, "/readyz").await.status == StatusCode::OK
+    })
+    .await;
 }
 
 /// POST a valid put_top_notice body to `path` with the client key, the JSON
 /// content type and `extra` headers.
 pub async fn put_at(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &HttpClient,
     addr: SocketAddr,
     path: &str,
     extra: &[(&str, &str)],
@@ -177,14 +235,34 @@ pub async fn put_at(
     call(client, addr, Method::POST, path, &headers, PUT_BODY).await
 }
 
+/// GET `path` at `addr`.
+pub async fn get(client: &HttpClient, addr: SocketAddr, path: &str) -> Answer {
+    call(client, addr, Method::GET, path, &[], "").await
+}
+
+/// One request; panics when there is no answer within 30 s.
 pub async fn call(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &HttpClient,
     addr: SocketAddr,
     method: Method,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
 ) -> Answer {
+    try_call(client, addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("http://{addr}{path}: {e}"))
+}
+
+/// One request; the error when it fails or has no answer within 30 s.
+pub async fn try_call(
+    client: &HttpClient,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Answer, String> {
     let mut req = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"));
@@ -196,15 +274,26 @@ pub async fn call(
         .expect("request");
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
-        .expect("answer within 30 s")
-        .expect("answer");
+        .map_err(|_| "no answer within 30 s".to_string())?
+        .map_err(|e| e.to_string())?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Answer {
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Answer {
         status: parts.status,
         headers: parts.headers,
         body,
-    }
+    })
+}
+
+/// The value of `series` (name and labels, as exposed) in a text exposition.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Polls `cond` every 20 ms until it holds, failing after `limit`.

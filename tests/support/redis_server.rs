@@ -9,6 +9,8 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::{FailMode, PlanPolicy, RedisSettings, Secret};
+
 /// A `redis-server` on a free loopback port, killed on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -141,3 +143,34 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+impl RedisServer {
+    /// Settings of a Redis quota engine or ticket store on this server,
+    /// with keys under `t:`, probing every 100 ms.
+    pub fn settings(&self, fail: FailMode, replicas: u32, timeout: Duration) -> RedisSettings {
+        RedisSettings {
+            url: Secret::new(self.url()),
+            ca_file: None,
+            key_prefix: "t:".into(),
+            fail,
+            replicas,
+            timeout,
+            min_rate_fraction: PlanPolicy::default().min_rate_fraction,
+            probe_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A [`RedisServer`], or `return` from the test (skipped) when
+/// `redis-server` is not installed.
+#[allow(unused_macros)]
+macro_rules! redis_or_skip {
+    () => {
+        match $crate::support::redis_server::RedisServer::start() {
+            Some(r) => r,
+            None => return,
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use redis_or_skip;

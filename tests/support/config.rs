@@ -1,0 +1,470 @@
+//! A typed builder for the gateway's config: it renders the TOML text the
+//! product reads (so the real reader is exercised by every test) and keeps
+//! the environment the text's `*_env` keys name.
+//!
+//! ```ignore
+//! let config = GatewayConfig::new(&sim.base_url())
+//!     .route(Route::post(PUT_ROUTE).limits(&[(5, Duration::from_secs(1))]))
+//!     .quota(Quota::redis(&redis.url()).fail(QuotaFail::Closed).replicas(1))
+//!     .parse();
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::{Config, MapEnv, Problems, APP_ID, APP_SECRET, CLIENT_KEY};
+
+/// The gateway's config, built up in typed steps.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    root: Table,
+    env: Vec<(String, String)>,
+    raw: String,
+}
+
+impl GatewayConfig {
+    /// Loopback listeners on free ports, `upstream`, fast token retries
+    /// (50 ms to 200 ms), no app and no client, an empty environment.
+    pub fn bare(upstream: &str) -> GatewayConfig {
+        GatewayConfig {
+            root: Table::new(),
+            env: Vec::new(),
+            raw: String::new(),
+        }
+        .set("listen", "127.0.0.1:0")
+        .set("admin_listen", "127.0.0.1:0")
+        .set("upstream", upstream)
+        .token_retry(Duration::from_millis(50), Duration::from_millis(200))
+    }
+
+    /// [`GatewayConfig::bare`] with the test app `ops-bot` (secret from
+    /// `APP_SECRET`) and the client `billing` (key from `CLIENT_KEY`) acting
+    /// as it, and both variables in the environment.
+    pub fn new(upstream: &str) -> GatewayConfig {
+        GatewayConfig::bare(upstream)
+            .app(App::self_built("ops-bot", APP_ID, "APP_SECRET"))
+            .client(Client::new("billing", "CLIENT_KEY", "ops-bot"))
+            .env("APP_SECRET", APP_SECRET)
+            .env("CLIENT_KEY", CLIENT_KEY)
+    }
+
+    // ----- top-level keys -------------------------------------------------
+
+    /// `max_body_bytes`.
+    pub fn max_body_bytes(self, n: usize) -> Self {
+        self.set("max_body_bytes", int(n))
+    }
+
+    /// `workers` (0: the shared runtime serves connections).
+    pub fn workers(self, n: usize) -> Self {
+        self.set("workers", int(n))
+    }
+
+    /// `state_dir`.
+    pub fn state_dir(self, dir: &Path) -> Self {
+        self.set("state_dir", path(dir))
+    }
+
+    /// `upstream_ca_file`: extra roots trusted for the upstream.
+    pub fn upstream_ca_file(self, file: &Path) -> Self {
+        self.set("upstream_ca_file", path(file))
+    }
+
+    /// `tls_cert` and `tls_key`: HTTPS on `listen`.
+    pub fn tls(self, cert: &Path, key: &Path) -> Self {
+        self.set("tls_cert", path(cert)).set("tls_key", path(key))
+    }
+
+    // ----- sections ---------------------------------------------------------
+
+    /// `[token]` `retry_min` and `retry_max`.
+    pub fn token_retry(self, min: Duration, max: Duration) -> Self {
+        self.set_in("token", "retry_min", duration(min))
+            .set_in("token", "retry_max", duration(max))
+    }
+
+    /// `[timeouts]` `upstream`: one upstream attempt.
+    pub fn upstream_timeout(self, d: Duration) -> Self {
+        self.set_in("timeouts", "upstream", duration(d))
+    }
+
+    /// `[timeouts]` `body_read`: reading a client's body.
+    pub fn body_read_timeout(self, d: Duration) -> Self {
+        self.set_in("timeouts", "body_read", duration(d))
+    }
+
+    /// `[log]` `format`.
+    pub fn log_format(self, format: LogFormat) -> Self {
+        self.set_in("log", "format", format.name())
+    }
+
+    /// `[log]` `level`: a tracing filter like `info`.
+    pub fn log_level(self, filter: &str) -> Self {
+        self.set_in("log", "level", filter)
+    }
+
+    /// `[sdk_tokens]` `signing_key_env`.
+    pub fn sdk_signing_key_env(self, var: &str) -> Self {
+        self.set_in("sdk_tokens", "signing_key_env", var)
+    }
+
+    /// `[quota]`.
+    pub fn quota(self, quota: Quota) -> Self {
+        self.set("quota", quota.0)
+    }
+
+    /// One more `[[apps]]` entry.
+    pub fn app(self, app: App) -> Self {
+        self.push("apps", app.0)
+    }
+
+    /// One more `[[clients]]` entry.
+    pub fn client(self, client: Client) -> Self {
+        self.push("clients", client.0)
+    }
+
+    /// One more `[[routes]]` entry.
+    pub fn route(self, route: Route) -> Self {
+        self.push("routes", route.0)
+    }
+
+    /// put_top_notice limited to `limits` instead of its catalog quota.
+    pub fn put_limits(self, limits: &[(u32, Duration)]) -> Self {
+        self.route(Route::post(super::PUT_ROUTE).limits(limits))
+    }
+
+    /// put_top_notice without a gateway quota, for tests about something
+    /// else (pair with [`super::sim_without_quota`]).
+    pub fn without_put_quota(self) -> Self {
+        self.route(Route::post(super::PUT_ROUTE).limits(&[]))
+    }
+
+    // ----- environment and output -------------------------------------------
+
+    /// A variable in the environment the config reads its secrets from.
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.to_string(), value.into()));
+        self
+    }
+
+    /// TOML appended as it is, after everything else (so it starts with a
+    /// section header, of a section the builder does not write). Only for
+    /// tests of the reader's answer to text the builder cannot or should
+    /// not make: invalid values.
+    pub fn raw(mut self, text: &str) -> Self {
+        self.raw.push_str(text);
+        self.raw.push('\n');
+        self
+    }
+
+    /// The config file's text.
+    pub fn text(&self) -> String {
+        let mut text = toml::to_string(&self.root).expect("config renders as TOML");
+        if !self.raw.is_empty() {
+            text.push('\n');
+            text.push_str(&self.raw);
+        }
+        text
+    }
+
+    /// The environment's variables, for a process that reads the file.
+    pub fn env_vars(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// The environment as the config reader takes it.
+    pub fn map_env(&self) -> MapEnv {
+        let mut env = MapEnv::new();
+        for (k, v) in &self.env {
+            env.set(k.as_str(), v.as_str());
+        }
+        env
+    }
+
+    /// What the gateway's reader makes of the text with the environment.
+    pub fn try_parse(&self) -> Result<Config, Problems> {
+        Config::parse(&self.text(), &self.map_env())
+    }
+
+    /// The parsed config; panics with every problem and the text.
+    pub fn parse(&self) -> Config {
+        self.try_parse()
+            .unwrap_or_else(|p| panic!("test config: {p}\n{}", self.text()))
+    }
+
+    fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.root.insert(key.into(), value.into());
+        self
+    }
+
+    fn set_in(mut self, section: &str, key: &str, value: impl Into<Value>) -> Self {
+        self.root
+            .entry(section)
+            .or_insert_with(|| Value::Table(Table::new()))
+            .as_table_mut()
+            .expect("a section")
+            .insert(key.into(), value.into());
+        self
+    }
+
+    fn push(mut self, name: &str, entry: Table) -> Self {
+        self.root
+            .entry(name)
+            .or_insert_with(|| Value::Array(Vec::new()))
+            .as_array_mut()
+            .expect("an array of tables")
+            .push(Value::Table(entry));
+        self
+    }
+}
+
+/// An `[[apps]]` entry.
+#[derive(Debug, Clone)]
+pub struct App(Table);
+
+impl App {
+    /// A self-built app whose secret is in the variable `secret_env`.
+    pub fn self_built(name: &str, app_id: &str, secret_env: &str) -> App {
+        App(table(&[
+            ("name", name),
+            ("app_id", app_id),
+            ("app_secret_env", secret_env),
+        ]))
+    }
+
+    /// A store app (`type = "store"`) whose secret is in `secret_env`.
+    pub fn store(name: &str, app_id: &str, secret_env: &str) -> App {
+        App::self_built(name, app_id, secret_env).set("type", "store")
+    }
+
+    /// `encrypt_key_env`: the event callback's Encrypt Key.
+    pub fn encrypt_key_env(self, var: &str) -> Self {
+        self.set("encrypt_key_env", var)
+    }
+
+    /// `verification_token_env`: the event callback's Verification Token.
+    pub fn verification_token_env(self, var: &str) -> Self {
+        self.set("verification_token_env", var)
+    }
+
+    /// `max_tenants`.
+    pub fn max_tenants(self, n: usize) -> Self {
+        self.set("max_tenants", int(n))
+    }
+
+    fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// A `[[clients]]` entry.
+#[derive(Debug, Clone)]
+pub struct Client(Table);
+
+impl Client {
+    /// A client whose key is in the variable `key_env`, acting as `app`.
+    pub fn new(name: &str, key_env: &str, app: &str) -> Client {
+        Client(table(&[("name", name), ("key_env", key_env), ("app", app)]))
+    }
+
+    /// `tenant`: the store app's tenant it always acts for.
+    pub fn tenant(mut self, tenant: &str) -> Self {
+        self.0.insert("tenant".into(), tenant.into());
+        self
+    }
+}
+
+/// A `[[routes]]` entry: a catalog override or addition.
+#[derive(Debug, Clone)]
+pub struct Route(Table);
+
+impl Route {
+    /// The route `method path` (a path template, `:name` for a segment).
+    pub fn new(method: http::Method, path: &str) -> Route {
+        Route(table(&[("method", method.as_str()), ("path", path)]))
+    }
+
+    /// `POST path`.
+    pub fn post(path: &str) -> Route {
+        Route::new(http::Method::POST, path)
+    }
+
+    /// `limits`: at most N requests per window W, for each `(N, W)`; none
+    /// lifts the route's gateway quota.
+    pub fn limits(self, limits: &[(u32, Duration)]) -> Self {
+        let list: Vec<Value> = limits
+            .iter()
+            .map(|&(n, w)| Value::from(format!("{n}/{}", duration_text(w))))
+            .collect();
+        self.set("limits", list)
+    }
+
+    /// `overflow`: overrides the quota's for this route.
+    pub fn overflow(self, mode: QuotaOverflow) -> Self {
+        self.set("overflow", mode.name())
+    }
+
+    /// `max_wait`: overrides the quota's for this route.
+    pub fn max_wait(self, d: Duration) -> Self {
+        self.set("max_wait", duration(d))
+    }
+
+    /// `validation`.
+    pub fn validation(self, mode: Validation) -> Self {
+        self.set("validation", mode.name())
+    }
+
+    /// `unknown_fields`.
+    pub fn unknown_fields(self, mode: UnknownFields) -> Self {
+        self.set("unknown_fields", mode.name())
+    }
+
+    fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// The `[quota]` section.
+#[derive(Debug, Clone)]
+pub struct Quota(Table);
+
+impl Quota {
+    /// Quotas kept in the process (the default backend).
+    pub fn local() -> Quota {
+        Quota(Table::new())
+    }
+
+    /// `backend = "redis"` at `url` (`redis_url`).
+    pub fn redis(url: &str) -> Quota {
+        Quota::local().set("backend", "redis").set("redis_url", url)
+    }
+
+    /// `backend = "redis"` at the URL in the variable `var` (`redis_url_env`).
+    pub fn redis_env(var: &str) -> Quota {
+        Quota::local()
+            .set("backend", "redis")
+            .set("redis_url_env", var)
+    }
+
+    /// `overflow`: what a request over its quota gets.
+    pub fn overflow(self, mode: QuotaOverflow) -> Self {
+        self.set("overflow", mode.name())
+    }
+
+    /// `max_wait`.
+    pub fn max_wait(self, d: Duration) -> Self {
+        self.set("max_wait", duration(d))
+    }
+
+    /// `margin`: added to every window when planning.
+    pub fn margin(self, d: Duration) -> Self {
+        self.set("margin", duration(d))
+    }
+
+    /// `min_rate_fraction`.
+    pub fn min_rate_fraction(self, f: f64) -> Self {
+        self.set("min_rate_fraction", f)
+    }
+
+    /// `fail`: what to do while Redis is away.
+    pub fn fail(self, mode: QuotaFail) -> Self {
+        self.set("fail", mode.name())
+    }
+
+    /// `replicas`: the most replicas that run at once.
+    pub fn replicas(self, n: u32) -> Self {
+        self.set("replicas", i64::from(n))
+    }
+
+    /// `key_prefix` of every Redis key.
+    pub fn key_prefix(self, prefix: &str) -> Self {
+        self.set("key_prefix", prefix)
+    }
+
+    /// `redis_timeout`: the longest wait for one Redis call.
+    pub fn redis_timeout(self, d: Duration) -> Self {
+        self.set("redis_timeout", duration(d))
+    }
+
+    /// `redis_ca_file`: roots for `rediss://` to a private CA.
+    pub fn redis_ca_file(self, file: &Path) -> Self {
+        self.set("redis_ca_file", path(file))
+    }
+
+    fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// Enums of the config's string choices, each variant with its text.
+macro_rules! choices {
+    ($($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+    )+};
+}
+
+choices! {
+    /// `[quota]` and `[[routes]]` `overflow`.
+    QuotaOverflow { Reject => "reject", Wait => "wait" }
+    /// `[quota]` `fail`.
+    QuotaFail { Local => "local", Closed => "closed", Open => "open" }
+    /// `[[routes]]` `validation`.
+    Validation { Enforce => "enforce", LogOnly => "log-only" }
+    /// `[[routes]]` `unknown_fields`.
+    UnknownFields { Allow => "allow", Reject => "reject" }
+    /// `[log]` `format`.
+    LogFormat { Plain => "plain", Json => "json" }
+}
+
+/// A table of strings.
+fn table(pairs: &[(&str, &str)]) -> Table {
+    pairs
+        .iter()
+        .map(|&(k, v)| (k.to_string(), Value::from(v)))
+        .collect()
+}
+
+fn int(n: usize) -> Value {
+    Value::Integer(i64::try_from(n).expect("fits a TOML integer"))
+}
+
+fn path(p: &Path) -> Value {
+    Value::from(p.to_str().expect("a UTF-8 path"))
+}
+
+fn duration(d: Duration) -> Value {
+    Value::from(duration_text(d))
+}
+
+/// `1s`, `20s`, `300ms`: whole seconds or milliseconds, as the reader and
+/// quota windows read them.
+fn duration_text(d: Duration) -> String {
+    assert!(
+        d.subsec_nanos().is_multiple_of(1_000_000),
+        "{d:?}: whole milliseconds only"
+    );
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
