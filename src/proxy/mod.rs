@@ -1,60 +1,63 @@
-//! The request lifecycle, as named phases.
+//! The request path, as named phases.
 //!
 //! [`Gateway::handle`] runs every request through these phases, in order.
 //! Each returns `Err(GatewayError)` when it answers the request itself; the
 //! error becomes the response in one place ([`GatewayError::into_response`]).
+//! `docs/phases.md` draws the order with the early answers, the replay and
+//! the failure edges.
 //!
-//! | phase            | what belongs there                                        |
-//! |------------------|-----------------------------------------------------------|
-//! | `route`          | is this an `/open-apis/` path? which catalog entry?       |
-//! | `issue_token`    | Feishu's token endpoints, answered by the gateway itself  |
-//! | `authenticate`   | which client is calling, and so which app                 |
-//! | `read_body`      | buffer the body within the size and time limits           |
-//! | `validate`       | the route's contract: bad input answered here, in Feishu's words |
-//! | `admit`          | the (app[, tenant], route) quota: go now, wait, or 429    |
-//! | `forward`        | inject the tenant token, send, replay once on token-invalid |
-//! | `response_filter`| strip hop-by-hop headers from Feishu's answer             |
-//! | `logging`        | one access-log line and the request metrics               |
+//! | phase             | file              | what belongs there                                   |
+//! |-------------------|-------------------|------------------------------------------------------|
+//! | `event_callback`  | `front.rs`        | Feishu's pushes to `/feishu/events/<app>` (store apps) |
+//! | `route`           | `front.rs`        | is this an `/open-apis/` path? which catalog entry?  |
+//! | `issue_token`     | `front.rs`        | Feishu's token endpoints, answered by the gateway    |
+//! | `authenticate`    | `authenticate.rs` | which client is calling, so which app (and tenant)   |
+//! | `read_body`       | `admit.rs`        | buffer the body within the size and time limits      |
+//! | `validate`        | `admit.rs`        | the route's contract, answered in Feishu's words     |
+//! | `admit`           | `admit.rs`        | the (app[, tenant], route) quota: go, wait, or 429   |
+//! | `forward`         | `forward.rs`      | inject the token, send, replay once on token-invalid |
+//! | `response_filter` | `forward.rs`      | strip hop-by-hop headers from Feishu's answer        |
+//! | `logging`         | `log.rs`          | one access-log line and the request metrics          |
 //!
-//! Per-request state lives in [`RequestCtx`]; shared state lives on
-//! [`Gateway`], never in statics.
+//! Beside them: [`RequestCtx`] (`ctx.rs`), the per-request state; `headers.rs`,
+//! which headers cross; `inspect.rs`, Feishu's `code` read off an answer;
+//! [`body`], the answer body; [`error`], every answer the gateway writes
+//! itself. Shared state lives on [`Gateway`], never in statics.
 
+mod admit;
+mod authenticate;
 pub mod body;
+mod ctx;
 pub mod error;
+mod forward;
+mod front;
+mod headers;
 mod inspect;
+mod log;
+
+pub use ctx::RequestCtx;
+use front::token_endpoint;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST};
-use http::request::Parts;
-use http::{HeaderMap, Request, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http::header::HeaderValue;
+use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
-use crate::auth::sdk_token::{TokenIssuer, PREFIX as SDK_TOKEN_PREFIX};
-use crate::auth::{bearer, AuthError, ClientTable};
-use crate::config::{QuotaConfig, Upstream};
+use crate::auth::sdk_token::TokenIssuer;
+use crate::auth::ClientTable;
+use crate::endpoints::Catalog;
 use crate::endpoints::Contracts;
-use crate::endpoints::{Catalog, Route};
-use crate::feishu::{codes, paths};
-use crate::observe::logging::{self, AccessRecord};
 use crate::observe::metrics::{Metrics, QuotaPairMetrics};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::GatewayError;
-use crate::quota::OverflowMode;
-use crate::quota::{Cause, Engine, Overflow, QuotaKey};
-use crate::store_apps::{CallbackRefused, StoreApps, Tenant, TenantError};
-use crate::tokens::{TokenManager, TokenSlot};
+use crate::quota::QuotaConfig;
+use crate::quota::{Engine, QuotaKey};
+use crate::store_apps::StoreApps;
+use crate::tokens::TokenManager;
+use crate::upstream::Upstream;
 use crate::upstream::Upstreams;
-use crate::validate::RequestView;
-use crate::validate::ValidationMode;
-use inspect::{inspect, Inspected};
-
-/// Largest JSON answer buffered whole to read its `code` (and so replayable).
-const INSPECT_LIMIT: usize = 256 * 1024;
 
 /// Header carrying the request id, kept from the caller or generated.
 pub const X_REQUEST_ID: &str = "x-request-id";
@@ -97,55 +100,6 @@ pub struct AppRoute {
     pub(crate) host: HeaderValue,
 }
 
-/// Per-request state, passed to every phase.
-#[derive(Debug)]
-pub struct RequestCtx {
-    /// When the gateway received the request.
-    pub started: Instant,
-    /// The request id (kept or generated by the stack).
-    pub request_id: Option<HeaderValue>,
-    /// Catalog route index, if the path matched one.
-    pub route: Option<usize>,
-    /// Client index, once authenticated.
-    pub client: Option<usize>,
-    /// App index, once authenticated.
-    pub app: Option<usize>,
-    /// Time spent waiting for Feishu, all attempts together.
-    pub upstream_time: Option<Duration>,
-    /// Feishu's `code` of the answer sent (or of the gateway's own answer).
-    pub code: Option<i64>,
-    /// Feishu's `X-Tt-Logid` of the answer sent.
-    pub logid: Option<HeaderValue>,
-    /// `X-Gateway-Error` reason when the gateway answered itself.
-    pub gateway_error: Option<&'static str>,
-    /// Token-invalid code that caused a replay, if any.
-    pub replayed_after: Option<i64>,
-    /// The caller's own `Authorization` when it carries a user access token:
-    /// sent to Feishu untouched instead of the tenant token.
-    pub user_token: Option<HeaderValue>,
-    /// For store apps: the tenant the request acts for.
-    pub tenant: Option<Arc<Tenant>>,
-}
-
-impl RequestCtx {
-    fn new<B>(req: &Request<B>) -> Self {
-        RequestCtx {
-            started: Instant::now(),
-            request_id: req.headers().get(X_REQUEST_ID).cloned(),
-            route: None,
-            client: None,
-            app: None,
-            upstream_time: None,
-            code: None,
-            logid: None,
-            gateway_error: None,
-            replayed_after: None,
-            user_token: None,
-            tenant: None,
-        }
-    }
-}
-
 impl Gateway {
     /// Handles one request through every phase. Never fails: a phase that
     /// answers itself produces a gateway JSON answer.
@@ -185,514 +139,6 @@ impl Gateway {
         Ok(self.response_filter(resp))
     }
 
-    /// Phase `route`: only `/open-apis/` paths are forwarded, never with
-    /// dot segments, and the catalog entry (if any) is noted.
-    fn route(&self, ctx: &mut RequestCtx, parts: &Parts) -> Result<(), GatewayError> {
-        let path = parts.uri.path();
-        if !path.starts_with(paths::OPEN_APIS) || has_dot_segment(path) {
-            return Err(GatewayError::NotFound);
-        }
-        // Token endpoints other than the two the gateway answers would hand
-        // a caller Feishu credentials: never forwarded.
-        if path.starts_with(paths::AUTH_PREFIX) && token_endpoint(path).is_none() {
-            return Err(GatewayError::NotFound);
-        }
-        ctx.route = self.catalog.find(&parts.method, path);
-        Ok(())
-    }
-
-    /// Phase `issue_token`: the SDKs' own token call, answered in Feishu's
-    /// flat shape with a gateway token bound to the client and app. The
-    /// `app_secret` is the client's gateway key; any mismatch gets Feishu's
-    /// wrong-secret answer without saying which part was wrong. Never
-    /// forwarded.
-    async fn issue_token(
-        &self,
-        ctx: &mut RequestCtx,
-        parts: &Parts,
-        body: Incoming,
-        field: &'static str,
-    ) -> Result<Response<ProxyBody>, GatewayError> {
-        #[derive(serde::Deserialize)]
-        struct Credentials {
-            app_id: String,
-            app_secret: String,
-        }
-        if parts.method != http::Method::POST {
-            return Err(GatewayError::NotFound);
-        }
-        // The Python SDK sends no Content-Type here: the body decides.
-        let body = self.read_body(parts, body, self.max_body_bytes).await?;
-        let creds: Credentials =
-            serde_json::from_slice(&body).map_err(|_| GatewayError::BadTokenRequest)?;
-        let client = self
-            .clients
-            .by_key(creds.app_secret.as_bytes())
-            .filter(|c| self.clients.app_id_of(c) == Some(creds.app_id.as_str()))
-            .ok_or(GatewayError::InvalidAppCredentials)?;
-        ctx.client = Some(client.index);
-        ctx.app = Some(client.app);
-        ctx.code = Some(0);
-        let (token, expire) = self.issuer.issue(client, &creds.app_id);
-        let answer = serde_json::json!({
-            "code": 0,
-            "msg": "ok",
-            field: token,
-            "expire": expire,
-        });
-        Ok(crate::proxy::error::json_answer(
-            http::StatusCode::OK,
-            &answer,
-        ))
-    }
-
-    /// Phase `event_callback` (store apps): Feishu's pushes to
-    /// `/feishu/events/<app>`: the URL check, the app_ticket, and any other
-    /// event acknowledged and ignored. Answered here, never forwarded.
-    async fn event_callback(
-        &self,
-        parts: &Parts,
-        body: Incoming,
-        app: &str,
-    ) -> Result<Response<ProxyBody>, GatewayError> {
-        if parts.method != http::Method::POST {
-            return Err(GatewayError::NotFound);
-        }
-        let body = self.read_body(parts, body, self.max_body_bytes).await?;
-        match self.store.handle_event(app, &parts.headers, &body).await {
-            Ok(answer) => Ok(crate::proxy::error::json_answer(
-                http::StatusCode::OK,
-                &answer,
-            )),
-            Err(CallbackRefused::UnknownApp) => Err(GatewayError::NotFound),
-            Err(CallbackRefused::Unauthenticated) => {
-                Err(GatewayError::BadCallback(http::StatusCode::UNAUTHORIZED))
-            }
-            Err(CallbackRefused::Invalid) => {
-                Err(GatewayError::BadCallback(http::StatusCode::BAD_REQUEST))
-            }
-        }
-    }
-
-    /// Phase `authenticate`: who is calling, and so as which app. The
-    /// bearer credential is one of:
-    /// - a user access token (`u-…`), with the client key in `X-Gateway-Key`:
-    ///   forwarded untouched, still counted against the app's quota;
-    /// - a gateway token from [`Gateway::issue_token`] (`t-g1.…`);
-    /// - the client's gateway key itself.
-    fn authenticate(&self, ctx: &mut RequestCtx, headers: &HeaderMap) -> Result<(), GatewayError> {
-        let credential = bearer(headers).ok_or(GatewayError::MissingCredentials)?;
-        let client = if credential.starts_with("u-") {
-            let key = headers
-                .get(X_GATEWAY_KEY)
-                .and_then(|v| v.to_str().ok())
-                .ok_or(GatewayError::UserTokenWithoutKey)?;
-            let client = self
-                .clients
-                .by_key(key.trim().as_bytes())
-                .ok_or(GatewayError::UserTokenWithoutKey)?;
-            ctx.user_token = headers.get(AUTHORIZATION).cloned();
-            client
-        } else if credential.starts_with(SDK_TOKEN_PREFIX) {
-            self.issuer
-                .verify(credential, &self.clients)
-                .map_err(|_| GatewayError::InvalidCredentials)?
-        } else {
-            self.clients.authenticate(headers).map_err(|e| match e {
-                AuthError::Missing => GatewayError::MissingCredentials,
-                AuthError::Unknown => GatewayError::InvalidCredentials,
-            })?
-        };
-        ctx.client = Some(client.index);
-        ctx.app = Some(client.app);
-        if self.store.is_store(client.app) {
-            // A store app acts for one tenant per request: fixed for the
-            // client in config, or named in X-Tenant-Key.
-            let key = match &client.tenant {
-                Some(t) => t.as_str(),
-                None => headers
-                    .get(X_TENANT_KEY)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .ok_or(GatewayError::MissingTenant)?,
-            };
-            let tenant = self.store.tenant(&self.tokens, client.app, key);
-            ctx.tenant = Some(tenant.map_err(|e| match e {
-                TenantError::BadKey => GatewayError::BadHeader {
-                    name: "X-Tenant-Key",
-                    expected: "a Feishu tenant key (letters, digits, '-' or '_', at most 128)",
-                },
-                TenantError::NotStoreApp | TenantError::Quota => GatewayError::Internal,
-            })?);
-        }
-        Ok(())
-    }
-
-    /// Phase `read_body`: the whole body, within `max_body_bytes` and the
-    /// body timeout. A declared length over the limit is refused before
-    /// reading anything; reading stops at the limit otherwise.
-    async fn read_body(
-        &self,
-        parts: &Parts,
-        body: Incoming,
-        limit: usize,
-    ) -> Result<Bytes, GatewayError> {
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(GatewayError::BodyTooLarge { limit });
-        }
-        let collected =
-            tokio::time::timeout(self.body_read_timeout, Limited::new(body, limit).collect())
-                .await
-                .map_err(|_| GatewayError::BodyTimeout)?;
-        match collected {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                Err(GatewayError::BodyTooLarge { limit })
-            }
-            Err(_) => Err(GatewayError::BodyAborted),
-        }
-    }
-
-    /// The body limit of the request's route, or the global one.
-    fn body_limit(&self, ctx: &RequestCtx) -> usize {
-        ctx.route
-            .and_then(|r| self.catalog.route(r).max_body_bytes)
-            .unwrap_or(self.max_body_bytes)
-    }
-
-    /// Phase `validate`: the route's contract (path parameters, headers,
-    /// body), BEFORE any quota is spent. Bad input is answered here with
-    /// Feishu's 400 / 232001 and every violation listed; nothing is sent.
-    /// In `log-only` mode it is logged and counted, and forwarded.
-    fn validate(
-        &self,
-        ctx: &mut RequestCtx,
-        parts: &Parts,
-        body: &Bytes,
-    ) -> Result<(), GatewayError> {
-        let Some(route) = ctx.route else {
-            return Ok(());
-        };
-        let Some(contract) = self.contracts.get(route) else {
-            return Ok(());
-        };
-        let entry = self.catalog.route(route);
-        let view = RequestView {
-            route: entry,
-            path: parts.uri.path(),
-            headers: &parts.headers,
-            body,
-        };
-        let Err(violations) = contract.check(&view) else {
-            return Ok(());
-        };
-        match entry.validation {
-            ValidationMode::Enforce => Err(GatewayError::Invalid(Box::new(violations))),
-            ValidationMode::LogOnly => {
-                self.metrics.would_reject(ctx.app, ctx.route);
-                tracing::warn!(
-                    route = %entry.template,
-                    violations = %violations.msg(),
-                    "request breaks its contract (validation = \"log-only\": forwarded)"
-                );
-                Ok(())
-            }
-        }
-    }
-
-    /// Phase `admit`: the (app, route) quota. Requests on routes without
-    /// limits go straight on. Over the limit, reject mode answers 429 at
-    /// once; wait mode holds the request (in arrival order) until it may go
-    /// or its wait would exceed the maximum. A rejected request spends no
-    /// quota.
-    async fn admit(&self, ctx: &mut RequestCtx, headers: &HeaderMap) -> Result<(), GatewayError> {
-        let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
-            return Ok(());
-        };
-        let Some((key, pair)) = self.quota_key(app, route) else {
-            return Ok(());
-        };
-        // Store apps: Feishu's limits hold per tenant, so each tenant has
-        // its own keys (same plans; in Redis with the Redis backend); the
-        // (app, route) metrics are shared.
-        let tenant = match &ctx.tenant {
-            Some(t) => match t.quota_key(route) {
-                Some(k) => Some((t.quota(), k)),
-                None => return Ok(()),
-            },
-            None => None,
-        };
-        let overflow = self.overflow(self.catalog.route(route), headers)?;
-        let acquire = async {
-            match tenant {
-                Some((quota, key)) => quota.acquire(key, overflow).await,
-                None => self.quota.acquire(*key, overflow).await,
-            }
-        };
-        let result = match overflow {
-            Overflow::Reject => acquire.await,
-            Overflow::Wait(_) => {
-                pair.waiting.inc();
-                let r = acquire.await;
-                pair.waiting.dec();
-                r
-            }
-        };
-        match result {
-            Ok(admit) => {
-                if !admit.waited.is_zero() {
-                    pair.wait.observe(admit.waited.as_secs_f64());
-                }
-                Ok(())
-            }
-            Err(rejection) if rejection.cause() == Cause::BackendUnavailable => {
-                Err(GatewayError::QuotaBackendUnavailable)
-            }
-            Err(rejection) => {
-                self.metrics
-                    .rate_limited(ctx.app, ctx.route, rejection.label());
-                Err(GatewayError::RateLimited(Box::new(rejection)))
-            }
-        }
-    }
-
-    fn quota_key(&self, app: usize, route: usize) -> Option<&(QuotaKey, QuotaPairMetrics)> {
-        self.quota_keys
-            .get(app * self.catalog.routes().len() + route)?
-            .as_ref()
-    }
-
-    /// Reject or wait, by route config, overridden per request by
-    /// `X-Gateway-Max-Wait: <ms>` (capped by the configured maximum).
-    fn overflow(&self, route: &Route, headers: &HeaderMap) -> Result<Overflow, GatewayError> {
-        let max = route.max_wait.unwrap_or(self.quota_config.max_wait);
-        if let Some(v) = headers.get(X_GATEWAY_MAX_WAIT) {
-            let ms: u64 = v.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or(
-                GatewayError::BadHeader {
-                    name: "X-Gateway-Max-Wait",
-                    expected: "a whole number of milliseconds",
-                },
-            )?;
-            return Ok(if ms == 0 {
-                Overflow::Reject
-            } else {
-                Overflow::Wait(Duration::from_millis(ms).min(max))
-            });
-        }
-        Ok(match route.overflow.unwrap_or(self.quota_config.overflow) {
-            OverflowMode::Reject => Overflow::Reject,
-            OverflowMode::Wait => Overflow::Wait(max),
-        })
-    }
-
-    /// Feishu throttled us anyway (another client of the same app, or a
-    /// limit lower than configured): pause the key until Feishu's reset, so
-    /// requests meanwhile get the gateway's 429 (or wait) instead of being
-    /// sent to be throttled again.
-    fn upstream_throttled(&self, ctx: &RequestCtx, headers: &HeaderMap) {
-        self.metrics.upstream_throttled(ctx.app, ctx.route);
-        let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
-            return;
-        };
-        let Some((key, _)) = self.quota_key(app, route) else {
-            return;
-        };
-        let secs = headers
-            .get(paths::X_OGW_RATELIMIT_RESET)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(1)
-            .clamp(1, 300);
-        match ctx
-            .tenant
-            .as_ref()
-            .and_then(|t| t.quota_key(route).map(|k| (t, k)))
-        {
-            Some((t, k)) => t.quota().pause(k, Duration::from_secs(secs)),
-            None => self.quota.pause(*key, Duration::from_secs(secs)),
-        }
-        tracing::warn!(
-            app = %self.apps[app].name,
-            route = %self.catalog.route(route).template,
-            pause_secs = secs,
-            "Feishu throttled this app and route; pausing it"
-        );
-    }
-
-    /// Phase `forward`: sends the request with the app's tenant token. When
-    /// Feishu answers with a token-invalid code (whatever the HTTP status),
-    /// drops that token if it is still cached, gets a fresh one and replays
-    /// the request ONCE; the client sees only the final answer.
-    async fn forward(
-        &self,
-        ctx: &mut RequestCtx,
-        parts: &Parts,
-        body: Bytes,
-    ) -> Result<Response<ProxyBody>, GatewayError> {
-        let app = ctx.app.ok_or(GatewayError::Internal)?;
-        // Made once for every attempt: the caller's path and query (only
-        // those go on the wire; the app's upstream says where), the
-        // filtered headers, the body.
-        let mut req = Request::new(body);
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = parts.uri.clone();
-        let mut headers = upstream_headers(&parts.headers);
-        headers.insert(HOST, self.apps[app].host.clone());
-        *req.headers_mut() = headers;
-        let mut replayed = false;
-        loop {
-            // A user's own token goes through untouched and is never
-            // replayed: user tokens are the caller's business.
-            let (authorization, generation) = match &ctx.user_token {
-                Some(user) => (user.clone(), None),
-                None => {
-                    let slot = self.token_slot(ctx, app);
-                    let token = self
-                        .tokens
-                        .get_slot(&slot)
-                        .await
-                        .map_err(|e| self.token_failure(ctx, e))?;
-                    (token.header.clone(), Some((slot, token.generation)))
-                }
-            };
-            req.headers_mut().insert(AUTHORIZATION, authorization);
-            let answer = self.send(ctx, app, &req).await?;
-            match (answer.code, generation) {
-                (Some(code), Some((slot, generation)))
-                    if codes::is_token_invalid(code) && !replayed =>
-                {
-                    self.tokens.invalidate_slot(&slot, generation);
-                    self.metrics.token_replay(app, code);
-                    ctx.replayed_after = Some(code);
-                    replayed = true;
-                    tracing::info!(
-                        app = %self.apps[app].name,
-                        code,
-                        "Feishu rejected the tenant token; replaying once with a fresh one"
-                    );
-                }
-                (code, _) => {
-                    if answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
-                        || code == Some(codes::RATE_LIMITED)
-                    {
-                        self.upstream_throttled(ctx, &answer.head.headers);
-                    }
-                    ctx.code = code;
-                    ctx.logid = answer.head.headers.get(paths::X_TT_LOGID).cloned();
-                    return Ok(Response::from_parts(answer.head, answer.body));
-                }
-            }
-        }
-    }
-
-    /// The token slot a request uses: its tenant's, or its app's.
-    fn token_slot(&self, ctx: &RequestCtx, app: usize) -> Arc<TokenSlot> {
-        match &ctx.tenant {
-            Some(t) => Arc::clone(&t.slot),
-            None => Arc::clone(self.tokens.app_slot(app)),
-        }
-    }
-
-    /// No token could be had. For a tenant, Feishu refusing the tenant
-    /// token (a Feishu code, not a transport failure or a missing app
-    /// token) is the caller's mistake: the tenant is dropped and the refusal
-    /// answered as a 400, never retried in a loop.
-    fn token_failure(&self, ctx: &RequestCtx, e: crate::feishu::FeishuError) -> GatewayError {
-        match (&ctx.tenant, ctx.app) {
-            (Some(t), Some(app)) if codes::is_tenant_refusal(e.code) => {
-                self.store.forget(app, t);
-                GatewayError::UnknownTenant {
-                    code: e.code,
-                    msg: e.msg,
-                }
-            }
-            _ => GatewayError::TokenUnavailable {
-                code: e.code,
-                msg: e.msg,
-            },
-        }
-    }
-
-    /// One attempt upstream: the answer's head and inspected body, within the
-    /// upstream timeout.
-    async fn send(
-        &self,
-        ctx: &mut RequestCtx,
-        app: usize,
-        req: &Request<Bytes>,
-    ) -> Result<Inspected, GatewayError> {
-        let started = Instant::now();
-        // An HTTP/1.1 connection goes back to the pool when the answer's
-        // body has been read to its end: here for a held answer, by the
-        // client for a streamed one.
-        let attempt = async {
-            let resp = self
-                .upstreams
-                .current()
-                .send(&self.apps[app].upstream, req)
-                .await?;
-            inspect(resp, INSPECT_LIMIT)
-                .await
-                .map_err(|_| crate::upstream::UpstreamFailure::Reset)
-        };
-        let result = tokio::time::timeout(self.upstream_timeout, attempt).await;
-        let spent = started.elapsed();
-        ctx.upstream_time = Some(ctx.upstream_time.unwrap_or_default() + spent);
-        let failure = match result {
-            Ok(Ok(answer)) => return Ok(answer),
-            Ok(Err(kind)) => kind,
-            Err(_) => crate::upstream::UpstreamFailure::Timeout,
-        };
-        self.metrics
-            .upstream_error(ctx.app, ctx.route, failure.as_str());
-        tracing::warn!(
-            app = ?ctx.app.map(|a| &self.apps[a].name),
-            kind = failure.as_str(),
-            "upstream call failed"
-        );
-        Err(GatewayError::Upstream(failure))
-    }
-
-    /// Phase `response_filter`: Feishu's answer goes back unchanged but for
-    /// hop-by-hop headers, which belong to the upstream connection.
-    fn response_filter(&self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
-        strip_hop_by_hop(resp.headers_mut());
-        resp
-    }
-
-    /// Phase `logging`: one line per request, and the request metrics.
-    fn logging(&self, ctx: &RequestCtx, resp: &Response<ProxyBody>) {
-        let total = ctx.started.elapsed();
-        let status = resp.status().as_u16();
-        self.metrics.request_done(
-            ctx.app,
-            ctx.route,
-            status,
-            ctx.code,
-            total,
-            ctx.upstream_time,
-        );
-        logging::access(|| AccessRecord {
-            request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-            client: ctx.client.map(|c| self.clients.clients()[c].name.as_str()),
-            app: ctx.app.map(|a| self.apps[a].name.as_str()),
-            route: ctx.route.map(|r| self.catalog.route(r).template.as_str()),
-            status,
-            code: ctx.code,
-            total_us: total.as_micros() as u64,
-            upstream_us: ctx.upstream_time.map_or(0, |d| d.as_micros() as u64),
-            logid: ctx.logid.as_ref().and_then(|v| v.to_str().ok()),
-            gateway_error: ctx.gateway_error,
-            replayed_after: ctx.replayed_after,
-        });
-    }
-
     /// The store apps (tickets, tenants, event endpoint).
     pub fn store(&self) -> &Arc<StoreApps> {
         &self.store
@@ -727,127 +173,5 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// True for headers that describe one connection, not the message
-/// (RFC 9110 §7.6.1). Compared as `HeaderName`s: no parsing per request.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    use http::header::{
-        PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-    };
-    *name == CONNECTION
-        || *name == TRANSFER_ENCODING
-        || *name == TE
-        || *name == TRAILER
-        || *name == UPGRADE
-        || *name == PROXY_AUTHORIZATION
-        || *name == PROXY_AUTHENTICATE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
-/// Headers named in `Connection` are hop-by-hop too.
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect()
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // The usual answer has none: look before touching anything.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    for n in connection_named(headers) {
-        headers.remove(n);
-    }
-    let hop: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_hop_by_hop(k))
-        .cloned()
-        .collect();
-    for n in hop {
-        headers.remove(n);
-    }
-}
-
-/// The headers sent to Feishu, built in one pass: the caller's, minus
-/// hop-by-hop headers, the caller's credentials, `Host` (set from the
-/// upstream URI), the body length (set from the buffered body) and the
-/// gateway's own control headers.
-fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
-    let named = if headers.contains_key(CONNECTION) {
-        connection_named(headers)
-    } else {
-        Vec::new()
-    };
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (k, v) in headers {
-        if is_hop_by_hop(k)
-            || *k == AUTHORIZATION
-            || *k == HOST
-            || *k == CONTENT_LENGTH
-            || k.as_str().starts_with("x-gateway-")
-            || named.contains(k)
-        {
-            continue;
-        }
-        out.append(k.clone(), v.clone());
-    }
-    out
-}
-
-/// The token field of the answer if `path` is one of Feishu's token
-/// endpoints the gateway answers itself.
-fn token_endpoint(path: &str) -> Option<&'static str> {
-    match path {
-        paths::TENANT_TOKEN_INTERNAL => Some("tenant_access_token"),
-        paths::APP_TOKEN_INTERNAL => Some("app_access_token"),
-        _ => None,
-    }
-}
-
-/// `/./`, `/../` and their percent-encoded forms never reach Feishu.
-fn has_dot_segment(path: &str) -> bool {
-    if !path.bytes().any(|b| b == b'.' || b == b'%') {
-        return false;
-    }
-    path.split('/').any(|seg| {
-        [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."]
-            .iter()
-            .any(|d| seg.eq_ignore_ascii_case(d))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dot_segments() {
-        assert!(has_dot_segment("/open-apis/../admin"));
-        assert!(has_dot_segment("/open-apis/%2E%2e/x"));
-        assert!(!has_dot_segment("/open-apis/im/v1/chats/oc_1"));
-    }
-
-    #[test]
-    fn upstream_headers_drop_credentials_and_hop_by_hop() {
-        let mut h = HeaderMap::new();
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer client-key"));
-        h.insert(CONNECTION, HeaderValue::from_static("close, x-hop"));
-        h.insert("x-hop", HeaderValue::from_static("1"));
-        h.insert("x-gateway-max-wait", HeaderValue::from_static("100"));
-        h.insert("content-type", HeaderValue::from_static("application/json"));
-        let out = upstream_headers(&h);
-        assert!(out.get(AUTHORIZATION).is_none());
-        assert!(out.get("x-hop").is_none());
-        assert!(out.get(CONNECTION).is_none());
-        assert!(out.get("x-gateway-max-wait").is_none());
-        assert_eq!(out["content-type"], "application/json");
     }
 }

@@ -1,0 +1,73 @@
+//! Phase `authenticate`: which client is calling, and so as which app (and,
+//! for a store app, which tenant).
+
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+use crate::auth::sdk_token::PREFIX as SDK_TOKEN_PREFIX;
+use crate::auth::{bearer, AuthError};
+use crate::proxy::error::GatewayError;
+use crate::store_apps::TenantError;
+
+use super::{Gateway, RequestCtx, X_GATEWAY_KEY, X_TENANT_KEY};
+
+impl Gateway {
+    /// Phase `authenticate`: who is calling, and so as which app. The
+    /// bearer credential is one of:
+    /// - a user access token (`u-…`), with the client key in `X-Gateway-Key`:
+    ///   forwarded untouched, still counted against the app's quota;
+    /// - a gateway token from [`Gateway::issue_token`] (`t-g1.…`);
+    /// - the client's gateway key itself.
+    pub(super) fn authenticate(
+        &self,
+        ctx: &mut RequestCtx,
+        headers: &HeaderMap,
+    ) -> Result<(), GatewayError> {
+        let credential = bearer(headers).ok_or(GatewayError::MissingCredentials)?;
+        let client = if credential.starts_with("u-") {
+            let key = headers
+                .get(X_GATEWAY_KEY)
+                .and_then(|v| v.to_str().ok())
+                .ok_or(GatewayError::UserTokenWithoutKey)?;
+            let client = self
+                .clients
+                .by_key(key.trim().as_bytes())
+                .ok_or(GatewayError::UserTokenWithoutKey)?;
+            ctx.user_token = headers.get(AUTHORIZATION).cloned();
+            client
+        } else if credential.starts_with(SDK_TOKEN_PREFIX) {
+            self.issuer
+                .verify(credential, &self.clients)
+                .map_err(|_| GatewayError::InvalidCredentials)?
+        } else {
+            self.clients.authenticate(headers).map_err(|e| match e {
+                AuthError::Missing => GatewayError::MissingCredentials,
+                AuthError::Unknown => GatewayError::InvalidCredentials,
+            })?
+        };
+        ctx.client = Some(client.index);
+        ctx.app = Some(client.app);
+        if self.store.is_store(client.app) {
+            // A store app acts for one tenant per request: fixed for the
+            // client in config, or named in X-Tenant-Key.
+            let key = match &client.tenant {
+                Some(t) => t.as_str(),
+                None => headers
+                    .get(X_TENANT_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .ok_or(GatewayError::MissingTenant)?,
+            };
+            let tenant = self.store.tenant(&self.tokens, client.app, key);
+            ctx.tenant = Some(tenant.map_err(|e| match e {
+                TenantError::BadKey => GatewayError::BadHeader {
+                    name: "X-Tenant-Key",
+                    expected: "a Feishu tenant key (letters, digits, '-' or '_', at most 128)",
+                },
+                TenantError::NotStoreApp | TenantError::Quota => GatewayError::Internal,
+            })?);
+        }
+        Ok(())
+    }
+}
