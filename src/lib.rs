@@ -54,3 +54,4 @@ pub mod store_apps;
 pub mod tokens;
 pub mod upstream;
 pub mod validate;
+pub mod workers;

@@ -110,7 +110,7 @@ impl Runtime {
         let workers = match config.workers {
             0 => None,
             n => Some(Arc::new(
-                crate::server::workers::Workers::start(n).map_err(StartError::Workers)?,
+                crate::workers::Workers::start(n).map_err(StartError::Workers)?,
             )),
         };
         let main = tokio::spawn(crate::server::serve_with_tls(

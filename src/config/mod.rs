@@ -57,7 +57,7 @@ pub struct Config {
     /// after a token-invalid answer.
     pub max_body_bytes: usize,
     /// Threads serving client connections, each with its own event loop
-    /// and upstream pool (`workers`, see [`crate::server::workers`]). Default: one
+    /// and upstream pool (`workers`, see [`crate::workers`]). Default: one
     /// per core. 0 serves connections on the shared runtime.
     pub workers: usize,
     /// Timeouts (`[timeouts]`).

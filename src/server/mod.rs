@@ -10,7 +10,6 @@ pub mod admin;
 pub mod request_id;
 pub mod stack;
 pub mod tls;
-pub mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,7 +25,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::server::tls::ReloadingAcceptor;
-use crate::server::workers::Workers;
+use crate::workers::Workers;
 
 /// Serves `service` on `listener` over plain HTTP until `shutdown`
 /// completes, then stops accepting and gives open connections up to `grace`
@@ -56,7 +55,7 @@ pub async fn serve<S, B>(
 /// HTTP/2 when ALPN chose `h2`, HTTP/1.1 otherwise.
 ///
 /// With `workers`, each accepted connection is served on the next
-/// connection worker ([`crate::server::workers`]); otherwise on the caller's
+/// connection worker ([`crate::workers`]); otherwise on the caller's
 /// runtime.
 pub async fn serve_with_tls<S, B>(
     listener: TcpListener,

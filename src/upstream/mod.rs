@@ -134,7 +134,7 @@ pub fn build_connector(config: &Settings) -> Result<HttpsConnector<HttpConnector
 
 /// The gateway's upstream connections: for the request path, one
 /// [`Pool`] per connection worker, so a request's upstream connection lives
-/// on the worker thread that serves the request (see [`crate::server::workers`]),
+/// on the worker thread that serves the request (see [`crate::workers`]),
 /// and one for requests served off the workers (`workers = 0`); for token
 /// fetches and ticket calls, one shared hyper-util client. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -170,7 +170,7 @@ impl Upstreams {
     /// The request-path pool for the caller's thread: its worker's, or the
     /// one used off the workers.
     pub fn current(&self) -> &Pool {
-        crate::server::workers::current()
+        crate::workers::current()
             .and_then(|i| self.per_worker.get(i))
             .unwrap_or(&self.shared_pool)
     }

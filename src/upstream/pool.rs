@@ -1,6 +1,6 @@
 //! The upstream connection pool of the request path.
 //!
-//! One [`Pool`] per connection worker ([`crate::server::workers`]) holds that
+//! One [`Pool`] per connection worker ([`crate::workers`]) holds that
 //! worker's connections to Feishu: idle HTTP/1.1 connections in a stack
 //! (most recently used first), and one multiplexed HTTP/2 connection per
 //! upstream when ALPN chose `h2`. HTTP/1.1 is spoken by [`h1`], inside the

@@ -108,6 +108,7 @@ mod answer;
 pub mod ca;
 pub mod callback;
 pub mod contract;
+mod push;
 mod quota;
 mod server;
 mod state;
@@ -708,7 +709,7 @@ impl SimFeishu {
     /// Issue a new ticket and push it to the app's event URL now, as an
     /// hourly push would, and wait for the answer. `None` for an unknown app.
     pub async fn push_ticket_now(&self, app_id: &str) -> Option<PushedEvent> {
-        store::push_ticket(&self.shared, app_id).await
+        push::push_ticket(&self.shared, app_id).await
     }
 
     /// Send Feishu's subscription check (`url_verification`, encrypted with
@@ -716,7 +717,7 @@ impl SimFeishu {
     /// event URL; see [`PushedEvent::challenge_echoed`]. `None` for an
     /// unknown app.
     pub async fn check_event_url(&self, app_id: &str) -> Option<PushedEvent> {
-        store::push_url_verification(&self.shared, app_id).await
+        push::push_url_verification(&self.shared, app_id).await
     }
 
     /// Push any event JSON to the app's event URL, encrypted when the app has
@@ -727,7 +728,7 @@ impl SimFeishu {
         event: &serde_json::Value,
         sign: bool,
     ) -> Option<PushedEvent> {
-        store::push_event(&self.shared, app_id, event, sign).await
+        push::push_event(&self.shared, app_id, event, sign).await
     }
 
     /// Clear the recorded requests, token calls, store calls, pushed events,

@@ -34,9 +34,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::answer::{code, new_logid, Answer, RateLimitHeaders};
 use super::contract;
+use super::push::schedule_ticket_push;
 use super::quota::{Endpoint, Over};
 use super::state::{lock, Shared};
-use super::store::schedule_ticket_push;
 use super::tokens::Holder;
 use super::{
     QuotaMode, RecordedRequest, StoreCall, StoreCallKind, TokenCall, TokenKind, TokenVerdict,

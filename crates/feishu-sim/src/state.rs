@@ -12,8 +12,14 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::task::JoinSet;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
 use super::quota::QuotaBook;
-use super::store::{push_client, PushClient, StoreBook};
+use super::store::StoreBook;
 use super::tokens::TokenBook;
 use super::{PushedEvent, QuotaMode, RecordedRequest, SimApp, SimConfig, StoreCall, TokenCall};
 
@@ -163,4 +169,14 @@ impl Shared {
             .iter()
             .any(|a| a.app_id == app_id && a.app_secret == app_secret)
     }
+}
+
+/// The fake's client for pushes: plain HTTP, title-cased headers as Feishu
+/// writes them.
+pub(crate) type PushClient = Client<HttpConnector, Full<Bytes>>;
+
+pub(crate) fn push_client() -> PushClient {
+    Client::builder(TokioExecutor::new())
+        .http1_title_case_headers(true)
+        .build_http()
 }
