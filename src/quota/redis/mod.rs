@@ -6,96 +6,9 @@
 //! clock, with the local planner's parameters, so the local guarantee
 //! carries over. While Redis is unreachable or slow, `fail` decides: each
 //! replica limits locally to its share (`local`), refuses (`closed`) or
-//! forwards without a limit (`open`) — see [`health`]. The design, the
+//! forwards without a limit (`open`) — see `health.rs`. The design, the
 //! timing argument and what failover may over-admit are in
 //! `docs/quota.md`, "The shared quota".
-//! [`RedisQuota`]: one quota for the whole fleet of gateway replicas, kept
-//! in Redis (issue 7), and [`RedisScope`]: the same for each tenant of a
-//! store app (issue 9).
-//!
-//! # The decision
-//!
-//! Every admission is ONE call of `redis.lua` by EVALSHA (loaded at start,
-//! reloaded by the client on `NOSCRIPT`): the upstream-pause check and the
-//! GCRA check-and-commit of the key run atomically on the Redis server, on
-//! the server's clock (`TIME`). It is the local engine's algorithm with the
-//! local plan's parameters ([`Plan`](super::Plan)), so the guarantee and the efficiency
-//! figures carry over, with two adjustments:
-//!
-//! - time is counted in whole microseconds, so the period is rounded UP to
-//!   whole microseconds plus one: `(N - b + 1) * t > L + 1 µs` still holds,
-//!   which absorbs the truncation of `TIME` (costs ~0.003 % of the rate);
-//! - the reply travels back before the request leaves, so the Redis reply
-//!   leg is arrival jitter like the pool's and the network's: it must fit in
-//!   the plan's margin. That is why `redis_timeout` defaults to 50 ms and may
-//!   not exceed half the margin (a slower answer counts as a failure).
-//!
-//! Reject mode is one call. Wait mode is one call too: when the next slot is
-//! within the request's maximum wait, the script *reserves* it (advances the
-//! key's `tat`) and returns how far ahead it is; the replica sleeps that long
-//! and forwards. Slots are handed out in the order requests reach Redis, so
-//! waiters of every replica are served first come, first served, and a
-//! reject-mode request elsewhere cannot take a reserved slot. Only an
-//! upstream pause makes a waiter ask again, once it has slept through it.
-//! Each replica still bounds its own sleepers per key (`max_waiters`). A
-//! waiter whose client goes away leaves its reserved slot unused, which errs
-//! on the safe side.
-//!
-//! # The upstream pause
-//!
-//! A 429 from Feishu pauses the key for every replica: the replica that saw
-//! it pauses the key locally at once and writes the pause's end (on Redis
-//! time) to the key's pause entry, which the script checks before the GCRA.
-//!
-//! # When Redis is unreachable or slow
-//!
-//! Every call has a timeout (`redis_timeout`). A connection error (refused,
-//! reset, dropped) means Redis is unreachable; timeouts and error replies
-//! mean it is slow or broken once they persist for [`TRIP_AFTER`] timeouts
-//! in a row without a success. Either switches the replica to its fail
-//! mode, logged once and counted in metrics. (Before that, a request whose
-//! call failed gets the fail mode's answer, except that `local` answers 429
-//! at once, or tries again in wait mode: the local share is only safe as a
-//! whole switch, see below. Tolerating a short streak keeps a brief stall,
-//! e.g. CPU throttling, from costing a switch and the drained return.)
-//!
-//! - `local`: a local limiter per key with every limit divided by
-//!   `replicas` ([`Plan::split`](super::Plan::split)), started with an empty burst
-//!   ([`LocalQuota::drain`]). If Redis is down for every replica, the fleet
-//!   honours every window across the switch too (proof at [`Plan::split`](super::Plan::split)).
-//! - `closed`: refuse (the gateway answers 503 `quota-backend-unavailable`).
-//! - `open`: admit without a limit.
-//!
-//! A probe runs every [`PROBE_INTERVAL`]. Once Redis answers again, the
-//! replica joins the fleet's *heal time* (the first replica back sets it a
-//! grace period ahead, the others find it), drains every key in Redis from
-//! that time on (`tat >= at + max(b, replicas * b') * t`, so the replicas'
-//! last local bursts and the shared ones cannot add up), and returns to
-//! shared limiting at that time. Every replica probes within the grace, so
-//! they switch together; with the drain, the switch back is as safe as the
-//! switch away. A Redis restart (state lost) is noticed the same way: the
-//! old connection fails first.
-//!
-//! # Scopes: a store app's tenants
-//!
-//! Feishu limits a store app per tenant, and tenants come and go at run
-//! time. [`RedisQuota::scope`] gives a tenant keys of its own with the
-//! limits of the engine's (app, route) keys, named
-//! `<tenant>@<app key name>` (so every replica derives the same Redis
-//! keys), without a connection, a task or an engine of its own: its calls
-//! go through this engine, so they share its script, health, metrics and
-//! fail mode. Its Redis keys expire like the engine's; the replicas bound
-//! how many scopes they hold. With `fail = "local"` a scope has a fallback
-//! of its own, built drained on its first use in each outage. The heal
-//! drains only the engine's keys, which it knows; a scope's keys are
-//! drained by a *floor* every take and peek carries (the heal time plus
-//! the key's drain, the same target): harmless once passed, idempotent, and
-//! no extra round trip.
-//!
-//! Not covered: a *partial* outage, where Redis is reachable from some
-//! replicas and not others. Then the cut-off replicas' local share comes on
-//! top of the shared quota (at most `N / replicas` more per window and cut-off
-//! replica). `fail = "closed"` avoids that at the price of availability.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
