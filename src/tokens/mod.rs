@@ -19,12 +19,28 @@
 //!   of stale failures triggers one refresh, not many.
 //! - **Backoff.** Failed fetches are retried with doubling delays and jitter;
 //!   a token that is still usable keeps being used meanwhile.
+//!
+//! # Layout
+//!
+//! | file              | concern                                                   |
+//! |-------------------|-----------------------------------------------------------|
+//! | `mod.rs`          | [`TokenManager`]: get, invalidate, refreshers, timing plan |
+//! | `slot.rs`         | [`TokenSlot`]: one cached token and its single flight     |
+//! | `source.rs`       | [`Source`]: the token kinds and the call that fetches each |
+//! | `app.rs`          | [`AppConfig`]: the apps whose secrets the gateway holds   |
+//! | `ticket.rs`       | [`ticket::TicketBox`]: a store app's app_ticket           |
+//! | `ticket_store.rs` | where app_tickets are kept: a file, Redis, or memory      |
 
 mod app;
+mod slot;
+mod source;
 pub mod ticket;
 pub mod ticket_store;
 
 pub use app::{AppConfig, AppKind, StoreAppSettings};
+use slot::Flight;
+pub use slot::{Token, TokenSlot, TokenStatus};
+pub use source::Source;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -59,118 +75,6 @@ pub struct TokenPolicy {
     pub fetch_timeout: Duration,
 }
 
-/// A token call in flight: the token and its lifetime.
-type FetchFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(Secret, Duration), FeishuError>> + Send + 'a>,
->;
-
-/// A cached tenant access token.
-pub struct Token {
-    /// `Bearer t-…`, ready to insert (marked sensitive).
-    pub header: HeaderValue,
-    /// The token itself (a store app's app token is sent in a body).
-    value: Secret,
-    /// Increases with every token stored in the slot.
-    pub generation: u64,
-    /// When Feishu will consider it expired (from when the call was sent).
-    pub expires_at: Instant,
-    /// Last moment it is handed to a request.
-    pub usable_until: Instant,
-    /// When the background task refreshes it.
-    pub refresh_at: Instant,
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token")
-            .field("generation", &self.generation)
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What `/readyz` shows of a slot.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TokenStatus {
-    /// App name.
-    pub app: String,
-    /// A usable token is cached.
-    pub has_token: bool,
-    /// Seconds until the cached token expires.
-    pub expires_in_secs: Option<u64>,
-    /// Code of the last failed fetch, cleared by a success.
-    pub last_error_code: Option<i64>,
-    /// Message of the last failed fetch.
-    pub last_error: Option<String>,
-    /// Fetch failures in a row.
-    pub consecutive_failures: u32,
-}
-
-#[derive(Default)]
-struct Flight {
-    last_failure: Option<(Instant, FeishuError)>,
-    next_attempt: Option<Instant>,
-    failures: u32,
-}
-
-/// Where a slot's token comes from.
-pub enum Source {
-    /// A self-built app's tenant token: `tenant_access_token/internal` with
-    /// the app secret.
-    SelfBuilt {
-        /// Feishu app id.
-        app_id: String,
-        /// The app secret.
-        secret: Secret,
-        /// The token endpoint.
-        url: Uri,
-    },
-    /// A store app's app token: `app_access_token` with the app secret and
-    /// the app_ticket Feishu pushed to the event endpoint.
-    StoreApp {
-        /// The app's ticket (and how to ask for a new one).
-        ticket: Arc<TicketBox>,
-        /// The token endpoint.
-        url: Uri,
-    },
-    /// One tenant's token of a store app: `tenant_access_token` with the
-    /// app token and the tenant key.
-    StoreTenant {
-        /// The app-token slot of the app.
-        app_slot: Arc<TokenSlot>,
-        /// The tenant.
-        tenant_key: Arc<str>,
-        /// The token endpoint.
-        url: Uri,
-    },
-}
-
-impl Source {
-    /// The token field of Feishu's answer.
-    fn field(&self) -> &'static str {
-        match self {
-            Source::StoreApp { .. } => "app_access_token",
-            _ => "tenant_access_token",
-        }
-    }
-}
-
-/// One cached token: a self-built app's, a store app's app token, or one
-/// tenant's token of a store app.
-pub struct TokenSlot {
-    index: usize,
-    name: String,
-    source: Source,
-    /// A refresh started on use is running (tenant slots have no
-    /// background task; see [`TokenManager::get_slot`]).
-    refreshing: std::sync::atomic::AtomicBool,
-    current: RwLock<Option<Arc<Token>>>,
-    flight: tokio::sync::Mutex<Flight>,
-    /// Copy of the flight's failure state for `/readyz`, readable without
-    /// waiting on the async mutex.
-    status: Mutex<(Option<FeishuError>, u32)>,
-}
-
 /// The token slots of all apps, and what they need to fetch. `slots[app]`
 /// is a self-built app's tenant token, or a store app's app token (its
 /// tenants' slots are made by [`TokenManager::tenant_slot`]).
@@ -188,15 +92,6 @@ impl std::fmt::Debug for TokenManager {
             .field("apps", &self.slots.len())
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    code: Option<i64>,
-    msg: Option<String>,
-    tenant_access_token: Option<String>,
-    app_access_token: Option<String>,
-    expire: Option<i64>,
 }
 
 impl TokenManager {
@@ -505,142 +400,6 @@ impl TokenManager {
         let half = exp / 2;
         let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
         half + Duration::from_millis(jitter)
-    }
-
-    /// One token call for `slot`, by its source. Boxed: a tenant token's
-    /// fetch first gets the app token through [`TokenManager::get_slot`],
-    /// which fetches through here one level down; the box ends that cycle
-    /// of types (it costs one allocation per token call, not per request).
-    fn fetch<'a>(self: &'a Arc<Self>, slot: &'a TokenSlot) -> FetchFuture<'a> {
-        Box::pin(async move { self.fetch_inner(slot).await })
-    }
-
-    async fn fetch_inner(
-        self: &Arc<Self>,
-        slot: &TokenSlot,
-    ) -> Result<(Secret, Duration), FeishuError> {
-        match &slot.source {
-            Source::SelfBuilt {
-                app_id,
-                secret,
-                url,
-            } => {
-                let body = serde_json::json!({
-                    "app_id": app_id,
-                    "app_secret": secret.expose(),
-                });
-                self.call(url, &body, "tenant_access_token").await
-            }
-            Source::StoreApp { ticket, url } => {
-                let body = |t: &Secret| {
-                    serde_json::json!({
-                        "app_id": ticket.app_id(),
-                        "app_secret": ticket.secret().expose(),
-                        "app_ticket": t.expose(),
-                    })
-                };
-                let current = ticket.get_or_wait(self.policy.fetch_timeout).await?;
-                match self.call(url, &body(&current), "app_access_token").await {
-                    // Feishu says the ticket is no good: ask for a new one,
-                    // wait for it, and try once more.
-                    Err(e) if e.code == codes::APP_TICKET_INVALID => {
-                        ticket.invalidate(&current).await;
-                        let fresh = ticket.get_or_wait(self.policy.fetch_timeout).await?;
-                        self.call(url, &body(&fresh), "app_access_token").await
-                    }
-                    other => other,
-                }
-            }
-            Source::StoreTenant {
-                app_slot,
-                tenant_key,
-                url,
-            } => {
-                let mut retried = false;
-                loop {
-                    let app_token = self.get_slot(app_slot).await?;
-                    let body = serde_json::json!({
-                        "app_access_token": app_token.value.expose(),
-                        "tenant_key": &**tenant_key,
-                    });
-                    match self.call(url, &body, "tenant_access_token").await {
-                        // The app token went bad: drop it (if still the
-                        // cached one) and try once more with a fresh one.
-                        Err(e)
-                            if !retried
-                                && matches!(
-                                    e.code,
-                                    codes::APP_TOKEN_INVALID | codes::TOKEN_EXPIRED
-                                ) =>
-                        {
-                            self.invalidate_slot(app_slot, app_token.generation);
-                            retried = true;
-                        }
-                        other => return other,
-                    }
-                }
-            }
-        }
-    }
-
-    /// POSTs `body` to a token endpoint and reads `field` and `expire` from
-    /// Feishu's flat answer.
-    async fn call(
-        &self,
-        url: &Uri,
-        body: &serde_json::Value,
-        field: &str,
-    ) -> Result<(Secret, Duration), FeishuError> {
-        let (status, bytes) = post_json(&self.client, url, body, self.policy.fetch_timeout).await?;
-        let answer: TokenAnswer = serde_json::from_slice(&bytes).map_err(|_| FeishuError {
-            code: codes::TENANT_TOKEN_FETCH_FAILED,
-            msg: format!("token answer with HTTP {status} is not Feishu JSON"),
-        })?;
-        let code = answer.code.unwrap_or(-1);
-        if code != 0 {
-            return Err(FeishuError {
-                code,
-                msg: answer.msg.unwrap_or_else(|| "token call refused".into()),
-            });
-        }
-        let token = if field == "app_access_token" {
-            answer.app_access_token
-        } else {
-            answer.tenant_access_token
-        };
-        match (token, answer.expire) {
-            (Some(t), Some(e)) if !t.is_empty() && e > 0 => {
-                Ok((Secret::new(t), Duration::from_secs(e as u64)))
-            }
-            _ => Err(FeishuError {
-                code: codes::TENANT_TOKEN_FETCH_FAILED,
-                msg: format!("token answer without {field} or a positive expire"),
-            }),
-        }
-    }
-}
-
-impl TokenSlot {
-    fn new(index: usize, name: String, source: Source) -> TokenSlot {
-        TokenSlot {
-            index,
-            name,
-            source,
-            refreshing: std::sync::atomic::AtomicBool::new(false),
-            current: RwLock::new(None),
-            flight: tokio::sync::Mutex::new(Flight::default()),
-            status: Mutex::new((None, 0)),
-        }
-    }
-
-    /// True when a usable token is cached.
-    pub fn has_token(&self) -> bool {
-        self.usable(Instant::now()).is_some()
-    }
-
-    fn usable(&self, now: Instant) -> Option<Arc<Token>> {
-        let cur = self.current.read().ok()?;
-        cur.as_ref().filter(|t| now < t.usable_until).cloned()
     }
 }
 
