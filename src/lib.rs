@@ -1,40 +1,38 @@
 //! feishu-gateway: an HTTP gateway in front of the Feishu (Lark) Open
 //! Platform API. Internal services point their base URL at it instead of
-//! `https://open.feishu.cn`; it authenticates them with gateway keys, injects
+//! `https://open.feishu.cn`; it authenticates them with gateway keys,
+//! validates their requests, keeps every app under Feishu's quotas, injects
 //! a tenant_access_token it manages itself, and forwards to Feishu.
 //!
 //! # Layout
 //!
-//! Where each concern lives:
+//! The modules, in the order a request meets them. Arrows point down only:
+//! a module imports the ones below it in this table, never one above (the
+//! test `tests/layout.rs` checks there is no import loop).
 //!
-//! | module        | concern                                                        |
-//! |---------------|----------------------------------------------------------------|
-//! | [`config`]    | the TOML file, checked in one pass that reports every problem  |
-//! | [`runtime`]   | building the gateway from a config, start and graceful stop     |
-//! | [`stack`]     | the tower layers of the main listener, in one place            |
-//! | [`request_id`] | an id on every request and its answer (`X-Request-Id`)       |
-//! | [`proxy`]     | the request lifecycle as named phases                          |
-//! | [`auth`]      | client keys → client → app                                     |
-//! | [`catalog`]   | the Feishu endpoints the gateway knows, as data                |
-//! | [`quota`]     | per-(app[, tenant], route) quotas: GCRA planner, limiters      |
-//! | [`sdk_token`] | signed gateway tokens handed to the official SDKs              |
-//! | [`store`]     | store apps: app_ticket, tenants, the event endpoint             |
-//! | [`validate`]  | request contracts per route, checked before any quota is spent |
-//! | [`token`]     | tenant_access_token: single-flight fetch, proactive refresh    |
-//! | [`events`]    | Feishu event callbacks: signature, decryption, app_ticket      |
-//! | [`ticket_store`] | the latest app_ticket per store app: a file, or Redis      |
-//! | [`upstream`]  | the pooled HTTPS client to Feishu, failure classes, `code` peek |
-//! | [`pool`]      | upstream connections per worker, and their HTTP/1.1 client     |
-//! | [`error`]     | every gateway-made answer and its status, reason and code      |
-//! | [`body`]      | the response body type (held bytes or streamed upstream body)  |
-//! | [`metrics`]   | Prometheus families and cached per-(app, route) handles        |
-//! | [`logging`]   | the batched stdout writer and the fast access-log line         |
-//! | [`admin`]     | `/healthz`, `/readyz`, `/metrics` on the admin listener        |
-//! | [`server`]    | accept loop, title-cased HTTP/1 headers, graceful drain        |
-//! | [`workers`]   | thread-per-core connection workers, each with its own pool     |
-//! | [`tls`]       | HTTPS on the listener: rustls, ALPN, certificate reload        |
-//! | [`secret`]    | values that are never printed                                  |
-//! | `demo`        | `feishu-gateway demo`: simulated Feishu + gateway, offline (feature `demo`) |
+//! | module                | concern                                                     |
+//! |-----------------------|-------------------------------------------------------------|
+//! | [`app`]               | the composition root: `Config` → parts; start, serve, drain; `demo` |
+//! | [`config`]            | the TOML file, read in one pass that reports every problem  |
+//! | [`server`]            | downstream: accept loop, TLS, the tower stack, request ids, admin listener |
+//! | [`proxy`]             | THE REQUEST PATH: the named phases, one file per group; gateway answers |
+//! | [`auth`]              | who is calling: client keys, signed SDK tokens              |
+//! | [`store_apps`]        | store apps (ISV): tenants, their quota scopes, event callbacks |
+//! | [`tokens`]            | credentials toward Feishu: token slots, their sources, app_tickets |
+//! | [`endpoints`]         | what the gateway knows per endpoint: catalog, limits, contracts |
+//! | [`validate`]          | the contract engine: a request checked, every violation named |
+//! | [`quota`]             | admission: the GCRA planner, local and Redis backends       |
+//! | [`upstream`]          | the transport to Feishu: own HTTP/1.1 client, pool, connector, failures |
+//! | [`redis_connection`]  | the replica's one Redis connection (quotas, tickets)        |
+//! | [`observe`]           | Prometheus metrics and the log lines                        |
+//! | [`workers`]           | thread-per-core connection workers (server and upstream pools) |
+//! | [`feishu`]            | the platform's vocabulary: codes, paths, headers, answers   |
+//! | [`secret`]            | values that are never printed                               |
+//!
+//! The simulated Feishu used by `demo`, the tests and the load harness is the
+//! workspace crate `feishu-sim` (`crates/feishu-sim`), outside this API.
+//! Design notes: `docs/phases.md` (the request path with its early answers,
+//! replay and failure edges) and `docs/quota.md` (the quota proofs).
 #![forbid(unsafe_code)]
 
 pub mod app;

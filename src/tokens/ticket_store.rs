@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::quota::RedisConnection;
+use crate::redis_connection::RedisConnection;
 use crate::secret::Secret;
 
 /// A kept ticket older than this is not trusted (the Go SDK keeps tickets
