@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The load harness of issue 6: the simulated Feishu directly, nginx in front
+# The load harness: the simulated Feishu directly, nginx in front
 # of it, and feishu-gateway in front of it, under the same wrk load, in one
 # run. See benches/README.md for the method and the latest figures.
 #
@@ -590,7 +590,7 @@ report() {
             print ""
             print "peak RSS: the process (nginx: master + workers, summed); cpu us/req: CPU time of that process / requests, user + kernel (the fake for direct)"
             print ""
-            print "Ratios (targets of issue 6):"
+            print "Ratios (performance targets):"
             for (ci = 1; ci <= nc; ci++) {
                 c = cl[ci]
                 if (R["nginx", c] > 0 && R["gateway", c] > 0) {

@@ -1,5 +1,5 @@
 //! Per-(app, route) quotas, and per-(app, tenant, route) for store apps:
-//! Feishu never throttles us, and we use nearly all of its quota (issue 3).
+//! Feishu never throttles us, and we use nearly all of its quota.
 //!
 //! # The guarantee
 //!

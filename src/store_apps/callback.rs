@@ -1,5 +1,6 @@
 //! Feishu event callbacks: verify, decrypt and classify one raw callback
-//! (facts §2). Pure: no I/O, no state; the gateway's event endpoint calls
+//! (AES-256-CBC with the Encrypt Key's SHA-256, `X-Lark-Signature` over
+//! timestamp, nonce, key and body). Pure: no I/O, no state; the gateway's event endpoint calls
 //! [`Verifier::verify`] and acts on the [`Event`].
 //!
 //! # What a callback is checked for, in order

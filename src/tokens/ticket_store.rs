@@ -1,6 +1,6 @@
 //! Where a store app's latest app_ticket is kept, so that a restart does not
-//! wait for Feishu's next hourly push (facts §2: a ticket can only be
-//! received, never fetched).
+//! wait for Feishu's next hourly push (a ticket can only be received,
+//! never fetched: the resend call only asks Feishu to push it again).
 //!
 //! [`TicketStore`] is the seam:
 //! - [`RedisTicketStore`] (with `[quota] backend = "redis"`): one key per
