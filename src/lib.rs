@@ -42,8 +42,6 @@ pub mod endpoints;
 pub mod feishu;
 pub mod observe;
 pub mod proxy;
-/// Per-app quotas: one GCRA per (app, route), or (app, tenant, route) for store
-/// apps, derived from all of Feishu's windows.
 pub mod quota;
 pub mod redis_connection;
 pub mod secret;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::redis::{RedisQuota, RedisScope, RedisSettings};
-use super::{Admit, KeySpec, LocalQuota, Overflow, QuotaBackend, QuotaKey, Rejection, Snapshot};
+use super::{Admit, KeySpec, LocalQuota, Overflow, QuotaKey, Rejection, Snapshot};
 use super::{BackendKind, BackendStatus, QuotaConfig};
 use crate::observe::metrics::Metrics;
 use crate::redis_connection::RedisConnection;
@@ -171,38 +171,5 @@ impl ScopedQuota {
             ScopedQuota::Local(q) => q.snapshot(key),
             ScopedQuota::Redis(q) => q.snapshot(key).await,
         }
-    }
-}
-
-impl QuotaBackend for Engine {
-    fn acquire(
-        &self,
-        key: QuotaKey,
-        overflow: Overflow,
-    ) -> impl std::future::Future<Output = Result<Admit, Rejection>> + Send {
-        Engine::acquire(self, key, overflow)
-    }
-
-    fn pause(
-        &self,
-        key: QuotaKey,
-        duration: Duration,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        let this = self.clone();
-        async move {
-            match &this {
-                Engine::Local(q) => q.pause(key, duration),
-                Engine::Redis(q) => {
-                    q.pause_shared(key, duration).await;
-                }
-            }
-        }
-    }
-
-    fn snapshot(
-        &self,
-        key: QuotaKey,
-    ) -> impl std::future::Future<Output = Option<Snapshot>> + Send {
-        Engine::snapshot(self, key)
     }
 }

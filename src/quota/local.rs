@@ -32,7 +32,7 @@ use governor::RateLimiter;
 use super::clock::TokioClock;
 use super::peek::{Access, PeekableState};
 use super::plan::Plan;
-use super::{Admit, Cause, Limit, Overflow, Policy, QuotaBackend, QuotaKey, Rejection, Snapshot};
+use super::{Admit, Cause, Limit, Overflow, Policy, QuotaKey, Rejection, Snapshot};
 
 /// What the engine needs to know about one key: its plan and the bound on
 /// its wait queue.
@@ -381,35 +381,5 @@ fn unknown_key(key: QuotaKey) -> Admit {
     Admit {
         remaining: u32::MAX,
         waited: Duration::ZERO,
-    }
-}
-
-impl<C> QuotaBackend for LocalQuota<C>
-where
-    C: Clock + Send + Sync,
-    C::Instant: Send + Sync,
-{
-    fn acquire(
-        &self,
-        key: QuotaKey,
-        overflow: Overflow,
-    ) -> impl std::future::Future<Output = Result<Admit, Rejection>> + Send {
-        LocalQuota::acquire(self, key, overflow)
-    }
-
-    fn pause(
-        &self,
-        key: QuotaKey,
-        duration: Duration,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        LocalQuota::pause(self, key, duration);
-        std::future::ready(())
-    }
-
-    fn snapshot(
-        &self,
-        key: QuotaKey,
-    ) -> impl std::future::Future<Output = Option<Snapshot>> + Send {
-        std::future::ready(LocalQuota::snapshot(self, key))
     }
 }

@@ -11,28 +11,22 @@
 //!
 //! # Layout
 //!
-//! - [`window`](crate::quota::window): `Window`, parsed from `"<requests>/<duration>"` (`"50/1s"`).
-//! - [`plan`](crate::quota::plan): the planner: one governor GCRA (period `t`, burst `b`) for all
-//!   of a key's windows, with the proof, the policy that picks `b`, and why
-//!   governor cannot reach 100 % with a burst of 50.
-//! - [`local`](crate::quota::local): [`LocalQuota`](crate::quota::LocalQuota), the in-process engine: reject or wait mode,
-//!   bounded fair wait queues, upstream pauses, header snapshots.
-//! - [`clock`](crate::quota::clock): [`TokioClock`](crate::quota::TokioClock), governor's clock over `tokio::time::Instant`
-//!   (std's monotonic clock in production, tokio's paused clock in tests).
-//! - [`redis`](crate::quota::redis): [`RedisQuota`](crate::quota::RedisQuota), the same GCRA kept in Redis and
-//!   shared by every replica: one Lua script call per admission, Redis
-//!   time, slot reservations for wait mode, shared upstream pauses, and the
-//!   fail modes (local share, closed, open) with the return to Redis; and
-//!   [`RedisScope`](crate::quota::RedisScope), a store app tenant's keys on
-//!   the same engine.
-//! - [`engine`](crate::quota::engine): [`Engine`](crate::quota::Engine), the engine `[quota] backend` selects,
-//!   behind the one API the request path uses, and [`ScopedQuota`](crate::quota::ScopedQuota), the
-//!   keys of one store app tenant ([`Engine::scope`](crate::quota::Engine::scope)): local, or shared through Redis.
-//! - [`sim`](crate::quota::testing): exact sliding-window checks and overload simulations, shared by
-//!   the property tests and `benches/quota.rs`.
-//! - This file: the backend-neutral vocabulary ([`QuotaKey`](crate::quota::QuotaKey), [`Overflow`](crate::quota::Overflow),
-//!   [`Admit`](crate::quota::Admit), [`Rejection`](crate::quota::Rejection), [`Snapshot`](crate::quota::Snapshot)) and [`QuotaBackend`](crate::quota::QuotaBackend), the small
-//!   interface every backend implements.
+//! | file            | concern                                                        |
+//! |-----------------|----------------------------------------------------------------|
+//! | `mod.rs`        | the vocabulary: [`QuotaKey`], [`Overflow`], [`Admit`], [`Rejection`], [`Snapshot`] |
+//! | `window.rs`     | [`Window`], parsed from `"<requests>/<duration>"` (`"50/1s"`)   |
+//! | `plan.rs`       | the planner: one GCRA (period `t`, burst `b`) for all of a key's windows |
+//! | `local.rs`      | [`LocalQuota`]: in process; reject or wait, fair bounded queues, pauses |
+//! | `peek.rs`       | governor's state store, made peekable for snapshots            |
+//! | `clock.rs`      | [`TokioClock`]: governor's clock over `tokio::time::Instant`   |
+//! | `redis/`        | [`RedisQuota`]: the same GCRA in Redis for a fleet; `health.rs` the fail modes, `scope.rs` tenants |
+//! | `engine.rs`     | [`Engine`] and [`ScopedQuota`]: the backend `[quota] backend` selects, one API for the request path |
+//! | `backend.rs`    | [`BackendKind`], [`FailMode`], [`BackendStatus`]               |
+//! | `config.rs`     | [`QuotaConfig`], the `[quota]` section                         |
+//! | `testing.rs`    | exact sliding-window checks for the property tests and `benches/quota.rs` |
+//!
+//! The proofs behind the planner and the shared quota are in
+//! `docs/quota.md`.
 //!
 //! # Example
 //!
@@ -75,7 +69,6 @@ mod fleet_tests;
 #[cfg(test)]
 mod tests;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -334,26 +327,6 @@ impl Snapshot {
     pub fn ratelimit(&self) -> String {
         self.policy.ratelimit(self.remaining, self.next_in)
     }
-}
-
-/// The quota operations the request path needs. [`LocalQuota`] implements it
-/// in memory, [`RedisQuota`] through Redis for a fleet of replicas, and
-/// [`Engine`] is either.
-pub trait QuotaBackend: Send + Sync {
-    /// Admit one request for `key`, or reject it without spending quota;
-    /// `Overflow::Wait` holds it up to the given maximum first.
-    fn acquire(
-        &self,
-        key: QuotaKey,
-        overflow: Overflow,
-    ) -> impl Future<Output = Result<Admit, Rejection>> + Send;
-
-    /// Feishu throttled `key` anyway: reject (or hold) its requests for
-    /// `duration` (extends, never shortens, a running pause).
-    fn pause(&self, key: QuotaKey, duration: Duration) -> impl Future<Output = ()> + Send;
-
-    /// The key's state for headers and metrics; `None` for an unknown key.
-    fn snapshot(&self, key: QuotaKey) -> impl Future<Output = Option<Snapshot>> + Send;
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! One [`Pool`] per connection worker ([`crate::workers`]) holds that
 //! worker's connections to Feishu: idle HTTP/1.1 connections in a stack
 //! (most recently used first), and one multiplexed HTTP/2 connection per
-//! upstream when ALPN chose `h2`. HTTP/1.1 is spoken by [`http1`](super::http1), inside the
+//! upstream when ALPN chose `h2`. HTTP/1.1 is spoken by [`http1`], inside the
 //! request's own future (no connection task, no channels); HTTP/2 by
 //! `hyper::client::conn::http2`. hyper-util's general-purpose pool cost
 //! about 8,400 instructions per request here and hyper's HTTP/1.1

@@ -32,9 +32,9 @@ use scope::ScopeKeys;
 
 use health::{Failure, Health};
 
+use super::Snapshot;
 use super::{Admit, Cause, KeySpec, Limit, LocalQuota, Overflow, Policy, QuotaKey, Rejection};
 use super::{BackendStatus, FailMode};
-use super::{QuotaBackend, Snapshot};
 use crate::observe::metrics::QuotaBackendMetrics;
 use crate::redis_connection::RedisConnection;
 use crate::secret::Secret;
@@ -448,33 +448,5 @@ fn unknown_key(key: QuotaKey) -> Admit {
     Admit {
         remaining: u32::MAX,
         waited: Duration::ZERO,
-    }
-}
-
-impl QuotaBackend for RedisQuota {
-    fn acquire(
-        &self,
-        key: QuotaKey,
-        overflow: Overflow,
-    ) -> impl std::future::Future<Output = Result<Admit, Rejection>> + Send {
-        RedisQuota::acquire(self, key, overflow)
-    }
-
-    fn pause(
-        &self,
-        key: QuotaKey,
-        duration: Duration,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        let this = self.clone();
-        async move {
-            this.pause_shared(key, duration).await;
-        }
-    }
-
-    fn snapshot(
-        &self,
-        key: QuotaKey,
-    ) -> impl std::future::Future<Output = Option<Snapshot>> + Send {
-        RedisQuota::snapshot(self, key)
     }
 }
