@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use http::uri::Scheme;
 
+use env::secret_source;
 pub use env::{Environment, MapEnv, ProcessEnv};
 pub use reader::{parse_duration, Problem, Problems, Section};
 
@@ -137,20 +138,9 @@ impl Config {
 
     /// Parses and checks config text, reporting every problem at once.
     pub fn parse(text: &str, env: &dyn Environment) -> Result<Config, Problems> {
+        // A syntax error leaves nothing to check further.
+        let root = reader::toml_table(text)?;
         let mut problems = Problems::default();
-        let root: toml::Table = match toml::from_str(text) {
-            Ok(t) => t,
-            Err(e) => {
-                // A syntax error leaves nothing to check further.
-                let span = e.span().map(|s| line_col(text, s.start));
-                let key = match span {
-                    Some((l, c)) => format!("line {l}, column {c}"),
-                    None => "file".to_string(),
-                };
-                problems.push(key, format!("TOML syntax: {}", e.message()));
-                return Err(problems);
-            }
-        };
         let p = &mut problems;
         let mut s = Section::new("", &root);
 
@@ -370,65 +360,6 @@ fn upstream<'a>(s: &mut Section<'a>, name: &'a str, p: &mut Problems) -> Option<
         Ok(u) => Some(u),
         Err(e) => {
             p.push(s.key(name), e);
-            None
-        }
-    }
-}
-
-/// Reads a secret given as `<base>_env` or `<base>_file` (exactly one).
-fn secret_source<'a>(
-    s: &mut Section<'a>,
-    env_key: &'a str,
-    file_key: &'a str,
-    others: &[&str],
-    env: &dyn Environment,
-    p: &mut Problems,
-) -> Option<Secret> {
-    let from_env = s.string(env_key, p);
-    let from_file = s.string(file_key, p);
-    match (from_env, from_file) {
-        (Some(var), None) => match env.var(var) {
-            Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim().to_string())),
-            Some(_) => {
-                p.push(
-                    s.key(env_key),
-                    format!("environment variable {var} is empty"),
-                );
-                None
-            }
-            None => {
-                p.push(
-                    s.key(env_key),
-                    format!("environment variable {var} is not set"),
-                );
-                None
-            }
-        },
-        (None, Some(path)) => match env.read_file(Path::new(path)) {
-            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim().to_string())),
-            Ok(_) => {
-                p.push(s.key(file_key), format!("file {path} is empty"));
-                None
-            }
-            Err(e) => {
-                p.push(s.key(file_key), format!("cannot read {path}: {e}"));
-                None
-            }
-        },
-        (Some(_), Some(_)) => {
-            p.push(
-                s.key(env_key),
-                format!("give only one of `{env_key}` and `{file_key}`"),
-            );
-            None
-        }
-        (None, None) => {
-            let mut choices = vec![format!("`{env_key}`"), format!("`{file_key}`")];
-            choices.extend(others.iter().map(|o| format!("`{o}`")));
-            p.push(
-                s.key(env_key),
-                format!("is required: set one of {}", choices.join(", ")),
-            );
             None
         }
     }
@@ -992,18 +923,6 @@ fn valid_label(s: &str) -> bool {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, col)
 }
 
 #[cfg(test)]
