@@ -59,7 +59,7 @@ fn read_apps(
         let app_id = s.required_string("app_id", p);
         let app_secret = secret_source(&mut s, "app_secret_env", "app_secret_file", &[], env, p);
         let upstream = match s.value("upstream") {
-            Some(_) => super::upstream(&mut s, "upstream", p),
+            Some(_) => super::server::upstream(&mut s, "upstream", p),
             None => Some(global.clone()),
         };
         let kind = read_app_kind(&mut s, env, p);

@@ -1,8 +1,9 @@
 //! `[quota]`: margins, overflow, and the shared Redis backend.
 //!
-//! The limits themselves are checked with the quota module's own parsers
-//! ([`crate::quota::Plan`]): a margin that leaves no room for a small limit
-//! is refused here, not when the gateway starts.
+//! The margins are checked with the quota module's own planner
+//! ([`crate::quota::Plan`]): a `margin` or `min_rate_fraction` that leaves
+//! no plan even for a 50/s limit is refused here, not when the gateway
+//! starts.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use super::{secret_source, Environment};
 use crate::quota::{OverflowMode, QuotaConfig};
 use crate::secret::Secret;
 
-/// Reads `[quota]`; every key has a default.
+/// Reads `[quota]`. Absent, quotas are local with the defaults.
 pub(super) fn read(root: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -> QuotaConfig {
     use crate::quota::{BackendKind, FailMode};
     let defaults = crate::quota::PlanPolicy::default();
