@@ -236,6 +236,32 @@ impl<'a> Section<'a> {
     }
 }
 
+/// Parses config text into its root table, or names where the TOML syntax
+/// breaks (as `line L, column C`).
+pub(super) fn toml_table(text: &str) -> Result<Table, Problems> {
+    toml::from_str(text).map_err(|e| {
+        let key = match e.span().map(|s| line_col(text, s.start)) {
+            Some((l, c)) => format!("line {l}, column {c}"),
+            None => "file".to_string(),
+        };
+        let mut problems = Problems::default();
+        problems.push(key, format!("TOML syntax: {}", e.message()));
+        problems
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
 /// Parses `"3s"`, `"500ms"`, `"2m"`, `"1h 30m"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())

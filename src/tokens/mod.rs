@@ -68,8 +68,9 @@ pub struct TokenPolicy {
     pub refresh_before: Duration,
     /// First retry delay after a failed fetch (`retry_min`). Default 500 ms.
     pub retry_min: Duration,
-    /// Largest retry delay (`retry_max`). Default 30 s. Delays double with
-    /// full jitter between the two.
+    /// Largest retry delay (`retry_max`). Default 30 s. The delay doubles
+    /// from `retry_min` up to this cap, with equal jitter: each wait is half
+    /// the delay plus a random part of up to the other half.
     pub retry_max: Duration,
     /// Timeout of one token call (`fetch_timeout`). Default 10 s.
     pub fetch_timeout: Duration,
