@@ -15,7 +15,7 @@ use crate::auth::ClientTable;
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::{Catalog, Contracts};
 use crate::observe::metrics::Metrics;
-use crate::proxy::{AppRoute, Gateway};
+use crate::proxy::{AppRoute, Gateway, QuotaKeys};
 use crate::quota::{
     BackendKind, Engine, KeySpec, Plan, PlanPolicy, QuotaKey, RedisConnection, RedisSettings,
 };
@@ -152,10 +152,11 @@ fn gateway(
         plans.push(Some(plan));
     }
     let mut specs = Vec::new();
-    let mut quota_keys = Vec::new();
+    let mut quota_keys = QuotaKeys::new(plans.len());
     for app in 0..config.apps.len() {
+        let mut keys = Vec::new();
         for (r, plan) in plans.iter().enumerate() {
-            quota_keys.push(plan.as_ref().map(|plan| {
+            keys.push(plan.as_ref().map(|plan| {
                 let key = QuotaKey::new(specs.len() as u32);
                 let route = catalog.route(r);
                 let name = format!(
@@ -167,17 +168,11 @@ fn gateway(
                 (key, metrics.quota_pair(app, r, windows))
             }));
         }
+        quota_keys.push_app(keys);
     }
     let quota = Engine::from_config(&config.quota, specs, &metrics, redis)?;
     // Store apps' tenants get keys of their own with their app's limits.
-    let routes = catalog.routes().len();
-    let templates = (0..config.apps.len())
-        .map(|app| {
-            (0..routes)
-                .map(|r| quota_keys[app * routes + r].as_ref().map(|(k, _)| *k))
-                .collect()
-        })
-        .collect();
+    let templates = quota_keys.templates();
     let store = Arc::new(StoreApps::new(
         &config.apps,
         tickets,

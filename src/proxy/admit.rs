@@ -166,9 +166,7 @@ impl Gateway {
         app: usize,
         route: usize,
     ) -> Option<&(QuotaKey, QuotaPairMetrics)> {
-        self.quota_keys
-            .get(app * self.catalog.routes().len() + route)?
-            .as_ref()
+        self.quota_keys.get(app, route)
     }
 
     /// Reject or wait, by route config, overridden per request by
@@ -230,5 +228,48 @@ impl Gateway {
             pause_secs = secs,
             "Feishu throttled this app and route; pausing it"
         );
+    }
+}
+
+/// The quota key and wait metrics of every (app, route) pair, `None` where
+/// the route has no limits. Built once from the configured apps and the
+/// catalog; a store app's tenants get keys of their own with the same
+/// limits ([`QuotaKeys::templates`]).
+pub struct QuotaKeys {
+    routes: usize,
+    /// At `app * routes + route`.
+    keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>,
+}
+
+impl QuotaKeys {
+    /// An empty table for `routes` catalog routes; fill it app by app.
+    pub fn new(routes: usize) -> QuotaKeys {
+        QuotaKeys {
+            routes,
+            keys: Vec::new(),
+        }
+    }
+
+    /// Appends the next app's keys, one per catalog route in order.
+    pub fn push_app(&mut self, keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>) {
+        assert_eq!(keys.len(), self.routes, "one entry per catalog route");
+        self.keys.extend(keys);
+    }
+
+    /// The key of `app` on `route`, if the route is limited.
+    pub fn get(&self, app: usize, route: usize) -> Option<&(QuotaKey, QuotaPairMetrics)> {
+        if route >= self.routes {
+            return None;
+        }
+        self.keys.get(app * self.routes + route)?.as_ref()
+    }
+
+    /// Per app, per route: the key whose limits each tenant of a store app
+    /// gets a copy of.
+    pub fn templates(&self) -> Vec<Vec<Option<QuotaKey>>> {
+        self.keys
+            .chunks(self.routes.max(1))
+            .map(|app| app.iter().map(|k| k.as_ref().map(|(k, _)| *k)).collect())
+            .collect()
     }
 }

@@ -35,6 +35,7 @@ mod headers;
 mod inspect;
 mod log;
 
+pub use admit::QuotaKeys;
 pub use ctx::RequestCtx;
 use front::token_endpoint;
 
@@ -49,11 +50,11 @@ use crate::auth::sdk_token::TokenIssuer;
 use crate::auth::ClientTable;
 use crate::endpoints::Catalog;
 use crate::endpoints::Contracts;
-use crate::observe::metrics::{Metrics, QuotaPairMetrics};
+use crate::observe::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::GatewayError;
+use crate::quota::Engine;
 use crate::quota::QuotaConfig;
-use crate::quota::{Engine, QuotaKey};
 use crate::store_apps::StoreApps;
 use crate::tokens::TokenManager;
 use crate::upstream::Upstream;
@@ -85,7 +86,7 @@ pub struct Gateway {
     pub(crate) quota: Engine,
     /// Quota key and wait metrics per (app, route), at `app * routes + route`;
     /// `None` where the route has no limits.
-    pub(crate) quota_keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>,
+    pub(crate) quota_keys: QuotaKeys,
     pub(crate) quota_config: QuotaConfig,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_read_timeout: Duration,
