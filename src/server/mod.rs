@@ -27,6 +27,44 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::server::tls::ReloadingAcceptor;
 use crate::workers::Workers;
 
+/// A service a listener can serve: it answers every request (its errors are
+/// answers too, hence `Infallible`) and can be cloned per connection.
+pub trait Answering<B>:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Answering<B> for S
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+}
+
+/// A body hyper can send on either protocol.
+pub trait AnswerBody:
+    http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> AnswerBody for B
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+}
+
 /// Serves `service` on `listener` over plain HTTP until `shutdown`
 /// completes, then stops accepting and gives open connections up to `grace`
 /// to finish their in-flight requests.
@@ -36,14 +74,8 @@ pub async fn serve<S, B>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Answering<B>,
+    B: AnswerBody,
 {
     serve_with_tls(listener, None, None, service, shutdown, grace).await
 }
@@ -65,14 +97,8 @@ pub async fn serve_with_tls<S, B>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Answering<B>,
+    B: AnswerBody,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -153,14 +179,8 @@ async fn connection<I, S, B>(
     watcher: Watcher,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Answering<B>,
+    B: AnswerBody,
 {
     let conn = builder
         .serve_connection(io, TowerToHyperService::new(service))
