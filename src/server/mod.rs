@@ -1,4 +1,12 @@
-//! Accepting connections and shutting down gracefully.
+//! Downstream: the gateway's callers' connections.
+//!
+//! | file            | concern                                                    |
+//! |-----------------|------------------------------------------------------------|
+//! | `mod.rs`        | accept loop, title-cased HTTP/1, HTTP/2, graceful drain     |
+//! | `tls.rs`        | HTTPS on the listener: rustls, ALPN, certificate reload     |
+//! | `stack.rs`      | the main listener's tower layers, in order, each with its why |
+//! | `request_id.rs` | an id on every request and its answer (`X-Request-Id`)     |
+//! | `admin.rs`      | `/healthz`, `/readyz`, `/metrics` on the admin listener     |
 //!
 //! [`serve`] takes a bound listener, a service and a shutdown future, so
 //! tests bind `127.0.0.1:0` and call it directly; [`serve_with_tls`] does the

@@ -1,4 +1,5 @@
-//! Store apps (ISV): the app_ticket, the tenants, and the event endpoint.
+//! Store apps (ISV): their tenants, and Feishu's pushes to the event
+//! endpoint (verified in [`callback`]).
 //!
 //! A store app is installed by many tenants. Its credentials come in three
 //! steps, each kept here or in [`crate::tokens`]:
@@ -35,7 +36,7 @@ use crate::store_apps::callback::{CallbackKeys, Event, EventError, Verifier, Ver
 use crate::tokens::{AppConfig, AppKind, TokenManager, TokenSlot};
 use crate::upstream::Upstream;
 
-pub use crate::tokens::ticket::{TicketBox, MAX_TICKET_AGE, TICKET_SYNC_INTERVAL};
+use crate::tokens::ticket::{TicketBox, TICKET_SYNC_INTERVAL};
 /// Longest tenant key accepted from a caller.
 const MAX_TENANT_KEY: usize = 128;
 

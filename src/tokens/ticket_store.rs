@@ -7,7 +7,7 @@
 //!   app, `<key_prefix>app_ticket:<app_id>`, holding the JSON document of
 //!   [`StoredTicket::to_json`], written by one `SET`. Every replica reads
 //!   and writes the same key, so a ticket Feishu pushed to any replica is
-//!   usable by all ([`TicketStore::is_shared`]; see [`crate::store_apps::TicketBox`]
+//!   usable by all ([`TicketStore::is_shared`]; see [`crate::tokens::ticket::TicketBox`]
 //!   for when a replica reads it).
 //! - [`FileTicketStore`] (else, with `state_dir`): one JSON file per app
 //!   under the state directory, replaced atomically.
