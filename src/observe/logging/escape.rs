@@ -10,15 +10,19 @@ use std::io::Write;
 // The rare escaping is out of line: setting up for it would cost every
 // value.
 pub(super) fn push_debug_str(line: &mut Vec<u8>, s: &str) {
-    // Printable ASCII but `"` and `\` is written as it is.
-    let special = |b: u8| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\';
-    if find(s.as_bytes(), 0, debug_special, special).is_none() {
+    if find(s.as_bytes(), 0, debug_special, debug_special_byte).is_none() {
         line.push(b'"');
         line.extend_from_slice(s.as_bytes());
         line.push(b'"');
     } else {
         push_debug_str_escaped(line, s);
     }
+}
+
+/// A byte `{:?}` may escape: `"`, `\` and all but printable ASCII (what
+/// becomes of non-ASCII is left to `{:?}`).
+fn debug_special_byte(b: u8) -> bool {
+    !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\'
 }
 
 #[cold]
@@ -38,6 +42,7 @@ pub(super) fn push_json_str(line: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// What JSON escapes: control characters, `"` and `\`.
 fn json_special_byte(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
@@ -132,4 +137,112 @@ fn json_special(x: u64) -> bool {
     let quote = zero_lanes(x ^ (ONES * u64::from(b'"')));
     let backslash = zero_lanes(x ^ (ONES * u64::from(b'\\')));
     (control | quote | backslash) & HIGHS != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A word test, the byte test it stands for, and a name.
+    type Scan = (fn(u64) -> bool, fn(u8) -> bool, &'static str);
+
+    /// The two scans.
+    const SCANS: [Scan; 2] = [
+        (debug_special, debug_special_byte, "debug"),
+        (json_special, json_special_byte, "json"),
+    ];
+
+    /// The bytes neither format escapes.
+    fn clean() -> impl Iterator<Item = u8> {
+        (0..=255).filter(|&b| !debug_special_byte(b) && !json_special_byte(b))
+    }
+
+    #[test]
+    fn a_word_is_flagged_when_a_lane_is_special() {
+        for (word_special, special, scan) in SCANS {
+            // Every byte in every lane, among every clean byte.
+            for filler in clean() {
+                for b in 0..=255u8 {
+                    for lane in 0..8 {
+                        let mut word = [filler; 8];
+                        word[lane] = b;
+                        assert_eq!(
+                            word_special(word_at(&word)),
+                            special(b),
+                            "{scan}: {b:#04x} in lane {lane} among {filler:#04x}"
+                        );
+                    }
+                }
+            }
+            // Every two bytes in every two lanes: a borrow or carry out of
+            // one lane must not hide (or fake) the other.
+            for a in 0..=255u8 {
+                for b in 0..=255u8 {
+                    for i in 0..8 {
+                        for j in i + 1..8 {
+                            let mut word = [b'a'; 8];
+                            word[i] = a;
+                            word[j] = b;
+                            assert_eq!(
+                                word_special(word_at(&word)),
+                                special(a) || special(b),
+                                "{scan}: {a:#04x} in lane {i}, {b:#04x} in lane {j}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn find_finds_what_the_byte_test_finds() {
+        // Every byte at every offset of every string of up to 24 bytes
+        // (three words: every lane, and every tail after whole words),
+        // scanned from every start, before and after the byte.
+        for (word_special, special, scan) in SCANS {
+            for len in 0..24 {
+                let clean = vec![b'a'; len];
+                for from in 0..=len {
+                    assert_eq!(find(&clean, from, word_special, special), None);
+                }
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut bytes = clean.clone();
+                        bytes[at] = b;
+                        for from in 0..=len {
+                            let want = bytes[from..]
+                                .iter()
+                                .position(|&b| special(b))
+                                .map(|p| from + p);
+                            assert_eq!(
+                                find(&bytes, from, word_special, special),
+                                want,
+                                "{scan}: {b:#04x} at {at} of {len}, from {from}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_lanes_flags_a_zero_lane_and_no_word_without_one() {
+        for filler in 1..=255u8 {
+            assert_eq!(
+                zero_lanes(word_at(&[filler; 8])) & HIGHS,
+                0,
+                "{filler:#04x}"
+            );
+            for lane in 0..8 {
+                let mut word = [filler; 8];
+                word[lane] = 0;
+                let mut high = [0; 8];
+                high[lane] = 0x80;
+                let flagged = zero_lanes(word_at(&word)) & word_at(&high);
+                assert_ne!(flagged, 0, "{filler:#04x}, zero in lane {lane}");
+            }
+        }
+    }
 }

@@ -351,3 +351,64 @@ pub(super) fn civil(secs: u64) -> [u8; 19] {
     put(&mut out, 17, 2, rem % 60);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::civil;
+
+    fn civil_str(secs: u64) -> String {
+        String::from_utf8(civil(secs).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn civil_known_dates() {
+        for (secs, want) in [
+            (68_169_599, "1972-02-28T23:59:59"),
+            (68_169_600, "1972-02-29T00:00:00"),
+            (68_256_000, "1972-03-01T00:00:00"),
+            (946_684_799, "1999-12-31T23:59:59"),
+            (946_684_800, "2000-01-01T00:00:00"),
+            (951_868_800, "2000-03-01T00:00:00"),
+            (1_709_210_096, "2024-02-29T12:34:56"),
+            // 2100 is not a leap year: February has 28 days.
+            (4_107_542_399, "2100-02-28T23:59:59"),
+            (4_107_542_400, "2100-03-01T00:00:00"),
+            (13_574_563_200, "2400-02-29T00:00:00"),
+            (253_402_300_799, "9999-12-31T23:59:59"),
+        ] {
+            assert_eq!(civil_str(secs), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn civil_counts_every_day_as_a_calendar_does() {
+        // Day by day from 1970 into 2400 (past the leap days that 2100
+        // lacks and 2400 has), against the Gregorian rules
+        // written out plainly, at the day's first and last second.
+        let leap =
+            |y: u64| y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400));
+        let (mut year, mut month, mut day) = (1970, 1, 1);
+        for days in 0..157_200u64 {
+            let date = format!("{year:04}-{month:02}-{day:02}");
+            assert_eq!(civil_str(days * 86_400), format!("{date}T00:00:00"));
+            assert_eq!(
+                civil_str(days * 86_400 + 86_399),
+                format!("{date}T23:59:59")
+            );
+            let length = match month {
+                2 if leap(year) => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            day += 1;
+            if day > length {
+                (month, day) = (month + 1, 1);
+            }
+            if month > 12 {
+                (year, month) = (year + 1, 1);
+            }
+        }
+        assert_eq!((year, month), (2400, 5));
+    }
+}
