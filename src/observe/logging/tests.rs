@@ -1,8 +1,15 @@
+use std::fmt;
+use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 
+use super::access::ACCESS_META;
+use super::escape::{push_debug_str, push_json_str};
+use super::format::{civil, format_line, format_record, push_i64, push_timestamp, push_u64};
 use super::*;
 
 /// A writer that keeps what it is given.
