@@ -76,7 +76,8 @@ fn push_json_str_escaped(line: &mut Vec<u8>, s: &str) {
 
 /// Where the first byte at or after `from` that `special` flags is.
 /// Eight bytes at a time first (most values need no escape at all):
-/// `word_special` may flag a word with no such byte, never misses one.
+/// `word_special` flags exactly the words that hold such a byte (the tests
+/// below check every byte in every lane); `special` then finds it.
 #[inline(always)]
 fn find(
     bytes: &[u8],
