@@ -13,7 +13,7 @@ use tracing_core::callsite::DefaultCallsite;
 use tracing_core::metadata::Kind;
 use tracing_subscriber::layer::{Context, Layer};
 
-use super::format::{format_line, format_record, key, Line};
+use super::format::{format_line, key, Line};
 use super::{LogFormat, LogSink};
 
 /// The access log's tracing target.
@@ -188,6 +188,18 @@ pub(super) static ACCESS_META: Metadata<'static> = Metadata::new(
     ),
     Kind::EVENT,
 );
+
+/// Writes `record`'s line (the access line's fields, as typed values).
+pub(super) fn format_record(
+    buf: &mut Vec<u8>,
+    format: LogFormat,
+    now: SystemTime,
+    record: &AccessRecord<'_>,
+) {
+    let mut line = Line::start(buf, format, now, &Level::INFO, ACCESS_TARGET);
+    record.record(&mut line);
+    line.finish(ACCESS_TARGET);
+}
 
 /// Writes one access line, for the record `make` builds, if the
 /// subscriber wants access lines. When tracing already knows that it does

@@ -9,7 +9,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level};
 
-use super::access::{AccessRecord, ACCESS_TARGET};
 use super::escape::{push_debug_str, push_json_str};
 use super::LogFormat;
 
@@ -38,18 +37,6 @@ macro_rules! key {
     };
 }
 pub(super) use key;
-
-/// Writes `record`'s line (the access line's fields, as typed values).
-pub(super) fn format_record(
-    buf: &mut Vec<u8>,
-    format: LogFormat,
-    now: SystemTime,
-    record: &AccessRecord<'_>,
-) {
-    let mut line = Line::start(buf, format, now, &Level::INFO, ACCESS_TARGET);
-    record.record(&mut line);
-    line.finish(ACCESS_TARGET);
-}
 
 /// Writes `event`'s line (its fields, as tracing hands them over).
 pub(super) fn format_line(
@@ -80,7 +67,7 @@ impl<'a> Line<'a> {
     /// Writes what comes before the fields: the time, the level and (plain)
     /// the target.
     #[inline(always)]
-    fn start(
+    pub(super) fn start(
         buf: &'a mut Vec<u8>,
         format: LogFormat,
         now: SystemTime,
@@ -119,7 +106,7 @@ impl<'a> Line<'a> {
 
     /// Writes what comes after the fields (JSON: the target) and the newline.
     #[inline(always)]
-    fn finish(self, target: &str) {
+    pub(super) fn finish(self, target: &str) {
         if self.format == LogFormat::Json {
             self.buf.extend_from_slice(b",\"target\":");
             push_json_str(self.buf, target);

@@ -7,9 +7,10 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 
+use super::access::format_record;
 use super::access::ACCESS_META;
 use super::escape::{push_debug_str, push_json_str};
-use super::format::{civil, format_line, format_record, push_i64, push_timestamp, push_u64};
+use super::format::{civil, format_line, push_i64, push_timestamp, push_u64};
 use super::*;
 
 /// A writer that keeps what it is given.
