@@ -6,6 +6,8 @@
 #   bash benches/load.sh              # the comparison table (about 6 minutes)
 #   bash benches/load.sh --soak       # 10 minutes of mixed load, RSS every 10 s
 #   bash benches/load.sh --profile    # where the gateway's time goes
+#   bash benches/load.sh --baseline-bin OTHER/target/release/feishu-gateway
+#                                     # the table, plus an A/B against that build
 #   bash benches/load.sh --help       # every option
 #
 # It installs nothing: it checks for its tools and says what to install.
@@ -32,6 +34,7 @@ GATEWAY_ENV=() # extra VAR=VALUE for the gateway processes (experiments)
 GATEWAY_SET=() # extra top-level config lines for the gateways (experiments)
 OPEN_RATE=0    # --open-loop: fixed request rate for the open-loop latency table (0 = off)
 OPEN_CONNS=64  # connections oha may use at that rate
+BASE_BIN=""    # --baseline-bin: another gateway build, a fifth target (A/B)
 
 usage() {
     cat <<EOF
@@ -39,6 +42,7 @@ usage: bash benches/load.sh [--soak [MINUTES] | --profile [perf|callgrind]] [opt
 
 Modes:
   (default)          table: direct fake, nginx, gateway, gateway rejection path
+                     (and gateway (baseline) with --baseline-bin)
   --soak [MINUTES]   mixed load on the gateway for MINUTES (default $SOAK_MINUTES),
                      RSS and metric series sampled every 10 s
   --profile [TOOL]   profile the gateway under load: perf (cpu-clock samples)
@@ -65,6 +69,15 @@ Options:
                      cargo install oha --locked) for direct, nginx and
                      gateway: a fair "added p99", unlike closed-loop wrk
   --open-conns N     connections oha may use for --open-loop (default $OPEN_CONNS)
+  --baseline-bin P   A/B against another build of the gateway (e.g. the
+                     target/release/feishu-gateway of an older worktree,
+                     built apart): a fifth target "gateway (baseline)",
+                     binary P under the same config, environment and fake
+                     (this tree's sim), interleaved in every round (it and
+                     the gateway swap places every other round); prints
+                     new/baseline ratios of req/s, cpu per request and
+                     peak RSS per connection count, and the per-round
+                     ratios. Table mode only
   --no-build         use target/release/feishu-gateway as it is
   --keep             keep the temporary directory (configs, logs, raw results)
 EOF
@@ -89,6 +102,7 @@ while [ $# -gt 0 ]; do
     --gateway-set) GATEWAY_SET+=("$2"); shift ;;
     --open-loop) OPEN_RATE=$2; shift ;;
     --open-conns) OPEN_CONNS=$2; shift ;;
+    --baseline-bin) BASE_BIN=$2; shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
     -h | --help) usage; exit 0 ;;
@@ -141,6 +155,11 @@ if [ "$BUILD" = 1 ]; then
     (cd "$ROOT" && cargo build --release --locked --bin feishu-gateway) >&2
 fi
 [ -x "$BIN" ] || die "$BIN not found (run without --no-build)"
+if [ -n "$BASE_BIN" ]; then
+    [ "$MODE" = compare ] || die "--baseline-bin applies to the table only (not to --$MODE)"
+    [ -x "$BASE_BIN" ] && [ -f "$BASE_BIN" ] || die "--baseline-bin $BASE_BIN: not an executable file"
+    BASE_BIN=$(cd "$(dirname "$BASE_BIN")" && pwd)/$(basename "$BASE_BIN")
+fi
 
 CORES=$(nproc)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/feishu-load.XXXXXX")
@@ -313,8 +332,9 @@ gateway_config() {
 }
 
 # start_gateway NAME lifted|seed [WRAPPER...]: sets GW_PID, GW_URL, GW_ADMIN.
+# The binary is $BIN, or $GW_BIN where set (GW_BIN=... start_gateway ...).
 start_gateway() {
-    local name=$1 limits=$2
+    local name=$1 limits=$2 bin=${GW_BIN:-$BIN}
     shift 2
     local port admin
     port=$(free_port)
@@ -322,7 +342,7 @@ start_gateway() {
     gateway_config "$WORK/$name.toml" "$port" "$admin" "$limits"
     # Access log lines go to /dev/null (as nginx's do): formatted and
     # written, not stored.
-    env "${GW_ENV[@]}" "${GATEWAY_ENV[@]}" "$@" "$BIN" serve --config "$WORK/$name.toml" \
+    env "${GW_ENV[@]}" "${GATEWAY_ENV[@]}" "$@" "$bin" serve --config "$WORK/$name.toml" \
         >/dev/null 2>"$WORK/$name.err" &
     GW_PID=$!
     STARTED+=("$GW_PID")
@@ -330,10 +350,10 @@ start_gateway() {
     GW_ADMIN="http://127.0.0.1:$admin"
     # Ready = every app holds a tenant token.
     if ! wait_http "$GW_ADMIN/readyz" 120 "$GW_PID"; then
-        env "${GW_ENV[@]}" "$BIN" check-config --config "$WORK/$name.toml" >&2 || true
+        env "${GW_ENV[@]}" "$bin" check-config --config "$WORK/$name.toml" >&2 || true
         die "gateway $name did not become ready: $(tail -5 "$WORK/$name.err")"
     fi
-    say "gateway $name ($limits limits, $APPS apps) at $GW_URL, pid $GW_PID"
+    say "gateway $name ($limits limits, $APPS apps, $bin) at $GW_URL, pid $GW_PID"
 }
 
 start_nginx() {
@@ -513,20 +533,33 @@ compare() {
     local GW1_PID=$GW_PID GW1_URL=$GW_URL GW1_ADMIN=$GW_ADMIN
     start_gateway gateway-seed seed
     local GW2_PID=$GW_PID GW2_URL=$GW_URL GW2_ADMIN=$GW_ADMIN
+    local GW3_PID="" GW3_URL="" GW3_ADMIN=""
+    if [ -n "$BASE_BIN" ]; then
+        # The same config (lifted limits), environment and fake; only the binary differs.
+        GW_BIN=$BASE_BIN start_gateway gateway-baseline lifted
+        GW3_PID=$GW_PID GW3_URL=$GW_URL GW3_ADMIN=$GW_ADMIN
+    fi
     local NGINX_PIDS
     mapfile -t NGINX_PIDS < <(tree_pids "$NGINX_PID")
 
-    say "$ROUNDS round(s) x {$CONCS} connections x 4 targets, ${WARMUP}s warm-up + ${DURATION}s each"
+    local round conc k targets=(direct nginx gateway reject) order
+    [ -n "$BASE_BIN" ] && targets=(direct nginx gateway baseline reject)
+    local nt=${#targets[@]}
+    say "$ROUNDS round(s) x {$CONCS} connections x $nt targets, ${WARMUP}s warm-up + ${DURATION}s each"
     : >"$RESULTS"
-    local round conc k targets=(direct nginx gateway reject)
     for round in $(seq 1 "$ROUNDS"); do
+        order=("${targets[@]}")
+        # The gateway and its baseline swap places every other round, so
+        # neither always runs right after the other.
+        [ -n "$BASE_BIN" ] && [ $((round % 2)) = 0 ] && order=(direct nginx baseline gateway reject)
         for conc in $CONCS; do
             # Each round starts with another target, so none always goes first.
-            for k in 0 1 2 3; do
-                case ${targets[$(((k + round - 1) % 4))]} in
+            for k in $(seq 0 $((nt - 1))); do
+                case ${order[$(((k + round - 1) % nt))]} in
                 direct) cell "$round" direct "$conc" "$SIM_URL" "$WORK/tokens.txt" - "$SIM_PID" ;;
                 nginx) cell "$round" nginx "$conc" "$NGINX_URL" "$WORK/tokens.txt" - "${NGINX_PIDS[@]}" ;;
                 gateway) cell "$round" gateway "$conc" "$GW1_URL" "$WORK/keys.txt" "$GW1_ADMIN" "$GW1_PID" ;;
+                baseline) cell "$round" baseline "$conc" "$GW3_URL" "$WORK/keys.txt" "$GW3_ADMIN" "$GW3_PID" ;;
                 reject) cell "$round" reject "$conc" "$GW2_URL" "$WORK/key1.txt" "$GW2_ADMIN" "$GW2_PID" ;;
                 esac
             done
@@ -547,6 +580,7 @@ report() {
     echo "work: POST put_top_notice, realistic JSON body; gateway over $APPS apps / $APPS client keys; fake in fast mode (own process)"
     [ ${#GATEWAY_ENV[@]} -gt 0 ] && echo "gateway environment: ${GATEWAY_ENV[*]}"
     [ ${#GATEWAY_SET[@]} -gt 0 ] && echo "gateway config lines: ${GATEWAY_SET[*]}"
+    [ -n "$BASE_BIN" ] && echo "baseline: $BASE_BIN (its tree at commit $(git -C "$(dirname "$BASE_BIN")" rev-parse --short HEAD 2>/dev/null || echo '?')), same config; gateway: $BIN"
     [ "$HWM_RESET" = 1 ] || echo "note: VmHWM could not be reset; peak RSS is over the whole run"
     echo
     awk -F'\t' '
@@ -564,26 +598,28 @@ report() {
             r429[k] = r429[k] " " $12; usr[k] = usr[k] " " $13; sys[k] = sys[k] " " $14
             if (!(k in mn) || $4 < mn[k]) mn[k] = $4
             if ($4 > mx[k]) mx[k] = $4
+            # Per round, for the A/B ratios round by round.
+            RR[k, $1] = $4; CR[k, $1] = $10; if ($1 > nr) nr = $1
         }
         END {
             name["direct"] = "direct (fake)"; name["nginx"] = "nginx"; name["gateway"] = "feishu-gateway"
-            name["reject"] = "gateway 429 path"
-            printf "| %-17s | %5s | %9s | %6s | %8s | %8s | %8s | %12s | %18s | %9s |\n", "target", "conns", "req/s", "spread", "p50 ms", "p99 ms", "p99.9 ms", "non-2xx", "cpu us/req usr+sys", "peak RSS"
-            printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "-------------------", "------:", "----------:", "-------:", "---------:", "---------:", "---------:", "-------------:", "-------------------:", "----------:"
+            name["baseline"] = "gateway (baseline)"; name["reject"] = "gateway 429 path"
+            printf "| %-18s | %5s | %9s | %6s | %8s | %8s | %8s | %12s | %18s | %9s |\n", "target", "conns", "req/s", "spread", "p50 ms", "p99 ms", "p99.9 ms", "non-2xx", "cpu us/req usr+sys", "peak RSS"
+            printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "--------------------", "------:", "----------:", "-------:", "---------:", "---------:", "---------:", "-------------:", "-------------------:", "----------:"
             for (i = 1; i <= nk; i++) {
                 k = order[i]; split(k, tc, SUBSEP); t = tc[1]; c = tc[2]
                 R[t, c] = median(rps[k]); P99[t, c] = median(p99[k]); Q[t, c] = median(r429[k]); CPU[t, c] = median(cpu[k])
                 RSS[t] = (hwm[k] > RSS[t] ? hwm[k] : RSS[t])
             }
             # Rows: by connections, then target.
-            split("direct nginx gateway reject", tl, " ")
+            nt = split("direct nginx gateway baseline reject", tl, " ")
             nc = 0
             for (i = 1; i <= nk; i++) { split(order[i], tc, SUBSEP); if (!(tc[2] in cs)) { cs[tc[2]] = 1; cl[++nc] = tc[2] } }
-            for (ci = 1; ci <= nc; ci++) for (ti = 1; ti <= 4; ti++) {
+            for (ci = 1; ci <= nc; ci++) for (ti = 1; ti <= nt; ti++) {
                 k = tl[ti] SUBSEP cl[ci]; if (!(k in seen)) continue
                 r = median(rps[k]); spread = r > 0 ? 100 * (mx[k] - mn[k]) / r : 0
                 nn = tl[ti] == "reject" ? sprintf("%d 429", non2xx[k]) : non2xx[k] + err[k]
-                printf "| %-17s | %5s | %9.0f | %5.0f%% | %8.2f | %8.2f | %8.2f | %12s | %18s | %6.1f MB |\n", name[tl[ti]], cl[ci], r, spread,
+                printf "| %-18s | %5s | %9.0f | %5.0f%% | %8.2f | %8.2f | %8.2f | %12s | %18s | %6.1f MB |\n", name[tl[ti]], cl[ci], r, spread,
                     median(p50[k]) / 1000, median(p99[k]) / 1000, median(p999[k]) / 1000, nn,
                     sprintf("%.1f = %.1f + %.1f", median(cpu[k]), median(usr[k]), median(sys[k])), hwm[k] / 1024
             }
@@ -611,6 +647,21 @@ report() {
             }
             g = (RSS["gateway"] > RSS["reject"] ? RSS["gateway"] : RSS["reject"]) / 1024
             printf "  gateway peak RSS with %s apps     = %.1f MB  (target <= 40 MB)   %s\n", apps, g, (g <= 40 ? "met" : "MISSED")
+            ab = 0
+            for (ci = 1; ci <= nc; ci++) {
+                c = cl[ci]; kg = "gateway" SUBSEP c; kb = "baseline" SUBSEP c
+                if (!(kg in seen) || !(kb in seen) || R["baseline", c] <= 0 || CPU["baseline", c] <= 0 || hwm[kb] <= 0) continue
+                if (!ab++) { print ""; print "A/B, this build (gateway) / the baseline build, medians over the rounds (peak RSS: highest cell):" }
+                printf "  c=%-4s throughput      new/baseline = %6.3f  (%.0f vs %.0f req/s)\n", c, R["gateway", c] / R["baseline", c], R["gateway", c], R["baseline", c]
+                printf "  c=%-4s cpu per request new/baseline = %6.3f  (%.1f vs %.1f us usr+sys)\n", c, CPU["gateway", c] / CPU["baseline", c], CPU["gateway", c], CPU["baseline", c]
+                printf "  c=%-4s peak RSS        new/baseline = %6.3f  (%.1f vs %.1f MB)\n", c, hwm[kg] / hwm[kb], hwm[kg] / 1024, hwm[kb] / 1024
+                tr = ""; cr = ""
+                for (r = 1; r <= nr; r++) {
+                    if (!((kg, r) in RR) || !((kb, r) in RR) || RR[kb, r] <= 0 || CR[kb, r] <= 0) continue
+                    tr = tr sprintf(" %.3f", RR[kg, r] / RR[kb, r]); cr = cr sprintf(" %.3f", CR[kg, r] / CR[kb, r])
+                }
+                printf "  c=%-4s round by round: throughput%s; cpu per request%s\n", c, tr, cr
+            }
         }' apps="$APPS" "$RESULTS"
 }
 
