@@ -249,7 +249,10 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// Sends on the upstream's HTTP/2 connection: hyper's client wants the
-/// request owned and its URI absolute.
+/// request owned and its URI absolute. The authority travels as
+/// `:authority` (from the URI), so the request's `Host` is left out: a
+/// second one beside it is a malformed request to HTTP/2 servers (nginx
+/// answers 400 "client sent duplicate host header"; RFC 9113 §8.3.1).
 async fn send_h2(
     upstream: &Upstream,
     req: &Request<Bytes>,
@@ -261,7 +264,13 @@ async fn send_h2(
         upstream,
         req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
     );
-    *owned.headers_mut() = req.headers().clone();
+    let headers = owned.headers_mut();
+    headers.reserve(req.headers().len());
+    for (name, value) in req.headers() {
+        if name != http::header::HOST {
+            headers.append(name, value.clone());
+        }
+    }
     tx.ready().await.map_err(|e| failure(&e))?;
     let resp = tx.send_request(owned).await.map_err(|e| failure(&e))?;
     Ok(resp.map(UpstreamBody::H2))

@@ -142,7 +142,18 @@ impl Harness {
         sim: SimFeishu,
         configure: impl FnOnce(GatewayConfig) -> GatewayConfig,
     ) -> Harness {
-        let config = configure(GatewayConfig::new(&sim.base_url()));
+        let upstream = sim.base_url();
+        Harness::behind(sim, &upstream, configure).await
+    }
+
+    /// A gateway whose upstream is `upstream`, e.g. a real proxy in front
+    /// of `sim`, with the default config as `configure` changes it.
+    pub async fn behind(
+        sim: SimFeishu,
+        upstream: &str,
+        configure: impl FnOnce(GatewayConfig) -> GatewayConfig,
+    ) -> Harness {
+        let config = configure(GatewayConfig::new(upstream));
         let gw = start_gateway(&config).await;
         Harness {
             sim,
