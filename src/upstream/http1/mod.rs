@@ -335,6 +335,7 @@ fn parse_head(
         }
         let (framing, mut reusable) = framing(&headers, status, head_only)?;
         reusable &= minor == 1 && !has_token(&headers, &CONNECTION, "close");
+        normalize_length(&mut headers, framing);
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = if minor == 1 {
@@ -344,6 +345,26 @@ fn parse_head(
         };
         parts.headers = headers;
         return Ok(Some((parts, framing, reusable)));
+    }
+}
+
+/// Makes the answer's `Content-Length` say what the body is, before anyone
+/// forwards it (RFC 9112 §6.3): beside a `Transfer-Encoding` it is wrong and
+/// dropped (the body is as long as its coding says, and a forwarded length
+/// would cut it and smuggle the rest into the client's next answer); a list
+/// of equal lengths (`2, 2`) becomes the one length.
+fn normalize_length(headers: &mut HeaderMap, framing: Framing) {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+        return;
+    }
+    if let Framing::Length(n) = framing {
+        let mut values = headers.get_all(CONTENT_LENGTH).iter();
+        let single =
+            values.next().is_some_and(|v| !v.as_bytes().contains(&b',')) && values.next().is_none();
+        if !single {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
     }
 }
 

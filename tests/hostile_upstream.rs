@@ -1,0 +1,200 @@
+//! The gateway in front of upstreams that answer with framing a real
+//! server might send and a hostile one would: a raw-socket "Feishu" that
+//! answers the token call properly and every other request with the bytes
+//! a test scripts. Each test checks what the client receives, byte for
+//! byte, and that the next request on the same client connection gets its
+//! own answer (no response smuggling).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN_ANSWER: &str =
+    r#"{"code":0,"msg":"ok","tenant_access_token":"t-hostile-upstream","expire":7200}"#;
+
+/// A raw-socket upstream: the token call gets a proper answer; the n-th
+/// other request gets `answers[n]` verbatim (the last one repeats).
+async fn scripted_upstream(answers: Vec<Vec<u8>>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let answers = Arc::new(answers);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(serve_scripted(
+                stream,
+                Arc::clone(&answers),
+                Arc::clone(&log),
+            ));
+        }
+    });
+    (addr, seen)
+}
+
+async fn serve_scripted(
+    mut stream: TcpStream,
+    answers: Arc<Vec<Vec<u8>>>,
+    seen: Arc<Mutex<Vec<String>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        // One request: its head, then Content-Length bytes of body.
+        let (head_len, path, body_len) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let len = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                    .unwrap_or(0usize);
+                break (n, req.path.unwrap_or("").to_string(), len);
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        while buf.len() < head_len + body_len {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_len + body_len);
+        let answer = if path.contains("tenant_access_token") {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                TOKEN_ANSWER.len(),
+                TOKEN_ANSWER
+            )
+            .into_bytes()
+        } else {
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                seen.push(path);
+                seen.len() - 1
+            };
+            answers[n.min(answers.len() - 1)].clone()
+        };
+        if stream.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Two GETs on ONE client connection to the gateway: the answers, as the
+/// client's HTTP/1.1 parser (hyper's) reads them.
+async fn two_on_one_connection(gateway: SocketAddr) -> Vec<(StatusCode, Bytes)> {
+    let stream = TcpStream::connect(gateway).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for n in 0..2 {
+        let req = Request::get(format!("/open-apis/drive/v1/files/file_{n}/download"))
+            .header("host", "gateway")
+            .header("authorization", format!("Bearer {CLIENT_KEY}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        tx.ready()
+            .await
+            .expect("the client connection is still usable");
+        let resp = tx.send_request(req).await.expect("an answer");
+        let status = resp.status();
+        let body = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            resp.into_body().collect(),
+        )
+        .await
+        .expect("the body ends")
+        .expect("the body is well framed")
+        .to_bytes();
+        out.push((status, body));
+    }
+    out
+}
+
+async fn gateway_in_front_of(upstream: SocketAddr) -> Runtime {
+    start_gateway(&GatewayConfig::new(&format!("http://{upstream}"))).await
+}
+
+/// A chunked answer that also says `Content-Length: 10`: the body is what
+/// the chunks say (26 bytes), the client gets all of it, and the bytes past
+/// the stale length do not become the client's next answer.
+#[tokio::test]
+async fn chunked_with_a_content_length_is_not_cut_nor_smuggled() {
+    let smuggled = b"HTTP/1.1 200 OK\r\nX: 1\r\n\r\n";
+    assert_eq!(smuggled.len(), 25);
+    let mut first =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nContent-Length: 10\r\n\r\n1a\r\n"
+            .to_vec();
+    first.extend_from_slice(b"A");
+    first.extend_from_slice(smuggled);
+    first.extend_from_slice(b"\r\n0\r\n\r\n");
+    let second =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 6\r\n\r\nsecond"
+            .to_vec();
+    let (upstream, seen) = scripted_upstream(vec![first, second]).await;
+    let gw = gateway_in_front_of(upstream).await;
+    let answers = two_on_one_connection(gw.addr()).await;
+    let mut want = b"A".to_vec();
+    want.extend_from_slice(smuggled);
+    assert_eq!(answers[0], (StatusCode::OK, Bytes::from(want)));
+    assert_eq!(answers[1], (StatusCode::OK, Bytes::from_static(b"second")));
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// `Content-Length: 2, 2` (a list of equal lengths, which RFC 9110 lets a
+/// recipient take as one) reaches the client as `Content-Length: 2`.
+#[tokio::test]
+async fn a_list_of_equal_lengths_is_forwarded_as_one() {
+    let answer =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 2, 2\r\n\r\nok"
+            .to_vec();
+    let (upstream, _) = scripted_upstream(vec![answer]).await;
+    let gw = gateway_in_front_of(upstream).await;
+    let stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/open-apis/drive/v1/files/f/download")
+        .header("host", "gateway")
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    let lengths: Vec<_> = resp
+        .headers()
+        .get_all("content-length")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(lengths, ["2"]);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    // And the connection goes on: a second call on it is answered.
+    let answers = two_on_one_connection(gw.addr()).await;
+    assert_eq!(answers[1], (StatusCode::OK, Bytes::from_static(b"ok")));
+    gw.shutdown();
+    gw.wait().await;
+}
