@@ -198,3 +198,54 @@ async fn a_list_of_equal_lengths_is_forwarded_as_one() {
     gw.shutdown();
     gw.wait().await;
 }
+
+/// Every distinct `code` an upstream puts in its answers would be a new
+/// series: past the known codes and a few unknown ones per (app, route),
+/// they count as `code="other"`, and every answer is still counted.
+#[tokio::test]
+async fn random_codes_do_not_grow_the_metrics_without_bound() {
+    let answers: Vec<Vec<u8>> = (0..400)
+        .map(|n| {
+            let body = format!(r#"{{"code":{},"msg":"odd"}}"#, 700_000 + n);
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        })
+        .collect();
+    let (upstream, seen) = scripted_upstream(answers).await;
+    let gw = gateway_in_front_of(upstream).await;
+    let client = http_client();
+    for n in 0..400 {
+        let a = call(
+            &client,
+            gw.addr(),
+            http::Method::GET,
+            &format!("/open-apis/drive/v1/files/f{n}/download"),
+            &[("authorization", &format!("Bearer {CLIENT_KEY}"))],
+            "",
+        )
+        .await;
+        assert_eq!(a.code(), 700_000 + n, "the answer itself is unchanged");
+    }
+    assert_eq!(seen.lock().unwrap().len(), 400);
+    let text = metrics_of(&client, &gw).await;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("feishu_gateway_requests_total{"))
+        .filter(|l| l.contains("route=\"other\""))
+        .collect();
+    assert_eq!(
+        series.len(),
+        17,
+        "16 codes of their own and other: {series:#?}"
+    );
+    let other = series
+        .iter()
+        .find(|l| l.contains("code=\"other\""))
+        .expect("an other series");
+    assert!(other.ends_with(" 384"), "{other}");
+    gw.shutdown();
+    gw.wait().await;
+}

@@ -8,7 +8,7 @@
 //! histograms; the per-code counters are cached after first use.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -163,8 +163,22 @@ impl BackendFamilies {
 struct PairMetrics {
     request_duration: Histogram,
     upstream_duration: Histogram,
+    /// By (status, code); a code counted as `other` is cached under
+    /// [`OTHER_CODE_KEY`], so the map stays bounded too.
     by_outcome: RwLock<HashMap<(u16, Option<i64>), IntCounter>>,
+    /// The codes outside `feishu::codes::KNOWN` that got a label of their
+    /// own, at most [`MAX_UNKNOWN_CODES`]; past it they count as `other`.
+    unknown_codes: Mutex<(Vec<i64>, bool)>,
 }
+
+/// Codes outside the known table that get a label of their own per (app,
+/// route). Any upstream can put any number in `code` (a broken proxy in
+/// between, a private deployment): without a bound every distinct value
+/// would be a new series, growing the gateway's memory and Prometheus'.
+pub const MAX_UNKNOWN_CODES: usize = 16;
+/// The label of the codes past [`MAX_UNKNOWN_CODES`].
+pub const OTHER_CODE: &str = "other";
+const OTHER_CODE_KEY: Option<i64> = Some(i64::MIN);
 
 fn buckets() -> Vec<f64> {
     vec![
@@ -352,6 +366,7 @@ impl Metrics {
                 route_labels
                     .iter()
                     .map(|r| PairMetrics {
+                        unknown_codes: Mutex::new((Vec::new(), false)),
                         request_duration: request_duration.with_label_values(&[a, r]),
                         upstream_duration: upstream_duration.with_label_values(&[a, r]),
                         by_outcome: RwLock::new(HashMap::new()),
@@ -436,7 +451,11 @@ impl Metrics {
         let counter = match cached {
             Some(c) => c,
             None => {
-                let code_label = code.map_or_else(|| "none".to_string(), |c| c.to_string());
+                let (key, code_label) = match code {
+                    None => (None, "none".to_string()),
+                    Some(c) if self.own_label(pair, app, route, c) => (Some(c), c.to_string()),
+                    Some(_) => (OTHER_CODE_KEY, OTHER_CODE.to_string()),
+                };
                 let c = self.requests_total.with_label_values(&[
                     self.app_label(app),
                     self.route_label(route),
@@ -444,12 +463,54 @@ impl Metrics {
                     &code_label,
                 ]);
                 if let Ok(mut m) = pair.by_outcome.write() {
-                    m.insert((status, code), c.clone());
+                    m.insert((status, key), c.clone());
                 }
                 c
             }
         };
         counter.inc();
+    }
+
+    /// Whether `code` gets a label of its own on this pair: a known code
+    /// always; an unknown one while fewer than [`MAX_UNKNOWN_CODES`] have
+    /// one. The first unknown codes are logged, and the moment the rest
+    /// start to count as `other`.
+    fn own_label(
+        &self,
+        pair: &PairMetrics,
+        app: Option<usize>,
+        route: Option<usize>,
+        code: i64,
+    ) -> bool {
+        if crate::feishu::codes::KNOWN.iter().any(|(k, _)| *k == code) {
+            return true;
+        }
+        let mut unknown = pair.unknown_codes.lock().unwrap_or_else(|e| e.into_inner());
+        let (labelled, folding) = &mut *unknown;
+        if labelled.contains(&code) {
+            return true;
+        }
+        if labelled.len() < MAX_UNKNOWN_CODES {
+            labelled.push(code);
+            tracing::info!(
+                app = self.app_label(app),
+                route = self.route_label(route),
+                code,
+                "an answer carried a code outside the known table"
+            );
+            return true;
+        }
+        if !*folding {
+            *folding = true;
+            tracing::warn!(
+                app = self.app_label(app),
+                route = self.route_label(route),
+                code,
+                limit = MAX_UNKNOWN_CODES,
+                "more distinct unknown codes than the limit: further ones are counted as code=\"other\""
+            );
+        }
+        false
     }
 
     /// Records a request rejected (or timed out waiting) by the quota.
