@@ -249,3 +249,130 @@ async fn random_codes_do_not_grow_the_metrics_without_bound() {
     gw.shutdown();
     gw.wait().await;
 }
+
+/// A large POST on a pooled connection whose server answers early (a 413
+/// before reading the body) and resets: the POST left in part, so it is
+/// never sent again on another connection; the client gets the early
+/// answer when it could be read, else the gateway's 502.
+#[tokio::test]
+async fn a_post_cut_off_mid_body_is_never_sent_twice() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let posts = Arc::new(Mutex::new(0usize));
+    let seen = Arc::clone(&posts);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let (head_len, path, body_len) = loop {
+                        let mut headers = [httparse::EMPTY_HEADER; 64];
+                        let mut req = httparse::Request::new(&mut headers);
+                        if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                            let len = req
+                                .headers
+                                .iter()
+                                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                                .unwrap_or(0usize);
+                            break (n, req.path.unwrap_or("").to_string(), len);
+                        }
+                        let mut chunk = [0u8; 65536];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    if body_len > 1 << 20 {
+                        // The early answer, then a reset: the body is
+                        // never read.
+                        *seen.lock().unwrap() += 1;
+                        let body = r#"{"code":9499,"msg":"too large"}"#;
+                        let answer = format!(
+                            "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = stream.write_all(answer.as_bytes()).await;
+                        // Zero linger: close sends a reset at once (tokio
+                        // deprecates set_linger for the blocking non-zero case).
+                        #[allow(deprecated)]
+                        let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+                        return;
+                    }
+                    while buf.len() < head_len + body_len {
+                        let mut chunk = [0u8; 65536];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_len + body_len);
+                    let body = if path.contains("tenant_access_token") {
+                        TOKEN_ANSWER
+                    } else {
+                        r#"{"code":0,"msg":"success","data":{}}"#
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw =
+        start_gateway(&GatewayConfig::new(&format!("http://{upstream}")).max_body_bytes(32 << 20))
+            .await;
+    let client = http_client();
+    let auth = format!("Bearer {CLIENT_KEY}");
+    // A first call leaves a connection in the gateway's pool.
+    let a = call(
+        &client,
+        gw.addr(),
+        http::Method::GET,
+        "/open-apis/drive/v1/files/f/meta",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    // 20 MB: more than loopback's socket buffers take, so the gateway is
+    // still writing when the reset comes.
+    let big = "x".repeat(20 << 20);
+    let a = call(
+        &client,
+        gw.addr(),
+        http::Method::POST,
+        "/open-apis/im/v1/files",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/octet-stream"),
+        ],
+        &big,
+    )
+    .await;
+    assert!(
+        a.status == StatusCode::PAYLOAD_TOO_LARGE || a.status == StatusCode::BAD_GATEWAY,
+        "{} {:?}",
+        a.status,
+        a.text()
+    );
+    if a.status == StatusCode::BAD_GATEWAY {
+        assert_eq!(a.header("x-gateway-error"), Some("upstream-unavailable"));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        *posts.lock().unwrap(),
+        1,
+        "the POST reached the server once"
+    );
+    gw.shutdown();
+    gw.wait().await;
+}

@@ -66,19 +66,38 @@ pub struct Conn {
     out: Vec<u8>,
 }
 
+/// Writes all of `buf`, noting in `sent_any` once the socket took a byte.
+async fn write_counting(
+    io: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut buf: &[u8],
+    sent_any: &mut bool,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = io.write(buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        *sent_any = true;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The request could not be written: the server had closed the
-    /// connection. Nothing reached it; the request may go again.
+    /// connection before the socket took a single byte. Nothing reached it;
+    /// the request may go again.
     #[error("request not written: {0}")]
     NotWritten(io::Error),
     /// The request was written, and the connection ended before any byte
     /// of an answer: the server may or may not have seen it.
     #[error("connection closed before any answer")]
     ClosedBeforeAnswer,
-    /// Reading the answer failed.
-    #[error("reading the answer: {0}")]
+    /// Reading the answer failed, or writing failed after part of the
+    /// request had left (and no early answer came): never sent again.
+    #[error("exchange failed: {0}")]
     Io(io::Error),
     /// The answer is not HTTP/1.1 as this client reads it.
     #[error("{0}")]
@@ -125,12 +144,16 @@ impl Conn {
         self.out.clear();
         encode_request(req, home.authority(), &mut self.out);
         let body = req.body();
+        // Whether any byte of the request left: from then on it must never
+        // be sent again on another connection (RFC 9110 §9.2.2), whatever
+        // happens to this one.
+        let mut sent_any = false;
         let written = if body.len() <= COPY_BODY_UP_TO {
             self.out.extend_from_slice(body);
-            self.io.write_all(&self.out).await
+            write_counting(&mut self.io, &self.out, &mut sent_any).await
         } else {
-            match self.io.write_all(&self.out).await {
-                Ok(()) => self.io.write_all(body).await,
+            match write_counting(&mut self.io, &self.out, &mut sent_any).await {
+                Ok(()) => write_counting(&mut self.io, body, &mut sent_any).await,
                 Err(e) => Err(e),
             }
         };
@@ -138,11 +161,19 @@ impl Conn {
             Ok(()) => self.io.flush().await,
             Err(e) => Err(e),
         };
-        if let Err(e) = flushed {
-            return Err(SendError::NotWritten(e));
-        }
         let head_only = req.method() == Method::HEAD;
-        let (parts, framing, reusable) = self.read_head(head_only).await?;
+        let (parts, framing, reusable) = match flushed {
+            Ok(()) => self.read_head(head_only).await?,
+            Err(e) if !sent_any => return Err(SendError::NotWritten(e)),
+            // Part of it left, and the server stopped taking the rest: it
+            // may have answered early (a 413, say) before it closed. That
+            // answer is read and passed on (RFC 9112 §9.5); the connection
+            // is not used again. No answer: the write error, not retried.
+            Err(e) => match self.read_head(head_only).await {
+                Ok((parts, framing, _)) => (parts, framing, false),
+                Err(_) => return Err(SendError::Io(e)),
+            },
+        };
         let mut body = Body {
             conn: Some(self),
             home: reusable.then_some(home),
