@@ -22,7 +22,8 @@ const TOKEN_ANSWER: &str =
     r#"{"code":0,"msg":"ok","tenant_access_token":"t-hostile-upstream","expire":7200}"#;
 
 /// A raw-socket upstream: the token call gets a proper answer; the n-th
-/// other request gets `answers[n]` verbatim (the last one repeats).
+/// other request gets `answers[n]` verbatim (the last one repeats). The
+/// heads of those requests are kept, in order.
 async fn scripted_upstream(answers: Vec<Vec<u8>>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -77,6 +78,7 @@ async fn serve_scripted(
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
+        let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
         buf.drain(..head_len + body_len);
         let answer = if path.contains("tenant_access_token") {
             format!(
@@ -88,7 +90,7 @@ async fn serve_scripted(
         } else {
             let n = {
                 let mut seen = seen.lock().unwrap();
-                seen.push(path);
+                seen.push(head);
                 seen.len() - 1
             };
             answers[n.min(answers.len() - 1)].clone()
@@ -372,6 +374,52 @@ async fn a_post_cut_off_mid_body_is_never_sent_twice() {
         *posts.lock().unwrap(),
         1,
         "the POST reached the server once"
+    );
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// What belongs to the gateway's answer is the gateway's: an HTTP/1.0
+/// upstream does not make the client's answer HTTP/1.0, an upstream
+/// `X-Gateway-Error` is dropped (it would pose as the gateway's verdict),
+/// the caller's `X-Request-Id` comes back, not the upstream's; and the
+/// caller's `Expect: 100-continue`, already answered, is not forwarded.
+#[tokio::test]
+async fn the_gateways_own_headers_and_version_are_not_the_upstreams() {
+    let answer = b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nX-Gateway-Error: rate-limited\r\nX-Request-Id: upstream-id\r\nX-Tt-Logid: 2024feishu\r\nContent-Length: 2\r\n\r\nok".to_vec();
+    let (upstream, seen) = scripted_upstream(vec![answer]).await;
+    let gw = gateway_in_front_of(upstream).await;
+    let stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/open-apis/drive/v1/files/f/copy")
+        .header("host", "gateway")
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .header("x-request-id", "caller-1")
+        .header("expect", "100-continue")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_11);
+    assert!(resp.headers().get("x-gateway-error").is_none());
+    let ids: Vec<_> = resp.headers().get_all("x-request-id").iter().collect();
+    assert_eq!(ids, ["caller-1"]);
+    assert_eq!(
+        resp.headers()["x-tt-logid"],
+        "2024feishu",
+        "Feishu's own id passes"
+    );
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    assert!(
+        !heads[0].to_ascii_lowercase().contains("expect:"),
+        "{}",
+        heads[0]
     );
     gw.shutdown();
     gw.wait().await;

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::inspect::{inspect, Inspected};
 use crate::feishu::{codes, paths};
 use crate::proxy::body::ProxyBody;
-use crate::proxy::error::GatewayError;
+use crate::proxy::error::{GatewayError, X_GATEWAY_ERROR};
 use crate::tokens::TokenSlot;
 
 use super::headers::{strip_hop_by_hop, upstream_headers};
@@ -164,6 +164,12 @@ impl Gateway {
     /// hop-by-hop headers, which belong to the upstream connection.
     pub(super) fn response_filter(&self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
         strip_hop_by_hop(resp.headers_mut());
+        // Only the gateway's own answers carry `X-Gateway-Error`: one from
+        // upstream would pose as the gateway's verdict.
+        resp.headers_mut().remove(X_GATEWAY_ERROR);
+        // The version is the client connection's, not the upstream's: an
+        // HTTP/1.0 upstream must not make the answer HTTP/1.0.
+        *resp.version_mut() = http::Version::HTTP_11;
         resp
     }
 }

@@ -2,7 +2,7 @@
 //! stay on their connection, the caller's credentials and the gateway's own
 //! control headers never reach Feishu.
 
-use http::header::{HeaderName, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST};
+use http::header::{HeaderName, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST};
 use http::HeaderMap;
 
 /// True for headers that describe one connection, not the message
@@ -53,7 +53,9 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The headers sent to Feishu, built in one pass: the caller's, minus
 /// hop-by-hop headers, the caller's credentials, `Host` (set from the
-/// upstream URI), the body length (set from the buffered body) and the
+/// upstream URI), the body length (set from the buffered body), `Expect`
+/// (the gateway answered the caller's `100-continue` and holds the whole
+/// body: asking Feishu again would only add a round trip) and the
 /// gateway's own control headers.
 pub(super) fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
     let named = if headers.contains_key(CONNECTION) {
@@ -67,6 +69,7 @@ pub(super) fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
             || *k == AUTHORIZATION
             || *k == HOST
             || *k == CONTENT_LENGTH
+            || *k == EXPECT
             || k.as_str().starts_with("x-gateway-")
             || named.contains(k)
         {
@@ -90,12 +93,14 @@ mod tests {
         h.insert(CONNECTION, HeaderValue::from_static("close, x-hop"));
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert("x-gateway-max-wait", HeaderValue::from_static("100"));
+        h.insert("expect", HeaderValue::from_static("100-continue"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
         let out = upstream_headers(&h);
         assert!(out.get(AUTHORIZATION).is_none());
         assert!(out.get("x-hop").is_none());
         assert!(out.get(CONNECTION).is_none());
         assert!(out.get("x-gateway-max-wait").is_none());
+        assert!(out.get("expect").is_none());
         assert_eq!(out["content-type"], "application/json");
     }
 }

@@ -101,7 +101,10 @@ where
         let this = self.project();
         let mut resp = ready!(this.inner.poll(cx))?;
         if let Some((name, id)) = this.back.take() {
-            resp.headers_mut().entry(name).or_insert(id);
+            // The request's id, whatever the inner answer says: the caller
+            // and the access log must name the same request (Feishu's own
+            // id travels in `X-Tt-Logid`).
+            resp.headers_mut().insert(name, id);
         }
         Poll::Ready(Ok(resp))
     }
@@ -196,10 +199,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_answer_with_its_own_id_keeps_it() {
+    async fn an_answer_with_an_id_of_its_own_gets_the_requests() {
         let svc = layer().layer(echo(Some("inner")));
-        let resp = svc.oneshot(Request::new(())).await.unwrap();
-        assert_eq!(resp.headers()["x-request-id"], "inner");
+        let req = Request::builder()
+            .header("x-request-id", "req-7")
+            .body(())
+            .unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        let ids: Vec<_> = resp.headers().get_all("x-request-id").iter().collect();
+        assert_eq!(ids, ["req-7"]);
     }
 
     #[test]
