@@ -22,7 +22,7 @@
 //! | [`endpoints`]         | what the gateway knows per endpoint: catalog, limits, contracts |
 //! | [`validate`]          | the contract engine: a request checked, every violation named |
 //! | [`quota`]             | admission: the GCRA planner, local and Redis backends       |
-//! | [`upstream`]          | the transport to Feishu: own HTTP/1.1 client, pool, connector, failures |
+//! | [`upstream`]          | the transport to Feishu: pool (hyper HTTP/1.1 and HTTP/2), connector, failures |
 //! | [`redis_connection`]  | the replica's one Redis connection (quotas, tickets)        |
 //! | [`observe`]           | Prometheus metrics and the log lines                        |
 //! | [`workers`]           | thread-per-core connection workers (server and upstream pools) |

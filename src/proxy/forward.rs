@@ -15,7 +15,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{GatewayError, X_GATEWAY_ERROR};
 use crate::tokens::TokenSlot;
 
-use super::headers::{strip_hop_by_hop, upstream_headers};
+use super::headers::{normalize_length, strip_hop_by_hop, upstream_headers};
 use super::{Gateway, RequestCtx};
 
 /// Largest JSON answer buffered whole to read its `code` (and so replayable).
@@ -163,6 +163,7 @@ impl Gateway {
     /// Phase `response_filter`: Feishu's answer goes back unchanged but for
     /// hop-by-hop headers, which belong to the upstream connection.
     pub(super) fn response_filter(&self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        normalize_length(resp.headers_mut());
         strip_hop_by_hop(resp.headers_mut());
         // Only the gateway's own answers carry `X-Gateway-Error`: one from
         // upstream would pose as the gateway's verdict.

@@ -2,7 +2,10 @@
 //! stay on their connection, the caller's credentials and the gateway's own
 //! control headers never reach Feishu.
 
-use http::header::{HeaderName, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST};
+use http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST,
+    TRANSFER_ENCODING,
+};
 use http::HeaderMap;
 
 /// True for headers that describe one connection, not the message
@@ -51,6 +54,41 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Makes an answer's `Content-Length` say what its body is before it is
+/// forwarded (RFC 9112 §6.3), whatever the client library let through:
+/// beside a `Transfer-Encoding` it is wrong and dropped (the body is as long
+/// as its coding says; a forwarded length would cut it and smuggle the rest
+/// into the client's next answer); a list of equal lengths (`2, 2`) becomes
+/// the one length. Runs before the hop-by-hop headers go.
+pub(super) fn normalize_length(headers: &mut HeaderMap) {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+        return;
+    }
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return;
+    };
+    if values.next().is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let lengths: Vec<&[u8]> = headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    // hyper refuses differing lengths; equal ones collapse to one.
+    if let Some(one) = lengths
+        .first()
+        .and_then(|l| HeaderValue::from_bytes(l).ok())
+    {
+        if lengths.iter().all(|l| *l == one.as_bytes()) {
+            headers.insert(CONTENT_LENGTH, one);
+        }
+    }
+}
+
 /// The headers sent to Feishu, built in one pass: the caller's, minus
 /// hop-by-hop headers, the caller's credentials, `Host` (set from the
 /// upstream URI), the body length (set from the buffered body), `Expect`
@@ -82,8 +120,6 @@ pub(super) fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
-
     use super::*;
 
     #[test]

@@ -30,19 +30,11 @@ impl UpstreamFailure {
     }
 }
 
-/// A failure while reading an upstream answer's body.
+/// A failure while reading an upstream answer's body: hyper's, whose
+/// connection (HTTP/1.1 or HTTP/2) failed, ended early or broke framing.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    /// The HTTP/2 connection failed.
-    #[error("upstream body: {0}")]
-    Hyper(#[from] hyper::Error),
-    /// The HTTP/1.1 connection failed or ended early.
-    #[error("upstream body: {0}")]
-    Io(#[from] std::io::Error),
-    /// The HTTP/1.1 body's framing is broken.
-    #[error("upstream body: {0}")]
-    Protocol(&'static str),
-}
+#[error("upstream body: {0}")]
+pub struct BodyError(#[from] hyper::Error);
 
 /// Classifies a client error for metrics and the answer's status.
 pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamFailure {

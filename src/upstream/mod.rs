@@ -4,14 +4,12 @@
 //! |------|------------|
 //! | [`Upstream`] | where an app's calls go: scheme and authority |
 //! | [`build_connector`] | TCP + rustls, ALPN `h2` and `http/1.1` |
-//! | [`pool`] | the request path's connections, one pool per worker; retry-once rules |
-//! | [`http1`] | the request path's own HTTP/1.1 client (the wire) |
+//! | [`pool`] | the request path's connections (hyper's HTTP/1.1 and HTTP/2), one pool per worker; retry-once rules |
 //! | [`HttpClient`] | hyper-util's client for token and ticket calls ([`client`])   |
 //! | [`UpstreamFailure`] | how a call failed: connect, timeout, reset, protocol |
 
 pub mod client;
 mod failure;
-pub mod http1;
 pub mod pool;
 
 pub use client::{build_client, endpoint, post_json, HttpClient};
