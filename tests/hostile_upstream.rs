@@ -45,6 +45,52 @@ async fn scripted_upstream(answers: Vec<Vec<u8>>) -> (SocketAddr, Arc<Mutex<Vec<
     (addr, seen)
 }
 
+/// Reads one request from `stream` (more bytes into `buf` as needed): its
+/// head's length, path and `Content-Length`. `None` once the peer is gone.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(usize, String, usize)> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
+            let len = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                .unwrap_or(0usize);
+            return Some((n, req.path.unwrap_or("").to_string(), len));
+        }
+        read_more(stream, buf).await?;
+    }
+}
+
+/// Reads until `buf` holds `len` bytes. `None` once the peer is gone.
+async fn read_to(stream: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> Option<()> {
+    while buf.len() < len {
+        read_more(stream, buf).await?;
+    }
+    Some(())
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 65536];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+/// A JSON answer with `body`.
+fn json_answer(status: &str, extra: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+}
+
 async fn serve_scripted(
     mut stream: TcpStream,
     answers: Arc<Vec<Vec<u8>>>,
@@ -53,40 +99,19 @@ async fn serve_scripted(
     let mut buf = Vec::new();
     loop {
         // One request: its head, then Content-Length bytes of body.
-        let (head_len, path, body_len) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut req = httparse::Request::new(&mut headers);
-            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                let len = req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
-                    .unwrap_or(0usize);
-                break (n, req.path.unwrap_or("").to_string(), len);
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let Some((head_len, path, body_len)) = read_head(&mut stream, &mut buf).await else {
+            return;
         };
-        while buf.len() < head_len + body_len {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        if read_to(&mut stream, &mut buf, head_len + body_len)
+            .await
+            .is_none()
+        {
+            return;
         }
         let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
         buf.drain(..head_len + body_len);
         let answer = if path.contains("tenant_access_token") {
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
-                TOKEN_ANSWER.len(),
-                TOKEN_ANSWER
-            )
-            .into_bytes()
+            json_answer("200 OK", "", TOKEN_ANSWER).into_bytes()
         } else {
             let n = {
                 let mut seen = seen.lock().unwrap();
@@ -101,14 +126,23 @@ async fn serve_scripted(
     }
 }
 
-/// Two GETs on ONE client connection to the gateway: the answers, as the
-/// client's HTTP/1.1 parser (hyper's) reads them.
-async fn two_on_one_connection(gateway: SocketAddr) -> Vec<(StatusCode, Bytes)> {
+/// One HTTP/1.1 client connection to the gateway (hyper's client parser
+/// reads the answers).
+async fn client_connection(
+    gateway: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = TcpStream::connect(gateway).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(conn);
+    tx
+}
+
+/// Two GETs on ONE client connection to the gateway: the answers, as the
+/// client's HTTP/1.1 parser (hyper's) reads them.
+async fn two_on_one_connection(gateway: SocketAddr) -> Vec<(StatusCode, Bytes)> {
+    let mut tx = client_connection(gateway).await;
     let mut out = Vec::new();
     for n in 0..2 {
         let req = Request::get(format!("/open-apis/drive/v1/files/file_{n}/download"))
@@ -175,11 +209,7 @@ async fn a_list_of_equal_lengths_is_forwarded_as_one() {
             .to_vec();
     let (upstream, _) = scripted_upstream(vec![answer]).await;
     let gw = gateway_in_front_of(upstream).await;
-    let stream = TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut tx = client_connection(gw.addr()).await;
     let req = Request::get("/open-apis/drive/v1/files/f/download")
         .header("host", "gateway")
         .header("authorization", format!("Bearer {CLIENT_KEY}"))
@@ -271,32 +301,18 @@ async fn a_post_cut_off_mid_body_is_never_sent_twice() {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
-                    let (head_len, path, body_len) = loop {
-                        let mut headers = [httparse::EMPTY_HEADER; 64];
-                        let mut req = httparse::Request::new(&mut headers);
-                        if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                            let len = req
-                                .headers
-                                .iter()
-                                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
-                                .unwrap_or(0usize);
-                            break (n, req.path.unwrap_or("").to_string(), len);
-                        }
-                        let mut chunk = [0u8; 65536];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                    let Some((head_len, path, body_len)) = read_head(&mut stream, &mut buf).await
+                    else {
+                        return;
                     };
                     if body_len > 1 << 20 {
                         // The early answer, then a reset: the body is
                         // never read.
                         *seen.lock().unwrap() += 1;
-                        let body = r#"{"code":9499,"msg":"too large"}"#;
-                        let answer = format!(
-                            "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
+                        let answer = json_answer(
+                            "413 Payload Too Large",
+                            "Connection: close\r\n",
+                            r#"{"code":9499,"msg":"too large"}"#,
                         );
                         let _ = stream.write_all(answer.as_bytes()).await;
                         // Zero linger: close sends a reset at once (tokio
@@ -305,12 +321,11 @@ async fn a_post_cut_off_mid_body_is_never_sent_twice() {
                         let _ = stream.set_linger(Some(std::time::Duration::ZERO));
                         return;
                     }
-                    while buf.len() < head_len + body_len {
-                        let mut chunk = [0u8; 65536];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                    if read_to(&mut stream, &mut buf, head_len + body_len)
+                        .await
+                        .is_none()
+                    {
+                        return;
                     }
                     buf.drain(..head_len + body_len);
                     let body = if path.contains("tenant_access_token") {
@@ -318,10 +333,7 @@ async fn a_post_cut_off_mid_body_is_never_sent_twice() {
                     } else {
                         r#"{"code":0,"msg":"success","data":{}}"#
                     };
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
+                    let answer = json_answer("200 OK", "", body);
                     if stream.write_all(answer.as_bytes()).await.is_err() {
                         return;
                     }
@@ -389,11 +401,7 @@ async fn the_gateways_own_headers_and_version_are_not_the_upstreams() {
     let answer = b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nX-Gateway-Error: rate-limited\r\nX-Request-Id: upstream-id\r\nX-Tt-Logid: 2024feishu\r\nContent-Length: 2\r\n\r\nok".to_vec();
     let (upstream, seen) = scripted_upstream(vec![answer]).await;
     let gw = gateway_in_front_of(upstream).await;
-    let stream = TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut tx = client_connection(gw.addr()).await;
     let req = Request::post("/open-apis/drive/v1/files/f/copy")
         .header("host", "gateway")
         .header("authorization", format!("Bearer {CLIENT_KEY}"))
