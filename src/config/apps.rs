@@ -22,11 +22,13 @@ pub(super) fn read(
     let (apps, app_names) = read_apps(root, global, env, p);
     let clients = read_clients(root, &app_names, env, p);
     for c in &clients {
-        if c.tenant.is_some()
-            && apps
-                .get(c.app)
-                .is_some_and(|a| matches!(a.kind, AppKind::SelfBuilt))
-        {
+        // `c.app` counts every `[[apps]]` entry; `apps` holds the complete
+        // ones only: find the app by its name.
+        let app = app_names
+            .get(c.app)
+            .and_then(Option::as_deref)
+            .and_then(|name| apps.iter().find(|a| a.name == name));
+        if c.tenant.is_some() && app.is_some_and(|a| matches!(a.kind, AppKind::SelfBuilt)) {
             p.push(
                 format!("clients[name = {:?}].tenant", c.name),
                 "only clients of store apps name a tenant",

@@ -187,3 +187,30 @@ verification_token_env = "OPS_BOT_APP_SECRET"
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert!(c.warnings[0].contains("state_dir is not used"));
 }
+
+#[test]
+fn a_tenant_on_a_self_built_apps_client_is_found_after_a_broken_app_entry() {
+    // The first app entry is incomplete (no secret): the client's app must
+    // still be found by name, not by its position among complete entries.
+    let text = r#"
+[[apps]]
+name = "broken"
+app_id = "cli_0"
+[[apps]]
+name = "ops-bot"
+app_id = "cli_1"
+app_secret_env = "OPS_BOT_APP_SECRET"
+[[clients]]
+name = "billing"
+key_env = "BILLING_GATEWAY_KEY"
+app = "ops-bot"
+tenant = "2ed263bf32cf1651"
+"#;
+    let problems = Config::parse(text, &env()).unwrap_err().to_string();
+    assert!(
+        problems.contains(
+            r#"clients[name = "billing"].tenant: only clients of store apps name a tenant"#
+        ),
+        "{problems}"
+    );
+}
