@@ -727,7 +727,13 @@ profile() {
 # largest (perf: of self time). Costs are otherwise inclusive (a function
 # and all it calls). perf sees
 # inlined frames; callgrind does not (an inlined function's cost is its
-# caller's), hence some different stand-ins.
+# caller's), hence some different stand-ins. Pool::send_h1 and hyper's
+# client Connection::poll have no symbol of their own under callgrind: the
+# exchange stands in as the largest Timeout::poll, the one around
+# Gateway::send's attempt (so it also counts the answer's inspection, body
+# and code), and the connection task as the task that Pool::connect spawns
+# around the Connection (the HTTP/2 one has the same name, but the fake
+# speaks HTTP/1.1; the largest is taken).
 PHASES=(
     "server: parse request head (hyper);Server as hyper::proto::h1::Http1Transaction>::parse$;Server as hyper::proto::h1::Http1Transaction>::parse$"
     "request id (src/server/request_id.rs);RequestIdService<S> as tower_service::Service;RequestIdService<S> as tower_service::Service"
@@ -739,8 +745,8 @@ PHASES=(
     "  admit (quota);Gateway>?::admit::\{\{closure\}\}$;quota::local::LocalQuota<C>::check$"
     "  forward (token, upstream, inspect);Gateway>?::forward::\{\{closure\}\}$;Gateway>?::forward::\{\{closure\}\}$"
     "    upstream_headers (clone, strip);proxy::headers::upstream_headers$;proxy::headers::upstream_headers$"
-    "    upstream exchange (pool, hyper http1 client);Pool::send_h1::\{\{closure\}\}$;Pool::send_h1::\{\{closure\}\}$"
-    "    upstream connection task (hyper);hyper::client::conn::http1::Connection<T,B> as core::future::future::Future>::poll$;hyper::client::conn::http1::Connection<T,B> as core::future::future::Future>::poll$"
+    "    upstream exchange (pool, hyper http1 client);Pool::send_h1::\{\{closure\}\}$;tokio::time::timeout::Timeout<T> as core::future::future::Future>::poll$"
+    "    upstream connection task (hyper);hyper::client::conn::http1::Connection<T,B> as core::future::future::Future>::poll$;upstream::pool::Pool::connect::\{\{closure\}\}::\{\{closure\}\}$"
     "      parse answer head (hyper);Client as hyper::proto::h1::Http1Transaction>::parse$;Client as hyper::proto::h1::Http1Transaction>::parse$"
     "    answer body (hyper Incoming);hyper::body::incoming::Incoming as http_body::Body>::poll_frame$;hyper::body::incoming::Incoming as http_body::Body>::poll_frame$"
     "    read code from the JSON answer;feishu::answer::read_code$;feishu::answer::read_code$"
