@@ -432,3 +432,54 @@ async fn the_gateways_own_headers_and_version_are_not_the_upstreams() {
     gw.shutdown();
     gw.wait().await;
 }
+
+/// A streamed answer (a download) whose upstream stalls after part of its
+/// body: past `timeouts.upstream_idle` the exchange ends, the client's
+/// body ends in an error instead of hanging, it is counted as
+/// `kind="idle_timeout"`, and the request counts as in flight until then.
+#[tokio::test]
+async fn a_streamed_answer_that_stalls_ends_after_the_idle_limit() {
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n0123456789".to_vec();
+    let (upstream, _) = scripted_upstream(vec![answer]).await;
+    let gw = start_gateway(
+        &GatewayConfig::new(&format!("http://{upstream}"))
+            .upstream_idle(std::time::Duration::from_millis(300)),
+    )
+    .await;
+    let mut tx = client_connection(gw.addr()).await;
+    let req = Request::get("/open-apis/drive/v1/files/f/download")
+        .header("host", "gateway")
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let client = http_client();
+    let in_flight = |text: &str| metric_value(text, "feishu_gateway_in_flight_requests");
+    let during = metrics_of(&client, &gw).await;
+    assert_eq!(in_flight(&during), Some(1.0), "the download is in flight");
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        resp.into_body().collect(),
+    )
+    .await
+    .expect("the stalled body ends, it does not hang");
+    assert!(
+        body.is_err(),
+        "the client sees the answer cut, not complete"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    let after = metrics_of(&client, &gw).await;
+    assert_eq!(in_flight(&after), Some(0.0));
+    let series = after
+        .lines()
+        .find(|l| {
+            l.starts_with("feishu_gateway_upstream_errors_total{")
+                && l.contains("kind=\"idle_timeout\"")
+        })
+        .unwrap_or_else(|| panic!("no idle_timeout series:\n{after}"));
+    assert!(series.ends_with(" 1"), "{series}");
+    gw.shutdown();
+    gw.wait().await;
+}

@@ -220,5 +220,6 @@ fn gateway(
         max_body_bytes: config.max_body_bytes,
         body_read_timeout: config.timeouts.body_read,
         upstream_timeout: config.timeouts.upstream,
+        upstream_idle: config.timeouts.upstream_idle,
     })
 }

@@ -23,6 +23,11 @@ pub struct Timeouts {
     /// One upstream attempt, from sending the request to the end of the
     /// answer's head and inspected body (`upstream`). Default 30 s.
     pub upstream: Duration,
+    /// The longest gap between two reads of a streamed answer body (a
+    /// download, a JSON answer too large to hold) once its head went to the
+    /// client (`upstream_idle`). Default 30 s: past it the exchange ends
+    /// and is counted as `kind="idle_timeout"`.
+    pub upstream_idle: Duration,
     /// Reading a client's request body (`body_read`). Default 10 s: a slow
     /// drip costs no more than this.
     pub body_read: Duration,
@@ -113,6 +118,7 @@ fn read_timeouts(root: &mut Section<'_>, p: &mut Problems) -> Timeouts {
     let out = Timeouts {
         connect: d("connect", Duration::from_secs(3)),
         upstream: d("upstream", Duration::from_secs(30)),
+        upstream_idle: d("upstream_idle", Duration::from_secs(30)),
         body_read: d("body_read", Duration::from_secs(10)),
         shutdown_grace: d("shutdown_grace", Duration::from_secs(25)),
     };

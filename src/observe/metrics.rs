@@ -536,9 +536,22 @@ impl Metrics {
 
     /// Records a transport failure talking to Feishu.
     pub fn upstream_error(&self, app: Option<usize>, route: Option<usize>, kind: &str) {
-        self.upstream_errors
-            .with_label_values(&[self.app_label(app), self.route_label(route), kind])
-            .inc();
+        self.upstream_error_counter(app, route, kind).inc();
+    }
+
+    /// The counter of transport failures of `kind`, to count one later
+    /// (e.g. a streamed answer that stalls after its head went out).
+    pub fn upstream_error_counter(
+        &self,
+        app: Option<usize>,
+        route: Option<usize>,
+        kind: &str,
+    ) -> IntCounter {
+        self.upstream_errors.with_label_values(&[
+            self.app_label(app),
+            self.route_label(route),
+            kind,
+        ])
     }
 
     /// Records a token fetch and, on success, the new expiry (Unix seconds).

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::inspect::{inspect, Inspected};
 use crate::feishu::{codes, paths};
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{ProxyBody, StreamWatch};
 use crate::proxy::error::{GatewayError, X_GATEWAY_ERROR};
 use crate::tokens::TokenSlot;
 
@@ -82,7 +82,16 @@ impl Gateway {
                     }
                     ctx.code = code;
                     ctx.logid = answer.head.headers.get(paths::X_TT_LOGID).cloned();
-                    return Ok(Response::from_parts(answer.head, answer.body));
+                    let mut body = answer.body;
+                    body.watch(|| {
+                        StreamWatch::new(
+                            self.upstream_idle,
+                            self.metrics
+                                .upstream_error_counter(ctx.app, ctx.route, "idle_timeout"),
+                            self.metrics.in_flight().clone(),
+                        )
+                    });
+                    return Ok(Response::from_parts(answer.head, body));
                 }
             }
         }

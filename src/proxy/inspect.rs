@@ -34,10 +34,7 @@ pub async fn inspect(resp: Response<UpstreamBody>, limit: usize) -> Result<Inspe
     if !is_json(&head.headers) {
         return Ok(Inspected {
             head,
-            body: ProxyBody::Stream {
-                prefix: None,
-                rest: body,
-            },
+            body: ProxyBody::stream(None, body),
             code: None,
         });
     }
@@ -65,10 +62,7 @@ pub async fn inspect(resp: Response<UpstreamBody>, limit: usize) -> Result<Inspe
                         let code = scan_code(&prefix);
                         return Ok(Inspected {
                             head,
-                            body: ProxyBody::Stream {
-                                prefix: Some(prefix),
-                                rest: body,
-                            },
+                            body: ProxyBody::stream(Some(prefix), body),
                             code,
                         });
                     }

@@ -91,6 +91,8 @@ pub struct Gateway {
     pub(crate) max_body_bytes: usize,
     pub(crate) body_read_timeout: Duration,
     pub(crate) upstream_timeout: Duration,
+    /// The longest gap between reads of a streamed answer body.
+    pub(crate) upstream_idle: Duration,
 }
 
 /// Where an app's requests go.

@@ -30,11 +30,17 @@ impl UpstreamFailure {
     }
 }
 
-/// A failure while reading an upstream answer's body: hyper's, whose
-/// connection (HTTP/1.1 or HTTP/2) failed, ended early or broke framing.
+/// A failure while reading an upstream answer's body.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream body: {0}")]
-pub struct BodyError(#[from] hyper::Error);
+pub enum BodyError {
+    /// hyper's: the connection (HTTP/1.1 or HTTP/2) failed, ended early or
+    /// broke framing.
+    #[error("upstream body: {0}")]
+    Hyper(#[from] hyper::Error),
+    /// Nothing came for this long while the answer was streamed.
+    #[error("upstream body: nothing for {0:?}")]
+    Idle(std::time::Duration),
+}
 
 /// Classifies a client error for metrics and the answer's status.
 pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamFailure {

@@ -90,6 +90,11 @@ impl GatewayConfig {
         self.set_in("timeouts", "upstream", duration(d))
     }
 
+    /// `[timeouts]` `upstream_idle`: the longest gap in a streamed answer.
+    pub fn upstream_idle(self, d: Duration) -> Self {
+        self.set_in("timeouts", "upstream_idle", duration(d))
+    }
+
     /// `[timeouts]` `body_read`: reading a client's body.
     pub fn body_read_timeout(self, d: Duration) -> Self {
         self.set_in("timeouts", "body_read", duration(d))
