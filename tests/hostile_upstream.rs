@@ -120,11 +120,20 @@ async fn serve_scripted(
             };
             answers[n.min(answers.len() - 1)].clone()
         };
-        if stream.write_all(&answer).await.is_err() {
+        // An answer marked CLOSE is written, then the connection closed.
+        let (answer, close) = match answer.strip_prefix(CLOSE) {
+            Some(rest) => (rest.to_vec(), true),
+            None => (answer, false),
+        };
+        if stream.write_all(&answer).await.is_err() || close {
             return;
         }
     }
 }
+
+/// Put before a scripted answer: the upstream closes the connection after
+/// writing it.
+const CLOSE: &[u8] = b"\0CLOSE\0";
 
 /// One HTTP/1.1 client connection to the gateway (hyper's client parser
 /// reads the answers).
@@ -480,6 +489,92 @@ async fn a_streamed_answer_that_stalls_ends_after_the_idle_limit() {
         })
         .unwrap_or_else(|| panic!("no idle_timeout series:\n{after}"));
     assert!(series.ends_with(" 1"), "{series}");
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// Answers no client should ever see: each becomes the gateway's own 502
+/// in Feishu's shape (never 504, never the broken bytes), and the next
+/// request on the same client connection gets its own, healthy answer.
+#[tokio::test]
+async fn broken_answers_become_a_502_and_the_connection_goes_on() {
+    let ok = json_answer("200 OK", "", r#"{"code":0,"msg":"success"}"#).into_bytes();
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "more header lines than any server sends",
+            format!("HTTP/1.1 200 OK\r\n{many_headers}Content-Length: 2\r\n\r\n{{}}").into_bytes(),
+        ),
+        (
+            "a NUL in a header value",
+            b"HTTP/1.1 200 OK\r\nX-Bad: a\0b\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+        ),
+        (
+            "differing Content-Lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".to_vec(),
+        ),
+        (
+            "a JSON body cut short by a close",
+            [
+                CLOSE,
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"code\":0",
+            ]
+            .concat(),
+        ),
+        ("not HTTP at all", b"SSH-2.0-OpenSSH_9.6\r\n".to_vec()),
+        (
+            "a protocol switch nobody asked for",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                .to_vec(),
+        ),
+    ];
+    for (what, broken) in cases {
+        let (upstream, _) = scripted_upstream(vec![broken, ok.clone()]).await;
+        let gw = gateway_in_front_of(upstream).await;
+        let answers = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            two_on_one_connection(gw.addr()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer in time"));
+        assert_eq!(
+            answers[0].0,
+            StatusCode::BAD_GATEWAY,
+            "{what}: {:?}",
+            answers[0].1
+        );
+        let body: serde_json::Value = serde_json::from_slice(&answers[0].1).unwrap();
+        assert_eq!(body["code"], 99990502, "{what}");
+        assert_eq!(answers[1].0, StatusCode::OK, "{what}: the next request");
+        assert_eq!(
+            answers[1].1,
+            Bytes::from_static(br#"{"code":0,"msg":"success"}"#)
+        );
+        gw.shutdown();
+        gw.wait().await;
+    }
+}
+
+/// A JSON answer far larger than the gateway buffers (10 MB) streams
+/// through byte for byte; its `code` is read from the first bytes.
+#[tokio::test]
+async fn a_ten_megabyte_json_answer_streams_through_unchanged() {
+    let filler = "x".repeat(10 << 20);
+    let body = format!(r#"{{"code":0,"msg":"success","data":{{"blob":"{filler}"}}}}"#);
+    let answer = json_answer("200 OK", "", &body).into_bytes();
+    let (upstream, _) = scripted_upstream(vec![answer]).await;
+    let gw = gateway_in_front_of(upstream).await;
+    let answers = two_on_one_connection(gw.addr()).await;
+    assert_eq!(answers[0].0, StatusCode::OK);
+    assert_eq!(answers[0].1.len(), body.len());
+    assert!(answers[0].1 == body.as_bytes(), "the bytes are Feishu's");
+    let metrics = metrics_of(&http_client(), &gw).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("feishu_gateway_requests_total{") && l.contains("code=\"0\"")),
+        "{metrics}"
+    );
     gw.shutdown();
     gw.wait().await;
 }

@@ -183,6 +183,12 @@ impl Pool {
             }
         }
         match tx.try_send_request(owned).await {
+            // A protocol switch the gateway never asks for: hyper hands
+            // the 101 over as an answer, and passed on it would take the
+            // client's connection with it. The connection is not kept.
+            Ok(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                Err(H1Error::Failed(UpstreamFailure::Protocol))
+            }
             Ok(resp) => {
                 self.inner.put(upstream.clone(), tx);
                 Ok(resp.map(UpstreamBody))
