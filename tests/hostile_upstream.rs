@@ -148,17 +148,24 @@ async fn client_connection(
     tx
 }
 
+/// A request to the gateway with the test client's key.
+fn to_gateway(builder: http::request::Builder) -> http::request::Builder {
+    builder
+        .header("host", "gateway")
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+}
+
 /// Two GETs on ONE client connection to the gateway: the answers, as the
 /// client's HTTP/1.1 parser (hyper's) reads them.
 async fn two_on_one_connection(gateway: SocketAddr) -> Vec<(StatusCode, Bytes)> {
     let mut tx = client_connection(gateway).await;
     let mut out = Vec::new();
     for n in 0..2 {
-        let req = Request::get(format!("/open-apis/drive/v1/files/file_{n}/download"))
-            .header("host", "gateway")
-            .header("authorization", format!("Bearer {CLIENT_KEY}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let req = to_gateway(Request::get(format!(
+            "/open-apis/drive/v1/files/file_{n}/download"
+        )))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
         tx.ready()
             .await
             .expect("the client connection is still usable");
@@ -219,9 +226,7 @@ async fn a_list_of_equal_lengths_is_forwarded_as_one() {
     let (upstream, _) = scripted_upstream(vec![answer]).await;
     let gw = gateway_in_front_of(upstream).await;
     let mut tx = client_connection(gw.addr()).await;
-    let req = Request::get("/open-apis/drive/v1/files/f/download")
-        .header("host", "gateway")
-        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+    let req = to_gateway(Request::get("/open-apis/drive/v1/files/f/download"))
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = tx.send_request(req).await.unwrap();
@@ -411,9 +416,7 @@ async fn the_gateways_own_headers_and_version_are_not_the_upstreams() {
     let (upstream, seen) = scripted_upstream(vec![answer]).await;
     let gw = gateway_in_front_of(upstream).await;
     let mut tx = client_connection(gw.addr()).await;
-    let req = Request::post("/open-apis/drive/v1/files/f/copy")
-        .header("host", "gateway")
-        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+    let req = to_gateway(Request::post("/open-apis/drive/v1/files/f/copy"))
         .header("x-request-id", "caller-1")
         .header("expect", "100-continue")
         .header("content-type", "application/json")
@@ -456,9 +459,7 @@ async fn a_streamed_answer_that_stalls_ends_after_the_idle_limit() {
     )
     .await;
     let mut tx = client_connection(gw.addr()).await;
-    let req = Request::get("/open-apis/drive/v1/files/f/download")
-        .header("host", "gateway")
-        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+    let req = to_gateway(Request::get("/open-apis/drive/v1/files/f/download"))
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = tx.send_request(req).await.unwrap();
