@@ -280,7 +280,7 @@ async fn random_codes_do_not_grow_the_metrics_without_bound() {
     let series: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("feishu_gateway_requests_total{"))
-        .filter(|l| l.contains("route=\"other\""))
+        .filter(|l| l.contains("route=\"/open-apis/drive/v1/files/:file_token/download\""))
         .collect();
     assert_eq!(
         series.len(),

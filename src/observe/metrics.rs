@@ -8,7 +8,7 @@
 //! histograms; the per-code counters are cached after first use.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -41,7 +41,12 @@ pub struct Metrics {
     quota_wait: HistogramVec,
     backend: BackendFamilies,
     /// Cached handles, indexed `[app + 1][route + 1]` (0 = unknown/other).
-    pairs: Vec<Vec<PairMetrics>>,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    /// Per (app or unknown, route or other), made on first use: a catalog of
+    /// 1,559 routes exports series only for the routes called. At
+    /// `(app + 1) * (routes + 1) + route + 1`.
+    pairs: Box<[OnceLock<Box<PairMetrics>>]>,
     app_labels: Vec<String>,
     route_labels: Vec<String>,
 }
@@ -360,19 +365,8 @@ impl Metrics {
         app_labels.extend(apps.iter().cloned());
         let mut route_labels = vec![OTHER_ROUTE.to_string()];
         route_labels.extend(routes.iter().cloned());
-        let pairs = app_labels
-            .iter()
-            .map(|a| {
-                route_labels
-                    .iter()
-                    .map(|r| PairMetrics {
-                        unknown_codes: Mutex::new((Vec::new(), false)),
-                        request_duration: request_duration.with_label_values(&[a, r]),
-                        upstream_duration: upstream_duration.with_label_values(&[a, r]),
-                        by_outcome: RwLock::new(HashMap::new()),
-                    })
-                    .collect()
-            })
+        let pairs = (0..app_labels.len() * route_labels.len())
+            .map(|_| OnceLock::new())
             .collect();
         for a in apps {
             token_expiry.with_label_values(&[a]).set(0.0);
@@ -382,6 +376,8 @@ impl Metrics {
         }
         Ok(Metrics {
             registry,
+            request_duration,
+            upstream_duration,
             requests_total,
             rate_limited,
             upstream_throttled,
@@ -425,7 +421,16 @@ impl Metrics {
     }
 
     fn pair(&self, app: Option<usize>, route: Option<usize>) -> &PairMetrics {
-        &self.pairs[app.map_or(0, |a| a + 1)][route.map_or(0, |r| r + 1)]
+        let (a, r) = (app.map_or(0, |a| a + 1), route.map_or(0, |r| r + 1));
+        self.pairs[a * self.route_labels.len() + r].get_or_init(|| {
+            let labels = [self.app_labels[a].as_str(), self.route_labels[r].as_str()];
+            Box::new(PairMetrics {
+                unknown_codes: Mutex::new((Vec::new(), false)),
+                request_duration: self.request_duration.with_label_values(&labels),
+                upstream_duration: self.upstream_duration.with_label_values(&labels),
+                by_outcome: RwLock::new(HashMap::new()),
+            })
+        })
     }
 
     /// Records one answered request.

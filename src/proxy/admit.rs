@@ -14,10 +14,9 @@ use hyper::body::Incoming;
 
 use crate::endpoints::Route;
 use crate::feishu::paths;
-use crate::observe::metrics::QuotaPairMetrics;
 use crate::proxy::error::GatewayError;
 use crate::quota::OverflowMode;
-use crate::quota::{Cause, Overflow, QuotaKey};
+use crate::quota::{Cause, Overflow};
 use crate::validate::RequestView;
 use crate::validate::ValidationMode;
 
@@ -114,26 +113,27 @@ impl Gateway {
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return Ok(());
         };
-        let Some((key, pair)) = self.quota_key(app, route) else {
+        let Some(pair) = self.quota_keys.app_key(app, route) else {
             return Ok(());
         };
         // Store apps: Feishu's limits hold per tenant, so each tenant has
         // its own keys (same plans; in Redis with the Redis backend); the
         // (app, route) metrics are shared.
         let tenant = match &ctx.tenant {
-            Some(t) => match t.quota_key(route) {
-                Some(k) => Some((t.quota(), k)),
+            Some(t) => match self.quota_keys.tenant_key(t, app, route) {
+                Some(k) => Some(k),
                 None => return Ok(()),
             },
             None => None,
         };
         let overflow = self.overflow(self.catalog.route(route), headers)?;
         let acquire = async {
-            match tenant {
-                Some((quota, key)) => quota.acquire(key, overflow).await,
-                None => self.quota.acquire(*key, overflow).await,
+            match &tenant {
+                Some(key) => key.acquire(overflow).await,
+                None => pair.key.acquire(overflow).await,
             }
         };
+        let pair = &pair.metrics;
         let result = match overflow {
             Overflow::Reject => acquire.await,
             Overflow::Wait(_) => {
@@ -159,14 +159,6 @@ impl Gateway {
                 Err(GatewayError::RateLimited(Box::new(rejection)))
             }
         }
-    }
-
-    pub(super) fn quota_key(
-        &self,
-        app: usize,
-        route: usize,
-    ) -> Option<&(QuotaKey, QuotaPairMetrics)> {
-        self.quota_keys.get(app, route)
     }
 
     /// Reject or wait, by route config, overridden per request by
@@ -205,7 +197,7 @@ impl Gateway {
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return;
         };
-        let Some((key, _)) = self.quota_key(app, route) else {
+        let Some(pair) = self.quota_keys.app_key(app, route) else {
             return;
         };
         let secs = headers
@@ -214,13 +206,14 @@ impl Gateway {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(1)
             .clamp(1, 300);
+        let pause = Duration::from_secs(secs);
         match ctx
             .tenant
             .as_ref()
-            .and_then(|t| t.quota_key(route).map(|k| (t, k)))
+            .and_then(|t| self.quota_keys.tenant_key(t, app, route))
         {
-            Some((t, k)) => t.quota().pause(k, Duration::from_secs(secs)),
-            None => self.quota.pause(*key, Duration::from_secs(secs)),
+            Some(k) => k.pause(pause),
+            None => pair.key.pause(pause),
         }
         tracing::warn!(
             app = %self.apps[app].name,
@@ -228,48 +221,5 @@ impl Gateway {
             pause_secs = secs,
             "Feishu throttled this app and route; pausing it"
         );
-    }
-}
-
-/// The quota key and wait metrics of every (app, route) pair, `None` where
-/// the route has no limits. Built once from the configured apps and the
-/// catalog; a store app's tenants get keys of their own with the same
-/// limits ([`QuotaKeys::templates`]).
-pub struct QuotaKeys {
-    routes: usize,
-    /// At `app * routes + route`.
-    keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>,
-}
-
-impl QuotaKeys {
-    /// An empty table for `routes` catalog routes; fill it app by app.
-    pub fn new(routes: usize) -> QuotaKeys {
-        QuotaKeys {
-            routes,
-            keys: Vec::new(),
-        }
-    }
-
-    /// Appends the next app's keys, one per catalog route in order.
-    pub fn push_app(&mut self, keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>) {
-        assert_eq!(keys.len(), self.routes, "one entry per catalog route");
-        self.keys.extend(keys);
-    }
-
-    /// The key of `app` on `route`, if the route is limited.
-    pub fn get(&self, app: usize, route: usize) -> Option<&(QuotaKey, QuotaPairMetrics)> {
-        if route >= self.routes {
-            return None;
-        }
-        self.keys.get(app * self.routes + route)?.as_ref()
-    }
-
-    /// Per app, per route: the key whose limits each tenant of a store app
-    /// gets a copy of.
-    pub fn templates(&self) -> Vec<Vec<Option<QuotaKey>>> {
-        self.keys
-            .chunks(self.routes.max(1))
-            .map(|app| app.iter().map(|k| k.as_ref().map(|(k, _)| *k)).collect())
-            .collect()
     }
 }

@@ -21,6 +21,7 @@
 //!
 //! Beside them: [`RequestCtx`] (`ctx.rs`), the per-request state; `headers.rs`,
 //! which headers cross; `inspect.rs`, Feishu's `code` read off an answer;
+//! `keys.rs`, the quota keys `admit` acquires, made on first use;
 //! [`body`], the answer body; [`error`], every answer the gateway writes
 //! itself. Shared state lives on [`Gateway`], never in statics.
 
@@ -33,11 +34,12 @@ mod forward;
 mod front;
 mod headers;
 mod inspect;
+mod keys;
 mod log;
 
-pub use admit::QuotaKeys;
 pub use ctx::RequestCtx;
 use front::token_endpoint;
+pub use keys::{PairKey, QuotaKeys};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,9 +85,8 @@ pub struct Gateway {
     pub(crate) store: Arc<StoreApps>,
     pub(crate) upstreams: Upstreams,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) quota: Engine,
-    /// Quota key and wait metrics per (app, route), at `app * routes + route`;
-    /// `None` where the route has no limits.
+    /// The quota keys per (app[, tenant], route), made on first use, and
+    /// the engine they are made on.
     pub(crate) quota_keys: QuotaKeys,
     pub(crate) quota_config: QuotaConfig,
     pub(crate) max_body_bytes: usize,
@@ -154,7 +155,7 @@ impl Gateway {
 
     /// The quota engine (for `/readyz`).
     pub fn quota(&self) -> &Engine {
-        &self.quota
+        self.quota_keys.engine()
     }
 
     /// The metrics (for `/metrics`).
