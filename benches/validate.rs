@@ -35,6 +35,7 @@ fn bench(c: &mut Criterion) {
     let view = |body: &'static [u8]| RequestView {
         route,
         path: PATH,
+        query: None,
         headers: &headers,
         body,
     };

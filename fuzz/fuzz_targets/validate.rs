@@ -82,6 +82,7 @@ fuzz_target!(|data: &[u8]| {
     let req = RequestView {
         route,
         path: &path,
+        query: None,
         headers: &headers,
         body,
     };
@@ -111,6 +112,7 @@ fuzz_target!(|data: &[u8]| {
     let ours = body_only.check(&RequestView {
         route,
         path: &path,
+        query: None,
         headers: &headers,
         body,
     });

@@ -5,8 +5,6 @@ use std::fmt;
 
 use serde_json::json;
 
-use crate::feishu::codes;
-
 /// Longest `value` echoed back, in characters; longer ones end in `…`.
 pub const MAX_VALUE_CHARS: usize = 64;
 
@@ -24,6 +22,9 @@ pub struct Violation {
     pub value: Option<String>,
     /// What is wrong, as a phrase that follows the field name.
     pub description: String,
+    /// Feishu's own code for this kind of problem (230025 "content too
+    /// long"), if it has one; otherwise the contract's code applies.
+    pub code: Option<i64>,
 }
 
 impl Violation {
@@ -32,7 +33,13 @@ impl Violation {
             field,
             value,
             description,
+            code: None,
         }
+    }
+
+    pub(crate) fn with_code(mut self, code: Option<i64>) -> Violation {
+        self.code = code;
+        self
     }
 }
 
@@ -41,12 +48,24 @@ impl Violation {
 pub struct Violations {
     list: Vec<Violation>,
     omitted: usize,
+    code: i64,
 }
 
 impl Violations {
-    pub(crate) fn new(list: Vec<Violation>, omitted: usize) -> Violations {
+    pub(crate) fn new(list: Vec<Violation>, omitted: usize, code: i64) -> Violations {
         debug_assert!(!list.is_empty() || omitted > 0);
-        Violations { list, omitted }
+        Violations {
+            list,
+            omitted,
+            code,
+        }
+    }
+
+    /// The `code` of the answer: the first violation's own code if it has
+    /// one (so `code` and `msg` speak of the same problem), else the
+    /// contract's (Feishu's invalid-parameter code for the endpoint).
+    pub fn code(&self) -> i64 {
+        self.list.first().and_then(|v| v.code).unwrap_or(self.code)
     }
 
     /// The violations kept, in the order found: path, headers, body.
@@ -79,7 +98,7 @@ impl Violations {
     }
 
     /// The JSON body of the answer (400, `X-Gateway-Error: invalid-request`):
-    /// Feishu's shape with code 232001 and every violation kept.
+    /// Feishu's shape with [`Violations::code`] and every violation kept.
     pub fn to_json(&self) -> serde_json::Value {
         let violations: Vec<serde_json::Value> = self
             .list
@@ -92,7 +111,7 @@ impl Violations {
             })
             .collect();
         json!({
-            "code": codes::INVALID_PARAM,
+            "code": self.code(),
             "msg": self.msg(),
             "error": { "field_violations": violations },
         })
@@ -190,12 +209,13 @@ impl Sink {
         self.alive = to.alive;
     }
 
-    pub(crate) fn finish(self) -> Result<(), Violations> {
+    /// The verdict; `code` is the contract's, for the answer.
+    pub(crate) fn finish(self, code: i64) -> Result<(), Violations> {
         if self.alive == 0 {
             Ok(())
         } else {
             let omitted = self.alive - self.list.len();
-            Err(Violations::new(self.list, omitted))
+            Err(Violations::new(self.list, omitted, code))
         }
     }
 }
