@@ -7,7 +7,7 @@
 //! | `data.rs`     | `data/feishu-api-limits.tsv`: every endpoint's documented limit |
 //! | `router.rs`   | request path → route (matchit; static segments first)           |
 //! | `route.rs`    | one entry: template, limits, options, parameter extraction      |
-//! | one file per family ([`top_notice`]) | hand-written additions: contract, body limit |
+//! | one file per family ([`top_notice`], [`messages`]) | hand-written additions: contract, body limit |
 //!
 //! The catalog is built from the data file (every row, with its limits),
 //! then each family's [`Builtin`] rows add what the data cannot say (a body
@@ -17,10 +17,14 @@
 //! without gateway-specific rules.
 
 pub mod data;
+pub mod messages;
 mod route;
 mod router;
 pub mod top_notice;
 
+pub use messages::{
+    edit_message, reply_message, send_message, EDIT_MESSAGE, REPLY_MESSAGE, SEND_MESSAGE,
+};
 pub use route::Route;
 pub use router::shape;
 pub use top_notice::{delete_top_notice, put_top_notice, DELETE_TOP_NOTICE, PUT_TOP_NOTICE};
@@ -52,7 +56,7 @@ pub struct Builtin {
 }
 
 /// Every family's additions.
-pub const BUILTIN: &[&[Builtin]] = &[top_notice::ENDPOINTS];
+pub const BUILTIN: &[&[Builtin]] = &[top_notice::ENDPOINTS, messages::ENDPOINTS];
 
 /// The built-in contract of the route `route_id`, if it has one.
 pub fn builtin_contract(route_id: &str) -> Option<Contract> {

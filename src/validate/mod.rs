@@ -88,6 +88,8 @@ mod text;
 mod violation;
 
 #[cfg(test)]
+mod message_tests;
+#[cfg(test)]
 mod tests;
 
 pub use contract::{

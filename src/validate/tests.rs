@@ -624,7 +624,13 @@ fn builtin_contracts_by_route_id() {
     assert!(builtin("im.v1.chat.get").is_none());
     let catalog = Catalog::builtin();
     let mut contracts = Contracts::for_catalog(&catalog);
-    let with_contract = [PUT_TOP_NOTICE, DELETE_TOP_NOTICE];
+    let with_contract = [
+        PUT_TOP_NOTICE,
+        DELETE_TOP_NOTICE,
+        crate::endpoints::SEND_MESSAGE,
+        crate::endpoints::REPLY_MESSAGE,
+        crate::endpoints::EDIT_MESSAGE,
+    ];
     for (i, route) in catalog.routes().iter().enumerate() {
         let builtin = with_contract.contains(&route.id.as_str());
         assert_eq!(contracts.get(i).is_some(), builtin, "{}", route.id);
