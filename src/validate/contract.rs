@@ -256,19 +256,26 @@ pub struct Array {
 #[derive(Debug, Clone)]
 pub struct Object {
     fields: Vec<Field>,
-    /// Per field: the sibling its [`Presence::RequiredWhen`] reads, and its
-    /// slot among the conditional fields.
-    sources: Vec<Option<(usize, usize)>>,
-    /// Per field: bit `j` set when sibling `j`'s condition reads this field.
-    dependents: Vec<u32>,
-    /// Every field's [`LengthCap`]s, in field order: (the capped field, the
-    /// sibling its condition reads, its index among the field's caps). Cap
-    /// `k` is bit `k` below.
-    caps: Vec<(usize, usize, usize)>,
-    /// Per field: bit `k` set when cap `k` measures this field.
-    measured_by: Vec<u8>,
-    /// Per field: bit `k` set when cap `k`'s condition reads this field.
-    read_by: Vec<u8>,
+    /// Per field, what the walk needs to know of it beside its shape (one
+    /// lookup per field met).
+    links: Vec<Links>,
+    /// Every field's [`LengthCap`]s, in field order: (the capped field, its
+    /// index among the field's caps). Cap `k` is bit `k` in [`Links`].
+    caps: Vec<(usize, usize)>,
+}
+
+/// How a field is tied to its siblings.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Links {
+    /// The sibling its [`Presence::RequiredWhen`] reads, and its slot among
+    /// the conditional fields.
+    pub(crate) source: Option<(usize, usize)>,
+    /// Bit `j` set when sibling `j`'s condition reads this field.
+    pub(crate) dependents: u32,
+    /// Bit `k` set when cap `k` measures this field.
+    pub(crate) measured_by: u8,
+    /// Bit `k` set when cap `k`'s condition reads this field.
+    pub(crate) read_by: u8,
 }
 
 impl Object {
@@ -344,11 +351,10 @@ impl Object {
                 caps.len()
             ));
         }
-        let mut measured_by = vec![0u8; fields.len()];
-        let mut read_by = vec![0u8; fields.len()];
+        let mut links = vec![Links::default(); fields.len()];
         for (k, &(i, j, _)) in caps.iter().enumerate() {
-            measured_by[i] |= 1 << k;
-            read_by[j] |= 1 << k;
+            links[i].measured_by |= 1 << k;
+            links[j].read_by |= 1 << k;
         }
         let mut slot = 0;
         let sources: Vec<Option<(usize, usize)>> = fields
@@ -361,19 +367,16 @@ impl Object {
                 _ => None,
             })
             .collect();
-        let mut dependents = vec![0u32; fields.len()];
         for (j, source) in sources.iter().enumerate() {
+            links[j].source = *source;
             if let Some((i, _)) = source {
-                dependents[*i] |= 1 << j;
+                links[*i].dependents |= 1 << j;
             }
         }
         Ok(Object {
             fields,
-            sources,
-            dependents,
-            caps,
-            measured_by,
-            read_by,
+            links,
+            caps: caps.into_iter().map(|(i, _, n)| (i, n)).collect(),
         })
     }
 
@@ -386,35 +389,16 @@ impl Object {
         self.fields.iter().position(|f| f.name == name)
     }
 
-    /// For a conditional field `i`: the sibling whose value decides whether
-    /// it is required, and its slot (below [`MAX_CONDITIONAL`]).
-    pub(crate) fn source(&self, i: usize) -> Option<(usize, usize)> {
-        self.sources[i]
-    }
-
-    /// The fields (as bits) whose condition reads field `i`.
-    pub(crate) fn dependents(&self, i: usize) -> u32 {
-        self.dependents[i]
-    }
-
-    /// Whether any field carries a [`LengthCap`].
-    pub(crate) fn has_caps(&self) -> bool {
-        !self.caps.is_empty()
-    }
-
-    /// The caps (as bits) that measure field `i`.
-    pub(crate) fn measured_by(&self, i: usize) -> u8 {
-        self.measured_by[i]
-    }
-
-    /// The caps (as bits) whose condition reads field `i`.
-    pub(crate) fn read_by(&self, i: usize) -> u8 {
-        self.read_by[i]
+    /// How field `i` is tied to its siblings: for a conditional field, the
+    /// sibling whose value decides whether it is required and its slot
+    /// (below [`MAX_CONDITIONAL`]); the conditions and caps that read it.
+    pub(crate) fn links(&self, i: usize) -> Links {
+        self.links[i]
     }
 
     /// Cap `k`: the field it measures and the cap itself.
     pub(crate) fn cap(&self, k: usize) -> (usize, &LengthCap) {
-        let (i, _, n) = self.caps[k];
+        let (i, n) = self.caps[k];
         (i, &self.fields[i].caps[n])
     }
 }

@@ -302,6 +302,10 @@ impl ValueSeed<'_, '_, '_, '_> {
 /// deserializer of its own: unknown fields are always allowed there (the
 /// contract's setting speaks of the body's fields), and a syntax error
 /// replaces whatever the inner walk found before it.
+///
+/// Never inlined: the walk recurses through here, and keeping this call out
+/// of line leaves the rest of the walk inlined much as it was before.
+#[inline(never)]
 fn json_text(inner: &Shape, s: &str, path: &Path<'_>, walk: &mut Walk<'_>) {
     let mark = walk.sink.mark();
     let mut de = serde_json::Deserializer::from_str(s);
@@ -376,24 +380,19 @@ fn walk_object<'de, A: MapAccess<'de>>(
             walk.push(&fpath, None, "appears more than once; send it once".into());
         }
         seen |= 1 << i;
-        let dependents = object.dependents(i);
-        let (measured_by, read_by) = if object.has_caps() {
-            (object.measured_by(i), object.read_by(i))
-        } else {
-            (0, 0)
-        };
+        let links = object.links(i);
         let mark = walk.sink.mark();
         let value = map.next_value_seed(ValueSeed {
             shape: &field.shape,
             path: &fpath,
             walk: &mut *walk,
-            keep: dependents != 0 || read_by != 0,
+            keep: links.dependents != 0 || links.read_by != 0,
         })?;
         let text = match &value {
             Seen::Str { text, .. } => text.as_deref(),
             Seen::Other => None,
         };
-        for j in bits(dependents) {
+        for j in bits(links.dependents) {
             let holds = match (text, &fields[j].presence) {
                 (Some(s), Presence::RequiredWhen { equals, .. }) => s == equals,
                 // Not a string: the source has its own violation, and the
@@ -402,17 +401,17 @@ fn walk_object<'de, A: MapAccess<'de>>(
             };
             active = (active & !(1 << j)) | (u32::from(holds) << j);
         }
-        for k in bits(read_by.into()) {
+        for k in bits(links.read_by.into()) {
             let holds = text.is_some_and(|s| object.cap(k).1.values.iter().any(|v| v == s));
             capped = (capped & !(1 << k)) | (u8::from(holds) << k);
         }
-        for k in bits(measured_by.into()) {
+        for k in bits(links.measured_by.into()) {
             lens[k] = match &value {
                 Seen::Str { len, .. } => Some(*len),
                 Seen::Other => None,
             };
         }
-        if let Some((_, slot)) = object.source(i) {
+        if let Some((_, slot)) = links.source {
             spans[slot] = Some(walk.sink.since(mark));
         }
     }
@@ -422,7 +421,7 @@ fn walk_object<'de, A: MapAccess<'de>>(
     // latest span first so that the earlier ranges stay valid.
     let mut required = 0u32;
     for (j, field) in fields.iter().enumerate() {
-        let holds = match (&field.presence, object.source(j)) {
+        let holds = match (&field.presence, object.links(j).source) {
             (Presence::Optional, _) => false,
             (Presence::Required, _) => true,
             (Presence::RequiredWhen { equals, .. }, Some((src, _))) if seen & (1 << src) == 0 => {
@@ -432,7 +431,7 @@ fn walk_object<'de, A: MapAccess<'de>>(
         };
         if holds {
             required |= 1 << j;
-            if let Some((_, slot)) = object.source(j) {
+            if let Some((_, slot)) = object.links(j).source {
                 spans[slot] = None;
             }
         }
