@@ -19,6 +19,7 @@ pub(crate) const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ogw-
 pub(crate) const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ogw-ratelimit-reset");
 
 const JSON_UTF8: &str = "application/json; charset=utf-8";
+const HTML: &str = "text/html";
 const SUCCESS_EMPTY: &[u8] = br#"{"code":0,"msg":"success","data":{}}"#;
 
 /// Codes the fake answers on its own.
@@ -87,6 +88,8 @@ pub(crate) struct Answer {
     pub(crate) code: i64,
     pub(crate) body: Bytes,
     pub(crate) rate_limit: Option<RateLimitHeaders>,
+    /// `Content-Type`: JSON but for edge answers.
+    pub(crate) content_type: &'static str,
 }
 
 impl Answer {
@@ -97,6 +100,7 @@ impl Answer {
             code: 0,
             body: Bytes::from_static(SUCCESS_EMPTY),
             rate_limit: None,
+            content_type: JSON_UTF8,
         }
     }
 
@@ -107,6 +111,26 @@ impl Answer {
             code,
             body: Bytes::from(body.to_string()),
             rate_limit: None,
+            content_type: JSON_UTF8,
+        }
+    }
+
+    /// What a load balancer in front of the API answers when it cannot
+    /// reach it: `status`, a small HTML page, no Feishu `code` (recorded
+    /// as -1).
+    pub(crate) fn edge(status: StatusCode) -> Self {
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let page = format!(
+            "<html><head><title>{} {reason}</title></head><body><center><h1>{} {reason}</h1></center></body></html>\n",
+            status.as_u16(),
+            status.as_u16()
+        );
+        Answer {
+            status,
+            code: -1,
+            body: Bytes::from(page),
+            rate_limit: None,
+            content_type: HTML,
         }
     }
 
@@ -132,7 +156,7 @@ impl Answer {
         let mut response = Response::new(Full::new(self.body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
         if let Ok(v) = HeaderValue::from_str(logid) {
             headers.insert(X_TT_LOGID, v);
         }

@@ -376,7 +376,8 @@ pub struct RecordedRequest {
     /// The quota endpoint name (`"put_top_notice"`, `"delete_top_notice"`,
     /// `"get_chat"`), or `None` for an unknown route.
     pub endpoint: Option<&'static str>,
-    /// The `code` of the answer's JSON body.
+    /// The `code` of the answer's JSON body (-1 for an edge answer without
+    /// one, [`SimFeishu::answer_next_from_edge`]).
     pub answered_code: i64,
     /// The HTTP status of the answer.
     pub answered_status: StatusCode,
@@ -615,6 +616,16 @@ impl SimFeishu {
     /// Replaces any pending injection.
     pub fn answer_next_with_code(&self, code: i64, status: StatusCode, n: u32) {
         self.shared.faults.inject(code, status, n);
+    }
+
+    /// The next `n` business requests answer as a load balancer in front of
+    /// Feishu does when the API behind it is down: `status` (e.g. 502 or
+    /// 503) with a small HTML body and no Feishu `code`, before any other
+    /// check (recorded with `answered_code` -1, not counted against quotas).
+    /// Replaces any pending count; checked before
+    /// [`answer_next_with_code`](Self::answer_next_with_code).
+    pub fn answer_next_from_edge(&self, status: StatusCode, n: u32) {
+        self.shared.faults.inject_edge(status, n);
     }
 
     // ----- introspection ---------------------------------------------------

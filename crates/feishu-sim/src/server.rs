@@ -470,6 +470,9 @@ fn decide(
     query: Option<&str>,
 ) -> Answer {
     // Injected answers replace everything, so tests get exactly what they ask.
+    if let Some(status) = shared.faults.take_edge() {
+        return Answer::edge(status);
+    }
     if let Some((code, status)) = shared.faults.take_injected() {
         return injected(shared, code, status);
     }

@@ -40,6 +40,10 @@ pub(crate) struct Faults {
     inject_left: AtomicU32,
     /// The code and status of injected answers.
     injected: Mutex<(i64, StatusCode)>,
+    /// Business requests still to answer as Feishu's edge would, without JSON.
+    edge_left: AtomicU32,
+    /// The status of those answers.
+    edge_status: Mutex<StatusCode>,
 }
 
 /// Take one unit from a pending-fault counter, if any is left.
@@ -65,6 +69,15 @@ impl Faults {
     pub(crate) fn inject(&self, code: i64, status: StatusCode, n: u32) {
         *lock(&self.injected) = (code, status);
         self.inject_left.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn inject_edge(&self, status: StatusCode, n: u32) {
+        *lock(&self.edge_status) = status;
+        self.edge_left.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn take_edge(&self) -> Option<StatusCode> {
+        take_one(&self.edge_left).then(|| *lock(&self.edge_status))
     }
 
     pub(crate) fn take_injected(&self) -> Option<(i64, StatusCode)> {
