@@ -26,7 +26,7 @@
 //! | [`redis_connection`]  | the replica's one Redis connection (quotas, tickets)        |
 //! | [`observe`]           | Prometheus metrics and the log lines                        |
 //! | [`workers`]           | thread-per-core connection workers (server and upstream pools) |
-//! | [`feishu`]            | the platform's vocabulary: codes, paths, headers, answers   |
+//! | [`feishu`]            | the platform's vocabulary: codes, paths, headers, answers, idempotency keys |
 //! | [`secret`]            | values that are never printed                               |
 //!
 //! The simulated Feishu used by `demo`, the tests and the load harness is the
