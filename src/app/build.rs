@@ -15,7 +15,7 @@ use crate::auth::ClientTable;
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::{Catalog, Contracts};
 use crate::observe::metrics::Metrics;
-use crate::proxy::{AppRoute, Gateway, QuotaKeys};
+use crate::proxy::{AppRoute, Gateway, QuotaKeys, Retries};
 use crate::quota::{
     BackendKind, Engine, KeySpec, Plan, PlanPolicy, QuotaKey, RedisConnection, RedisSettings,
 };
@@ -221,5 +221,6 @@ fn gateway(
         body_read_timeout: config.timeouts.body_read,
         upstream_timeout: config.timeouts.upstream,
         upstream_idle: config.timeouts.upstream_idle,
+        retries: Retries::new(config.retries.clone(), config.apps.len()),
     })
 }

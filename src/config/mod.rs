@@ -18,6 +18,7 @@
 //! | `tokens.rs` | `[token]`, `[sdk_tokens]`                               |
 //! | `quota.rs`  | `[quota]`, with its Redis keys                          |
 //! | `routes.rs` | `[[routes]]`                                            |
+//! | `retries.rs`| `[retries]`: retries by code after transient failures  |
 //! | `apps.rs`   | `[[apps]]` and `[[clients]]`, and the checks between them |
 //! | `reader.rs` | [`Section`]: typed reads that record [`Problems`], unknown keys |
 //! | `env.rs`    | [`Environment`]; secrets given as `<base>_env` or `<base>_file` |
@@ -32,6 +33,7 @@ mod apps;
 mod env;
 mod quota;
 mod reader;
+mod retries;
 mod routes;
 mod server;
 mod tokens;
@@ -50,6 +52,7 @@ pub use crate::auth::sdk_token::SdkTokens;
 pub use crate::auth::{key_digest, ClientConfig};
 pub use crate::endpoints::RouteConfig;
 pub use crate::observe::logging::{Log, LogFormat};
+pub use crate::proxy::RetryPolicy;
 pub use crate::quota::{OverflowMode, QuotaConfig};
 pub use crate::tokens::{AppConfig, AppKind, StoreAppSettings, TokenPolicy};
 pub use crate::upstream::Upstream;
@@ -101,6 +104,8 @@ pub struct Config {
     pub sdk_tokens: SdkTokens,
     /// Catalog overrides and additions (`[[routes]]`).
     pub routes: Vec<RouteConfig>,
+    /// Retries by code after a transient upstream failure (`[retries]`).
+    pub retries: RetryPolicy,
     /// The Feishu apps the gateway holds secrets for (`[[apps]]`).
     pub apps: Vec<AppConfig>,
     /// The internal services allowed to call (`[[clients]]`).
@@ -143,6 +148,7 @@ impl Config {
         let sdk_tokens = tokens::read_sdk_tokens(&mut s, env, p);
         let quota = quota::read(&mut s, env, p);
         let routes = routes::read(&mut s, &quota, p);
+        let retries = retries::read(&mut s, p);
         let (apps, clients) = apps::read(&mut s, &server.upstream, env, p);
         s.finish(p);
 
@@ -170,6 +176,7 @@ impl Config {
             quota,
             sdk_tokens,
             routes,
+            retries,
             apps,
             clients,
             warnings,

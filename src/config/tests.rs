@@ -214,3 +214,39 @@ tenant = "2ed263bf32cf1651"
         "{problems}"
     );
 }
+
+#[test]
+fn retries_have_defaults_and_every_key_is_checked() {
+    let c = Config::parse(EXAMPLE, &env()).expect("valid");
+    assert_eq!(c.retries, RetryPolicy::default());
+    assert!(c.retries.enabled);
+
+    let text = format!(
+        "{EXAMPLE}\n[retries]\nenabled = false\nmax_retries = 3\nbackoff_base = \"20ms\"\nbackoff_max = \"200ms\"\nbudget_ratio = 0.2\nbudget_min = 5\nbudget_window = \"30s\"\n"
+    );
+    let c = Config::parse(&text, &env()).expect("valid");
+    let r = &c.retries;
+    assert!(!r.enabled);
+    assert_eq!(r.max_retries, 3);
+    assert_eq!(r.backoff_base, std::time::Duration::from_millis(20));
+    assert_eq!(r.backoff_max, std::time::Duration::from_millis(200));
+    assert_eq!(r.budget_ratio, 0.2);
+    assert_eq!(r.budget_min, 5);
+    assert_eq!(r.budget_window, std::time::Duration::from_secs(30));
+
+    let text = format!(
+        "{EXAMPLE}\n[retries]\nenabled = \"yes\"\nmax_retries = 11\nbackoff_base = \"1s\"\nbackoff_max = \"100ms\"\nbudget_ratio = 1.5\nbudget_window = \"10ms\"\nbudget = 3\n"
+    );
+    let problems = Config::parse(&text, &env()).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    for expected in [
+        "retries.enabled",
+        "retries.max_retries",
+        "retries.backoff_max",
+        "retries.budget_ratio",
+        "retries.budget_window",
+        "retries.budget",
+    ] {
+        assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+    }
+}

@@ -31,6 +31,8 @@ pub struct Metrics {
     token_expiry: GaugeVec,
     token_replays: IntCounterVec,
     upstream_errors: IntCounterVec,
+    retries: IntCounterVec,
+    retries_skipped: IntCounterVec,
     would_reject: IntCounterVec,
     in_flight: IntGauge,
     quota_limit: IntGaugeVec,
@@ -255,6 +257,20 @@ impl Metrics {
             ),
             &["app", "route", "kind"],
         )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_retries_total",
+                "Requests sent to Feishu again after a transient failure, by reason (connect, reset, edge_502, edge_503, code)",
+            ),
+            &["app", "route", "reason"],
+        )?;
+        let retries_skipped = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_retries_skipped_total",
+                "Transient failures answered without a retry, by reason (unsafe, attempts, deadline, budget, quota)",
+            ),
+            &["app", "route", "reason"],
+        )?;
         let would_reject = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_validation_would_reject_total",
@@ -331,6 +347,8 @@ impl Metrics {
             Box::new(token_expiry.clone()),
             Box::new(token_replays.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(retries.clone()),
+            Box::new(retries_skipped.clone()),
             Box::new(would_reject.clone()),
             Box::new(in_flight.clone()),
             Box::new(quota_limit.clone()),
@@ -389,6 +407,8 @@ impl Metrics {
             token_expiry,
             token_replays,
             upstream_errors,
+            retries,
+            retries_skipped,
             would_reject,
             in_flight,
             quota_limit,
@@ -537,6 +557,22 @@ impl Metrics {
     /// Records a transport failure talking to Feishu.
     pub fn upstream_error(&self, app: Option<usize>, route: Option<usize>, kind: &str) {
         self.upstream_error_counter(app, route, kind).inc();
+    }
+
+    /// Records a request sent again after a transient failure (`reason`:
+    /// connect, reset, edge_502, edge_503, code).
+    pub fn retry(&self, app: Option<usize>, route: Option<usize>, reason: &str) {
+        self.retries
+            .with_label_values(&[self.app_label(app), self.route_label(route), reason])
+            .inc();
+    }
+
+    /// Records a transient failure answered without a retry (`reason`:
+    /// unsafe, attempts, deadline, budget, quota).
+    pub fn retry_skipped(&self, app: Option<usize>, route: Option<usize>, reason: &str) {
+        self.retries_skipped
+            .with_label_values(&[self.app_label(app), self.route_label(route), reason])
+            .inc();
     }
 
     /// The counter of transport failures of `kind`, to count one later

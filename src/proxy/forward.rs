@@ -1,6 +1,7 @@
-//! Phase `forward`: the tenant token injected, one attempt upstream within
-//! the timeout, the one replay after a token-invalid answer, and
-//! `response_filter` on the answer that goes back.
+//! Phase `forward`: the tenant token injected, the attempts upstream within
+//! the timeout (one, or more after a transient failure: `retry.rs`), the one
+//! replay after a token-invalid answer, and `response_filter` on the answer
+//! that goes back.
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -59,7 +60,7 @@ impl Gateway {
                 }
             };
             req.headers_mut().insert(AUTHORIZATION, authorization);
-            let answer = self.send(ctx, app, &req).await?;
+            let answer = self.send_retrying(ctx, app, &req).await?;
             match (answer.code, generation) {
                 (Some(code), Some((slot, generation)))
                     if codes::is_token_invalid(code) && !replayed =>
@@ -129,13 +130,14 @@ impl Gateway {
         }
     }
 
-    /// One attempt upstream: the answer's head and inspected body, within the
-    /// upstream timeout.
+    /// One attempt upstream: the answer's head and inspected body, within
+    /// `timeout` (the upstream timeout, or what a retry has left of it).
     pub(super) async fn send(
         &self,
         ctx: &mut RequestCtx,
         app: usize,
         req: &Request<Bytes>,
+        timeout: std::time::Duration,
     ) -> Result<Inspected, GatewayError> {
         let started = Instant::now();
         // An HTTP/1.1 connection goes back to the pool when the answer's
@@ -151,7 +153,7 @@ impl Gateway {
                 .await
                 .map_err(|_| crate::upstream::UpstreamFailure::Reset)
         };
-        let result = tokio::time::timeout(self.upstream_timeout, attempt).await;
+        let result = tokio::time::timeout(timeout, attempt).await;
         let spent = started.elapsed();
         ctx.upstream_time = Some(ctx.upstream_time.unwrap_or_default() + spent);
         let failure = match result {

@@ -16,6 +16,7 @@
 //! | `validate`        | `admit.rs`        | the route's contract, answered in Feishu's words     |
 //! | `admit`           | `admit.rs`        | the (app[, tenant], route) quota: go, wait, or 429   |
 //! | `forward`         | `forward.rs`      | inject the token, send, replay once on token-invalid |
+//! |                   | `retry.rs`        | the attempts: retries by code, safe ones, in budget and time |
 //! | `response_filter` | `forward.rs`      | strip hop-by-hop headers from Feishu's answer        |
 //! | `logging`         | `log.rs`          | one access-log line and the request metrics          |
 //!
@@ -34,10 +35,12 @@ mod front;
 mod headers;
 mod inspect;
 mod log;
+mod retry;
 
 pub use admit::QuotaKeys;
 pub use ctx::RequestCtx;
 use front::token_endpoint;
+pub use retry::{Retries, RetryPolicy};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +96,8 @@ pub struct Gateway {
     pub(crate) upstream_timeout: Duration,
     /// The longest gap between reads of a streamed answer body.
     pub(crate) upstream_idle: Duration,
+    /// Retries by code: the policy and every app's budget.
+    pub(crate) retries: Retries,
 }
 
 /// Where an app's requests go.

@@ -217,7 +217,11 @@ impl Pool {
         match self.connect(upstream).await? {
             Fresh::H1(tx) => match self.send_h1(upstream, tx, req).await {
                 Ok(resp) => Ok(resp),
-                Err(H1Error::NotSent | H1Error::ClosedBeforeAnswer) => Err(UpstreamFailure::Reset),
+                // The new connection closed before hyper wrote the request:
+                // a failed connection, nothing of the request left (callers
+                // may send it again, whatever its method).
+                Err(H1Error::NotSent) => Err(UpstreamFailure::Connect),
+                Err(H1Error::ClosedBeforeAnswer) => Err(UpstreamFailure::Reset),
                 Err(H1Error::Failed(f)) => Err(f),
             },
             Fresh::H2(tx) => send_h2(upstream, req, tx).await,
