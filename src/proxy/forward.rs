@@ -85,12 +85,16 @@ impl Gateway {
                     ctx.logid = answer.head.headers.get(paths::X_TT_LOGID).cloned();
                     let mut body = answer.body;
                     body.watch(|| {
+                        let count = |kind| {
+                            self.metrics
+                                .upstream_error_counter(ctx.app, ctx.route, kind)
+                        };
                         StreamWatch::new(
                             self.upstream_idle,
-                            self.metrics
-                                .upstream_error_counter(ctx.app, ctx.route, "idle_timeout"),
+                            count("idle_timeout"),
                             self.metrics.in_flight().clone(),
                         )
+                        .counting_failures(count("reset"), count("protocol"))
                     });
                     return Ok(Response::from_parts(answer.head, body));
                 }

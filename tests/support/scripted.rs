@@ -147,6 +147,9 @@ async fn serve_scripted(
         if let Some(rest) = answer.strip_prefix(RESET) {
             let _ = stream.write_all(rest).await;
             let _ = stream.flush().await;
+            // Time for the bytes to be read before the reset, which would
+            // drop them from the peer's receive buffer.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             reset(stream);
             return;
         }
