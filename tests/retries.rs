@@ -195,17 +195,17 @@ async fn retries_spend_quota_and_stop_where_it_ends() {
 #[tokio::test]
 async fn a_retry_that_would_not_fit_the_upstream_timeout_is_not_made() {
     let h = start_with(sim_config(), |c| {
-        fast(c).upstream_timeout(Duration::from_millis(700))
+        fast(c).upstream_timeout(Duration::from_millis(1000))
     })
     .await;
     h.sim
         .answer_next_with_code(1500, StatusCode::INTERNAL_SERVER_ERROR, 5);
-    // Each answer takes 400 ms: a second attempt would end past 700 ms.
+    // Each answer takes 600 ms: a second attempt would end past 1000 ms.
     let a = h
         .call(
             Method::GET,
             CHAT,
-            &[("authorization", &auth()), ("x-sim-delay-ms", "400")],
+            &[("authorization", &auth()), ("x-sim-delay-ms", "600")],
             "",
         )
         .await;
