@@ -10,5 +10,6 @@
 pub mod answer;
 pub mod codes;
 pub mod paths;
+pub mod throttle;
 
 pub use answer::{read_code, scan_code, FeishuError};
