@@ -18,6 +18,8 @@
 //!
 //! - this file: [`SimConfig`] (plain data) and [`SimFeishu`], the running
 //!   fake with its fault-injection and introspection methods.
+//! - [`catalog`]: the data files (`data/*.tsv`), parsed, and the route
+//!   trees (static segments win over parameters).
 //! - `server`: the accept loop and the request phases, in Feishu's order
 //!   (route, token, quota, body contract, magic chat ids, answer).
 //! - `tokens`: the token book (issue, 30-minute rule, verdicts).
@@ -107,6 +109,7 @@
 mod answer;
 pub mod ca;
 pub mod callback;
+pub mod catalog;
 pub mod contract;
 mod push;
 mod quota;
