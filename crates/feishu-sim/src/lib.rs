@@ -257,9 +257,24 @@ pub struct SimConfig {
     pub token_invalid_status: StatusCode,
     /// Quota behaviour. Default [`QuotaMode::Enforce`].
     pub quota: QuotaMode,
-    /// Quota windows `(N, W)` per (app, endpoint): at most N arrivals in any
-    /// interval of length W. Default `[(50, 1 s), (1000, 60 s)]`.
+    /// Windows `(N, W)` (at most N arrivals in any interval of length W)
+    /// that replace the documented windows of EVERY endpoint that has some,
+    /// per (app[, tenant], endpoint). Default empty: each endpoint keeps
+    /// its documented windows (`data/feishu-api-limits.tsv`; the seed
+    /// endpoints' are `1000/60s,50/1s`). `special` endpoints and endpoints
+    /// with no stated limit are not affected.
     pub limits: Vec<(u32, Duration)>,
+    /// Windows for single endpoints, replacing whatever they would have
+    /// (an empty list = no limit): `(endpoint name, windows)`, the name as
+    /// [`catalog::resolve`] takes it (`"put_top_notice"`,
+    /// `"GET /open-apis/im/v1/chats/search"`…). An unknown name makes
+    /// [`SimFeishu::start`] fail. Default empty.
+    pub route_limits: Vec<(String, Vec<(u32, Duration)>)>,
+    /// The hidden limit of `special` (特殊频控) endpoints, per (app[,
+    /// tenant], endpoint), answered like any window (HTTP 429, 99991400,
+    /// `x-ogw-ratelimit-*`). Drive uploads are `special` too, but their
+    /// pages state the real limit (not enforced here). Default `[(5, 1 s)]`.
+    pub special_limits: Vec<(u32, Duration)>,
     /// Delay added to every business answer. Default 0.
     pub latency: Duration,
     /// Keep every business request for [`SimFeishu::requests`]. Default true;
@@ -295,10 +310,9 @@ impl Default for SimConfig {
             same_token_threshold: Duration::from_secs(30 * 60),
             token_invalid_status: StatusCode::BAD_REQUEST,
             quota: QuotaMode::Enforce,
-            limits: vec![
-                (50, Duration::from_secs(1)),
-                (1000, Duration::from_secs(60)),
-            ],
+            limits: Vec::new(),
+            route_limits: Vec::new(),
+            special_limits: vec![(5, Duration::from_secs(1))],
             latency: Duration::ZERO,
             record_requests: true,
             tls: false,
@@ -376,9 +390,12 @@ pub struct RecordedRequest {
     /// The tenant of a valid store-app tenant token (`None` for self-built
     /// apps' tokens).
     pub tenant_key: Option<String>,
-    /// The quota endpoint name (`"put_top_notice"`, `"delete_top_notice"`,
-    /// `"get_chat"`), or `None` for an unknown route.
+    /// The catalog endpoint's name ([`catalog::Endpoint::name`]:
+    /// `"put_top_notice"`, `"delete_top_notice"`, `"get_chat"`, or
+    /// `"<METHOD> <template>"`), or `None` for an unknown route.
     pub endpoint: Option<&'static str>,
+    /// The catalog endpoint's path template, or `None` for an unknown route.
+    pub template: Option<&'static str>,
     /// The `code` of the answer's JSON body.
     pub answered_code: i64,
     /// The HTTP status of the answer.
@@ -501,6 +518,15 @@ impl PushedEvent {
     }
 }
 
+/// The catalog endpoint `name` names, or a panic saying why none.
+#[track_caller]
+fn endpoint(name: &str) -> &'static catalog::Endpoint {
+    match catalog::resolve(name) {
+        Ok(ep) => ep,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The running fake. Dropping it stops the server and closes its connections.
 pub struct SimFeishu {
     shared: Arc<Shared>,
@@ -539,7 +565,9 @@ impl SimFeishu {
         } else {
             (None, None)
         };
-        let shared = Arc::new(Shared::new(cfg));
+        let shared = Shared::new(cfg)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let shared = Arc::new(shared);
         let task = tokio::spawn(server::serve(listener, tls, Arc::clone(&shared)));
         Ok(SimFeishu {
             shared,
@@ -634,10 +662,47 @@ impl SimFeishu {
         lock(&self.shared.token_calls).clone()
     }
 
-    /// Requests that went over a quota window (all windows, all keys); one
-    /// per request even when it broke several windows.
+    /// Requests that went over a limit: an endpoint's windows (documented,
+    /// configured or the hidden `special` one), all keys; one per request
+    /// even when it broke several. Not counted with [`QuotaMode::Off`].
     pub fn violations(&self) -> u64 {
         self.shared.violations.load(Ordering::SeqCst)
+    }
+
+    /// [`violations`](Self::violations) at one endpoint (a name as
+    /// [`catalog::resolve`] takes it; panics on an unknown one).
+    #[track_caller]
+    pub fn violations_at(&self, endpoint_name: &str) -> u64 {
+        let ep = endpoint(endpoint_name);
+        self.shared.endpoint_violations[ep.index].load(Ordering::SeqCst)
+    }
+
+    /// Every endpoint with violations, by name, in catalog order.
+    pub fn violations_by_endpoint(&self) -> Vec<(&'static str, u64)> {
+        nonzero(&self.shared.endpoint_violations)
+    }
+
+    /// Calls with a valid token at one endpoint, all apps and tenants, since
+    /// the start or the last reset (throttled ones included). Panics on an
+    /// unknown name.
+    #[track_caller]
+    pub fn arrivals(&self, endpoint_name: &str) -> u64 {
+        let ep = endpoint(endpoint_name);
+        self.shared.endpoint_arrivals[ep.index].load(Ordering::SeqCst)
+    }
+
+    /// Every endpoint with arrivals, by name, in catalog order.
+    pub fn arrivals_by_endpoint(&self) -> Vec<(&'static str, u64)> {
+        nonzero(&self.shared.endpoint_arrivals)
+    }
+
+    /// The windows the fake enforces at an endpoint per (app[, tenant]),
+    /// after [`SimConfig::limits`], [`SimConfig::route_limits`] and
+    /// [`SimConfig::special_limits`]. Panics on an unknown name.
+    #[track_caller]
+    pub fn windows(&self, endpoint_name: &str) -> Vec<(u32, Duration)> {
+        let ep = endpoint(endpoint_name);
+        lock(&self.shared.quota).windows(ep.index).to_vec()
     }
 
     /// Business requests that arrived with an expired (not merely unknown)
@@ -646,25 +711,31 @@ impl SimFeishu {
         self.shared.expired_uses.load(Ordering::SeqCst)
     }
 
-    /// The most requests of the key (`app_id`, `endpoint`) that arrived
+    /// The most requests of the key (`app_id`, endpoint) that arrived
     /// within any interval of length `window`, over the arrivals logged since
-    /// the last reset (the most recent 2^20 per key). Endpoints are
-    /// `"put_top_notice"`, `"delete_top_notice"` and `"get_chat"`. Only
-    /// requests with a valid token reach the log; throttled ones do.
-    pub fn max_in_any_window(&self, app_id: &str, endpoint: &str, window: Duration) -> usize {
-        lock(&self.shared.quota).max_in_any_window(app_id, None, endpoint, window)
+    /// the last reset (the most recent 2^20 per key). The endpoint is a name
+    /// as [`catalog::resolve`] takes it: `"put_top_notice"`,
+    /// `"delete_top_notice"`, `"get_chat"`, `"<METHOD> <template>"` or a
+    /// template only one method has; panics on an unknown or ambiguous one.
+    /// Only requests with a valid token reach the log; throttled ones do.
+    #[track_caller]
+    pub fn max_in_any_window(&self, app_id: &str, endpoint_name: &str, window: Duration) -> usize {
+        let ep = endpoint(endpoint_name);
+        lock(&self.shared.quota).max_in_any_window(app_id, None, ep.index, window)
     }
 
     /// [`max_in_any_window`](Self::max_in_any_window) for a store app's
     /// tenant: the key (`app_id`, `tenant_key`, `endpoint`).
+    #[track_caller]
     pub fn max_in_any_window_for_tenant(
         &self,
         app_id: &str,
         tenant_key: &str,
-        endpoint: &str,
+        endpoint_name: &str,
         window: Duration,
     ) -> usize {
-        lock(&self.shared.quota).max_in_any_window(app_id, Some(tenant_key), endpoint, window)
+        let ep = endpoint(endpoint_name);
+        lock(&self.shared.quota).max_in_any_window(app_id, Some(tenant_key), ep.index, window)
     }
 
     /// Every store-app call (resend, app token, tenant token), in arrival
@@ -735,14 +806,23 @@ impl SimFeishu {
     }
 
     /// Clear the recorded requests, token calls, store calls, pushed events,
-    /// arrival logs and the violation and expired-use counters. Tokens,
-    /// tickets, live quota windows and pending faults are kept.
+    /// arrival logs (per key and per endpoint) and the violation and
+    /// expired-use counters. Tokens, tickets, live quota windows and pending
+    /// faults are kept.
     pub fn reset_records(&self) {
         lock(&self.shared.requests).clear();
         lock(&self.shared.token_calls).clear();
         lock(&self.shared.store_calls).clear();
         lock(&self.shared.pushed).clear();
         lock(&self.shared.quota).clear_history();
+        for counter in self
+            .shared
+            .endpoint_arrivals
+            .iter()
+            .chain(self.shared.endpoint_violations.iter())
+        {
+            counter.store(0, Ordering::SeqCst);
+        }
         self.shared.violations.store(0, Ordering::SeqCst);
         self.shared.expired_uses.store(0, Ordering::SeqCst);
     }
@@ -755,6 +835,16 @@ impl SimFeishu {
         // The task ends as cancelled; that is the expected outcome.
         let _ = (&mut self.task).await;
     }
+}
+
+/// The non-zero counters, by endpoint name, in catalog order.
+fn nonzero(counters: &[std::sync::atomic::AtomicU64]) -> Vec<(&'static str, u64)> {
+    catalog::endpoints()
+        .iter()
+        .zip(counters)
+        .map(|(ep, c)| (ep.name(), c.load(Ordering::SeqCst)))
+        .filter(|&(_, n)| n > 0)
+        .collect()
 }
 
 impl Drop for SimFeishu {

@@ -8,8 +8,9 @@
 //!    [`store_call`], everything else is a business request ([`business`]).
 //! 3. business requests: the bearer token is judged (and an expired one
 //!    counted) for the records, then [`decide`] runs injected answers, route
-//!    (404), token check, quota, body contract and magic chat ids; the first
-//!    phase that answers ends it.
+//!    (the catalog, else 404), token check, the endpoint's windows, body
+//!    contract, magic chat ids and success; the first phase that answers
+//!    ends it.
 //! 4. wait: `X-Sim-Delay-Ms` (any request) plus the configured latency
 //!    (business requests), with no lock held.
 
@@ -33,9 +34,10 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::answer::{code, new_logid, Answer, RateLimitHeaders};
+use super::catalog::{self, Endpoint};
 use super::contract;
 use super::push::schedule_ticket_push;
-use super::quota::{Endpoint, Over};
+use super::quota::Over;
 use super::state::{lock, Shared};
 use super::tokens::Holder;
 use super::{
@@ -366,39 +368,14 @@ fn tenant_token(shared: &Shared, call: &mut StoreCall, app_token: Option<&str>) 
 
 // ----- business requests ---------------------------------------------------
 
-/// Where a business request goes.
-#[derive(Debug, Clone, Copy)]
-enum Route<'a> {
-    Known {
-        endpoint: Endpoint,
-        chat_id: &'a str,
-    },
-    NotFound,
-}
-
-impl<'a> Route<'a> {
-    fn of(method: &Method, path: &'a str) -> Route<'a> {
-        let Some(rest) = path.strip_prefix("/open-apis/im/v1/chats/") else {
-            return Route::NotFound;
-        };
-        let mut segments = rest.split('/');
-        let chat_id = segments.next().unwrap_or("");
-        let tail = (segments.next(), segments.next(), segments.next());
-        let endpoint = match tail {
-            (None, _, _) if method == Method::GET => Endpoint::GetChat,
-            (Some("top_notice"), Some("put_top_notice"), None) if method == Method::POST => {
-                Endpoint::PutTopNotice
-            }
-            (Some("top_notice"), Some("delete_top_notice"), None) if method == Method::POST => {
-                Endpoint::DeleteTopNotice
-            }
-            _ => return Route::NotFound,
-        };
-        if chat_id.is_empty() {
-            return Route::NotFound;
-        }
-        Route::Known { endpoint, chat_id }
-    }
+/// A business request as the phases see it.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    /// The catalog endpoint it matched, or `None` (404).
+    endpoint: Option<&'static Endpoint>,
+    path: &'a str,
+    query: Option<&'a str>,
+    body: &'a [u8],
 }
 
 /// The token of `Authorization: Bearer <token>`, if well-formed.
@@ -414,27 +391,22 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 /// A business request: judge the token, decide, record.
 fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid: &str) -> Answer {
-    let route = Route::of(&parts.method, parts.uri.path());
+    let endpoint = catalog::route(&parts.method, parts.uri.path());
     let bearer = bearer_token(&parts.headers);
     let (verdict, holder) = lock(&shared.tokens).judge(bearer, Instant::now());
     if verdict == TokenVerdict::Expired {
         shared.expired_uses.fetch_add(1, Ordering::Relaxed);
     }
 
-    let answer = decide(
-        shared,
-        route,
-        verdict,
-        holder.as_ref(),
-        &body,
-        parts.uri.query(),
-    );
+    let call = Call {
+        endpoint,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        body: &body,
+    };
+    let answer = decide(shared, call, verdict, holder.as_ref());
 
     if shared.record_requests {
-        let endpoint = match route {
-            Route::Known { endpoint, .. } => Some(endpoint.name()),
-            Route::NotFound => None,
-        };
         let record = RecordedRequest {
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
@@ -446,7 +418,8 @@ fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid:
                 .as_ref()
                 .and_then(|h| h.tenant_key.as_deref())
                 .map(str::to_owned),
-            endpoint,
+            endpoint: endpoint.map(Endpoint::name),
+            template: endpoint.map(|e| e.template),
             answered_code: answer.code,
             answered_status: answer.status,
             logid: logid.to_owned(),
@@ -463,19 +436,17 @@ fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid:
 /// The phases that decide a business answer; the first that answers wins.
 fn decide(
     shared: &Shared,
-    route: Route<'_>,
+    call: Call<'_>,
     verdict: TokenVerdict,
     holder: Option<&Holder>,
-    body: &[u8],
-    query: Option<&str>,
 ) -> Answer {
     // Injected answers replace everything, so tests get exactly what they ask.
     if let Some((code, status)) = shared.faults.take_injected() {
-        return injected(shared, code, status);
+        return injected(shared, call.endpoint, code, status);
     }
 
     // Unknown routes answer 404 whatever the token.
-    let Route::Known { endpoint, chat_id } = route else {
+    let Some(ep) = call.endpoint else {
         return Answer::error(StatusCode::NOT_FOUND, code::NOT_FOUND);
     };
 
@@ -487,27 +458,44 @@ fn decide(
         }
         _ => return Answer::error(shared.token_invalid_status, code::INVALID_TENANT_TOKEN),
     };
-
-    // b. quota per (app[, tenant], endpoint); throttled calls count as
-    // arrivals too.
+    let app = &*holder.app_id;
     let tenant = holder.tenant_key.as_deref();
-    if let Some(answer) = quota(shared, &holder.app_id, tenant, endpoint) {
-        return answer;
+    let mode = shared.quota_mode();
+
+    // b. the endpoint's windows per (app[, tenant], endpoint); every call
+    // with a valid token is an arrival, throttled ones included.
+    shared.endpoint_arrivals[ep.index].fetch_add(1, Ordering::Relaxed);
+    let over = {
+        let mut book = lock(&shared.quota);
+        // Read the clock under the lock so each log is in arrival order.
+        book.arrive(app, tenant, ep.index, Instant::now())
+    };
+    if over.is_some() && mode != QuotaMode::Off {
+        count_violation(shared, ep);
+    }
+    if let (Some(Over { limit, reset_secs }), QuotaMode::Enforce) = (over, mode) {
+        let headers = RateLimitHeaders {
+            limit: Some(limit),
+            reset_secs,
+        };
+        let status = documented_status(code::RATE_LIMITED);
+        return Answer::throttled(status, code::RATE_LIMITED, headers);
     }
 
     // c. body contract.
-    let body_ok = match endpoint {
-        Endpoint::PutTopNotice => contract::put_top_notice_ok(body),
-        Endpoint::DeleteTopNotice => contract::delete_top_notice_ok(body),
-        Endpoint::GetChat => true,
+    let body_ok = match ep.name() {
+        "put_top_notice" => contract::put_top_notice_ok(call.body),
+        "delete_top_notice" => contract::delete_top_notice_ok(call.body),
+        _ => true,
     };
     if !body_ok {
         return Answer::error(StatusCode::BAD_REQUEST, code::INVALID_PARAM);
     }
 
     // d. magic chat ids: `oc_error<code>` answers that error.
+    let chat_id = ep.param(call.path, "chat_id");
     if let Some(code) = chat_id
-        .strip_prefix("oc_error")
+        .and_then(|c| c.strip_prefix("oc_error"))
         .and_then(|c| c.parse::<i64>().ok())
         .filter(|&c| c != 0)
     {
@@ -515,55 +503,58 @@ fn decide(
     }
 
     // e. success.
-    match endpoint {
-        Endpoint::GetChat => {
-            let data =
-                json!({"chat_id": chat_id, "name": "Sim chat", "query": query.unwrap_or("")});
-            Answer::json(
-                StatusCode::OK,
-                0,
-                &json!({"code": 0, "msg": "success", "data": data}),
-            )
-        }
-        Endpoint::PutTopNotice | Endpoint::DeleteTopNotice => Answer::success_empty(),
+    if ep.name() == "get_chat" {
+        let data = json!({
+            "chat_id": chat_id.unwrap_or(""),
+            "name": "Sim chat",
+            "query": call.query.unwrap_or(""),
+        });
+        return Answer::json(
+            StatusCode::OK,
+            0,
+            &json!({"code": 0, "msg": "success", "data": data}),
+        );
     }
+    Answer::success_empty()
+}
+
+/// One more request over a limit, at `ep`.
+fn count_violation(shared: &Shared, ep: &Endpoint) {
+    shared.violations.fetch_add(1, Ordering::Relaxed);
+    shared.endpoint_violations[ep.index].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The first HTTP status `data/throttle-codes.tsv` documents for `code`.
+fn documented_status(code: i64) -> StatusCode {
+    catalog::throttle_code(code).map_or(StatusCode::TOO_MANY_REQUESTS, |t| t.statuses[0])
+}
+
+/// The window `x-ogw-ratelimit-limit` names for `ep`: its shortest.
+fn headline_limit(shared: &Shared, ep: &Endpoint) -> Option<(u32, Duration)> {
+    lock(&shared.quota)
+        .windows(ep.index)
+        .iter()
+        .min_by_key(|w| w.1)
+        .copied()
 }
 
 /// An `answer_next_with_code` answer; 99991400 carries the rate-limit headers
-/// of the first configured window.
-fn injected(shared: &Shared, code: i64, status: StatusCode) -> Answer {
-    let first = lock(&shared.quota).first_limit();
-    match first {
+/// of the endpoint's shortest window, when it has one.
+fn injected(
+    shared: &Shared,
+    endpoint: Option<&'static Endpoint>,
+    code: i64,
+    status: StatusCode,
+) -> Answer {
+    let window = endpoint.and_then(|ep| headline_limit(shared, ep));
+    match window {
         Some((limit, window)) if code == code::RATE_LIMITED => {
-            let reset_secs = window.as_secs().max(1);
-            Answer::throttled(status, code, RateLimitHeaders { limit, reset_secs })
+            let headers = RateLimitHeaders {
+                limit: Some(limit),
+                reset_secs: window.as_secs().max(1),
+            };
+            Answer::throttled(status, code, headers)
         }
         _ => Answer::error(status, code),
-    }
-}
-
-/// Log the arrival; answer 429 when it went over a window under `Enforce`.
-fn quota(shared: &Shared, app: &str, tenant: Option<&str>, endpoint: Endpoint) -> Option<Answer> {
-    let over = {
-        let mut book = lock(&shared.quota);
-        // Read the clock under the lock so each log is in arrival order.
-        book.arrive(app, tenant, endpoint, Instant::now())
-    };
-    let Over { limit, reset_secs } = over?;
-    match shared.quota_mode() {
-        QuotaMode::Off => None,
-        QuotaMode::CountOnly => {
-            shared.violations.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-        QuotaMode::Enforce => {
-            shared.violations.fetch_add(1, Ordering::Relaxed);
-            let headers = RateLimitHeaders { limit, reset_secs };
-            Some(Answer::throttled(
-                StatusCode::TOO_MANY_REQUESTS,
-                code::RATE_LIMITED,
-                headers,
-            ))
-        }
     }
 }

@@ -18,7 +18,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::quota::QuotaBook;
+use super::catalog;
+use super::quota::{effective_windows, QuotaBook};
 use super::store::StoreBook;
 use super::tokens::TokenBook;
 use super::{PushedEvent, QuotaMode, RecordedRequest, SimApp, SimConfig, StoreCall, TokenCall};
@@ -92,6 +93,10 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) tokens: Mutex<TokenBook>,
     pub(crate) quota: Mutex<QuotaBook>,
+    /// Calls with a valid token per endpoint (catalog index).
+    pub(crate) endpoint_arrivals: Box<[AtomicU64]>,
+    /// Violations per endpoint (catalog index).
+    pub(crate) endpoint_violations: Box<[AtomicU64]>,
     pub(crate) requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) token_calls: Mutex<Vec<TokenCall>>,
     pub(crate) violations: AtomicU64,
@@ -113,7 +118,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: SimConfig) -> Self {
+    /// The shared state for `cfg`; the error names a config value the fake
+    /// cannot use.
+    pub(crate) fn new(cfg: SimConfig) -> Result<Self, String> {
+        let windows = effective_windows(&cfg)?;
+        let counters = || {
+            (0..catalog::endpoints().len())
+                .map(|_| AtomicU64::new(0))
+                .collect::<Box<[_]>>()
+        };
         let shared = Shared {
             apps: cfg.apps,
             token_invalid_status: cfg.token_invalid_status,
@@ -122,7 +135,9 @@ impl Shared {
             quota_mode: AtomicU8::new(cfg.quota.to_u8()),
             faults: Faults::default(),
             tokens: Mutex::new(TokenBook::new(cfg.token_lifetime, cfg.same_token_threshold)),
-            quota: Mutex::new(QuotaBook::new(cfg.limits)),
+            quota: Mutex::new(QuotaBook::new(windows)),
+            endpoint_arrivals: counters(),
+            endpoint_violations: counters(),
             requests: Mutex::new(Vec::new()),
             token_calls: Mutex::new(Vec::new()),
             violations: AtomicU64::new(0),
@@ -138,7 +153,7 @@ impl Shared {
         };
         shared.set_latency(cfg.latency);
         shared.set_ticket_push_delay(cfg.ticket_push_delay);
-        shared
+        Ok(shared)
     }
 
     pub(crate) fn set_ticket_push_delay(&self, d: Duration) {

@@ -1,0 +1,309 @@
+//! The whole catalog through real sockets: generic answers, documented and
+//! hidden windows, per-resource limits, throttle answers and the monthly
+//! budget.
+
+use super::*;
+
+const SEC: Duration = Duration::from_secs(1);
+const SUCCESS: &str = r#"{"code":0,"msg":"success","data":{}}"#;
+
+/// A business call with a bearer token; `path` may carry a query.
+async fn call(
+    c: &HttpClient,
+    sim: &SimFeishu,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> Reply {
+    let url = format!("{}{path}", sim.base_url());
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json; charset=utf-8"),
+    ];
+    send(c, method, url, &headers, body).await
+}
+
+fn codes(replies: &[Reply]) -> Vec<i64> {
+    replies.iter().map(Reply::code).collect()
+}
+
+/// `template` with every parameter filled in with `x1`.
+fn filled(template: &str) -> String {
+    template
+        .split('/')
+        .map(|s| if s.starts_with(':') { "x1" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_catalog_endpoint_answers_success() {
+    let sim = start(SimConfig::with_app(APP, SECRET)).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+    let mut sent = 0;
+    for ep in crate::catalog::endpoints() {
+        // The token endpoints answer tokens, not business answers.
+        if ep.template.starts_with("/open-apis/auth/v3/") {
+            continue;
+        }
+        let body = if ep.name() == "put_top_notice" {
+            PIN_ANNOUNCEMENT
+        } else {
+            ""
+        };
+        let reply = call(
+            &c,
+            &sim,
+            ep.method.clone(),
+            &filled(ep.template),
+            &token,
+            body,
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", ep.name());
+        if ep.name() == "get_chat" {
+            assert_eq!(reply.json["data"]["chat_id"], "x1");
+        } else {
+            let want: Value = serde_json::from_str(SUCCESS).expect("JSON");
+            assert_eq!(reply.json, want, "{}", ep.name());
+        }
+        assert!(reply.header("x-tt-logid").is_some());
+        sent += 1;
+        // One call a second stays under every limit.
+        tokio::time::advance(SEC).await;
+    }
+    assert!(sent > 1500, "{sent}");
+    assert_eq!(sim.violations(), 0);
+    let arrivals = sim.arrivals_by_endpoint();
+    assert_eq!(arrivals.len(), sent);
+    assert!(arrivals.iter().all(|&(_, n)| n == 1));
+    // Each request is recorded with its endpoint.
+    let records = sim.requests();
+    assert_eq!(records.len(), sent);
+    assert!(records
+        .iter()
+        .all(|r| r.endpoint.is_some() && r.template.is_some()));
+}
+
+#[tokio::test]
+async fn static_segments_win_and_records_name_the_endpoint() {
+    let sim = start(SimConfig::with_app(APP, SECRET)).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+    let search = call(
+        &c,
+        &sim,
+        Method::GET,
+        "/open-apis/im/v1/chats/search?query=x",
+        &token,
+        "",
+    )
+    .await;
+    assert_eq!(
+        search.json,
+        serde_json::from_str::<Value>(SUCCESS).expect("JSON")
+    );
+    let chat = call(
+        &c,
+        &sim,
+        Method::GET,
+        "/open-apis/im/v1/chats/oc_7",
+        &token,
+        "",
+    )
+    .await;
+    assert_eq!(chat.json["data"]["chat_id"], "oc_7");
+    // Wrong method, trailing slash, unknown path: 404 as before.
+    for (method, path) in [
+        (Method::DELETE, "/open-apis/im/v1/chats"),
+        (Method::GET, "/open-apis/im/v1/chats/"),
+        (Method::GET, "/open-apis/nope"),
+    ] {
+        let reply = call(&c, &sim, method, path, &token, "").await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::NOT_FOUND, 404),
+            "{path}"
+        );
+    }
+    let records = sim.requests();
+    assert_eq!(
+        records[0].endpoint,
+        Some("GET /open-apis/im/v1/chats/search")
+    );
+    assert_eq!(records[0].template, Some("/open-apis/im/v1/chats/search"));
+    assert_eq!(records[1].endpoint, Some("get_chat"));
+    assert_eq!(records[1].template, Some("/open-apis/im/v1/chats/:chat_id"));
+    assert!(records[2..]
+        .iter()
+        .all(|r| r.endpoint.is_none() && r.template.is_none()));
+    assert_eq!(sim.arrivals("GET /open-apis/im/v1/chats/search"), 1);
+    assert_eq!(sim.arrivals("/open-apis/im/v1/chats/search"), 1);
+    assert_eq!(sim.arrivals("get_chat"), 1);
+    // Magic chat ids work at any endpoint with a `:chat_id`.
+    let members = call(
+        &c,
+        &sim,
+        Method::GET,
+        "/open-apis/im/v1/chats/oc_error232011/members",
+        &token,
+        "",
+    )
+    .await;
+    assert_eq!(
+        (members.status, members.code()),
+        (StatusCode::BAD_REQUEST, 232011)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn documented_windows_hold_per_endpoint() {
+    let sim = start(SimConfig::with_app(APP, SECRET)).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+    let ten_a_minute = "GET /open-apis/contact/v3/job_titles";
+    let one_a_second = "GET /open-apis/apaas/v1/seat_assignments";
+    assert_eq!(sim.windows(ten_a_minute), [(10, 60 * SEC)]);
+
+    let mut replies = Vec::new();
+    for _ in 0..11 {
+        replies.push(
+            call(
+                &c,
+                &sim,
+                Method::GET,
+                "/open-apis/contact/v3/job_titles",
+                &token,
+                "",
+            )
+            .await,
+        );
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    assert_eq!(codes(&replies[..10]), [0; 10]);
+    let over = &replies[10];
+    assert_eq!(
+        (over.status, over.code()),
+        (StatusCode::TOO_MANY_REQUESTS, 99991400)
+    );
+    assert_eq!(over.json["msg"], "request trigger frequency limit");
+    assert_eq!(over.header("x-ogw-ratelimit-limit"), Some("10"));
+    // The refused call counts too: for the next to pass, the first two
+    // must leave; the second leaves at 60.1 s, 59.1 s from now, rounded up.
+    assert_eq!(over.header("x-ogw-ratelimit-reset"), Some("60"));
+
+    // Another endpoint, another tier, its own key.
+    let seat = "/open-apis/apaas/v1/seat_assignments";
+    let one = call(&c, &sim, Method::GET, seat, &token, "").await;
+    let two = call(&c, &sim, Method::GET, seat, &token, "").await;
+    assert_eq!((one.code(), two.code()), (0, 99991400));
+    assert_eq!(two.header("x-ogw-ratelimit-limit"), Some("1"));
+    tokio::time::advance(SEC).await;
+    assert_eq!(
+        call(&c, &sim, Method::GET, seat, &token, "").await.code(),
+        0
+    );
+
+    assert_eq!(sim.violations(), 2);
+    assert_eq!(sim.violations_at(ten_a_minute), 1);
+    assert_eq!(sim.violations_at(one_a_second), 1);
+    assert_eq!(sim.violations_at("put_top_notice"), 0);
+    assert_eq!(
+        sim.violations_by_endpoint(),
+        [(one_a_second, 1), (ten_a_minute, 1)]
+    );
+    assert_eq!(sim.arrivals(ten_a_minute), 11);
+    assert_eq!(sim.max_in_any_window(APP, ten_a_minute, 60 * SEC), 11);
+    assert_eq!(sim.max_in_any_window(APP, one_a_second, SEC), 2);
+
+    // The minute slides: once the first call has left, one more passes.
+    tokio::time::advance(60 * SEC).await;
+    let path = "/open-apis/contact/v3/job_titles";
+    assert_eq!(
+        call(&c, &sim, Method::GET, path, &token, "").await.code(),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn special_endpoints_have_a_hidden_limit_and_unstated_ones_none() {
+    let sim = start(SimConfig::with_app(APP, SECRET)).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+    let special = "/open-apis/admin/v1/admin_dept_stats";
+    let mut replies = Vec::new();
+    for _ in 0..6 {
+        replies.push(call(&c, &sim, Method::GET, special, &token, "").await);
+    }
+    assert_eq!(codes(&replies), [0, 0, 0, 0, 0, 99991400]);
+    assert_eq!(replies[5].status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(replies[5].header("x-ogw-ratelimit-limit"), Some("5"));
+    assert_eq!(replies[5].header("x-ogw-ratelimit-reset"), Some("1"));
+    assert_eq!(sim.violations_at(special), 1);
+
+    // No stated limit: no window.
+    let unstated = "/open-apis/acs/v1/devices";
+    for _ in 0..100 {
+        assert_eq!(
+            call(&c, &sim, Method::GET, unstated, &token, "")
+                .await
+                .code(),
+            0
+        );
+    }
+    assert!(sim.windows(unstated).is_empty());
+    assert_eq!(sim.violations(), 1);
+
+    // The hidden limit and single endpoints are configurable.
+    let cfg = SimConfig {
+        special_limits: vec![(2, SEC)],
+        route_limits: vec![(format!("GET {unstated}"), vec![(1, SEC)])],
+        ..SimConfig::with_app(APP, SECRET)
+    };
+    let sim = start(cfg).await;
+    let token = token_of(&c, &sim).await;
+    let mut got = Vec::new();
+    for path in [special, special, special, unstated, unstated] {
+        got.push(call(&c, &sim, Method::GET, path, &token, "").await.code());
+    }
+    assert_eq!(got, [0, 0, 99991400, 0, 99991400]);
+}
+
+#[tokio::test]
+async fn unknown_route_limits_fail_the_start() {
+    let cfg = SimConfig {
+        route_limits: vec![("POST /open-apis/nowhere".into(), vec![(1, SEC)])],
+        ..SimConfig::default()
+    };
+    let err = SimFeishu::start(cfg).await.expect_err("unknown endpoint");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("/open-apis/nowhere"), "{err}");
+}
+
+#[tokio::test]
+#[should_panic(expected = "ambiguous")]
+async fn ambiguous_endpoint_names_panic_in_introspection() {
+    let sim = start(SimConfig::default()).await;
+    sim.arrivals("/open-apis/im/v1/messages");
+}
+
+#[tokio::test]
+async fn endpoint_names_in_introspection() {
+    let sim = start(SimConfig::with_app(APP, SECRET)).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+    for _ in 0..3 {
+        put(&c, &sim, &token).await;
+    }
+    let full = "POST /open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice";
+    let bare = "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice";
+    for name in ["put_top_notice", full, bare] {
+        assert_eq!(sim.max_in_any_window(APP, name, SEC), 3, "{name}");
+        assert_eq!(sim.arrivals(name), 3, "{name}");
+    }
+    assert_eq!(sim.windows("put_top_notice"), [(1000, 60 * SEC), (50, SEC)]);
+    assert_eq!(sim.arrivals_by_endpoint(), [("put_top_notice", 3)]);
+}
