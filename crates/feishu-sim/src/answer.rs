@@ -29,6 +29,7 @@ pub(crate) mod code {
     pub(crate) const APP_SECRET_INVALID: i64 = 10014;
     pub(crate) const INVALID_PARAM: i64 = 232001;
     pub(crate) const RATE_LIMITED: i64 = 99991400;
+    pub(crate) const MONTHLY_BUDGET: i64 = 99991403;
     pub(crate) const MISSING_TOKEN: i64 = 99991661;
     pub(crate) const INVALID_TENANT_TOKEN: i64 = 99991663;
     pub(crate) const INVALID_APP_TOKEN: i64 = 99991664;

@@ -275,6 +275,15 @@ pub struct SimConfig {
     /// `x-ogw-ratelimit-*`). Drive uploads are `special` too, but their
     /// pages state the real limit (not enforced here). Default `[(5, 1 s)]`.
     pub special_limits: Vec<(u32, Duration)>,
+    /// The monthly call budget of each self-built app (Feishu's is shared
+    /// by the custom apps of a tenant; the fake has no tenants for them, so
+    /// each app has its own). Successful business calls count, except those
+    /// under a prefix of `data/budget-exempt.tsv`; once spent, counted calls
+    /// answer HTTP 429 / 99991403 and exempt ones still pass. Store apps'
+    /// calls are not counted (Feishu's budget is for custom apps). The month
+    /// never turns by itself: see [`SimFeishu::set_budget_used`]. Default
+    /// `None` (no budget).
+    pub monthly_budget: Option<u64>,
     /// Delay added to every business answer. Default 0.
     pub latency: Duration,
     /// Keep every business request for [`SimFeishu::requests`]. Default true;
@@ -313,6 +322,7 @@ impl Default for SimConfig {
             limits: Vec::new(),
             route_limits: Vec::new(),
             special_limits: vec![(5, Duration::from_secs(1))],
+            monthly_budget: None,
             latency: Duration::ZERO,
             record_requests: true,
             tls: false,
@@ -518,6 +528,15 @@ impl PushedEvent {
     }
 }
 
+/// How long a throttle answer set by [`SimFeishu::throttle`] lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultSpan {
+    /// For the next N calls at the endpoint (with a valid token).
+    Calls(u32),
+    /// For every call at the endpoint during this long from now.
+    For(Duration),
+}
+
 /// The catalog endpoint `name` names, or a panic saying why none.
 #[track_caller]
 fn endpoint(name: &str) -> &'static catalog::Endpoint {
@@ -648,6 +667,43 @@ impl SimFeishu {
         self.shared.faults.inject(code, status, n);
     }
 
+    /// From now on, calls at `endpoint` (a name as [`catalog::resolve`]
+    /// takes it) with a valid token answer `{"code":code,"msg":…}` with
+    /// `status`, for `span`; with `reset`, the answer carries
+    /// `x-ogw-ratelimit-reset: <reset>` (and `x-ogw-ratelimit-limit`, the
+    /// cap of the endpoint's shortest window, when it has one). The `msg` is
+    /// Feishu's for the code (`data/throttle-codes.tsv`). Such calls are
+    /// arrivals (and count against the endpoint's windows) but go no
+    /// further: no per-resource limit, no budget. Replaces what was set at
+    /// the endpoint. E.g. `throttle("put_top_notice", 99991400,
+    /// StatusCode::BAD_REQUEST, Some(2), FaultSpan::Calls(1))`. Panics on a
+    /// name that is not in the catalog.
+    #[track_caller]
+    pub fn throttle(
+        &self,
+        endpoint_name: &str,
+        code: i64,
+        status: StatusCode,
+        reset: Option<u64>,
+        span: FaultSpan,
+    ) {
+        let ep = endpoint(endpoint_name);
+        self.shared
+            .throttles
+            .set(ep.index, code, status, reset, span, Instant::now());
+    }
+
+    /// Remove every throttle answer set by [`throttle`](Self::throttle).
+    pub fn clear_throttles(&self) {
+        self.shared.throttles.clear();
+    }
+
+    /// Set `app_id`'s count of budget-counted calls this month (0: the
+    /// month turned).
+    pub fn set_budget_used(&self, app_id: &str, used: u64) {
+        lock(&self.shared.budget_used).insert(app_id.to_owned(), used);
+    }
+
     // ----- introspection ---------------------------------------------------
 
     /// Every business request received since the start or the last
@@ -665,6 +721,8 @@ impl SimFeishu {
     /// Requests that went over a limit: an endpoint's windows (documented,
     /// configured or the hidden `special` one), all keys; one per request
     /// even when it broke several. Not counted with [`QuotaMode::Off`].
+    /// Budget refusals and throttle answers set by tests are not
+    /// violations.
     pub fn violations(&self) -> u64 {
         self.shared.violations.load(Ordering::SeqCst)
     }
@@ -703,6 +761,20 @@ impl SimFeishu {
     pub fn windows(&self, endpoint_name: &str) -> Vec<(u32, Duration)> {
         let ep = endpoint(endpoint_name);
         lock(&self.shared.quota).windows(ep.index).to_vec()
+    }
+
+    /// Budget-counted calls of `app_id` this month (see
+    /// [`SimConfig::monthly_budget`]; 0 without a budget).
+    pub fn budget_used(&self, app_id: &str) -> u64 {
+        lock(&self.shared.budget_used)
+            .get(app_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Calls answered 99991403 since the start or the last reset.
+    pub fn budget_refused(&self) -> u64 {
+        self.shared.budget_refused.load(Ordering::SeqCst)
     }
 
     /// Business requests that arrived with an expired (not merely unknown)
@@ -806,9 +878,9 @@ impl SimFeishu {
     }
 
     /// Clear the recorded requests, token calls, store calls, pushed events,
-    /// arrival logs (per key and per endpoint) and the violation and
-    /// expired-use counters. Tokens, tickets, live quota windows and pending
-    /// faults are kept.
+    /// arrival logs (per key and per endpoint) and the violation,
+    /// budget-refusal and expired-use counters. Tokens, tickets, live quota
+    /// windows, budget use and pending faults are kept.
     pub fn reset_records(&self) {
         lock(&self.shared.requests).clear();
         lock(&self.shared.token_calls).clear();
@@ -824,6 +896,7 @@ impl SimFeishu {
             counter.store(0, Ordering::SeqCst);
         }
         self.shared.violations.store(0, Ordering::SeqCst);
+        self.shared.budget_refused.store(0, Ordering::SeqCst);
         self.shared.expired_uses.store(0, Ordering::SeqCst);
     }
 

@@ -8,9 +8,9 @@
 //!    [`store_call`], everything else is a business request ([`business`]).
 //! 3. business requests: the bearer token is judged (and an expired one
 //!    counted) for the records, then [`decide`] runs injected answers, route
-//!    (the catalog, else 404), token check, the endpoint's windows, body
-//!    contract, magic chat ids and success; the first phase that answers
-//!    ends it.
+//!    (the catalog, else 404), token check, the endpoint's windows, throttle
+//!    answers set by tests, body contract, magic chat ids and the monthly
+//!    budget; the first phase that answers ends it.
 //! 4. wait: `X-Sim-Delay-Ms` (any request) plus the configured latency
 //!    (business requests), with no lock held.
 
@@ -38,7 +38,7 @@ use super::catalog::{self, Endpoint};
 use super::contract;
 use super::push::schedule_ticket_push;
 use super::quota::Over;
-use super::state::{lock, Shared};
+use super::state::{lock, Shared, Throttle};
 use super::tokens::Holder;
 use super::{
     QuotaMode, RecordedRequest, StoreCall, StoreCallKind, TokenCall, TokenKind, TokenVerdict,
@@ -473,6 +473,11 @@ fn decide(
     if over.is_some() && mode != QuotaMode::Off {
         count_violation(shared, ep);
     }
+
+    // c. a throttle answer set by the test.
+    if let Some(t) = shared.throttles.take(ep.index, Instant::now()) {
+        return throttle_answer(shared, ep, t);
+    }
     if let (Some(Over { limit, reset_secs }), QuotaMode::Enforce) = (over, mode) {
         let headers = RateLimitHeaders {
             limit: Some(limit),
@@ -482,7 +487,7 @@ fn decide(
         return Answer::throttled(status, code::RATE_LIMITED, headers);
     }
 
-    // c. body contract.
+    // d. body contract.
     let body_ok = match ep.name() {
         "put_top_notice" => contract::put_top_notice_ok(call.body),
         "delete_top_notice" => contract::delete_top_notice_ok(call.body),
@@ -492,7 +497,7 @@ fn decide(
         return Answer::error(StatusCode::BAD_REQUEST, code::INVALID_PARAM);
     }
 
-    // d. magic chat ids: `oc_error<code>` answers that error.
+    // e. magic chat ids: `oc_error<code>` answers that error.
     let chat_id = ep.param(call.path, "chat_id");
     if let Some(code) = chat_id
         .and_then(|c| c.strip_prefix("oc_error"))
@@ -502,7 +507,17 @@ fn decide(
         return Answer::error(StatusCode::BAD_REQUEST, code);
     }
 
-    // e. success.
+    // f. the monthly budget of a self-built app: a successful counted call
+    // uses one, or is refused once none is left.
+    if let (Some(budget), None) = (shared.monthly_budget, tenant) {
+        if !catalog::budget_exempt(call.path) && !spend_budget(shared, app, budget) {
+            shared.budget_refused.fetch_add(1, Ordering::Relaxed);
+            let status = documented_status(code::MONTHLY_BUDGET);
+            return Answer::error(status, code::MONTHLY_BUDGET);
+        }
+    }
+
+    // g. success.
     if ep.name() == "get_chat" {
         let data = json!({
             "chat_id": chat_id.unwrap_or(""),
@@ -516,6 +531,20 @@ fn decide(
         );
     }
     Answer::success_empty()
+}
+
+/// Use one call of `app`'s budget; false when none is left.
+fn spend_budget(shared: &Shared, app: &str, budget: u64) -> bool {
+    let mut used = lock(&shared.budget_used);
+    let used = match used.get_mut(app) {
+        Some(n) => n,
+        None => used.entry(app.to_owned()).or_insert(0),
+    };
+    if *used >= budget {
+        return false;
+    }
+    *used += 1;
+    true
 }
 
 /// One more request over a limit, at `ep`.
@@ -536,6 +565,18 @@ fn headline_limit(shared: &Shared, ep: &Endpoint) -> Option<(u32, Duration)> {
         .iter()
         .min_by_key(|w| w.1)
         .copied()
+}
+
+/// A throttle answer set by the test, with `x-ogw-ratelimit-reset` when it
+/// has a reset.
+fn throttle_answer(shared: &Shared, ep: &Endpoint, t: Throttle) -> Answer {
+    match t.reset_secs {
+        Some(reset_secs) => {
+            let limit = headline_limit(shared, ep).map(|w| w.0);
+            Answer::throttled(t.status, t.code, RateLimitHeaders { limit, reset_secs })
+        }
+        None => Answer::error(t.status, t.code),
+    }
 }
 
 /// An `answer_next_with_code` answer; 99991400 carries the rate-limit headers

@@ -290,6 +290,160 @@ async fn ambiguous_endpoint_names_panic_in_introspection() {
     sim.arrivals("/open-apis/im/v1/messages");
 }
 
+#[tokio::test(start_paused = true)]
+async fn throttle_answers_with_any_code_and_status() {
+    let sim = start(SimConfig::with_app(APP, SECRET)).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+
+    // 99991400 with HTTP 400, as older APIs send it, for two calls.
+    sim.throttle(
+        "put_top_notice",
+        99991400,
+        StatusCode::BAD_REQUEST,
+        Some(3),
+        FaultSpan::Calls(2),
+    );
+    // A call without a valid token does not use one up.
+    assert_eq!(put(&c, &sim, "t-unknown").await.code(), 99991663);
+    for _ in 0..2 {
+        let r = put(&c, &sim, &token).await;
+        assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, 99991400));
+        assert_eq!(r.json["msg"], "request trigger frequency limit");
+        assert_eq!(r.header("x-ogw-ratelimit-reset"), Some("3"));
+        assert_eq!(r.header("x-ogw-ratelimit-limit"), Some("50"));
+    }
+    assert_eq!(put(&c, &sim, &token).await.code(), 0);
+
+    // 1254290 with HTTP 200, no reset, for a second.
+    let create = "/open-apis/bitable/v1/apps/bas_1/tables/tbl_1/records";
+    let name = "POST /open-apis/bitable/v1/apps/:app_token/tables/:table_id/records";
+    sim.throttle(name, 1254290, StatusCode::OK, None, FaultSpan::For(SEC));
+    for _ in 0..3 {
+        let r = call(&c, &sim, Method::POST, create, &token, "{}").await;
+        assert_eq!((r.status, r.code()), (StatusCode::OK, 1254290));
+        assert_eq!(r.json["msg"], "TooManyRequest");
+        assert!(r.header("x-ogw-ratelimit-reset").is_none());
+    }
+    // Other endpoints are not affected.
+    let other = "/open-apis/bitable/v1/apps/bas_1/tables/tbl_1/records/rec_1";
+    assert_eq!(
+        call(&c, &sim, Method::PUT, other, &token, "{}")
+            .await
+            .code(),
+        0
+    );
+    tokio::time::advance(SEC).await;
+    assert_eq!(
+        call(&c, &sim, Method::POST, create, &token, "{}")
+            .await
+            .code(),
+        0
+    );
+
+    // A code the catalog does not know, then cleared.
+    sim.throttle(
+        "get_chat",
+        1000004,
+        StatusCode::TOO_MANY_REQUESTS,
+        None,
+        FaultSpan::Calls(5),
+    );
+    let chat = format!("/open-apis/im/v1/chats/{CHAT}");
+    let r = call(&c, &sim, Method::GET, &chat, &token, "").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::TOO_MANY_REQUESTS, 1000004)
+    );
+    assert_eq!(r.json["msg"], "method rate limited");
+    sim.clear_throttles();
+    assert_eq!(
+        call(&c, &sim, Method::GET, &chat, &token, "").await.code(),
+        0
+    );
+
+    // Throttled calls are arrivals, not violations.
+    assert_eq!(sim.arrivals("put_top_notice"), 3);
+    assert_eq!(sim.arrivals(name), 4);
+    assert_eq!(sim.violations(), 0);
+}
+
+#[tokio::test]
+async fn monthly_budget_counts_successful_calls_outside_the_exempt_ones() {
+    let cfg = SimConfig {
+        monthly_budget: Some(3),
+        ..SimConfig::with_app(APP, SECRET)
+    };
+    let sim = start(cfg).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+    let contact = "/open-apis/contact/v3/users/ou_1";
+
+    // Exempt and failed calls are not counted.
+    assert_eq!(
+        call(&c, &sim, Method::GET, contact, &token, "")
+            .await
+            .code(),
+        0
+    );
+    let failed = top_notice(
+        &c,
+        &sim,
+        "put_top_notice",
+        &token,
+        "oc_error232011",
+        PIN_ANNOUNCEMENT,
+    )
+    .await;
+    assert_eq!(failed.code(), 232011);
+    assert_eq!(
+        top_notice(&c, &sim, "put_top_notice", &token, CHAT, "{}")
+            .await
+            .code(),
+        232001
+    );
+    assert_eq!(sim.budget_used(APP), 0);
+
+    for _ in 0..3 {
+        assert_eq!(put(&c, &sim, &token).await.code(), 0);
+    }
+    assert_eq!(sim.budget_used(APP), 3);
+    let spent = put(&c, &sim, &token).await;
+    assert_eq!(
+        (spent.status, spent.code()),
+        (StatusCode::TOO_MANY_REQUESTS, 99991403)
+    );
+    assert_eq!(
+        spent.json["msg"],
+        "This month's API call quota has been exceeded"
+    );
+    let search = call(
+        &c,
+        &sim,
+        Method::GET,
+        "/open-apis/im/v1/chats/search",
+        &token,
+        "",
+    )
+    .await;
+    assert_eq!(search.code(), 99991403);
+    // Exempt calls still pass.
+    assert_eq!(
+        call(&c, &sim, Method::GET, contact, &token, "")
+            .await
+            .code(),
+        0
+    );
+    assert_eq!(sim.budget_used(APP), 3);
+    assert_eq!(sim.budget_refused(), 2);
+    assert_eq!(sim.violations(), 0);
+
+    // The month turns.
+    sim.set_budget_used(APP, 0);
+    assert_eq!(put(&c, &sim, &token).await.code(), 0);
+    assert_eq!(sim.budget_used(APP), 1);
+}
+
 #[tokio::test]
 async fn endpoint_names_in_introspection() {
     let sim = start(SimConfig::with_app(APP, SECRET)).await;
