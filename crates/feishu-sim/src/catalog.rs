@@ -56,18 +56,23 @@ pub enum Limits {
     /// At most N calls in any interval of W, for each `(N, W)`: every
     /// window must hold.
     Windows(Vec<(u32, Duration)>),
-    /// 特殊频控: a non-standard limit Feishu does not publish.
+    /// 特殊频控: a non-standard limit Feishu does not publish. The fake
+    /// enforces a hidden one ([`SimConfig::special_limits`](crate::SimConfig::special_limits)).
     Special,
     /// The doc page states no limit.
     Unstated,
 }
 
 /// A limit Feishu puts on one resource (a chat, a message, a document, a
-/// table…) on top of the endpoint's windows, as the fake reads it.
+/// table…) on top of the endpoint's windows, as the fake enforces it.
 ///
-/// Resource keys are strings; the IM, docx and bitable ones are shared by
-/// every app (a chat's 5/s is shared by all the bots in it), the drive one
-/// is per app.
+/// Resource keys (for [`SimFeishu::resource_max_in_any_window`] and
+/// [`ResourceViolation::key`]) are strings; the IM, docx and bitable ones
+/// are shared by every app (a chat's 5/s is shared by all the bots in it),
+/// the drive one is per app.
+///
+/// [`SimFeishu::resource_max_in_any_window`]: crate::SimFeishu::resource_max_in_any_window
+/// [`ResourceViolation::key`]: crate::ResourceViolation::key
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceRule {
     /// `POST /open-apis/im/v1/messages`: 5/s per receiver, answered 230020.
@@ -136,6 +141,11 @@ impl ResourceRule {
             ResourceRule::BitableTable | ResourceRule::DriveUpload => Some(1),
             _ => None,
         }
+    }
+
+    /// Whether calls are writes that take [`SimConfig::write_time`](crate::SimConfig::write_time).
+    pub(crate) fn is_write(self) -> bool {
+        self.max_in_flight().is_some()
     }
 
     /// The code Feishu answers when the limit is hit.

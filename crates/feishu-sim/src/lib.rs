@@ -113,6 +113,7 @@ pub mod catalog;
 pub mod contract;
 mod push;
 mod quota;
+mod resource;
 mod server;
 mod state;
 mod store;
@@ -133,6 +134,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use state::{lock, Shared};
+
+pub use catalog::ResourceRule;
 
 /// One self-built app the fake knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,7 +258,8 @@ pub struct SimConfig {
     /// HTTP status sent with code 99991663 (unknown or expired token).
     /// Default 400 (Feishu's choice between 400 and 401 is unconfirmed).
     pub token_invalid_status: StatusCode,
-    /// Quota behaviour. Default [`QuotaMode::Enforce`].
+    /// Quota behaviour, for endpoint windows and per-resource limits alike.
+    /// Default [`QuotaMode::Enforce`].
     pub quota: QuotaMode,
     /// Windows `(N, W)` (at most N arrivals in any interval of length W)
     /// that replace the documented windows of EVERY endpoint that has some,
@@ -273,8 +277,13 @@ pub struct SimConfig {
     /// The hidden limit of `special` (特殊频控) endpoints, per (app[,
     /// tenant], endpoint), answered like any window (HTTP 429, 99991400,
     /// `x-ogw-ratelimit-*`). Drive uploads are `special` too, but their
-    /// pages state the real limit (not enforced here). Default `[(5, 1 s)]`.
+    /// pages state the real limit, enforced as
+    /// [`ResourceRule::DriveUpload`] instead. Default `[(5, 1 s)]`.
     pub special_limits: Vec<(u32, Duration)>,
+    /// How long an admitted bitable record write or drive upload is in
+    /// flight (added to its answer's wait), so that concurrent writes to
+    /// one table or uploads of one app can be seen. Default 20 ms.
+    pub write_time: Duration,
     /// The monthly call budget of each self-built app (Feishu's is shared
     /// by the custom apps of a tenant; the fake has no tenants for them, so
     /// each app has its own). Successful business calls count, except those
@@ -322,6 +331,7 @@ impl Default for SimConfig {
             limits: Vec::new(),
             route_limits: Vec::new(),
             special_limits: vec![(5, Duration::from_secs(1))],
+            write_time: Duration::from_millis(20),
             monthly_budget: None,
             latency: Duration::ZERO,
             record_requests: true,
@@ -537,6 +547,32 @@ pub enum FaultSpan {
     For(Duration),
 }
 
+/// A call refused (or, with [`QuotaMode::CountOnly`], counted) by a
+/// per-resource limit.
+#[derive(Debug, Clone)]
+pub struct ResourceViolation {
+    /// The rule.
+    pub rule: ResourceRule,
+    /// The resource key (see [`ResourceRule`]).
+    pub key: String,
+    /// The endpoint's name.
+    pub endpoint: &'static str,
+    /// The calling app.
+    pub app_id: String,
+    /// Its tenant, for a store app's tenant token.
+    pub tenant_key: Option<String>,
+    /// The code answered (or that would have been): 230020, 99991400,
+    /// 1254291 or 1061045.
+    pub code: i64,
+    /// The HTTP status with it.
+    pub status: StatusCode,
+    /// Whether it was refused for concurrency (a call in flight on the same
+    /// key) rather than a rate window.
+    pub concurrent: bool,
+    /// When it arrived.
+    pub at: Instant,
+}
+
 /// The catalog endpoint `name` names, or a panic saying why none.
 #[track_caller]
 fn endpoint(name: &str) -> &'static catalog::Endpoint {
@@ -719,10 +755,10 @@ impl SimFeishu {
     }
 
     /// Requests that went over a limit: an endpoint's windows (documented,
-    /// configured or the hidden `special` one), all keys; one per request
-    /// even when it broke several. Not counted with [`QuotaMode::Off`].
-    /// Budget refusals and throttle answers set by tests are not
-    /// violations.
+    /// configured or the hidden `special` one) or a per-resource limit
+    /// (rate or concurrency), all keys; one per request even when it broke
+    /// several. Not counted with [`QuotaMode::Off`]. Budget refusals and
+    /// throttle answers set by tests are not violations.
     pub fn violations(&self) -> u64 {
         self.shared.violations.load(Ordering::SeqCst)
     }
@@ -761,6 +797,34 @@ impl SimFeishu {
     pub fn windows(&self, endpoint_name: &str) -> Vec<(u32, Duration)> {
         let ep = endpoint(endpoint_name);
         lock(&self.shared.quota).windows(ep.index).to_vec()
+    }
+
+    /// Every call refused (or counted) by a per-resource limit, in order.
+    pub fn resource_violations(&self) -> Vec<ResourceViolation> {
+        lock(&self.shared.resource_violations).clone()
+    }
+
+    /// The most calls at a resource key within any interval of `window`
+    /// (every call that reached the per-resource check, refused ones
+    /// included), since the last reset.
+    pub fn resource_max_in_any_window(
+        &self,
+        rule: ResourceRule,
+        key: &str,
+        window: Duration,
+    ) -> usize {
+        lock(&self.shared.resources).max_in_any_window(rule, key, window)
+    }
+
+    /// The most calls in flight at once at a resource key (bitable tables,
+    /// drive uploads), since the last reset.
+    pub fn resource_peak_in_flight(&self, rule: ResourceRule, key: &str) -> u32 {
+        lock(&self.shared.resources).peak_in_flight(rule, key)
+    }
+
+    /// The keys of `rule` that saw calls since the last reset, sorted.
+    pub fn resource_keys(&self, rule: ResourceRule) -> Vec<String> {
+        lock(&self.shared.resources).keys(rule)
     }
 
     /// Budget-counted calls of `app_id` this month (see
@@ -878,15 +942,18 @@ impl SimFeishu {
     }
 
     /// Clear the recorded requests, token calls, store calls, pushed events,
-    /// arrival logs (per key and per endpoint) and the violation,
-    /// budget-refusal and expired-use counters. Tokens, tickets, live quota
-    /// windows, budget use and pending faults are kept.
+    /// arrival logs (per key, per endpoint, per resource), resource
+    /// violations and the violation, budget-refusal and expired-use
+    /// counters. Tokens, tickets, live quota windows, calls in flight, budget
+    /// use and pending faults are kept.
     pub fn reset_records(&self) {
         lock(&self.shared.requests).clear();
         lock(&self.shared.token_calls).clear();
         lock(&self.shared.store_calls).clear();
         lock(&self.shared.pushed).clear();
         lock(&self.shared.quota).clear_history();
+        lock(&self.shared.resources).clear_history(Instant::now());
+        lock(&self.shared.resource_violations).clear();
         for counter in self
             .shared
             .endpoint_arrivals

@@ -9,10 +9,13 @@
 //! 3. business requests: the bearer token is judged (and an expired one
 //!    counted) for the records, then [`decide`] runs injected answers, route
 //!    (the catalog, else 404), token check, the endpoint's windows, throttle
-//!    answers set by tests, body contract, magic chat ids and the monthly
-//!    budget; the first phase that answers ends it.
+//!    answers set by tests, the per-resource limit, body contract, magic
+//!    chat ids, success and the monthly budget; the first phase that
+//!    answers ends it.
 //! 4. wait: `X-Sim-Delay-Ms` (any request) plus the configured latency
-//!    (business requests), with no lock held.
+//!    (business requests) plus the write time of an admitted bitable write
+//!    or drive upload, with no lock held; such a write holds its in-flight
+//!    slot until then.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,14 +37,16 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::answer::{code, new_logid, Answer, RateLimitHeaders};
-use super::catalog::{self, Endpoint};
+use super::catalog::{self, Endpoint, ResourceRule};
 use super::contract;
 use super::push::schedule_ticket_push;
 use super::quota::Over;
+use super::resource::{self, CallSite, InFlight, Refusal};
 use super::state::{lock, Shared, Throttle};
 use super::tokens::Holder;
 use super::{
-    QuotaMode, RecordedRequest, StoreCall, StoreCallKind, TokenCall, TokenKind, TokenVerdict,
+    QuotaMode, RecordedRequest, ResourceViolation, StoreCall, StoreCallKind, TokenCall, TokenKind,
+    TokenVerdict,
 };
 
 /// Bodies larger than this close the connection.
@@ -132,18 +137,28 @@ async fn handle(
     let logid = new_logid();
     let mut wait = sim_delay(&parts.headers);
 
-    let answer = match auth_route(&parts.method, parts.uri.path()) {
-        Some(AuthRoute::SelfBuilt(kind)) => token_call(&shared, kind, &body, arrived, &logid),
-        Some(AuthRoute::Store(kind)) => store_call(&shared, kind, &body, arrived, &logid),
+    let decided = match auth_route(&parts.method, parts.uri.path()) {
+        Some(AuthRoute::SelfBuilt(kind)) => {
+            token_call(&shared, kind, &body, arrived, &logid).into()
+        }
+        Some(AuthRoute::Store(kind)) => store_call(&shared, kind, &body, arrived, &logid).into(),
         None => {
             wait += shared.latency();
             business(&shared, parts, body, arrived, &logid)
         }
     };
-
+    // An admitted write is in flight until it is answered (or the client
+    // goes away and this future is dropped).
+    let Decided {
+        answer,
+        in_flight,
+        write_time,
+    } = decided;
+    wait += write_time;
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
+    drop(in_flight);
     Ok(answer.into_response(&logid))
 }
 
@@ -378,6 +393,24 @@ struct Call<'a> {
     body: &'a [u8],
 }
 
+/// What the phases decided: the answer, and for an admitted write its
+/// in-flight slot and how long it takes.
+pub(crate) struct Decided {
+    pub(crate) answer: Answer,
+    pub(crate) in_flight: Option<InFlight>,
+    pub(crate) write_time: Duration,
+}
+
+impl From<Answer> for Decided {
+    fn from(answer: Answer) -> Self {
+        Decided {
+            answer,
+            in_flight: None,
+            write_time: Duration::ZERO,
+        }
+    }
+}
+
 /// The token of `Authorization: Bearer <token>`, if well-formed.
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
@@ -390,7 +423,13 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A business request: judge the token, decide, record.
-fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid: &str) -> Answer {
+fn business(
+    shared: &Arc<Shared>,
+    parts: Parts,
+    body: Bytes,
+    arrived: Instant,
+    logid: &str,
+) -> Decided {
     let endpoint = catalog::route(&parts.method, parts.uri.path());
     let bearer = bearer_token(&parts.headers);
     let (verdict, holder) = lock(&shared.tokens).judge(bearer, Instant::now());
@@ -404,9 +443,10 @@ fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid:
         query: parts.uri.query(),
         body: &body,
     };
-    let answer = decide(shared, call, verdict, holder.as_ref());
+    let decided = decide(shared, call, verdict, holder.as_ref());
 
     if shared.record_requests {
+        let answer = &decided.answer;
         let record = RecordedRequest {
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
@@ -430,33 +470,33 @@ fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid:
         };
         lock(&shared.requests).push(record);
     }
-    answer
+    decided
 }
 
 /// The phases that decide a business answer; the first that answers wins.
 fn decide(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     call: Call<'_>,
     verdict: TokenVerdict,
     holder: Option<&Holder>,
-) -> Answer {
+) -> Decided {
     // Injected answers replace everything, so tests get exactly what they ask.
     if let Some((code, status)) = shared.faults.take_injected() {
-        return injected(shared, call.endpoint, code, status);
+        return injected(shared, call.endpoint, code, status).into();
     }
 
     // Unknown routes answer 404 whatever the token.
     let Some(ep) = call.endpoint else {
-        return Answer::error(StatusCode::NOT_FOUND, code::NOT_FOUND);
+        return Answer::error(StatusCode::NOT_FOUND, code::NOT_FOUND).into();
     };
 
     // a. token: the token identifies the app (and a store app's tenant).
     let holder = match (verdict, holder) {
         (TokenVerdict::Valid, Some(holder)) => holder,
         (TokenVerdict::Missing, _) => {
-            return Answer::error(StatusCode::BAD_REQUEST, code::MISSING_TOKEN)
+            return Answer::error(StatusCode::BAD_REQUEST, code::MISSING_TOKEN).into()
         }
-        _ => return Answer::error(shared.token_invalid_status, code::INVALID_TENANT_TOKEN),
+        _ => return Answer::error(shared.token_invalid_status, code::INVALID_TENANT_TOKEN).into(),
     };
     let app = &*holder.app_id;
     let tenant = holder.tenant_key.as_deref();
@@ -470,13 +510,15 @@ fn decide(
         // Read the clock under the lock so each log is in arrival order.
         book.arrive(app, tenant, ep.index, Instant::now())
     };
+    let mut violated = false;
     if over.is_some() && mode != QuotaMode::Off {
         count_violation(shared, ep);
+        violated = true;
     }
 
     // c. a throttle answer set by the test.
     if let Some(t) = shared.throttles.take(ep.index, Instant::now()) {
-        return throttle_answer(shared, ep, t);
+        return throttle_answer(shared, ep, t).into();
     }
     if let (Some(Over { limit, reset_secs }), QuotaMode::Enforce) = (over, mode) {
         let headers = RateLimitHeaders {
@@ -484,37 +526,69 @@ fn decide(
             reset_secs,
         };
         let status = documented_status(code::RATE_LIMITED);
-        return Answer::throttled(status, code::RATE_LIMITED, headers);
+        return Answer::throttled(status, code::RATE_LIMITED, headers).into();
     }
 
-    // d. body contract.
+    // d. the per-resource limit, if the endpoint has one and the call
+    // carries its key.
+    let mut decided = Decided::from(Answer::success_empty());
+    let site = CallSite {
+        endpoint: ep,
+        path: call.path,
+        query: call.query,
+        body: call.body,
+        app_id: app,
+        tenant_key: tenant,
+    };
+    if let Some((rule, key)) = ep
+        .resource
+        .and_then(|rule| Some((rule, resource::key_of(rule, &site)?)))
+    {
+        let refusal = lock(&shared.resources).arrive(rule, &key, Instant::now());
+        if let (Some(refusal), true) = (refusal, mode != QuotaMode::Off) {
+            if !violated {
+                count_violation(shared, ep);
+            }
+            let answer = resource_answer(rule, refusal);
+            lock(&shared.resource_violations).push(ResourceViolation {
+                rule,
+                key: key.clone(),
+                endpoint: ep.name(),
+                app_id: app.to_owned(),
+                tenant_key: tenant.map(str::to_owned),
+                code: answer.code,
+                status: answer.status,
+                concurrent: refusal == Refusal::Busy,
+                at: Instant::now(),
+            });
+            if mode == QuotaMode::Enforce {
+                return answer.into();
+            }
+        }
+        if rule.is_write() {
+            decided.in_flight = Some(InFlight::take(shared, rule, key));
+            decided.write_time = shared.write_time;
+        }
+    }
+
+    // e. body contract.
     let body_ok = match ep.name() {
         "put_top_notice" => contract::put_top_notice_ok(call.body),
         "delete_top_notice" => contract::delete_top_notice_ok(call.body),
         _ => true,
     };
     if !body_ok {
-        return Answer::error(StatusCode::BAD_REQUEST, code::INVALID_PARAM);
+        return Answer::error(StatusCode::BAD_REQUEST, code::INVALID_PARAM).into();
     }
 
-    // e. magic chat ids: `oc_error<code>` answers that error.
+    // f. magic chat ids: `oc_error<code>` answers that error.
     let chat_id = ep.param(call.path, "chat_id");
     if let Some(code) = chat_id
         .and_then(|c| c.strip_prefix("oc_error"))
         .and_then(|c| c.parse::<i64>().ok())
         .filter(|&c| c != 0)
     {
-        return Answer::error(StatusCode::BAD_REQUEST, code);
-    }
-
-    // f. the monthly budget of a self-built app: a successful counted call
-    // uses one, or is refused once none is left.
-    if let (Some(budget), None) = (shared.monthly_budget, tenant) {
-        if !catalog::budget_exempt(call.path) && !spend_budget(shared, app, budget) {
-            shared.budget_refused.fetch_add(1, Ordering::Relaxed);
-            let status = documented_status(code::MONTHLY_BUDGET);
-            return Answer::error(status, code::MONTHLY_BUDGET);
-        }
+        return Answer::error(StatusCode::BAD_REQUEST, code).into();
     }
 
     // g. success.
@@ -524,13 +598,23 @@ fn decide(
             "name": "Sim chat",
             "query": call.query.unwrap_or(""),
         });
-        return Answer::json(
+        decided.answer = Answer::json(
             StatusCode::OK,
             0,
             &json!({"code": 0, "msg": "success", "data": data}),
         );
     }
-    Answer::success_empty()
+
+    // h. the monthly budget of a self-built app: a successful counted call
+    // uses one, or is refused once none is left.
+    if let (Some(budget), None) = (shared.monthly_budget, tenant) {
+        if !catalog::budget_exempt(call.path) && !spend_budget(shared, app, budget) {
+            shared.budget_refused.fetch_add(1, Ordering::Relaxed);
+            let status = documented_status(code::MONTHLY_BUDGET);
+            return Answer::error(status, code::MONTHLY_BUDGET).into();
+        }
+    }
+    decided
 }
 
 /// Use one call of `app`'s budget; false when none is left.
@@ -556,6 +640,20 @@ fn count_violation(shared: &Shared, ep: &Endpoint) {
 /// The first HTTP status `data/throttle-codes.tsv` documents for `code`.
 fn documented_status(code: i64) -> StatusCode {
     catalog::throttle_code(code).map_or(StatusCode::TOO_MANY_REQUESTS, |t| t.statuses[0])
+}
+
+/// The answer to a call refused by its resource limit.
+fn resource_answer(rule: ResourceRule, refusal: Refusal) -> Answer {
+    match (rule, refusal) {
+        (ResourceRule::DocxDocument, Refusal::Over(Over { limit, reset_secs })) => {
+            let headers = RateLimitHeaders {
+                limit: Some(limit),
+                reset_secs,
+            };
+            Answer::throttled(rule.status(), rule.code(), headers)
+        }
+        _ => Answer::error(rule.status(), rule.code()),
+    }
 }
 
 /// The window `x-ogw-ratelimit-limit` names for `ep`: its shortest.

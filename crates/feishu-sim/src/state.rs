@@ -22,10 +22,12 @@ use hyper_util::rt::TokioExecutor;
 
 use super::catalog;
 use super::quota::{effective_windows, QuotaBook};
+use super::resource::ResourceBook;
 use super::store::StoreBook;
 use super::tokens::TokenBook;
 use super::{
-    FaultSpan, PushedEvent, QuotaMode, RecordedRequest, SimApp, SimConfig, StoreCall, TokenCall,
+    FaultSpan, PushedEvent, QuotaMode, RecordedRequest, ResourceViolation, SimApp, SimConfig,
+    StoreCall, TokenCall,
 };
 
 /// Lock a mutex, carrying on after a panic elsewhere: the data is records and
@@ -183,12 +185,17 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) tokens: Mutex<TokenBook>,
     pub(crate) quota: Mutex<QuotaBook>,
+    /// Per-resource logs and calls in flight.
+    pub(crate) resources: Mutex<ResourceBook>,
+    /// How long an admitted bitable write or drive upload stays in flight.
+    pub(crate) write_time: Duration,
     /// Throttle answers set per endpoint.
     pub(crate) throttles: Throttles,
     /// Calls with a valid token per endpoint (catalog index).
     pub(crate) endpoint_arrivals: Box<[AtomicU64]>,
     /// Violations per endpoint (catalog index).
     pub(crate) endpoint_violations: Box<[AtomicU64]>,
+    pub(crate) resource_violations: Mutex<Vec<ResourceViolation>>,
     /// The monthly budget per self-built app.
     pub(crate) monthly_budget: Option<u64>,
     /// Counted calls per self-built app.
@@ -234,9 +241,12 @@ impl Shared {
             faults: Faults::default(),
             tokens: Mutex::new(TokenBook::new(cfg.token_lifetime, cfg.same_token_threshold)),
             quota: Mutex::new(QuotaBook::new(windows)),
+            resources: Mutex::new(ResourceBook::default()),
+            write_time: cfg.write_time,
             throttles: Throttles::default(),
             endpoint_arrivals: counters(),
             endpoint_violations: counters(),
+            resource_violations: Mutex::new(Vec::new()),
             monthly_budget: cfg.monthly_budget,
             budget_used: Mutex::new(HashMap::new()),
             budget_refused: AtomicU64::new(0),

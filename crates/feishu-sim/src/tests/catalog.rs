@@ -2,6 +2,8 @@
 //! hidden windows, per-resource limits, throttle answers and the monthly
 //! budget.
 
+use std::sync::Arc;
+
 use super::*;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -23,6 +25,18 @@ async fn call(
         ("content-type", "application/json; charset=utf-8"),
     ];
     send(c, method, url, &headers, body).await
+}
+
+/// `POST /open-apis/im/v1/messages?receive_id_type=<kind>` to `id`.
+async fn send_message(c: &HttpClient, sim: &SimFeishu, token: &str, kind: &str, id: &str) -> Reply {
+    let body = serde_json::json!({
+        "receive_id": id,
+        "msg_type": "text",
+        "content": "{\"text\":\"hi\"}",
+    })
+    .to_string();
+    let path = format!("/open-apis/im/v1/messages?receive_id_type={kind}");
+    call(c, sim, Method::POST, &path, token, &body).await
 }
 
 fn codes(replies: &[Reply]) -> Vec<i64> {
@@ -72,7 +86,8 @@ async fn every_catalog_endpoint_answers_success() {
         }
         assert!(reply.header("x-tt-logid").is_some());
         sent += 1;
-        // One call a second stays under every limit.
+        // Endpoints can share a resource key (the docx edits of document
+        // `x1`): one call a second stays under every limit.
         tokio::time::advance(SEC).await;
     }
     assert!(sent > 1500, "{sent}");
@@ -288,6 +303,349 @@ async fn unknown_route_limits_fail_the_start() {
 async fn ambiguous_endpoint_names_panic_in_introspection() {
     let sim = start(SimConfig::default()).await;
     sim.arrivals("/open-apis/im/v1/messages");
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_are_limited_per_receiver_across_apps() {
+    let cfg = SimConfig {
+        apps: vec![SimApp::new(APP, SECRET), SimApp::new("cli_other", "other")],
+        ..SimConfig::default()
+    };
+    let sim = start(cfg).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+    let other = tenant_token(&c, &sim, "cli_other", "other").await.json["tenant_access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+
+    // Three to one chat from each app: the chat's 5/s is shared.
+    let mut replies = Vec::new();
+    for t in [&token, &other, &token, &other, &token, &other] {
+        replies.push(send_message(&c, &sim, t, "chat_id", "oc_1").await);
+    }
+    assert_eq!(codes(&replies), [0, 0, 0, 0, 0, 230020]);
+    let refused = &replies[5];
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        refused.json["msg"],
+        "This operation triggers the frequency limit."
+    );
+    assert!(refused.header("x-ogw-ratelimit-reset").is_none());
+    // Other receivers are other keys.
+    assert_eq!(
+        send_message(&c, &sim, &token, "chat_id", "oc_2")
+            .await
+            .code(),
+        0
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            send_message(&c, &sim, &token, "open_id", "ou_1")
+                .await
+                .code(),
+            0
+        );
+    }
+    // A message without a receiver is not counted.
+    let bad = call(
+        &c,
+        &sim,
+        Method::POST,
+        "/open-apis/im/v1/messages",
+        &token,
+        "{}",
+    )
+    .await;
+    assert_eq!(bad.code(), 0);
+
+    let violations = sim.resource_violations();
+    assert_eq!(violations.len(), 1);
+    let v = &violations[0];
+    assert_eq!(v.rule, ResourceRule::MessageReceiver);
+    assert_eq!(v.key, "chat_id:oc_1");
+    assert_eq!((v.code, v.status), (230020, StatusCode::BAD_REQUEST));
+    assert_eq!(v.app_id, "cli_other");
+    assert_eq!(v.endpoint, "POST /open-apis/im/v1/messages");
+    assert!(!v.concurrent);
+    assert_eq!(sim.violations(), 1);
+    assert_eq!(sim.violations_at("POST /open-apis/im/v1/messages"), 1);
+    let max = |key| sim.resource_max_in_any_window(ResourceRule::MessageReceiver, key, SEC);
+    assert_eq!(
+        (
+            max("chat_id:oc_1"),
+            max("chat_id:oc_2"),
+            max("open_id:ou_1")
+        ),
+        (6, 1, 5)
+    );
+    assert_eq!(
+        sim.resource_keys(ResourceRule::MessageReceiver),
+        ["chat_id:oc_1", "chat_id:oc_2", "open_id:ou_1"]
+    );
+
+    // A second later the chat takes messages again.
+    tokio::time::advance(SEC).await;
+    assert_eq!(
+        send_message(&c, &sim, &token, "chat_id", "oc_1")
+            .await
+            .code(),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn replies_and_card_updates_are_limited_per_message() {
+    let sim = start(SimConfig::with_app(APP, SECRET)).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+    for (method, path) in [
+        (Method::POST, "/open-apis/im/v1/messages/om_1/reply"),
+        (Method::PATCH, "/open-apis/im/v1/messages/om_1"),
+    ] {
+        let mut replies = Vec::new();
+        for _ in 0..6 {
+            replies.push(call(&c, &sim, method.clone(), path, &token, "{}").await);
+        }
+        assert_eq!(codes(&replies), [0, 0, 0, 0, 0, 230020], "{method} {path}");
+        // Another message is another key.
+        let other = path.replace("om_1", "om_2");
+        assert_eq!(call(&c, &sim, method, &other, &token, "{}").await.code(), 0);
+    }
+    // Editing a message (PUT) has no per-message limit here.
+    for _ in 0..6 {
+        let edit = call(
+            &c,
+            &sim,
+            Method::PUT,
+            "/open-apis/im/v1/messages/om_1",
+            &token,
+            "{}",
+        )
+        .await;
+        assert_eq!(edit.code(), 0);
+    }
+    let rules: Vec<_> = sim
+        .resource_violations()
+        .iter()
+        .map(|v| (v.rule, v.key.clone()))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            (ResourceRule::ReplyMessage, "om_1".to_owned()),
+            (ResourceRule::CardUpdate, "om_1".to_owned())
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn docx_block_edits_are_limited_per_document() {
+    let sim = start(SimConfig::with_app(APP, SECRET)).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+    let edit = "/open-apis/docx/v1/documents/doc_1/blocks/batch_update";
+    let create = "/open-apis/docx/v1/documents/doc_1/blocks/blk_1/children";
+    let mut replies = Vec::new();
+    for (method, path) in [
+        (Method::PATCH, edit),
+        (Method::POST, create),
+        (Method::PATCH, edit),
+        (Method::POST, create),
+    ] {
+        replies.push(call(&c, &sim, method, path, &token, "{}").await);
+    }
+    assert_eq!(codes(&replies), [0, 0, 0, 99991400]);
+    let over = &replies[3];
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over.header("x-ogw-ratelimit-limit"), Some("3"));
+    assert_eq!(over.header("x-ogw-ratelimit-reset"), Some("1"));
+    // Reads and other documents are not limited by it.
+    let read = "/open-apis/docx/v1/documents/doc_1/blocks";
+    assert_eq!(
+        call(&c, &sim, Method::GET, read, &token, "").await.code(),
+        0
+    );
+    let other = "/open-apis/docx/v1/documents/doc_2/blocks/batch_update";
+    assert_eq!(
+        call(&c, &sim, Method::PATCH, other, &token, "{}")
+            .await
+            .code(),
+        0
+    );
+    let v = sim.resource_violations();
+    assert_eq!(v.len(), 1);
+    assert_eq!(
+        (v[0].rule, v[0].key.as_str()),
+        (ResourceRule::DocxDocument, "doc_1")
+    );
+    assert_eq!(
+        sim.resource_max_in_any_window(ResourceRule::DocxDocument, "doc_1", SEC),
+        4
+    );
+}
+
+/// Two calls sent at once (each on its own connection).
+async fn two_at_once(
+    sim: &Arc<SimFeishu>,
+    token: &str,
+    (m1, p1): (Method, &str),
+    (m2, p2): (Method, &str),
+) -> (Reply, Reply) {
+    let (a, b) = (client(), client());
+    tokio::join!(
+        call(&a, sim, m1, p1, token, "{}"),
+        call(&b, sim, m2, p2, token, "{}")
+    )
+}
+
+#[tokio::test]
+async fn bitable_tables_take_one_write_at_a_time() {
+    let cfg = SimConfig {
+        write_time: Duration::from_millis(300),
+        ..SimConfig::with_app(APP, SECRET)
+    };
+    let sim = Arc::new(start(cfg).await);
+    let token = token_of(&client(), &sim).await;
+    let create = "/open-apis/bitable/v1/apps/bas_1/tables/tbl_1/records";
+    let update = "/open-apis/bitable/v1/apps/bas_1/tables/tbl_1/records/rec_1";
+
+    let started = std::time::Instant::now();
+    let (a, b) = two_at_once(&sim, &token, (Method::POST, create), (Method::PUT, update)).await;
+    let mut got = [a.code(), b.code()];
+    got.sort_unstable();
+    assert_eq!(got, [0, 1254291], "one write goes, the other conflicts");
+    let conflict = if a.code() == 0 { &b } else { &a };
+    assert_eq!(conflict.status, StatusCode::OK);
+    assert_eq!(conflict.json["msg"], "Write conflict");
+    // The admitted write took its write time.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // Other tables, and reads of the same table, do not conflict.
+    let other = "/open-apis/bitable/v1/apps/bas_1/tables/tbl_2/records";
+    let (a, b) = two_at_once(&sim, &token, (Method::POST, create), (Method::POST, other)).await;
+    assert_eq!((a.code(), b.code()), (0, 0));
+    let search = "/open-apis/bitable/v1/apps/bas_1/tables/tbl_1/records/search";
+    let (a, b) = two_at_once(&sim, &token, (Method::POST, create), (Method::POST, search)).await;
+    assert_eq!((a.code(), b.code()), (0, 0));
+    // One after the other: no conflict.
+    let c = client();
+    for path in [create, update] {
+        let method = if path == create {
+            Method::POST
+        } else {
+            Method::PUT
+        };
+        assert_eq!(call(&c, &sim, method, path, &token, "{}").await.code(), 0);
+    }
+
+    let v = sim.resource_violations();
+    assert_eq!(v.len(), 1);
+    assert_eq!(
+        (v[0].rule, v[0].key.as_str()),
+        (ResourceRule::BitableTable, "bas_1/tbl_1")
+    );
+    assert!(v[0].concurrent);
+    assert_eq!((v[0].code, v[0].status), (1254291, StatusCode::OK));
+    assert_eq!(
+        sim.resource_peak_in_flight(ResourceRule::BitableTable, "bas_1/tbl_1"),
+        1
+    );
+    assert_eq!(sim.violations(), 1);
+}
+
+#[tokio::test]
+async fn drive_uploads_take_no_concurrency_per_app() {
+    let cfg = SimConfig {
+        write_time: Duration::from_millis(300),
+        ..SimConfig::with_app(APP, SECRET)
+    };
+    let sim = Arc::new(start(cfg).await);
+    let token = token_of(&client(), &sim).await;
+    let upload = "/open-apis/drive/v1/files/upload_all";
+    let (a, b) = two_at_once(&sim, &token, (Method::POST, upload), (Method::POST, upload)).await;
+    let mut got = [a.code(), b.code()];
+    got.sort_unstable();
+    assert_eq!(got, [0, 1061045]);
+    let refused = if a.code() == 0 { &b } else { &a };
+    assert_eq!(refused.status, StatusCode::OK);
+    assert_eq!(refused.json["msg"], "can retry.");
+    // Another upload endpoint is another key.
+    let media = "/open-apis/drive/v1/medias/upload_all";
+    let (a, b) = two_at_once(&sim, &token, (Method::POST, upload), (Method::POST, media)).await;
+    assert_eq!((a.code(), b.code()), (0, 0));
+    let key = format!("{APP} /open-apis/drive/v1/files/upload_all");
+    assert_eq!(
+        sim.resource_peak_in_flight(ResourceRule::DriveUpload, &key),
+        1
+    );
+    let v = sim.resource_violations();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].key, key);
+    // Upload endpoints are `special`, but their documented limit replaces
+    // the hidden one.
+    assert!(sim.windows(upload).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn drive_uploads_hold_five_a_second() {
+    let sim = start(SimConfig::with_app(APP, SECRET)).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+    let upload = "/open-apis/drive/v1/files/upload_prepare";
+    let mut replies = Vec::new();
+    for _ in 0..6 {
+        // One at a time, 20 ms each (the default write time).
+        replies.push(call(&c, &sim, Method::POST, upload, &token, "{}").await);
+    }
+    // upload_prepare also has a documented 5/1s window, checked first.
+    assert_eq!(codes(&replies), [0, 0, 0, 0, 0, 99991400]);
+    let part = "/open-apis/drive/v1/files/upload_part";
+    tokio::time::advance(SEC).await;
+    let mut replies = Vec::new();
+    for _ in 0..6 {
+        replies.push(call(&c, &sim, Method::POST, part, &token, "{}").await);
+    }
+    assert_eq!(codes(&replies), [0, 0, 0, 0, 0, 1061045]);
+    assert_eq!(replies[5].status, StatusCode::OK);
+    assert!(!sim.resource_violations()[0].concurrent);
+}
+
+#[tokio::test(start_paused = true)]
+async fn count_only_and_off_apply_to_resource_limits() {
+    let sim = start(SimConfig::with_app(APP, SECRET)).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+    sim.set_quota_mode(QuotaMode::CountOnly);
+    for _ in 0..6 {
+        assert_eq!(
+            send_message(&c, &sim, &token, "chat_id", "oc_1")
+                .await
+                .code(),
+            0
+        );
+    }
+    assert_eq!(sim.violations(), 1);
+    assert_eq!(sim.resource_violations()[0].code, 230020);
+    sim.set_quota_mode(QuotaMode::Off);
+    for _ in 0..6 {
+        assert_eq!(
+            send_message(&c, &sim, &token, "chat_id", "oc_9")
+                .await
+                .code(),
+            0
+        );
+    }
+    assert_eq!(sim.violations(), 1);
+    // Arrivals are still logged.
+    assert_eq!(
+        sim.resource_max_in_any_window(ResourceRule::MessageReceiver, "chat_id:oc_9", SEC),
+        6
+    );
+    sim.reset_records();
+    assert!(sim.resource_violations().is_empty());
+    assert!(sim.resource_keys(ResourceRule::MessageReceiver).is_empty());
+    assert_eq!(sim.arrivals("POST /open-apis/im/v1/messages"), 0);
 }
 
 #[tokio::test(start_paused = true)]
