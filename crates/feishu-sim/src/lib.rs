@@ -9,22 +9,30 @@
 //!
 //! The fake follows what the platform does: flat token answers with the
 //! 30-minute same-token rule (the current token while at least 30 minutes of
-//! it remain, a new one after), the token error codes,
-//! sliding-window quotas answered with 429 and `x-ogw-ratelimit-*` headers,
-//! an `X-Tt-Logid` on every answer, written title-cased on the wire, and the
-//! top-notice endpoints with their body contract and error codes.
+//! it remain, a new one after), the token error codes, every endpoint of
+//! Feishu's server API (the [`catalog`]) with its documented rate windows,
+//! per-resource limits and the monthly call budget, an `X-Tt-Logid` on
+//! every answer, written title-cased on the wire, and the top-notice
+//! endpoints with their body contract and error codes.
+//!
+//! It is the independent judge the gateway's tests measure against: it reads
+//! the repository's data files itself (`data/feishu-api-limits.tsv`,
+//! `data/throttle-codes.tsv`, `data/budget-exempt.tsv`, compiled in) and
+//! shares no code with the gateway's routing or quota logic.
 //!
 //! # Layout
 //!
 //! - this file: [`SimConfig`] (plain data) and [`SimFeishu`], the running
 //!   fake with its fault-injection and introspection methods.
-//! - [`catalog`]: the data files (`data/*.tsv`), parsed, and the route
-//!   trees (static segments win over parameters).
+//! - [`catalog`]: the data files, parsed, and the route trees (static
+//!   segments win over parameters), public so tests can pick endpoints.
 //! - `server`: the accept loop and the request phases, in Feishu's order
-//!   (route, token, quota, body contract, magic chat ids, answer).
+//!   (route, token, windows, throttle answers, per-resource limits, body
+//!   contract, magic chat ids, answer, budget).
 //! - `tokens`: the token book (issue, 30-minute rule, verdicts).
 //! - `quota`: per (app[, tenant], endpoint) arrival logs, sliding-window
-//!   checks.
+//!   checks, each endpoint with its own windows.
+//! - `resource`: per-resource arrival logs and calls in flight.
 //! - `store`: store apps' tickets and tenants, and event pushes.
 //! - [`callback`]: the Feishu side of event callbacks (encrypt, sign),
 //!   public for tests that forge callbacks.
@@ -39,20 +47,70 @@
 //!
 //! With `tls` set, the fake serves HTTPS only, with a certificate for
 //! `localhost` and `127.0.0.1` signed by a CA generated at start
-//! ([`SimFeishu::ca_pem`]), offering HTTP/2 and HTTP/1.1 by ALPN. Each recorded request carries the HTTP version it came
-//! with.
+//! ([`SimFeishu::ca_pem`]), offering HTTP/2 and HTTP/1.1 by ALPN. Each
+//! recorded request carries the HTTP version it came with.
 //!
 //! # Requests, as the fake sees them
 //!
 //! Token calls are the two `.../auth/v3/*_access_token/internal` endpoints;
 //! *store calls* are the three store-app endpoints (below). Every other
 //! request is a *business request*: it is recorded (see
-//! [`SimFeishu::requests`]), its bearer token is judged, and it gets the
-//! configured latency. Unknown routes answer 404 after that.
+//! [`SimFeishu::requests`]) with its catalog endpoint, its bearer token is
+//! judged, and it gets the configured latency. An answer injected by
+//! [`SimFeishu::answer_next_with_code`] comes before anything else. A
+//! request that matches no endpoint of the catalog (path and method) answers
+//! 404 whatever its token; a missing or bad token answers 99991661 /
+//! 99991663. A business request with a valid tenant token then goes
+//! through:
+//!
+//! 1. the endpoint's windows, per (app, endpoint), or (app, tenant,
+//!    endpoint) with a store app's tenant token, sliding-window exact: the
+//!    documented ones (`1000/60s,50/1s` = both must hold), a hidden
+//!    [`special_limits`](SimConfig::special_limits) for `special` (特殊频控)
+//!    endpoints, none where no limit is stated; [`SimConfig::limits`] and
+//!    [`SimConfig::route_limits`] replace them. Every such call is an
+//!    arrival, throttled ones included; one over a window answers HTTP 429,
+//!    `{"code":99991400,"msg":"request trigger frequency limit"}` with
+//!    `x-ogw-ratelimit-limit` (the window's cap) and `x-ogw-ratelimit-reset`
+//!    (whole seconds until a call would pass), and counts as a violation.
+//! 2. a throttle answer a test set on the endpoint ([`SimFeishu::throttle`]:
+//!    any code, any status, optional reset, for N calls or a while).
+//! 3. the endpoint's per-resource limit ([`ResourceRule`]): 5/s per message
+//!    receiver (shared by every app: a chat's limit is shared by its bots),
+//!    per message replied to, per card updated (230020, HTTP 400); 3 edits/s
+//!    per docx document (HTTP 429, 99991400); one write in flight per
+//!    bitable table (1254291, HTTP 200); one upload in flight, 5/s and
+//!    10,000/day per app and upload endpoint (1061045, HTTP 200). Admitted
+//!    bitable writes and drive uploads stay in flight for
+//!    [`write_time`](SimConfig::write_time). Refusals count as violations
+//!    and are listed ([`SimFeishu::resource_violations`]).
+//! 4. the top-notice body contracts (HTTP 400, 232001), then magic chat
+//!    ids: a `:chat_id` of `oc_error<code>` answers HTTP 400 with that code.
+//! 5. success: `{"code":0,"msg":"success","data":{}}` (`GET` chat echoes the
+//!    chat id and the query), unless the app's
+//!    [`monthly_budget`](SimConfig::monthly_budget) is spent: then HTTP
+//!    429, 99991403, except for the exempt paths.
+//!
+//! [`QuotaMode`] switches enforcement of 1 and 3 (enforce, count only, off).
+//! Statuses and messages of throttle codes come from
+//! `data/throttle-codes.tsv` (the first documented status).
 //!
 //! A request header `X-Sim-Delay-Ms: <n>` holds that one answer n ms longer
-//! (token calls included, so slow token fetches can be tested too). Magic
-//! chat ids `oc_error<code>` answer HTTP 400 with that code.
+//! (token calls included, so slow token fetches can be tested too).
+//!
+//! # Introspection
+//!
+//! Endpoints are named as [`catalog::resolve`] takes them: the short seed
+//! names `put_top_notice`, `delete_top_notice`, `get_chat`,
+//! `"<METHOD> <template>"`, or a template only one method has; an unknown or
+//! ambiguous name panics. [`SimFeishu::violations`] (total),
+//! [`violations_at`](SimFeishu::violations_at),
+//! [`arrivals`](SimFeishu::arrivals) and the `_by_endpoint` lists count per
+//! endpoint; [`max_in_any_window`](SimFeishu::max_in_any_window) reads a
+//! key's arrival log; [`resource_max_in_any_window`](SimFeishu::resource_max_in_any_window),
+//! [`resource_peak_in_flight`](SimFeishu::resource_peak_in_flight) and
+//! [`budget_used`](SimFeishu::budget_used) the rest. Per-key state is made
+//! on a key's first call, never for the whole catalog.
 //!
 //! # Store apps (ISV)
 //!
