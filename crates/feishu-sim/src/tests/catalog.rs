@@ -485,24 +485,33 @@ async fn docx_block_edits_are_limited_per_document() {
     );
 }
 
-/// Two calls sent at once (each on its own connection).
-async fn two_at_once(
+/// `second` sent while `first` is in flight: once the fake has recorded
+/// `first` (it has decided it, and an admitted write has its slot), before
+/// `first` is answered. Each on its own connection.
+async fn second_while_first_in_flight(
     sim: &Arc<SimFeishu>,
     token: &str,
-    (m1, p1): (Method, &str),
+    (m1, p1): (Method, &'static str),
     (m2, p2): (Method, &str),
 ) -> (Reply, Reply) {
-    let (a, b) = (client(), client());
-    tokio::join!(
-        call(&a, sim, m1, p1, token, "{}"),
-        call(&b, sim, m2, p2, token, "{}")
-    )
+    let before = sim.requests().len();
+    let (sim1, token1) = (Arc::clone(sim), token.to_owned());
+    let first = tokio::spawn(async move { call(&client(), &sim1, m1, p1, &token1, "{}").await });
+    while sim.requests().len() == before {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let second = call(&client(), sim, m2, p2, token, "{}").await;
+    (first.await.expect("first call"), second)
 }
+
+/// Long enough for the second call of [`second_while_first_in_flight`] to
+/// arrive on a loaded machine.
+const WRITE_TIME: Duration = Duration::from_millis(500);
 
 #[tokio::test]
 async fn bitable_tables_take_one_write_at_a_time() {
     let cfg = SimConfig {
-        write_time: Duration::from_millis(300),
+        write_time: WRITE_TIME,
         ..SimConfig::with_app(APP, SECRET)
     };
     let sim = Arc::new(start(cfg).await);
@@ -511,22 +520,29 @@ async fn bitable_tables_take_one_write_at_a_time() {
     let update = "/open-apis/bitable/v1/apps/bas_1/tables/tbl_1/records/rec_1";
 
     let started = std::time::Instant::now();
-    let (a, b) = two_at_once(&sim, &token, (Method::POST, create), (Method::PUT, update)).await;
-    let mut got = [a.code(), b.code()];
-    got.sort_unstable();
-    assert_eq!(got, [0, 1254291], "one write goes, the other conflicts");
-    let conflict = if a.code() == 0 { &b } else { &a };
-    assert_eq!(conflict.status, StatusCode::OK);
-    assert_eq!(conflict.json["msg"], "Write conflict");
+    let (a, b) =
+        second_while_first_in_flight(&sim, &token, (Method::POST, create), (Method::PUT, update))
+            .await;
+    assert_eq!(
+        (a.code(), b.code()),
+        (0, 1254291),
+        "the second write conflicts"
+    );
+    assert_eq!(b.status, StatusCode::OK);
+    assert_eq!(b.json["msg"], "Write conflict");
     // The admitted write took its write time.
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() >= WRITE_TIME);
 
     // Other tables, and reads of the same table, do not conflict.
     let other = "/open-apis/bitable/v1/apps/bas_1/tables/tbl_2/records";
-    let (a, b) = two_at_once(&sim, &token, (Method::POST, create), (Method::POST, other)).await;
+    let (a, b) =
+        second_while_first_in_flight(&sim, &token, (Method::POST, create), (Method::POST, other))
+            .await;
     assert_eq!((a.code(), b.code()), (0, 0));
     let search = "/open-apis/bitable/v1/apps/bas_1/tables/tbl_1/records/search";
-    let (a, b) = two_at_once(&sim, &token, (Method::POST, create), (Method::POST, search)).await;
+    let (a, b) =
+        second_while_first_in_flight(&sim, &token, (Method::POST, create), (Method::POST, search))
+            .await;
     assert_eq!((a.code(), b.code()), (0, 0));
     // One after the other: no conflict.
     let c = client();
@@ -557,22 +573,23 @@ async fn bitable_tables_take_one_write_at_a_time() {
 #[tokio::test]
 async fn drive_uploads_take_no_concurrency_per_app() {
     let cfg = SimConfig {
-        write_time: Duration::from_millis(300),
+        write_time: WRITE_TIME,
         ..SimConfig::with_app(APP, SECRET)
     };
     let sim = Arc::new(start(cfg).await);
     let token = token_of(&client(), &sim).await;
     let upload = "/open-apis/drive/v1/files/upload_all";
-    let (a, b) = two_at_once(&sim, &token, (Method::POST, upload), (Method::POST, upload)).await;
-    let mut got = [a.code(), b.code()];
-    got.sort_unstable();
-    assert_eq!(got, [0, 1061045]);
-    let refused = if a.code() == 0 { &b } else { &a };
-    assert_eq!(refused.status, StatusCode::OK);
-    assert_eq!(refused.json["msg"], "can retry.");
+    let (a, b) =
+        second_while_first_in_flight(&sim, &token, (Method::POST, upload), (Method::POST, upload))
+            .await;
+    assert_eq!((a.code(), b.code()), (0, 1061045));
+    assert_eq!(b.status, StatusCode::OK);
+    assert_eq!(b.json["msg"], "can retry.");
     // Another upload endpoint is another key.
     let media = "/open-apis/drive/v1/medias/upload_all";
-    let (a, b) = two_at_once(&sim, &token, (Method::POST, upload), (Method::POST, media)).await;
+    let (a, b) =
+        second_while_first_in_flight(&sim, &token, (Method::POST, upload), (Method::POST, media))
+            .await;
     assert_eq!((a.code(), b.code()), (0, 0));
     let key = format!("{APP} /open-apis/drive/v1/files/upload_all");
     assert_eq!(
