@@ -228,9 +228,9 @@ impl Metrics {
         let upstream_throttled = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_upstream_throttled_total",
-                "429/99991400 answers from Feishu itself (should stay 0)",
+                "Throttle answers from Feishu itself, by Feishu code (data/throttle-codes.tsv, or none for a bare 429); should stay 0",
             ),
-            &["app", "route"],
+            &["app", "route", "code"],
         )?;
         let token_refreshes = IntCounterVec::new(
             Opts::new(
@@ -525,10 +525,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Records a 429/99991400 from Feishu itself.
-    pub fn upstream_throttled(&self, app: Option<usize>, route: Option<usize>) {
+    /// Records a throttle answer from Feishu itself, by its code (`none`:
+    /// a 429 without one). Codes come from the throttle table, so the label
+    /// is bounded.
+    pub fn upstream_throttled(&self, app: Option<usize>, route: Option<usize>, code: Option<i64>) {
+        let mut buf = itoa::Buffer::new();
+        let code = code.map_or("none", |c| buf.format(c));
         self.upstream_throttled
-            .with_label_values(&[self.app_label(app), self.route_label(route)])
+            .with_label_values(&[self.app_label(app), self.route_label(route), code])
             .inc();
     }
 
@@ -605,7 +609,8 @@ impl Metrics {
         }
         self.rate_limited
             .with_label_values(&[a, r, "upstream-pause"]);
-        self.upstream_throttled.with_label_values(&[a, r]);
+        self.upstream_throttled
+            .with_label_values(&[a, r, "99991400"]);
         QuotaPairMetrics {
             waiting: self.quota_waiting.with_label_values(&[a, r]),
             wait: self.quota_wait.with_label_values(&[a, r]),

@@ -14,9 +14,10 @@ use hyper::body::Incoming;
 
 use crate::endpoints::Route;
 use crate::feishu::paths;
+use crate::feishu::throttle::Pause;
 use crate::proxy::error::GatewayError;
 use crate::quota::OverflowMode;
-use crate::quota::{Cause, Overflow};
+use crate::quota::{Cause, Overflow, PauseCell};
 use crate::validate::RequestView;
 use crate::validate::ValidationMode;
 
@@ -116,6 +117,12 @@ impl Gateway {
         let Some(pair) = self.quota_keys.app_key(app, route) else {
             return Ok(());
         };
+        let overflow = self.overflow(self.catalog.route(route), headers)?;
+        let (Some(key), Some(metrics)) = (&pair.key, &pair.metrics) else {
+            // No gateway quota (`special` or no documented limit): only the
+            // pause after Feishu's own throttle answer holds it.
+            return self.sit_out_pause(ctx, &pair.pause, overflow).await;
+        };
         // Store apps: Feishu's limits hold per tenant, so each tenant has
         // its own keys (same plans; in Redis with the Redis backend); the
         // (app, route) metrics are shared.
@@ -126,14 +133,13 @@ impl Gateway {
             },
             None => None,
         };
-        let overflow = self.overflow(self.catalog.route(route), headers)?;
         let acquire = async {
             match &tenant {
                 Some(key) => key.acquire(overflow).await,
-                None => pair.key.acquire(overflow).await,
+                None => key.acquire(overflow).await,
             }
         };
-        let pair = &pair.metrics;
+        let pair = metrics;
         let result = match overflow {
             Overflow::Reject => acquire.await,
             Overflow::Wait(_) => {
@@ -188,38 +194,85 @@ impl Gateway {
         })
     }
 
-    /// Feishu throttled us anyway (another client of the same app, or a
-    /// limit lower than configured): pause the key until Feishu's reset, so
-    /// requests meanwhile get the gateway's 429 (or wait) instead of being
-    /// sent to be throttled again.
-    pub(super) fn upstream_throttled(&self, ctx: &RequestCtx, headers: &HeaderMap) {
-        self.metrics.upstream_throttled(ctx.app, ctx.route);
+    /// A route without a gateway quota, paused after Feishu throttled it:
+    /// wait mode sleeps the pause out when it fits the longest wait; reject
+    /// mode (or a longer pause) answers 429 at once. Nothing is sent to
+    /// Feishu meanwhile.
+    async fn sit_out_pause(
+        &self,
+        ctx: &RequestCtx,
+        pause: &PauseCell,
+        overflow: Overflow,
+    ) -> Result<(), GatewayError> {
+        let Some(left) = pause.left() else {
+            return Ok(());
+        };
+        if let Overflow::Wait(max) = overflow {
+            if left <= max {
+                tokio::time::sleep(left).await;
+                return Ok(());
+            }
+        }
+        self.metrics
+            .rate_limited(ctx.app, ctx.route, "upstream-pause");
+        Err(GatewayError::UpstreamPaused { retry_after: left })
+    }
+
+    /// Feishu throttled us anyway (another client of the same app, a limit
+    /// lower than documented, or an endpoint whose limit Feishu does not
+    /// publish): pause the narrowest key the code concerns until Feishu's
+    /// `x-ogw-ratelimit-reset`, or for the next step of a doubling backoff
+    /// (1 s … 30 s) when the answer says no reset time. Requests meanwhile
+    /// get the gateway's 429 (or wait) instead of being sent to be
+    /// throttled again. A monthly-budget code pauses nothing here.
+    pub(super) fn upstream_throttled(
+        &self,
+        ctx: &RequestCtx,
+        headers: &HeaderMap,
+        code: Option<i64>,
+        scope: Option<Pause>,
+    ) {
+        self.metrics.upstream_throttled(ctx.app, ctx.route, code);
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return;
         };
+        if scope == Some(Pause::Month) {
+            return;
+        }
         let Some(pair) = self.quota_keys.app_key(app, route) else {
             return;
         };
-        let secs = headers
+        let reset = headers
             .get(paths::X_OGW_RATELIMIT_RESET)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(1)
-            .clamp(1, 300);
-        let pause = Duration::from_secs(secs);
-        match ctx
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(300.0)));
+        let pause = pair.backoff.next(reset);
+        let tenant = ctx
             .tenant
             .as_ref()
-            .and_then(|t| self.quota_keys.tenant_key(t, app, route))
-        {
-            Some(k) => k.pause(pause),
-            None => pair.key.pause(pause),
+            .and_then(|t| self.quota_keys.tenant_key(t, app, route));
+        match (tenant, &pair.key) {
+            (Some(k), _) => k.pause(pause),
+            (None, Some(k)) => k.pause(pause),
+            (None, None) => pair.pause.pause(pause),
         }
         tracing::warn!(
             app = %self.apps[app].name,
             route = %self.catalog.route(route).template,
-            pause_secs = secs,
+            code = ?code,
+            pause_ms = pause.as_millis() as u64,
             "Feishu throttled this app and route; pausing it"
         );
+    }
+
+    /// An answer that was no throttle: the route's backoff starts over.
+    pub(super) fn upstream_calm(&self, ctx: &RequestCtx) {
+        if let (Some(app), Some(route)) = (ctx.app, ctx.route) {
+            if let Some(pair) = self.quota_keys.app_key(app, route) {
+                pair.backoff.calm();
+            }
+        }
     }
 }
