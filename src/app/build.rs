@@ -15,7 +15,7 @@ use crate::auth::ClientTable;
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::{Catalog, Contracts};
 use crate::observe::metrics::Metrics;
-use crate::proxy::{AppRoute, Gateway, QuotaKeys};
+use crate::proxy::{AppRoute, Gateway, QuotaKeys, ResourceKeys};
 use crate::quota::{BackendKind, Engine, PlanPolicy, RedisConnection, RedisSettings};
 use crate::server::tls::ReloadingAcceptor;
 use crate::store_apps::StoreApps;
@@ -140,6 +140,13 @@ fn gateway(
     // No key is made here: the first request on an (app[, tenant], route)
     // makes its key (proxy/keys.rs). The engine itself holds none.
     let quota = Engine::from_config(&config.quota, Vec::new(), &metrics, redis)?;
+    let resource_keys = ResourceKeys::new(
+        quota.clone(),
+        &catalog,
+        &policy,
+        config.quota.max_waiters,
+        config.apps.iter().map(|a| a.app_id.clone()).collect(),
+    )?;
     let quota_keys = QuotaKeys::new(
         quota,
         &catalog,
@@ -184,6 +191,7 @@ fn gateway(
         upstreams,
         metrics,
         quota_keys,
+        resource_keys,
         quota_config: config.quota.clone(),
         max_body_bytes: config.max_body_bytes,
         body_read_timeout: config.timeouts.body_read,

@@ -18,6 +18,8 @@ use crate::feishu::throttle::Pause;
 use crate::proxy::error::GatewayError;
 use crate::quota::OverflowMode;
 use crate::quota::{Cause, Overflow, PauseCell};
+
+use super::resources::{resource_value, Refused};
 use crate::validate::RequestView;
 use crate::validate::ValidationMode;
 
@@ -109,7 +111,8 @@ impl Gateway {
     pub(super) async fn admit(
         &self,
         ctx: &mut RequestCtx,
-        headers: &HeaderMap,
+        parts: &Parts,
+        body: &Bytes,
     ) -> Result<(), GatewayError> {
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return Ok(());
@@ -117,7 +120,70 @@ impl Gateway {
         let Some(pair) = self.quota_keys.app_key(app, route) else {
             return Ok(());
         };
+        let headers = &parts.headers;
         let overflow = self.overflow(self.catalog.route(route), headers)?;
+        self.admit_resources(ctx, parts, body, overflow).await?;
+        let admitted = self.admit_endpoint(ctx, pair, overflow).await;
+        if admitted.is_ok() {
+            for held in &ctx.resources {
+                held.commit();
+            }
+        }
+        admitted
+    }
+
+    /// The route's per-resource limits (a receiver's 5/s, a table's one
+    /// write at a time …), before the endpoint's quota: a resource that
+    /// refuses spends nothing. With several rules, one that refuses gives
+    /// back what the others took (their long-window slots; their short
+    /// windows stay spent, which only errs on the safe side).
+    async fn admit_resources(
+        &self,
+        ctx: &mut RequestCtx,
+        parts: &Parts,
+        body: &Bytes,
+        overflow: Overflow,
+    ) -> Result<(), GatewayError> {
+        let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
+            return Ok(());
+        };
+        let entry = self.catalog.route(route);
+        for &rule in &entry.resources {
+            let def = self.resource_keys.rule(rule);
+            let Some(value) = resource_value(def, entry, &parts.uri, body) else {
+                continue;
+            };
+            match self.resource_keys.admit(rule, app, &value, overflow).await {
+                Ok(held) => ctx.resources.push(held),
+                Err(Refused::Unavailable) => return Err(GatewayError::QuotaBackendUnavailable),
+                Err(Refused::Limited(r)) => {
+                    let why = format!("{}:{}", def.name, r.label());
+                    self.metrics.rate_limited(ctx.app, ctx.route, &why);
+                    return Err(GatewayError::RateLimited(Box::new(r)));
+                }
+                Err(Refused::Busy { what, retry_after }) => {
+                    let why = format!("{}:{what}", def.name);
+                    self.metrics.rate_limited(ctx.app, ctx.route, &why);
+                    return Err(GatewayError::ResourceBusy {
+                        what: why,
+                        retry_after,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The (app[, tenant], route) quota, or the pause of a route without one.
+    async fn admit_endpoint(
+        &self,
+        ctx: &mut RequestCtx,
+        pair: &super::keys::PairKey,
+        overflow: Overflow,
+    ) -> Result<(), GatewayError> {
+        let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
+            return Ok(());
+        };
         let (Some(key), Some(metrics)) = (&pair.key, &pair.metrics) else {
             // No gateway quota (`special` or no documented limit): only the
             // pause after Feishu's own throttle answer holds it.
@@ -249,6 +315,19 @@ impl Gateway {
             .filter(|s| s.is_finite() && *s > 0.0)
             .map(|s| Duration::from_secs_f64(s.min(300.0)));
         let pause = pair.backoff.next(reset);
+        if scope == Some(Pause::Resource) {
+            if let Some(held) = ctx.resources.first() {
+                held.entry.pause(pause);
+                tracing::warn!(
+                    app = %self.apps[app].name,
+                    route = %self.catalog.route(route).template,
+                    code = ?code,
+                    pause_ms = pause.as_millis() as u64,
+                    "Feishu throttled one resource of this route; pausing that resource"
+                );
+                return;
+            }
+        }
         let tenant = ctx
             .tenant
             .as_ref()

@@ -79,6 +79,14 @@ pub enum GatewayError {
         /// Time left on the pause.
         retry_after: std::time::Duration,
     },
+    /// A per-resource limit other than a rate: its calls in flight, a long
+    /// window, its pause after Feishu's answer, or a full table.
+    ResourceBusy {
+        /// The rule and limit, e.g. `bitable.table:concurrency`.
+        what: String,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
     /// The shared quota backend is unavailable and `quota.fail = "closed"`.
     QuotaBackendUnavailable,
     /// A bug: a panic or an impossible state.
@@ -107,9 +115,9 @@ impl GatewayError {
             GatewayError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            GatewayError::RateLimited(_) | GatewayError::UpstreamPaused { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            GatewayError::RateLimited(_)
+            | GatewayError::UpstreamPaused { .. }
+            | GatewayError::ResourceBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::QuotaBackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -134,7 +142,9 @@ impl GatewayError {
             GatewayError::TokenUnavailable { .. } => "token-unavailable",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream-timeout",
             GatewayError::Upstream(_) => "upstream-unavailable",
-            GatewayError::RateLimited(_) | GatewayError::UpstreamPaused { .. } => "rate-limited",
+            GatewayError::RateLimited(_)
+            | GatewayError::UpstreamPaused { .. }
+            | GatewayError::ResourceBusy { .. } => "rate-limited",
             GatewayError::QuotaBackendUnavailable => "quota-backend-unavailable",
             GatewayError::Internal => "internal",
         }
@@ -160,9 +170,9 @@ impl GatewayError {
             GatewayError::TokenUnavailable { code, .. } => *code,
             GatewayError::Upstream(UpstreamFailure::Timeout) => codes::GW_UPSTREAM_TIMEOUT,
             GatewayError::Upstream(_) => codes::GW_UPSTREAM_UNAVAILABLE,
-            GatewayError::RateLimited(_) | GatewayError::UpstreamPaused { .. } => {
-                codes::RATE_LIMITED
-            }
+            GatewayError::RateLimited(_)
+            | GatewayError::UpstreamPaused { .. }
+            | GatewayError::ResourceBusy { .. } => codes::RATE_LIMITED,
             GatewayError::QuotaBackendUnavailable => codes::GW_QUOTA_BACKEND_UNAVAILABLE,
             GatewayError::Internal => codes::GW_INTERNAL,
         }
@@ -218,6 +228,10 @@ impl GatewayError {
             GatewayError::Upstream(kind) => format!(
                 "feishu-gateway: Feishu could not be reached ({})",
                 kind.as_str()
+            ),
+            GatewayError::ResourceBusy { what, retry_after } => format!(
+                "request trigger frequency limit: feishu-gateway holds this resource ({what}); retry after {} s",
+                crate::quota::whole_secs(*retry_after)
             ),
             GatewayError::UpstreamPaused { retry_after } => format!(
                 "request trigger frequency limit: Feishu throttled this endpoint for this app, and feishu-gateway holds calls to it until Feishu's reset; retry after {} s",
@@ -287,7 +301,9 @@ impl GatewayError {
                 h.insert("ratelimit", v);
             }
         }
-        if let GatewayError::UpstreamPaused { retry_after } = &self {
+        if let GatewayError::UpstreamPaused { retry_after }
+        | GatewayError::ResourceBusy { retry_after, .. } = &self
+        {
             let h = resp.headers_mut();
             let reset = HeaderValue::from(crate::quota::whole_secs(*retry_after));
             h.insert(X_OGW_RATELIMIT_RESET, reset.clone());

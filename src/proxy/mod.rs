@@ -21,7 +21,8 @@
 //!
 //! Beside them: [`RequestCtx`] (`ctx.rs`), the per-request state; `headers.rs`,
 //! which headers cross; `inspect.rs`, Feishu's `code` read off an answer;
-//! `keys.rs`, the quota keys `admit` acquires, made on first use;
+//! `keys.rs` and `resources.rs`, the quota keys `admit` acquires (per route,
+//! per resource), made on first use;
 //! [`body`], the answer body; [`error`], every answer the gateway writes
 //! itself. Shared state lives on [`Gateway`], never in statics.
 
@@ -36,10 +37,12 @@ mod headers;
 mod inspect;
 mod keys;
 mod log;
+mod resources;
 
 pub use ctx::RequestCtx;
 use front::token_endpoint;
 pub use keys::{PairKey, QuotaKeys};
+pub use resources::ResourceKeys;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +91,9 @@ pub struct Gateway {
     /// The quota keys per (app[, tenant], route), made on first use, and
     /// the engine they are made on.
     pub(crate) quota_keys: QuotaKeys,
+    /// Per-resource keys (a receiver, a document, a table …), made on first
+    /// use.
+    pub(crate) resource_keys: ResourceKeys,
     pub(crate) quota_config: QuotaConfig,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_read_timeout: Duration,
@@ -138,7 +144,7 @@ impl Gateway {
         self.authenticate(ctx, &parts.headers)?;
         let body = self.read_body(&parts, body, self.body_limit(ctx)).await?;
         self.validate(ctx, &parts, &body)?;
-        self.admit(ctx, &parts.headers).await?;
+        self.admit(ctx, &parts, &body).await?;
         let resp = self.forward(ctx, &parts, body).await?;
         Ok(self.response_filter(resp))
     }
