@@ -27,13 +27,19 @@ use crate::tokens::TokenManager;
 use crate::upstream::Upstreams;
 
 /// Reads a config file and checks what only the running parts can check
-/// (the listener's certificate and key load), listing every problem.
+/// (the listener's certificate and key load, the catalog with the config's
+/// routes), listing every problem.
 /// `serve` and `check-config` both start here.
 pub fn load_config(path: &Path, env: &dyn Environment) -> Result<Config, Problems> {
     let config = Config::load(path, env)?;
     let mut problems = Problems::default();
     if let Err(e) = tls_acceptor(&config) {
         problems.push("tls_cert", e);
+    }
+    // The catalog with the overrides: a rule reading a path parameter its
+    // route does not have is only found here.
+    if let Err(e) = Catalog::with_overrides(&config.routes) {
+        problems.push("routes", e);
     }
     if problems.is_empty() {
         Ok(config)
