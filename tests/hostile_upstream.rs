@@ -27,6 +27,10 @@ use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+/// The catalog route of `GET /open-apis/drive/v1/files/<token>/download`,
+/// the path most of these tests call.
+const DOWNLOAD_ROUTE: &str = "/open-apis/drive/v1/files/:file_token/download";
+
 /// One HTTP/1.1 client connection to the gateway (hyper's client parser
 /// reads the answers).
 async fn client_connection(
@@ -172,7 +176,7 @@ async fn random_codes_do_not_grow_the_metrics_without_bound() {
     let series: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("feishu_gateway_requests_total{"))
-        .filter(|l| l.contains("route=\"other\""))
+        .filter(|l| l.contains(&format!("route=\"{DOWNLOAD_ROUTE}\"")))
         .collect();
     assert_eq!(
         series.len(),
@@ -673,7 +677,7 @@ async fn a_streamed_answer_broken_mid_body_is_aborted_and_counted() {
         let client = http_client();
         let metrics = metrics_of(&client, &gw).await;
         let series = format!(
-            "feishu_gateway_upstream_errors_total{{app=\"ops-bot\",kind=\"{kind}\",route=\"other\"}}"
+            "feishu_gateway_upstream_errors_total{{app=\"ops-bot\",kind=\"{kind}\",route=\"{DOWNLOAD_ROUTE}\"}}"
         );
         assert_eq!(
             metric_value(&metrics, &series),

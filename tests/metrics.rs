@@ -80,7 +80,7 @@ async fn metrics_count_every_outcome_by_code() {
         value(
             &m,
             &format!(
-                "feishu_gateway_upstream_throttled_total{{app=\"ops-bot\",route=\"{PUT_ROUTE}\"}}"
+                "feishu_gateway_upstream_throttled_total{{app=\"ops-bot\",code=\"99991400\",route=\"{PUT_ROUTE}\"}}"
             )
         ),
         0.0

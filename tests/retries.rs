@@ -79,14 +79,16 @@ async fn a_get_answered_with_a_transient_failure_is_retried_and_counted() {
     assert_eq!(sent_to(&h, CHAT), 6);
 
     let m = h.metrics().await;
-    assert_eq!(retries(&m, "other", "code"), 1.0, "{m}");
-    assert_eq!(retries(&m, "other", "edge_502"), 1.0);
-    assert_eq!(retries(&m, "other", "edge_503"), 1.0);
+    assert_eq!(retries(&m, GET_CHAT_ROUTE, "code"), 1.0, "{m}");
+    assert_eq!(retries(&m, GET_CHAT_ROUTE, "edge_502"), 1.0);
+    assert_eq!(retries(&m, GET_CHAT_ROUTE, "edge_503"), 1.0);
     // The answers counted are the clients': three 200s, no 500.
     assert_eq!(
         metric_value(
             &m,
-            "feishu_gateway_requests_total{app=\"ops-bot\",code=\"0\",route=\"other\",status=\"200\"}"
+            &format!(
+                "feishu_gateway_requests_total{{app=\"ops-bot\",code=\"0\",route=\"{GET_CHAT_ROUTE}\",status=\"200\"}}"
+            )
         ),
         Some(3.0)
     );
@@ -108,21 +110,23 @@ async fn after_max_retries_the_last_failure_is_answered() {
     assert!(a.header("x-gateway-error").is_none(), "Feishu's own answer");
     assert_eq!(sent_to(&h, CHAT), 3, "one attempt and two retries");
     let m = h.metrics().await;
-    assert_eq!(retries(&m, "other", "code"), 2.0);
-    assert_eq!(skipped(&m, "other", "attempts"), 1.0);
+    assert_eq!(retries(&m, GET_CHAT_ROUTE, "code"), 2.0);
+    assert_eq!(skipped(&m, GET_CHAT_ROUTE, "attempts"), 1.0);
     h.stop().await;
 }
 
 /// 99991403 (monthly budget spent), 99991672 (missing scope) and throttling
-/// are not transient: never sent again, even for a GET.
+/// are not transient: never sent again, even for a GET. Throttling comes
+/// last: Feishu's 99991400 pauses the route (`upstream_throttled`), and the
+/// next call is the gateway's own 429, neither sent nor retried.
 #[tokio::test]
 async fn a_spent_budget_a_missing_scope_or_throttling_is_never_retried() {
     let h = start_with(sim_config(), fast).await;
     for (code, status) in [
         (99991403, StatusCode::FORBIDDEN),
         (99991672, StatusCode::BAD_REQUEST),
-        (99991400, StatusCode::BAD_REQUEST),
         (230049, StatusCode::BAD_REQUEST),
+        (99991400, StatusCode::BAD_REQUEST),
     ] {
         let before = sent_to(&h, CHAT);
         h.sim.answer_next_with_code(code, status, 1);
@@ -130,7 +134,22 @@ async fn a_spent_budget_a_missing_scope_or_throttling_is_never_retried() {
         assert_eq!((a.status, a.code()), (status, code));
         assert_eq!(sent_to(&h, CHAT), before + 1, "{code} was sent once");
     }
+    let before = sent_to(&h, CHAT);
+    let a = get_chat(&h).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", a.text());
+    assert_eq!(a.header("x-gateway-error"), Some("rate-limited"));
+    assert_eq!(sent_to(&h, CHAT), before, "the paused route sends nothing");
     let m = h.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            &format!(
+                "feishu_gateway_upstream_throttled_total{{app=\"ops-bot\",code=\"99991400\",route=\"{GET_CHAT_ROUTE}\"}}"
+            )
+        ),
+        Some(1.0),
+        "{m}"
+    );
     assert!(!m.contains("feishu_gateway_retries_total{"), "{m}");
     assert!(!m.contains("feishu_gateway_retries_skipped_total{"), "{m}");
     h.stop().await;
@@ -212,19 +231,25 @@ async fn a_retry_that_would_not_fit_the_upstream_timeout_is_not_made() {
     assert_eq!(a.code(), 1500);
     assert_eq!(sent_to(&h, CHAT), 1);
     let m = h.metrics().await;
-    assert_eq!(skipped(&m, "other", "deadline"), 1.0, "{m}");
+    assert_eq!(skipped(&m, GET_CHAT_ROUTE, "deadline"), 1.0, "{m}");
     h.stop().await;
 }
 
 /// A retry storm is bounded by the app's budget: 1000 calls while Feishu
 /// fails every one cost at most `budget_min` + 10 % more upstream calls
-/// (not 3x with two retries each), and the rest is counted as skipped.
+/// (not 3x with two retries each), and the rest is counted as skipped. The
+/// route's own quota (Feishu's 50/s, 1000/min for this endpoint) is lifted
+/// here, so that only the budget stops retries.
 #[tokio::test]
 async fn the_budget_stops_a_retry_storm() {
     let h = start_with(sim_config(), |c| {
         fast(c)
             .max_retries(2)
             .retry_budget(10, 0.1, Duration::from_secs(60))
+            .route(
+                Route::new(Method::GET, GET_CHAT_ROUTE)
+                    .limits(&[(1_000_000, Duration::from_secs(60))]),
+            )
     })
     .await;
     h.sim
@@ -245,8 +270,8 @@ async fn the_budget_stops_a_retry_storm() {
     }
     let calls = sent_to(&h, CHAT);
     let m = h.metrics().await;
-    let made = retries(&m, "other", "edge_503");
-    let budget = skipped(&m, "other", "budget");
+    let made = retries(&m, GET_CHAT_ROUTE, "edge_503");
+    let budget = skipped(&m, GET_CHAT_ROUTE, "budget");
     eprintln!("1000 failing calls: {calls} upstream calls, {made} retries, {budget} refused by the budget");
     assert_eq!(calls as f64, 1000.0 + made);
     assert!(
@@ -277,6 +302,7 @@ async fn retries_can_be_switched_off() {
 // ----- raw-socket upstreams ------------------------------------------------
 
 const MESSAGES: &str = "/open-apis/im/v1/messages?receive_id_type=chat_id";
+const MESSAGES_ROUTE: &str = "/open-apis/im/v1/messages";
 
 fn ok_answer() -> Vec<u8> {
     json_answer(
@@ -328,13 +354,15 @@ async fn a_post_with_its_idempotency_key_is_retried_one_without_is_not() {
         "sent twice with the same uuid"
     );
 
-    let unkeyed = r#"{"receive_id":"oc_1","msg_type":"text","content":"{\"text\":\"hi\"}"}"#;
+    // To another chat: the gateway holds each receiver to Feishu's 5/s
+    // (`im.receiver`), planned one message at a time.
+    let unkeyed = r#"{"receive_id":"oc_2","msg_type":"text","content":"{\"text\":\"hi\"}"}"#;
     let a = post_message(&gw, unkeyed).await;
-    assert_eq!(a.code(), 1500, "the failure is the answer");
+    assert_eq!(a.code(), 1500, "the failure is the answer: {:?}", a.text());
     assert_eq!(seen.lock().unwrap().len(), 3, "sent once");
     let m = metrics_of(&http_client(), &gw).await;
-    assert_eq!(retries(&m, "other", "code"), 1.0, "{m}");
-    assert_eq!(skipped(&m, "other", "unsafe"), 1.0);
+    assert_eq!(retries(&m, MESSAGES_ROUTE, "code"), 1.0, "{m}");
+    assert_eq!(skipped(&m, MESSAGES_ROUTE, "unsafe"), 1.0);
     gw.shutdown();
     gw.wait().await;
 }
@@ -370,8 +398,8 @@ async fn a_reset_after_sending_is_retried_for_a_get_only() {
     assert_eq!(a.code(), 99990502);
     assert_eq!(seen.lock().unwrap().len(), 3, "the POST reached it once");
     let m = metrics_of(&client, &gw).await;
-    assert_eq!(retries(&m, "other", "reset"), 1.0, "{m}");
-    assert_eq!(skipped(&m, "other", "unsafe"), 1.0);
+    assert_eq!(retries(&m, GET_CHAT_ROUTE, "reset"), 1.0, "{m}");
+    assert_eq!(skipped(&m, MESSAGES_ROUTE, "unsafe"), 1.0);
     gw.shutdown();
     gw.wait().await;
 }
@@ -411,7 +439,8 @@ async fn a_refused_connection_is_retried_for_any_request() {
                 ("authorization", &auth()),
                 ("content-type", "application/json"),
             ],
-            r#"{"receive_id":"oc_1"}"#,
+            // Another chat: the gateway holds each receiver to 5/s.
+            r#"{"receive_id":"oc_2"}"#,
         )
         .await
     });
@@ -432,7 +461,162 @@ async fn a_refused_connection_is_retried_for_any_request() {
     assert_eq!((a.status, a.code()), (StatusCode::OK, 0), "{:?}", a.text());
     assert_eq!(seen.lock().unwrap().len(), 2, "each POST reached it once");
     let m = metrics_of(&client, &gw).await;
-    assert_eq!(retries(&m, "other", "connect"), 1.0, "{m}");
+    assert_eq!(retries(&m, MESSAGES_ROUTE, "connect"), 1.0, "{m}");
     gw.shutdown();
     gw.wait().await;
+}
+
+/// A retry keeps the per-resource slot its request was admitted with and
+/// takes no second one: a bitable record write (one at a time per table,
+/// `bitable.table`) with its `client_token` is sent again after a transient
+/// code while it still holds the table. Another write to the same table
+/// during the backoff is refused as busy and never sent.
+#[tokio::test]
+async fn a_retry_keeps_its_resource_and_takes_no_second_slot() {
+    const RECORDS: &str = "/open-apis/bitable/v1/apps/bas_1/tables/tbl_1/records";
+    const RECORDS_ROUTE: &str = "/open-apis/bitable/v1/apps/:app_token/tables/:table_id/records";
+    let transient = json_answer(
+        "500 Internal Server Error",
+        "",
+        r#"{"code":1500,"msg":"internal error"}"#,
+    )
+    .into_bytes();
+    let (upstream, seen) = scripted_upstream(vec![transient, ok_answer()]).await;
+    // A backoff of 500 ms to 1 s: time for the second write to arrive.
+    let gw = start_gateway(
+        &GatewayConfig::new(&format!("http://{upstream}"))
+            .retry_backoff(Duration::from_millis(1000), Duration::from_millis(1000)),
+    )
+    .await;
+    let write = |token: &'static str| {
+        let addr = gw.addr();
+        async move {
+            call(
+                &http_client(),
+                addr,
+                Method::POST,
+                &format!("{RECORDS}?client_token={token}"),
+                &[
+                    ("authorization", &auth()),
+                    ("content-type", "application/json; charset=utf-8"),
+                ],
+                r#"{"fields":{"name":"a"}}"#,
+            )
+            .await
+        }
+    };
+    let first = tokio::spawn(write("fe599b60-450f-46ff-b2ef-9f6675625b97"));
+    // The first attempt reached Feishu; its retry is 500 ms to 1 s away.
+    wait_for(Duration::from_secs(10), || async {
+        seen.lock().unwrap().len() == 1
+    })
+    .await;
+    let second = write("0b7e7f4c-4d2b-4a57-9d43-3c1f3e8a5d10").await;
+    assert_eq!(
+        second.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        second.text()
+    );
+    assert_eq!(second.code(), 99991400, "{:?}", second.text());
+    assert!(
+        second.text().contains("bitable.table:concurrency"),
+        "{:?}",
+        second.text()
+    );
+    let first = first.await.unwrap();
+    assert_eq!(
+        (first.status, first.code()),
+        (StatusCode::OK, 0),
+        "the retry went without a second slot: {:?}",
+        first.text()
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "the first write twice, the second never"
+    );
+    let m = metrics_of(&http_client(), &gw).await;
+    assert_eq!(retries(&m, RECORDS_ROUTE, "code"), 1.0, "{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            &format!(
+                "feishu_gateway_rate_limited_total{{app=\"ops-bot\",reason=\"bitable.table:concurrency\",route=\"{RECORDS_ROUTE}\"}}"
+            )
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// Feishu throttles the route while a request waits for its retry: the
+/// retry is not made (`retries_skipped_total{reason="quota"}`) and the
+/// transient failure is answered. On a route with a gateway quota the
+/// pause is its key's; on one without (`special`), the route's own pause.
+#[tokio::test]
+async fn a_retry_respects_a_pause_set_during_its_backoff() {
+    for (path, route) in [
+        ("/open-apis/im/v1/chats/oc_1", GET_CHAT_ROUTE),
+        (
+            "/open-apis/helpdesk/v1/tickets/t_1/messages",
+            "/open-apis/helpdesk/v1/tickets/:ticket_id/messages",
+        ),
+    ] {
+        let transient = json_answer(
+            "500 Internal Server Error",
+            "",
+            r#"{"code":1500,"msg":"internal error"}"#,
+        )
+        .into_bytes();
+        let throttled = json_answer(
+            "429 Too Many Requests",
+            "x-ogw-ratelimit-reset: 30\r\n",
+            r#"{"code":99991400,"msg":"request trigger frequency limit"}"#,
+        )
+        .into_bytes();
+        let (upstream, seen) = scripted_upstream(vec![transient, throttled, ok_answer()]).await;
+        let gw = start_gateway(
+            &GatewayConfig::new(&format!("http://{upstream}"))
+                .retry_backoff(Duration::from_millis(1000), Duration::from_millis(1000)),
+        )
+        .await;
+        let get = || {
+            let addr = gw.addr();
+            async move {
+                call(
+                    &http_client(),
+                    addr,
+                    Method::GET,
+                    path,
+                    &[("authorization", &auth())],
+                    "",
+                )
+                .await
+            }
+        };
+        let first = tokio::spawn(get());
+        wait_for(Duration::from_secs(10), || async {
+            seen.lock().unwrap().len() == 1
+        })
+        .await;
+        // Another call meanwhile: Feishu throttles the route for 30 s.
+        let second = get().await;
+        assert_eq!(second.code(), 99991400, "{route}: {:?}", second.text());
+        assert!(second.header("x-gateway-error").is_none(), "Feishu's own");
+        let first = first.await.unwrap();
+        assert_eq!(
+            (first.status, first.code()),
+            (StatusCode::INTERNAL_SERVER_ERROR, 1500),
+            "{route}: the failure is the answer, not retried into the pause"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2, "{route}");
+        let m = metrics_of(&http_client(), &gw).await;
+        assert_eq!(skipped(&m, route, "quota"), 1.0, "{route}: {m}");
+        assert_eq!(retries(&m, route, "code"), 0.0, "{route}");
+        gw.shutdown();
+        gw.wait().await;
+    }
 }

@@ -250,3 +250,35 @@ fn retries_have_defaults_and_every_key_is_checked() {
         assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
     }
 }
+
+#[test]
+fn resource_limits_are_read_and_their_problems_named() {
+    let good = format!(
+        "{EXAMPLE}\n[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/messages/:message_id/forward\"\n\
+         [[routes.resource_limits]]\nname = \"im.forward\"\nkey = \"path.message_id\"\nlimits = [\"5/1s\", \"1000/86400s\"]\nconcurrency = 2\nshared = true\n"
+    );
+    let c = Config::parse(&good, &env()).unwrap();
+    let rule = &c.routes[0].resource_limits[0];
+    assert_eq!(rule.name, "im.forward");
+    assert_eq!(rule.key.to_string(), "path.message_id");
+    assert_eq!(rule.limits.len(), 2);
+    assert_eq!((rule.concurrency, rule.shared), (Some(2), true));
+    let bad = format!(
+        "{EXAMPLE}\n[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/messages\"\n\
+         [[routes.resource_limits]]\nname = \"x\"\nkey = \"header.x\"\nconcurrency = 0\n\
+         [[routes.resource_limits]]\nname = \"y\"\nkey = \"body.receive_id\"\n"
+    );
+    let problems = Config::parse(&bad, &env()).unwrap_err().to_string();
+    assert!(
+        problems.contains("routes[0].resource_limits[0].key"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("routes[0].resource_limits[0].concurrency"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("routes[0].resource_limits[1].limits"),
+        "{problems}"
+    );
+}

@@ -12,5 +12,6 @@ pub mod answer;
 pub mod codes;
 pub mod idempotency;
 pub mod paths;
+pub mod throttle;
 
 pub use answer::{read_code, scan_code, FeishuError};

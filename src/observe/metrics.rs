@@ -8,7 +8,7 @@
 //! histograms; the per-code counters are cached after first use.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -43,7 +43,12 @@ pub struct Metrics {
     quota_wait: HistogramVec,
     backend: BackendFamilies,
     /// Cached handles, indexed `[app + 1][route + 1]` (0 = unknown/other).
-    pairs: Vec<Vec<PairMetrics>>,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    /// Per (app or unknown, route or other), made on first use: a catalog of
+    /// 1,559 routes exports series only for the routes called. At
+    /// `(app + 1) * (routes + 1) + route + 1`.
+    pairs: Box<[OnceLock<Box<PairMetrics>>]>,
     app_labels: Vec<String>,
     route_labels: Vec<String>,
 }
@@ -225,9 +230,9 @@ impl Metrics {
         let upstream_throttled = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_upstream_throttled_total",
-                "429/99991400 answers from Feishu itself (should stay 0)",
+                "Throttle answers from Feishu itself, by Feishu code (data/throttle-codes.tsv, or none for a bare 429); should stay 0",
             ),
-            &["app", "route"],
+            &["app", "route", "code"],
         )?;
         let token_refreshes = IntCounterVec::new(
             Opts::new(
@@ -378,19 +383,8 @@ impl Metrics {
         app_labels.extend(apps.iter().cloned());
         let mut route_labels = vec![OTHER_ROUTE.to_string()];
         route_labels.extend(routes.iter().cloned());
-        let pairs = app_labels
-            .iter()
-            .map(|a| {
-                route_labels
-                    .iter()
-                    .map(|r| PairMetrics {
-                        unknown_codes: Mutex::new((Vec::new(), false)),
-                        request_duration: request_duration.with_label_values(&[a, r]),
-                        upstream_duration: upstream_duration.with_label_values(&[a, r]),
-                        by_outcome: RwLock::new(HashMap::new()),
-                    })
-                    .collect()
-            })
+        let pairs = (0..app_labels.len() * route_labels.len())
+            .map(|_| OnceLock::new())
             .collect();
         for a in apps {
             token_expiry.with_label_values(&[a]).set(0.0);
@@ -400,6 +394,8 @@ impl Metrics {
         }
         Ok(Metrics {
             registry,
+            request_duration,
+            upstream_duration,
             requests_total,
             rate_limited,
             upstream_throttled,
@@ -445,7 +441,16 @@ impl Metrics {
     }
 
     fn pair(&self, app: Option<usize>, route: Option<usize>) -> &PairMetrics {
-        &self.pairs[app.map_or(0, |a| a + 1)][route.map_or(0, |r| r + 1)]
+        let (a, r) = (app.map_or(0, |a| a + 1), route.map_or(0, |r| r + 1));
+        self.pairs[a * self.route_labels.len() + r].get_or_init(|| {
+            let labels = [self.app_labels[a].as_str(), self.route_labels[r].as_str()];
+            Box::new(PairMetrics {
+                unknown_codes: Mutex::new((Vec::new(), false)),
+                request_duration: self.request_duration.with_label_values(&labels),
+                upstream_duration: self.upstream_duration.with_label_values(&labels),
+                by_outcome: RwLock::new(HashMap::new()),
+            })
+        })
     }
 
     /// Records one answered request.
@@ -540,10 +545,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Records a 429/99991400 from Feishu itself.
-    pub fn upstream_throttled(&self, app: Option<usize>, route: Option<usize>) {
+    /// Records a throttle answer from Feishu itself, by its code (`none`:
+    /// a 429 without one). Codes come from the throttle table, so the label
+    /// is bounded.
+    pub fn upstream_throttled(&self, app: Option<usize>, route: Option<usize>, code: Option<i64>) {
+        let mut buf = itoa::Buffer::new();
+        let code = code.map_or("none", |c| buf.format(c));
         self.upstream_throttled
-            .with_label_values(&[self.app_label(app), self.route_label(route)])
+            .with_label_values(&[self.app_label(app), self.route_label(route), code])
             .inc();
     }
 
@@ -636,7 +645,8 @@ impl Metrics {
         }
         self.rate_limited
             .with_label_values(&[a, r, "upstream-pause"]);
-        self.upstream_throttled.with_label_values(&[a, r]);
+        self.upstream_throttled
+            .with_label_values(&[a, r, "99991400"]);
         QuotaPairMetrics {
             waiting: self.quota_waiting.with_label_values(&[a, r]),
             wait: self.quota_wait.with_label_values(&[a, r]),

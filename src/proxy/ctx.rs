@@ -38,6 +38,8 @@ pub struct RequestCtx {
     pub user_token: Option<HeaderValue>,
     /// For store apps: the tenant the request acts for.
     pub tenant: Option<Arc<Tenant>>,
+    /// The resources the request holds (per-resource limits), until it ends.
+    pub resources: Vec<super::resources::Held>,
 }
 
 impl RequestCtx {
@@ -55,6 +57,7 @@ impl RequestCtx {
             replayed_after: None,
             user_token: None,
             tenant: None,
+            resources: Vec::new(),
         }
     }
 }

@@ -11,7 +11,7 @@ use http::{Request, Response};
 use tokio::time::Instant;
 
 use super::inspect::{inspect, Inspected};
-use crate::feishu::{codes, paths};
+use crate::feishu::{codes, paths, throttle};
 use crate::proxy::body::{ProxyBody, StreamWatch};
 use crate::proxy::error::{GatewayError, X_GATEWAY_ERROR};
 use crate::tokens::TokenSlot;
@@ -76,10 +76,21 @@ impl Gateway {
                     );
                 }
                 (code, _) => {
-                    if answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
-                        || code == Some(codes::RATE_LIMITED)
-                    {
-                        self.upstream_throttled(ctx, &answer.head.headers);
+                    // Feishu's throttle codes, whatever the HTTP status
+                    // (99991400 with 400, 1254290 with 200 …), and a 429
+                    // that carries no code of its own.
+                    let throttle = code.and_then(throttle::classify);
+                    let bare_429 = answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
+                        && (code.is_none() || code == Some(codes::OK));
+                    if throttle.is_some() || bare_429 {
+                        self.upstream_throttled(
+                            ctx,
+                            &answer.head.headers,
+                            code,
+                            throttle.map(|t| t.pause),
+                        );
+                    } else {
+                        self.upstream_calm(ctx);
                     }
                     ctx.code = code;
                     ctx.logid = answer.head.headers.get(paths::X_TT_LOGID).cloned();

@@ -22,6 +22,8 @@
 //!
 //! Beside them: [`RequestCtx`] (`ctx.rs`), the per-request state; `headers.rs`,
 //! which headers cross; `inspect.rs`, Feishu's `code` read off an answer;
+//! `keys.rs` and `resources.rs`, the quota keys `admit` acquires (per route,
+//! per resource), made on first use;
 //! [`body`], the answer body; [`error`], every answer the gateway writes
 //! itself. Shared state lives on [`Gateway`], never in statics.
 
@@ -34,12 +36,15 @@ mod forward;
 mod front;
 mod headers;
 mod inspect;
+mod keys;
 mod log;
+mod resources;
 mod retry;
 
-pub use admit::QuotaKeys;
 pub use ctx::RequestCtx;
 use front::token_endpoint;
+pub use keys::{PairKey, QuotaKeys};
+pub use resources::ResourceKeys;
 pub use retry::{Retries, RetryPolicy};
 
 use std::sync::Arc;
@@ -86,10 +91,12 @@ pub struct Gateway {
     pub(crate) store: Arc<StoreApps>,
     pub(crate) upstreams: Upstreams,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) quota: Engine,
-    /// Quota key and wait metrics per (app, route), at `app * routes + route`;
-    /// `None` where the route has no limits.
+    /// The quota keys per (app[, tenant], route), made on first use, and
+    /// the engine they are made on.
     pub(crate) quota_keys: QuotaKeys,
+    /// Per-resource keys (a receiver, a document, a table …), made on first
+    /// use.
+    pub(crate) resource_keys: ResourceKeys,
     pub(crate) quota_config: QuotaConfig,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_read_timeout: Duration,
@@ -142,7 +149,7 @@ impl Gateway {
         self.authenticate(ctx, &parts.headers)?;
         let body = self.read_body(&parts, body, self.body_limit(ctx)).await?;
         self.validate(ctx, &parts, &body)?;
-        self.admit(ctx, &parts.headers).await?;
+        self.admit(ctx, &parts, &body).await?;
         let resp = self.forward(ctx, &parts, body).await?;
         Ok(self.response_filter(resp))
     }
@@ -159,7 +166,7 @@ impl Gateway {
 
     /// The quota engine (for `/readyz`).
     pub fn quota(&self) -> &Engine {
-        &self.quota
+        self.quota_keys.engine()
     }
 
     /// The metrics (for `/metrics`).

@@ -27,8 +27,19 @@
 //! (Envoy's and Finagle's retry budgets), so a Feishu outage costs it at
 //! most ~10 % more calls, not a multiple. A retry is also a call like any
 //! other for the quota: it is admitted again by the (app[, tenant], route)
-//! quota, without waiting; when the quota says no, the failure is answered.
-//! At most `max_retries` per request.
+//! key (`QuotaKeys::app_key` / `tenant_key`), without waiting; on a route
+//! without a gateway quota only the pause after Feishu's throttle answers
+//! is checked. When the quota says no, or the route or one of the
+//! request's resources is paused, the failure is answered. Per-resource
+//! limits are not asked again: the request keeps the resources `admit`
+//! gave it (`ctx.resources`, in-flight permits included) for all its
+//! attempts, and takes no second slot. At most `max_retries` per request.
+//!
+//! **Throttling is no transient failure.** No code of [`codes::TRANSIENT`]
+//! is one of Feishu's throttle codes (`feishu::throttle`), and a 429 is not
+//! retried: `forward` classifies the final answer and pauses the route
+//! (`upstream_throttled`) or calms its backoff (`upstream_calm`), once per
+//! request, on the answer the client gets.
 //!
 //! **What is in time.** The attempts of one request share the upstream
 //! timeout (`timeouts.upstream`, from the first attempt): a retry waits a
@@ -404,20 +415,36 @@ impl Gateway {
     }
 
     /// The quota's word on one more call of this request, without waiting:
-    /// a retry is a call like any other, counted where Feishu counts.
+    /// a retry is a call like any other, counted where Feishu counts. The
+    /// (app[, tenant], route) key is acquired again (its own pause
+    /// included); a route without a gateway quota only checks the pause
+    /// Feishu's throttle answers set on it. Per-resource limits are not
+    /// asked again: the request still holds its resources (their in-flight
+    /// permits, its window slots) from `admit`, one slot for all its
+    /// attempts; a resource Feishu paused meanwhile stops the retry.
     async fn admit_retry(&self, ctx: &RequestCtx) -> bool {
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return true;
         };
-        let Some((key, _)) = self.quota_key(app, route) else {
+        if ctx
+            .resources
+            .iter()
+            .any(|held| held.entry.pause.left().is_some())
+        {
+            return false;
+        }
+        let Some(pair) = self.quota_keys.app_key(app, route) else {
             return true;
         };
+        let Some(key) = &pair.key else {
+            return pair.pause.left().is_none();
+        };
         let admitted = match &ctx.tenant {
-            Some(t) => match t.quota_key(route) {
-                Some(k) => t.quota().acquire(k, Overflow::Reject).await,
+            Some(t) => match self.quota_keys.tenant_key(t, app, route) {
+                Some(k) => k.acquire(Overflow::Reject).await,
                 None => return true,
             },
-            None => self.quota.acquire(*key, Overflow::Reject).await,
+            None => key.acquire(Overflow::Reject).await,
         };
         admitted.is_ok()
     }
@@ -456,6 +483,21 @@ mod tests {
         assert_eq!(c(StatusCode::OK, Some(0)), None);
         assert_eq!(c(StatusCode::INTERNAL_SERVER_ERROR, None), None);
         assert_eq!(c(StatusCode::GATEWAY_TIMEOUT, None), None);
+    }
+
+    #[test]
+    fn no_transient_code_is_a_throttle_code() {
+        for (code, what) in codes::TRANSIENT {
+            assert!(
+                crate::feishu::throttle::classify(*code).is_none(),
+                "{code} ({what}) is a throttle code: it pauses, never retries"
+            );
+        }
+        assert_eq!(
+            classify_answer(StatusCode::TOO_MANY_REQUESTS, None),
+            None,
+            "a bare 429 is throttling"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub(crate) mod code {
     pub(crate) const APP_SECRET_INVALID: i64 = 10014;
     pub(crate) const INVALID_PARAM: i64 = 232001;
     pub(crate) const RATE_LIMITED: i64 = 99991400;
+    pub(crate) const MONTHLY_BUDGET: i64 = 99991403;
     pub(crate) const MISSING_TOKEN: i64 = 99991661;
     pub(crate) const INVALID_TENANT_TOKEN: i64 = 99991663;
     pub(crate) const INVALID_APP_TOKEN: i64 = 99991664;
@@ -37,8 +38,8 @@ pub(crate) mod code {
     pub(crate) const NOT_FOUND: i64 = 404;
 }
 
-/// The `msg` Feishu sends with `code` (a generic one for codes it does not
-/// know).
+/// The `msg` Feishu sends with `code`: the fake's own list, then
+/// `data/throttle-codes.tsv`, then a generic one.
 pub(crate) fn message_for(code: i64) -> &'static str {
     match code {
         0 => "success",
@@ -69,14 +70,15 @@ pub(crate) fn message_for(code: i64) -> &'static str {
         }
         99991664 => "Invalid app access token.",
         99991677 => "Authentication token expired.",
-        _ => "sim: injected error",
+        _ => crate::catalog::throttle_code(code).map_or("sim: injected error", |t| t.msg),
     }
 }
 
 /// A throttled answer's `x-ogw-ratelimit-*` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RateLimitHeaders {
-    pub(crate) limit: u32,
+    /// `x-ogw-ratelimit-limit`, when the endpoint has a window to name.
+    pub(crate) limit: Option<u32>,
     pub(crate) reset_secs: u64,
 }
 
@@ -143,7 +145,7 @@ impl Answer {
         )
     }
 
-    /// HTTP 429 / 99991400 with the rate-limit headers.
+    /// `{"code":code,"msg":…}` with the rate-limit headers.
     pub(crate) fn throttled(status: StatusCode, code: i64, headers: RateLimitHeaders) -> Self {
         Answer {
             rate_limit: Some(headers),
@@ -161,7 +163,9 @@ impl Answer {
             headers.insert(X_TT_LOGID, v);
         }
         if let Some(rl) = self.rate_limit {
-            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(rl.limit));
+            if let Some(limit) = rl.limit {
+                headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+            }
             headers.insert(X_RATELIMIT_RESET, HeaderValue::from(rl.reset_secs));
         }
         response

@@ -433,7 +433,7 @@ async fn body_contract_is_enforced_over_http() {
 async fn unknown_routes_answer_404_with_a_logid() {
     let sim = start(SimConfig::default()).await;
     let c = client();
-    let url = format!("{}/open-apis/im/v1/messages", sim.base_url());
+    let url = format!("{}/open-apis/not/in/the/catalog", sim.base_url());
     let reply = send(&c, Method::POST, url, &[], "{}").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(
@@ -873,3 +873,7 @@ async fn https_http1_answers_are_title_cased_and_untrusted_clients_fail() {
 
 /// Store apps: resend, pushes, tickets, tenant tokens and quotas.
 mod store;
+
+/// The catalog: generic answers, windows, per-resource limits, throttle
+/// answers and the budget.
+mod catalog;
