@@ -589,28 +589,30 @@ impl Metrics {
             .inc();
     }
 
-    /// Handles for a quota-limited (app, route) pair; also publishes its
-    /// windows, as (label like `50/1s`, limit), in
-    /// `feishu_gateway_quota_limit` and starts its rate-limit and throttle
-    /// counters at 0, so dashboards and alerts see the series.
-    pub fn quota_pair(
+    /// Publishes the windows of a quota-limited (app, route) pair, as
+    /// (label like `50/1s`, limit), in `feishu_gateway_quota_limit`: when
+    /// its key is made (first use). Its rate-limit and throttle counters
+    /// appear with their first event (the alerts catch a new series).
+    pub fn quota_limits(
         &self,
         app: usize,
         route: usize,
         windows: impl IntoIterator<Item = (String, u32)>,
-    ) -> QuotaPairMetrics {
+    ) {
         let a = self.app_label(Some(app));
         let r = self.route_label(Some(route));
         for (label, limit) in windows {
             self.quota_limit
                 .with_label_values(&[a, r, &label])
                 .set(i64::from(limit));
-            self.rate_limited.with_label_values(&[a, r, &label]);
         }
-        self.rate_limited
-            .with_label_values(&[a, r, "upstream-pause"]);
-        self.upstream_throttled
-            .with_label_values(&[a, r, "99991400"]);
+    }
+
+    /// The wait-mode handles of an (app, route) pair: made when a request
+    /// first waits there.
+    pub fn quota_wait(&self, app: usize, route: usize) -> QuotaPairMetrics {
+        let a = self.app_label(Some(app));
+        let r = self.route_label(Some(route));
         QuotaPairMetrics {
             waiting: self.quota_waiting.with_label_values(&[a, r]),
             wait: self.quota_wait.with_label_values(&[a, r]),

@@ -184,7 +184,7 @@ impl Gateway {
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return Ok(());
         };
-        let (Some(key), Some(metrics)) = (&pair.key, &pair.metrics) else {
+        let Some(key) = &pair.key else {
             // No gateway quota (`special` or no documented limit): only the
             // pause after Feishu's own throttle answer holds it.
             return self.sit_out_pause(ctx, &pair.pause, overflow).await;
@@ -205,20 +205,22 @@ impl Gateway {
                 None => key.acquire(overflow).await,
             }
         };
-        let pair = metrics;
         let result = match overflow {
             Overflow::Reject => acquire.await,
             Overflow::Wait(_) => {
-                pair.waiting.inc();
+                let waiting = &pair.wait_metrics(&self.metrics).waiting;
+                waiting.inc();
                 let r = acquire.await;
-                pair.waiting.dec();
+                waiting.dec();
                 r
             }
         };
         match result {
             Ok(admit) => {
                 if !admit.waited.is_zero() {
-                    pair.wait.observe(admit.waited.as_secs_f64());
+                    pair.wait_metrics(&self.metrics)
+                        .wait
+                        .observe(admit.waited.as_secs_f64());
                 }
                 Ok(())
             }
