@@ -110,6 +110,8 @@ impl Gateway {
         ctx: &mut RequestCtx,
         headers: &HeaderMap,
     ) -> Result<(), GatewayError> {
+        // The monthly call budget first (budget.rs): a spent one spends no quota.
+        self.budget_check(ctx)?;
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return Ok(());
         };

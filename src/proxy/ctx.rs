@@ -38,6 +38,9 @@ pub struct RequestCtx {
     pub user_token: Option<HeaderValue>,
     /// For store apps: the tenant the request acts for.
     pub tenant: Option<Arc<Tenant>>,
+    /// The path is one Feishu does not count against the monthly call
+    /// budget (`data/budget-exempt.tsv`); noted by `route`.
+    pub budget_exempt: bool,
 }
 
 impl RequestCtx {
@@ -55,6 +58,7 @@ impl RequestCtx {
             replayed_after: None,
             user_token: None,
             tenant: None,
+            budget_exempt: false,
         }
     }
 }

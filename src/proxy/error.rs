@@ -3,7 +3,7 @@
 //!
 //! The official SDKs JSON-decode every answer and read `code` and `msg`, so
 //! gateway-made answers use Feishu's own codes where one fits (99991661,
-//! 99991663, 99991400, 232001) and a small documented set of gateway codes
+//! 99991663, 99991400, 99991403, 232001) and a small documented set of gateway codes
 //! otherwise ([`codes`]). Upstream failures are 502/503, never 504: the Go SDK
 //! turns any 504 into a timeout and drops its body.
 
@@ -75,6 +75,8 @@ pub enum GatewayError {
     RateLimited(Box<crate::quota::Rejection>),
     /// The shared quota backend is unavailable and `quota.fail = "closed"`.
     QuotaBackendUnavailable,
+    /// A counted call of an app whose monthly call budget is spent.
+    BudgetExhausted(Box<crate::budget::Exhausted>),
     /// A bug: a panic or an impossible state.
     Internal,
 }
@@ -101,7 +103,9 @@ impl GatewayError {
             GatewayError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited(_) | GatewayError::BudgetExhausted(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::QuotaBackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -127,6 +131,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream-timeout",
             GatewayError::Upstream(_) => "upstream-unavailable",
             GatewayError::RateLimited(_) => "rate-limited",
+            GatewayError::BudgetExhausted(_) => "budget-exhausted",
             GatewayError::QuotaBackendUnavailable => "quota-backend-unavailable",
             GatewayError::Internal => "internal",
         }
@@ -153,6 +158,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Timeout) => codes::GW_UPSTREAM_TIMEOUT,
             GatewayError::Upstream(_) => codes::GW_UPSTREAM_UNAVAILABLE,
             GatewayError::RateLimited(_) => codes::RATE_LIMITED,
+            GatewayError::BudgetExhausted(_) => codes::MONTHLY_QUOTA_EXCEEDED,
             GatewayError::QuotaBackendUnavailable => codes::GW_QUOTA_BACKEND_UNAVAILABLE,
             GatewayError::Internal => codes::GW_INTERNAL,
         }
@@ -217,6 +223,7 @@ impl GatewayError {
             GatewayError::QuotaBackendUnavailable => {
                 "feishu-gateway: the shared quota backend is unavailable; retry later".into()
             }
+            GatewayError::BudgetExhausted(e) => e.msg(),
             GatewayError::Internal => "feishu-gateway: internal error".into(),
         }
     }
@@ -272,6 +279,13 @@ impl GatewayError {
             if let Ok(v) = HeaderValue::from_str(&r.ratelimit()) {
                 h.insert("ratelimit", v);
             }
+        }
+        if let GatewayError::BudgetExhausted(e) = &self {
+            // Until the month turns in Asia/Shanghai.
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(e.retry_after_secs),
+            );
         }
         if let GatewayError::QuotaBackendUnavailable = &self {
             let h = resp.headers_mut();

@@ -75,6 +75,7 @@ impl Gateway {
                     );
                 }
                 (code, _) => {
+                    self.budget_count(ctx, answer.head.status, code);
                     if answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
                         || code == Some(codes::RATE_LIMITED)
                     {
