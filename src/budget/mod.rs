@@ -29,12 +29,18 @@
 //! - local backend: in the process; with `state_dir` also in
 //!   `<state_dir>/budget.<group>.json`, written every
 //!   [`SYNC_INTERVAL`] when it changed and at shutdown, read at start (a
-//!   crash loses at most the last interval's calls);
+//!   crash loses at most the last interval's calls). Without `state_dir` a
+//!   restart starts the month's count at 0;
 //! - Redis backend: `<key_prefix>budget:{<group>}:<YYYY-MM>`, one `INCR`
 //!   per counted call sent off the request path (its reply is the fleet's
 //!   total), expiring 35 days after the last one; every
 //!   [`SYNC_INTERVAL`] a replica reads the totals of all its groups in one
 //!   round trip.
+//!
+//! Feishu's 99991403 is kept in memory only, per replica: each replica (and
+//! each restart) learns it from one counted call that Feishu refuses (and
+//! does not count), and a restart is how an operator lifts it after raising
+//! the tenant's plan.
 //!
 //! Metrics (per app; the apps of a group show the group's figures):
 //! `feishu_gateway_budget_used{app}`, `feishu_gateway_budget_limit{app}`

@@ -210,14 +210,16 @@ impl RedisStore {
 
 // ----- files ----------------------------------------------------------------
 
-/// What `<state_dir>/budget.<group>.json` holds.
+/// What `<state_dir>/budget.<group>.json` holds: the count only. Feishu's
+/// 99991403 is not kept: after a restart the first counted call learns it
+/// again (Feishu does not count the refused call), and a restart is how an
+/// operator lifts it after raising the tenant's plan.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 struct Saved {
     group: String,
     month: String,
     used: u64,
-    feishu_exhausted: bool,
 }
 
 fn file_of(dir: &Path, group: &str) -> PathBuf {
@@ -253,10 +255,9 @@ async fn load_files(dir: &Path, budgets: &Budgets) {
                 budgets.update(g, |st| {
                     if st.month == month {
                         st.used = st.used.max(saved.used);
-                        st.feishu_exhausted |= saved.feishu_exhausted;
                     }
                 });
-                tracing::info!(group = %name, month = %month, used = saved.used, feishu_exhausted = saved.feishu_exhausted, "monthly budget: count loaded from state_dir");
+                tracing::info!(group = %name, month = %month, used = saved.used, "monthly budget: count loaded from state_dir");
             }
             _ => {
                 tracing::warn!(path = %path.display(), "monthly budget: the kept count is not a budget document of this group; starting at 0");
@@ -273,7 +274,6 @@ async fn save_files(dir: &Path, budgets: &Budgets) {
                 group: String::new(),
                 month: st.month.to_string(),
                 used: st.used,
-                feishu_exhausted: st.feishu_exhausted,
             })
         }) else {
             continue;
