@@ -39,6 +39,7 @@ pub struct Metrics {
     app_ticket_store_errors: IntCounterVec,
     quota_waiting: IntGaugeVec,
     quota_wait: HistogramVec,
+    budget: BudgetFamilies,
     backend: BackendFamilies,
     /// Cached handles, indexed `[app + 1][route + 1]` (0 = unknown/other).
     request_duration: HistogramVec,
@@ -58,6 +59,24 @@ pub struct QuotaPairMetrics {
     pub waiting: IntGauge,
     /// Time admitted requests waited.
     pub wait: Histogram,
+}
+
+/// The monthly call budget's families (`feishu_gateway_budget_*`), per app.
+struct BudgetFamilies {
+    used: IntGaugeVec,
+    limit: IntGaugeVec,
+    exhausted: IntGaugeVec,
+}
+
+/// Handles of one app's monthly budget series (the apps of a budget group
+/// all show the group's figures).
+#[derive(Clone)]
+pub struct BudgetMetrics {
+    /// Calls counted this month (`feishu_gateway_budget_used`).
+    pub used: IntGauge,
+    /// 1 while counted calls are answered by the gateway
+    /// (`feishu_gateway_budget_exhausted`).
+    pub exhausted: IntGauge,
 }
 
 /// The shared quota backend's families (`feishu_gateway_quota_backend_*`).
@@ -314,6 +333,29 @@ impl Metrics {
             .buckets(buckets()),
             &["app", "route"],
         )?;
+        let budget = BudgetFamilies {
+            used: IntGaugeVec::new(
+                Opts::new(
+                    "feishu_gateway_budget_used",
+                    "Calls counted against the monthly call budget this month (Asia/Shanghai), per app; the apps of a budget_group show the group's count",
+                ),
+                &["app"],
+            )?,
+            limit: IntGaugeVec::new(
+                Opts::new(
+                    "feishu_gateway_budget_limit",
+                    "The configured monthly_budget of the app (or of its budget_group)",
+                ),
+                &["app"],
+            )?,
+            exhausted: IntGaugeVec::new(
+                Opts::new(
+                    "feishu_gateway_budget_exhausted",
+                    "1 while the gateway answers the app's counted calls itself (Feishu said 99991403, or the count reached monthly_budget)",
+                ),
+                &["app"],
+            )?,
+        };
         let backend = BackendFamilies::new()?;
         let build_info = IntGaugeVec::new(
             Opts::new("feishu_gateway_build_info", "Build information"),
@@ -344,6 +386,9 @@ impl Metrics {
             Box::new(app_ticket_store_errors.clone()),
             Box::new(quota_waiting.clone()),
             Box::new(quota_wait.clone()),
+            Box::new(budget.used.clone()),
+            Box::new(budget.limit.clone()),
+            Box::new(budget.exhausted.clone()),
             Box::new(build_info.clone()),
             Box::new(code_info.clone()),
         ]
@@ -393,6 +438,7 @@ impl Metrics {
             app_ticket_store_errors,
             quota_waiting,
             quota_wait,
+            budget,
             backend,
             pairs,
             app_labels,
@@ -650,6 +696,22 @@ impl Metrics {
             fallback_seconds: b.fallback_seconds.clone(),
             degraded_requests: b.degraded_requests.with_label_values(&[fail]),
         })
+    }
+
+    /// The monthly budget series of `app`, at 0, with its `limit` published
+    /// when it has one.
+    pub fn budget(&self, app: usize, limit: Option<u64>) -> BudgetMetrics {
+        let a = self.app_label(Some(app));
+        if let Some(l) = limit {
+            self.budget
+                .limit
+                .with_label_values(&[a])
+                .set(i64::try_from(l).unwrap_or(i64::MAX));
+        }
+        BudgetMetrics {
+            used: self.budget.used.with_label_values(&[a]),
+            exhausted: self.budget.exhausted.with_label_values(&[a]),
+        }
     }
 
     /// Records how many tenants a store app holds.

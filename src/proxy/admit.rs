@@ -114,6 +114,8 @@ impl Gateway {
         parts: &Parts,
         body: &Bytes,
     ) -> Result<(), GatewayError> {
+        // The monthly call budget first (budget.rs): a spent one spends no quota.
+        self.budget_check(ctx)?;
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return Ok(());
         };
@@ -300,13 +302,15 @@ impl Gateway {
         code: Option<i64>,
         scope: Option<Pause>,
     ) {
+        // The monthly budget's codes are no throttle: the budget (its own
+        // metrics and alerts) handles them, nothing is paused here.
+        if scope == Some(Pause::Month) {
+            return;
+        }
         self.metrics.upstream_throttled(ctx.app, ctx.route, code);
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return;
         };
-        if scope == Some(Pause::Month) {
-            return;
-        }
         let Some(pair) = self.quota_keys.app_key(app, route) else {
             return;
         };
