@@ -92,6 +92,13 @@ async fn a_get_answered_with_a_transient_failure_is_retried_and_counted() {
         ),
         Some(3.0)
     );
+    // The monthly budget counts what Feishu counts: the three successes,
+    // not the failed attempts before them.
+    assert_eq!(
+        metric_value(&m, "feishu_gateway_budget_used{app=\"ops-bot\"}"),
+        Some(3.0),
+        "{m}"
+    );
     h.stop().await;
 }
 
@@ -116,14 +123,14 @@ async fn after_max_retries_the_last_failure_is_answered() {
 }
 
 /// 99991403 (monthly budget spent), 99991672 (missing scope) and throttling
-/// are not transient: never sent again, even for a GET. Throttling comes
-/// last: Feishu's 99991400 pauses the route (`upstream_throttled`), and the
-/// next call is the gateway's own 429, neither sent nor retried.
+/// are not transient: never sent again, even for a GET. Each of Feishu's
+/// walls then holds the calls behind it in the gateway, neither sent nor
+/// retried: 99991400 pauses the route (`upstream_throttled`), 99991403
+/// stops the app's counted calls until the month turns (the budget).
 #[tokio::test]
 async fn a_spent_budget_a_missing_scope_or_throttling_is_never_retried() {
     let h = start_with(sim_config(), fast).await;
     for (code, status) in [
-        (99991403, StatusCode::FORBIDDEN),
         (99991672, StatusCode::BAD_REQUEST),
         (230049, StatusCode::BAD_REQUEST),
         (99991400, StatusCode::BAD_REQUEST),
@@ -139,6 +146,26 @@ async fn a_spent_budget_a_missing_scope_or_throttling_is_never_retried() {
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", a.text());
     assert_eq!(a.header("x-gateway-error"), Some("rate-limited"));
     assert_eq!(sent_to(&h, CHAT), before, "the paused route sends nothing");
+
+    // The monthly budget, on another route (the chat's is paused).
+    const MESSAGE: &str = "/open-apis/im/v1/messages/om_1";
+    let auth = auth();
+    let headers = [("authorization", auth.as_str())];
+    let get_message = || h.call(Method::GET, MESSAGE, &headers, "");
+    h.sim
+        .answer_next_with_code(99991403, StatusCode::TOO_MANY_REQUESTS, 1);
+    let a = get_message().await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::TOO_MANY_REQUESTS, 99991403)
+    );
+    assert!(a.header("x-gateway-error").is_none(), "Feishu's own answer");
+    assert_eq!(sent_to(&h, MESSAGE), 1, "99991403 was sent once");
+    let a = get_message().await;
+    assert_eq!(a.code(), 99991403, "{:?}", a.text());
+    assert_eq!(a.header("x-gateway-error"), Some("budget-exhausted"));
+    assert_eq!(sent_to(&h, MESSAGE), 1, "the spent budget sends nothing");
+
     let m = h.metrics().await;
     assert_eq!(
         metric_value(

@@ -1,8 +1,8 @@
 //! The composition root: the only code that turns a [`Config`] into the
 //! gateway's parts — catalog, metrics, upstream connections, the Redis
 //! connection, app_ticket store, token manager, quota engine and keys, store
-//! apps, contracts — and the listener's TLS. Domain modules never read the
-//! config; they are handed what they need here.
+//! apps, monthly budgets, contracts — and the listener's TLS. Domain modules
+//! never read the config; they are handed what they need here.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use http::HeaderValue;
 use super::StartError;
 use crate::auth::sdk_token::TokenIssuer;
 use crate::auth::ClientTable;
+use crate::budget::{Budgets, Store as BudgetStore};
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::{Catalog, Contracts};
 use crate::observe::metrics::Metrics;
@@ -162,6 +163,19 @@ fn gateway(
         Arc::clone(&metrics),
     )?;
     let store = Arc::new(StoreApps::new(&config.apps, tickets, Arc::clone(&metrics)));
+    // The monthly budgets' counts: in Redis with the Redis backend (shared
+    // by every replica), else in the process, kept in `state_dir` if set.
+    let budget_store = match (redis, &config.state_dir) {
+        (Some(conn), _) => BudgetStore::redis(conn.clone(), config.quota.key_prefix.clone()),
+        (None, Some(dir)) => BudgetStore::Dir(dir.clone()),
+        (None, None) => BudgetStore::Memory,
+    };
+    let budget = Arc::new(Budgets::new(
+        &config.budget,
+        config.apps.len(),
+        &metrics,
+        budget_store,
+    ));
     let mut contracts = Contracts::for_catalog(&catalog);
     for (i, route) in catalog.routes().iter().enumerate() {
         if let Some(c) = contracts.get_mut(i) {
@@ -199,6 +213,7 @@ fn gateway(
         quota_keys,
         resource_keys,
         quota_config: config.quota.clone(),
+        budget,
         max_body_bytes: config.max_body_bytes,
         body_read_timeout: config.timeouts.body_read,
         upstream_timeout: config.timeouts.upstream,

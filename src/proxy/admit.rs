@@ -114,6 +114,8 @@ impl Gateway {
         parts: &Parts,
         body: &Bytes,
     ) -> Result<(), GatewayError> {
+        // The monthly call budget first (budget.rs): a spent one spends no quota.
+        self.budget_check(ctx)?;
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return Ok(());
         };
@@ -184,7 +186,7 @@ impl Gateway {
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return Ok(());
         };
-        let (Some(key), Some(metrics)) = (&pair.key, &pair.metrics) else {
+        let Some(key) = &pair.key else {
             // No gateway quota (`special` or no documented limit): only the
             // pause after Feishu's own throttle answer holds it.
             return self.sit_out_pause(ctx, &pair.pause, overflow).await;
@@ -205,20 +207,22 @@ impl Gateway {
                 None => key.acquire(overflow).await,
             }
         };
-        let pair = metrics;
         let result = match overflow {
             Overflow::Reject => acquire.await,
             Overflow::Wait(_) => {
-                pair.waiting.inc();
+                let waiting = &pair.wait_metrics(&self.metrics).waiting;
+                waiting.inc();
                 let r = acquire.await;
-                pair.waiting.dec();
+                waiting.dec();
                 r
             }
         };
         match result {
             Ok(admit) => {
                 if !admit.waited.is_zero() {
-                    pair.wait.observe(admit.waited.as_secs_f64());
+                    pair.wait_metrics(&self.metrics)
+                        .wait
+                        .observe(admit.waited.as_secs_f64());
                 }
                 Ok(())
             }
@@ -298,13 +302,15 @@ impl Gateway {
         code: Option<i64>,
         scope: Option<Pause>,
     ) {
+        // The monthly budget's codes are no throttle: the budget (its own
+        // metrics and alerts) handles them, nothing is paused here.
+        if scope == Some(Pause::Month) {
+            return;
+        }
         self.metrics.upstream_throttled(ctx.app, ctx.route, code);
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return;
         };
-        if scope == Some(Pause::Month) {
-            return;
-        }
         let Some(pair) = self.quota_keys.app_key(app, route) else {
             return;
         };

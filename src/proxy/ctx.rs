@@ -40,6 +40,9 @@ pub struct RequestCtx {
     pub tenant: Option<Arc<Tenant>>,
     /// The resources the request holds (per-resource limits), until it ends.
     pub resources: Vec<super::resources::Held>,
+    /// The path is one Feishu does not count against the monthly call
+    /// budget (`data/budget-exempt.tsv`); noted by `route`.
+    pub budget_exempt: bool,
 }
 
 impl RequestCtx {
@@ -58,6 +61,7 @@ impl RequestCtx {
             user_token: None,
             tenant: None,
             resources: Vec::new(),
+            budget_exempt: false,
         }
     }
 }

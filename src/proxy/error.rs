@@ -3,7 +3,7 @@
 //!
 //! The official SDKs JSON-decode every answer and read `code` and `msg`, so
 //! gateway-made answers use Feishu's own codes where one fits (99991661,
-//! 99991663, 99991400, 232001) and a small documented set of gateway codes
+//! 99991663, 99991400, 99991403, 232001) and a small documented set of gateway codes
 //! otherwise ([`codes`]). Upstream failures are 502/503, never 504: the Go SDK
 //! turns any 504 into a timeout and drops its body.
 
@@ -89,6 +89,8 @@ pub enum GatewayError {
     },
     /// The shared quota backend is unavailable and `quota.fail = "closed"`.
     QuotaBackendUnavailable,
+    /// A counted call of an app whose monthly call budget is spent.
+    BudgetExhausted(Box<crate::budget::Exhausted>),
     /// A bug: a panic or an impossible state.
     Internal,
 }
@@ -117,7 +119,8 @@ impl GatewayError {
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::RateLimited(_)
             | GatewayError::UpstreamPaused { .. }
-            | GatewayError::ResourceBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | GatewayError::ResourceBusy { .. }
+            | GatewayError::BudgetExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::QuotaBackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -145,6 +148,7 @@ impl GatewayError {
             GatewayError::RateLimited(_)
             | GatewayError::UpstreamPaused { .. }
             | GatewayError::ResourceBusy { .. } => "rate-limited",
+            GatewayError::BudgetExhausted(_) => "budget-exhausted",
             GatewayError::QuotaBackendUnavailable => "quota-backend-unavailable",
             GatewayError::Internal => "internal",
         }
@@ -173,6 +177,7 @@ impl GatewayError {
             GatewayError::RateLimited(_)
             | GatewayError::UpstreamPaused { .. }
             | GatewayError::ResourceBusy { .. } => codes::RATE_LIMITED,
+            GatewayError::BudgetExhausted(_) => codes::MONTHLY_QUOTA_EXCEEDED,
             GatewayError::QuotaBackendUnavailable => codes::GW_QUOTA_BACKEND_UNAVAILABLE,
             GatewayError::Internal => codes::GW_INTERNAL,
         }
@@ -245,6 +250,7 @@ impl GatewayError {
             GatewayError::QuotaBackendUnavailable => {
                 "feishu-gateway: the shared quota backend is unavailable; retry later".into()
             }
+            GatewayError::BudgetExhausted(e) => e.msg(),
             GatewayError::Internal => "feishu-gateway: internal error".into(),
         }
     }
@@ -308,6 +314,13 @@ impl GatewayError {
             let reset = HeaderValue::from(crate::quota::whole_secs(*retry_after));
             h.insert(X_OGW_RATELIMIT_RESET, reset.clone());
             h.insert(http::header::RETRY_AFTER, reset);
+        }
+        if let GatewayError::BudgetExhausted(e) = &self {
+            // Until the month turns in Asia/Shanghai.
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(e.retry_after_secs),
+            );
         }
         if let GatewayError::QuotaBackendUnavailable = &self {
             let h = resp.headers_mut();

@@ -76,6 +76,7 @@ impl Gateway {
                     );
                 }
                 (code, _) => {
+                    self.budget_count(ctx, answer.head.status, code);
                     // Feishu's throttle codes, whatever the HTTP status
                     // (99991400 with 400, 1254290 with 200 …), and a 429
                     // that carries no code of its own.

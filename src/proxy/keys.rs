@@ -26,8 +26,19 @@ pub struct PairKey {
     pub pause: PauseCell,
     /// How long the next pause lasts when Feishu says no reset time.
     pub backoff: Backoff,
-    /// Waiting gauge and wait histogram of the pair (limited routes).
-    pub metrics: Option<QuotaPairMetrics>,
+    /// Waiting gauge and wait histogram of the pair: made when a request
+    /// first waits here.
+    wait_metrics: OnceLock<QuotaPairMetrics>,
+    app: usize,
+    route: usize,
+}
+
+impl PairKey {
+    /// The pair's wait-mode metrics, made on first use.
+    pub fn wait_metrics(&self, metrics: &Metrics) -> &QuotaPairMetrics {
+        self.wait_metrics
+            .get_or_init(|| metrics.quota_wait(self.app, self.route))
+    }
 }
 
 /// Every (app, route) key, made on first use.
@@ -121,16 +132,18 @@ impl QuotaKeys {
             let app_id = self.app_ids.get(app).map_or("", String::as_str);
             let key =
                 limited.and_then(|(spec, suffix)| self.make(spec, format!("{app_id}:{suffix}")));
-            let metrics = limited.map(|(spec, _)| {
+            if let Some((spec, _)) = limited {
                 let windows = spec.plan().windows().map(|w| (w.to_string(), w.limit()));
                 self.metrics
-                    .quota_pair(app, route, windows.collect::<Vec<_>>())
-            });
+                    .quota_limits(app, route, windows.collect::<Vec<_>>());
+            }
             Box::new(PairKey {
                 key,
                 pause: PauseCell::default(),
                 backoff: Backoff::default(),
-                metrics,
+                wait_metrics: OnceLock::new(),
+                app,
+                route,
             })
         });
         Some(pair)

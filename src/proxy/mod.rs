@@ -14,8 +14,8 @@
 //! | `authenticate`    | `authenticate.rs` | which client is calling, so which app (and tenant)   |
 //! | `read_body`       | `admit.rs`        | buffer the body within the size and time limits      |
 //! | `validate`        | `admit.rs`        | the route's contract, answered in Feishu's words     |
-//! | `admit`           | `admit.rs`        | the (app[, tenant], route) quota: go, wait, or 429   |
-//! | `forward`         | `forward.rs`      | inject the token, send, replay once on token-invalid |
+//! | `admit`           | `admit.rs`        | the monthly budget (`budget.rs`), then the (app[, tenant], route) quota: go, wait, or 429 |
+//! | `forward`         | `forward.rs`      | inject the token, send, replay once on token-invalid; count the answer against the budget (`budget.rs`) |
 //! |                   | `retry.rs`        | the attempts: retries by code, safe ones, in budget and time |
 //! | `response_filter` | `forward.rs`      | strip hop-by-hop headers from Feishu's answer        |
 //! | `logging`         | `log.rs`          | one access-log line and the request metrics          |
@@ -30,6 +30,7 @@
 mod admit;
 mod authenticate;
 pub mod body;
+mod budget;
 mod ctx;
 pub mod error;
 mod forward;
@@ -56,6 +57,7 @@ use hyper::body::Incoming;
 
 use crate::auth::sdk_token::TokenIssuer;
 use crate::auth::ClientTable;
+use crate::budget::Budgets;
 use crate::endpoints::Catalog;
 use crate::endpoints::Contracts;
 use crate::observe::metrics::Metrics;
@@ -98,6 +100,9 @@ pub struct Gateway {
     /// use.
     pub(crate) resource_keys: ResourceKeys,
     pub(crate) quota_config: QuotaConfig,
+    /// The monthly call budgets, checked in `admit` and counted in
+    /// `forward`.
+    pub(crate) budget: Arc<Budgets>,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_read_timeout: Duration,
     pub(crate) upstream_timeout: Duration,
@@ -167,6 +172,12 @@ impl Gateway {
     /// The quota engine (for `/readyz`).
     pub fn quota(&self) -> &Engine {
         self.quota_keys.engine()
+    }
+
+    /// The monthly call budgets (loaded, synced and flushed by the
+    /// runtime).
+    pub fn budget(&self) -> &Arc<Budgets> {
+        &self.budget
     }
 
     /// The metrics (for `/metrics`).

@@ -283,6 +283,19 @@ impl App {
         self.set("max_tenants", int(n))
     }
 
+    /// `monthly_budget`: counted calls per month.
+    pub fn monthly_budget(self, n: u64) -> Self {
+        self.set(
+            "monthly_budget",
+            Value::Integer(i64::try_from(n).expect("fits")),
+        )
+    }
+
+    /// `budget_group`: apps of one tenant sharing one monthly budget.
+    pub fn budget_group(self, name: &str) -> Self {
+        self.set("budget_group", name)
+    }
+
     fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.0.insert(key.into(), value.into());
         self
