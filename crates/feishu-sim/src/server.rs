@@ -38,6 +38,7 @@ use super::push::schedule_ticket_push;
 use super::quota::{Endpoint, Over};
 use super::state::{lock, Shared};
 use super::tokens::Holder;
+use super::upload;
 use super::{
     QuotaMode, RecordedRequest, StoreCall, StoreCallKind, TokenCall, TokenKind, TokenVerdict,
 };
@@ -119,6 +120,12 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     let (parts, body) = req.into_parts();
+    // Uploads stream through their own reader (upload.rs), never buffered.
+    if let Some(kind) = upload::route(&parts.method, parts.uri.path()) {
+        return upload::handle(shared, parts, body, kind)
+            .await
+            .ok_or(Dropped);
+    }
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return Err(Dropped),
@@ -402,7 +409,7 @@ impl<'a> Route<'a> {
 }
 
 /// The token of `Authorization: Bearer <token>`, if well-formed.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use super::quota::QuotaBook;
 use super::store::StoreBook;
 use super::tokens::TokenBook;
+use super::upload::UploadRecord;
 use super::{PushedEvent, QuotaMode, RecordedRequest, SimApp, SimConfig, StoreCall, TokenCall};
 
 /// Lock a mutex, carrying on after a panic elsewhere: the data is records and
@@ -110,6 +111,7 @@ pub(crate) struct Shared {
     pub(crate) push_tasks: Mutex<JoinSet<()>>,
     pub(crate) store_calls: Mutex<Vec<StoreCall>>,
     pub(crate) pushed: Mutex<Vec<PushedEvent>>,
+    pub(crate) uploads: Mutex<Vec<UploadRecord>>,
 }
 
 impl Shared {
@@ -135,6 +137,7 @@ impl Shared {
             push_tasks: Mutex::new(JoinSet::new()),
             store_calls: Mutex::new(Vec::new()),
             pushed: Mutex::new(Vec::new()),
+            uploads: Mutex::new(Vec::new()),
         };
         shared.set_latency(cfg.latency);
         shared.set_ticket_push_delay(cfg.ticket_push_delay);
