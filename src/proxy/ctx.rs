@@ -38,6 +38,9 @@ pub struct RequestCtx {
     pub user_token: Option<HeaderValue>,
     /// For store apps: the tenant the request acts for.
     pub tenant: Option<Arc<Tenant>>,
+    /// The gateway answers while the client's body is still partly unread
+    /// (an upload stopped): the answer closes the connection.
+    pub body_unread: bool,
 }
 
 impl RequestCtx {
@@ -55,6 +58,7 @@ impl RequestCtx {
             replayed_after: None,
             user_token: None,
             tenant: None,
+            body_unread: false,
         }
     }
 }

@@ -13,15 +13,19 @@
 //! | `issue_token`     | `front.rs`        | Feishu's token endpoints, answered by the gateway    |
 //! | `authenticate`    | `authenticate.rs` | which client is calling, so which app (and tenant)   |
 //! | `read_body`       | `admit.rs`        | buffer the body within the size and time limits      |
+//! |                   | `stream.rs`       | uploads: a checked start, then the body streams      |
 //! | `validate`        | `admit.rs`        | the route's contract, answered in Feishu's words     |
 //! | `admit`           | `admit.rs`        | the (app[, tenant], route) quota: go, wait, or 429   |
 //! | `forward`         | `forward.rs`      | inject the token, send, replay once on token-invalid |
+//! |                   | `stream.rs`       | uploads: a fresh token, sent once, never replayed    |
 //! | `response_filter` | `forward.rs`      | strip hop-by-hop headers from Feishu's answer        |
 //! | `logging`         | `log.rs`          | one access-log line and the request metrics          |
 //!
 //! Beside them: [`RequestCtx`] (`ctx.rs`), the per-request state; `headers.rs`,
 //! which headers cross; `inspect.rs`, Feishu's `code` read off an answer;
 //! `keys.rs`, the quota keys `admit` acquires, made on first use;
+//! `upload.rs`, an upload's body on its way to Feishu, counted and its
+//! multipart form checked as it streams;
 //! [`body`], the answer body; [`error`], every answer the gateway writes
 //! itself. Shared state lives on [`Gateway`], never in statics.
 
@@ -36,10 +40,13 @@ mod headers;
 mod inspect;
 mod keys;
 mod log;
+mod stream;
+mod upload;
 
 pub use ctx::RequestCtx;
 use front::token_endpoint;
 pub use keys::{PairKey, QuotaKeys};
+use stream::Start;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,7 +122,12 @@ impl Gateway {
             Err(err) => {
                 ctx.code = Some(err.code());
                 ctx.gateway_error = Some(err.reason());
-                err.into_response()
+                let mut resp = err.into_response();
+                if ctx.body_unread {
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
             }
         };
         self.logging(&ctx, &resp);
@@ -136,7 +148,17 @@ impl Gateway {
             return self.issue_token(ctx, &parts, body, field).await;
         }
         self.authenticate(ctx, &parts.headers)?;
-        let body = self.read_body(&parts, body, self.body_limit(ctx)).await?;
+        let body = match self
+            .read_start(ctx, &parts, body, self.body_limit(ctx))
+            .await?
+        {
+            Start::Whole(body) => body,
+            Start::Streamed(upload) => {
+                self.admit(ctx, &parts.headers).await?;
+                let resp = self.forward_streamed(ctx, &parts, upload).await?;
+                return Ok(self.response_filter(resp));
+            }
+        };
         self.validate(ctx, &parts, &body)?;
         self.admit(ctx, &parts.headers).await?;
         let resp = self.forward(ctx, &parts, body).await?;
