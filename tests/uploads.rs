@@ -292,6 +292,11 @@ async fn a_small_upload_is_buffered_and_checked_whole() {
     assert_eq!(a.code(), 232001);
     assert_eq!(a.header("x-gateway-error"), Some("invalid-request"));
     assert_eq!(
+        a.header("connection"),
+        None,
+        "read whole: the connection goes on"
+    );
+    assert_eq!(
         a.json()["error"]["field_violations"][0]["field"],
         "image_type",
         "{}",
@@ -396,6 +401,31 @@ async fn a_missing_field_after_a_large_file_aborts_the_upstream_request() {
     assert!(!ups[0].complete, "aborted, not completed");
     assert!(ups[0].bytes < ups[0].content_length.unwrap());
     assert_eq!(ups[0].answered_code, None);
+
+    // A whole body whose form lacks its closing boundary: only its end
+    // tells, so its last chunk is held back and the request never
+    // completes.
+    let mut body = form(&[
+        Part::Text("image_type", "message"),
+        Part::File("image", "a.png", &file),
+    ]);
+    body.truncate(body.len() - (BOUNDARY.len() + 6));
+    let r = raw_exchange(
+        h.gw.addr(),
+        head_of(IMAGES, Some(body.len())),
+        body,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}\n{}", r.head, r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["field_violations"][0]["field"], "body", "{v}");
+    wait_for(Duration::from_secs(5), || async {
+        h.sim.uploads().len() == 2
+    })
+    .await;
+    let u = h.sim.uploads().pop().unwrap();
+    assert!(!u.complete, "its last byte never left");
     h.stop().await;
 }
 
@@ -571,6 +601,49 @@ async fn a_token_invalid_answer_to_a_streamed_upload_goes_to_the_client_once() {
     let a = upload(&h, IMAGES, body).await;
     assert_eq!(a.code(), 0, "{}", a.text());
     assert_eq!(h.sim.token_calls().len(), tokens_before + 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn over_http2_an_upload_streams_and_a_broken_one_is_reset() {
+    let sim = SimFeishu::start(SimConfig {
+        tls: true,
+        ..sim_config()
+    })
+    .await
+    .expect("sim starts");
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), sim.ca_pem().unwrap()).unwrap();
+    let h = Harness::on(sim, |c| c.upstream_ca_file(ca.path())).await;
+    let file = file_of(3 << 20);
+    let body = form(&[
+        Part::Text("image_type", "message"),
+        Part::File("image", "a.png", &file),
+    ]);
+    let a = upload(&h, IMAGES, body).await;
+    assert_eq!(a.code(), 0, "{}", a.text());
+    let u = h.sim.uploads().pop().unwrap();
+    assert_eq!(u.version, http::Version::HTTP_2);
+    assert!(u.complete);
+    assert_eq!(u.file_sha256, sha256_hex(&file));
+
+    // The image_type is missing, known at the end: the stream is reset.
+    let body = form(&[Part::File("image", "a.png", &file)]);
+    let r = raw_exchange(
+        h.gw.addr(),
+        head_of(IMAGES, Some(body.len())),
+        body,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}\n{}", r.head, r.body);
+    wait_for(Duration::from_secs(5), || async {
+        h.sim.uploads().len() == 2
+    })
+    .await;
+    let u = h.sim.uploads().pop().unwrap();
+    assert!(!u.complete, "reset, not completed");
+    assert_eq!(u.answered_code, None);
     h.stop().await;
 }
 

@@ -154,6 +154,8 @@ impl Gateway {
         {
             Start::Whole(body) => body,
             Start::Streamed(upload) => {
+                // Refused from here on, the client's body is left unread.
+                ctx.body_unread = true;
                 self.admit(ctx, &parts.headers).await?;
                 let resp = self.forward_streamed(ctx, &parts, upload).await?;
                 return Ok(self.response_filter(resp));

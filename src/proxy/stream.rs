@@ -118,8 +118,9 @@ impl Gateway {
                 match ct.map(multer::parse_boundary) {
                     Some(Ok(boundary)) => Some((Arc::clone(contract), boundary)),
                     _ => {
-                        let shown = ct;
-                        self.form_broken(ctx, FormCheck::bad_content_type(shown), enforce)?;
+                        // Answered before the body is read.
+                        ctx.body_unread = enforce;
+                        self.form_broken(ctx, FormCheck::bad_content_type(ct), enforce)?;
                         None
                     }
                 }
@@ -169,7 +170,6 @@ impl Gateway {
         enforce: bool,
     ) -> Result<(), GatewayError> {
         if enforce {
-            ctx.body_unread = true;
             return Err(GatewayError::Invalid(Box::new(v)));
         }
         self.metrics.would_reject(ctx.app, ctx.route);

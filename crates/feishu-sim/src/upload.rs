@@ -73,6 +73,8 @@ pub(crate) fn route(method: &Method, path: &str) -> Option<UploadKind> {
 pub struct UploadRecord {
     /// The path.
     pub path: String,
+    /// The HTTP version it came with (`HTTP_2` when ALPN chose `h2`).
+    pub version: http::Version,
     /// The bearer token it came with.
     pub bearer: Option<String>,
     /// How that token was judged.
@@ -247,6 +249,7 @@ pub(crate) async fn handle(
     let answer = complete.then(|| decide(&shared, kind, verdict, &form));
     let record = UploadRecord {
         path: parts.uri.path().to_owned(),
+        version: parts.version,
         bearer,
         token_verdict: verdict,
         content_length: parts
