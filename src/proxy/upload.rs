@@ -422,6 +422,9 @@ impl futures_core::Stream for FeedStream {
 
 type Check = Pin<Box<dyn Future<Output = Result<(), Violations>> + Send>>;
 
+/// Polls of the check per chunk at most (each takes a step of the parser).
+const MAX_POLLS: usize = 64;
+
 /// The multipart parser (`multer`) and the [`FormCheck`] over its parts,
 /// driven chunk by chunk from inside [`UploadBody`]: each chunk is handed
 /// to the parser and the check runs as far as that chunk lets it, before
@@ -479,21 +482,25 @@ impl FormDriver {
             feed.eof |= last;
         }
         let mut cx = Context::from_waker(Waker::noop());
-        match self.check.as_mut().poll(&mut cx) {
-            Poll::Ready(verdict) => {
+        // One poll takes the parser as far as its input lets it (multer
+        // 3.1, tested below with every split); polling again while it has
+        // not taken every chunk, or at the end until it has a verdict, keeps
+        // that true should a parser step ever return early.
+        for _ in 0..MAX_POLLS {
+            if let Poll::Ready(verdict) = self.check.as_mut().poll(&mut cx) {
                 self.done = Some(verdict.clone());
-                verdict
+                return verdict;
             }
-            // The parser read everything to the end and still waits: cannot
-            // happen (it answers an early end with an error), but never let
-            // an unchecked end through.
-            Poll::Pending if last => {
-                let v = FormCheck::broken_form("ends before the closing boundary");
-                self.done = Some(Err(v.clone()));
-                Err(v)
+            let feed = lock(&self.feed);
+            if feed.chunks.is_empty() && !feed.eof {
+                return Ok(());
             }
-            Poll::Pending => Ok(()),
         }
+        // Still no verdict with the whole body given: never let an
+        // unchecked end through.
+        let v = FormCheck::broken_form("ends before the closing boundary");
+        self.done = Some(Err(v.clone()));
+        Err(v)
     }
 }
 
@@ -563,5 +570,83 @@ fn parser_problem(e: &multer::Error) -> String {
     match e {
         multer::Error::IncompleteStream => "ends before the closing boundary".into(),
         other => format!("is not a valid multipart/form-data body ({other})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoints::uploads;
+
+    fn form(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (name, file_name, value) in parts {
+            body.extend_from_slice(b"--XyZ\r\nContent-Disposition: form-data; name=\"");
+            body.extend_from_slice(name.as_bytes());
+            if let Some(f) = file_name {
+                body.extend_from_slice(format!("\"; filename=\"{f}").as_bytes());
+            }
+            body.extend_from_slice(b"\"\r\n\r\n");
+            body.extend_from_slice(value);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"--XyZ--\r\n");
+        body
+    }
+
+    /// Feeds `body` in chunks of `size`; the verdict and the chunk it came
+    /// with.
+    fn feed_in_chunks(body: &[u8], size: usize) -> (Result<(), Violations>, usize) {
+        let contract = Arc::new(uploads::form(uploads::IMAGES).unwrap());
+        let mut driver = FormDriver::new(contract, "XyZ".into());
+        let chunks: Vec<&[u8]> = body.chunks(size).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let verdict = driver.feed(Bytes::copy_from_slice(chunk), last);
+            if verdict.is_err() || last {
+                return (verdict, i);
+            }
+        }
+        unreachable!("the last chunk returns")
+    }
+
+    #[test]
+    fn any_split_of_a_good_form_passes() {
+        // The file holds starts of the delimiter (`\r\n--XyZ`, which a form's
+        // parts never hold whole), to be split across chunks.
+        let file = b"\x89PNG\r\n--Xy\r\n-XyZ--XyZ\r\n--X".repeat(50);
+        let body = form(&[
+            ("image_type", None, b"message"),
+            ("image", Some("a.png"), &file),
+        ]);
+        let bad: Vec<usize> = (1..200)
+            .chain([1000, body.len()])
+            .filter(|&size| feed_in_chunks(&body, size).0.is_err())
+            .collect();
+        assert!(bad.is_empty(), "chunk sizes {bad:?} fail");
+    }
+
+    #[test]
+    fn a_bad_field_fails_with_its_chunk_and_a_missing_one_with_the_last() {
+        let file = vec![7u8; 4000];
+        let body = form(&[
+            ("image_type", None, b"photo"),
+            ("image", Some("a.png"), &file),
+        ]);
+        let (verdict, at) = feed_in_chunks(&body, 100);
+        let v = verdict.unwrap_err();
+        assert_eq!(v.list()[0].field, "image_type");
+        assert!(at < 2, "found at chunk {at}, long before the file ends");
+
+        let body = form(&[("image", Some("a.png"), &file)]);
+        let chunks = body.len().div_ceil(100);
+        let (verdict, at) = feed_in_chunks(&body, 100);
+        assert_eq!(verdict.unwrap_err().list()[0].field, "image_type");
+        assert_eq!(at, chunks - 1, "known only at the end");
+
+        // Cut before the closing boundary: known when the body ends.
+        let cut = &body[..body.len() - 9];
+        let (verdict, _) = feed_in_chunks(cut, 100);
+        assert_eq!(verdict.unwrap_err().list()[0].field, "body");
     }
 }
