@@ -18,7 +18,8 @@
 //! | `tokens.rs` | `[token]`, `[sdk_tokens]`                               |
 //! | `quota.rs`  | `[quota]`, with its Redis keys                          |
 //! | `routes.rs` | `[[routes]]`                                            |
-//! | `apps.rs`   | `[[apps]]` and `[[clients]]`, and the checks between them |
+//! | `retries.rs`| `[retries]`: retries by code after transient failures  |
+//! | `apps.rs`   | `[[apps]]` and `[[clients]]`, and the checks between them; the budget groups (`monthly_budget`, `budget_group`) |
 //! | `reader.rs` | [`Section`]: typed reads that record [`Problems`], unknown keys |
 //! | `env.rs`    | [`Environment`]; secrets given as `<base>_env` or `<base>_file` |
 //!
@@ -32,6 +33,7 @@ mod apps;
 mod env;
 mod quota;
 mod reader;
+mod retries;
 mod routes;
 mod server;
 mod tokens;
@@ -48,8 +50,10 @@ pub use server::{default_workers, Pool, Timeouts};
 
 pub use crate::auth::sdk_token::SdkTokens;
 pub use crate::auth::{key_digest, ClientConfig};
+pub use crate::budget::{BudgetConfig, BudgetGroup};
 pub use crate::endpoints::RouteConfig;
 pub use crate::observe::logging::{Log, LogFormat};
+pub use crate::proxy::RetryPolicy;
 pub use crate::quota::{OverflowMode, QuotaConfig};
 pub use crate::tokens::{AppConfig, AppKind, StoreAppSettings, TokenPolicy};
 pub use crate::upstream::Upstream;
@@ -91,9 +95,10 @@ pub struct Config {
     /// Logging (`[log]`).
     pub log: Log,
     /// Where the gateway keeps state across restarts (`state_dir`): the
-    /// latest app_ticket of each store app. Required with store apps,
-    /// unless `quota.backend = "redis"`: the tickets are then kept in Redis
-    /// and this directory is not used.
+    /// latest app_ticket of each store app, and the monthly budget counts.
+    /// Required with store apps, unless `quota.backend = "redis"`: the
+    /// tickets and counts are then kept in Redis and this directory is not
+    /// used.
     pub state_dir: Option<PathBuf>,
     /// Quota behaviour (`[quota]`).
     pub quota: QuotaConfig,
@@ -101,10 +106,15 @@ pub struct Config {
     pub sdk_tokens: SdkTokens,
     /// Catalog overrides and additions (`[[routes]]`).
     pub routes: Vec<RouteConfig>,
+    /// Retries by code after a transient upstream failure (`[retries]`).
+    pub retries: RetryPolicy,
     /// The Feishu apps the gateway holds secrets for (`[[apps]]`).
     pub apps: Vec<AppConfig>,
     /// The internal services allowed to call (`[[clients]]`).
     pub clients: Vec<ClientConfig>,
+    /// The monthly call budgets (`[[apps]]` `monthly_budget`,
+    /// `budget_group`): one group per self-built app or per `budget_group`.
+    pub budget: BudgetConfig,
     /// Things worth saying that do not stop the gateway (e.g. plain-HTTP
     /// upstream on a non-loopback host).
     pub warnings: Vec<String>,
@@ -143,7 +153,8 @@ impl Config {
         let sdk_tokens = tokens::read_sdk_tokens(&mut s, env, p);
         let quota = quota::read(&mut s, env, p);
         let routes = routes::read(&mut s, &quota, p);
-        let (apps, clients) = apps::read(&mut s, &server.upstream, env, p);
+        let retries = retries::read(&mut s, p);
+        let (apps, clients, budget) = apps::read(&mut s, &server.upstream, env, p);
         s.finish(p);
 
         let mut warnings = Vec::new();
@@ -170,8 +181,10 @@ impl Config {
             quota,
             sdk_tokens,
             routes,
+            retries,
             apps,
             clients,
+            budget,
             warnings,
         })
     }
@@ -197,7 +210,7 @@ fn ticket_home(
     }
     if redis && state_dir.is_some() {
         warnings.push(
-            "state_dir is not used: with quota.backend = \"redis\" the app_tickets are kept in Redis".to_string(),
+            "state_dir is not used: with quota.backend = \"redis\" the app_tickets and the monthly budget counts are kept in Redis".to_string(),
         );
     }
 }

@@ -7,6 +7,7 @@
 //! | `data.rs`     | `data/feishu-api-limits.tsv`: every endpoint's documented limit |
 //! | `router.rs`   | request path → route (matchit; static segments first)           |
 //! | `route.rs`    | one entry: template, limits, options, parameter extraction      |
+//! | `resources.rs`| per-resource limits (a chat, a document, a table) and their endpoints |
 //! | one file per family ([`top_notice`], [`uploads`]) | hand-written additions: contract, body limit, upload form |
 //!
 //! The catalog is built from the data file (every row, with its limits),
@@ -17,11 +18,13 @@
 //! without gateway-specific rules.
 
 pub mod data;
+pub mod resources;
 mod route;
 mod router;
 pub mod top_notice;
 pub mod uploads;
 
+pub use resources::{KeySource, ResourceRule};
 pub use route::Route;
 pub use router::shape;
 pub use top_notice::{delete_top_notice, put_top_notice, DELETE_TOP_NOTICE, PUT_TOP_NOTICE};
@@ -89,6 +92,9 @@ pub struct RouteConfig {
     pub unknown_fields: Option<UnknownFields>,
     /// Overrides the global `max_body_bytes` for this route.
     pub max_body_bytes: Option<usize>,
+    /// Per-resource limits (`[[routes.resource_limits]]`): a rule with a
+    /// built-in rule's name replaces it; any other is added.
+    pub resource_limits: Vec<ResourceRule>,
 }
 
 /// All known routes.
@@ -98,6 +104,8 @@ pub struct Catalog {
     router: Router,
     /// Route index by method and template shape (overrides, lookups).
     by_shape: HashMap<(Method, String), usize>,
+    /// Per-resource rules; routes name them by index ([`Route::resources`]).
+    rules: Vec<ResourceRule>,
 }
 
 impl Catalog {
@@ -115,6 +123,7 @@ impl Catalog {
             routes: Vec::new(),
             router: Router::default(),
             by_shape: HashMap::new(),
+            rules: Vec::new(),
         };
         for row in data::rows() {
             let id = format!("{} {}", row.method, row.template);
@@ -135,6 +144,15 @@ impl Catalog {
             let route = &mut catalog.routes[i];
             route.id = b.id.to_string();
             route.max_body_bytes = route.max_body_bytes.or(b.max_body_bytes);
+        }
+        for b in resources::BUILTIN_RULES {
+            let r = catalog.add_rule(b.rule());
+            for (method, template) in b.endpoints {
+                let i = catalog.position(method, template).ok_or_else(|| {
+                    format!("resource rule {}: no endpoint {method} {template}", b.name)
+                })?;
+                catalog.attach(i, r)?;
+            }
         }
         for o in overrides {
             let i = match catalog.position(&o.method, &o.path) {
@@ -163,8 +181,52 @@ impl Catalog {
             if o.max_body_bytes.is_some() {
                 route.max_body_bytes = o.max_body_bytes;
             }
+            for rule in &o.resource_limits {
+                let r = catalog.add_rule(rule.clone());
+                catalog.attach(i, r)?;
+            }
         }
         Ok(catalog)
+    }
+
+    /// Adds `rule`, or replaces the rule of the same name; its index.
+    fn add_rule(&mut self, rule: ResourceRule) -> usize {
+        match self.rules.iter().position(|r| r.name == rule.name) {
+            Some(i) => {
+                self.rules[i] = rule;
+                i
+            }
+            None => {
+                self.rules.push(rule);
+                self.rules.len() - 1
+            }
+        }
+    }
+
+    /// Applies rule `r` to route `i`, whose template must have the path
+    /// parameters the rule reads.
+    fn attach(&mut self, i: usize, r: usize) -> Result<(), String> {
+        let rule = &self.rules[r];
+        let route = &mut self.routes[i];
+        for source in std::iter::once(&rule.key).chain(rule.kind.as_ref()) {
+            if let KeySource::Path(name) = source {
+                if !route.params().any(|p| p == name) {
+                    return Err(format!(
+                        "resource rule {}: {} {} has no path parameter {name:?}",
+                        rule.name, route.method, route.template
+                    ));
+                }
+            }
+        }
+        if !route.resources.contains(&r) {
+            route.resources.push(r);
+        }
+        Ok(())
+    }
+
+    /// The per-resource rules, by index.
+    pub fn rules(&self) -> &[ResourceRule] {
+        &self.rules
     }
 
     fn add(&mut self, route: Route) -> Result<usize, String> {
@@ -320,6 +382,59 @@ mod tests {
     }
 
     #[test]
+    fn builtin_resource_rules_sit_on_their_endpoints() {
+        let c = Catalog::builtin();
+        let rules_of = |m: Method, p: &str| -> Vec<String> {
+            let r = c.route(c.find(&m, p).unwrap());
+            r.resources
+                .iter()
+                .map(|&i| c.rules()[i].name.clone())
+                .collect()
+        };
+        assert_eq!(
+            rules_of(Method::POST, "/open-apis/im/v1/messages"),
+            ["im.receiver"]
+        );
+        assert_eq!(
+            rules_of(Method::PATCH, "/open-apis/im/v1/messages/om_1"),
+            ["im.card"]
+        );
+        assert!(rules_of(Method::PUT, "/open-apis/im/v1/messages/om_1").is_empty());
+        assert_eq!(
+            rules_of(
+                Method::PATCH,
+                "/open-apis/docx/v1/documents/d1/blocks/batch_update"
+            ),
+            ["docx.document"]
+        );
+        assert_eq!(
+            rules_of(Method::POST, "/open-apis/drive/v1/files/upload_all"),
+            ["drive.upload"]
+        );
+        let bad = RouteConfig {
+            method: Method::POST,
+            path: "/open-apis/im/v1/messages".into(),
+            limits: None,
+            overflow: None,
+            max_wait: None,
+            validation: None,
+            unknown_fields: None,
+            max_body_bytes: None,
+            resource_limits: vec![ResourceRule {
+                name: "x".into(),
+                key: KeySource::Path("chat_id".into()),
+                kind: None,
+                limits: vec!["1/1s".parse().unwrap()],
+                concurrency: None,
+                shared: false,
+                max_keys: 10,
+            }],
+        };
+        let e = Catalog::with_overrides(&[bad]).unwrap_err();
+        assert!(e.contains("no path parameter \"chat_id\""), "{e}");
+    }
+
+    #[test]
     fn ambiguous_templates_resolve_to_the_static_segment() {
         let c = Catalog::builtin();
         let t = |m: Method, p: &str| c.find(&m, p).map(|i| c.route(i).template.as_str());
@@ -355,6 +470,7 @@ mod tests {
                 validation: None,
                 unknown_fields: None,
                 max_body_bytes: None,
+                resource_limits: Vec::new(),
             },
             RouteConfig {
                 method: Method::POST,
@@ -365,6 +481,7 @@ mod tests {
                 validation: None,
                 unknown_fields: None,
                 max_body_bytes: None,
+                resource_limits: Vec::new(),
             },
         ];
         let c = Catalog::with_overrides(&o).unwrap();

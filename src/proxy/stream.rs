@@ -49,7 +49,7 @@ use tokio::time::Instant;
 
 use super::inspect::{inspect, Inspected};
 use super::upload::{FormDriver, Prefix, Stop, UploadBody, UploadState};
-use crate::feishu::{codes, paths};
+use crate::feishu::{codes, paths, throttle};
 use crate::proxy::body::{ProxyBody, StreamWatch};
 use crate::proxy::error::GatewayError;
 use crate::upstream::{OutgoingBody, UpstreamFailure};
@@ -295,8 +295,9 @@ impl Gateway {
     }
 
     /// Feishu's answer to a streamed upload, on its way back: a
-    /// token-invalid code drops the token (not replayed), a throttle pauses
-    /// the key, and a streamed answer is watched like any other.
+    /// token-invalid code drops the token (not replayed), the answer counts
+    /// against the monthly budget, a throttle pauses its key, and a
+    /// streamed answer is watched like any other (as in `forward`).
     fn streamed_answer(
         &self,
         ctx: &mut RequestCtx,
@@ -316,21 +317,32 @@ impl Gateway {
                 );
             }
         }
-        if answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
-            || answer.code == Some(codes::RATE_LIMITED)
-        {
-            self.upstream_throttled(ctx, &answer.head.headers);
+        // As `forward` does with its final answer: count it against the
+        // monthly budget, pause on Feishu's throttle answers.
+        let code = answer.code;
+        self.budget_count(ctx, answer.head.status, code);
+        let throttle = code.and_then(throttle::classify);
+        let bare_429 = answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
+            && (code.is_none() || code == Some(codes::OK));
+        if throttle.is_some() || bare_429 {
+            self.upstream_throttled(ctx, &answer.head.headers, code, throttle.map(|t| t.pause));
+        } else {
+            self.upstream_calm(ctx);
         }
-        ctx.code = answer.code;
+        ctx.code = code;
         ctx.logid = answer.head.headers.get(paths::X_TT_LOGID).cloned();
         let mut body = answer.body;
         body.watch(|| {
+            let count = |kind| {
+                self.metrics
+                    .upstream_error_counter(ctx.app, ctx.route, kind)
+            };
             StreamWatch::new(
                 self.upstream_idle,
-                self.metrics
-                    .upstream_error_counter(ctx.app, ctx.route, "idle_timeout"),
+                count("idle_timeout"),
                 self.metrics.in_flight().clone(),
             )
+            .counting_failures(count("reset"), count("protocol"))
         });
         Response::from_parts(answer.head, body)
     }
