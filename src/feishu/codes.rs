@@ -62,6 +62,14 @@ pub const EXTERNAL_CHAT: i64 = 232033;
 /// The app is not installed or not enabled in the tenant.
 pub const APP_NOT_INSTALLED: i64 = 232034;
 
+/// Upload: the file is larger than the endpoint takes (images 10 MB,
+/// files 30 MB).
+pub const UPLOAD_TOO_LARGE: i64 = 234006;
+/// Upload: the file is empty.
+pub const UPLOAD_EMPTY: i64 = 234010;
+/// Upload: the image format is not supported.
+pub const UPLOAD_BAD_FORMAT: i64 = 234011;
+
 /// Gateway: no such path on the gateway.
 pub const GW_NOT_FOUND: i64 = 99990404;
 /// Gateway: the client's request body did not arrive in time.
@@ -117,6 +125,9 @@ pub const KNOWN: &[(i64, &str)] = &[
         APP_NOT_INSTALLED,
         "app not installed or not enabled in the tenant",
     ),
+    (UPLOAD_TOO_LARGE, "upload: file too large"),
+    (UPLOAD_EMPTY, "upload: file empty"),
+    (UPLOAD_BAD_FORMAT, "upload: unsupported format"),
     (GW_NOT_FOUND, "gateway: no such path"),
     (GW_BODY_TIMEOUT, "gateway: request body timeout"),
     (GW_INTERNAL, "gateway: internal error"),
