@@ -824,8 +824,9 @@ impl SimFeishu {
 
     /// Every upload (`im/v1/images`, `im/v1/files`, drive `upload_all` and
     /// `upload_part`) received, complete or cut off, in the order they
-    /// ended. Uploads are not in [`requests`](Self::requests). Empty when
-    /// `record_requests` is off.
+    /// ended. A complete one is also in [`requests`](Self::requests), with
+    /// an empty body (its file is not kept). Empty when `record_requests`
+    /// is off.
     pub fn uploads(&self) -> Vec<UploadRecord> {
         lock(&self.shared.uploads).clone()
     }

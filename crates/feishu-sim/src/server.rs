@@ -127,15 +127,18 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     let (parts, body) = req.into_parts();
-    // Uploads stream through their own reader (upload.rs), never buffered.
-    if let Some(kind) = upload::route(&parts.method, parts.uri.path()) {
-        return upload::handle(shared, parts, body, kind)
-            .await
-            .ok_or(Dropped);
-    }
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Err(Dropped),
+    // A multipart upload is read as it streams (upload.rs), never held
+    // whole, then goes the way of every business request; a cut-off one is
+    // recorded and not answered.
+    let (body, upload) = match upload::route(&parts.method, parts.uri.path(), &parts.headers) {
+        Some(kind) => match upload::read(&shared, &parts, body, kind).await {
+            Some(read) => (Bytes::new(), Some(read)),
+            None => return Err(Dropped),
+        },
+        None => match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => (collected.to_bytes(), None),
+            Err(_) => return Err(Dropped),
+        },
     };
     if shared.faults.take_drop() {
         return Err(Dropped);
@@ -151,7 +154,11 @@ async fn handle(
         Some(AuthRoute::Store(kind)) => store_call(&shared, kind, &body, arrived, &logid).into(),
         None => {
             wait += shared.latency();
-            business(&shared, parts, body, arrived, &logid)
+            let mut decided = business(&shared, parts, body, arrived, &logid);
+            if let Some(read) = upload {
+                decided.answer = upload::answer(&shared, read, decided.answer);
+            }
+            decided
         }
     };
     // An admitted write is in flight until it is answered (or the client

@@ -3,20 +3,22 @@
 //! `/open-apis/im/v1/files` and drive's `files|medias/upload_all` and
 //! `upload_part`.
 //!
-//! Their bodies are read as they stream (never held whole: a file may be
-//! 30 MB), with a well-kept parser (`multer`): every byte of the body is
-//! counted, the text fields are kept, and the file part is counted and
-//! hashed (SHA-256), so a test can tell the fake got exactly the bytes that
-//! were sent. Each upload is recorded as an [`UploadRecord`]
-//! ([`crate::SimFeishu::uploads`]), a cut-off one too (`complete: false`:
-//! the sender aborted it), which is never answered with a success.
+//! A multipart body to one of them is read as it streams (never held
+//! whole: a file may be 30 MB), with a well-kept parser (`multer`): every
+//! byte of the body is counted, the text fields are kept, and the file part
+//! is counted and hashed (SHA-256), so a test can tell the fake got exactly
+//! the bytes that were sent. Each upload is recorded as an
+//! [`UploadRecord`] ([`crate::SimFeishu::uploads`]), a cut-off one too
+//! (`complete: false`: the sender aborted it), which is never answered.
 //!
-//! The answer, in Feishu's order: an injected answer; the token; the form
-//! (images: `image_type` ∈ {message, avatar} and a non-empty `image` of at
-//! most 10 MiB, else 234010 / 234006; files: `file_type`, `file_name` and a
-//! non-empty `file` of at most 30 MiB; drive: its fields and `file`, with
-//! `size` equal to the file's length); then success with a key or token.
-//! Quotas are not applied to uploads.
+//! A complete upload then goes the way of every business request (token,
+//! quotas, per-resource limits, injected answers, latency) with an empty
+//! body; when that says success, the form decides: images need
+//! `image_type` in {message, avatar} and a non-empty `image` of at most
+//! 10 MiB (else 234010 / 234006); files `file_type`, `file_name` and a
+//! non-empty `file` of at most 30 MiB; drive its fields and `file`, with
+//! `size` equal to the file's length; then the answer carries a key or a
+//! token. A body that is not multipart goes the generic way, unread here.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -25,15 +27,14 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{Method, Response, StatusCode};
-use http_body_util::Full;
+use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::answer::{code, new_logid, Answer};
+use super::answer::{code, Answer};
 
 /// Feishu's upload codes (feishu-platform.md §4).
 const UPLOAD_TOO_LARGE: i64 = 234006;
@@ -50,9 +51,10 @@ pub(crate) enum UploadKind {
     DrivePart,
 }
 
-/// The upload endpoint of `method` and `path`, if it is one.
-pub(crate) fn route(method: &Method, path: &str) -> Option<UploadKind> {
-    if method != Method::POST {
+/// The upload endpoint of `method` and `path`, if it is one and the body
+/// is `multipart/form-data` with a boundary.
+pub(crate) fn route(method: &Method, path: &str, headers: &HeaderMap) -> Option<UploadKind> {
+    if method != Method::POST || boundary(headers).is_none() {
         return None;
     }
     Some(match path {
@@ -66,6 +68,13 @@ pub(crate) fn route(method: &Method, path: &str) -> Option<UploadKind> {
         }
         _ => return None,
     })
+}
+
+fn boundary(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| multer::parse_boundary(v).ok())
 }
 
 /// One upload as the fake received it.
@@ -148,7 +157,7 @@ impl futures_core::Stream for Counted {
 }
 
 /// What the parser made of the body.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Form {
     fields: Vec<(String, String)>,
     file_part: Option<String>,
@@ -214,20 +223,21 @@ async fn read_form(body: Counted, boundary: Option<String>, file_part: &str) -> 
     form
 }
 
-/// One upload: read, decide, record, answer. `None` when the body broke
-/// off: the connection is gone, nothing is answered.
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    parts: Parts,
+/// A complete upload, read, waiting for its answer.
+pub(crate) struct Read {
+    kind: UploadKind,
+    form: Form,
+    record: UploadRecord,
+}
+
+/// Reads an upload as it streams. `None` when the body broke off (the
+/// sender aborted it): recorded, and the connection is dropped unanswered.
+pub(crate) async fn read(
+    shared: &Shared,
+    parts: &Parts,
     body: Incoming,
     kind: UploadKind,
-) -> Option<Response<Full<Bytes>>> {
-    let logid = new_logid();
-    let boundary = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| multer::parse_boundary(v).ok());
+) -> Option<Read> {
     let file_part = match kind {
         UploadKind::Image => "image",
         _ => "file",
@@ -237,7 +247,7 @@ pub(crate) async fn handle(
         body,
         seen: Arc::clone(&seen),
     };
-    let form = read_form(counted, boundary, file_part).await;
+    let form = read_form(counted, boundary(&parts.headers), file_part).await;
     // The transport broke (a reset, a chunked body without its last chunk,
     // fewer bytes than announced): the sender aborted it. A body the parser
     // gave up on early is answered (400) without being read further.
@@ -245,8 +255,6 @@ pub(crate) async fn handle(
     let complete = ended != Some(false);
     let bearer = super::server::bearer_token(&parts.headers).map(str::to_owned);
     let (verdict, _holder) = lock(&shared.tokens).judge(bearer.as_deref(), Instant::now());
-
-    let answer = complete.then(|| decide(&shared, kind, verdict, &form));
     let record = UploadRecord {
         path: parts.uri.path().to_owned(),
         version: parts.version,
@@ -260,37 +268,46 @@ pub(crate) async fn handle(
         chunked: parts.headers.contains_key(TRANSFER_ENCODING),
         bytes,
         complete,
-        fields: form.fields,
-        file_part: form.file_part,
+        fields: form.fields.clone(),
+        file_part: form.file_part.clone(),
         file_bytes: form.file_bytes,
-        file_sha256: form.file_sha256,
-        form_error: form.error,
-        answered_code: answer.as_ref().map(|a| a.code),
+        file_sha256: form.file_sha256.clone(),
+        form_error: form.error.clone(),
+        answered_code: None,
         arrived: Instant::now(),
     };
+    if !complete {
+        if shared.record_requests {
+            lock(&shared.uploads).push(record);
+        }
+        return None;
+    }
+    Some(Read { kind, form, record })
+}
+
+/// The answer to a complete upload: `generic`, what every business
+/// request gets (token, quotas, injected answers), unless it is a success;
+/// then the form's verdict.
+pub(crate) fn answer(shared: &Shared, read: Read, generic: Answer) -> Answer {
+    let Read {
+        kind,
+        form,
+        mut record,
+    } = read;
+    let answer = if generic.code == 0 {
+        verdict(kind, &form)
+    } else {
+        generic
+    };
+    record.answered_code = Some(answer.code);
     if shared.record_requests {
         lock(&shared.uploads).push(record);
     }
-    let answer = answer?;
-    let wait = shared.latency();
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-    }
-    Some(answer.into_response(&logid))
+    answer
 }
 
 /// The answer to a complete upload.
-fn decide(shared: &Shared, kind: UploadKind, verdict: TokenVerdict, form: &Form) -> Answer {
-    if let Some((code, status)) = shared.faults.take_injected() {
-        return Answer::error(status, code);
-    }
-    match verdict {
-        TokenVerdict::Valid => {}
-        TokenVerdict::Missing => {
-            return Answer::error(StatusCode::BAD_REQUEST, code::MISSING_TOKEN)
-        }
-        _ => return Answer::error(shared.token_invalid_status, code::INVALID_TENANT_TOKEN),
-    }
+fn verdict(kind: UploadKind, form: &Form) -> Answer {
     let bad = || Answer::error(StatusCode::BAD_REQUEST, code::INVALID_PARAM);
     if form.error.is_some() {
         return bad();
