@@ -288,3 +288,209 @@ async fn log_only_forwards_and_counts_and_unknown_fields_can_be_rejected() {
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(violation(&a, 0).0, "surprise");
 }
+
+const SEND_ROUTE: &str = "/open-apis/im/v1/messages";
+const REPLY_ROUTE: &str = "/open-apis/im/v1/messages/:message_id/reply";
+const EDIT_ROUTE: &str = "/open-apis/im/v1/messages/:message_id";
+const SEND_PATH: &str = "/open-apis/im/v1/messages?receive_id_type=open_id";
+const REPLY_PATH: &str = "/open-apis/im/v1/messages/om_dc13264520392913993dd051dba21dcf/reply";
+const EDIT_PATH: &str = "/open-apis/im/v1/messages/om_dc13264520392913993dd051dba21dcf";
+/// What the Python SDK (lark-oapi 1.7.5) sends for a text message.
+const SEND_BODY: &str = r#"{"receive_id": "ou_7d8a6e6df7621556ce0d21922b676706ccs", "msg_type": "text", "content": "{\"text\": \"hello <b>\\u4e16\\u754c</b>\\nline2\"}", "uuid": "a0d69e20-1dd1-458b-k525-dfeca4015204"}"#;
+const REPLY_BODY: &str =
+    r#"{"content": "{\"text\": \"re\"}", "msg_type": "text", "reply_in_thread": true}"#;
+const EDIT_BODY: &str = r#"{"msg_type":"post","content":"{\"zh_cn\":{\"title\":\"t\",\"content\":[[{\"tag\":\"text\",\"text\":\"y\"}]]}}"}"#;
+
+async fn message_call(h: &Harness, method: Method, path: &str, body: &str) -> Answer {
+    let auth = format!("Bearer {CLIENT_KEY}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json; charset=utf-8"),
+    ];
+    h.call(method, path, &headers, body).await
+}
+
+#[tokio::test]
+async fn bad_message_calls_get_the_message_codes_and_nothing_reaches_feishu_or_spends_quota() {
+    let h = start_with(sim_config(), |c| {
+        c.route(Route::post(SEND_ROUTE).limits(TIGHT))
+            .route(Route::post(REPLY_ROUTE).limits(TIGHT))
+            .route(Route::new(Method::PUT, EDIT_ROUTE).limits(TIGHT))
+    })
+    .await;
+    h.ready().await;
+    let long_text =
+        serde_json::to_string(&format!(r#"{{"text":"{}"}}"#, "x".repeat(160_000))).unwrap();
+    let too_long = format!(r#"{{"receive_id":"ou_1","msg_type":"text","content":{long_text}}}"#);
+    let cases: Vec<(Method, &str, String, i64, &str, &str)> = vec![
+        // (method, path, body, code, field, description fragment)
+        (
+            Method::POST,
+            "/open-apis/im/v1/messages",
+            SEND_BODY.into(),
+            230001,
+            "receive_id_type",
+            "required",
+        ),
+        (
+            Method::POST,
+            "/open-apis/im/v1/messages?receive_id_type=openid",
+            SEND_BODY.into(),
+            230001,
+            "receive_id_type",
+            "\"chat_id\"",
+        ),
+        (
+            Method::POST,
+            SEND_PATH,
+            r#"{"receive_id":"ou_1","msg_type":"text","content":{"text":"hi"}}"#.into(),
+            230001,
+            "content",
+            "serialized",
+        ),
+        (
+            Method::POST,
+            SEND_PATH,
+            r#"{"receive_id":"ou_1","msg_type":"text","content":"hi"}"#.into(),
+            230001,
+            "content",
+            "must hold JSON",
+        ),
+        (
+            Method::POST,
+            SEND_PATH,
+            r#"{"receive_id":"ou_1","msg_type":"markdown","content":"{}"}"#.into(),
+            230001,
+            "msg_type",
+            "\"interactive\"",
+        ),
+        (
+            Method::POST,
+            SEND_PATH,
+            r#"{"msg_type":"text","content":"{}"}"#.into(),
+            230001,
+            "receive_id",
+            "required",
+        ),
+        (
+            Method::POST,
+            SEND_PATH,
+            format!(
+                r#"{{"receive_id":"ou_1","msg_type":"text","content":"{{}}","uuid":"{}"}}"#,
+                "u".repeat(51)
+            ),
+            230001,
+            "uuid",
+            "at most 50 characters",
+        ),
+        (
+            Method::POST,
+            SEND_PATH,
+            too_long,
+            230025,
+            "content",
+            "at most 153600 bytes (150 KB)",
+        ),
+        (
+            Method::POST,
+            REPLY_PATH,
+            r#"{"msg_type":"text","content":"{}","reply_in_thread":"true"}"#.into(),
+            230001,
+            "reply_in_thread",
+            "send true",
+        ),
+        (
+            Method::POST,
+            "/open-apis/im/v1/messages/oc_1/reply",
+            REPLY_BODY.into(),
+            230001,
+            "message_id",
+            "om_",
+        ),
+        (
+            Method::PUT,
+            EDIT_PATH,
+            r#"{"msg_type":"interactive","content":"{}"}"#.into(),
+            230001,
+            "msg_type",
+            r#"must be "text" or "post""#,
+        ),
+    ];
+    for (method, path, body, code, field, fragment) in &cases {
+        let a = message_call(&h, method.clone(), path, body).await;
+        let what = format!("{method} {path} {:.80}", body);
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{what}: {:?}", a.text());
+        assert_eq!(
+            a.header("x-gateway-error"),
+            Some("invalid-request"),
+            "{what}"
+        );
+        assert_eq!(a.code(), *code, "{what}: {:?}", a.json());
+        let (f, d) = violation(&a, 0);
+        assert_eq!(&f, field, "{what}: {:?}", a.json());
+        assert!(d.contains(fragment), "{what}: {d:?} lacks {fragment:?}");
+        let msg = a.json()["msg"].as_str().unwrap().to_string();
+        assert!(msg.contains(field), "msg names the field: {msg}");
+    }
+    assert!(h.sim.requests().is_empty(), "nothing reached Feishu");
+    // No quota was spent: the one call per 10 s of each route still goes.
+    for (method, path, body) in [
+        (Method::POST, SEND_PATH, SEND_BODY),
+        (Method::POST, REPLY_PATH, REPLY_BODY),
+        (Method::PUT, EDIT_PATH, EDIT_BODY),
+    ] {
+        let a = message_call(&h, method.clone(), path, body).await;
+        assert!(
+            a.header("x-gateway-error").is_none(),
+            "{method} {path}: answered by the gateway: {}",
+            a.text()
+        );
+    }
+    assert_eq!(h.sim.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn good_message_calls_reach_feishu_unchanged() {
+    let h = start(sim_config()).await;
+    h.ready().await;
+    let node_send = r#"{"receive_id":"oc_84983ff6516d731e5b5f68d4ea2e1da5","msg_type":"post","content":"{\"zh_cn\":{\"title\":\"t\",\"content\":[[{\"tag\":\"text\",\"text\":\"x\"}]]}}"}"#;
+    let calls = [
+        (Method::POST, SEND_PATH, SEND_BODY),
+        (
+            Method::POST,
+            "/open-apis/im/v1/messages?receive_id_type=chat_id",
+            node_send,
+        ),
+        (Method::POST, REPLY_PATH, REPLY_BODY),
+        (Method::PUT, EDIT_PATH, EDIT_BODY),
+    ];
+    for (method, path, body) in &calls {
+        let a = message_call(&h, method.clone(), path, body).await;
+        // The simulated Feishu does not serve these endpoints yet (another
+        // branch makes it serve every catalog endpoint) and answers 404:
+        // what matters here is that the gateway forwarded the call instead
+        // of answering it.
+        assert!(
+            a.header("x-gateway-error").is_none(),
+            "{method} {path}: answered by the gateway: {}",
+            a.text()
+        );
+        assert!(
+            a.status == StatusCode::OK || a.status == StatusCode::NOT_FOUND,
+            "{method} {path}: {} {}",
+            a.status,
+            a.text()
+        );
+    }
+    let seen = h.sim.requests();
+    assert_eq!(seen.len(), calls.len());
+    for (r, (method, path, body)) in seen.iter().zip(&calls) {
+        let (p, q) = path
+            .split_once('?')
+            .map_or((*path, None), |(p, q)| (p, Some(q)));
+        assert_eq!((&r.method, r.path.as_str()), (method, p));
+        assert_eq!(r.query.as_deref(), q, "the query is forwarded as sent");
+        assert_eq!(r.body, body.as_bytes(), "the body is forwarded as sent");
+        assert!(r.bearer.as_deref().is_some_and(|t| t.starts_with("t-")));
+    }
+}

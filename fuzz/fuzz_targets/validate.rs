@@ -79,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
     let req = RequestView {
         route,
         path: &path,
+        query: None,
         headers: &headers,
         body,
     };
@@ -108,6 +109,7 @@ fuzz_target!(|data: &[u8]| {
     let ours = body_only.check(&RequestView {
         route,
         path: &path,
+        query: None,
         headers: &headers,
         body,
     });

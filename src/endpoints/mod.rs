@@ -8,7 +8,7 @@
 //! | `router.rs`   | request path → route (matchit; static segments first)           |
 //! | `route.rs`    | one entry: template, limits, options, parameter extraction      |
 //! | `resources.rs`| per-resource limits (a chat, a document, a table) and their endpoints |
-//! | one file per family ([`top_notice`], [`uploads`]) | hand-written additions: contract, body limit, upload form |
+//! | one file per family ([`top_notice`], [`messages`], [`uploads`]) | hand-written additions: contract, body limit, upload form |
 //!
 //! The catalog is built from the data file (every row, with its limits),
 //! then each family's [`Builtin`] rows add what the data cannot say (a body
@@ -18,12 +18,16 @@
 //! without gateway-specific rules.
 
 pub mod data;
+pub mod messages;
 pub mod resources;
 mod route;
 mod router;
 pub mod top_notice;
 pub mod uploads;
 
+pub use messages::{
+    edit_message, reply_message, send_message, EDIT_MESSAGE, REPLY_MESSAGE, SEND_MESSAGE,
+};
 pub use resources::{KeySource, ResourceRule};
 pub use route::Route;
 pub use router::shape;
@@ -57,7 +61,11 @@ pub struct Builtin {
 }
 
 /// Every family's additions.
-pub const BUILTIN: &[&[Builtin]] = &[top_notice::ENDPOINTS, uploads::ENDPOINTS];
+pub const BUILTIN: &[&[Builtin]] = &[
+    top_notice::ENDPOINTS,
+    messages::ENDPOINTS,
+    uploads::ENDPOINTS,
+];
 
 /// The built-in contract of the route `route_id`, if it has one.
 pub fn builtin_contract(route_id: &str) -> Option<Contract> {

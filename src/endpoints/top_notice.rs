@@ -6,6 +6,7 @@
 use http::Method;
 
 use super::Builtin;
+use crate::feishu::codes;
 use crate::validate::{BodyRule, Contract, Field, HeaderRule, Param, Shape, UnknownFields};
 
 /// The family's entries, for [`super::BUILTIN`].
@@ -41,12 +42,14 @@ pub fn put_top_notice() -> Contract {
     ]);
     Contract {
         params: vec![Param::id("chat_id", "oc_")],
+        query: vec![],
         headers: vec![HeaderRule::json_content_type()],
         body: BodyRule::required(Shape::object(vec![Field::required(
             "chat_top_notice",
             Shape::array(1, notice),
         )])),
         unknown_fields: UnknownFields::Allow,
+        code: codes::INVALID_PARAM,
     }
 }
 
@@ -57,8 +60,10 @@ pub fn put_top_notice() -> Contract {
 pub fn delete_top_notice() -> Contract {
     Contract {
         params: vec![Param::id("chat_id", "oc_")],
+        query: vec![],
         headers: vec![],
         body: BodyRule::optional(Shape::object(vec![])),
         unknown_fields: UnknownFields::Allow,
+        code: codes::INVALID_PARAM,
     }
 }

@@ -41,9 +41,17 @@ pub const NO_SCOPE_USER: i64 = 99991676;
 pub const NO_SCOPE_APP: i64 = 99991679;
 /// Token expired.
 pub const TOKEN_EXPIRED: i64 = 99991677;
+/// Messages (send, reply, edit): "Your request contains an invalid request
+/// parameter"; also the gateway's answer to a broken message contract.
+pub const MESSAGE_INVALID_PARAM: i64 = 230001;
+/// Messages: "The length of the message content reaches its limit" (text
+/// 150 KB, card and post 30 KB); also the gateway's answer when that cap is
+/// the first problem it finds.
+pub const MESSAGE_CONTENT_TOO_LONG: i64 = 230025;
 /// The message is about to self-destruct.
 pub const MESSAGE_SELF_DESTRUCT: i64 = 230111;
-/// Invalid parameter: also the gateway's answer to a broken contract.
+/// Invalid parameter (a chat's top notice): also the gateway's answer to a
+/// broken top-notice contract, and to a body over the size limit.
 pub const INVALID_PARAM: i64 = 232001;
 /// The chat was dissolved.
 pub const CHAT_DISSOLVED: i64 = 232009;
@@ -109,6 +117,8 @@ pub const KNOWN: &[(i64, &str)] = &[
     (NO_SCOPE_USER, "missing scope or permission"),
     (TOKEN_EXPIRED, "token expired"),
     (NO_SCOPE_APP, "missing scope or permission"),
+    (MESSAGE_INVALID_PARAM, "invalid message parameter"),
+    (MESSAGE_CONTENT_TOO_LONG, "message content too long"),
     (MESSAGE_SELF_DESTRUCT, "message about to self-destruct"),
     (INVALID_PARAM, "invalid parameter"),
     (CHAT_DISSOLVED, "chat dissolved"),

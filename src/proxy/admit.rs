@@ -83,6 +83,7 @@ impl Gateway {
         let view = RequestView {
             route: entry,
             path: parts.uri.path(),
+            query: parts.uri.query(),
             headers: &parts.headers,
             body,
         };

@@ -15,11 +15,17 @@ pub const MAX_FIELDS: usize = 32;
 /// walk keeps a slot on the stack for each).
 pub const MAX_CONDITIONAL: usize = 8;
 
+/// Most [`LengthCap`]s the fields of one [`Object`] shape may carry (the
+/// walk keeps a slot on the stack for each).
+pub const MAX_CAPS: usize = 8;
+
 /// What the gateway checks before it forwards a request to a catalog route.
 #[derive(Debug, Clone)]
 pub struct Contract {
     /// Path parameters, by the name they have in the route template.
     pub params: Vec<Param>,
+    /// Query parameters.
+    pub query: Vec<QueryParam>,
     /// Headers the request must carry.
     pub headers: Vec<HeaderRule>,
     /// The request body.
@@ -27,6 +33,11 @@ pub struct Contract {
     /// Whether body fields the contract does not list are let through
     /// (Feishu ignores them) or refused.
     pub unknown_fields: UnknownFields,
+    /// The `code` of the 400 answer: the one Feishu itself uses for invalid
+    /// parameters on this endpoint (232001 for a chat's top notice, 230001
+    /// for messages), unless the first violation has a code of its own
+    /// ([`LengthCap::code`]).
+    pub code: i64,
 }
 
 impl Contract {
@@ -64,6 +75,38 @@ impl Param {
         Param {
             name: name.into(),
             text: Text::Id(prefix.into()),
+        }
+    }
+}
+
+/// A query parameter: its value, percent-decoded, must be of the form
+/// `text`; it may appear once at most.
+#[derive(Debug, Clone)]
+pub struct QueryParam {
+    /// Its name (`receive_id_type`), as decoded.
+    pub name: String,
+    /// Form of the value.
+    pub text: Text,
+    /// Whether it must be present.
+    pub required: bool,
+}
+
+impl QueryParam {
+    /// A parameter that must be present, of the form `text`.
+    pub fn required(name: &str, text: Text) -> QueryParam {
+        QueryParam {
+            name: name.into(),
+            text,
+            required: true,
+        }
+    }
+
+    /// A parameter that may be absent; when present, of the form `text`.
+    pub fn optional(name: &str, text: Text) -> QueryParam {
+        QueryParam {
+            name: name.into(),
+            text,
+            required: false,
         }
     }
 }
@@ -132,6 +175,12 @@ pub enum Shape {
     Any,
     /// A string of the given form.
     String(Text),
+    /// `true` or `false`.
+    Bool,
+    /// A string whose text is itself JSON of the inner shape (Feishu's
+    /// `content`: `"{\"text\":\"hi\"}"`). The inner JSON is judged as
+    /// `serde_json` judges a body, with unknown fields always allowed.
+    JsonText(Box<Shape>),
     /// An array.
     Array(Box<Array>),
     /// An object.
@@ -147,6 +196,21 @@ impl Shape {
     /// A string starting with `prefix` (so never empty).
     pub fn prefixed(prefix: &str) -> Shape {
         Shape::String(Text::Prefix(prefix.into()))
+    }
+
+    /// A string that is not empty.
+    pub fn non_empty() -> Shape {
+        Shape::String(Text::NonEmpty)
+    }
+
+    /// A string of at most `n` characters (Unicode scalar values).
+    pub fn max_chars(n: usize) -> Shape {
+        Shape::String(Text::MaxChars(n))
+    }
+
+    /// A string holding JSON of shape `inner`.
+    pub fn json_text(inner: Shape) -> Shape {
+        Shape::JsonText(Box::new(inner))
     }
 
     /// An array of at least `min_items` items, each of shape `items`.
@@ -165,6 +229,11 @@ impl Shape {
 pub enum Text {
     /// Any string, even empty.
     Any,
+    /// Any string but the empty one.
+    NonEmpty,
+    /// At most this many characters (Unicode scalar values, not bytes),
+    /// even empty.
+    MaxChars(usize),
     /// Starts with this prefix (`om_`).
     Prefix(String),
     /// This prefix, then one or more ASCII letters or digits (`oc_…`).
@@ -187,11 +256,26 @@ pub struct Array {
 #[derive(Debug, Clone)]
 pub struct Object {
     fields: Vec<Field>,
-    /// Per field: the sibling its [`Presence::RequiredWhen`] reads, and its
-    /// slot among the conditional fields.
-    sources: Vec<Option<(usize, usize)>>,
-    /// Per field: bit `j` set when sibling `j`'s condition reads this field.
-    dependents: Vec<u32>,
+    /// Per field, what the walk needs to know of it beside its shape (one
+    /// lookup per field met).
+    links: Vec<Links>,
+    /// Every field's [`LengthCap`]s, in field order: (the capped field, its
+    /// index among the field's caps). Cap `k` is bit `k` in [`Links`].
+    caps: Vec<(usize, usize)>,
+}
+
+/// How a field is tied to its siblings.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Links {
+    /// The sibling its [`Presence::RequiredWhen`] reads, and its slot among
+    /// the conditional fields.
+    pub(crate) source: Option<(usize, usize)>,
+    /// Bit `j` set when sibling `j`'s condition reads this field.
+    pub(crate) dependents: u32,
+    /// Bit `k` set when cap `k` measures this field.
+    pub(crate) measured_by: u8,
+    /// Bit `k` set when cap `k`'s condition reads this field.
+    pub(crate) read_by: u8,
 }
 
 impl Object {
@@ -208,8 +292,9 @@ impl Object {
     }
 
     /// An object with `fields`, refused when there are more than
-    /// [`MAX_FIELDS`], a name appears twice, or a condition names a field
-    /// that is not a sibling.
+    /// [`MAX_FIELDS`] or [`MAX_CAPS`], a name appears twice, a condition
+    /// names a field that is not a sibling, or a [`LengthCap`] sits on a
+    /// field that is not a string.
     pub fn try_new(fields: Vec<Field>) -> Result<Object, String> {
         if fields.len() > MAX_FIELDS {
             return Err(format!(
@@ -240,6 +325,37 @@ impl Object {
             }
         }
         let index = |name: &str| fields.iter().position(|g| g.name == name);
+        let mut caps = Vec::new();
+        for (i, f) in fields.iter().enumerate() {
+            if !f.caps.is_empty() && !matches!(f.shape, Shape::String(_) | Shape::JsonText(_)) {
+                return Err(format!(
+                    "field {:?} has a length cap but is not a string",
+                    f.name
+                ));
+            }
+            for (n, cap) in f.caps.iter().enumerate() {
+                match index(&cap.when) {
+                    Some(j) if j != i => caps.push((i, j, n)),
+                    _ => {
+                        return Err(format!(
+                            "field {:?} is capped by {:?}, which is not a sibling",
+                            f.name, cap.when
+                        ))
+                    }
+                }
+            }
+        }
+        if caps.len() > MAX_CAPS {
+            return Err(format!(
+                "an object carries {} length caps; at most {MAX_CAPS}",
+                caps.len()
+            ));
+        }
+        let mut links = vec![Links::default(); fields.len()];
+        for (k, &(i, j, _)) in caps.iter().enumerate() {
+            links[i].measured_by |= 1 << k;
+            links[j].read_by |= 1 << k;
+        }
         let mut slot = 0;
         let sources: Vec<Option<(usize, usize)>> = fields
             .iter()
@@ -251,16 +367,16 @@ impl Object {
                 _ => None,
             })
             .collect();
-        let mut dependents = vec![0u32; fields.len()];
         for (j, source) in sources.iter().enumerate() {
+            links[j].source = *source;
             if let Some((i, _)) = source {
-                dependents[*i] |= 1 << j;
+                links[*i].dependents |= 1 << j;
             }
         }
         Ok(Object {
             fields,
-            sources,
-            dependents,
+            links,
+            caps: caps.into_iter().map(|(i, _, n)| (i, n)).collect(),
         })
     }
 
@@ -273,15 +389,17 @@ impl Object {
         self.fields.iter().position(|f| f.name == name)
     }
 
-    /// For a conditional field `i`: the sibling whose value decides whether
-    /// it is required, and its slot (below [`MAX_CONDITIONAL`]).
-    pub(crate) fn source(&self, i: usize) -> Option<(usize, usize)> {
-        self.sources[i]
+    /// How field `i` is tied to its siblings: for a conditional field, the
+    /// sibling whose value decides whether it is required and its slot
+    /// (below [`MAX_CONDITIONAL`]); the conditions and caps that read it.
+    pub(crate) fn links(&self, i: usize) -> Links {
+        self.links[i]
     }
 
-    /// The fields (as bits) whose condition reads field `i`.
-    pub(crate) fn dependents(&self, i: usize) -> u32 {
-        self.dependents[i]
+    /// Cap `k`: the field it measures and the cap itself.
+    pub(crate) fn cap(&self, k: usize) -> (usize, &LengthCap) {
+        let (i, n) = self.caps[k];
+        (i, &self.fields[i].caps[n])
     }
 }
 
@@ -297,6 +415,8 @@ pub struct Field {
     /// The value Feishu assumes when the field is absent, as seen by
     /// [`Presence::RequiredWhen`] conditions on siblings.
     pub default: Option<String>,
+    /// Most bytes its (string) value may have, by a sibling's value.
+    pub caps: Vec<LengthCap>,
 }
 
 impl Field {
@@ -307,6 +427,7 @@ impl Field {
             shape,
             presence: Presence::Required,
             default: None,
+            caps: Vec::new(),
         }
     }
 
@@ -317,6 +438,7 @@ impl Field {
             shape,
             presence: Presence::Optional,
             default: None,
+            caps: Vec::new(),
         }
     }
 
@@ -331,12 +453,56 @@ impl Field {
                 equals: equals.into(),
             },
             default: None,
+            caps: Vec::new(),
         }
     }
 
     /// The same field, with the value assumed when it is absent.
     pub fn with_default(mut self, value: &str) -> Field {
         self.default = Some(value.into());
+        self
+    }
+
+    /// The same field, with one more length cap.
+    pub fn with_cap(mut self, cap: LengthCap) -> Field {
+        self.caps.push(cap);
+        self
+    }
+}
+
+/// The most bytes a string field may have when a sibling has one of some
+/// values (Feishu: `content` at most 30 KB when `msg_type` is `"post"` or
+/// `"interactive"`). The length is that of the string's text as decoded
+/// (escapes resolved), in UTF-8 bytes; whatever the order of the two fields.
+/// When the sibling is absent or is not one of the values, the cap does not
+/// apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LengthCap {
+    /// The sibling whose value selects the cap (`msg_type`).
+    pub when: String,
+    /// The values of that sibling for which the cap holds.
+    pub values: Vec<String>,
+    /// The most bytes allowed.
+    pub max_bytes: usize,
+    /// Feishu's own code for this problem (230025 "content too long"), for
+    /// the answer when it is the first violation; `None`: the contract's.
+    pub code: Option<i64>,
+}
+
+impl LengthCap {
+    /// At most `max_bytes` when the sibling `when` is one of `values`.
+    pub fn when(when: &str, values: &[&str], max_bytes: usize) -> LengthCap {
+        LengthCap {
+            when: when.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+            max_bytes,
+            code: None,
+        }
+    }
+
+    /// The same cap, answered with Feishu's `code` when it comes first.
+    pub fn with_code(mut self, code: i64) -> LengthCap {
+        self.code = Some(code);
         self
     }
 }

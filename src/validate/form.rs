@@ -243,6 +243,7 @@ impl<'c> FormCheck<'c> {
                 format!("is not a complete multipart/form-data body: {description}"),
             )],
             0,
+            codes::INVALID_PARAM,
         )
     }
 
@@ -260,6 +261,7 @@ impl<'c> FormCheck<'c> {
                 description.into(),
             )],
             0,
+            codes::INVALID_PARAM,
         )
     }
 
@@ -292,7 +294,7 @@ impl<'c> FormCheck<'c> {
                 .push(|| Violation::new(name, None, "required (a file part)".into()));
         }
         let code = self.code.unwrap_or(codes::INVALID_PARAM);
-        self.sink.finish().map_err(|v| v.with_code(code))
+        self.sink.finish(code)
     }
 }
 

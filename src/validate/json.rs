@@ -11,12 +11,23 @@
 //! is what keeps 100 000 `[` from overflowing the stack) are judged exactly
 //! as `serde_json::from_slice::<Value>` judges them.
 //!
-//! Two things need care in one pass:
+//! Three things need care in one pass:
 //! - a condition can follow the field it governs (`message_id` before
 //!   `action_type`): the field is checked when met, and its violations are
 //!   discarded at the end of the object if the condition is false;
+//! - a length cap can follow its field too (`content` before `msg_type`):
+//!   the field's length and the sibling's verdict are kept in a few slots
+//!   on the stack and compared at the end of the object;
 //! - a key can appear twice: parsers disagree on which one wins, so a
 //!   repeated known key is refused as ambiguous.
+//!
+//! A string holding JSON ([`Shape::JsonText`], Feishu's `content`) is
+//! walked where it is met, by a second deserializer over the string's text
+//! as `serde_json` hands it over: borrowed from the body when it has no
+//! escapes, else from `serde_json`'s own buffer, which grows to the string's
+//! length (so the cost is bounded by the body limit). A real `content`
+//! always has escapes (`\"`), so such a check allocates that buffer, and
+//! the inner deserializer's when the inner JSON has escapes of its own.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -24,7 +35,8 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::contract::{Object, Presence, Shape, Text, UnknownFields, MAX_CONDITIONAL};
+use super::contract::{Object, Presence, Shape, Text, UnknownFields, MAX_CAPS, MAX_CONDITIONAL};
+use super::text::{quoted_list, text_problem};
 use super::violation::{cap, Sink, Span, Violation};
 
 /// Where a value sits in the body, as a chain on the stack; rendered to a
@@ -37,6 +49,8 @@ pub(crate) enum Path<'a> {
     Field(&'a Path<'a>, &'a str),
     /// An item of an array.
     Index(&'a Path<'a>, usize),
+    /// The JSON held by the string at this path (named like the string).
+    Text(&'a Path<'a>),
 }
 
 impl Path<'_> {
@@ -66,6 +80,7 @@ impl Path<'_> {
                 }
                 s.push_str(&format!("[{i}]"));
             }
+            Path::Text(parent) => parent.write(s),
         }
     }
 }
@@ -83,10 +98,13 @@ impl Walk<'_> {
     }
 }
 
-/// What the walk remembers of a value: its text when it is a string whose
-/// text a sibling's condition needs.
+/// What the walk remembers of a value: of a string, its length in bytes
+/// (a cap measures it) and its text when a sibling's condition needs it.
 pub(crate) enum Seen<'de> {
-    Str(Cow<'de, str>),
+    Str {
+        text: Option<Cow<'de, str>>,
+        len: usize,
+    },
     Other,
 }
 
@@ -110,7 +128,14 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_, '_, '_> {
 /// Records that the value at `seed.path` has the wrong JSON type (`got`,
 /// as named in descriptions); `text` is a scalar's text, echoed capped.
 fn mismatch(seed: &mut ValueSeed<'_, '_, '_, '_>, got: &str, text: Option<String>) {
-    let expected = expected(seed.shape, matches!(seed.path, Path::Body));
+    // The body itself, and the JSON inside a string, are "a JSON object";
+    // the JSON inside a string is what the string "must hold".
+    let (verb, at_root) = match seed.path {
+        Path::Body => ("be", true),
+        Path::Text(_) => ("hold", true),
+        _ => ("be", false),
+    };
+    let expected = expected(seed.shape, at_root);
     let description = match (seed.shape, &text) {
         // The number 1 where the string "1" is expected: say how to send it.
         (Shape::String(Text::OneOf(values)), Some(t))
@@ -118,7 +143,15 @@ fn mismatch(seed: &mut ValueSeed<'_, '_, '_, '_>, got: &str, text: Option<String
         {
             format!("must be a string: send \"{t}\", not the number {t}")
         }
-        _ => format!("must be {expected}, got {got}"),
+        // The string "true" where a boolean is expected.
+        (Shape::Bool, Some(t)) if got == "a string" && (t == "true" || t == "false") => {
+            format!("must be a boolean: send {t}, not the string \"{t}\"")
+        }
+        // The object itself where its serialization is expected.
+        (Shape::JsonText(_), None) => format!(
+            "must be a string holding JSON, got {got}: send it serialized, e.g. \"{{\\\"text\\\":\\\"hi\\\"}}\""
+        ),
+        _ => format!("must {verb} {expected}, got {got}"),
     };
     seed.walk
         .push(seed.path, text.as_deref().map(cap), description);
@@ -129,37 +162,11 @@ fn expected(shape: &Shape, at_root: bool) -> String {
         Shape::Any => "any value".into(),
         Shape::String(Text::OneOf(values)) => format!("the string {}", quoted_list(values)),
         Shape::String(_) => "a string".into(),
+        Shape::Bool => "a boolean".into(),
+        Shape::JsonText(_) => "a string holding JSON".into(),
         Shape::Array(_) => "an array".into(),
         Shape::Object(_) if at_root => "a JSON object".into(),
         Shape::Object(_) => "an object".into(),
-    }
-}
-
-/// `"1" or "2"`, `"a", "b" or "c"`.
-fn quoted_list(values: &[String]) -> String {
-    let q: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
-    match q.split_last() {
-        None => "(none)".into(),
-        Some((last, [])) => last.clone(),
-        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
-    }
-}
-
-/// Why `s` does not have the form `text`, if it does not.
-pub(crate) fn text_problem(text: &Text, s: &str) -> Option<String> {
-    match text {
-        Text::Any => None,
-        Text::Prefix(_) | Text::Id(_) if s.is_empty() => Some("must not be empty".into()),
-        Text::Prefix(p) => (!s.starts_with(p.as_str())).then(|| format!("must start with {p:?}")),
-        Text::Id(p) => {
-            let ok = s.strip_prefix(p.as_str()).is_some_and(|rest| {
-                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric())
-            });
-            (!ok).then(|| format!("must be {p:?} followed by letters and digits"))
-        }
-        Text::OneOf(values) => {
-            (!values.iter().any(|v| v == s)).then(|| format!("must be {}", quoted_list(values)))
-        }
     }
 }
 
@@ -173,25 +180,25 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_, '_, '_> {
     fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Seen<'de>, E> {
         let keep = self.keep;
         self.string(s);
-        Ok(if keep {
-            Seen::Str(Cow::Borrowed(s))
-        } else {
-            Seen::Other
+        Ok(Seen::Str {
+            text: keep.then_some(Cow::Borrowed(s)),
+            len: s.len(),
         })
     }
 
     fn visit_str<E>(self, s: &str) -> Result<Seen<'de>, E> {
         let keep = self.keep;
         self.string(s);
-        Ok(if keep {
-            Seen::Str(Cow::Owned(s.to_string()))
-        } else {
-            Seen::Other
+        Ok(Seen::Str {
+            text: keep.then(|| Cow::Owned(s.to_string())),
+            len: s.len(),
         })
     }
 
     fn visit_bool<E>(self, b: bool) -> Result<Seen<'de>, E> {
-        self.scalar("a boolean", || b.to_string());
+        if !matches!(self.shape, Shape::Bool) {
+            self.scalar("a boolean", || b.to_string());
+        }
         Ok(Seen::Other)
     }
 
@@ -279,6 +286,7 @@ impl ValueSeed<'_, '_, '_, '_> {
                     self.walk.push(self.path, Some(cap(s)), problem);
                 }
             }
+            Shape::JsonText(inner) => json_text(inner, s, self.path, self.walk),
             _ => mismatch(&mut self, "a string", Some(s.to_string())),
         }
     }
@@ -290,9 +298,52 @@ impl ValueSeed<'_, '_, '_, '_> {
     }
 }
 
-/// The fields of one object, in one pass; presence and conditions are
-/// settled at its end. Per-object state is a few bit sets: which fields
-/// were seen, and which conditions their source's value made true.
+/// The JSON inside the string `s` (at `path`), walked against `inner` by a
+/// deserializer of its own: unknown fields are always allowed there (the
+/// contract's setting speaks of the body's fields), and a syntax error
+/// replaces whatever the inner walk found before it.
+///
+/// Never inlined: the walk recurses through here, and keeping this call out
+/// of line leaves the rest of the walk inlined much as it was before.
+#[inline(never)]
+fn json_text(inner: &Shape, s: &str, path: &Path<'_>, walk: &mut Walk<'_>) {
+    let mark = walk.sink.mark();
+    let mut de = serde_json::Deserializer::from_str(s);
+    let mut inside = Walk {
+        sink: &mut *walk.sink,
+        unknown_fields: UnknownFields::Allow,
+    };
+    let seed = ValueSeed {
+        shape: inner,
+        path: &Path::Text(path),
+        walk: &mut inside,
+        keep: false,
+    };
+    if let Err(e) = seed.deserialize(&mut de).and_then(|_| de.end()) {
+        walk.sink.reset(mark);
+        let description = format!("must hold JSON: {}", syntax_description(&e));
+        walk.push(path, Some(cap(s)), description);
+    }
+}
+
+/// `invalid JSON at line 1, column 40: EOF while parsing an object`.
+pub(crate) fn syntax_description(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let what = match full.rsplit_once(" at line ") {
+        Some((what, _)) => what,
+        None => &full,
+    };
+    format!(
+        "invalid JSON at line {}, column {}: {what}",
+        e.line(),
+        e.column()
+    )
+}
+
+/// The fields of one object, in one pass; presence, conditions and length
+/// caps are settled at its end. Per-object state is a few bit sets (which
+/// fields were seen, which conditions and caps their source's value made
+/// true) and the lengths of capped strings.
 fn walk_object<'de, A: MapAccess<'de>>(
     object: &Object,
     path: &Path<'_>,
@@ -304,6 +355,10 @@ fn walk_object<'de, A: MapAccess<'de>>(
     let mut seen = 0u32;
     let mut active = 0u32;
     let mut spans = [NO_SPAN; MAX_CONDITIONAL];
+    // Length caps: per cap, whether its sibling holds one of its values, and
+    // the length of the field it measures (when that is a string).
+    let mut capped = 0u8;
+    let mut lens = [None::<usize>; MAX_CAPS];
 
     loop {
         let key = KeySeed {
@@ -325,24 +380,38 @@ fn walk_object<'de, A: MapAccess<'de>>(
             walk.push(&fpath, None, "appears more than once; send it once".into());
         }
         seen |= 1 << i;
-        let dependents = object.dependents(i);
+        let links = object.links(i);
         let mark = walk.sink.mark();
         let value = map.next_value_seed(ValueSeed {
             shape: &field.shape,
             path: &fpath,
             walk: &mut *walk,
-            keep: dependents != 0,
+            keep: links.dependents != 0 || links.read_by != 0,
         })?;
-        for j in bits(dependents) {
-            let holds = match (&value, &fields[j].presence) {
-                (Seen::Str(s), Presence::RequiredWhen { equals, .. }) => s == equals,
+        let text = match &value {
+            Seen::Str { text, .. } => text.as_deref(),
+            Seen::Other => None,
+        };
+        for j in bits(links.dependents) {
+            let holds = match (text, &fields[j].presence) {
+                (Some(s), Presence::RequiredWhen { equals, .. }) => s == equals,
                 // Not a string: the source has its own violation, and the
                 // condition cannot be judged.
                 _ => false,
             };
             active = (active & !(1 << j)) | (u32::from(holds) << j);
         }
-        if let Some((_, slot)) = object.source(i) {
+        for k in bits(links.read_by.into()) {
+            let holds = text.is_some_and(|s| object.cap(k).1.values.iter().any(|v| v == s));
+            capped = (capped & !(1 << k)) | (u8::from(holds) << k);
+        }
+        for k in bits(links.measured_by.into()) {
+            lens[k] = match &value {
+                Seen::Str { len, .. } => Some(*len),
+                Seen::Other => None,
+            };
+        }
+        if let Some((_, slot)) = links.source {
             spans[slot] = Some(walk.sink.since(mark));
         }
     }
@@ -352,7 +421,7 @@ fn walk_object<'de, A: MapAccess<'de>>(
     // latest span first so that the earlier ranges stay valid.
     let mut required = 0u32;
     for (j, field) in fields.iter().enumerate() {
-        let holds = match (&field.presence, object.source(j)) {
+        let holds = match (&field.presence, object.links(j).source) {
             (Presence::Optional, _) => false,
             (Presence::Required, _) => true,
             (Presence::RequiredWhen { equals, .. }, Some((src, _))) if seen & (1 << src) == 0 => {
@@ -362,7 +431,7 @@ fn walk_object<'de, A: MapAccess<'de>>(
         };
         if holds {
             required |= 1 << j;
-            if let Some((_, slot)) = object.source(j) {
+            if let Some((_, slot)) = object.links(j).source {
                 spans[slot] = None;
             }
         }
@@ -386,7 +455,32 @@ fn walk_object<'de, A: MapAccess<'de>>(
         };
         walk.push(&Path::Field(path, &field.name), None, description);
     }
+    for k in bits(capped.into()) {
+        let (i, cap) = object.cap(k);
+        let Some(len) = lens[k].filter(|&len| len > cap.max_bytes) else {
+            continue;
+        };
+        let fpath = Path::Field(path, &fields[i].name);
+        walk.sink.push(|| {
+            let description = format!(
+                "is {len} bytes; Feishu takes at most {} when {} is {}",
+                size(cap.max_bytes),
+                cap.when,
+                quoted_list(&cap.values)
+            );
+            Violation::new(fpath.render(), None, description).with_code(cap.code)
+        });
+    }
     Ok(())
+}
+
+/// `30720 bytes (30 KB)`, or `100 bytes` below a KB or off the KB grid.
+fn size(bytes: usize) -> String {
+    if bytes >= 1024 && bytes.is_multiple_of(1024) {
+        format!("{bytes} bytes ({} KB)", bytes / 1024)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// The indices of the bits set in `mask`, lowest first.

@@ -1,6 +1,7 @@
 //! Request validation: a request to a catalog route is checked against the
 //! route's [`Contract`] before any quota is spent, and bad input is answered
-//! by the gateway, in Feishu's words (400, code 232001, `field_violations`).
+//! by the gateway, in Feishu's words (400, the endpoint's invalid-parameter
+//! code such as 232001 or 230001, `field_violations`).
 //!
 //! ```
 //! use feishu_gateway::endpoints::{Catalog, Contracts};
@@ -15,6 +16,7 @@
 //! let req = RequestView {
 //!     route: catalog.route(index),
 //!     path,
+//!     query: None,
 //!     headers: &headers,
 //!     body: br#"{"chat_top_notice":[{"action_type":"1"}]}"#,
 //! };
@@ -29,10 +31,12 @@
 //!
 //! | file           | concern                                                      |
 //! |----------------|--------------------------------------------------------------|
-//! | `contract.rs`  | the contract as plain data: params, headers, body [`Shape`]s |
+//! | `contract.rs`  | the contract as plain data: params, query, headers, body [`Shape`]s |
 //! | `request.rs`   | [`Contract::check`]: path parameters, headers, body          |
-//! | `json.rs`      | the one-pass streaming walk of the body                      |
+//! | `query.rs`     | query parameters: found, decoded only when escaped, checked  |
+//! | `json.rs`      | the one-pass streaming walk of the body (and of JSON inside a string) |
 //! | [`form`]       | uploads: a multipart form's contract, checked part by part   |
+//! | `text.rs`      | the forms of a string ([`Text`]) and why a value is not one  |
 //! | `violation.rs` | [`Violations`] and the body of the 400 answer                |
 //!
 //! # Why a declarative form of our own
@@ -51,13 +55,19 @@
 //!   `serde_json::Value`, no schema engine): checking a typical
 //!   `put_top_notice` body costs about two thirds of the instructions and
 //!   half the time of merely parsing it into a `Value` (see
-//!   `benches/validate.rs`).
+//!   `benches/validate.rs`). One exception: a string holding JSON (a
+//!   message's `content`) is unescaped into `serde_json`'s buffer when it
+//!   has escapes, which a real `content` always has; the buffer grows to
+//!   the string's length, no more.
 //! - **No new dependency.** serde and serde_json are already there.
 //!
 //! # Rules common to every contract
 //!
 //! - Path parameters are checked raw (still percent-encoded): any `%`,
 //!   `/`, `..` or control character is refused before the form is looked at.
+//! - Query parameters are decoded (`+`, `%XX`) as Feishu decodes them; one
+//!   given twice is refused. Their violations name them plainly
+//!   (`receive_id_type`).
 //! - An empty body (or only whitespace) passes unless the body is required.
 //! - A body that is not UTF-8 is refused with the offset of the first bad
 //!   byte; invalid JSON with the line and column of the error, and nothing
@@ -74,15 +84,19 @@
 mod contract;
 pub mod form;
 mod json;
+mod query;
 mod request;
+mod text;
 mod violation;
 
+#[cfg(test)]
+mod message_tests;
 #[cfg(test)]
 mod tests;
 
 pub use contract::{
-    Array, BodyRule, Contract, Field, HeaderCheck, HeaderRule, Object, Param, Presence, Shape,
-    Text, UnknownFields, MAX_CONDITIONAL, MAX_FIELDS,
+    Array, BodyRule, Contract, Field, HeaderCheck, HeaderRule, LengthCap, Object, Param, Presence,
+    QueryParam, Shape, Text, UnknownFields, MAX_CAPS, MAX_CONDITIONAL, MAX_FIELDS,
 };
 pub use form::{FieldValue, FilePart, FormCheck, FormContract, FormField};
 pub use violation::{Violation, Violations, MAX_VALUE_CHARS, MAX_VIOLATIONS};
@@ -114,6 +128,8 @@ pub struct RequestView<'a> {
     /// The request path, without the query (`uri.path()`), still
     /// percent-encoded.
     pub path: &'a str,
+    /// The query, without the `?` (`uri.query()`), still percent-encoded.
+    pub query: Option<&'a str>,
     /// The request headers.
     pub headers: &'a HeaderMap,
     /// The whole request body.

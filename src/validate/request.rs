@@ -1,27 +1,32 @@
 //! The checks of a whole request against its contract: path parameters,
-//! headers, then the body.
+//! query parameters, headers, then the body.
 
 use http::HeaderMap;
 use serde::de::DeserializeSeed;
 
 use super::contract::{BodyRule, Contract, HeaderCheck, HeaderRule, Param, UnknownFields};
-use super::json::{text_problem, Path, ValueSeed, Walk};
+use super::json::{syntax_description, Path, ValueSeed, Walk};
+use super::query::check_query;
+use super::text::text_problem;
 use super::violation::{cap, Sink, Violation, Violations};
 use super::RequestView;
 
 impl Contract {
     /// Checks `req` against this contract: `Ok(())`, or every violation
-    /// found, in order (path parameters, headers, body).
+    /// found, in order (path parameters, query parameters, headers, body).
     pub fn check(&self, req: &RequestView<'_>) -> Result<(), Violations> {
         let mut sink = Sink::default();
         for param in &self.params {
             check_param(param, req.route.param(req.path, &param.name), &mut sink);
         }
+        for param in &self.query {
+            check_query(param, req.query, &mut sink);
+        }
         for rule in &self.headers {
             check_header(rule, req.headers, &mut sink);
         }
         check_body(&self.body, req.body, self.unknown_fields, &mut sink);
-        sink.finish()
+        sink.finish(self.code)
     }
 }
 
@@ -193,20 +198,6 @@ fn check_body(rule: &BodyRule, body: &[u8], unknown_fields: UnknownFields, sink:
         sink.reset(mark);
         sink.push(|| Violation::new("body".into(), None, syntax_description(&e)));
     }
-}
-
-/// `invalid JSON at line 1, column 40: EOF while parsing an object`.
-fn syntax_description(e: &serde_json::Error) -> String {
-    let full = e.to_string();
-    let what = match full.rsplit_once(" at line ") {
-        Some((what, _)) => what,
-        None => &full,
-    };
-    format!(
-        "invalid JSON at line {}, column {}: {what}",
-        e.line(),
-        e.column()
-    )
 }
 
 /// 1-based line and column (in bytes) just after `prefix`.

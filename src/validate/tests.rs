@@ -69,6 +69,7 @@ impl<'a> Req<'a> {
         contract.check(&RequestView {
             route,
             path: &path,
+            query: None,
             headers: &headers,
             body: self.body,
         })
@@ -360,6 +361,7 @@ fn chat_id_missing_when_the_path_is_short() {
         .check(&RequestView {
             route,
             path: "/open-apis/im/v1/chats",
+            query: None,
             headers: &headers,
             body: b"",
         })
@@ -420,6 +422,7 @@ fn content_type_twice_is_refused() {
         .check(&RequestView {
             route,
             path: &path,
+            query: None,
             headers: &headers,
             body: br#"{"chat_top_notice":[{}]}"#,
         })
@@ -621,8 +624,15 @@ fn builtin_contracts_by_route_id() {
     assert!(builtin("im.v1.chat.get").is_none());
     let catalog = Catalog::builtin();
     let mut contracts = Contracts::for_catalog(&catalog);
+    let with_contract = [
+        PUT_TOP_NOTICE,
+        DELETE_TOP_NOTICE,
+        crate::endpoints::SEND_MESSAGE,
+        crate::endpoints::REPLY_MESSAGE,
+        crate::endpoints::EDIT_MESSAGE,
+    ];
     for (i, route) in catalog.routes().iter().enumerate() {
-        let builtin = [PUT_TOP_NOTICE, DELETE_TOP_NOTICE].contains(&route.id.as_str());
+        let builtin = with_contract.contains(&route.id.as_str());
         assert_eq!(contracts.get(i).is_some(), builtin, "{}", route.id);
     }
     assert!(contracts.get(catalog.routes().len()).is_none());

@@ -5,8 +5,6 @@ use std::fmt;
 
 use serde_json::json;
 
-use crate::feishu::codes;
-
 /// Longest `value` echoed back, in characters; longer ones end in `…`.
 pub const MAX_VALUE_CHARS: usize = 64;
 
@@ -24,6 +22,9 @@ pub struct Violation {
     pub value: Option<String>,
     /// What is wrong, as a phrase that follows the field name.
     pub description: String,
+    /// Feishu's own code for this kind of problem (230025 "content too
+    /// long"), if it has one; otherwise the contract's code applies.
+    pub code: Option<i64>,
 }
 
 impl Violation {
@@ -32,7 +33,13 @@ impl Violation {
             field,
             value,
             description,
+            code: None,
         }
+    }
+
+    pub(crate) fn with_code(mut self, code: Option<i64>) -> Violation {
+        self.code = code;
+        self
     }
 }
 
@@ -47,24 +54,26 @@ pub struct Violations {
 }
 
 impl Violations {
-    pub(crate) fn new(list: Vec<Violation>, omitted: usize) -> Violations {
+    pub(crate) fn new(list: Vec<Violation>, omitted: usize, code: i64) -> Violations {
         debug_assert!(!list.is_empty() || omitted > 0);
         Violations {
             list,
             omitted,
-            code: codes::INVALID_PARAM,
+            code,
         }
     }
 
-    /// The same violations, answered with `code` instead of 232001.
+    /// The same violations, answered with `code` instead of the contract's.
     pub fn with_code(mut self, code: i64) -> Violations {
         self.code = code;
         self
     }
 
-    /// The `code` of the answer (232001 unless a contract says otherwise).
+    /// The `code` of the answer: the first violation's own code if it has
+    /// one (so `code` and `msg` speak of the same problem), else the
+    /// contract's (Feishu's invalid-parameter code for the endpoint).
     pub fn code(&self) -> i64 {
-        self.code
+        self.list.first().and_then(|v| v.code).unwrap_or(self.code)
     }
 
     /// The violations kept, in the order found: path, headers, body.
@@ -97,8 +106,7 @@ impl Violations {
     }
 
     /// The JSON body of the answer (400, `X-Gateway-Error: invalid-request`):
-    /// Feishu's shape with [`Violations::code`] (232001 unless said
-    /// otherwise) and every violation kept.
+    /// Feishu's shape with [`Violations::code`] and every violation kept.
     pub fn to_json(&self) -> serde_json::Value {
         let violations: Vec<serde_json::Value> = self
             .list
@@ -111,7 +119,7 @@ impl Violations {
             })
             .collect();
         json!({
-            "code": self.code,
+            "code": self.code(),
             "msg": self.msg(),
             "error": { "field_violations": violations },
         })
@@ -211,15 +219,22 @@ impl Sink {
 
     /// What was found so far, if anything, without ending the check.
     pub(crate) fn snapshot(&self) -> Option<Violations> {
-        (self.alive > 0).then(|| Violations::new(self.list.clone(), self.alive - self.list.len()))
+        (self.alive > 0).then(|| {
+            Violations::new(
+                self.list.clone(),
+                self.alive - self.list.len(),
+                codes::INVALID_PARAM,
+            )
+        })
     }
 
-    pub(crate) fn finish(self) -> Result<(), Violations> {
+    /// The verdict; `code` is the contract's, for the answer.
+    pub(crate) fn finish(self, code: i64) -> Result<(), Violations> {
         if self.alive == 0 {
             Ok(())
         } else {
             let omitted = self.alive - self.list.len();
-            Err(Violations::new(self.list, omitted))
+            Err(Violations::new(self.list, omitted, code))
         }
     }
 }
