@@ -97,6 +97,8 @@ bogus = 1
 name = "ops-bot"
 app_id = "cli_1"
 app_secret_env = "GW_TEST_APP_SECRET"
+[log]
+level = "infoo"
 [[clients]]
 name = "billing"
 key_env = "GW_TEST_MISSING_KEY"
@@ -111,10 +113,16 @@ app = "nobody"
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for key in ["listen", "bogus", "clients[0].key_env", "clients[0].app"] {
+    for key in [
+        "listen",
+        "bogus",
+        "log.level",
+        "clients[0].key_env",
+        "clients[0].app",
+    ] {
         assert!(err.contains(&format!("- {key}: ")), "{key} in {err}");
     }
-    assert!(err.contains("4 problems"), "{err}");
+    assert!(err.contains("5 problems"), "{err}");
     assert!(!err.contains("super-secret-value-123"));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("super-secret-value-123"));
 }

@@ -166,6 +166,9 @@ fn read_log(root: &mut Section<'_>, p: &mut Problems) -> Log {
         .and_then(|t| t.string("level", p))
         .unwrap_or("info")
         .to_string();
+    if let Err(e) = crate::observe::logging::check_filter(&level) {
+        p.push("log.level", e);
+    }
     if let Some(t) = t {
         t.finish(p);
     }

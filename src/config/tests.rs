@@ -214,3 +214,30 @@ tenant = "2ed263bf32cf1651"
         "{problems}"
     );
 }
+
+#[test]
+fn log_level_is_checked_like_every_other_key() {
+    for good in [
+        "info",
+        "WARN",
+        "warn,feishu_gateway::app=info",
+        "info,feishu_gateway::access=off",
+        "feishu_gateway=debug",
+    ] {
+        let text = format!("{EXAMPLE}\n[log]\nlevel = {good:?}\n");
+        let c = Config::parse(&text, &env()).unwrap_or_else(|p| panic!("{good}: {p}"));
+        assert_eq!(c.log.level, good);
+    }
+    // `infoo` would be a TARGET with every level on for tracing's own
+    // parser: the whole log silent. `debug=` names no level.
+    for bad in ["infoo", "", "info,feishu_gateway=loud", "=info", "debug="] {
+        let text = format!("{EXAMPLE}\n[log]\nlevel = {bad:?}\nformat = \"xml\"\n");
+        let problems = Config::parse(&text, &env()).unwrap_err();
+        let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["log.format", "log.level"], "{bad:?}: {problems}");
+        assert!(
+            problems.to_string().contains("trace, debug, info"),
+            "{problems}"
+        );
+    }
+}
