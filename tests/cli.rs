@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use sha2::Digest;
 use support::config::LogFormat;
 use support::*;
 
@@ -222,6 +223,7 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
     for field in [
         "request_id",
         "client",
+        "key",
         "app",
         "route",
         "status",
@@ -300,8 +302,13 @@ async fn serve_writes_the_access_line_as_the_log_filter_says() {
         rest.starts_with(" INFO feishu_gateway::access: request request_id=\"gw-"),
         "{line}"
     );
+    // The key is named by the first 8 hex digits of its SHA-256.
+    let key = format!(
+        " client=\"billing\" key=\"{}\" app=\"ops-bot\"",
+        &hex::encode(sha2::Sha256::digest(CLIENT_KEY.as_bytes()))[..8]
+    );
     for field in [
-        " client=\"billing\" app=\"ops-bot\"",
+        key.as_str(),
         " route=\"/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice\" status=200 code=0 total_us=",
         " gateway_error=\"-\" replayed_after=-",
     ] {

@@ -123,6 +123,17 @@ pub(super) fn parts(config: &Config) -> Result<Parts, StartError> {
     })
 }
 
+/// The client table: every client's keys, app and tenant, in one value
+/// behind one `Arc`, so a live reload can build a new one from a new
+/// config and swap it whole.
+pub(super) fn client_table(config: &Config, metrics: &Metrics) -> Arc<ClientTable> {
+    Arc::new(ClientTable::new(
+        &config.clients,
+        config.apps.iter().map(|a| a.app_id.clone()).collect(),
+        metrics,
+    ))
+}
+
 /// The gateway's shared state: one quota key per configured app and limited
 /// route (keys come from configuration only), the store apps with their
 /// tenants' key templates, and each route's contract. `redis` is the
@@ -200,10 +211,7 @@ fn gateway(
                 })
             })
             .collect::<Result<_, String>>()?,
-        clients: ClientTable::new(
-            &config.clients,
-            config.apps.iter().map(|a| a.app_id.clone()).collect(),
-        ),
+        clients: client_table(config, &metrics),
         issuer: TokenIssuer::new(
             config.sdk_tokens.signing_key.clone(),
             config.sdk_tokens.lifetime,

@@ -18,7 +18,8 @@
 //! | `tokens.rs` | `[token]`, `[sdk_tokens]`                               |
 //! | `quota.rs`  | `[quota]`, with its Redis keys                          |
 //! | `routes.rs` | `[[routes]]`                                            |
-//! | `apps.rs`   | `[[apps]]` and `[[clients]]`, and the checks between them |
+//! | `apps.rs`   | `[[apps]]`                                              |
+//! | `clients.rs`| `[[clients]]`: keys (several while rotating), the checks against their apps |
 //! | `reader.rs` | [`Section`]: typed reads that record [`Problems`], unknown keys |
 //! | `env.rs`    | [`Environment`]; secrets given as `<base>_env` or `<base>_file` |
 //!
@@ -29,6 +30,7 @@
 //! parts (`server`, `app`); no domain module imports `config`.
 
 mod apps;
+mod clients;
 mod env;
 mod quota;
 mod reader;
@@ -143,7 +145,8 @@ impl Config {
         let sdk_tokens = tokens::read_sdk_tokens(&mut s, env, p);
         let quota = quota::read(&mut s, env, p);
         let routes = routes::read(&mut s, &quota, p);
-        let (apps, clients) = apps::read(&mut s, &server.upstream, env, p);
+        let (apps, app_names) = apps::read(&mut s, &server.upstream, env, p);
+        let clients = clients::read(&mut s, &apps, &app_names, env, p);
         s.finish(p);
 
         let mut warnings = Vec::new();

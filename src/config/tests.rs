@@ -31,8 +31,8 @@ fn the_documented_example_works_as_written() {
     assert_eq!(c.apps[0].app_secret.expose(), "s3cr3t-app-secret");
     assert_eq!(c.clients[0].app, 0);
     assert_eq!(
-        c.clients[0].key_sha256,
-        key_digest(b"billing-key-0123456789abcdef")
+        c.clients[0].keys,
+        [key_digest(b"billing-key-0123456789abcdef")]
     );
     assert_eq!(c.max_body_bytes, 1 << 20);
     assert_eq!(c.workers, default_workers());
@@ -121,10 +121,7 @@ app = "lark-bot"
     );
     let c = Config::parse(&text, &env()).unwrap();
     assert_eq!(c.apps[0].upstream.base_url(), "https://open.larksuite.com");
-    assert_eq!(
-        c.clients[0].key_sha256,
-        key_digest(b"a-long-enough-client-key")
-    );
+    assert_eq!(c.clients[0].keys, [key_digest(b"a-long-enough-client-key")]);
 }
 
 #[test]
@@ -240,4 +237,74 @@ fn log_level_is_checked_like_every_other_key() {
             "{problems}"
         );
     }
+}
+
+#[test]
+fn a_client_holds_several_keys_while_one_is_rotated() {
+    let next = hex::encode(key_digest(b"billing-key-NEXT-0123456789"));
+    let text = format!(
+        r#"
+[[apps]]
+name = "ops-bot"
+app_id = "cli_1"
+app_secret_env = "OPS_BOT_APP_SECRET"
+[[clients]]
+name = "billing"
+app = "ops-bot"
+key_env = ["BILLING_GATEWAY_KEY", "BILLING_GATEWAY_KEY_OLD"]
+key_sha256 = "{next}"
+"#
+    );
+    let with_old = env().with("BILLING_GATEWAY_KEY_OLD", "billing-key-OLD-0123456789");
+    let c = Config::parse(&text, &with_old).unwrap();
+    assert_eq!(
+        c.clients[0].keys,
+        [
+            key_digest(b"billing-key-0123456789abcdef"),
+            key_digest(b"billing-key-OLD-0123456789"),
+            key_digest(b"billing-key-NEXT-0123456789"),
+        ]
+    );
+
+    // Each key's problem is named by its place; none is printed.
+    let text = r#"
+[[apps]]
+name = "ops-bot"
+app_id = "cli_1"
+app_secret_env = "OPS_BOT_APP_SECRET"
+[[clients]]
+name = "billing"
+app = "ops-bot"
+key_env = ["BILLING_GATEWAY_KEY", "SHORT_KEY", "UNSET_KEY", "BILLING_GATEWAY_KEY"]
+key_sha256 = ["abc"]
+key_file = []
+[[clients]]
+name = "crm"
+app = "ops-bot"
+key_env = "BILLING_GATEWAY_KEY"
+[[clients]]
+name = "nokey"
+app = "ops-bot"
+"#;
+    let env = env().with("SHORT_KEY", "short-s3cr3t");
+    let problems = Config::parse(text, &env).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "clients[0].key_env[1]",
+            "clients[0].key_env[2]",
+            "clients[0].key_env[3]",
+            "clients[0].key_file",
+            "clients[0].key_sha256[0]",
+            "clients[1].key_env",
+            "clients[2].key_env",
+        ],
+        "{problems}"
+    );
+    let text = problems.to_string();
+    assert!(text.contains("shorter than 16"), "{text}");
+    assert!(text.contains("given twice"), "{text}");
+    assert!(text.contains("already used by clients[0]"), "{text}");
+    assert!(!text.contains("s3cr3t"), "{text}");
 }

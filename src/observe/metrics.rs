@@ -33,6 +33,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     would_reject: IntCounterVec,
     in_flight: IntGauge,
+    client_requests: IntCounterVec,
     quota_limit: IntGaugeVec,
     store_tenants: IntGaugeVec,
     app_ticket_received: GaugeVec,
@@ -266,6 +267,13 @@ impl Metrics {
             "feishu_gateway_in_flight_requests",
             "Requests being handled now",
         )?;
+        let client_requests = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_client_requests_total",
+                "Requests authenticated, by client and key (the first 8 hex digits of the key's SHA-256; never the key)",
+            ),
+            &["client", "key"],
+        )?;
         let quota_limit = IntGaugeVec::new(
             Opts::new(
                 "feishu_gateway_quota_limit",
@@ -333,6 +341,7 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(would_reject.clone()),
             Box::new(in_flight.clone()),
+            Box::new(client_requests.clone()),
             Box::new(quota_limit.clone()),
             Box::new(store_tenants.clone()),
             Box::new(app_ticket_received.clone()),
@@ -391,6 +400,7 @@ impl Metrics {
             upstream_errors,
             would_reject,
             in_flight,
+            client_requests,
             quota_limit,
             store_tenants,
             app_ticket_received,
@@ -518,6 +528,13 @@ impl Metrics {
         self.rate_limited
             .with_label_values(&[self.app_label(app), self.route_label(route), reason])
             .inc();
+    }
+
+    /// The counter of requests `client` authenticated with its key `key`
+    /// (a [`crate::auth::key_id`]); the series exists from then on, at 0,
+    /// so a rotation can watch the old key's rate fall to nothing.
+    pub fn client_key_requests(&self, client: &str, key: &str) -> IntCounter {
+        self.client_requests.with_label_values(&[client, key])
     }
 
     /// Records a 429/99991400 from Feishu itself.

@@ -1,5 +1,5 @@
-//! Phase `authenticate`: which client is calling, and so as which app (and,
-//! for a store app, which tenant).
+//! Phase `authenticate`: which client is calling, with which of its keys,
+//! and so as which app (and, for a store app, which tenant).
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
@@ -17,24 +17,27 @@ impl Gateway {
     /// - a user access token (`u-…`), with the client key in `X-Gateway-Key`:
     ///   forwarded untouched, still counted against the app's quota;
     /// - a gateway token from [`Gateway::issue_token`] (`t-g1.…`);
-    /// - the client's gateway key itself.
+    /// - one of the client's gateway keys itself.
+    ///
+    /// The request keeps the [`crate::auth::Caller`] it found (the client
+    /// and which key), counted in `feishu_gateway_client_requests_total`.
     pub(super) fn authenticate(
         &self,
         ctx: &mut RequestCtx,
         headers: &HeaderMap,
     ) -> Result<(), GatewayError> {
         let credential = bearer(headers).ok_or(GatewayError::MissingCredentials)?;
-        let client = if credential.starts_with("u-") {
+        let caller = if credential.starts_with("u-") {
             let key = headers
                 .get(X_GATEWAY_KEY)
                 .and_then(|v| v.to_str().ok())
                 .ok_or(GatewayError::UserTokenWithoutKey)?;
-            let client = self
+            let caller = self
                 .clients
                 .by_key(key.trim().as_bytes())
                 .ok_or(GatewayError::UserTokenWithoutKey)?;
             ctx.user_token = headers.get(AUTHORIZATION).cloned();
-            client
+            caller
         } else if credential.starts_with(SDK_TOKEN_PREFIX) {
             self.issuer
                 .verify(credential, &self.clients)
@@ -45,8 +48,9 @@ impl Gateway {
                 AuthError::Unknown => GatewayError::InvalidCredentials,
             })?
         };
-        ctx.client = Some(client.index);
-        ctx.app = Some(client.app);
+        caller.client.count_request(caller.key);
+        ctx.app = Some(caller.client.app);
+        let client = &caller.client;
         if self.store.is_store(client.app) {
             // A store app acts for one tenant per request: fixed for the
             // client in config, or named in X-Tenant-Key.
@@ -68,6 +72,7 @@ impl Gateway {
                 TenantError::NotStoreApp | TenantError::Quota => GatewayError::Internal,
             })?);
         }
+        ctx.caller = Some(caller);
         Ok(())
     }
 }

@@ -11,7 +11,7 @@
 //! | `event_callback`  | `front.rs`        | Feishu's pushes to `/feishu/events/<app>` (store apps) |
 //! | `route`           | `front.rs`        | is this an `/open-apis/` path? which catalog entry?  |
 //! | `issue_token`     | `front.rs`        | Feishu's token endpoints, answered by the gateway    |
-//! | `authenticate`    | `authenticate.rs` | which client is calling, so which app (and tenant)   |
+//! | `authenticate`    | `authenticate.rs` | which client is calling (and with which key), so which app (and tenant) |
 //! | `read_body`       | `admit.rs`        | buffer the body within the size and time limits      |
 //! | `validate`        | `admit.rs`        | the route's contract, answered in Feishu's words     |
 //! | `admit`           | `admit.rs`        | the (app[, tenant], route) quota: go, wait, or 429   |
@@ -75,7 +75,9 @@ pub const X_GATEWAY_MAX_WAIT: &str = "x-gateway-max-wait";
 /// Shared state of the gateway: everything a phase may consult.
 pub struct Gateway {
     pub(crate) apps: Vec<AppRoute>,
-    pub(crate) clients: ClientTable,
+    /// The clients, their keys and allow lists: one value built from
+    /// config (`app::build`), which a live reload can swap whole.
+    pub(crate) clients: Arc<ClientTable>,
     pub(crate) issuer: TokenIssuer,
     pub(crate) catalog: Catalog,
     pub(crate) contracts: Contracts,

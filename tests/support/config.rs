@@ -281,6 +281,17 @@ impl Client {
         self.0.insert("tenant".into(), tenant.into());
         self
     }
+
+    /// `key_env` as a list: several keys at once (a rotation).
+    pub fn key_envs(mut self, vars: &[&str]) -> Self {
+        self.0.insert("key_env".into(), strings(vars));
+        self
+    }
+}
+
+/// A TOML list of strings.
+fn strings(items: &[&str]) -> Value {
+    Value::Array(items.iter().map(|&i| Value::from(i)).collect())
 }
 
 /// A `[[routes]]` entry: a catalog override or addition.
