@@ -5,6 +5,7 @@
 //! up the digest of what the caller sent compares hashes, not keys, so the
 //! time taken says nothing about how much of a key was right.
 
+pub mod allow;
 pub mod sdk_token;
 
 use std::collections::HashMap;
@@ -16,6 +17,9 @@ use http::HeaderMap;
 use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 
+pub use allow::{AllowList, AllowRule};
+
+use crate::endpoints::Catalog;
 use crate::observe::metrics::Metrics;
 
 /// The most keys one client may hold at once (the current one, the next,
@@ -36,6 +40,8 @@ pub struct ClientConfig {
     /// For a store app: the tenant this client always acts for (`tenant`);
     /// otherwise it names one per request in `X-Tenant-Key`.
     pub tenant: Option<String>,
+    /// The endpoints it may call (`allow`); `None`: every endpoint.
+    pub allow: Option<Vec<AllowRule>>,
 }
 
 /// SHA-256 of a client key, as stored in [`ClientConfig::keys`].
@@ -75,6 +81,8 @@ pub struct Client {
     pub keys: Vec<ClientKey>,
     /// The tenant it always acts for (store apps), if fixed in config.
     pub tenant: Option<String>,
+    /// The endpoints it may call; `None`: every endpoint.
+    pub allow: Option<AllowList>,
 }
 
 impl Client {
@@ -136,13 +144,14 @@ impl Hasher for DigestHasher {
 }
 
 /// The configured clients, by key digest: everything a request needs to
-/// know about its caller (keys, app, tenant) in one value.
+/// know about its caller (keys, app, tenant, allow list) in one value.
 ///
 /// Built once from config (`app::build`) and shared as an
 /// `Arc<ClientTable>`; a request keeps the [`Caller`] (an `Arc<Client>`)
 /// it was authenticated as. So a live reload can build a new table and
 /// swap the `Arc` atomically, while requests in flight finish with the
-/// clients they started with.
+/// clients they started with. The allow lists are compiled against one
+/// catalog: swap the two together.
 #[derive(Debug)]
 pub struct ClientTable {
     by_digest: HashMap<[u8; 32], (usize, usize), BuildHasherDefault<DigestHasher>>,
@@ -153,8 +162,14 @@ pub struct ClientTable {
 
 impl ClientTable {
     /// Builds the table from config; `app_ids` are the apps' Feishu ids by
-    /// app index; each key's request counter starts at 0 in `metrics`.
-    pub fn new(clients: &[ClientConfig], app_ids: Vec<String>, metrics: &Metrics) -> Self {
+    /// app index; allow lists are compiled against `catalog`; each key's
+    /// request counter starts at 0 in `metrics`.
+    pub fn new(
+        clients: &[ClientConfig],
+        app_ids: Vec<String>,
+        catalog: &Catalog,
+        metrics: &Metrics,
+    ) -> Self {
         let mut by_digest = HashMap::with_capacity_and_hasher(clients.len(), Default::default());
         let mut by_name = HashMap::with_capacity(clients.len());
         let mut list = Vec::with_capacity(clients.len());
@@ -180,6 +195,10 @@ impl ClientTable {
                 app: c.app,
                 keys,
                 tenant: c.tenant.clone(),
+                allow: c
+                    .allow
+                    .as_ref()
+                    .map(|rules| AllowList::compile(rules, catalog)),
             }));
         }
         ClientTable {
@@ -247,8 +266,10 @@ mod tests {
                     key_digest(b"billing-key-NEXT-0123456789"),
                 ],
                 tenant: None,
+                allow: None,
             }],
             vec!["cli_1".into()],
+            &Catalog::builtin(),
             &metrics,
         )
     }

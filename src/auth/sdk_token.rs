@@ -191,6 +191,7 @@ fn unix_now() -> u64 {
 mod tests {
     use super::*;
     use crate::auth::{key_digest, ClientConfig};
+    use crate::endpoints::Catalog;
     use crate::observe::metrics::Metrics;
     use std::sync::Arc;
 
@@ -201,6 +202,7 @@ mod tests {
             app: 0,
             keys: keys.iter().map(|k| key_digest(k)).collect(),
             tenant: None,
+            allow: None,
         };
         ClientTable::new(
             &[
@@ -208,6 +210,7 @@ mod tests {
                 client("crm", &[b"crm-key-0123456789abc"]),
             ],
             vec!["cli_1".into()],
+            &Catalog::builtin(),
             &metrics,
         )
     }

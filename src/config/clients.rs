@@ -1,6 +1,7 @@
 //! `[[clients]]`: the internal services allowed to call, each with its
-//! app and its keys (several at once while one is rotated); only clients of
-//! store apps name a tenant.
+//! app, its keys (several at once while one is rotated) and, optionally,
+//! the endpoints it may call (`allow`); only clients of store apps name a
+//! tenant.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,7 +9,8 @@ use std::path::Path;
 use super::apps::check_label;
 use super::reader::{Problems, Section};
 use super::Environment;
-use crate::auth::{key_digest, ClientConfig, MAX_KEYS_PER_CLIENT};
+use crate::auth::{key_digest, AllowRule, ClientConfig, MAX_KEYS_PER_CLIENT};
+use crate::endpoints::Catalog;
 use crate::tokens::{AppConfig, AppKind};
 
 /// Client keys shorter than this are refused.
@@ -36,13 +38,19 @@ impl KeySource {
 
 /// Reads `[[clients]]` (at least one). `apps` are the complete `[[apps]]`
 /// entries, `app_names` every entry's name by file index (what a client's
-/// `app` index counts).
+/// `app` index counts). `catalog` (the built-in endpoints with
+/// `[[routes]]` applied, when those could be read) is what `allow` entries
+/// are checked against: a template entry that names no catalog route is a
+/// problem, a prefix entry that reaches none a warning (it can still allow
+/// paths outside the catalog).
 pub(super) fn read(
     root: &mut Section<'_>,
     apps: &[AppConfig],
     app_names: &[Option<String>],
+    catalog: Option<&Catalog>,
     env: &dyn Environment,
     p: &mut Problems,
+    warnings: &mut Vec<String>,
 ) -> Vec<ClientConfig> {
     let sections = root.tables("clients", p);
     if sections.is_empty() {
@@ -59,6 +67,7 @@ pub(super) fn read(
             p.push(s.key("tenant"), "must not be empty");
         }
         let (keys, complete) = read_keys(&mut s, env, p);
+        let allow = read_allow(&mut s, catalog, p, warnings);
         for (key, digest) in &keys {
             if let Some(j) = owners.insert(*digest, i) {
                 if j != i {
@@ -92,6 +101,7 @@ pub(super) fn read(
                 app,
                 keys: keys.into_iter().map(|(_, d)| d).collect(),
                 tenant,
+                allow,
             });
         }
     }
@@ -223,4 +233,48 @@ fn key_of(source: KeySource, item: &str, env: &dyn Environment) -> Result<[u8; 3
             _ => Err("must be 64 hex digits (SHA-256 of the key)".to_string()),
         },
     }
+}
+
+/// Reads `allow`: `None` when absent (every endpoint). Entries are parsed
+/// one by one (each problem named by its index) and checked against
+/// `catalog`.
+fn read_allow(
+    s: &mut Section<'_>,
+    catalog: Option<&Catalog>,
+    p: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Option<Vec<AllowRule>> {
+    let entries = s.strings("allow", p)?;
+    if entries.is_empty() {
+        p.push(
+            s.key("allow"),
+            "is empty, which would allow nothing: list the endpoints, or leave `allow` out to allow every endpoint",
+        );
+        return None;
+    }
+    let mut rules = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let key = format!("{}[{i}]", s.key("allow"));
+        let rule = match AllowRule::parse(entry) {
+            Ok(rule) => rule,
+            Err(e) => {
+                p.push(key, e);
+                continue;
+            }
+        };
+        match catalog.map(|c| rule.catalog_matches(c)) {
+            Some(0) if rule.is_prefix() => warnings.push(format!(
+                "{key}: {entry:?} reaches no catalog route: it allows only paths outside the catalog"
+            )),
+            Some(0) => p.push(
+                key,
+                format!(
+                    "{entry:?} names no catalog route: give the catalog's method and template (\":name\" for a parameter), a prefix ending in \"/*\", or add the endpoint with [[routes]]"
+                ),
+            ),
+            _ => {}
+        }
+        rules.push(rule);
+    }
+    Some(rules)
 }

@@ -19,7 +19,7 @@
 //! | `quota.rs`  | `[quota]`, with its Redis keys                          |
 //! | `routes.rs` | `[[routes]]`                                            |
 //! | `apps.rs`   | `[[apps]]`                                              |
-//! | `clients.rs`| `[[clients]]`: keys (several while rotating), the checks against their apps |
+//! | `clients.rs`| `[[clients]]`: keys (several while rotating), `allow` checked against the catalog, the checks against their apps |
 //! | `reader.rs` | [`Section`]: typed reads that record [`Problems`], unknown keys |
 //! | `env.rs`    | [`Environment`]; secrets given as `<base>_env` or `<base>_file` |
 //!
@@ -145,11 +145,22 @@ impl Config {
         let sdk_tokens = tokens::read_sdk_tokens(&mut s, env, p);
         let quota = quota::read(&mut s, env, p);
         let routes = routes::read(&mut s, &quota, p);
+        // What clients' `allow` entries are checked against: the catalog
+        // the gateway will run with (unreadable routes are reported above).
+        let catalog = crate::endpoints::Catalog::with_overrides(&routes).ok();
+        let mut warnings = Vec::new();
         let (apps, app_names) = apps::read(&mut s, &server.upstream, env, p);
-        let clients = clients::read(&mut s, &apps, &app_names, env, p);
+        let clients = clients::read(
+            &mut s,
+            &apps,
+            &app_names,
+            catalog.as_ref(),
+            env,
+            p,
+            &mut warnings,
+        );
         s.finish(p);
 
-        let mut warnings = Vec::new();
         ticket_home(server.state_dir.as_deref(), &quota, &apps, p, &mut warnings);
         plain_http_warnings(&server.upstream, &apps, &mut warnings);
         if !problems.is_empty() {

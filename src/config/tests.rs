@@ -34,6 +34,10 @@ fn the_documented_example_works_as_written() {
         c.clients[0].keys,
         [key_digest(b"billing-key-0123456789abcdef")]
     );
+    assert!(
+        c.clients[0].allow.is_none(),
+        "no allow list: every endpoint"
+    );
     assert_eq!(c.max_body_bytes, 1 << 20);
     assert_eq!(c.workers, default_workers());
     assert!(c.workers >= 1);
@@ -307,4 +311,80 @@ app = "ops-bot"
     assert!(text.contains("given twice"), "{text}");
     assert!(text.contains("already used by clients[0]"), "{text}");
     assert!(!text.contains("s3cr3t"), "{text}");
+}
+
+#[test]
+fn allow_entries_are_parsed_and_checked_against_the_catalog() {
+    let client = |allow: &str| {
+        format!(
+            r#"
+[[apps]]
+name = "ops-bot"
+app_id = "cli_1"
+app_secret_env = "OPS_BOT_APP_SECRET"
+[[routes]]
+method = "POST"
+path = "/open-apis/im/v1/messages"
+limits = []
+[[clients]]
+name = "billing"
+app = "ops-bot"
+key_env = "BILLING_GATEWAY_KEY"
+allow = {allow}
+"#
+        )
+    };
+    // A catalog template (parameter names free), a route added by
+    // [[routes]], a prefix reaching catalog routes: fine, no warning.
+    let c = Config::parse(
+        &client(
+            r#"["POST /open-apis/im/v1/chats/:id/top_notice/put_top_notice", "POST /open-apis/im/v1/messages", "* /open-apis/im/v1/chats/*"]"#,
+        ),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.clients[0].allow.as_ref().map(Vec::len), Some(3));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    // A prefix reaching no catalog route still allows paths outside it: a
+    // warning that check-config prints.
+    let c = Config::parse(&client(r#"["GET /open-apis/contact/v3/users/*"]"#), &env()).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].starts_with("clients[0].allow[0]: ")
+            && c.warnings[0].contains("reaches no catalog route"),
+        "{:?}",
+        c.warnings
+    );
+
+    // A template naming no catalog route would allow nothing: a problem,
+    // like a malformed entry and an empty list.
+    let problems = Config::parse(
+        &client(
+            r#"["POST /open-apis/im/v1/messages", "GET /open-apis/im/v1/messages", "POST /open-apis/im/v1/messagez", "POST im/v1/messages", 7]"#,
+        ),
+        &env(),
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "clients[0].allow[4]",
+            "clients[0].allow[1]",
+            "clients[0].allow[2]",
+            "clients[0].allow[3]",
+        ],
+        "{problems}"
+    );
+    assert!(
+        problems.to_string().contains("names no catalog route"),
+        "{problems}"
+    );
+    let problems = Config::parse(&client("[]"), &env()).unwrap_err();
+    assert_eq!(problems.0[0].key, "clients[0].allow", "{problems}");
+    assert!(
+        problems.0[0].message.contains("leave `allow` out"),
+        "{problems}"
+    );
 }

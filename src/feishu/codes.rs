@@ -62,6 +62,8 @@ pub const EXTERNAL_CHAT: i64 = 232033;
 /// The app is not installed or not enabled in the tenant.
 pub const APP_NOT_INSTALLED: i64 = 232034;
 
+/// Gateway: the client's `allow` list does not include this endpoint.
+pub const GW_FORBIDDEN: i64 = 99990403;
 /// Gateway: no such path on the gateway.
 pub const GW_NOT_FOUND: i64 = 99990404;
 /// Gateway: the client's request body did not arrive in time.
@@ -116,6 +118,10 @@ pub const KNOWN: &[(i64, &str)] = &[
     (
         APP_NOT_INSTALLED,
         "app not installed or not enabled in the tenant",
+    ),
+    (
+        GW_FORBIDDEN,
+        "gateway: endpoint not in the client's allow list",
     ),
     (GW_NOT_FOUND, "gateway: no such path"),
     (GW_BODY_TIMEOUT, "gateway: request body timeout"),

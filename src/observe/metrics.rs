@@ -34,6 +34,7 @@ pub struct Metrics {
     would_reject: IntCounterVec,
     in_flight: IntGauge,
     client_requests: IntCounterVec,
+    forbidden: IntCounterVec,
     quota_limit: IntGaugeVec,
     store_tenants: IntGaugeVec,
     app_ticket_received: GaugeVec,
@@ -274,6 +275,13 @@ impl Metrics {
             ),
             &["client", "key"],
         )?;
+        let forbidden = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_forbidden_total",
+                "Requests refused with 403 because the client's allow list does not include the route",
+            ),
+            &["client", "route"],
+        )?;
         let quota_limit = IntGaugeVec::new(
             Opts::new(
                 "feishu_gateway_quota_limit",
@@ -342,6 +350,7 @@ impl Metrics {
             Box::new(would_reject.clone()),
             Box::new(in_flight.clone()),
             Box::new(client_requests.clone()),
+            Box::new(forbidden.clone()),
             Box::new(quota_limit.clone()),
             Box::new(store_tenants.clone()),
             Box::new(app_ticket_received.clone()),
@@ -401,6 +410,7 @@ impl Metrics {
             would_reject,
             in_flight,
             client_requests,
+            forbidden,
             quota_limit,
             store_tenants,
             app_ticket_received,
@@ -535,6 +545,14 @@ impl Metrics {
     /// so a rotation can watch the old key's rate fall to nothing.
     pub fn client_key_requests(&self, client: &str, key: &str) -> IntCounter {
         self.client_requests.with_label_values(&[client, key])
+    }
+
+    /// Records a request refused because `client`'s allow list does not
+    /// include `route`.
+    pub fn forbidden(&self, client: &str, route: Option<usize>) {
+        self.forbidden
+            .with_label_values(&[client, self.route_label(route)])
+            .inc();
     }
 
     /// Records a 429/99991400 from Feishu itself.

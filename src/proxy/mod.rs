@@ -11,7 +11,9 @@
 //! | `event_callback`  | `front.rs`        | Feishu's pushes to `/feishu/events/<app>` (store apps) |
 //! | `route`           | `front.rs`        | is this an `/open-apis/` path? which catalog entry?  |
 //! | `issue_token`     | `front.rs`        | Feishu's token endpoints, answered by the gateway    |
-//! | `authenticate`    | `authenticate.rs` | which client is calling (and with which key), so which app (and tenant) |
+//! | `authenticate`    | `authenticate.rs` | which client is calling (and with which key), so which app |
+//! | `authorize`       | `authenticate.rs` | may this client call this endpoint (its `allow` list) |
+//! | `tenant`          | `authenticate.rs` | a store app's tenant for this request                |
 //! | `read_body`       | `admit.rs`        | buffer the body within the size and time limits      |
 //! | `validate`        | `admit.rs`        | the route's contract, answered in Feishu's words     |
 //! | `admit`           | `admit.rs`        | the (app[, tenant], route) quota: go, wait, or 429   |
@@ -137,6 +139,8 @@ impl Gateway {
             return self.issue_token(ctx, &parts, body, field).await;
         }
         self.authenticate(ctx, &parts.headers)?;
+        self.authorize(ctx, &parts)?;
+        self.tenant(ctx, &parts.headers)?;
         let body = self.read_body(&parts, body, self.body_limit(ctx)).await?;
         self.validate(ctx, &parts, &body)?;
         self.admit(ctx, &parts.headers).await?;

@@ -287,6 +287,12 @@ impl Client {
         self.0.insert("key_env".into(), strings(vars));
         self
     }
+
+    /// `allow`: the endpoints it may call (`"METHOD /open-apis/..."`).
+    pub fn allow(mut self, entries: &[&str]) -> Self {
+        self.0.insert("allow".into(), strings(entries));
+        self
+    }
 }
 
 /// A TOML list of strings.
