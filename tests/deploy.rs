@@ -54,8 +54,8 @@ const NOT_YET_EXPORTED: &[&str] = &[];
 const FROM_PROMETHEUS: &[&str] = &["up"];
 
 /// The alerts that must exist, by name: token refreshes and expiry,
-/// Feishu's throttling, error codes, rate limiting, added latency,
-/// readiness, and the gateway being down.
+/// Feishu's throttling, error codes, rate limiting, added latency, an app
+/// without a token, and the gateway being down.
 const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayTokenRefreshFailing",
     "FeishuGatewayTokenExpiringSoon",
@@ -63,7 +63,7 @@ const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayErrorCodeRatioHigh",
     "FeishuGatewayRateLimitedSustained",
     "FeishuGatewayAddedLatencyHigh",
-    "FeishuGatewayNotReady",
+    "FeishuGatewayAppWithoutToken",
     "FeishuGatewayDown",
 ];
 
@@ -468,6 +468,35 @@ fn every_alert_is_documented_and_unit_tested_both_ways() {
             alerts.iter().any(|a| a == required),
             "alerts.yml lacks {required}"
         );
+    }
+    // runbook.md has a section for every alert, and every anchor a
+    // runbook annotation names is one of them.
+    let runbook = read("prometheus/runbook.md");
+    let sections: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(str::to_string)
+        .collect();
+    for a in &alerts {
+        assert!(sections.contains(a), "runbook.md has no section ## {a}");
+    }
+    for g in seq(at(&rules, &["groups"])) {
+        for r in seq(at(g, &["rules"])) {
+            let text = r.get("annotations").and_then(|a| a.get("runbook"));
+            let Some(text) = text.and_then(Yaml::as_str) else {
+                continue;
+            };
+            if let Some((_, rest)) = text.split_once("runbook.md#") {
+                let anchor: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                assert!(
+                    sections.iter().any(|s| s.to_lowercase() == anchor),
+                    "runbook anchor #{anchor} has no section in runbook.md"
+                );
+            }
+        }
     }
 
     // alerts.test.yml: for every alert, a case where it fires and one where
@@ -1039,8 +1068,9 @@ async fn every_metric_in_rules_and_dashboard_is_exported() {
     }
 
     // The image's health check script against the live admin port:
-    // /healthz passes; /readyz fails (broken-bot has no token); a closed
-    // port fails.
+    // /healthz passes; /readyz too (the pod is ready although broken-bot
+    // has no token); a path that is not 200 fails, and so does a closed
+    // port.
     let script = deploy_path("healthcheck.sh");
     let admin_port = stack.gw.admin_addr().port().to_string();
     let closed_port = {
@@ -1050,7 +1080,8 @@ async fn every_metric_in_rules_and_dashboard_is_exported() {
     let results = tokio::task::spawn_blocking(move || {
         [
             (admin_port.clone(), "/healthz"),
-            (admin_port, "/readyz"),
+            (admin_port.clone(), "/readyz"),
+            (admin_port, "/no-such-path"),
             (closed_port, "/healthz"),
         ]
         .map(|(port, path)| run(Command::new("bash").arg(&script).args([&port, path]), None))
@@ -1058,12 +1089,10 @@ async fn every_metric_in_rules_and_dashboard_is_exported() {
     .await
     .expect("healthcheck");
     assert!(results[0].0, "healthcheck /healthz: {}", results[0].1);
-    assert!(
-        !results[1].0,
-        "healthcheck /readyz must fail while not ready"
-    );
-    assert!(results[1].1.contains("503"), "{}", results[1].1);
-    assert!(!results[2].0, "healthcheck on a closed port must fail");
+    assert!(results[1].0, "healthcheck /readyz: {}", results[1].1);
+    assert!(!results[2].0, "healthcheck of a 404 must fail");
+    assert!(results[2].1.contains("404"), "{}", results[2].1);
+    assert!(!results[3].0, "healthcheck on a closed port must fail");
 
     stack.stop().await;
 }
@@ -1322,15 +1351,10 @@ async fn a_real_prometheus_scrapes_the_gateway_and_loads_the_rules() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    // "Not ready" as the rules derive it agrees with /readyz: broken-bot
-    // has no token, ops-bot has one.
+    // "Without a token" as the rules derive it agrees with /readyz:
+    // broken-bot has no token, ops-bot has one; the pod is ready.
     let readyz = stack.admin("/readyz").await;
-    assert_eq!(
-        readyz.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        readyz.text()
-    );
+    assert_eq!(readyz.status, StatusCode::OK, "{}", readyz.text());
     let readyz = readyz.json();
     let not_ready: BTreeSet<String> = readyz["apps"]
         .as_array()
@@ -1341,16 +1365,16 @@ async fn a_real_prometheus_scrapes_the_gateway_and_loads_the_rules() {
         .collect();
     assert_eq!(not_ready, BTreeSet::from(["broken-bot".to_string()]));
     let derived = prom
-        .query(&http, &alert_expr("FeishuGatewayNotReady"))
+        .query(&http, &alert_expr("FeishuGatewayAppWithoutToken"))
         .await
-        .expect("NotReady expr");
+        .expect("AppWithoutToken expr");
     let derived: BTreeSet<String> = derived
         .iter()
         .map(|s| label(s, "app").to_string())
         .collect();
     assert_eq!(
         derived, not_ready,
-        "FeishuGatewayNotReady's expression vs /readyz"
+        "FeishuGatewayAppWithoutToken's expression vs /readyz"
     );
     // broken-bot's failing token fetches show in the refresh alert's
     // expression, ops-bot's do not.

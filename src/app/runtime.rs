@@ -4,6 +4,10 @@
 //! serves until [`Runtime::shutdown`] is called; [`Runtime::wait`] returns
 //! once in-flight requests have finished (or the grace period ran out).
 //! `main` and the tests use the same entry point.
+//!
+//! While the main listener drains, the admin listener keeps answering, so
+//! `/readyz` says 503 (`draining`) until the drain is over; then it stops
+//! too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +19,8 @@ use tokio::task::JoinHandle;
 use super::build;
 use crate::config::Config;
 use crate::proxy::Gateway;
-use crate::server::admin::Admin;
+use crate::server::admin::{Admin, Readiness};
+use crate::tokens::TokenManager;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,7 @@ pub struct Runtime {
     addr: SocketAddr,
     admin_addr: SocketAddr,
     gateway: Arc<Gateway>,
+    readiness: Arc<Readiness>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     refreshers: Vec<JoinHandle<()>>,
@@ -106,27 +112,46 @@ impl Runtime {
                 source,
             })?;
         let (tx, rx) = watch::channel(false);
+        // The admin listener stops once the main one has drained.
+        let (drained_tx, drained_rx) = watch::channel(false);
         let grace = config.timeouts.shutdown_grace;
+        let readiness = Arc::new(Readiness::new(config.timeouts.startup));
         let workers = match config.workers {
             0 => None,
             n => Some(Arc::new(
                 crate::workers::Workers::start(n).map_err(StartError::Workers)?,
             )),
         };
-        let main = tokio::spawn(crate::server::serve_with_tls(
-            listener,
-            tls,
-            workers,
-            crate::server::stack::gateway_service(Arc::clone(&gateway)),
-            wait_for(rx.clone()),
-            grace,
-        ));
+        let main = tokio::spawn({
+            let serve = crate::server::serve_with_tls(
+                listener,
+                tls,
+                workers,
+                crate::server::stack::gateway_service(Arc::clone(&gateway)),
+                wait_for(rx),
+                grace,
+            );
+            async move {
+                serve.await;
+                let _ = drained_tx.send(true);
+            }
+        });
+        let admin = Admin::new(
+            Arc::clone(&tokens),
+            Arc::clone(gateway.store()),
+            metrics,
+            Arc::clone(&readiness),
+        )
+        .with_quota(gateway.quota().clone());
+        refreshers.push(tokio::spawn(log_when_started(
+            admin.clone(),
+            tokens,
+            Arc::clone(&readiness),
+        )));
         let admin_srv = tokio::spawn(crate::server::serve(
             admin_listener,
-            Admin::new(tokens, Arc::clone(gateway.store()), metrics)
-                .with_quota(gateway.quota().clone())
-                .service(),
-            wait_for(rx),
+            admin.service(),
+            wait_for(drained_rx),
             grace,
         ));
         if !missing_tickets.is_empty() {
@@ -143,6 +168,7 @@ impl Runtime {
             addr,
             admin_addr,
             gateway,
+            readiness,
             shutdown: tx,
             servers: vec![main, admin_srv],
             refreshers,
@@ -164,8 +190,10 @@ impl Runtime {
         &self.gateway
     }
 
-    /// Stops accepting connections; in-flight requests go on.
+    /// Stops accepting connections; in-flight requests go on, and
+    /// `/readyz` answers 503 (`draining`) until they are done.
     pub fn shutdown(&self) {
+        self.readiness.drain();
         let _ = self.shutdown.send(true);
     }
 
@@ -186,6 +214,25 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Logs once when the start is over (see [`Admin::starting`]): every app's
+/// first token call ended, or the start timeout passed; naming the apps
+/// left without a token.
+async fn log_when_started(admin: Admin, tokens: Arc<TokenManager>, readiness: Arc<Readiness>) {
+    while admin.starting() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let timed_out =
+        tokio::time::Instant::now() >= readiness.start_deadline() && !tokens.all_settled();
+    let without = tokens.apps_without_token();
+    if timed_out {
+        tracing::warn!(apps_without_token = ?without, "ready: the start timeout (timeouts.startup) passed before every app's first token call ended");
+    } else if !without.is_empty() {
+        tracing::warn!(apps_without_token = ?without, "ready, but some apps have no token: their requests get 503 until one is fetched (see /readyz)");
+    } else {
+        tracing::info!("ready: every app holds a token");
+    }
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

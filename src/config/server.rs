@@ -34,6 +34,11 @@ pub struct Timeouts {
     /// On SIGTERM/SIGINT, how long in-flight requests may finish
     /// (`shutdown_grace`). Default 25 s (below Kubernetes' 30 s).
     pub shutdown_grace: Duration,
+    /// At start, the longest `/readyz` answers 503 while some app's first
+    /// token call has not ended (with a token or Feishu's refusal), e.g.
+    /// because Feishu cannot be reached (`startup`). Default 30 s; 0: ready
+    /// as soon as the listeners are up.
+    pub startup: Duration,
 }
 
 /// Upstream connection pool (`[pool]`).
@@ -121,6 +126,7 @@ fn read_timeouts(root: &mut Section<'_>, p: &mut Problems) -> Timeouts {
         upstream_idle: d("upstream_idle", Duration::from_secs(30)),
         body_read: d("body_read", Duration::from_secs(10)),
         shutdown_grace: d("shutdown_grace", Duration::from_secs(25)),
+        startup: d("startup", Duration::from_secs(30)),
     };
     if let Some(t) = t {
         t.finish(p);

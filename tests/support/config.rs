@@ -95,6 +95,12 @@ impl GatewayConfig {
         self.set_in("timeouts", "upstream_idle", duration(d))
     }
 
+    /// `[timeouts]` `startup`: the longest `/readyz` waits at start for
+    /// the apps' first token calls.
+    pub fn startup_timeout(self, d: Duration) -> Self {
+        self.set_in("timeouts", "startup", duration(d))
+    }
+
     /// `[timeouts]` `body_read`: reading a client's body.
     pub fn body_read_timeout(self, d: Duration) -> Self {
         self.set_in("timeouts", "body_read", duration(d))
