@@ -64,6 +64,7 @@ const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayRateLimitedSustained",
     "FeishuGatewayAddedLatencyHigh",
     "FeishuGatewayAppWithoutToken",
+    "FeishuGatewayConnectionsRejected",
     "FeishuGatewayDown",
 ];
 

@@ -20,6 +20,7 @@ use super::build;
 use crate::config::Config;
 use crate::proxy::Gateway;
 use crate::server::admin::{Admin, Readiness};
+use crate::server::listener::{self, ConnectionLimit};
 use crate::tokens::TokenManager;
 
 /// Why the gateway could not start.
@@ -63,14 +64,16 @@ pub struct Runtime {
 
 impl Runtime {
     /// Binds `config.listen` and `config.admin_listen` (port 0 picks a free
-    /// port) and starts serving.
+    /// port) with the listen backlog `config.listen_backlog` (capped by the
+    /// kernel; the value in force is logged) and starts serving.
     pub async fn start(config: Config) -> Result<Runtime, StartError> {
-        let listener = bind(config.listen).await?;
-        let admin = bind(config.admin_listen).await?;
+        let listener = bind(config.listen, config.listen_backlog)?;
+        let admin = bind(config.admin_listen, config.listen_backlog)?;
         Runtime::start_on(config, listener, admin).await
     }
 
-    /// Starts serving on listeners bound by the caller.
+    /// Starts serving on listeners bound by the caller (whose backlog is
+    /// theirs).
     pub async fn start_on(
         config: Config,
         listener: TcpListener,
@@ -122,11 +125,23 @@ impl Runtime {
                 crate::workers::Workers::start(n).map_err(StartError::Workers)?,
             )),
         };
+        warn_if_few_open_files(&config);
+        let main_limit = ConnectionLimit::new(
+            "main",
+            config.max_connections,
+            Some(metrics.listener("main")),
+        );
+        let admin_limit = ConnectionLimit::new(
+            "admin",
+            config.admin_max_connections,
+            Some(metrics.listener("admin")),
+        );
         let main = tokio::spawn({
-            let serve = crate::server::serve_with_tls(
+            let serve = crate::server::serve_limited(
                 listener,
                 tls,
                 workers,
+                main_limit,
                 crate::server::stack::gateway_service(Arc::clone(&gateway)),
                 wait_for(rx),
                 grace,
@@ -148,8 +163,11 @@ impl Runtime {
             tokens,
             Arc::clone(&readiness),
         )));
-        let admin_srv = tokio::spawn(crate::server::serve(
+        let admin_srv = tokio::spawn(crate::server::serve_limited(
             admin_listener,
+            None,
+            None,
+            admin_limit,
             admin.service(),
             wait_for(drained_rx),
             grace,
@@ -210,10 +228,42 @@ impl Runtime {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+/// Binds `addr` with the listen backlog `backlog` (capped by the kernel's
+/// `somaxconn`, and logged as such).
+fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, StartError> {
+    let (listener, in_force) =
+        listener::bind(addr, backlog).map_err(|source| StartError::Bind { addr, source })?;
+    if in_force < backlog {
+        tracing::warn!(
+            %addr,
+            listen_backlog = backlog,
+            in_force,
+            "listen_backlog is capped by the kernel (net.core.somaxconn)"
+        );
+    } else {
+        tracing::debug!(%addr, listen_backlog = in_force, "listening");
+    }
+    Ok(listener)
+}
+
+/// Warns when the open-files limit (`ulimit -n`) is too low for the
+/// configured connection limits: every client connection is a file
+/// descriptor, and so is the upstream connection it may hold, plus the
+/// process's own files.
+fn warn_if_few_open_files(config: &Config) {
+    let Some(limit) = listener::open_files_limit() else {
+        return;
+    };
+    let needed = 2 * config.max_connections as u64 + config.admin_max_connections as u64 + 64;
+    if limit < needed {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections = config.max_connections,
+            admin_max_connections = config.admin_max_connections,
+            needed,
+            "the open-files limit (ulimit -n) is below 2 x max_connections + admin_max_connections + 64: raise it, or lower max_connections, or accept() will fail with EMFILE before the limit is reached"
+        );
+    }
 }
 
 /// Logs once when the start is over (see [`Admin::starting`]): every app's

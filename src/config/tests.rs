@@ -388,3 +388,30 @@ allow = {allow}
         "{problems}"
     );
 }
+
+#[test]
+fn listener_limits_have_defaults_and_are_checked() {
+    let c = Config::parse(EXAMPLE, &env()).unwrap();
+    assert_eq!(
+        (c.listen_backlog, c.max_connections, c.admin_max_connections),
+        (4096, 4096, 64)
+    );
+    let text = format!(
+        "listen_backlog = 1024\nmax_connections = 20000\nadmin_max_connections = 8\n{EXAMPLE}"
+    );
+    let c = Config::parse(&text, &env()).unwrap();
+    assert_eq!(
+        (c.listen_backlog, c.max_connections, c.admin_max_connections),
+        (1024, 20000, 8)
+    );
+    let text = format!(
+        "listen_backlog = 0\nmax_connections = -1\nadmin_max_connections = \"many\"\n{EXAMPLE}"
+    );
+    let problems = Config::parse(&text, &env()).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["listen_backlog", "max_connections", "admin_max_connections"],
+        "{problems}"
+    );
+}

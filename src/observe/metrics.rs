@@ -35,6 +35,9 @@ pub struct Metrics {
     in_flight: IntGauge,
     client_requests: IntCounterVec,
     forbidden: IntCounterVec,
+    open_connections: IntGaugeVec,
+    connections_accepted: IntCounterVec,
+    connections_rejected: IntCounterVec,
     quota_limit: IntGaugeVec,
     store_tenants: IntGaugeVec,
     app_ticket_received: GaugeVec,
@@ -46,6 +49,18 @@ pub struct Metrics {
     pairs: Vec<Vec<PairMetrics>>,
     app_labels: Vec<String>,
     route_labels: Vec<String>,
+}
+
+/// Handles of one listener's connection counts (`listener` is `main` or
+/// `admin`).
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections accepted and served.
+    pub accepted: IntCounter,
+    /// Connections closed at once because the listener was at its limit.
+    pub rejected: IntCounter,
 }
 
 /// Wait-mode handles of one quota-limited (app, route) pair.
@@ -282,6 +297,27 @@ impl Metrics {
             ),
             &["client", "route"],
         )?;
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "feishu_gateway_open_connections",
+                "Client connections open now, by listener (main or admin)",
+            ),
+            &["listener"],
+        )?;
+        let connections_accepted = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_connections_accepted_total",
+                "Client connections accepted and served, by listener",
+            ),
+            &["listener"],
+        )?;
+        let connections_rejected = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_connections_rejected_total",
+                "Client connections closed at once because the listener was at max_connections",
+            ),
+            &["listener"],
+        )?;
         let quota_limit = IntGaugeVec::new(
             Opts::new(
                 "feishu_gateway_quota_limit",
@@ -351,6 +387,9 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(client_requests.clone()),
             Box::new(forbidden.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(connections_accepted.clone()),
+            Box::new(connections_rejected.clone()),
             Box::new(quota_limit.clone()),
             Box::new(store_tenants.clone()),
             Box::new(app_ticket_received.clone()),
@@ -411,6 +450,9 @@ impl Metrics {
             in_flight,
             client_requests,
             forbidden,
+            open_connections,
+            connections_accepted,
+            connections_rejected,
             quota_limit,
             store_tenants,
             app_ticket_received,
@@ -553,6 +595,16 @@ impl Metrics {
         self.forbidden
             .with_label_values(&[client, self.route_label(route)])
             .inc();
+    }
+
+    /// The connection counts of the listener `listener` (`main` or
+    /// `admin`); the series exist from then on, at 0.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.open_connections.with_label_values(&[listener]),
+            accepted: self.connections_accepted.with_label_values(&[listener]),
+            rejected: self.connections_rejected.with_label_values(&[listener]),
+        }
     }
 
     /// Records a 429/99991400 from Feishu itself.

@@ -57,6 +57,21 @@ impl GatewayConfig {
         self.set("max_body_bytes", int(n))
     }
 
+    /// `listen_backlog` of both listeners.
+    pub fn listen_backlog(self, n: usize) -> Self {
+        self.set("listen_backlog", int(n))
+    }
+
+    /// `max_connections` on `listen`.
+    pub fn max_connections(self, n: usize) -> Self {
+        self.set("max_connections", int(n))
+    }
+
+    /// `admin_max_connections` on `admin_listen`.
+    pub fn admin_max_connections(self, n: usize) -> Self {
+        self.set("admin_max_connections", int(n))
+    }
+
     /// `workers` (0: the shared runtime serves connections).
     pub fn workers(self, n: usize) -> Self {
         self.set("workers", int(n))
