@@ -55,7 +55,8 @@ const FROM_PROMETHEUS: &[&str] = &["up"];
 
 /// The alerts that must exist, by name: token refreshes and expiry,
 /// Feishu's throttling, error codes, rate limiting, added latency, an app
-/// without a token, and the gateway being down.
+/// without a token, connections refused at the limit, the monthly call
+/// budget, and the gateway being down.
 const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayTokenRefreshFailing",
     "FeishuGatewayTokenExpiringSoon",
@@ -65,6 +66,8 @@ const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayAddedLatencyHigh",
     "FeishuGatewayAppWithoutToken",
     "FeishuGatewayConnectionsRejected",
+    "FeishuGatewayBudgetNearlySpent",
+    "FeishuGatewayBudgetExhausted",
     "FeishuGatewayDown",
 ];
 
@@ -392,7 +395,6 @@ fn grafana_to_promql(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
         .replace("$__range_s", "3600")
         .replace("$__range", "1h")
-        .replace("$monthly_budget", "10000")
         .replace("$app", ".*")
         .replace("$route", ".*")
 }
@@ -546,12 +548,9 @@ fn dashboard_is_templated_and_has_the_required_panels() {
         assert_eq!(v["multi"], true, "${name} is multi-value");
         assert_eq!(v["includeAll"], true, "${name} has All");
     }
-    // The monthly budget is a dashboard variable until the gateway exports
-    // a budget gauge.
-    assert_eq!(vars["monthly_budget"]["type"], "textbox");
-    assert!(vars["monthly_budget"]["query"]
-        .as_str()
-        .is_some_and(|q| q.parse::<u64>().is_ok()));
+    // The monthly budget comes from the gateway's gauges, not from a
+    // dashboard variable.
+    assert!(!vars.contains_key("monthly_budget"));
 
     let all = panels(&d);
     let mut ids = BTreeSet::new();
@@ -589,6 +588,21 @@ fn dashboard_is_templated_and_has_the_required_panels() {
             "no panel titled like {needle:?}"
         );
     }
+    // The budget panel is the count against the configured budget.
+    let budget = all
+        .iter()
+        .find(|p| {
+            p["title"]
+                .as_str()
+                .is_some_and(|t| t.contains("this month against the budget"))
+        })
+        .expect("budget panel");
+    let expr = budget["targets"][0]["expr"].as_str().expect("expr");
+    assert!(
+        expr.contains("feishu_gateway_budget_used") && expr.contains("feishu_gateway_budget_limit"),
+        "{expr}"
+    );
+
     // Request rate by code carries the description of the code.
     let by_code = all
         .iter()
@@ -865,15 +879,15 @@ fn promtool_checks_and_unit_tests_the_rules() {
 
 /// The simulated Feishu and a gateway in front of it with two apps: `ops-bot`
 /// (valid credentials) and `broken-bot` (a secret the fake rejects, so it
-/// never gets a token and the gateway is not ready).
+/// never gets a token and the gateway is not ready; with a monthly budget,
+/// so its limit is exported).
 async fn start_stack() -> Harness {
     start_with(sim_config(), |c| {
         c.token_retry(Duration::from_millis(100), Duration::from_millis(500))
-            .app(App::self_built(
-                "broken-bot",
-                "cli_deploy_broken",
-                "BROKEN_BOT_APP_SECRET",
-            ))
+            .app(
+                App::self_built("broken-bot", "cli_deploy_broken", "BROKEN_BOT_APP_SECRET")
+                    .monthly_budget(10000),
+            )
             .env("BROKEN_BOT_APP_SECRET", "not-the-secret")
     })
     .await
@@ -924,6 +938,20 @@ async fn make_calls(h: &Harness) {
     let (status, _) = send(h, Method::POST, delete, true, "").await;
     assert_eq!(status, StatusCode::OK);
     let _ = send(h, Method::GET, "/open-apis/not/in/the/catalog", true, "").await;
+    // A 1/1s endpoint: a call, one over the limit (rejected), one that waits
+    // its turn: the quota's series appear with their first event.
+    let seats = "/open-apis/apaas/v1/seat_assignments";
+    let auth = format!("Bearer {CLIENT_KEY}");
+    for wait in ["0", "0", "3000"] {
+        let _ = h
+            .call(
+                Method::GET,
+                seats,
+                &[("authorization", &auth), ("x-gateway-max-wait", wait)],
+                "",
+            )
+            .await;
+    }
     // Feishu forgets its tokens: the gateway replays once with a new one.
     h.sim.invalidate_all_tokens();
     let (status, json) = send(h, Method::POST, &put("oc_123"), true, body).await;

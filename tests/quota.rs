@@ -234,15 +234,26 @@ async fn routes_outside_the_catalog_have_no_gateway_quota() {
             let auth = format!("Bearer {CLIENT_KEY}");
             h.call(
                 Method::GET,
-                "/open-apis/im/v1/chats/oc_1",
+                "/open-apis/private/v1/things/oc_1",
                 &[("authorization", &auth)],
                 "",
             )
             .await
-            .status
         }));
     }
     for t in tasks {
-        assert_eq!(t.await.unwrap(), StatusCode::OK);
+        let a = t.await.unwrap();
+        assert!(
+            a.headers.get("x-gateway-error").is_none(),
+            "forwarded, not answered by the gateway: {:?}",
+            a.headers
+        );
     }
+    let forwarded = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/open-apis/private/v1/things/oc_1")
+        .count();
+    assert_eq!(forwarded, 80, "every call reached Feishu");
 }

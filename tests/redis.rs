@@ -755,18 +755,20 @@ async fn fail_closed_answers_503_then_recovers() {
     .await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(started.elapsed() < Duration::from_millis(500));
-    // Routes without a gateway quota are unaffected.
+    // Routes without a gateway quota are unaffected (Feishu's 404 here:
+    // the path is no Feishu endpoint).
     let auth = format!("Bearer {CLIENT_KEY}");
     let a = call(
         &f.client,
         f.gws[0].addr(),
         http::Method::GET,
-        "/open-apis/im/v1/chats/oc_1",
+        "/open-apis/private/v1/things/oc_1",
         &[("authorization", &auth)],
         "",
     )
     .await;
-    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.header("x-gateway-error"), None);
     assert_eq!(f.quota_state(0).await, "degraded");
     redis.restart();
     wait_for(Duration::from_secs(5), || async {
@@ -937,16 +939,46 @@ fn redis_config_keys_defaults_and_problems() {
     }
 }
 
+/// A window smaller than the replica count has no local share: the
+/// gateway starts (Feishu's catalog has `1/1s` endpoints), and during an
+/// outage such a route is closed (503) while the others use their share.
 #[tokio::test]
-async fn limits_below_the_replica_count_are_refused_at_start() {
-    let redis = redis_or_skip!();
-    let config = config()
-        .quota(redis_quota(&redis, QuotaFail::Local, 3))
-        .put_limits(&[(2, Duration::from_secs(1))])
-        .parse();
-    let err = Runtime::start(config).await.err().expect("refused");
-    let msg = err.to_string();
-    assert!(msg.contains("2/1s") && msg.contains("replicas"), "{msg}");
+async fn limits_below_the_replica_count_close_during_an_outage() {
+    let mut redis = redis_or_skip!();
+    let f = fleet(1, sim_config(), |c| {
+        c.quota(redis_quota(&redis, QuotaFail::Local, 3))
+            .put_limits(&[(2, Duration::from_secs(1))])
+    })
+    .await;
+    assert_eq!(
+        put_at(&f.client, f.gws[0].addr(), PUT_PATH, &[])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    redis.kill();
+    wait_for(Duration::from_secs(5), || async {
+        f.quota_state(0).await == "degraded"
+    })
+    .await;
+    let a = put_at(&f.client, f.gws[0].addr(), PUT_PATH, &[]).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        a.header("x-gateway-error"),
+        Some("quota-backend-unavailable")
+    );
+    // 50/1s splits between 3 replicas: the local share (started drained,
+    // so after one interval) admits.
+    let delete = PUT_PATH.replace("put_top_notice", "delete_top_notice");
+    let a = put_at(
+        &f.client,
+        f.gws[0].addr(),
+        &delete,
+        &[("x-gateway-max-wait", "2000")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "50/1s splits between 3 replicas");
+    redis.restart();
 }
 
 /// `rediss://` with a password and a private CA; `/readyz` names the

@@ -1,8 +1,8 @@
 //! The composition root: the only code that turns a [`Config`] into the
 //! gateway's parts — catalog, metrics, upstream connections, the Redis
 //! connection, app_ticket store, token manager, quota engine and keys, store
-//! apps, contracts — and the listener's TLS. Domain modules never read the
-//! config; they are handed what they need here.
+//! apps, monthly budgets, contracts — and the listener's TLS. Domain modules
+//! never read the config; they are handed what they need here.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,13 +12,12 @@ use http::HeaderValue;
 use super::StartError;
 use crate::auth::sdk_token::TokenIssuer;
 use crate::auth::ClientTable;
+use crate::budget::{Budgets, Store as BudgetStore};
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::{Catalog, Contracts};
 use crate::observe::metrics::Metrics;
-use crate::proxy::{AppRoute, Gateway, QuotaKeys};
-use crate::quota::{
-    BackendKind, Engine, KeySpec, Plan, PlanPolicy, QuotaKey, RedisConnection, RedisSettings,
-};
+use crate::proxy::{AppRoute, Gateway, QuotaKeys, ResourceKeys, Retries};
+use crate::quota::{BackendKind, Engine, PlanPolicy, RedisConnection, RedisSettings};
 use crate::server::tls::ReloadingAcceptor;
 use crate::store_apps::StoreApps;
 use crate::tokens::ticket::TicketBox;
@@ -29,13 +28,19 @@ use crate::tokens::TokenManager;
 use crate::upstream::Upstreams;
 
 /// Reads a config file and checks what only the running parts can check
-/// (the listener's certificate and key load), listing every problem.
+/// (the listener's certificate and key load, the catalog with the config's
+/// routes), listing every problem.
 /// `serve` and `check-config` both start here.
 pub fn load_config(path: &Path, env: &dyn Environment) -> Result<Config, Problems> {
     let config = Config::load(path, env)?;
     let mut problems = Problems::default();
     if let Err(e) = tls_acceptor(&config) {
         problems.push("tls_cert", e);
+    }
+    // The catalog with the overrides: a rule reading a path parameter its
+    // route does not have is only found here.
+    if let Err(e) = Catalog::with_overrides(&config.routes) {
+        problems.push("routes", e);
     }
     if problems.is_empty() {
         Ok(config)
@@ -139,9 +144,8 @@ pub(super) fn client_table(
     ))
 }
 
-/// The gateway's shared state: one quota key per configured app and limited
-/// route (keys come from configuration only), the store apps with their
-/// tenants' key templates, and each route's contract. `redis` is the
+/// The gateway's shared state: the quota keys (made on first use), the
+/// store apps, and each route's contract. `redis` is the
 /// replica's connection with `[quota] backend = "redis"`.
 fn gateway(
     config: &Config,
@@ -156,45 +160,37 @@ fn gateway(
         margin: config.quota.margin,
         min_rate_fraction: config.quota.min_rate_fraction,
     };
-    let mut plans: Vec<Option<Plan>> = Vec::new();
-    for route in catalog.routes() {
-        if route.limits.is_empty() {
-            plans.push(None);
-            continue;
-        }
-        let plan = Plan::new(&route.limits, &policy)
-            .map_err(|e| format!("route {}: {e}", route.template))?;
-        tracing::info!(route = %route.template, plan = %plan, "quota plan");
-        plans.push(Some(plan));
-    }
-    let mut specs = Vec::new();
-    let mut quota_keys = QuotaKeys::new(plans.len());
-    for app in 0..config.apps.len() {
-        let mut keys = Vec::new();
-        for (r, plan) in plans.iter().enumerate() {
-            keys.push(plan.as_ref().map(|plan| {
-                let key = QuotaKey::new(specs.len() as u32);
-                let route = catalog.route(r);
-                let name = format!(
-                    "{}:{} {}",
-                    config.apps[app].app_id, route.method, route.template
-                );
-                specs.push(KeySpec::new(plan.clone(), config.quota.max_waiters).with_name(name));
-                let windows = route.limits.iter().map(|w| (w.to_string(), w.limit()));
-                (key, metrics.quota_pair(app, r, windows))
-            }));
-        }
-        quota_keys.push_app(keys);
-    }
-    let quota = Engine::from_config(&config.quota, specs, &metrics, redis)?;
-    // Store apps' tenants get keys of their own with their app's limits.
-    let templates = quota_keys.templates();
-    let store = Arc::new(StoreApps::new(
-        &config.apps,
-        tickets,
+    // No key is made here: the first request on an (app[, tenant], route)
+    // makes its key (proxy/keys.rs). The engine itself holds none.
+    let quota = Engine::from_config(&config.quota, Vec::new(), &metrics, redis)?;
+    let resource_keys = ResourceKeys::new(
         quota.clone(),
-        templates,
+        &catalog,
+        &policy,
+        config.quota.max_waiters,
+        config.apps.iter().map(|a| a.app_id.clone()).collect(),
+    )?;
+    let quota_keys = QuotaKeys::new(
+        quota,
+        &catalog,
+        &policy,
+        config.quota.max_waiters,
+        config.apps.iter().map(|a| a.app_id.clone()).collect(),
         Arc::clone(&metrics),
+    )?;
+    let store = Arc::new(StoreApps::new(&config.apps, tickets, Arc::clone(&metrics)));
+    // The monthly budgets' counts: in Redis with the Redis backend (shared
+    // by every replica), else in the process, kept in `state_dir` if set.
+    let budget_store = match (redis, &config.state_dir) {
+        (Some(conn), _) => BudgetStore::redis(conn.clone(), config.quota.key_prefix.clone()),
+        (None, Some(dir)) => BudgetStore::Dir(dir.clone()),
+        (None, None) => BudgetStore::Memory,
+    };
+    let budget = Arc::new(Budgets::new(
+        &config.budget,
+        config.apps.len(),
+        &metrics,
+        budget_store,
     ));
     let mut contracts = Contracts::for_catalog(&catalog);
     for (i, route) in catalog.routes().iter().enumerate() {
@@ -227,12 +223,14 @@ fn gateway(
         store,
         upstreams,
         metrics,
-        quota,
         quota_keys,
+        resource_keys,
         quota_config: config.quota.clone(),
+        budget,
         max_body_bytes: config.max_body_bytes,
         body_read_timeout: config.timeouts.body_read,
         upstream_timeout: config.timeouts.upstream,
         upstream_idle: config.timeouts.upstream_idle,
+        retries: Retries::new(config.retries.clone(), config.apps.len()),
     })
 }

@@ -96,7 +96,11 @@ impl Runtime {
         // them; missing ones are asked for once the listener serves the
         // event endpoint (below).
         let missing_tickets = gateway.store().load_tickets().await;
+        // This month's budget counts kept in state_dir (Redis: read by the
+        // first sync, at once).
+        gateway.budget().load().await;
         let mut refreshers = tokens.spawn_refreshers();
+        refreshers.push(gateway.budget().spawn_sync());
         refreshers.extend(gateway.store().spawn_maintenance());
         let tls = build::tls_acceptor(&config).map_err(StartError::Tls)?;
         if let Some(tls) = &tls {
@@ -216,7 +220,7 @@ impl Runtime {
     }
 
     /// Waits until both listeners have drained, then stops the token
-    /// refreshers.
+    /// refreshers and saves (or sends) the budget counts a last time.
     pub async fn wait(self) {
         for s in self.servers {
             let _ = s.await;
@@ -224,6 +228,7 @@ impl Runtime {
         for r in self.refreshers {
             r.abort();
         }
+        self.gateway.budget().sync().await;
         tracing::info!("feishu-gateway stopped");
     }
 }

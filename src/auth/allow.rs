@@ -279,23 +279,20 @@ mod tests {
     use super::*;
     use crate::endpoints::RouteConfig;
 
+    /// The built-in catalog (every Feishu endpoint of the data file) and
+    /// one route added as `[[routes]]` would.
     fn catalog() -> Catalog {
-        let add = |method: Method, path: &str| RouteConfig {
-            method,
-            path: path.into(),
+        Catalog::with_overrides(&[RouteConfig {
+            method: Method::GET,
+            path: "/open-apis/gateway-test/v1/things/:thing_id".into(),
             limits: None,
             overflow: None,
             max_wait: None,
             validation: None,
             unknown_fields: None,
             max_body_bytes: None,
-        };
-        Catalog::with_overrides(&[
-            add(Method::POST, "/open-apis/im/v1/messages"),
-            add(Method::GET, "/open-apis/contact/v3/users/:user_id"),
-            add(Method::GET, "/open-apis/contact/v3/users/batch_get_id"),
-            add(Method::PATCH, "/open-apis/contact/v3/users/:user_id"),
-        ])
+            resource_limits: Vec::new(),
+        }])
         .unwrap()
     }
 
@@ -308,6 +305,10 @@ mod tests {
         l.allows(&method, path, c.find(&method, path))
     }
 
+    fn template(c: &Catalog, method: Method, path: &str) -> Option<String> {
+        c.find(&method, path).map(|i| c.route(i).template.clone())
+    }
+
     #[test]
     fn templates_allow_their_catalog_route_only() {
         let c = catalog();
@@ -315,6 +316,7 @@ mod tests {
             &[
                 "POST /open-apis/im/v1/chats/:id/top_notice/put_top_notice",
                 "get /open-apis/contact/v3/users/:user_id",
+                "GET /open-apis/gateway-test/v1/things/:id",
             ],
             &c,
         );
@@ -342,14 +344,22 @@ mod tests {
             Method::PATCH,
             "/open-apis/contact/v3/users/ou_1"
         ));
+        // `users/batch` is a route of its own, not `users/:user_id`.
+        let batch = "/open-apis/contact/v3/users/batch";
+        assert_eq!(template(&c, Method::GET, batch).as_deref(), Some(batch));
+        assert!(!allowed(&l, &c, Method::GET, batch));
         assert!(!allowed(&l, &c, Method::POST, "/open-apis/im/v1/messages"));
-        // Outside the catalog: never by a template entry.
-        assert!(!allowed(
+        // A route added by [[routes]].
+        assert!(allowed(
             &l,
             &c,
             Method::GET,
-            "/open-apis/contact/v3/users/ou_1/x"
+            "/open-apis/gateway-test/v1/things/t1"
         ));
+        // Outside the catalog: never by a template entry.
+        let outside = "/open-apis/contact/v3/users/ou_1/not/in/catalog";
+        assert_eq!(template(&c, Method::GET, outside), None);
+        assert!(!allowed(&l, &c, Method::GET, outside));
     }
 
     #[test]
@@ -372,7 +382,7 @@ mod tests {
             &l,
             &c,
             Method::GET,
-            "/open-apis/contact/v3/users/batch_get_id"
+            "/open-apis/contact/v3/users/batch"
         ));
         assert!(allowed(
             &l,
@@ -389,6 +399,12 @@ mod tests {
             &c,
             Method::PATCH,
             "/open-apis/contact/v3/users/ou_1"
+        ));
+        assert!(!allowed(
+            &l,
+            &c,
+            Method::POST,
+            "/open-apis/contact/v3/users/batch_get_id"
         ));
         assert!(!allowed(
             &l,
@@ -418,15 +434,18 @@ mod tests {
         let c = catalog();
         let n = |e: &str| e.parse::<AllowRule>().unwrap().catalog_matches(&c);
         assert_eq!(n("POST /open-apis/im/v1/messages"), 1);
-        assert_eq!(n("* /open-apis/contact/v3/users/:user_id"), 2);
+        // DELETE, GET, PATCH and PUT users/:user_id.
+        assert_eq!(n("* /open-apis/contact/v3/users/:user_id"), 4);
+        assert_eq!(n("GET /open-apis/gateway-test/v1/things/:x"), 1);
         assert_eq!(n("POST /open-apis/im/v1/messagez"), 0);
-        assert_eq!(n("GET /open-apis/im/v1/messages"), 0);
-        // A prefix reaches templates below it, a parameter may take a
+        assert_eq!(n("DELETE /open-apis/im/v1/messages"), 0);
+        // A prefix reaches templates below it; a parameter may take a
         // literal's value.
-        assert_eq!(n("GET /open-apis/contact/v3/*"), 2);
-        assert_eq!(n("GET /open-apis/contact/v3/users/batch_get_id/*"), 0);
-        assert_eq!(n("PATCH /open-apis/contact/*"), 1);
-        assert_eq!(n("GET /open-apis/drive/*"), 0);
+        assert!(n("GET /open-apis/contact/v3/users/*") >= 3);
+        assert!(n("GET /open-apis/contact/v3/users/batch/*") == 0);
+        assert_eq!(n("GET /open-apis/gateway-test/*"), 1);
+        assert_eq!(n("GET /open-apis/gateway-test/v1/things/x/*"), 0);
+        assert_eq!(n("GET /open-apis/gateway-nowhere/*"), 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::apps::check_label;
 use super::reader::{Problems, Section};
 use super::Environment;
 use crate::auth::{key_digest, AllowRule, ClientConfig, MAX_KEYS_PER_CLIENT};
-use crate::endpoints::Catalog;
+use crate::endpoints::{Catalog, RouteConfig};
 use crate::tokens::{AppConfig, AppKind};
 
 /// Client keys shorter than this are refused.
@@ -38,20 +38,22 @@ impl KeySource {
 
 /// Reads `[[clients]]` (at least one). `apps` are the complete `[[apps]]`
 /// entries, `app_names` every entry's name by file index (what a client's
-/// `app` index counts). `catalog` (the built-in endpoints with
-/// `[[routes]]` applied, when those could be read) is what `allow` entries
-/// are checked against: a template entry that names no catalog route is a
+/// `app` index counts). `allow` entries are checked against the catalog
+/// (the built-in endpoints with `routes` applied; built once, when the
+/// first `allow` is read, and skipped when it cannot be built: `load_config`
+/// reports that): a template entry that names no catalog route is a
 /// problem, a prefix entry that reaches none a warning (it can still allow
 /// paths outside the catalog).
 pub(super) fn read(
     root: &mut Section<'_>,
     apps: &[AppConfig],
     app_names: &[Option<String>],
-    catalog: Option<&Catalog>,
+    routes: &[RouteConfig],
     env: &dyn Environment,
     p: &mut Problems,
     warnings: &mut Vec<String>,
 ) -> Vec<ClientConfig> {
+    let mut catalog: Option<Option<Catalog>> = None;
     let sections = root.tables("clients", p);
     if sections.is_empty() {
         p.push("clients", "at least one [[clients]] entry is required");
@@ -67,7 +69,12 @@ pub(super) fn read(
             p.push(s.key("tenant"), "must not be empty");
         }
         let (keys, complete) = read_keys(&mut s, env, p);
-        let allow = read_allow(&mut s, catalog, p, warnings);
+        let allow = if s.value("allow").is_some() {
+            let catalog = catalog.get_or_insert_with(|| Catalog::with_overrides(routes).ok());
+            read_allow(&mut s, catalog.as_ref(), p, warnings)
+        } else {
+            None
+        };
         for (key, digest) in &keys {
             if let Some(j) = owners.insert(*digest, i) {
                 if j != i {

@@ -18,7 +18,8 @@
 //! | `tokens.rs` | `[token]`, `[sdk_tokens]`                               |
 //! | `quota.rs`  | `[quota]`, with its Redis keys                          |
 //! | `routes.rs` | `[[routes]]`                                            |
-//! | `apps.rs`   | `[[apps]]`                                              |
+//! | `retries.rs`| `[retries]`: retries by code after transient failures  |
+//! | `apps.rs`   | `[[apps]]`; the budget groups (`monthly_budget`, `budget_group`) |
 //! | `clients.rs`| `[[clients]]`: keys (several while rotating), `allow` checked against the catalog, the checks against their apps |
 //! | `reader.rs` | [`Section`]: typed reads that record [`Problems`], unknown keys |
 //! | `env.rs`    | [`Environment`]; secrets given as `<base>_env` or `<base>_file` |
@@ -34,6 +35,7 @@ mod clients;
 mod env;
 mod quota;
 mod reader;
+mod retries;
 mod routes;
 mod server;
 mod tokens;
@@ -53,8 +55,10 @@ pub use server::{
 
 pub use crate::auth::sdk_token::SdkTokens;
 pub use crate::auth::{key_digest, ClientConfig};
+pub use crate::budget::{BudgetConfig, BudgetGroup};
 pub use crate::endpoints::RouteConfig;
 pub use crate::observe::logging::{Log, LogFormat};
+pub use crate::proxy::RetryPolicy;
 pub use crate::quota::{OverflowMode, QuotaConfig};
 pub use crate::tokens::{AppConfig, AppKind, StoreAppSettings, TokenPolicy};
 pub use crate::upstream::Upstream;
@@ -108,9 +112,10 @@ pub struct Config {
     /// Logging (`[log]`).
     pub log: Log,
     /// Where the gateway keeps state across restarts (`state_dir`): the
-    /// latest app_ticket of each store app. Required with store apps,
-    /// unless `quota.backend = "redis"`: the tickets are then kept in Redis
-    /// and this directory is not used.
+    /// latest app_ticket of each store app, and the monthly budget counts.
+    /// Required with store apps, unless `quota.backend = "redis"`: the
+    /// tickets and counts are then kept in Redis and this directory is not
+    /// used.
     pub state_dir: Option<PathBuf>,
     /// Quota behaviour (`[quota]`).
     pub quota: QuotaConfig,
@@ -118,10 +123,15 @@ pub struct Config {
     pub sdk_tokens: SdkTokens,
     /// Catalog overrides and additions (`[[routes]]`).
     pub routes: Vec<RouteConfig>,
+    /// Retries by code after a transient upstream failure (`[retries]`).
+    pub retries: RetryPolicy,
     /// The Feishu apps the gateway holds secrets for (`[[apps]]`).
     pub apps: Vec<AppConfig>,
     /// The internal services allowed to call (`[[clients]]`).
     pub clients: Vec<ClientConfig>,
+    /// The monthly call budgets (`[[apps]]` `monthly_budget`,
+    /// `budget_group`): one group per self-built app or per `budget_group`.
+    pub budget: BudgetConfig,
     /// Things worth saying that do not stop the gateway (e.g. plain-HTTP
     /// upstream on a non-loopback host).
     pub warnings: Vec<String>,
@@ -160,20 +170,12 @@ impl Config {
         let sdk_tokens = tokens::read_sdk_tokens(&mut s, env, p);
         let quota = quota::read(&mut s, env, p);
         let routes = routes::read(&mut s, &quota, p);
-        // What clients' `allow` entries are checked against: the catalog
-        // the gateway will run with (unreadable routes are reported above).
-        let catalog = crate::endpoints::Catalog::with_overrides(&routes).ok();
+        let retries = retries::read(&mut s, p);
         let mut warnings = Vec::new();
-        let (apps, app_names) = apps::read(&mut s, &server.upstream, env, p);
-        let clients = clients::read(
-            &mut s,
-            &apps,
-            &app_names,
-            catalog.as_ref(),
-            env,
-            p,
-            &mut warnings,
-        );
+        let (apps, app_names, budget) = apps::read(&mut s, &server.upstream, env, p);
+        // Clients' `allow` entries are checked against the catalog the
+        // gateway will run with (built only when some client has one).
+        let clients = clients::read(&mut s, &apps, &app_names, &routes, env, p, &mut warnings);
         s.finish(p);
 
         ticket_home(server.state_dir.as_deref(), &quota, &apps, p, &mut warnings);
@@ -202,8 +204,10 @@ impl Config {
             quota,
             sdk_tokens,
             routes,
+            retries,
             apps,
             clients,
+            budget,
             warnings,
         })
     }
@@ -229,7 +233,7 @@ fn ticket_home(
     }
     if redis && state_dir.is_some() {
         warnings.push(
-            "state_dir is not used: with quota.backend = \"redis\" the app_tickets are kept in Redis".to_string(),
+            "state_dir is not used: with quota.backend = \"redis\" the app_tickets and the monthly budget counts are kept in Redis".to_string(),
         );
     }
 }

@@ -36,7 +36,8 @@ pub struct Timeouts {
     /// TCP+TLS connect to Feishu (`connect`). Default 3 s.
     pub connect: Duration,
     /// One upstream attempt, from sending the request to the end of the
-    /// answer's head and inspected body (`upstream`). Default 30 s.
+    /// answer's head and inspected body (`upstream`); retries by code
+    /// share it with the first attempt (`proxy::retry`). Default 30 s.
     pub upstream: Duration,
     /// The longest gap between two reads of a streamed answer body (a
     /// download, a JSON answer too large to hold) once its head went to the

@@ -1,8 +1,8 @@
 //! One catalog entry: a method and a path template (`:name` segments match
 //! one path segment), and the gateway's rules for it.
 //!
-//! Matching walks the template segment by segment over the request path
-//! without allocating.
+//! Matching is the catalog's router's (`router.rs`); a route extracts its
+//! parameters by position, walking the path without allocating.
 
 use std::time::Duration;
 
@@ -25,6 +25,11 @@ pub struct Route {
     /// Feishu's windows for this endpoint, per app; empty means no gateway
     /// quota.
     pub limits: Vec<Window>,
+    /// Feishu documents a limit it does not publish (特殊频控): no gateway
+    /// quota, only the pause after Feishu's own throttle answers.
+    pub special: bool,
+    /// The doc page's title, from the data file (empty for config routes).
+    pub doc: &'static str,
     /// Overrides the global over-limit behaviour.
     pub overflow: Option<OverflowMode>,
     /// Overrides the global longest wait.
@@ -35,6 +40,9 @@ pub struct Route {
     pub unknown_fields: UnknownFields,
     /// Overrides the global body limit.
     pub max_body_bytes: Option<usize>,
+    /// The per-resource rules on this route (indices into
+    /// [`Catalog::rules`](super::Catalog::rules)).
+    pub resources: Vec<usize>,
     segments: Vec<Segment>,
 }
 
@@ -51,7 +59,10 @@ impl Route {
             return Err(format!("{template:?} must start with /open-apis/"));
         }
         let mut segments = Vec::new();
-        for seg in template[1..].split('/') {
+        let body = &template[1..];
+        // Some Feishu templates end with a slash (`/drive/permission/v2/public/`).
+        let body = body.strip_suffix('/').unwrap_or(body);
+        for seg in body.split('/') {
             if seg.is_empty() {
                 return Err(format!("{template:?} has an empty segment"));
             }
@@ -67,37 +78,24 @@ impl Route {
                 segments.push(Segment::Literal(seg.to_string()));
             }
         }
+        if body.len() + 1 < template.len() {
+            segments.push(Segment::Literal(String::new()));
+        }
         Ok(Route {
             id: id.to_string(),
             method,
             template: template.to_string(),
             limits: Vec::new(),
+            special: false,
+            doc: "",
             overflow: None,
             max_wait: None,
             validation: ValidationMode::Enforce,
             unknown_fields: UnknownFields::Allow,
             max_body_bytes: None,
+            resources: Vec::new(),
             segments,
         })
-    }
-
-    /// True when `method` and `path` match this route.
-    pub fn matches(&self, method: &Method, path: &str) -> bool {
-        if *method != self.method {
-            return false;
-        }
-        let Some(rest) = path.strip_prefix('/') else {
-            return false;
-        };
-        let mut parts = rest.split('/');
-        for seg in &self.segments {
-            match (seg, parts.next()) {
-                (Segment::Literal(l), Some(p)) if l == p => {}
-                (Segment::Param(_), Some(p)) if !p.is_empty() => {}
-                _ => return false,
-            }
-        }
-        parts.next().is_none()
     }
 
     /// The raw (still percent-encoded) value of parameter `name` in `path`,

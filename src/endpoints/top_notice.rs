@@ -1,15 +1,12 @@
 //! The chat top-notice family: pin a message or the announcement on top of
 //! a chat, and take it down. Everything the gateway knows of these two
-//! endpoints is here: id, method, template, Feishu's limits (50 per second
-//! AND 1000 per minute, per app) and the body contract.
+//! endpoints beyond the data file (which gives their limits, 50 per second
+//! AND 1000 per minute per app) is here: id and body contract.
 
 use http::Method;
 
 use super::Builtin;
 use crate::validate::{BodyRule, Contract, Field, HeaderRule, Param, Shape, UnknownFields};
-
-/// Feishu's published limit of both endpoints, per app: 50/1s and 1000/60s.
-const LIMITS: &[(u32, u64)] = &[(50, 1), (1000, 60)];
 
 /// The family's entries, for [`super::BUILTIN`].
 pub const ENDPOINTS: &[Builtin] = &[
@@ -17,15 +14,15 @@ pub const ENDPOINTS: &[Builtin] = &[
         id: PUT_TOP_NOTICE,
         method: Method::POST,
         template: "/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice",
-        limits: LIMITS,
         contract: Some(put_top_notice),
+        max_body_bytes: None,
     },
     Builtin {
         id: DELETE_TOP_NOTICE,
         method: Method::POST,
         template: "/open-apis/im/v1/chats/:chat_id/top_notice/delete_top_notice",
-        limits: LIMITS,
         contract: Some(delete_top_notice),
+        max_body_bytes: None,
     },
 ];
 

@@ -8,7 +8,7 @@
 //! histograms; the per-code counters are cached after first use.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -31,6 +31,8 @@ pub struct Metrics {
     token_expiry: GaugeVec,
     token_replays: IntCounterVec,
     upstream_errors: IntCounterVec,
+    retries: IntCounterVec,
+    retries_skipped: IntCounterVec,
     would_reject: IntCounterVec,
     in_flight: IntGauge,
     client_requests: IntCounterVec,
@@ -44,9 +46,15 @@ pub struct Metrics {
     app_ticket_store_errors: IntCounterVec,
     quota_waiting: IntGaugeVec,
     quota_wait: HistogramVec,
+    budget: BudgetFamilies,
     backend: BackendFamilies,
     /// Cached handles, indexed `[app + 1][route + 1]` (0 = unknown/other).
-    pairs: Vec<Vec<PairMetrics>>,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    /// Per (app or unknown, route or other), made on first use: a catalog of
+    /// 1,559 routes exports series only for the routes called. At
+    /// `(app + 1) * (routes + 1) + route + 1`.
+    pairs: Box<[OnceLock<Box<PairMetrics>>]>,
     app_labels: Vec<String>,
     route_labels: Vec<String>,
 }
@@ -70,6 +78,24 @@ pub struct QuotaPairMetrics {
     pub waiting: IntGauge,
     /// Time admitted requests waited.
     pub wait: Histogram,
+}
+
+/// The monthly call budget's families (`feishu_gateway_budget_*`), per app.
+struct BudgetFamilies {
+    used: IntGaugeVec,
+    limit: IntGaugeVec,
+    exhausted: IntGaugeVec,
+}
+
+/// Handles of one app's monthly budget series (the apps of a budget group
+/// all show the group's figures).
+#[derive(Clone)]
+pub struct BudgetMetrics {
+    /// Calls counted this month (`feishu_gateway_budget_used`).
+    pub used: IntGauge,
+    /// 1 while counted calls are answered by the gateway
+    /// (`feishu_gateway_budget_exhausted`).
+    pub exhausted: IntGauge,
 }
 
 /// The shared quota backend's families (`feishu_gateway_quota_backend_*`).
@@ -240,9 +266,9 @@ impl Metrics {
         let upstream_throttled = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_upstream_throttled_total",
-                "429/99991400 answers from Feishu itself (should stay 0)",
+                "Throttle answers from Feishu itself, by Feishu code (data/throttle-codes.tsv, or none for a bare 429); should stay 0",
             ),
-            &["app", "route"],
+            &["app", "route", "code"],
         )?;
         let token_refreshes = IntCounterVec::new(
             Opts::new(
@@ -271,6 +297,20 @@ impl Metrics {
                 "Transport failures talking to Feishu",
             ),
             &["app", "route", "kind"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_retries_total",
+                "Requests sent to Feishu again after a transient failure, by reason (connect, reset, edge_502, edge_503, code)",
+            ),
+            &["app", "route", "reason"],
+        )?;
+        let retries_skipped = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_retries_skipped_total",
+                "Transient failures answered without a retry, by reason (unsafe, attempts, deadline, budget, quota)",
+            ),
+            &["app", "route", "reason"],
         )?;
         let would_reject = IntCounterVec::new(
             Opts::new(
@@ -361,6 +401,29 @@ impl Metrics {
             .buckets(buckets()),
             &["app", "route"],
         )?;
+        let budget = BudgetFamilies {
+            used: IntGaugeVec::new(
+                Opts::new(
+                    "feishu_gateway_budget_used",
+                    "Calls counted against the monthly call budget this month (Asia/Shanghai), per app; the apps of a budget_group show the group's count",
+                ),
+                &["app"],
+            )?,
+            limit: IntGaugeVec::new(
+                Opts::new(
+                    "feishu_gateway_budget_limit",
+                    "The configured monthly_budget of the app (or of its budget_group)",
+                ),
+                &["app"],
+            )?,
+            exhausted: IntGaugeVec::new(
+                Opts::new(
+                    "feishu_gateway_budget_exhausted",
+                    "1 while the gateway answers the app's counted calls itself (Feishu said 99991403, or the count reached monthly_budget)",
+                ),
+                &["app"],
+            )?,
+        };
         let backend = BackendFamilies::new()?;
         let build_info = IntGaugeVec::new(
             Opts::new("feishu_gateway_build_info", "Build information"),
@@ -383,6 +446,8 @@ impl Metrics {
             Box::new(token_expiry.clone()),
             Box::new(token_replays.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(retries.clone()),
+            Box::new(retries_skipped.clone()),
             Box::new(would_reject.clone()),
             Box::new(in_flight.clone()),
             Box::new(client_requests.clone()),
@@ -396,6 +461,9 @@ impl Metrics {
             Box::new(app_ticket_store_errors.clone()),
             Box::new(quota_waiting.clone()),
             Box::new(quota_wait.clone()),
+            Box::new(budget.used.clone()),
+            Box::new(budget.limit.clone()),
+            Box::new(budget.exhausted.clone()),
             Box::new(build_info.clone()),
             Box::new(code_info.clone()),
         ]
@@ -417,19 +485,8 @@ impl Metrics {
         app_labels.extend(apps.iter().cloned());
         let mut route_labels = vec![OTHER_ROUTE.to_string()];
         route_labels.extend(routes.iter().cloned());
-        let pairs = app_labels
-            .iter()
-            .map(|a| {
-                route_labels
-                    .iter()
-                    .map(|r| PairMetrics {
-                        unknown_codes: Mutex::new((Vec::new(), false)),
-                        request_duration: request_duration.with_label_values(&[a, r]),
-                        upstream_duration: upstream_duration.with_label_values(&[a, r]),
-                        by_outcome: RwLock::new(HashMap::new()),
-                    })
-                    .collect()
-            })
+        let pairs = (0..app_labels.len() * route_labels.len())
+            .map(|_| OnceLock::new())
             .collect();
         for a in apps {
             token_expiry.with_label_values(&[a]).set(0.0);
@@ -439,6 +496,8 @@ impl Metrics {
         }
         Ok(Metrics {
             registry,
+            request_duration,
+            upstream_duration,
             requests_total,
             rate_limited,
             upstream_throttled,
@@ -446,6 +505,8 @@ impl Metrics {
             token_expiry,
             token_replays,
             upstream_errors,
+            retries,
+            retries_skipped,
             would_reject,
             in_flight,
             client_requests,
@@ -459,6 +520,7 @@ impl Metrics {
             app_ticket_store_errors,
             quota_waiting,
             quota_wait,
+            budget,
             backend,
             pairs,
             app_labels,
@@ -487,7 +549,16 @@ impl Metrics {
     }
 
     fn pair(&self, app: Option<usize>, route: Option<usize>) -> &PairMetrics {
-        &self.pairs[app.map_or(0, |a| a + 1)][route.map_or(0, |r| r + 1)]
+        let (a, r) = (app.map_or(0, |a| a + 1), route.map_or(0, |r| r + 1));
+        self.pairs[a * self.route_labels.len() + r].get_or_init(|| {
+            let labels = [self.app_labels[a].as_str(), self.route_labels[r].as_str()];
+            Box::new(PairMetrics {
+                unknown_codes: Mutex::new((Vec::new(), false)),
+                request_duration: self.request_duration.with_label_values(&labels),
+                upstream_duration: self.upstream_duration.with_label_values(&labels),
+                by_outcome: RwLock::new(HashMap::new()),
+            })
+        })
     }
 
     /// Records one answered request.
@@ -607,10 +678,14 @@ impl Metrics {
         }
     }
 
-    /// Records a 429/99991400 from Feishu itself.
-    pub fn upstream_throttled(&self, app: Option<usize>, route: Option<usize>) {
+    /// Records a throttle answer from Feishu itself, by its code (`none`:
+    /// a 429 without one). Codes come from the throttle table, so the label
+    /// is bounded.
+    pub fn upstream_throttled(&self, app: Option<usize>, route: Option<usize>, code: Option<i64>) {
+        let mut buf = itoa::Buffer::new();
+        let code = code.map_or("none", |c| buf.format(c));
         self.upstream_throttled
-            .with_label_values(&[self.app_label(app), self.route_label(route)])
+            .with_label_values(&[self.app_label(app), self.route_label(route), code])
             .inc();
     }
 
@@ -624,6 +699,22 @@ impl Metrics {
     /// Records a transport failure talking to Feishu.
     pub fn upstream_error(&self, app: Option<usize>, route: Option<usize>, kind: &str) {
         self.upstream_error_counter(app, route, kind).inc();
+    }
+
+    /// Records a request sent again after a transient failure (`reason`:
+    /// connect, reset, edge_502, edge_503, code).
+    pub fn retry(&self, app: Option<usize>, route: Option<usize>, reason: &str) {
+        self.retries
+            .with_label_values(&[self.app_label(app), self.route_label(route), reason])
+            .inc();
+    }
+
+    /// Records a transient failure answered without a retry (`reason`:
+    /// unsafe, attempts, deadline, budget, quota).
+    pub fn retry_skipped(&self, app: Option<usize>, route: Option<usize>, reason: &str) {
+        self.retries_skipped
+            .with_label_values(&[self.app_label(app), self.route_label(route), reason])
+            .inc();
     }
 
     /// The counter of transport failures of `kind`, to count one later
@@ -667,27 +758,30 @@ impl Metrics {
             .inc();
     }
 
-    /// Handles for a quota-limited (app, route) pair; also publishes its
-    /// windows, as (label like `50/1s`, limit), in
-    /// `feishu_gateway_quota_limit` and starts its rate-limit and throttle
-    /// counters at 0, so dashboards and alerts see the series.
-    pub fn quota_pair(
+    /// Publishes the windows of a quota-limited (app, route) pair, as
+    /// (label like `50/1s`, limit), in `feishu_gateway_quota_limit`: when
+    /// its key is made (first use). Its rate-limit and throttle counters
+    /// appear with their first event (the alerts catch a new series).
+    pub fn quota_limits(
         &self,
         app: usize,
         route: usize,
         windows: impl IntoIterator<Item = (String, u32)>,
-    ) -> QuotaPairMetrics {
+    ) {
         let a = self.app_label(Some(app));
         let r = self.route_label(Some(route));
         for (label, limit) in windows {
             self.quota_limit
                 .with_label_values(&[a, r, &label])
                 .set(i64::from(limit));
-            self.rate_limited.with_label_values(&[a, r, &label]);
         }
-        self.rate_limited
-            .with_label_values(&[a, r, "upstream-pause"]);
-        self.upstream_throttled.with_label_values(&[a, r]);
+    }
+
+    /// The wait-mode handles of an (app, route) pair: made when a request
+    /// first waits there.
+    pub fn quota_wait(&self, app: usize, route: usize) -> QuotaPairMetrics {
+        let a = self.app_label(Some(app));
+        let r = self.route_label(Some(route));
         QuotaPairMetrics {
             waiting: self.quota_waiting.with_label_values(&[a, r]),
             wait: self.quota_wait.with_label_values(&[a, r]),
@@ -725,6 +819,22 @@ impl Metrics {
             fallback_seconds: b.fallback_seconds.clone(),
             degraded_requests: b.degraded_requests.with_label_values(&[fail]),
         })
+    }
+
+    /// The monthly budget series of `app`, at 0, with its `limit` published
+    /// when it has one.
+    pub fn budget(&self, app: usize, limit: Option<u64>) -> BudgetMetrics {
+        let a = self.app_label(Some(app));
+        if let Some(l) = limit {
+            self.budget
+                .limit
+                .with_label_values(&[a])
+                .set(i64::try_from(l).unwrap_or(i64::MAX));
+        }
+        BudgetMetrics {
+            used: self.budget.used.with_label_values(&[a]),
+            exhausted: self.budget.exhausted.with_label_values(&[a]),
+        }
     }
 
     /// Records how many tenants a store app holds.

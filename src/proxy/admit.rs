@@ -14,10 +14,12 @@ use hyper::body::Incoming;
 
 use crate::endpoints::Route;
 use crate::feishu::paths;
-use crate::observe::metrics::QuotaPairMetrics;
+use crate::feishu::throttle::Pause;
 use crate::proxy::error::GatewayError;
 use crate::quota::OverflowMode;
-use crate::quota::{Cause, Overflow, QuotaKey};
+use crate::quota::{Cause, Overflow, PauseCell};
+
+use super::resources::{resource_value, Refused};
 use crate::validate::RequestView;
 use crate::validate::ValidationMode;
 
@@ -109,44 +111,118 @@ impl Gateway {
     pub(super) async fn admit(
         &self,
         ctx: &mut RequestCtx,
-        headers: &HeaderMap,
+        parts: &Parts,
+        body: &Bytes,
+    ) -> Result<(), GatewayError> {
+        // The monthly call budget first (budget.rs): a spent one spends no quota.
+        self.budget_check(ctx)?;
+        let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
+            return Ok(());
+        };
+        let Some(pair) = self.quota_keys.app_key(app, route) else {
+            return Ok(());
+        };
+        let headers = &parts.headers;
+        let overflow = self.overflow(self.catalog.route(route), headers)?;
+        self.admit_resources(ctx, parts, body, overflow).await?;
+        let admitted = self.admit_endpoint(ctx, pair, overflow).await;
+        if admitted.is_ok() {
+            for held in &ctx.resources {
+                held.commit();
+            }
+        }
+        admitted
+    }
+
+    /// The route's per-resource limits (a receiver's 5/s, a table's one
+    /// write at a time …), before the endpoint's quota: a resource that
+    /// refuses spends nothing. With several rules, one that refuses gives
+    /// back what the others took (their long-window slots; their short
+    /// windows stay spent, which only errs on the safe side).
+    async fn admit_resources(
+        &self,
+        ctx: &mut RequestCtx,
+        parts: &Parts,
+        body: &Bytes,
+        overflow: Overflow,
     ) -> Result<(), GatewayError> {
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return Ok(());
         };
-        let Some((key, pair)) = self.quota_key(app, route) else {
+        let entry = self.catalog.route(route);
+        for &rule in &entry.resources {
+            let def = self.resource_keys.rule(rule);
+            let Some(value) = resource_value(def, entry, &parts.uri, body) else {
+                continue;
+            };
+            match self.resource_keys.admit(rule, app, &value, overflow).await {
+                Ok(held) => ctx.resources.push(held),
+                Err(Refused::Unavailable) => return Err(GatewayError::QuotaBackendUnavailable),
+                Err(Refused::Limited(r)) => {
+                    let why = format!("{}:{}", def.name, r.label());
+                    self.metrics.rate_limited(ctx.app, ctx.route, &why);
+                    return Err(GatewayError::RateLimited(Box::new(r)));
+                }
+                Err(Refused::Busy { what, retry_after }) => {
+                    let why = format!("{}:{what}", def.name);
+                    self.metrics.rate_limited(ctx.app, ctx.route, &why);
+                    return Err(GatewayError::ResourceBusy {
+                        what: why,
+                        retry_after,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The (app[, tenant], route) quota, or the pause of a route without one.
+    async fn admit_endpoint(
+        &self,
+        ctx: &mut RequestCtx,
+        pair: &super::keys::PairKey,
+        overflow: Overflow,
+    ) -> Result<(), GatewayError> {
+        let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return Ok(());
+        };
+        let Some(key) = &pair.key else {
+            // No gateway quota (`special` or no documented limit): only the
+            // pause after Feishu's own throttle answer holds it.
+            return self.sit_out_pause(ctx, &pair.pause, overflow).await;
         };
         // Store apps: Feishu's limits hold per tenant, so each tenant has
         // its own keys (same plans; in Redis with the Redis backend); the
         // (app, route) metrics are shared.
         let tenant = match &ctx.tenant {
-            Some(t) => match t.quota_key(route) {
-                Some(k) => Some((t.quota(), k)),
+            Some(t) => match self.quota_keys.tenant_key(t, app, route) {
+                Some(k) => Some(k),
                 None => return Ok(()),
             },
             None => None,
         };
-        let overflow = self.overflow(self.catalog.route(route), headers)?;
         let acquire = async {
-            match tenant {
-                Some((quota, key)) => quota.acquire(key, overflow).await,
-                None => self.quota.acquire(*key, overflow).await,
+            match &tenant {
+                Some(key) => key.acquire(overflow).await,
+                None => key.acquire(overflow).await,
             }
         };
         let result = match overflow {
             Overflow::Reject => acquire.await,
             Overflow::Wait(_) => {
-                pair.waiting.inc();
+                let waiting = &pair.wait_metrics(&self.metrics).waiting;
+                waiting.inc();
                 let r = acquire.await;
-                pair.waiting.dec();
+                waiting.dec();
                 r
             }
         };
         match result {
             Ok(admit) => {
                 if !admit.waited.is_zero() {
-                    pair.wait.observe(admit.waited.as_secs_f64());
+                    pair.wait_metrics(&self.metrics)
+                        .wait
+                        .observe(admit.waited.as_secs_f64());
                 }
                 Ok(())
             }
@@ -159,14 +235,6 @@ impl Gateway {
                 Err(GatewayError::RateLimited(Box::new(rejection)))
             }
         }
-    }
-
-    pub(super) fn quota_key(
-        &self,
-        app: usize,
-        route: usize,
-    ) -> Option<&(QuotaKey, QuotaPairMetrics)> {
-        self.quota_keys.get(app, route)
     }
 
     /// Reject or wait, by route config, overridden per request by
@@ -196,80 +264,100 @@ impl Gateway {
         })
     }
 
-    /// Feishu throttled us anyway (another client of the same app, or a
-    /// limit lower than configured): pause the key until Feishu's reset, so
-    /// requests meanwhile get the gateway's 429 (or wait) instead of being
-    /// sent to be throttled again.
-    pub(super) fn upstream_throttled(&self, ctx: &RequestCtx, headers: &HeaderMap) {
-        self.metrics.upstream_throttled(ctx.app, ctx.route);
+    /// A route without a gateway quota, paused after Feishu throttled it:
+    /// wait mode sleeps the pause out when it fits the longest wait; reject
+    /// mode (or a longer pause) answers 429 at once. Nothing is sent to
+    /// Feishu meanwhile.
+    async fn sit_out_pause(
+        &self,
+        ctx: &RequestCtx,
+        pause: &PauseCell,
+        overflow: Overflow,
+    ) -> Result<(), GatewayError> {
+        let Some(left) = pause.left() else {
+            return Ok(());
+        };
+        if let Overflow::Wait(max) = overflow {
+            if left <= max {
+                tokio::time::sleep(left).await;
+                return Ok(());
+            }
+        }
+        self.metrics
+            .rate_limited(ctx.app, ctx.route, "upstream-pause");
+        Err(GatewayError::UpstreamPaused { retry_after: left })
+    }
+
+    /// Feishu throttled us anyway (another client of the same app, a limit
+    /// lower than documented, or an endpoint whose limit Feishu does not
+    /// publish): pause the narrowest key the code concerns until Feishu's
+    /// `x-ogw-ratelimit-reset`, or for the next step of a doubling backoff
+    /// (1 s … 30 s) when the answer says no reset time. Requests meanwhile
+    /// get the gateway's 429 (or wait) instead of being sent to be
+    /// throttled again. A monthly-budget code pauses nothing here.
+    pub(super) fn upstream_throttled(
+        &self,
+        ctx: &RequestCtx,
+        headers: &HeaderMap,
+        code: Option<i64>,
+        scope: Option<Pause>,
+    ) {
+        // The monthly budget's codes are no throttle: the budget (its own
+        // metrics and alerts) handles them, nothing is paused here.
+        if scope == Some(Pause::Month) {
+            return;
+        }
+        self.metrics.upstream_throttled(ctx.app, ctx.route, code);
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return;
         };
-        let Some((key, _)) = self.quota_key(app, route) else {
+        let Some(pair) = self.quota_keys.app_key(app, route) else {
             return;
         };
-        let secs = headers
+        let reset = headers
             .get(paths::X_OGW_RATELIMIT_RESET)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(1)
-            .clamp(1, 300);
-        match ctx
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(300.0)));
+        let pause = pair.backoff.next(reset);
+        if scope == Some(Pause::Resource) {
+            if let Some(held) = ctx.resources.first() {
+                held.entry.pause(pause);
+                tracing::warn!(
+                    app = %self.apps[app].name,
+                    route = %self.catalog.route(route).template,
+                    code = ?code,
+                    pause_ms = pause.as_millis() as u64,
+                    "Feishu throttled one resource of this route; pausing that resource"
+                );
+                return;
+            }
+        }
+        let tenant = ctx
             .tenant
             .as_ref()
-            .and_then(|t| t.quota_key(route).map(|k| (t, k)))
-        {
-            Some((t, k)) => t.quota().pause(k, Duration::from_secs(secs)),
-            None => self.quota.pause(*key, Duration::from_secs(secs)),
+            .and_then(|t| self.quota_keys.tenant_key(t, app, route));
+        match (tenant, &pair.key) {
+            (Some(k), _) => k.pause(pause),
+            (None, Some(k)) => k.pause(pause),
+            (None, None) => pair.pause.pause(pause),
         }
         tracing::warn!(
             app = %self.apps[app].name,
             route = %self.catalog.route(route).template,
-            pause_secs = secs,
+            code = ?code,
+            pause_ms = pause.as_millis() as u64,
             "Feishu throttled this app and route; pausing it"
         );
     }
-}
 
-/// The quota key and wait metrics of every (app, route) pair, `None` where
-/// the route has no limits. Built once from the configured apps and the
-/// catalog; a store app's tenants get keys of their own with the same
-/// limits ([`QuotaKeys::templates`]).
-pub struct QuotaKeys {
-    routes: usize,
-    /// At `app * routes + route`.
-    keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>,
-}
-
-impl QuotaKeys {
-    /// An empty table for `routes` catalog routes; fill it app by app.
-    pub fn new(routes: usize) -> QuotaKeys {
-        QuotaKeys {
-            routes,
-            keys: Vec::new(),
+    /// An answer that was no throttle: the route's backoff starts over.
+    pub(super) fn upstream_calm(&self, ctx: &RequestCtx) {
+        if let (Some(app), Some(route)) = (ctx.app, ctx.route) {
+            if let Some(pair) = self.quota_keys.app_key(app, route) {
+                pair.backoff.calm();
+            }
         }
-    }
-
-    /// Appends the next app's keys, one per catalog route in order.
-    pub fn push_app(&mut self, keys: Vec<Option<(QuotaKey, QuotaPairMetrics)>>) {
-        assert_eq!(keys.len(), self.routes, "one entry per catalog route");
-        self.keys.extend(keys);
-    }
-
-    /// The key of `app` on `route`, if the route is limited.
-    pub fn get(&self, app: usize, route: usize) -> Option<&(QuotaKey, QuotaPairMetrics)> {
-        if route >= self.routes {
-            return None;
-        }
-        self.keys.get(app * self.routes + route)?.as_ref()
-    }
-
-    /// Per app, per route: the key whose limits each tenant of a store app
-    /// gets a copy of.
-    pub fn templates(&self) -> Vec<Vec<Option<QuotaKey>>> {
-        self.keys
-            .chunks(self.routes.max(1))
-            .map(|app| app.iter().map(|k| k.as_ref().map(|(k, _)| *k)).collect())
-            .collect()
     }
 }

@@ -109,7 +109,7 @@ impl Gateway {
                 name: "X-Tenant-Key",
                 expected: "a Feishu tenant key (letters, digits, '-' or '_', at most 128)",
             },
-            TenantError::NotStoreApp | TenantError::Quota => GatewayError::Internal,
+            TenantError::NotStoreApp => GatewayError::Internal,
         })?);
         Ok(())
     }

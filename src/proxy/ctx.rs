@@ -40,6 +40,11 @@ pub struct RequestCtx {
     pub user_token: Option<HeaderValue>,
     /// For store apps: the tenant the request acts for.
     pub tenant: Option<Arc<Tenant>>,
+    /// The resources the request holds (per-resource limits), until it ends.
+    pub resources: Vec<super::resources::Held>,
+    /// The path is one Feishu does not count against the monthly call
+    /// budget (`data/budget-exempt.tsv`); noted by `route`.
+    pub budget_exempt: bool,
 }
 
 impl RequestCtx {
@@ -57,6 +62,8 @@ impl RequestCtx {
             replayed_after: None,
             user_token: None,
             tenant: None,
+            resources: Vec::new(),
+            budget_exempt: false,
         }
     }
 }

@@ -29,6 +29,7 @@ impl Gateway {
             return Err(GatewayError::NotFound);
         }
         ctx.route = self.catalog.find(&parts.method, path);
+        ctx.budget_exempt = self.budget.is_exempt(path);
         Ok(())
     }
 

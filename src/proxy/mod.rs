@@ -16,30 +16,39 @@
 //! | `tenant`          | `authenticate.rs` | a store app's tenant for this request                |
 //! | `read_body`       | `admit.rs`        | buffer the body within the size and time limits      |
 //! | `validate`        | `admit.rs`        | the route's contract, answered in Feishu's words     |
-//! | `admit`           | `admit.rs`        | the (app[, tenant], route) quota: go, wait, or 429   |
-//! | `forward`         | `forward.rs`      | inject the token, send, replay once on token-invalid |
+//! | `admit`           | `admit.rs`        | the monthly budget (`budget.rs`), then the (app[, tenant], route) quota: go, wait, or 429 |
+//! | `forward`         | `forward.rs`      | inject the token, send, replay once on token-invalid; count the answer against the budget (`budget.rs`) |
+//! |                   | `retry.rs`        | the attempts: retries by code, safe ones, in budget and time |
 //! | `response_filter` | `forward.rs`      | strip hop-by-hop headers from Feishu's answer        |
 //! | `logging`         | `log.rs`          | one access-log line and the request metrics          |
 //!
 //! Beside them: [`RequestCtx`] (`ctx.rs`), the per-request state; `headers.rs`,
 //! which headers cross; `inspect.rs`, Feishu's `code` read off an answer;
+//! `keys.rs` and `resources.rs`, the quota keys `admit` acquires (per route,
+//! per resource), made on first use;
 //! [`body`], the answer body; [`error`], every answer the gateway writes
 //! itself. Shared state lives on [`Gateway`], never in statics.
 
 mod admit;
 mod authenticate;
 pub mod body;
+mod budget;
 mod ctx;
 pub mod error;
 mod forward;
 mod front;
 mod headers;
 mod inspect;
+mod keys;
 mod log;
+mod resources;
+mod retry;
 
-pub use admit::QuotaKeys;
 pub use ctx::RequestCtx;
 use front::token_endpoint;
+pub use keys::{PairKey, QuotaKeys};
+pub use resources::ResourceKeys;
+pub use retry::{Retries, RetryPolicy};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +59,7 @@ use hyper::body::Incoming;
 
 use crate::auth::sdk_token::TokenIssuer;
 use crate::auth::ClientTable;
+use crate::budget::Budgets;
 use crate::endpoints::Catalog;
 use crate::endpoints::Contracts;
 use crate::observe::metrics::Metrics;
@@ -87,16 +97,23 @@ pub struct Gateway {
     pub(crate) store: Arc<StoreApps>,
     pub(crate) upstreams: Upstreams,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) quota: Engine,
-    /// Quota key and wait metrics per (app, route), at `app * routes + route`;
-    /// `None` where the route has no limits.
+    /// The quota keys per (app[, tenant], route), made on first use, and
+    /// the engine they are made on.
     pub(crate) quota_keys: QuotaKeys,
+    /// Per-resource keys (a receiver, a document, a table …), made on first
+    /// use.
+    pub(crate) resource_keys: ResourceKeys,
     pub(crate) quota_config: QuotaConfig,
+    /// The monthly call budgets, checked in `admit` and counted in
+    /// `forward`.
+    pub(crate) budget: Arc<Budgets>,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_read_timeout: Duration,
     pub(crate) upstream_timeout: Duration,
     /// The longest gap between reads of a streamed answer body.
     pub(crate) upstream_idle: Duration,
+    /// Retries by code: the policy and every app's budget.
+    pub(crate) retries: Retries,
 }
 
 /// Where an app's requests go.
@@ -143,7 +160,7 @@ impl Gateway {
         self.tenant(ctx, &parts.headers)?;
         let body = self.read_body(&parts, body, self.body_limit(ctx)).await?;
         self.validate(ctx, &parts, &body)?;
-        self.admit(ctx, &parts.headers).await?;
+        self.admit(ctx, &parts, &body).await?;
         let resp = self.forward(ctx, &parts, body).await?;
         Ok(self.response_filter(resp))
     }
@@ -160,7 +177,13 @@ impl Gateway {
 
     /// The quota engine (for `/readyz`).
     pub fn quota(&self) -> &Engine {
-        &self.quota
+        self.quota_keys.engine()
+    }
+
+    /// The monthly call budgets (loaded, synced and flushed by the
+    /// runtime).
+    pub fn budget(&self) -> &Arc<Budgets> {
+        &self.budget
     }
 
     /// The metrics (for `/metrics`).

@@ -1,8 +1,8 @@
 //! [`Engine`]: the quota engine a gateway runs, chosen by `[quota] backend`:
 //! in-process ([`LocalQuota`]) or shared by every replica through Redis
 //! ([`RedisQuota`]). The request path sees one small API: `acquire`,
-//! `pause`, `snapshot`, and `status` for `/readyz`; a store app's tenant
-//! gets keys of its own from [`Engine::scope`], on the same backend.
+//! `pause`, `snapshot`, and `status` for `/readyz`; the request path makes
+//! its keys on first use ([`Engine::key`]), on the same backend.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,27 +59,19 @@ impl Engine {
         Engine::Local(Arc::new(LocalQuota::with_tokio_clock(specs)))
     }
 
-    /// Quota keys for one `scope` (a store app's tenant): key `i` of the
-    /// result has the limits of this engine's key `templates[i]`, counted
-    /// apart. Local: a [`LocalQuota`] of its own (per replica, as the
-    /// engine). Redis: keys named after the scope, shared by every replica
-    /// through this engine's connection and fail mode (see
-    /// [`RedisQuota::scope`]). Errors on a template the engine does not
-    /// have.
-    pub fn scope(&self, scope: &str, templates: &[QuotaKey]) -> Result<ScopedQuota, String> {
+    /// A key made now from `spec`, with state of its own, on this engine's
+    /// backend: in process, or in Redis under the spec's name (shared by
+    /// every replica that makes a key of the same name, through this
+    /// engine's connection and fail mode; see [`RedisQuota::key`]). The
+    /// request path makes its keys this way on first use, so a catalog of
+    /// 1,559 endpoints costs nothing until an endpoint is called.
+    pub fn key(&self, spec: &KeySpec) -> Result<Key, String> {
         match self {
-            Engine::Local(q) => {
-                let specs = templates
-                    .iter()
-                    .map(|&k| {
-                        q.spec(k)
-                            .cloned()
-                            .ok_or_else(|| format!("quota: no key {} to scope", k.index()))
-                    })
-                    .collect::<Result<_, _>>()?;
-                Ok(ScopedQuota::Local(LocalQuota::with_tokio_clock(specs)))
-            }
-            Engine::Redis(q) => q.scope(scope, templates).map(ScopedQuota::Redis),
+            // In process the name is no identity: not kept.
+            Engine::Local(_) => Ok(Key::Local(LocalQuota::with_tokio_clock(vec![
+                spec.without_name()
+            ]))),
+            Engine::Redis(q) => q.key(spec).map(Key::Redis),
         }
     }
 
@@ -136,40 +128,52 @@ impl Engine {
     }
 }
 
-/// The quota keys of one scope (a store app's tenant), from
-/// [`Engine::scope`]: the request path uses them like the engine's.
+/// One quota key made by [`Engine::key`]: what the request path acquires,
+/// pauses and reads.
 #[derive(Debug)]
-pub enum ScopedQuota {
+pub enum Key {
     /// In this process.
     Local(LocalQuota),
     /// In Redis, shared by every replica.
     Redis(RedisScope),
 }
 
-impl ScopedQuota {
-    /// Admit one request for `key`, or reject it without spending quota
-    /// (see [`Engine::acquire`]).
-    pub async fn acquire(&self, key: QuotaKey, overflow: Overflow) -> Result<Admit, Rejection> {
+/// A [`Key`]'s only key in its engine or scope.
+const ONLY: QuotaKey = QuotaKey::new(0);
+
+impl Key {
+    /// Admit one request, or reject it without spending quota (see
+    /// [`Engine::acquire`]).
+    pub async fn acquire(&self, overflow: Overflow) -> Result<Admit, Rejection> {
         match self {
-            ScopedQuota::Local(q) => q.acquire(key, overflow).await,
-            ScopedQuota::Redis(q) => q.acquire(key, overflow).await,
+            Key::Local(q) => q.acquire(ONLY, overflow).await,
+            Key::Redis(q) => q.acquire(ONLY, overflow).await,
         }
     }
 
-    /// Feishu throttled `key`: hold its requests for `duration` (see
+    /// Feishu throttled the key: hold its requests for `duration` (see
     /// [`Engine::pause`]).
-    pub fn pause(&self, key: QuotaKey, duration: Duration) {
+    pub fn pause(&self, duration: Duration) {
         match self {
-            ScopedQuota::Local(q) => q.pause(key, duration),
-            ScopedQuota::Redis(q) => q.pause(key, duration),
+            Key::Local(q) => q.pause(ONLY, duration),
+            Key::Redis(q) => q.pause(ONLY, duration),
         }
     }
 
     /// The key's state for headers, without spending quota.
-    pub async fn snapshot(&self, key: QuotaKey) -> Option<Snapshot> {
+    pub async fn snapshot(&self) -> Option<Snapshot> {
         match self {
-            ScopedQuota::Local(q) => q.snapshot(key),
-            ScopedQuota::Redis(q) => q.snapshot(key).await,
+            Key::Local(q) => q.snapshot(ONLY),
+            Key::Redis(q) => q.snapshot(ONLY).await,
+        }
+    }
+
+    /// True when a Redis outage closes this key on every replica (see
+    /// [`RedisScope::closed_in_outage`]).
+    pub fn closed_in_outage(&self) -> bool {
+        match self {
+            Key::Local(_) => false,
+            Key::Redis(q) => q.closed_in_outage(),
         }
     }
 }

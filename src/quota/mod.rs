@@ -18,9 +18,10 @@
 //! | `plan.rs`       | the planner: one GCRA (period `t`, burst `b`) for all of a key's windows |
 //! | `local.rs`      | [`LocalQuota`]: in process; reject or wait, fair bounded queues, pauses |
 //! | `peek.rs`       | governor's state store, made peekable for snapshots            |
+//! | `pause.rs`      | [`PauseCell`] and [`Backoff`]: pauses after Feishu's own throttle answers |
 //! | `clock.rs`      | [`TokioClock`]: governor's clock over `tokio::time::Instant`   |
 //! | `redis/`        | [`RedisQuota`]: the same GCRA in Redis for a fleet; `health.rs` the fail modes, `scope.rs` tenants |
-//! | `engine.rs`     | [`Engine`] and [`ScopedQuota`]: the backend `[quota] backend` selects, one API for the request path |
+//! | `engine.rs`     | [`Engine`] and its [`Key`]s: the backend `[quota] backend` selects, one API for the request path |
 //! | `backend.rs`    | [`BackendKind`], [`FailMode`], [`BackendStatus`]               |
 //! | `config.rs`     | [`QuotaConfig`], the `[quota]` section                         |
 //! | `testing.rs`    | exact sliding-window checks for the property tests and `benches/quota.rs` |
@@ -49,6 +50,7 @@ pub mod clock;
 mod config;
 pub mod engine;
 pub mod local;
+pub mod pause;
 mod peek;
 pub mod plan;
 pub mod redis;
@@ -76,15 +78,17 @@ pub use crate::redis_connection::RedisConnection;
 pub use backend::{BackendKind, BackendStatus, FailMode};
 pub use clock::TokioClock;
 pub use config::QuotaConfig;
-pub use engine::{Engine, ScopedQuota};
+pub use engine::{Engine, Key};
 pub use local::{KeySpec, LocalQuota};
+pub use pause::{Backoff, PauseCell};
 pub use plan::{Plan, PlanError, PlanPolicy, WindowFigures};
 pub use redis::{RedisQuota, RedisScope, RedisSettings};
 pub use window::{Window, WindowError};
 
 /// A quota key: the index of its [`KeySpec`] in the list the engine was
-/// built from. Keys come from configuration only, so callers cannot grow the
-/// engine's memory.
+/// built from. The request path's keys are one-key engines made on first
+/// use ([`Engine::key`]), from the catalog's bounded (app[, tenant],
+/// route) pairs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QuotaKey(u32);
 

@@ -16,22 +16,23 @@
 //! Tenant keys come from callers (`X-Tenant-Key`), so the tenants held per
 //! app are bounded (`max_tenants`, least recently used evicted first) and
 //! idle tenants are dropped (`tenant_idle_timeout`). Each tenant carries its
-//! own quota keys ([`Engine::scope`]): Feishu's limits hold per app AND per
-//! tenant. With the Redis backend they are shared by every replica, keyed
-//! per (app, tenant, route), and expire in Redis when idle.
+//! own quota keys, made on first use by the request path
+//! ([`Tenant::quota_key`]): Feishu's limits hold per app AND per tenant.
+//! With the Redis backend they are shared by every replica, keyed per (app,
+//! tenant, route), and expire in Redis when idle.
 
 pub mod callback;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use http::HeaderMap;
 use tokio::time::Instant;
 
 use crate::observe::metrics::Metrics;
-use crate::quota::{Engine, QuotaKey, ScopedQuota};
+use crate::quota::Key;
 use crate::store_apps::callback::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
 use crate::tokens::{AppConfig, AppKind, TokenManager, TokenSlot};
 use crate::upstream::Upstream;
@@ -48,8 +49,6 @@ pub enum TenantError {
     BadKey,
     /// The app is not a store app (a bug: the caller checks first).
     NotStoreApp,
-    /// The tenant's quota keys could not be made.
-    Quota,
 }
 
 /// Why an event callback was refused.
@@ -69,8 +68,8 @@ pub struct Tenant {
     pub key: Arc<str>,
     /// Its tenant token.
     pub slot: Arc<TokenSlot>,
-    quota: ScopedQuota,
-    quota_keys: Vec<Option<QuotaKey>>,
+    /// Its quota keys by catalog route, made on first use.
+    quota_keys: RwLock<HashMap<usize, Arc<Key>>>,
     last_used_ms: AtomicU64,
 }
 
@@ -83,14 +82,19 @@ impl std::fmt::Debug for Tenant {
 }
 
 impl Tenant {
-    /// The tenant's own quota engine.
-    pub fn quota(&self) -> &ScopedQuota {
-        &self.quota
-    }
-
-    /// The tenant's quota key for catalog route `route`, if it is limited.
-    pub fn quota_key(&self, route: usize) -> Option<QuotaKey> {
-        self.quota_keys.get(route).copied().flatten()
+    /// The tenant's quota key for catalog route `route`: the one made
+    /// before, or the one `make` makes now (`None`: no key).
+    pub fn quota_key(&self, route: usize, make: impl FnOnce() -> Option<Key>) -> Option<Arc<Key>> {
+        if let Some(k) = read(&self.quota_keys).get(&route) {
+            return Some(Arc::clone(k));
+        }
+        let mut keys = self.quota_keys.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = keys.get(&route) {
+            return Some(Arc::clone(k));
+        }
+        let key = Arc::new(make()?);
+        keys.insert(route, Arc::clone(&key));
+        Some(key)
     }
 }
 
@@ -106,17 +110,12 @@ pub struct StoreApp {
     max_tenants: usize,
     idle_timeout: Duration,
     started: Instant,
-    /// Per route: the engine's (app, route) key whose limits each tenant
-    /// gets a copy of (`None`: route unlimited).
-    quota_templates: Vec<Option<QuotaKey>>,
 }
 
 /// Every store app, by app index.
 pub struct StoreApps {
     apps: Vec<Option<Arc<StoreApp>>>,
     by_name: HashMap<String, usize>,
-    /// The gateway's quota engine: each tenant gets keys of its own from it.
-    quota: Engine,
     metrics: Arc<Metrics>,
 }
 
@@ -136,8 +135,6 @@ impl StoreApps {
     pub fn new(
         apps: &[AppConfig],
         tickets: Vec<Option<Arc<TicketBox>>>,
-        quota: Engine,
-        mut templates: Vec<Vec<Option<QuotaKey>>>,
         metrics: Arc<Metrics>,
     ) -> StoreApps {
         let mut by_name = HashMap::new();
@@ -167,10 +164,6 @@ impl StoreApps {
                         max_tenants: cfg.max_tenants,
                         idle_timeout: cfg.tenant_idle_timeout,
                         started: Instant::now(),
-                        quota_templates: templates
-                            .get_mut(i)
-                            .map(std::mem::take)
-                            .unwrap_or_default(),
                     }))
                 }
                 _ => None,
@@ -179,7 +172,6 @@ impl StoreApps {
         StoreApps {
             apps,
             by_name,
-            quota,
             metrics,
         }
     }
@@ -243,28 +235,10 @@ impl StoreApps {
             }
         }
         let key: Arc<str> = Arc::from(key);
-        // The tenant's own keys, with the app's limits per route: in
-        // Redis (named after the tenant) with the Redis backend.
-        let mut templates = Vec::new();
-        let quota_keys = store
-            .quota_templates
-            .iter()
-            .map(|t| {
-                t.map(|t| {
-                    templates.push(t);
-                    QuotaKey::new(templates.len() as u32 - 1)
-                })
-            })
-            .collect();
-        let quota = self.quota.scope(&key, &templates).map_err(|e| {
-            tracing::error!(app = %store.name, error = %e, "cannot make a tenant's quota keys");
-            TenantError::Quota
-        })?;
         let tenant = Arc::new(Tenant {
             slot: tokens.tenant_slot(app, Arc::clone(&key), &store.upstream),
             key: Arc::clone(&key),
-            quota,
-            quota_keys,
+            quota_keys: RwLock::new(HashMap::new()),
             last_used_ms: AtomicU64::new(now_ms),
         });
         tenants.insert(key, Arc::clone(&tenant));
@@ -405,4 +379,8 @@ impl StoreApps {
         };
         Ok(answer)
     }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
 }

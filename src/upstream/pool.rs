@@ -16,7 +16,8 @@
 //! - a connection is taken only when hyper says it is ready, i.e. its
 //!   previous answer was read to the end; closed ones are dropped;
 //! - idle connections are dropped after `pool.idle_timeout` and at most
-//!   `pool.max_idle_per_host` are kept per upstream.
+//!   `pool.max_idle_per_host` are kept per upstream;
+//! - an answer head over [`MAX_HEAD_BYTES`] is refused.
 //!
 //! Token calls and other background traffic keep using hyper-util's client
 //! ([`crate::upstream::HttpClient`]).
@@ -41,6 +42,13 @@ use tower::Service as _;
 
 use super::failure::{classify_chain, BodyError, UpstreamFailure};
 use super::Upstream;
+
+/// The largest answer head taken from Feishu (HTTP/1.1: the status line and
+/// header lines; HTTP/2: the header list). Feishu's heads are about a
+/// kilobyte; hyper's defaults (~400 KB, 16 MB) would pass a 100 KB header
+/// line on to the client. Larger is a protocol failure (502), like nginx's
+/// "upstream sent too big header".
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// An HTTP/1.1 connection of the pool: hyper's handle on it, and since
 /// when it was last handed back.
@@ -217,7 +225,11 @@ impl Pool {
         match self.connect(upstream).await? {
             Fresh::H1(tx) => match self.send_h1(upstream, tx, req).await {
                 Ok(resp) => Ok(resp),
-                Err(H1Error::NotSent | H1Error::ClosedBeforeAnswer) => Err(UpstreamFailure::Reset),
+                // The new connection closed before hyper wrote the request:
+                // a failed connection, nothing of the request left (callers
+                // may send it again, whatever its method).
+                Err(H1Error::NotSent) => Err(UpstreamFailure::Connect),
+                Err(H1Error::ClosedBeforeAnswer) => Err(UpstreamFailure::Reset),
                 Err(H1Error::Failed(f)) => Err(f),
             },
             Fresh::H2(tx) => send_h2(upstream, req, tx).await,
@@ -236,6 +248,7 @@ impl Pool {
         if io.connected().is_negotiated_h2() {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
                 .handshake(io)
                 .await
                 .map_err(|_| UpstreamFailure::Connect)?;
@@ -248,6 +261,7 @@ impl Pool {
             Ok(Fresh::H2(tx))
         } else {
             let (tx, conn) = http1::Builder::new()
+                .max_header_size(MAX_HEAD_BYTES)
                 .handshake(io)
                 .await
                 .map_err(|_| UpstreamFailure::Connect)?;

@@ -49,7 +49,9 @@ impl<'a> Req<'a> {
     }
 
     fn check(&self) -> Result<(), Violations> {
-        let catalog = Catalog::builtin();
+        // Built once: the catalog holds every Feishu endpoint.
+        static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+        let catalog = CATALOG.get_or_init(Catalog::builtin);
         let index = catalog
             .routes()
             .iter()
@@ -405,7 +407,11 @@ fn content_type_table() {
 #[test]
 fn content_type_twice_is_refused() {
     let catalog = Catalog::builtin();
-    let route = &catalog.routes()[0];
+    let route = catalog
+        .routes()
+        .iter()
+        .find(|r| r.id == PUT_TOP_NOTICE)
+        .unwrap();
     let path = route.template.replace(":chat_id", CHAT);
     let mut headers = HeaderMap::new();
     headers.append(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -616,7 +622,8 @@ fn builtin_contracts_by_route_id() {
     let catalog = Catalog::builtin();
     let mut contracts = Contracts::for_catalog(&catalog);
     for (i, route) in catalog.routes().iter().enumerate() {
-        assert!(contracts.get(i).is_some(), "{}", route.id);
+        let builtin = [PUT_TOP_NOTICE, DELETE_TOP_NOTICE].contains(&route.id.as_str());
+        assert_eq!(contracts.get(i).is_some(), builtin, "{}", route.id);
     }
     assert!(contracts.get(catalog.routes().len()).is_none());
     let put = catalog

@@ -121,6 +121,29 @@ impl GatewayConfig {
         self.set_in("timeouts", "body_read", duration(d))
     }
 
+    /// `[retries]` `enabled = false`: no retries by code.
+    pub fn without_retries(self) -> Self {
+        self.set_in("retries", "enabled", false)
+    }
+
+    /// `[retries]` `max_retries`: retries per request.
+    pub fn max_retries(self, n: usize) -> Self {
+        self.set_in("retries", "max_retries", int(n))
+    }
+
+    /// `[retries]` `backoff_base` and `backoff_max`.
+    pub fn retry_backoff(self, base: Duration, max: Duration) -> Self {
+        self.set_in("retries", "backoff_base", duration(base))
+            .set_in("retries", "backoff_max", duration(max))
+    }
+
+    /// `[retries]` `budget_min`, `budget_ratio` and `budget_window`.
+    pub fn retry_budget(self, min: usize, ratio: f64, window: Duration) -> Self {
+        self.set_in("retries", "budget_min", int(min))
+            .set_in("retries", "budget_ratio", ratio)
+            .set_in("retries", "budget_window", duration(window))
+    }
+
     /// `[log]` `format`.
     pub fn log_format(self, format: LogFormat) -> Self {
         self.set_in("log", "format", format.name())
@@ -279,6 +302,19 @@ impl App {
     /// `max_tenants`.
     pub fn max_tenants(self, n: usize) -> Self {
         self.set("max_tenants", int(n))
+    }
+
+    /// `monthly_budget`: counted calls per month.
+    pub fn monthly_budget(self, n: u64) -> Self {
+        self.set(
+            "monthly_budget",
+            Value::Integer(i64::try_from(n).expect("fits")),
+        )
+    }
+
+    /// `budget_group`: apps of one tenant sharing one monthly budget.
+    pub fn budget_group(self, name: &str) -> Self {
+        self.set("budget_group", name)
     }
 
     fn set(mut self, key: &str, value: impl Into<Value>) -> Self {

@@ -1,7 +1,7 @@
 //! The integration tests' harness: a simulated Feishu, the gateway in front
 //! of it on loopback ports, its config ([`config::GatewayConfig`]), a small
-//! HTTP client, a Redis of the test's own ([`redis_server`]) and the
-//! Prometheus tools ([`tools`]).
+//! HTTP client, a Redis of the test's own ([`redis_server`]), raw-socket
+//! upstreams ([`scripted`]) and the Prometheus tools ([`tools`]).
 //!
 //! Every item of the crate under test that a test file uses is re-exported
 //! here, from [`gateway`], in one place.
@@ -10,6 +10,7 @@
 pub mod config;
 mod gateway;
 pub mod redis_server;
+pub mod scripted;
 pub mod tools;
 
 use std::net::SocketAddr;

@@ -327,11 +327,16 @@ impl Inner {
                 call
             })
             .collect();
-        let mut second = redis::pipe();
-        for call in &drains {
-            second.invoke_script(call);
+        // The gateway's engine holds no keys of its own (the request path
+        // makes scoped ones): nothing to drain here then, and an empty
+        // pipeline is no call to make.
+        if !drains.is_empty() {
+            let mut second = redis::pipe();
+            for call in &drains {
+                second.invoke_script(call);
+            }
+            let _: Vec<Vec<i64>> = self.pipeline(&second, &mut conn).await?;
         }
-        let _: Vec<Vec<i64>> = self.pipeline(&second, &mut conn).await?;
         self.loaded.store(true, Ordering::Release);
         // Keys this heal did not drain (scoped keys) are floored at their
         // drain by every take and peek from now on.

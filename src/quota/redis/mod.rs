@@ -164,6 +164,8 @@ struct Inner {
     heal_grace: Duration,
     /// Prefix of every key (for scoped keys, see [`RedisQuota::scope`]).
     key_prefix: String,
+    /// What keys made later ([`RedisQuota::key`]) are made with.
+    settings: RedisSettings,
     /// Switches away from Redis so far: a scope rebuilds its fallback
     /// (drained) when this has changed since it built it.
     outages: AtomicU64,
@@ -237,38 +239,9 @@ impl RedisQuota {
         let mut keys = Vec::with_capacity(specs.len());
         let mut fallback_specs = Vec::with_capacity(specs.len());
         for spec in &specs {
-            let name = spec.name();
-            if name.is_empty() {
-                return Err("quota: a shared key needs a name".into());
-            }
-            let plan = spec.plan();
-            let split = match settings.fail {
-                FailMode::Local => {
-                    let split = plan
-                        .split(replicas, settings.min_rate_fraction)
-                        .map_err(|e| {
-                            format!(
-                                "quota key {name}: {e}; with quota.fail = \"local\" every limit must be at least quota.replicas ({replicas}), or use fail = \"closed\""
-                            )
-                        })?;
-                    fallback_specs.push(KeySpec::new(split.clone(), spec.max_waiters()));
-                    Some(split)
-                }
-                FailMode::Closed | FailMode::Open => None,
-            };
-            let t_ns = plan.emission_interval().as_nanos() as u64;
-            let t_us = t_ns.div_ceil(1000) + 1;
-            let burst = u64::from(plan.burst());
-            let split_burst = split.map_or(0, |s| u64::from(s.burst()) * u64::from(replicas));
-            keys.push(SharedKey::named(
-                name,
-                &settings.key_prefix,
-                t_us,
-                (burst - 1) * t_us,
-                burst.max(split_burst),
-                Arc::new(Policy::new(plan.windows(), plan.reported_window())),
-                spec.max_waiters(),
-            ));
+            let (key, fallback) = shared_key(spec, settings)?;
+            keys.push(key);
+            fallback_specs.extend(fallback?);
         }
         let probe_interval = settings.probe_interval.max(Duration::from_millis(10));
         let now = Instant::now();
@@ -283,6 +256,7 @@ impl RedisQuota {
             connect_timeout,
             probe_interval,
             heal_key: format!("{}quota:heal", settings.key_prefix),
+            settings: settings.clone(),
             key_prefix: settings.key_prefix.clone(),
             outages: AtomicU64::new(0),
             healed_at_us: AtomicU64::new(0),
@@ -418,7 +392,50 @@ impl RedisQuota {
     }
 }
 
-impl Inner {}
+/// The Redis form of `spec` and, with `fail = "local"`, the spec of its
+/// fallback (its plan split between the replicas), or why it has none (a
+/// window smaller than the replica count).
+#[allow(clippy::type_complexity)]
+fn shared_key(
+    spec: &KeySpec,
+    settings: &RedisSettings,
+) -> Result<(SharedKey, Result<Option<KeySpec>, String>), String> {
+    let replicas = settings.replicas.max(1);
+    let name = spec.name();
+    if name.is_empty() {
+        return Err("quota: a shared key needs a name".into());
+    }
+    let plan = spec.plan();
+    let split = match settings.fail {
+        FailMode::Local => plan
+            .split(replicas, settings.min_rate_fraction)
+            .map(Some)
+            .map_err(|e| {
+                format!(
+                    "quota key {name}: {e}; with quota.fail = \"local\" every limit must be at least quota.replicas ({replicas}), or use fail = \"closed\""
+                )
+            }),
+        FailMode::Closed | FailMode::Open => Ok(None),
+    };
+    let t_ns = plan.emission_interval().as_nanos() as u64;
+    let t_us = t_ns.div_ceil(1000) + 1;
+    let burst = u64::from(plan.burst());
+    let split_burst = match &split {
+        Ok(Some(s)) => u64::from(s.burst()) * u64::from(replicas),
+        _ => 0,
+    };
+    let key = SharedKey::named(
+        name,
+        &settings.key_prefix,
+        t_us,
+        (burst - 1) * t_us,
+        burst.max(split_burst),
+        Arc::new(Policy::new(plan.windows(), plan.reported_window())),
+        spec.max_waiters(),
+    );
+    let max_waiters = spec.max_waiters();
+    Ok((key, split.map(|s| s.map(|s| KeySpec::new(s, max_waiters)))))
+}
 
 fn micros(v: i64) -> Duration {
     Duration::from_micros(v.max(0) as u64)

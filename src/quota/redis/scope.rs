@@ -25,8 +25,9 @@ impl std::fmt::Debug for RedisScope {
 
 pub(super) struct ScopeKeys {
     pub(super) keys: Box<[SharedKey]>,
-    /// The engine key each one copies (for its fallback spec).
-    pub(super) templates: Box<[usize]>,
+    /// With `fail = "local"`: each key's fallback spec (its plan split
+    /// between the replicas).
+    pub(super) fallback_specs: Option<Box<[KeySpec]>>,
     /// With `fail = "local"`: the scope's fallback limiter, and the outage
     /// (`Inner::outages`) it was built in.
     pub(super) fallback: Mutex<Option<(u64, Arc<LocalQuota>)>>,
@@ -37,7 +38,7 @@ impl ScopeKeys {
     /// use in each outage, drained like the engine's (the switch adds no
     /// burst).
     pub(super) fn fallback(&self, inner: &Inner) -> Option<Arc<LocalQuota>> {
-        let specs = inner.fallback_specs.as_ref()?;
+        let specs = self.fallback_specs.as_ref()?;
         let outage = inner.outages.load(Ordering::Acquire);
         let mut held = lock(&self.fallback);
         if let Some((built, q)) = held.as_ref() {
@@ -45,13 +46,8 @@ impl ScopeKeys {
                 return Some(Arc::clone(q));
             }
         }
-        let specs: Vec<KeySpec> = self
-            .templates
-            .iter()
-            .map(|&i| specs.get(i).cloned())
-            .collect::<Option<_>>()?;
-        let fresh = LocalQuota::with_tokio_clock(specs);
-        for i in 0..self.templates.len() {
+        let fresh = LocalQuota::with_tokio_clock(specs.to_vec());
+        for i in 0..specs.len() {
             fresh.drain(QuotaKey::new(i as u32));
         }
         let fresh = Arc::new(fresh);
@@ -110,6 +106,13 @@ impl RedisScope {
         Some((&k.tat, &k.pause))
     }
 
+    /// True when, with `fail = "local"`, the scope's keys have no local
+    /// share (a window smaller than the replica count): during an outage
+    /// they are closed (503) on every replica.
+    pub fn closed_in_outage(&self) -> bool {
+        self.engine.inner.fail == FailMode::Local && self.keys.fallback_specs.is_none()
+    }
+
     /// The fleet-wide name of the scope's `key`.
     pub fn key_name(&self, key: QuotaKey) -> Option<&str> {
         Some(&self.keys.keys.get(key.index() as usize)?.name)
@@ -131,7 +134,7 @@ impl RedisQuota {
     pub fn scope(&self, scope: &str, templates: &[QuotaKey]) -> Result<RedisScope, String> {
         let inner = &self.inner;
         let mut keys = Vec::with_capacity(templates.len());
-        let mut indices = Vec::with_capacity(templates.len());
+        let mut fallback_specs = Vec::with_capacity(templates.len());
         for &t in templates {
             let i = t.index() as usize;
             let k = inner
@@ -139,15 +142,42 @@ impl RedisQuota {
                 .get(i)
                 .ok_or_else(|| format!("quota: no key {} to scope", t.index()))?;
             keys.push(k.derive(&format!("{scope}@{}", k.name), &inner.key_prefix));
-            indices.push(i);
+            if let Some(specs) = &inner.fallback_specs {
+                fallback_specs.push(specs[i].clone());
+            }
         }
-        Ok(RedisScope {
+        let fallback_specs =
+            (inner.fail == FailMode::Local).then(|| fallback_specs.into_boxed_slice());
+        Ok(self.scope_of(keys, fallback_specs))
+    }
+
+    /// One key made now from `spec` (named; the name is the fleet-wide
+    /// identity), decided like the engine's own keys: the request path
+    /// makes its keys this way, on first use. Nothing is stored in Redis
+    /// until it is used; its key in the scope is `QuotaKey::new(0)`. Errors
+    /// when the spec has no name. With `fail = "local"`, a plan with a
+    /// window smaller than the replica count has no local share: during an
+    /// outage the key is closed (503) on every replica, as with `fail =
+    /// "closed"` ([`RedisScope::closed_in_outage`]).
+    pub fn key(&self, spec: &KeySpec) -> Result<RedisScope, String> {
+        let (key, fallback) = shared_key(spec, &self.inner.settings)?;
+        let fallback_specs = match fallback {
+            Ok(spec) => {
+                (self.inner.fail == FailMode::Local).then(|| spec.into_iter().collect::<Box<[_]>>())
+            }
+            Err(_) => None,
+        };
+        Ok(self.scope_of(vec![key], fallback_specs))
+    }
+
+    fn scope_of(&self, keys: Vec<SharedKey>, fallback_specs: Option<Box<[KeySpec]>>) -> RedisScope {
+        RedisScope {
             engine: self.clone(),
             keys: Arc::new(ScopeKeys {
                 keys: keys.into_boxed_slice(),
-                templates: indices.into_boxed_slice(),
+                fallback_specs,
                 fallback: Mutex::new(None),
             }),
-        })
+        }
     }
 }

@@ -1,0 +1,173 @@
+//! The quota keys the `admit` phase acquires, made on first use: one per
+//! (app, limited route), and one per (app, tenant, limited route) for store
+//! apps. A catalog of 1,559 endpoints times the configured apps costs a
+//! table of empty slots (16 bytes each) until an endpoint is called; its
+//! key and its metric series are made by the first request that needs them.
+//!
+//! Every plan is made and checked at start ([`QuotaKeys::new`]), so making a
+//! key later cannot fail on configuration.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+
+use crate::endpoints::Catalog;
+use crate::observe::metrics::{Metrics, QuotaPairMetrics};
+use crate::quota::{Backoff, Engine, Key, KeySpec, PauseCell, Plan, PlanPolicy};
+use crate::store_apps::Tenant;
+
+/// What the gateway holds for one (app, route) pair once it is used: its
+/// quota key (limited routes) or its pause (the others), and the backoff
+/// after Feishu's throttle answers.
+pub struct PairKey {
+    /// The quota key, on a limited route (it carries its own pause).
+    pub key: Option<Key>,
+    /// The pause after Feishu's throttle answers, on a route without a
+    /// gateway quota (`special` or no documented limit).
+    pub pause: PauseCell,
+    /// How long the next pause lasts when Feishu says no reset time.
+    pub backoff: Backoff,
+    /// Waiting gauge and wait histogram of the pair: made when a request
+    /// first waits here.
+    wait_metrics: OnceLock<QuotaPairMetrics>,
+    app: usize,
+    route: usize,
+}
+
+impl PairKey {
+    /// The pair's wait-mode metrics, made on first use.
+    pub fn wait_metrics(&self, metrics: &Metrics) -> &QuotaPairMetrics {
+        self.wait_metrics
+            .get_or_init(|| metrics.quota_wait(self.app, self.route))
+    }
+}
+
+/// Every (app, route) key, made on first use.
+pub struct QuotaKeys {
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    /// Per route: the spec of its keys (unnamed) and the name suffix
+    /// (`"METHOD template"`); `None` where the route has no limits.
+    routes: Vec<Option<(KeySpec, String)>>,
+    /// Per app: its Feishu app id, the first part of its keys' names.
+    app_ids: Vec<String>,
+    /// At `app * routes + route`.
+    slots: Box<[OnceLock<Box<PairKey>>]>,
+}
+
+impl std::fmt::Debug for QuotaKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaKeys")
+            .field("routes", &self.routes.len())
+            .field("apps", &self.app_ids.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuotaKeys {
+    /// The table for `app_ids` (by app index) over `catalog`: plans every
+    /// limited route with `policy` and checks that the engine can make a
+    /// key of each distinct plan (e.g. split between the replicas), so
+    /// that making keys later cannot fail.
+    pub fn new(
+        engine: Engine,
+        catalog: &Catalog,
+        policy: &PlanPolicy,
+        max_waiters: u32,
+        app_ids: Vec<String>,
+        metrics: Arc<Metrics>,
+    ) -> Result<QuotaKeys, String> {
+        let mut checked = HashSet::new();
+        let mut routes = Vec::with_capacity(catalog.routes().len());
+        for route in catalog.routes() {
+            if route.limits.is_empty() {
+                routes.push(None);
+                continue;
+            }
+            let plan = Plan::new(&route.limits, policy)
+                .map_err(|e| format!("route {}: {e}", route.template))?;
+            let spec = KeySpec::new(plan, max_waiters);
+            if checked.insert(spec.plan().to_string()) {
+                let key = engine
+                    .key(&spec.clone().with_name(format!("check:{}", route.template)))
+                    .map_err(|e| format!("route {} {}: {e}", route.method, route.template))?;
+                if key.closed_in_outage() {
+                    tracing::warn!(
+                        limits = %spec.plan(),
+                        example = %route.template,
+                        "limits smaller than quota.replicas have no local share: during a Redis outage, routes with them answer 503 on every replica"
+                    );
+                }
+                tracing::debug!(route = %route.template, plan = %spec.plan(), "quota plan");
+            }
+            routes.push(Some((spec, format!("{} {}", route.method, route.template))));
+        }
+        tracing::info!(
+            routes = catalog.routes().len(),
+            limited = routes.iter().flatten().count(),
+            plans = checked.len(),
+            "quota plans made; keys are made on first use"
+        );
+        let slots = (0..app_ids.len() * routes.len())
+            .map(|_| OnceLock::new())
+            .collect();
+        Ok(QuotaKeys {
+            engine,
+            metrics,
+            routes,
+            app_ids,
+            slots,
+        })
+    }
+
+    /// The engine keys are made on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// What `app` holds on `route`, made now if this is its first use.
+    pub fn app_key(&self, app: usize, route: usize) -> Option<&PairKey> {
+        let slot = self.slots.get(app * self.routes.len() + route)?;
+        let pair = slot.get_or_init(|| {
+            let limited = self.routes.get(route).and_then(Option::as_ref);
+            let app_id = self.app_ids.get(app).map_or("", String::as_str);
+            let key =
+                limited.and_then(|(spec, suffix)| self.make(spec, format!("{app_id}:{suffix}")));
+            if let Some((spec, _)) = limited {
+                let windows = spec.plan().windows().map(|w| (w.to_string(), w.limit()));
+                self.metrics
+                    .quota_limits(app, route, windows.collect::<Vec<_>>());
+            }
+            Box::new(PairKey {
+                key,
+                pause: PauseCell::default(),
+                backoff: Backoff::default(),
+                wait_metrics: OnceLock::new(),
+                app,
+                route,
+            })
+        });
+        Some(pair)
+    }
+
+    /// The key of a store app's `tenant` on `route`, made now if this is
+    /// its first use; `None` when the route has no limits. Named
+    /// `"<tenant>@<app's key name>"`, so every replica shares it in Redis.
+    pub fn tenant_key(&self, tenant: &Tenant, app: usize, route: usize) -> Option<Arc<Key>> {
+        let (spec, suffix) = self.routes.get(route)?.as_ref()?;
+        tenant.quota_key(route, || {
+            let name = format!("{}@{}:{suffix}", tenant.key, self.app_ids.get(app)?);
+            self.make(spec, name)
+        })
+    }
+
+    fn make(&self, spec: &KeySpec, name: String) -> Option<Key> {
+        match self.engine.key(&spec.clone().with_name(name)) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                // Every plan was checked at start: not expected.
+                tracing::error!(error = %e, "cannot make a quota key: admitted without one");
+                None
+            }
+        }
+    }
+}
