@@ -251,6 +251,8 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
             Some(AppKind::SelfBuilt)
         }
         "store" => {
+            // Read on even when it is bad: a return here would leave the
+            // keys below unread, each then reported as an unknown key.
             let encrypt_key =
                 if s.value("encrypt_key_env").is_some() || s.value("encrypt_key_file").is_some() {
                     Some(secret_source(
@@ -260,7 +262,7 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
                         &[],
                         env,
                         p,
-                    )?)
+                    ))
                 } else {
                     None
                 };
@@ -280,6 +282,12 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
                 .duration("tenant_idle_timeout", p)
                 .unwrap_or(Duration::from_secs(3600));
             let require_signature = s.boolean("require_signature", p).unwrap_or(false);
+            let encrypt_key = match encrypt_key {
+                None => None,
+                Some(Some(key)) => Some(key),
+                // A problem is recorded.
+                Some(None) => return None,
+            };
             Some(AppKind::Store(StoreAppSettings {
                 encrypt_key,
                 verification_token: verification_token?,

@@ -599,3 +599,30 @@ fn bad_budget_keys_are_named() {
     }
     assert_eq!(problems.0.len(), 9, "{problems}");
 }
+
+#[test]
+fn a_bad_encrypt_key_does_not_hide_the_store_apps_other_keys() {
+    // Both encrypt_key_env and encrypt_key_file: one problem, and the keys
+    // after it are still read (not reported as unknown).
+    let text = r#"
+state_dir = "/var/lib/feishu-gateway"
+[[apps]]
+name = "isv-bot"
+app_id = "cli_store"
+app_secret_env = "OPS_BOT_APP_SECRET"
+type = "store"
+encrypt_key_env = "OPS_BOT_APP_SECRET"
+encrypt_key_file = "/nonexistent"
+verification_token_env = "OPS_BOT_APP_SECRET"
+max_tenants = 10
+tenant_idle_timeout = "10m"
+require_signature = true
+[[clients]]
+name = "c"
+key_env = "BILLING_GATEWAY_KEY"
+app = "isv-bot"
+"#;
+    let problems = Config::parse(text, &env()).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["apps[0].encrypt_key_env"], "{problems}");
+}
