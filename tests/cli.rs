@@ -104,6 +104,7 @@ level = "infoo"
 name = "billing"
 key_env = "GW_TEST_MISSING_KEY"
 app = "nobody"
+allow = ["POST /open-apis/gateway-nowhere/v1/things"]
 "#,
     );
     let out = Command::new(BIN)
@@ -120,10 +121,11 @@ app = "nobody"
         "log.level",
         "clients[0].key_env",
         "clients[0].app",
+        "clients[0].allow[0]",
     ] {
         assert!(err.contains(&format!("- {key}: ")), "{key} in {err}");
     }
-    assert!(err.contains("5 problems"), "{err}");
+    assert!(err.contains("6 problems"), "{err}");
     assert!(!err.contains("super-secret-value-123"));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("super-secret-value-123"));
 }
@@ -144,6 +146,27 @@ fn check_config_accepts_a_good_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 apps, 1 clients"));
+
+    // A prefix entry that reaches no catalog route is a warning, printed.
+    let config = config.client(
+        support::config::Client::new("notifier", "CLIENT_KEY_2", "ops-bot")
+            .allow(&["GET /open-apis/gateway-nowhere/v1/*"]),
+    );
+    let f = write_config(&config.text());
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(f.path())
+        .envs(config.env_vars().iter().map(|(k, v)| (k, v)))
+        .env("CLIENT_KEY_2", "client-key-notifier-0123456789")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: clients[1].allow[0]: ")
+            && stdout.contains("reaches no catalog route"),
+        "{stdout}"
+    );
 }
 
 #[test]
