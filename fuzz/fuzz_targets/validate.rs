@@ -59,15 +59,12 @@ fuzz_target!(|data: &[u8]| {
 
     // Path parameter extraction.
     let param = route.param(&path, "chat_id");
-    if route.matches(&Method::POST, &path) {
+    // The catalog's router is the matcher: a path it sends to this route
+    // has the parameter, one segment, never empty.
+    let found = catalog.find(&Method::POST, &path);
+    if found.map(|i| &catalog.route(i).id) == Some(&route.id) {
         let p = param.expect("a matching path has its parameter");
         assert!(!p.is_empty() && !p.contains('/'), "{path:?} -> {p:?}");
-        assert_eq!(
-            catalog
-                .find(&Method::POST, &path)
-                .map(|i| &catalog.route(i).id),
-            Some(&route.id)
-        );
     }
 
     let mut headers = HeaderMap::new();

@@ -8,7 +8,7 @@
 //! | `router.rs`   | request path → route (matchit; static segments first)           |
 //! | `route.rs`    | one entry: template, limits, options, parameter extraction      |
 //! | `resources.rs`| per-resource limits (a chat, a document, a table) and their endpoints |
-//! | one file per family ([`top_notice`]) | hand-written additions: contract, body limit |
+//! | one file per family ([`top_notice`], [`uploads`]) | hand-written additions: contract, body limit, upload form |
 //!
 //! The catalog is built from the data file (every row, with its limits),
 //! then each family's [`Builtin`] rows add what the data cannot say (a body
@@ -22,6 +22,7 @@ pub mod resources;
 mod route;
 mod router;
 pub mod top_notice;
+pub mod uploads;
 
 pub use resources::{KeySource, ResourceRule};
 pub use route::Route;
@@ -29,12 +30,13 @@ pub use router::shape;
 pub use top_notice::{delete_top_notice, put_top_notice, DELETE_TOP_NOTICE, PUT_TOP_NOTICE};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 
 use crate::quota::{OverflowMode, Window};
-use crate::validate::{Contract, UnknownFields, ValidationMode};
+use crate::validate::{Contract, FormContract, UnknownFields, ValidationMode};
 use data::Documented;
 use router::Router;
 
@@ -55,7 +57,7 @@ pub struct Builtin {
 }
 
 /// Every family's additions.
-pub const BUILTIN: &[&[Builtin]] = &[top_notice::ENDPOINTS];
+pub const BUILTIN: &[&[Builtin]] = &[top_notice::ENDPOINTS, uploads::ENDPOINTS];
 
 /// The built-in contract of the route `route_id`, if it has one.
 pub fn builtin_contract(route_id: &str) -> Option<Contract> {
@@ -266,10 +268,12 @@ impl Catalog {
     }
 }
 
-/// The contract of each catalog route, by route index.
+/// The contract of each catalog route, by route index: a JSON body
+/// contract, or for uploads a form contract.
 #[derive(Debug, Clone)]
 pub struct Contracts {
     by_route: Vec<Option<Contract>>,
+    forms: Vec<Option<Arc<FormContract>>>,
 }
 
 impl Contracts {
@@ -281,12 +285,22 @@ impl Contracts {
                 .iter()
                 .map(|r| builtin_contract(&r.id))
                 .collect(),
+            forms: catalog
+                .routes()
+                .iter()
+                .map(|r| uploads::form(&r.id).map(Arc::new))
+                .collect(),
         }
     }
 
     /// The contract of route `index`, if it has one.
     pub fn get(&self, index: usize) -> Option<&Contract> {
         self.by_route.get(index).and_then(Option::as_ref)
+    }
+
+    /// The upload form of route `index`, if it is an upload.
+    pub fn form(&self, index: usize) -> Option<&Arc<FormContract>> {
+        self.forms.get(index).and_then(Option::as_ref)
     }
 
     /// The contract of route `index`, to adjust per-route options

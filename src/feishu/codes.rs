@@ -62,6 +62,14 @@ pub const EXTERNAL_CHAT: i64 = 232033;
 /// The app is not installed or not enabled in the tenant.
 pub const APP_NOT_INSTALLED: i64 = 232034;
 
+/// Upload: the file is larger than the endpoint takes (images 10 MB,
+/// files 30 MB).
+pub const UPLOAD_TOO_LARGE: i64 = 234006;
+/// Upload: the file is empty.
+pub const UPLOAD_EMPTY: i64 = 234010;
+/// Upload: the image format is not supported.
+pub const UPLOAD_BAD_FORMAT: i64 = 234011;
+
 /// Gateway: the client's `allow` list does not include this endpoint.
 pub const GW_FORBIDDEN: i64 = 99990403;
 /// Gateway: no such path on the gateway.
@@ -119,6 +127,9 @@ pub const KNOWN: &[(i64, &str)] = &[
         APP_NOT_INSTALLED,
         "app not installed or not enabled in the tenant",
     ),
+    (UPLOAD_TOO_LARGE, "upload: file too large"),
+    (UPLOAD_EMPTY, "upload: file empty"),
+    (UPLOAD_BAD_FORMAT, "upload: unsupported format"),
     (
         GW_FORBIDDEN,
         "gateway: endpoint not in the client's allow list",

@@ -30,6 +30,7 @@ pub struct Metrics {
     token_refreshes: IntCounterVec,
     token_expiry: GaugeVec,
     token_replays: IntCounterVec,
+    token_invalid_streamed: IntCounterVec,
     upstream_errors: IntCounterVec,
     retries: IntCounterVec,
     retries_skipped: IntCounterVec,
@@ -291,6 +292,13 @@ impl Metrics {
             ),
             &["app", "code"],
         )?;
+        let token_invalid_streamed = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_token_invalid_streamed_total",
+                "Token-invalid answers to streamed uploads (not replayed: passed to the caller; the token is dropped)",
+            ),
+            &["app", "code"],
+        )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_upstream_errors_total",
@@ -445,6 +453,7 @@ impl Metrics {
             Box::new(token_refreshes.clone()),
             Box::new(token_expiry.clone()),
             Box::new(token_replays.clone()),
+            Box::new(token_invalid_streamed.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(retries.clone()),
             Box::new(retries_skipped.clone()),
@@ -504,6 +513,7 @@ impl Metrics {
             token_refreshes,
             token_expiry,
             token_replays,
+            token_invalid_streamed,
             upstream_errors,
             retries,
             retries_skipped,
@@ -754,6 +764,14 @@ impl Metrics {
     /// Records a replay after a token-invalid answer with `code`.
     pub fn token_replay(&self, app: usize, code: i64) {
         self.token_replays
+            .with_label_values(&[self.app_label(Some(app)), &code.to_string()])
+            .inc();
+    }
+
+    /// Records a token-invalid answer with `code` to a streamed upload, which
+    /// is not replayed.
+    pub fn token_invalid_streamed(&self, app: usize, code: i64) {
+        self.token_invalid_streamed
             .with_label_values(&[self.app_label(Some(app)), &code.to_string()])
             .inc();
     }

@@ -45,6 +45,9 @@ pub struct RequestCtx {
     /// The path is one Feishu does not count against the monthly call
     /// budget (`data/budget-exempt.tsv`); noted by `route`.
     pub budget_exempt: bool,
+    /// The gateway answers while the client's body is still partly unread
+    /// (an upload stopped): the answer closes the connection.
+    pub body_unread: bool,
 }
 
 impl RequestCtx {
@@ -64,6 +67,7 @@ impl RequestCtx {
             tenant: None,
             resources: Vec::new(),
             budget_exempt: false,
+            body_unread: false,
         }
     }
 }

@@ -177,9 +177,8 @@ impl GatewayError {
             GatewayError::BadTokenRequest => codes::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => codes::INVALID_PARAM,
             GatewayError::BodyTimeout => codes::GW_BODY_TIMEOUT,
-            GatewayError::BodyAborted
-            | GatewayError::BadHeader { .. }
-            | GatewayError::Invalid(_) => codes::INVALID_PARAM,
+            GatewayError::BodyAborted | GatewayError::BadHeader { .. } => codes::INVALID_PARAM,
+            GatewayError::Invalid(v) => v.code(),
             GatewayError::MissingTenant => codes::INVALID_PARAM,
             GatewayError::UnknownTenant { code, .. } => *code,
             GatewayError::BadCallback(_) => codes::BAD_REQUEST,

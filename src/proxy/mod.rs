@@ -15,10 +15,12 @@
 //! | `authorize`       | `authenticate.rs` | may this client call this endpoint (its `allow` list) |
 //! | `tenant`          | `authenticate.rs` | a store app's tenant for this request                |
 //! | `read_body`       | `admit.rs`        | buffer the body within the size and time limits      |
+//! |                   | `stream.rs`       | uploads: a checked start, then the body streams      |
 //! | `validate`        | `admit.rs`        | the route's contract, answered in Feishu's words     |
 //! | `admit`           | `admit.rs`        | the monthly budget (`budget.rs`), then the (app[, tenant], route) quota: go, wait, or 429 |
 //! | `forward`         | `forward.rs`      | inject the token, send, replay once on token-invalid; count the answer against the budget (`budget.rs`) |
 //! |                   | `retry.rs`        | the attempts: retries by code, safe ones, in budget and time |
+//! |                   | `stream.rs`       | uploads: a fresh token, sent once, never replayed    |
 //! | `response_filter` | `forward.rs`      | strip hop-by-hop headers from Feishu's answer        |
 //! | `logging`         | `log.rs`          | one access-log line and the request metrics          |
 //!
@@ -26,6 +28,8 @@
 //! which headers cross; `inspect.rs`, Feishu's `code` read off an answer;
 //! `keys.rs` and `resources.rs`, the quota keys `admit` acquires (per route,
 //! per resource), made on first use;
+//! `upload.rs`, an upload's body on its way to Feishu, counted and its
+//! multipart form checked as it streams;
 //! [`body`], the answer body; [`error`], every answer the gateway writes
 //! itself. Shared state lives on [`Gateway`], never in statics.
 
@@ -43,14 +47,19 @@ mod keys;
 mod log;
 mod resources;
 mod retry;
+mod stream;
+mod upload;
 
 pub use ctx::RequestCtx;
 use front::token_endpoint;
 pub use keys::{PairKey, QuotaKeys};
 pub use resources::ResourceKeys;
 pub use retry::{Retries, RetryPolicy};
+use stream::Start;
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use http::header::HeaderValue;
@@ -135,7 +144,12 @@ impl Gateway {
             Err(err) => {
                 ctx.code = Some(err.code());
                 ctx.gateway_error = Some(err.reason());
-                err.into_response()
+                let mut resp = err.into_response();
+                if ctx.body_unread {
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
             }
         };
         self.logging(&ctx, &resp);
@@ -158,7 +172,21 @@ impl Gateway {
         self.authenticate(ctx, &parts.headers)?;
         self.authorize(ctx, &parts)?;
         self.tenant(ctx, &parts.headers)?;
-        let body = self.read_body(&parts, body, self.body_limit(ctx)).await?;
+        let body = match self
+            .read_start(ctx, &parts, body, self.body_limit(ctx))
+            .await?
+        {
+            Start::Whole(body) => body,
+            Start::Streamed(upload) => {
+                // Refused from here on, the client's body is left unread.
+                ctx.body_unread = true;
+                // Resource keys read from a JSON body do not apply to an
+                // upload; those of its path, query and endpoint do.
+                self.admit(ctx, &parts, &Bytes::new()).await?;
+                let resp = self.forward_streamed(ctx, &parts, upload).await?;
+                return Ok(self.response_filter(resp));
+            }
+        };
         self.validate(ctx, &parts, &body)?;
         self.admit(ctx, &parts, &body).await?;
         let resp = self.forward(ctx, &parts, body).await?;

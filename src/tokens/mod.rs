@@ -206,6 +206,34 @@ impl TokenManager {
         self.attempt(slot, &mut flight).await
     }
 
+    /// A token of `slot` that is not yet due for refresh, for a request
+    /// that cannot be replayed (a streamed upload): one past its
+    /// `refresh_at` (the background refresh is late or failing) is replaced
+    /// first, single-flight, unless a fetch is backing off. If no fresh one
+    /// can be had, the still-usable one is returned (the upload may then
+    /// meet a token-invalid answer, which goes to the caller).
+    pub async fn get_slot_fresh(
+        self: &Arc<Self>,
+        slot: &Arc<TokenSlot>,
+    ) -> Result<Arc<Token>, FeishuError> {
+        let token = self.get_slot(slot).await?;
+        if Instant::now() < token.refresh_at {
+            return Ok(token);
+        }
+        let mut flight = slot.flight.lock().await;
+        let now = Instant::now();
+        if let Some(t) = slot.usable(now).filter(|t| now < t.refresh_at) {
+            return Ok(t);
+        }
+        if flight.next_attempt.is_some_and(|n| n > now) {
+            return slot.usable(now).map_or(Ok(token), Ok);
+        }
+        match self.attempt(slot, &mut flight).await {
+            Ok(fresh) => Ok(fresh),
+            Err(e) => slot.usable(Instant::now()).ok_or(e),
+        }
+    }
+
     /// Refreshes `slot` unless someone just did or it is backing off.
     async fn refresh(self: &Arc<Self>, slot: &Arc<TokenSlot>) {
         let mut flight = slot.flight.lock().await;
@@ -435,8 +463,13 @@ mod tests {
     use crate::config::{Config, MapEnv};
 
     fn manager(refresh_before: &str) -> TokenManager {
+        manager_at(refresh_before, "https://open.feishu.cn")
+    }
+
+    fn manager_at(refresh_before: &str, upstream: &str) -> TokenManager {
         let text = format!(
             r#"
+upstream = "{upstream}"
 [token]
 refresh_before = "{refresh_before}"
 [[apps]]
@@ -489,6 +522,31 @@ app = "a"
             .unwrap();
         assert_eq!(t.expires_at - t.refresh_at, Duration::from_secs(20 * 60));
         assert!(t.expires_at - t.refresh_at < Duration::from_secs(30 * 60));
+    }
+
+    /// A streamed upload cannot be replayed: a token past its refresh time
+    /// (the background refresh late or failing) is replaced before it goes,
+    /// while ordinary requests keep using it until `usable_until`.
+    #[tokio::test]
+    async fn a_token_due_for_refresh_is_replaced_for_a_request_that_cannot_be_replayed() {
+        let mut sim = feishu_sim::SimConfig::with_app("cli_1", "secret");
+        sim.token_lifetime = Duration::from_secs(4);
+        let sim = feishu_sim::SimFeishu::start(sim).await.unwrap();
+        let m = Arc::new(manager_at("25m", &sim.base_url()));
+        let slot = Arc::clone(m.app_slot(0));
+        let first = m.get_slot(&slot).await.unwrap();
+        let fresh = m.get_slot_fresh(&slot).await.unwrap();
+        assert_eq!(fresh.generation, first.generation, "not due yet: kept");
+        tokio::time::sleep_until(first.refresh_at + Duration::from_millis(100)).await;
+        let ordinary = m.get_slot(&slot).await.unwrap();
+        assert_eq!(ordinary.generation, first.generation, "still usable");
+        let fresh = m.get_slot_fresh(&slot).await.unwrap();
+        assert_ne!(fresh.generation, first.generation, "replaced");
+        assert!(Instant::now() < fresh.refresh_at);
+        assert_eq!(sim.token_calls().len(), 2);
+        let again = m.get_slot_fresh(&slot).await.unwrap();
+        assert_eq!(again.generation, fresh.generation, "one fetch, then cached");
+        assert_eq!(sim.token_calls().len(), 2);
     }
 
     #[tokio::test]

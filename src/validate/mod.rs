@@ -32,6 +32,7 @@
 //! | `contract.rs`  | the contract as plain data: params, headers, body [`Shape`]s |
 //! | `request.rs`   | [`Contract::check`]: path parameters, headers, body          |
 //! | `json.rs`      | the one-pass streaming walk of the body                      |
+//! | [`form`]       | uploads: a multipart form's contract, checked part by part   |
 //! | `violation.rs` | [`Violations`] and the body of the 400 answer                |
 //!
 //! # Why a declarative form of our own
@@ -71,6 +72,7 @@
 //!   fields, objects and arrays echo no value at all.
 
 mod contract;
+pub mod form;
 mod json;
 mod request;
 mod violation;
@@ -82,6 +84,7 @@ pub use contract::{
     Array, BodyRule, Contract, Field, HeaderCheck, HeaderRule, Object, Param, Presence, Shape,
     Text, UnknownFields, MAX_CONDITIONAL, MAX_FIELDS,
 };
+pub use form::{FieldValue, FilePart, FormCheck, FormContract, FormField};
 pub use violation::{Violation, Violations, MAX_VALUE_CHARS, MAX_VIOLATIONS};
 
 use http::HeaderMap;

@@ -41,12 +41,30 @@ impl Violation {
 pub struct Violations {
     list: Vec<Violation>,
     omitted: usize,
+    /// The `code` of the answer: 232001, or Feishu's own code for the
+    /// problem where it has one (an upload too large: 234006).
+    code: i64,
 }
 
 impl Violations {
     pub(crate) fn new(list: Vec<Violation>, omitted: usize) -> Violations {
         debug_assert!(!list.is_empty() || omitted > 0);
-        Violations { list, omitted }
+        Violations {
+            list,
+            omitted,
+            code: codes::INVALID_PARAM,
+        }
+    }
+
+    /// The same violations, answered with `code` instead of 232001.
+    pub fn with_code(mut self, code: i64) -> Violations {
+        self.code = code;
+        self
+    }
+
+    /// The `code` of the answer (232001 unless a contract says otherwise).
+    pub fn code(&self) -> i64 {
+        self.code
     }
 
     /// The violations kept, in the order found: path, headers, body.
@@ -79,7 +97,8 @@ impl Violations {
     }
 
     /// The JSON body of the answer (400, `X-Gateway-Error: invalid-request`):
-    /// Feishu's shape with code 232001 and every violation kept.
+    /// Feishu's shape with [`Violations::code`] (232001 unless said
+    /// otherwise) and every violation kept.
     pub fn to_json(&self) -> serde_json::Value {
         let violations: Vec<serde_json::Value> = self
             .list
@@ -92,7 +111,7 @@ impl Violations {
             })
             .collect();
         json!({
-            "code": codes::INVALID_PARAM,
+            "code": self.code,
             "msg": self.msg(),
             "error": { "field_violations": violations },
         })
@@ -188,6 +207,11 @@ impl Sink {
     pub(crate) fn reset(&mut self, to: Mark) {
         self.list.truncate(to.stored);
         self.alive = to.alive;
+    }
+
+    /// What was found so far, if anything, without ending the check.
+    pub(crate) fn snapshot(&self) -> Option<Violations> {
+        (self.alive > 0).then(|| Violations::new(self.list.clone(), self.alive - self.list.len()))
     }
 
     pub(crate) fn finish(self) -> Result<(), Violations> {

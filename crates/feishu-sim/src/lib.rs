@@ -38,6 +38,8 @@
 //!   public for tests that forge callbacks.
 //! - [`contract`]: the body contract of `put_top_notice`, public so the
 //!   gateway's validation can be differential-tested against it.
+//! - `upload`: the multipart upload endpoints, read as they stream
+//!   ([`UploadRecord`], [`SimFeishu::uploads`]).
 //! - `answer`: JSON answers, error messages and `X-Tt-Logid` values.
 //! - `state`: the state shared by the server and the handle.
 //! - [`ca`]: a certificate authority made at run time, for HTTPS on
@@ -176,6 +178,7 @@ mod server;
 mod state;
 mod store;
 mod tokens;
+mod upload;
 
 #[cfg(test)]
 mod tests;
@@ -192,6 +195,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use state::{lock, Shared};
+pub use upload::UploadRecord;
 
 pub use catalog::ResourceRule;
 
@@ -818,6 +822,14 @@ impl SimFeishu {
         lock(&self.shared.requests).clone()
     }
 
+    /// Every upload (`im/v1/images`, `im/v1/files`, drive `upload_all` and
+    /// `upload_part`) received, complete or cut off, in the order they
+    /// ended. Uploads are not in [`requests`](Self::requests). Empty when
+    /// `record_requests` is off.
+    pub fn uploads(&self) -> Vec<UploadRecord> {
+        lock(&self.shared.uploads).clone()
+    }
+
     /// Every token call, in arrival order.
     pub fn token_calls(&self) -> Vec<TokenCall> {
         lock(&self.shared.token_calls).clone()
@@ -1020,6 +1032,7 @@ impl SimFeishu {
         lock(&self.shared.token_calls).clear();
         lock(&self.shared.store_calls).clear();
         lock(&self.shared.pushed).clear();
+        lock(&self.shared.uploads).clear();
         lock(&self.shared.quota).clear_history();
         lock(&self.shared.resources).clear_history(Instant::now());
         lock(&self.shared.resource_violations).clear();

@@ -44,6 +44,7 @@ use super::quota::Over;
 use super::resource::{self, CallSite, InFlight, Refusal};
 use super::state::{lock, Shared, Throttle};
 use super::tokens::Holder;
+use super::upload;
 use super::{
     QuotaMode, RecordedRequest, ResourceViolation, StoreCall, StoreCallKind, TokenCall, TokenKind,
     TokenVerdict,
@@ -126,6 +127,12 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     let (parts, body) = req.into_parts();
+    // Uploads stream through their own reader (upload.rs), never buffered.
+    if let Some(kind) = upload::route(&parts.method, parts.uri.path()) {
+        return upload::handle(shared, parts, body, kind)
+            .await
+            .ok_or(Dropped);
+    }
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return Err(Dropped),
@@ -412,7 +419,7 @@ impl From<Answer> for Decided {
 }
 
 /// The token of `Authorization: Bearer <token>`, if well-formed.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();

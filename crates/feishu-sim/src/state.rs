@@ -25,6 +25,7 @@ use super::quota::{effective_windows, QuotaBook};
 use super::resource::ResourceBook;
 use super::store::StoreBook;
 use super::tokens::TokenBook;
+use super::upload::UploadRecord;
 use super::{
     FaultSpan, PushedEvent, QuotaMode, RecordedRequest, ResourceViolation, SimApp, SimConfig,
     StoreCall, TokenCall,
@@ -233,6 +234,7 @@ pub(crate) struct Shared {
     pub(crate) push_tasks: Mutex<JoinSet<()>>,
     pub(crate) store_calls: Mutex<Vec<StoreCall>>,
     pub(crate) pushed: Mutex<Vec<PushedEvent>>,
+    pub(crate) uploads: Mutex<Vec<UploadRecord>>,
 }
 
 impl Shared {
@@ -275,6 +277,7 @@ impl Shared {
             push_tasks: Mutex::new(JoinSet::new()),
             store_calls: Mutex::new(Vec::new()),
             pushed: Mutex::new(Vec::new()),
+            uploads: Mutex::new(Vec::new()),
         };
         shared.set_latency(cfg.latency);
         shared.set_ticket_push_delay(cfg.ticket_push_delay);
