@@ -14,9 +14,9 @@
 //! |-----------------------|-------------------------------------------------------------|
 //! | [`app`]               | the composition root: `Config` → parts; start, serve, drain; `demo` |
 //! | [`config`]            | the TOML file, read in one pass that reports every problem  |
-//! | [`server`]            | downstream: accept loop, TLS, the tower stack, request ids, admin listener |
+//! | [`server`]            | downstream: listen backlog and connection limits, accept loop, TLS, the tower stack, request ids, admin listener (readiness) |
 //! | [`proxy`]             | THE REQUEST PATH: the named phases, one file per group; gateway answers |
-//! | [`auth`]              | who is calling: client keys, signed SDK tokens              |
+//! | [`auth`]              | who is calling: client keys (several while rotating), allow lists, signed SDK tokens |
 //! | [`store_apps`]        | store apps (ISV): tenants, their quota scopes, event callbacks |
 //! | [`tokens`]            | credentials toward Feishu: token slots, their sources, app_tickets |
 //! | [`endpoints`]         | what the gateway knows per endpoint: catalog, limits, contracts |

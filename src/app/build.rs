@@ -128,6 +128,22 @@ pub(super) fn parts(config: &Config) -> Result<Parts, StartError> {
     })
 }
 
+/// The client table: every client's keys, app, tenant and allow list
+/// (compiled against `catalog`), in one value behind one `Arc`, so a live
+/// reload can build a new one from a new config and swap it whole.
+pub(super) fn client_table(
+    config: &Config,
+    catalog: &Catalog,
+    metrics: &Metrics,
+) -> Arc<ClientTable> {
+    Arc::new(ClientTable::new(
+        &config.clients,
+        config.apps.iter().map(|a| a.app_id.clone()).collect(),
+        catalog,
+        metrics,
+    ))
+}
+
 /// The gateway's shared state: the quota keys (made on first use), the
 /// store apps, and each route's contract. `redis` is the
 /// replica's connection with `[quota] backend = "redis"`.
@@ -196,10 +212,7 @@ fn gateway(
                 })
             })
             .collect::<Result<_, String>>()?,
-        clients: ClientTable::new(
-            &config.clients,
-            config.apps.iter().map(|a| a.app_id.clone()).collect(),
-        ),
+        clients: client_table(config, &catalog, &metrics),
         issuer: TokenIssuer::new(
             config.sdk_tokens.signing_key.clone(),
             config.sdk_tokens.lifetime,

@@ -1,15 +1,14 @@
-//! `[[apps]]` (the Feishu apps the gateway holds secrets for) and
-//! `[[clients]]` (the internal services allowed to call), read together:
-//! each client names its app, and only clients of store apps name a tenant.
-//! The apps' `monthly_budget` and `budget_group` make the budget groups
-//! ([`BudgetConfig`]).
+//! `[[apps]]`: the Feishu apps the gateway holds secrets for (at least
+//! one); apps without an `upstream` of their own use the global one. The
+//! apps' `monthly_budget` and `budget_group` make the budget groups
+//! ([`BudgetConfig`]). `[[clients]]` are read by `clients.rs`, with the
+//! names this reader returns.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use super::reader::{Problems, Section};
 use super::{secret_source, Environment};
-use crate::auth::{key_digest, ClientConfig};
 use crate::budget::{BudgetConfig, BudgetGroup};
 use crate::tokens::{AppConfig, AppKind, StoreAppSettings};
 use crate::upstream::Upstream;
@@ -18,32 +17,19 @@ use crate::upstream::Upstream;
 /// Prometheus gauge (a float).
 const MAX_MONTHLY_BUDGET: u64 = 1 << 50;
 
-/// Reads `[[apps]]` and `[[clients]]`; both need at least one entry. Apps
-/// without an `upstream` of their own use `global`.
+/// Reads `[[apps]]` (at least one entry; apps without an `upstream` of
+/// their own use `global`): the complete entries, every entry's name by
+/// file index (what `clients[].app` resolves against), and the budget
+/// groups.
 pub(super) fn read(
     root: &mut Section<'_>,
     global: &Upstream,
     env: &dyn Environment,
     p: &mut Problems,
-) -> (Vec<AppConfig>, Vec<ClientConfig>, BudgetConfig) {
+) -> (Vec<AppConfig>, Vec<Option<String>>, BudgetConfig) {
     let (apps, app_names, budget_keys) = read_apps(root, global, env, p);
     let budget = budget_groups(&budget_keys, &app_names, p);
-    let clients = read_clients(root, &app_names, env, p);
-    for c in &clients {
-        // `c.app` counts every `[[apps]]` entry; `apps` holds the complete
-        // ones only: find the app by its name.
-        let app = app_names
-            .get(c.app)
-            .and_then(Option::as_deref)
-            .and_then(|name| apps.iter().find(|a| a.name == name));
-        if c.tenant.is_some() && app.is_some_and(|a| matches!(a.kind, AppKind::SelfBuilt)) {
-            p.push(
-                format!("clients[name = {:?}].tenant", c.name),
-                "only clients of store apps name a tenant",
-            );
-        }
-    }
-    (apps, clients, budget)
+    (apps, app_names, budget)
 }
 
 /// The budget keys of one complete self-built `[[apps]]` entry.
@@ -265,6 +251,8 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
             Some(AppKind::SelfBuilt)
         }
         "store" => {
+            // Read on even when it is bad: a return here would leave the
+            // keys below unread, each then reported as an unknown key.
             let encrypt_key =
                 if s.value("encrypt_key_env").is_some() || s.value("encrypt_key_file").is_some() {
                     Some(secret_source(
@@ -274,7 +262,7 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
                         &[],
                         env,
                         p,
-                    )?)
+                    ))
                 } else {
                     None
                 };
@@ -294,6 +282,12 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
                 .duration("tenant_idle_timeout", p)
                 .unwrap_or(Duration::from_secs(3600));
             let require_signature = s.boolean("require_signature", p).unwrap_or(false);
+            let encrypt_key = match encrypt_key {
+                None => None,
+                Some(Some(key)) => Some(key),
+                // A problem is recorded.
+                Some(None) => return None,
+            };
             Some(AppKind::Store(StoreAppSettings {
                 encrypt_key,
                 verification_token: verification_token?,
@@ -313,110 +307,13 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
 }
 
 /// Reports a `name` that would make a poor metric label.
-fn check_label(s: &Section<'_>, name: &str, p: &mut Problems) {
+pub(super) fn check_label(s: &Section<'_>, name: &str, p: &mut Problems) {
     if !valid_label(name) {
         p.push(
             s.key("name"),
             format!("{name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
         );
     }
-}
-
-fn read_clients(
-    root: &mut Section<'_>,
-    app_names: &[Option<String>],
-    env: &dyn Environment,
-    p: &mut Problems,
-) -> Vec<ClientConfig> {
-    let sections = root.tables("clients", p);
-    if sections.is_empty() {
-        p.push("clients", "at least one [[clients]] entry is required");
-    }
-    let mut clients = Vec::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut keys: HashMap<[u8; 32], usize> = HashMap::new();
-    for (i, mut s) in sections.into_iter().enumerate() {
-        let name = s.required_string("name", p);
-        let app_name = s.required_string("app", p);
-        let tenant = s.string("tenant", p).map(str::to_string);
-        if tenant.as_deref().is_some_and(|t| t.trim().is_empty()) {
-            p.push(s.key("tenant"), "must not be empty");
-        }
-        let digest = if s.value("key_sha256").is_some() {
-            let given = s.string("key_sha256", p);
-            let mut other = false;
-            for k in ["key_env", "key_file"] {
-                if s.value(k).is_some() {
-                    p.push(
-                        s.key(k),
-                        "give only one of `key_env`, `key_file`, `key_sha256`",
-                    );
-                    other = true;
-                }
-            }
-            match given.map(|h| hex::decode(h.trim())) {
-                Some(Ok(bytes)) if bytes.len() == 32 && !other => {
-                    let mut d = [0u8; 32];
-                    d.copy_from_slice(&bytes);
-                    Some(d)
-                }
-                Some(_) if !other => {
-                    p.push(
-                        s.key("key_sha256"),
-                        "must be 64 hex digits (SHA-256 of the key)",
-                    );
-                    None
-                }
-                _ => None,
-            }
-        } else {
-            secret_source(&mut s, "key_env", "key_file", &["key_sha256"], env, p).and_then(|key| {
-                if key.expose().len() < 16 {
-                    p.push(
-                        s.key("key_env"),
-                        "the key is shorter than 16 characters: use a long random key",
-                    );
-                    None
-                } else {
-                    Some(key_digest(key.expose().as_bytes()))
-                }
-            })
-        };
-        if let Some(n) = name {
-            check_label(&s, n, p);
-            if let Some(j) = names.insert(n.to_string(), i) {
-                p.push(
-                    s.key("name"),
-                    format!("{n:?} is already used by clients[{j}]"),
-                );
-            }
-        }
-        let app = app_name.and_then(|a| {
-            let found = app_names.iter().position(|x| x.as_deref() == Some(a));
-            if found.is_none() {
-                p.push(s.key("app"), format!("no [[apps]] entry is named {a:?}"));
-            }
-            found
-        });
-        if let Some(d) = digest {
-            if let Some(j) = keys.insert(d, i) {
-                p.push(
-                    s.key("key_env"),
-                    format!("the same key is already used by clients[{j}]"),
-                );
-            }
-        }
-        s.finish(p);
-        if let (Some(name), Some(app), Some(key_sha256)) = (name, app, digest) {
-            clients.push(ClientConfig {
-                name: name.to_string(),
-                app,
-                key_sha256,
-                tenant,
-            });
-        }
-    }
-    clients
 }
 
 /// Names used as metric labels: short and tame.

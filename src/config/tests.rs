@@ -31,8 +31,12 @@ fn the_documented_example_works_as_written() {
     assert_eq!(c.apps[0].app_secret.expose(), "s3cr3t-app-secret");
     assert_eq!(c.clients[0].app, 0);
     assert_eq!(
-        c.clients[0].key_sha256,
-        key_digest(b"billing-key-0123456789abcdef")
+        c.clients[0].keys,
+        [key_digest(b"billing-key-0123456789abcdef")]
+    );
+    assert!(
+        c.clients[0].allow.is_none(),
+        "no allow list: every endpoint"
     );
     assert_eq!(c.max_body_bytes, 1 << 20);
     assert_eq!(c.workers, default_workers());
@@ -121,10 +125,7 @@ app = "lark-bot"
     );
     let c = Config::parse(&text, &env()).unwrap();
     assert_eq!(c.apps[0].upstream.base_url(), "https://open.larksuite.com");
-    assert_eq!(
-        c.clients[0].key_sha256,
-        key_digest(b"a-long-enough-client-key")
-    );
+    assert_eq!(c.clients[0].keys, [key_digest(b"a-long-enough-client-key")]);
 }
 
 #[test]
@@ -211,6 +212,210 @@ tenant = "2ed263bf32cf1651"
         problems.contains(
             r#"clients[name = "billing"].tenant: only clients of store apps name a tenant"#
         ),
+        "{problems}"
+    );
+}
+
+#[test]
+fn log_level_is_checked_like_every_other_key() {
+    for good in [
+        "info",
+        "WARN",
+        "warn,feishu_gateway::app=info",
+        "info,feishu_gateway::access=off",
+        "feishu_gateway=debug",
+    ] {
+        let text = format!("{EXAMPLE}\n[log]\nlevel = {good:?}\n");
+        let c = Config::parse(&text, &env()).unwrap_or_else(|p| panic!("{good}: {p}"));
+        assert_eq!(c.log.level, good);
+    }
+    // `infoo` would be a TARGET with every level on for tracing's own
+    // parser: the whole log silent. `debug=` names no level.
+    for bad in ["infoo", "", "info,feishu_gateway=loud", "=info", "debug="] {
+        let text = format!("{EXAMPLE}\n[log]\nlevel = {bad:?}\nformat = \"xml\"\n");
+        let problems = Config::parse(&text, &env()).unwrap_err();
+        let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["log.format", "log.level"], "{bad:?}: {problems}");
+        assert!(
+            problems.to_string().contains("trace, debug, info"),
+            "{problems}"
+        );
+    }
+}
+
+#[test]
+fn a_client_holds_several_keys_while_one_is_rotated() {
+    let next = hex::encode(key_digest(b"billing-key-NEXT-0123456789"));
+    let text = format!(
+        r#"
+[[apps]]
+name = "ops-bot"
+app_id = "cli_1"
+app_secret_env = "OPS_BOT_APP_SECRET"
+[[clients]]
+name = "billing"
+app = "ops-bot"
+key_env = ["BILLING_GATEWAY_KEY", "BILLING_GATEWAY_KEY_OLD"]
+key_sha256 = "{next}"
+"#
+    );
+    let with_old = env().with("BILLING_GATEWAY_KEY_OLD", "billing-key-OLD-0123456789");
+    let c = Config::parse(&text, &with_old).unwrap();
+    assert_eq!(
+        c.clients[0].keys,
+        [
+            key_digest(b"billing-key-0123456789abcdef"),
+            key_digest(b"billing-key-OLD-0123456789"),
+            key_digest(b"billing-key-NEXT-0123456789"),
+        ]
+    );
+
+    // Each key's problem is named by its place; none is printed.
+    let text = r#"
+[[apps]]
+name = "ops-bot"
+app_id = "cli_1"
+app_secret_env = "OPS_BOT_APP_SECRET"
+[[clients]]
+name = "billing"
+app = "ops-bot"
+key_env = ["BILLING_GATEWAY_KEY", "SHORT_KEY", "UNSET_KEY", "BILLING_GATEWAY_KEY"]
+key_sha256 = ["abc"]
+key_file = []
+[[clients]]
+name = "crm"
+app = "ops-bot"
+key_env = "BILLING_GATEWAY_KEY"
+[[clients]]
+name = "nokey"
+app = "ops-bot"
+"#;
+    let env = env().with("SHORT_KEY", "short-s3cr3t");
+    let problems = Config::parse(text, &env).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "clients[0].key_env[1]",
+            "clients[0].key_env[2]",
+            "clients[0].key_env[3]",
+            "clients[0].key_file",
+            "clients[0].key_sha256[0]",
+            "clients[1].key_env",
+            "clients[2].key_env",
+        ],
+        "{problems}"
+    );
+    let text = problems.to_string();
+    assert!(text.contains("shorter than 16"), "{text}");
+    assert!(text.contains("given twice"), "{text}");
+    assert!(text.contains("already used by clients[0]"), "{text}");
+    assert!(!text.contains("s3cr3t"), "{text}");
+}
+
+#[test]
+fn allow_entries_are_parsed_and_checked_against_the_catalog() {
+    let client = |allow: &str| {
+        format!(
+            r#"
+[[apps]]
+name = "ops-bot"
+app_id = "cli_1"
+app_secret_env = "OPS_BOT_APP_SECRET"
+[[routes]]
+method = "POST"
+path = "/open-apis/im/v1/messages"
+limits = []
+[[clients]]
+name = "billing"
+app = "ops-bot"
+key_env = "BILLING_GATEWAY_KEY"
+allow = {allow}
+"#
+        )
+    };
+    // A catalog template (parameter names free), a route added by
+    // [[routes]], a prefix reaching catalog routes: fine, no warning.
+    let c = Config::parse(
+        &client(
+            r#"["POST /open-apis/im/v1/chats/:id/top_notice/put_top_notice", "POST /open-apis/im/v1/messages", "* /open-apis/im/v1/chats/*"]"#,
+        ),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.clients[0].allow.as_ref().map(Vec::len), Some(3));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    // A prefix reaching no catalog route still allows paths outside it: a
+    // warning that check-config prints.
+    let c = Config::parse(
+        &client(r#"["GET /open-apis/gateway-nowhere/v1/*"]"#),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].starts_with("clients[0].allow[0]: ")
+            && c.warnings[0].contains("reaches no catalog route"),
+        "{:?}",
+        c.warnings
+    );
+
+    // A template naming no catalog route would allow nothing: a problem,
+    // like a malformed entry and an empty list.
+    let problems = Config::parse(
+        &client(
+            r#"["POST /open-apis/im/v1/messages", "DELETE /open-apis/im/v1/messages", "POST /open-apis/im/v1/messagez", "POST im/v1/messages", 7]"#,
+        ),
+        &env(),
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "clients[0].allow[4]",
+            "clients[0].allow[1]",
+            "clients[0].allow[2]",
+            "clients[0].allow[3]",
+        ],
+        "{problems}"
+    );
+    assert!(
+        problems.to_string().contains("names no catalog route"),
+        "{problems}"
+    );
+    let problems = Config::parse(&client("[]"), &env()).unwrap_err();
+    assert_eq!(problems.0[0].key, "clients[0].allow", "{problems}");
+    assert!(
+        problems.0[0].message.contains("leave `allow` out"),
+        "{problems}"
+    );
+}
+
+#[test]
+fn listener_limits_have_defaults_and_are_checked() {
+    let c = Config::parse(EXAMPLE, &env()).unwrap();
+    assert_eq!(
+        (c.listen_backlog, c.max_connections, c.admin_max_connections),
+        (4096, 4096, 64)
+    );
+    let text = format!(
+        "listen_backlog = 1024\nmax_connections = 20000\nadmin_max_connections = 8\n{EXAMPLE}"
+    );
+    let c = Config::parse(&text, &env()).unwrap();
+    assert_eq!(
+        (c.listen_backlog, c.max_connections, c.admin_max_connections),
+        (1024, 20000, 8)
+    );
+    let text = format!(
+        "listen_backlog = 0\nmax_connections = -1\nadmin_max_connections = \"many\"\n{EXAMPLE}"
+    );
+    let problems = Config::parse(&text, &env()).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["listen_backlog", "max_connections", "admin_max_connections"],
         "{problems}"
     );
 }
@@ -393,4 +598,31 @@ fn bad_budget_keys_are_named() {
         assert!(found(key, needle), "{key}: {needle:?} not in\n{problems}");
     }
     assert_eq!(problems.0.len(), 9, "{problems}");
+}
+
+#[test]
+fn a_bad_encrypt_key_does_not_hide_the_store_apps_other_keys() {
+    // Both encrypt_key_env and encrypt_key_file: one problem, and the keys
+    // after it are still read (not reported as unknown).
+    let text = r#"
+state_dir = "/var/lib/feishu-gateway"
+[[apps]]
+name = "isv-bot"
+app_id = "cli_store"
+app_secret_env = "OPS_BOT_APP_SECRET"
+type = "store"
+encrypt_key_env = "OPS_BOT_APP_SECRET"
+encrypt_key_file = "/nonexistent"
+verification_token_env = "OPS_BOT_APP_SECRET"
+max_tenants = 10
+tenant_idle_timeout = "10m"
+require_signature = true
+[[clients]]
+name = "c"
+key_env = "BILLING_GATEWAY_KEY"
+app = "isv-bot"
+"#;
+    let problems = Config::parse(text, &env()).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["apps[0].encrypt_key_env"], "{problems}");
 }

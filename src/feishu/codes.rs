@@ -78,6 +78,8 @@ pub const UPLOAD_EMPTY: i64 = 234010;
 /// Upload: the image format is not supported.
 pub const UPLOAD_BAD_FORMAT: i64 = 234011;
 
+/// Gateway: the client's `allow` list does not include this endpoint.
+pub const GW_FORBIDDEN: i64 = 99990403;
 /// Gateway: no such path on the gateway.
 pub const GW_NOT_FOUND: i64 = 99990404;
 /// Gateway: the client's request body did not arrive in time.
@@ -138,6 +140,10 @@ pub const KNOWN: &[(i64, &str)] = &[
     (UPLOAD_TOO_LARGE, "upload: file too large"),
     (UPLOAD_EMPTY, "upload: file empty"),
     (UPLOAD_BAD_FORMAT, "upload: unsupported format"),
+    (
+        GW_FORBIDDEN,
+        "gateway: endpoint not in the client's allow list",
+    ),
     (GW_NOT_FOUND, "gateway: no such path"),
     (GW_BODY_TIMEOUT, "gateway: request body timeout"),
     (GW_INTERNAL, "gateway: internal error"),

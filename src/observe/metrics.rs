@@ -36,6 +36,11 @@ pub struct Metrics {
     retries_skipped: IntCounterVec,
     would_reject: IntCounterVec,
     in_flight: IntGauge,
+    client_requests: IntCounterVec,
+    forbidden: IntCounterVec,
+    open_connections: IntGaugeVec,
+    connections_accepted: IntCounterVec,
+    connections_rejected: IntCounterVec,
     quota_limit: IntGaugeVec,
     store_tenants: IntGaugeVec,
     app_ticket_received: GaugeVec,
@@ -53,6 +58,18 @@ pub struct Metrics {
     pairs: Box<[OnceLock<Box<PairMetrics>>]>,
     app_labels: Vec<String>,
     route_labels: Vec<String>,
+}
+
+/// Handles of one listener's connection counts (`listener` is `main` or
+/// `admin`).
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections accepted and served.
+    pub accepted: IntCounter,
+    /// Connections closed at once because the listener was at its limit.
+    pub rejected: IntCounter,
 }
 
 /// Wait-mode handles of one quota-limited (app, route) pair.
@@ -314,6 +331,41 @@ impl Metrics {
             "feishu_gateway_in_flight_requests",
             "Requests being handled now",
         )?;
+        let client_requests = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_client_requests_total",
+                "Requests authenticated, by client and key (the first 8 hex digits of the key's SHA-256; never the key)",
+            ),
+            &["client", "key"],
+        )?;
+        let forbidden = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_forbidden_total",
+                "Requests refused with 403 because the client's allow list does not include the route",
+            ),
+            &["client", "route"],
+        )?;
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "feishu_gateway_open_connections",
+                "Client connections open now, by listener (main or admin)",
+            ),
+            &["listener"],
+        )?;
+        let connections_accepted = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_connections_accepted_total",
+                "Client connections accepted and served, by listener",
+            ),
+            &["listener"],
+        )?;
+        let connections_rejected = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_connections_rejected_total",
+                "Client connections closed at once because the listener was at max_connections",
+            ),
+            &["listener"],
+        )?;
         let quota_limit = IntGaugeVec::new(
             Opts::new(
                 "feishu_gateway_quota_limit",
@@ -407,6 +459,11 @@ impl Metrics {
             Box::new(retries_skipped.clone()),
             Box::new(would_reject.clone()),
             Box::new(in_flight.clone()),
+            Box::new(client_requests.clone()),
+            Box::new(forbidden.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(connections_accepted.clone()),
+            Box::new(connections_rejected.clone()),
             Box::new(quota_limit.clone()),
             Box::new(store_tenants.clone()),
             Box::new(app_ticket_received.clone()),
@@ -462,6 +519,11 @@ impl Metrics {
             retries_skipped,
             would_reject,
             in_flight,
+            client_requests,
+            forbidden,
+            open_connections,
+            connections_accepted,
+            connections_rejected,
             quota_limit,
             store_tenants,
             app_ticket_received,
@@ -599,6 +661,31 @@ impl Metrics {
         self.rate_limited
             .with_label_values(&[self.app_label(app), self.route_label(route), reason])
             .inc();
+    }
+
+    /// The counter of requests `client` authenticated with its key `key`
+    /// (a [`crate::auth::key_id`]); the series exists from then on, at 0,
+    /// so a rotation can watch the old key's rate fall to nothing.
+    pub fn client_key_requests(&self, client: &str, key: &str) -> IntCounter {
+        self.client_requests.with_label_values(&[client, key])
+    }
+
+    /// Records a request refused because `client`'s allow list does not
+    /// include `route`.
+    pub fn forbidden(&self, client: &str, route: Option<usize>) {
+        self.forbidden
+            .with_label_values(&[client, self.route_label(route)])
+            .inc();
+    }
+
+    /// The connection counts of the listener `listener` (`main` or
+    /// `admin`); the series exist from then on, at 0.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.open_connections.with_label_values(&[listener]),
+            accepted: self.connections_accepted.with_label_values(&[listener]),
+            rejected: self.connections_rejected.with_label_values(&[listener]),
+        }
     }
 
     /// Records a throttle answer from Feishu itself, by its code (`none`:

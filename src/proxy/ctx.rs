@@ -6,6 +6,7 @@ use http::header::HeaderValue;
 use http::Request;
 use tokio::time::Instant;
 
+use crate::auth::Caller;
 use crate::store_apps::Tenant;
 
 use super::X_REQUEST_ID;
@@ -19,8 +20,9 @@ pub struct RequestCtx {
     pub request_id: Option<HeaderValue>,
     /// Catalog route index, if the path matched one.
     pub route: Option<usize>,
-    /// Client index, once authenticated.
-    pub client: Option<usize>,
+    /// The client and the key it presented, once authenticated: kept for
+    /// the whole request, whatever becomes of the client table meanwhile.
+    pub caller: Option<Caller>,
     /// App index, once authenticated.
     pub app: Option<usize>,
     /// Time spent waiting for Feishu, all attempts together.
@@ -54,7 +56,7 @@ impl RequestCtx {
             started: Instant::now(),
             request_id: req.headers().get(X_REQUEST_ID).cloned(),
             route: None,
-            client: None,
+            caller: None,
             app: None,
             upstream_time: None,
             code: None,

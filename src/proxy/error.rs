@@ -21,6 +21,15 @@ use crate::upstream::UpstreamFailure;
 pub enum GatewayError {
     /// The path is not an `/open-apis/` path the gateway forwards.
     NotFound,
+    /// The client's `allow` list does not include this endpoint.
+    Forbidden {
+        /// The client's name (not a secret).
+        client: String,
+        /// The request's method.
+        method: String,
+        /// The catalog route's template; `None`: the path matched none.
+        route: Option<String>,
+    },
     /// No usable `Authorization: Bearer` header.
     MissingCredentials,
     /// The bearer key is not a known client key.
@@ -100,6 +109,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::MissingCredentials
             | GatewayError::InvalidCredentials
             | GatewayError::UserTokenWithoutKey => StatusCode::UNAUTHORIZED,
@@ -130,6 +140,7 @@ impl GatewayError {
     pub fn reason(&self) -> &'static str {
         match self {
             GatewayError::NotFound => "not-found",
+            GatewayError::Forbidden { .. } => "forbidden",
             GatewayError::MissingCredentials
             | GatewayError::InvalidCredentials
             | GatewayError::UserTokenWithoutKey
@@ -158,6 +169,7 @@ impl GatewayError {
     pub fn code(&self) -> i64 {
         match self {
             GatewayError::NotFound => codes::GW_NOT_FOUND,
+            GatewayError::Forbidden { .. } => codes::GW_FORBIDDEN,
             GatewayError::MissingCredentials => codes::AUTH_MISSING,
             GatewayError::InvalidCredentials => codes::TENANT_TOKEN_INVALID,
             GatewayError::UserTokenWithoutKey => codes::AUTH_MISSING,
@@ -188,6 +200,14 @@ impl GatewayError {
             GatewayError::NotFound => {
                 "feishu-gateway: no such path; only /open-apis/... is forwarded to Feishu".into()
             }
+            GatewayError::Forbidden { client, method, route } => match route {
+                Some(route) => format!(
+                    "feishu-gateway: client {client:?} may not call {method} {route}: it is not in the client's allow list in the gateway's config"
+                ),
+                None => format!(
+                    "feishu-gateway: client {client:?} may not call this {method} path (outside the gateway's catalog): it is not in the client's allow list in the gateway's config"
+                ),
+            },
             GatewayError::MissingCredentials => {
                 "feishu-gateway: missing or malformed Authorization header; send \"Authorization: Bearer <gateway key>\"".into()
             }

@@ -11,7 +11,9 @@
 //! | `event_callback`  | `front.rs`        | Feishu's pushes to `/feishu/events/<app>` (store apps) |
 //! | `route`           | `front.rs`        | is this an `/open-apis/` path? which catalog entry?  |
 //! | `issue_token`     | `front.rs`        | Feishu's token endpoints, answered by the gateway    |
-//! | `authenticate`    | `authenticate.rs` | which client is calling, so which app (and tenant)   |
+//! | `authenticate`    | `authenticate.rs` | which client is calling (and with which key), so which app |
+//! | `authorize`       | `authenticate.rs` | may this client call this endpoint (its `allow` list) |
+//! | `tenant`          | `authenticate.rs` | a store app's tenant for this request                |
 //! | `read_body`       | `admit.rs`        | buffer the body within the size and time limits      |
 //! |                   | `stream.rs`       | uploads: a checked start, then the body streams      |
 //! | `validate`        | `admit.rs`        | the route's contract, answered in Feishu's words     |
@@ -94,7 +96,9 @@ pub const X_GATEWAY_MAX_WAIT: &str = "x-gateway-max-wait";
 /// Shared state of the gateway: everything a phase may consult.
 pub struct Gateway {
     pub(crate) apps: Vec<AppRoute>,
-    pub(crate) clients: ClientTable,
+    /// The clients, their keys and allow lists: one value built from
+    /// config (`app::build`), which a live reload can swap whole.
+    pub(crate) clients: Arc<ClientTable>,
     pub(crate) issuer: TokenIssuer,
     pub(crate) catalog: Catalog,
     pub(crate) contracts: Contracts,
@@ -166,6 +170,8 @@ impl Gateway {
             return self.issue_token(ctx, &parts, body, field).await;
         }
         self.authenticate(ctx, &parts.headers)?;
+        self.authorize(ctx, &parts)?;
+        self.tenant(ctx, &parts.headers)?;
         let body = match self
             .read_start(ctx, &parts, body, self.body_limit(ctx))
             .await?

@@ -288,6 +288,7 @@ impl TokenManager {
                     last_error_code: err.as_ref().map(|e| e.code),
                     last_error: err.map(|e| e.msg),
                     consecutive_failures: failures,
+                    settled: s.settled.load(Ordering::Acquire),
                 }
             })
             .collect()
@@ -297,6 +298,25 @@ impl TokenManager {
     pub fn all_ready(&self) -> bool {
         let now = Instant::now();
         self.slots.iter().all(|s| s.usable(now).is_some())
+    }
+
+    /// True once every app's first token call has ended with a token or
+    /// with Feishu's refusal (a wrong secret, a missing app_ticket): what
+    /// the pod's readiness waits for at start. "Feishu could not be
+    /// reached" does not count: the call is retried, and readiness waits
+    /// for it up to its start timeout.
+    pub fn all_settled(&self) -> bool {
+        self.slots.iter().all(|s| s.settled.load(Ordering::Acquire))
+    }
+
+    /// The apps without a usable token now, by name.
+    pub fn apps_without_token(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.slots
+            .iter()
+            .filter(|s| s.usable(now).is_none())
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// Spawns one background task per app that fetches a token now and
@@ -347,6 +367,7 @@ impl TokenManager {
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_secs_f64());
                 *slot.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&token));
+                slot.settled.store(true, Ordering::Release);
                 *flight = Flight::default();
                 if let Ok(mut s) = slot.status.lock() {
                     *s = (None, 0);
@@ -379,6 +400,10 @@ impl TokenManager {
                 flight.last_failure = Some((now, err.clone()));
                 if let Ok(mut s) = slot.status.lock() {
                     *s = (Some(err.clone()), flight.failures);
+                }
+                if err.code != codes::GW_UPSTREAM_UNAVAILABLE {
+                    // Feishu answered: a refusal is as settled as a token.
+                    slot.settled.store(true, Ordering::Release);
                 }
                 self.metrics.token_refresh(slot.index, None, false);
                 tracing::warn!(

@@ -57,6 +57,21 @@ impl GatewayConfig {
         self.set("max_body_bytes", int(n))
     }
 
+    /// `listen_backlog` of both listeners.
+    pub fn listen_backlog(self, n: usize) -> Self {
+        self.set("listen_backlog", int(n))
+    }
+
+    /// `max_connections` on `listen`.
+    pub fn max_connections(self, n: usize) -> Self {
+        self.set("max_connections", int(n))
+    }
+
+    /// `admin_max_connections` on `admin_listen`.
+    pub fn admin_max_connections(self, n: usize) -> Self {
+        self.set("admin_max_connections", int(n))
+    }
+
     /// `workers` (0: the shared runtime serves connections).
     pub fn workers(self, n: usize) -> Self {
         self.set("workers", int(n))
@@ -93,6 +108,12 @@ impl GatewayConfig {
     /// `[timeouts]` `upstream_idle`: the longest gap in a streamed answer.
     pub fn upstream_idle(self, d: Duration) -> Self {
         self.set_in("timeouts", "upstream_idle", duration(d))
+    }
+
+    /// `[timeouts]` `startup`: the longest `/readyz` waits at start for
+    /// the apps' first token calls.
+    pub fn startup_timeout(self, d: Duration) -> Self {
+        self.set_in("timeouts", "startup", duration(d))
     }
 
     /// `[timeouts]` `body_read`: reading a client's body.
@@ -317,6 +338,23 @@ impl Client {
         self.0.insert("tenant".into(), tenant.into());
         self
     }
+
+    /// `key_env` as a list: several keys at once (a rotation).
+    pub fn key_envs(mut self, vars: &[&str]) -> Self {
+        self.0.insert("key_env".into(), strings(vars));
+        self
+    }
+
+    /// `allow`: the endpoints it may call (`"METHOD /open-apis/..."`).
+    pub fn allow(mut self, entries: &[&str]) -> Self {
+        self.0.insert("allow".into(), strings(entries));
+        self
+    }
+}
+
+/// A TOML list of strings.
+fn strings(items: &[&str]) -> Value {
+    Value::Array(items.iter().map(|&i| Value::from(i)).collect())
 }
 
 /// A `[[routes]]` entry: a catalog override or addition.

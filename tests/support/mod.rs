@@ -308,6 +308,25 @@ pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Says that a test is skipped because `what` is missing, where the test
+/// output shows it: libtest keeps what a passing test prints with
+/// `println!`/`eprintln!` to itself, but not what is written to the
+/// stderr handle. Under `CI=true` a missing tool is a failure instead
+/// (CI installs every one: `.ci/run`).
+pub fn skipped(what: &str, install: &str) {
+    use std::io::Write;
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(!ci, "CI=true and {what} is not installed ({install})");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {what} is not installed ({install})"
+    );
+}
+
 /// Polls `cond` every 20 ms until it holds, failing after `limit`.
 pub async fn wait_for<F, Fut>(limit: Duration, mut cond: F)
 where
