@@ -223,7 +223,7 @@ impl Sink {
             Violations::new(
                 self.list.clone(),
                 self.alive - self.list.len(),
-                codes::INVALID_PARAM,
+                crate::feishu::codes::INVALID_PARAM,
             )
         })
     }
