@@ -18,7 +18,10 @@ async fn send(h: &Harness, chat: &str, wait_ms: u64) -> Answer {
     let body =
         format!(r#"{{"receive_id":"{chat}","msg_type":"text","content":"{{\"text\":\"hi\"}}"}}"#);
     let wait = wait_ms.to_string();
-    let mut headers = vec![("authorization", auth.as_str())];
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json; charset=utf-8"),
+    ];
     if wait_ms > 0 {
         headers.push(("x-gateway-max-wait", wait.as_str()));
     }

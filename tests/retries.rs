@@ -420,7 +420,11 @@ async fn a_reset_after_sending_is_retried_for_a_get_only() {
     assert_eq!((a.status, a.code()), (StatusCode::OK, 0));
     assert_eq!(seen.lock().unwrap().len(), 2);
 
-    let a = post_message(&gw, r#"{"receive_id":"oc_1","msg_type":"text"}"#).await;
+    let a = post_message(
+        &gw,
+        r#"{"receive_id":"oc_1","msg_type":"text","content":"{\"text\":\"hi\"}"}"#,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{:?}", a.text());
     assert_eq!(a.code(), 99990502);
     assert_eq!(seen.lock().unwrap().len(), 3, "the POST reached it once");
@@ -450,7 +454,11 @@ async fn a_refused_connection_is_retried_for_any_request() {
     .await;
     let client = http_client();
     // The token is fetched, a first call answered.
-    let a = post_message(&gw, r#"{"receive_id":"oc_1"}"#).await;
+    let a = post_message(
+        &gw,
+        r#"{"receive_id":"oc_1","msg_type":"text","content":"{\"text\":\"hi\"}"}"#,
+    )
+    .await;
     assert_eq!(a.code(), 0);
     // The upstream goes away: connections are refused.
     serving.abort();
@@ -467,7 +475,7 @@ async fn a_refused_connection_is_retried_for_any_request() {
                 ("content-type", "application/json"),
             ],
             // Another chat: the gateway holds each receiver to 5/s.
-            r#"{"receive_id":"oc_2"}"#,
+            r#"{"receive_id":"oc_2","msg_type":"text","content":"{\"text\":\"hi\"}"}"#,
         )
         .await
     });
