@@ -8,6 +8,8 @@
 #   bash benches/load.sh --profile    # where the gateway's time goes
 #   bash benches/load.sh --baseline-bin OTHER/target/release/feishu-gateway
 #                                     # the table, plus an A/B against that build
+#   bash benches/load.sh --tls        # the gateway's TLS upstream path: h2 and
+#                                     # http/1.1 by ALPN to nginx and HAProxy
 #   bash benches/load.sh --help       # every option
 #
 # It installs nothing: it checks for its tools and says what to install.
@@ -38,11 +40,17 @@ BASE_BIN=""    # --baseline-bin: another gateway build, a fifth target (A/B)
 
 usage() {
     cat <<EOF
-usage: bash benches/load.sh [--soak [MINUTES] | --profile [perf|callgrind]] [options]
+usage: bash benches/load.sh [--tls | --soak [MINUTES] | --profile [perf|callgrind]] [options]
 
 Modes:
   (default)          table: direct fake, nginx, gateway, gateway rejection path
                      (and gateway (baseline) with --baseline-bin)
+  --tls              the gateway's upstream over TLS: gateways whose upstream is
+                     nginx or HAProxy terminating TLS in front of the same fake,
+                     one offering h2 and http/1.1 by ALPN, one http/1.1 only
+                     (and one gateway straight to the fake, plain HTTP, for
+                     reference); gateway CPU per request for each (with
+                     --baseline-bin, the baseline build beside each)
   --soak [MINUTES]   mixed load on the gateway for MINUTES (default $SOAK_MINUTES),
                      RSS and metric series sampled every 10 s
   --profile [TOOL]   profile the gateway under load: perf (cpu-clock samples)
@@ -77,7 +85,7 @@ Options:
                      the gateway swap places every other round); prints
                      new/baseline ratios of req/s, cpu per request and
                      peak RSS per connection count, and the per-round
-                     ratios. Table mode only
+                     ratios. Table and --tls modes only
   --no-build         use target/release/feishu-gateway as it is
   --keep             keep the temporary directory (configs, logs, raw results)
 EOF
@@ -85,6 +93,7 @@ EOF
 
 while [ $# -gt 0 ]; do
     case "$1" in
+    --tls) MODE=tls ;;
     --soak)
         MODE=soak
         if [ $# -gt 1 ] && [[ "$2" =~ ^[0-9]+$ ]]; then SOAK_MINUTES=$2; shift; fi ;;
@@ -123,6 +132,11 @@ check_tools() {
     need curl curl
     need awk mawk
     [ "$MODE" = compare ] && need nginx nginx-light
+    if [ "$MODE" = tls ]; then
+        need nginx nginx-light
+        need haproxy haproxy
+        need openssl openssl
+    fi
     if [ "$MODE" = profile ]; then
         case "$PROFILE_TOOL" in
         perf) need perf linux-perf ;;
@@ -156,7 +170,7 @@ if [ "$BUILD" = 1 ]; then
 fi
 [ -x "$BIN" ] || die "$BIN not found (run without --no-build)"
 if [ -n "$BASE_BIN" ]; then
-    [ "$MODE" = compare ] || die "--baseline-bin applies to the table only (not to --$MODE)"
+    [ "$MODE" = compare ] || [ "$MODE" = tls ] || die "--baseline-bin applies to the table and --tls only (not to --$MODE)"
     [ -x "$BASE_BIN" ] && [ -f "$BASE_BIN" ] || die "--baseline-bin $BASE_BIN: not an executable file"
     BASE_BIN=$(cd "$(dirname "$BASE_BIN")" && pwd)/$(basename "$BASE_BIN")
 fi
@@ -301,7 +315,9 @@ gateway_config() {
     {
         echo "listen = \"127.0.0.1:$port\""
         echo "admin_listen = \"127.0.0.1:$admin\""
-        echo "upstream = \"$SIM_URL\""
+        # GW_UPSTREAM and GW_CA: another upstream (a TLS front) and its CA.
+        echo "upstream = \"${GW_UPSTREAM:-$SIM_URL}\""
+        [ -n "${GW_CA:-}" ] && echo "upstream_ca_file = \"$GW_CA\""
         local line
         for line in ${GATEWAY_SET[@]+"${GATEWAY_SET[@]}"}; do echo "$line"; done
         echo
@@ -665,6 +681,260 @@ report() {
         }' apps="$APPS" "$RESULTS"
 }
 
+# ----- the TLS path: nginx and HAProxy terminating TLS in front of the fake ------
+
+# A test CA and a certificate for localhost, made with openssl: $WORK/tls.
+make_tls_cert() {
+    local d="$WORK/tls"
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$d/ca.key" -out "$d/ca.pem" -subj "/CN=load.sh test CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        >/dev/null 2>&1 || die "openssl could not make the test CA"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$d/key.pem" -out "$d/req.csr" -subj "/CN=localhost" >/dev/null 2>&1 ||
+        die "openssl could not make the certificate request"
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$d/ext.cnf"
+    openssl x509 -req -in "$d/req.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+        -extfile "$d/ext.cnf" -out "$d/cert.pem" >/dev/null 2>&1 || die "openssl could not sign the certificate"
+    cat "$d/cert.pem" "$d/key.pem" >"$d/bundle.pem"
+    TLS_CA="$d/ca.pem"
+}
+
+# nginx terminating TLS: one port offering h2 and http/1.1 by ALPN, one
+# http/1.1 only; both proxy to the fake over HTTP/1.1 with keep-alive.
+# Sets NGINX_TLS_PID, NGINX_H2_PORT, NGINX_H1_PORT.
+start_nginx_tls() {
+    local dir="$WORK/nginx-tls" user=""
+    NGINX_H2_PORT=$(free_port)
+    NGINX_H1_PORT=$(free_port)
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && user="user $(id -un) $(id -gn);"
+    cat >"$dir/nginx.conf" <<NGINX
+# Written by benches/load.sh --tls: TLS in front of the fake, upstream keep-alive.
+$user
+worker_processes $CORES;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log /dev/null;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    ssl_certificate $WORK/tls/cert.pem;
+    ssl_certificate_key $WORK/tls/key.pem;
+    keepalive_requests 1000000;
+    http2_max_requests 1000000;
+    upstream feishu {
+        server ${SIM_URL#http://};
+        keepalive 256;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_H2_PORT ssl http2;
+        location / {
+            proxy_pass http://feishu;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+    server {
+        listen 127.0.0.1:$NGINX_H1_PORT ssl;
+        location / {
+            proxy_pass http://feishu;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+NGINX
+    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout" 2>&1 &
+    NGINX_TLS_PID=$!
+    STARTED+=("$NGINX_TLS_PID")
+    local i
+    for i in $(seq 50); do
+        port_in_use "$NGINX_H1_PORT" && port_in_use "$NGINX_H2_PORT" && break
+        kill -0 "$NGINX_TLS_PID" 2>/dev/null || die "nginx did not start: $(cat "$dir/error.log" "$dir/stdout")"
+        sleep 0.1
+    done
+    sleep 0.2
+    say "nginx TLS ($CORES workers) at :$NGINX_H2_PORT (h2, http/1.1) and :$NGINX_H1_PORT (http/1.1), pid $NGINX_TLS_PID"
+}
+
+# HAProxy terminating TLS, the same two ports' worth. Sets HAPROXY_PID,
+# HAPROXY_H2_PORT, HAPROXY_H1_PORT.
+start_haproxy_tls() {
+    local dir="$WORK/haproxy"
+    HAPROXY_H2_PORT=$(free_port)
+    HAPROXY_H1_PORT=$(free_port)
+    mkdir -p "$dir"
+    cat >"$dir/haproxy.cfg" <<HAPROXY
+# Written by benches/load.sh --tls: TLS in front of the fake, connections to it reused.
+global
+    nbthread $CORES
+    maxconn 8192
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    http-reuse always
+frontend tls_h2
+    bind 127.0.0.1:$HAPROXY_H2_PORT ssl crt $WORK/tls/bundle.pem alpn h2,http/1.1
+    default_backend feishu
+frontend tls_h1
+    bind 127.0.0.1:$HAPROXY_H1_PORT ssl crt $WORK/tls/bundle.pem alpn http/1.1
+    default_backend feishu
+backend feishu
+    server sim ${SIM_URL#http://}
+HAPROXY
+    haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout" 2>&1 &
+    HAPROXY_PID=$!
+    STARTED+=("$HAPROXY_PID")
+    local i
+    for i in $(seq 50); do
+        port_in_use "$HAPROXY_H1_PORT" && port_in_use "$HAPROXY_H2_PORT" && break
+        kill -0 "$HAPROXY_PID" 2>/dev/null || die "haproxy did not start: $(cat "$dir/stdout")"
+        sleep 0.1
+    done
+    sleep 0.2
+    say "HAProxy TLS ($CORES threads) at :$HAPROXY_H2_PORT (h2, http/1.1) and :$HAPROXY_H1_PORT (http/1.1), pid $HAPROXY_PID"
+}
+
+# The gateway's CPU per request on each upstream path: plain HTTP/1.1 to
+# the fake, and TLS to nginx or HAProxy with h2 or http/1.1 by ALPN (each
+# with --baseline-bin's build beside it). Only the gateway process is
+# measured; the fronts and the fake run on the same cores.
+tls_compare() {
+    start_sim --fast
+    make_credentials
+    make_tls_cert
+    start_nginx_tls
+    start_haproxy_tls
+    local fronts=(plain nginx-h2 nginx-h1 haproxy-h2 haproxy-h1) f up ca
+    declare -A TURL TPID
+    for f in "${fronts[@]}"; do
+        up="" ca=""
+        case $f in
+        nginx-h2) up="https://localhost:$NGINX_H2_PORT" ca=$TLS_CA ;;
+        nginx-h1) up="https://localhost:$NGINX_H1_PORT" ca=$TLS_CA ;;
+        haproxy-h2) up="https://localhost:$HAPROXY_H2_PORT" ca=$TLS_CA ;;
+        haproxy-h1) up="https://localhost:$HAPROXY_H1_PORT" ca=$TLS_CA ;;
+        esac
+        GW_UPSTREAM=$up GW_CA=$ca start_gateway "gw-$f" lifted
+        TURL[$f]=$GW_URL
+        TPID[$f]=$GW_PID
+        if [ -n "$BASE_BIN" ]; then
+            GW_UPSTREAM=$up GW_CA=$ca GW_BIN=$BASE_BIN start_gateway "base-$f" lifted
+            TURL[base-$f]=$GW_URL
+            TPID[base-$f]=$GW_PID
+        fi
+    done
+    local targets=() t
+    for f in "${fronts[@]}"; do
+        targets+=("$f")
+        [ -n "$BASE_BIN" ] && targets+=("base-$f")
+    done
+    local nt=${#targets[@]} round conc k order
+    say "TLS path: $ROUNDS round(s) x {$CONCS} connections x $nt gateways, ${WARMUP}s warm-up + ${DURATION}s each"
+    : >"$RESULTS"
+    for round in $(seq 1 "$ROUNDS"); do
+        order=("${targets[@]}")
+        if [ -n "$BASE_BIN" ] && [ $((round % 2)) = 0 ]; then
+            # Each gateway and its baseline swap places every other round.
+            order=()
+            for f in "${fronts[@]}"; do order+=("base-$f" "$f"); done
+        fi
+        for conc in $CONCS; do
+            # Each round starts with another target, so none always goes first.
+            for k in $(seq 0 $((nt - 1))); do
+                t=${order[$(((k + round - 1) % nt))]}
+                cell "$round" "$t" "$conc" "${TURL[$t]}" "$WORK/keys.txt" - "${TPID[$t]}"
+            done
+        done
+    done
+    tls_report
+}
+
+tls_report() {
+    local cpu
+    cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    echo
+    echo "feishu-gateway TLS upstream path — $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "machine: $CORES cores ($cpu), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "load: wrk -t$THREADS (plain HTTP/1.1 to the gateway), ${DURATION}s per cell after ${WARMUP}s warm-up, $ROUNDS rounds interleaved; medians"
+    echo "path: wrk -> gateway -> TLS (ALPN h2 or http/1.1) -> $(nginx -v 2>&1 | sed 's|.*: ||') or HAProxy $(haproxy -v 2>&1 | awk 'NR == 1 { print $3 }') -> fake (HTTP/1.1); plain: gateway -> fake"
+    [ -n "$BASE_BIN" ] && echo "baseline: $BASE_BIN (its tree at commit $(git -C "$(dirname "$BASE_BIN")" rev-parse --short HEAD 2>/dev/null || echo '?')), same config; gateway: $BIN"
+    echo
+    awk -F'\t' '
+        function median(list,    n, a, i, j, t) {
+            n = split(list, a, " ")
+            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        {
+            k = $2 SUBSEP $3
+            seen[k] = 1
+            if (!($3 in cs)) { cs[$3] = 1; cl[++nc] = $3 }
+            rps[k] = rps[k] " " $4; p99[k] = p99[k] " " $6; cpu[k] = cpu[k] " " $10
+            usr[k] = usr[k] " " $13; sys[k] = sys[k] " " $14; non[k] += $8 + $9
+            if ($11 > hwm[k]) hwm[k] = $11
+            if (!(k in mn) || $4 < mn[k]) mn[k] = $4
+            if ($4 > mx[k]) mx[k] = $4
+            RR[k, $1] = $4; CR[k, $1] = $10; if ($1 > nr) nr = $1
+        }
+        END {
+            nt = split("plain base-plain nginx-h2 base-nginx-h2 nginx-h1 base-nginx-h1 haproxy-h2 base-haproxy-h2 haproxy-h1 base-haproxy-h1", tl, " ")
+            printf "| %-22s | %5s | %9s | %6s | %8s | %7s | %21s | %9s |\n", "gateway upstream", "conns", "req/s", "spread", "p99 ms", "non-2xx", "gw cpu us/req usr+sys", "peak RSS"
+            printf "|%s|%s|%s|%s|%s|%s|%s|%s|\n", "------------------------", "------:", "----------:", "-------:", "---------:", "--------:", "----------------------:", "----------:"
+            for (ci = 1; ci <= nc; ci++) for (ti = 1; ti <= nt; ti++) {
+                t = tl[ti]; c = cl[ci]; k = t SUBSEP c; if (!(k in seen)) continue
+                r = median(rps[k]); C[t, c] = median(cpu[k]); R[t, c] = r
+                label = t; if (sub(/^base-/, "", label)) label = label " (baseline)"
+                printf "| %-22s | %5s | %9.0f | %5.0f%% | %8.2f | %7d | %21s | %6.1f MB |\n", label, c, r, (r > 0 ? 100 * (mx[k] - mn[k]) / r : 0),
+                    median(p99[k]) / 1000, non[k], sprintf("%.1f = %.1f + %.1f", C[t, c], median(usr[k]), median(sys[k])), hwm[k] / 1024
+            }
+            print ""
+            print "gw cpu us/req: CPU time of the gateway process / requests, user + kernel (its TLS client side included; the fronts and the fake not)"
+            print ""
+            print "Ratios of the gateway CPU per request (medians over the rounds):"
+            for (ci = 1; ci <= nc; ci++) {
+                c = cl[ci]
+                split("nginx haproxy", fr, " ")
+                for (i = 1; i <= 2; i++) {
+                    f = fr[i]
+                    if (C[f "-h2", c] > 0 && C[f "-h1", c] > 0)
+                        printf "  c=%-4s %-7s h2 / http1.1         = %5.2f  (%.1f vs %.1f us)\n", c, f, C[f "-h2", c] / C[f "-h1", c], C[f "-h2", c], C[f "-h1", c]
+                }
+                split("h2 h1", pr, " ")
+                for (i = 1; i <= 2; i++) {
+                    p = pr[i]
+                    if (C["nginx-" p, c] > 0 && C["haproxy-" p, c] > 0)
+                        printf "  c=%-4s %-7s nginx / HAProxy      = %5.2f  (%.1f vs %.1f us)\n", c, p, C["nginx-" p, c] / C["haproxy-" p, c], C["nginx-" p, c], C["haproxy-" p, c]
+                    if (C["nginx-" p, c] > 0 && C["plain", c] > 0)
+                        printf "  c=%-4s %-7s TLS (nginx) / plain  = %5.2f  (%.1f vs %.1f us)\n", c, p, C["nginx-" p, c] / C["plain", c], C["nginx-" p, c], C["plain", c]
+                }
+            }
+            ab = 0
+            for (ci = 1; ci <= nc; ci++) for (ti = 1; ti <= nt; ti += 2) {
+                c = cl[ci]; t = tl[ti]; b = tl[ti + 1]; kg = t SUBSEP c; kb = b SUBSEP c
+                if (!(kg in seen) || !(kb in seen) || C[b, c] <= 0 || R[b, c] <= 0) continue
+                if (!ab++) { print ""; print "A/B, this build / the baseline build, per upstream path (medians over the rounds; then round by round):" }
+                tr = ""; cr = ""
+                for (r = 1; r <= nr; r++) {
+                    if (!((kg, r) in RR) || !((kb, r) in RR) || RR[kb, r] <= 0 || CR[kb, r] <= 0) continue
+                    tr = tr sprintf(" %.3f", RR[kg, r] / RR[kb, r]); cr = cr sprintf(" %.3f", CR[kg, r] / CR[kb, r])
+                }
+                printf "  c=%-4s %-10s cpu/req new/baseline = %6.3f  (%.1f vs %.1f us), req/s %6.3f;  by round: cpu%s, req/s%s\n", c, t,
+                    C[t, c] / C[b, c], C[t, c], C[b, c], R[t, c] / R[b, c], cr, tr
+            }
+        }' "$RESULTS"
+}
+
 # ----- soak ------------------------------------------------------------------
 
 soak() {
@@ -933,6 +1203,7 @@ profile_callgrind() {
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 case "$MODE" in
 compare) compare ;;
+tls) tls_compare ;;
 soak) soak ;;
 profile) profile ;;
 esac

@@ -14,19 +14,20 @@
 //! |-----------------------|-------------------------------------------------------------|
 //! | [`app`]               | the composition root: `Config` → parts; start, serve, drain; `demo` |
 //! | [`config`]            | the TOML file, read in one pass that reports every problem  |
-//! | [`server`]            | downstream: accept loop, TLS, the tower stack, request ids, admin listener |
+//! | [`server`]            | downstream: listen backlog and connection limits, accept loop, TLS, the tower stack, request ids, admin listener (readiness) |
 //! | [`proxy`]             | THE REQUEST PATH: the named phases, one file per group; gateway answers |
-//! | [`auth`]              | who is calling: client keys, signed SDK tokens              |
+//! | [`auth`]              | who is calling: client keys (several while rotating), allow lists, signed SDK tokens |
 //! | [`store_apps`]        | store apps (ISV): tenants, their quota scopes, event callbacks |
 //! | [`tokens`]            | credentials toward Feishu: token slots, their sources, app_tickets |
 //! | [`endpoints`]         | what the gateway knows per endpoint: catalog, limits, contracts |
 //! | [`validate`]          | the contract engine: a request checked, every violation named |
 //! | [`quota`]             | admission: the GCRA planner, local and Redis backends       |
+//! | [`budget`]            | the monthly call budget: counted calls per app or budget group, Asia/Shanghai months |
 //! | [`upstream`]          | the transport to Feishu: pool (hyper HTTP/1.1 and HTTP/2), connector, failures |
 //! | [`redis_connection`]  | the replica's one Redis connection (quotas, tickets)        |
 //! | [`observe`]           | Prometheus metrics and the log lines                        |
 //! | [`workers`]           | thread-per-core connection workers (server and upstream pools) |
-//! | [`feishu`]            | the platform's vocabulary: codes, paths, headers, answers   |
+//! | [`feishu`]            | the platform's vocabulary: codes, paths, headers, answers, idempotency keys |
 //! | [`secret`]            | values that are never printed                               |
 //!
 //! The simulated Feishu used by `demo`, the tests and the load harness is the
@@ -37,6 +38,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod endpoints;
 pub mod feishu;

@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use sha2::Digest;
 use support::config::LogFormat;
 use support::*;
 
@@ -97,10 +98,13 @@ bogus = 1
 name = "ops-bot"
 app_id = "cli_1"
 app_secret_env = "GW_TEST_APP_SECRET"
+[log]
+level = "infoo"
 [[clients]]
 name = "billing"
 key_env = "GW_TEST_MISSING_KEY"
 app = "nobody"
+allow = ["POST /open-apis/gateway-nowhere/v1/things"]
 "#,
     );
     let out = Command::new(BIN)
@@ -111,10 +115,17 @@ app = "nobody"
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for key in ["listen", "bogus", "clients[0].key_env", "clients[0].app"] {
+    for key in [
+        "listen",
+        "bogus",
+        "log.level",
+        "clients[0].key_env",
+        "clients[0].app",
+        "clients[0].allow[0]",
+    ] {
         assert!(err.contains(&format!("- {key}: ")), "{key} in {err}");
     }
-    assert!(err.contains("4 problems"), "{err}");
+    assert!(err.contains("6 problems"), "{err}");
     assert!(!err.contains("super-secret-value-123"));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("super-secret-value-123"));
 }
@@ -135,6 +146,27 @@ fn check_config_accepts_a_good_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 apps, 1 clients"));
+
+    // A prefix entry that reaches no catalog route is a warning, printed.
+    let config = config.client(
+        support::config::Client::new("notifier", "CLIENT_KEY_2", "ops-bot")
+            .allow(&["GET /open-apis/gateway-nowhere/v1/*"]),
+    );
+    let f = write_config(&config.text());
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(f.path())
+        .envs(config.env_vars().iter().map(|(k, v)| (k, v)))
+        .env("CLIENT_KEY_2", "client-key-notifier-0123456789")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: clients[1].allow[0]: ")
+            && stdout.contains("reaches no catalog route"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -214,6 +246,7 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
     for field in [
         "request_id",
         "client",
+        "key",
         "app",
         "route",
         "status",
@@ -292,8 +325,13 @@ async fn serve_writes_the_access_line_as_the_log_filter_says() {
         rest.starts_with(" INFO feishu_gateway::access: request request_id=\"gw-"),
         "{line}"
     );
+    // The key is named by the first 8 hex digits of its SHA-256.
+    let key = format!(
+        " client=\"billing\" key=\"{}\" app=\"ops-bot\"",
+        &hex::encode(sha2::Sha256::digest(CLIENT_KEY.as_bytes()))[..8]
+    );
     for field in [
-        " client=\"billing\" app=\"ops-bot\"",
+        key.as_str(),
         " route=\"/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice\" status=200 code=0 total_us=",
         " gateway_error=\"-\" replayed_after=-",
     ] {

@@ -22,7 +22,7 @@
 //! skipped with a note, except under `CI`, where they fail.
 //!
 //! The PrometheusRule and the ConfigMap are generated from
-//! `deploy/prometheus/alerts.yml` and `deploy/config.example.toml`; after
+//! `deploy/prometheus/alerts.yml` and `deploy/kubernetes/config.toml`; after
 //! editing those, run `DEPLOY_BLESS=1 cargo test --test deploy` to rewrite
 //! the manifests.
 
@@ -54,8 +54,9 @@ const NOT_YET_EXPORTED: &[&str] = &[];
 const FROM_PROMETHEUS: &[&str] = &["up"];
 
 /// The alerts that must exist, by name: token refreshes and expiry,
-/// Feishu's throttling, error codes, rate limiting, added latency,
-/// readiness, and the gateway being down.
+/// Feishu's throttling, error codes, rate limiting, added latency, an app
+/// without a token, connections refused at the limit, the monthly call
+/// budget, and the gateway being down.
 const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayTokenRefreshFailing",
     "FeishuGatewayTokenExpiringSoon",
@@ -63,7 +64,10 @@ const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayErrorCodeRatioHigh",
     "FeishuGatewayRateLimitedSustained",
     "FeishuGatewayAddedLatencyHigh",
-    "FeishuGatewayNotReady",
+    "FeishuGatewayAppWithoutToken",
+    "FeishuGatewayConnectionsRejected",
+    "FeishuGatewayBudgetNearlySpent",
+    "FeishuGatewayBudgetExhausted",
     "FeishuGatewayDown",
 ];
 
@@ -165,11 +169,11 @@ fn prometheus_rule_text(alerts: &str) -> String {
     )
 }
 
-/// deploy/kubernetes/configmap.yaml: config.example.toml as `config.toml`.
+/// deploy/kubernetes/configmap.yaml: kubernetes/config.toml as `config.toml`.
 fn configmap_text(config: &str) -> String {
     format!(
-        "# GENERATED from deploy/config.example.toml by tests/deploy.rs: do not edit.\n\
-         # Edit config.example.toml, then run `DEPLOY_BLESS=1 cargo test --test deploy`,\n\
+        "# GENERATED from deploy/kubernetes/config.toml by tests/deploy.rs: do not edit.\n\
+         # Edit config.toml, then run `DEPLOY_BLESS=1 cargo test --test deploy`,\n\
          # or keep your own ConfigMap (check it with `feishu-gateway check-config`).\n\
          apiVersion: v1\n\
          kind: ConfigMap\n\
@@ -391,7 +395,6 @@ fn grafana_to_promql(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
         .replace("$__range_s", "3600")
         .replace("$__range", "1h")
-        .replace("$monthly_budget", "10000")
         .replace("$app", ".*")
         .replace("$route", ".*")
 }
@@ -469,6 +472,35 @@ fn every_alert_is_documented_and_unit_tested_both_ways() {
             "alerts.yml lacks {required}"
         );
     }
+    // runbook.md has a section for every alert, and every anchor a
+    // runbook annotation names is one of them.
+    let runbook = read("prometheus/runbook.md");
+    let sections: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(str::to_string)
+        .collect();
+    for a in &alerts {
+        assert!(sections.contains(a), "runbook.md has no section ## {a}");
+    }
+    for g in seq(at(&rules, &["groups"])) {
+        for r in seq(at(g, &["rules"])) {
+            let text = r.get("annotations").and_then(|a| a.get("runbook"));
+            let Some(text) = text.and_then(Yaml::as_str) else {
+                continue;
+            };
+            if let Some((_, rest)) = text.split_once("runbook.md#") {
+                let anchor: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                assert!(
+                    sections.iter().any(|s| s.to_lowercase() == anchor),
+                    "runbook anchor #{anchor} has no section in runbook.md"
+                );
+            }
+        }
+    }
 
     // alerts.test.yml: for every alert, a case where it fires and one where
     // it must not (exp_alerts: []).
@@ -516,12 +548,9 @@ fn dashboard_is_templated_and_has_the_required_panels() {
         assert_eq!(v["multi"], true, "${name} is multi-value");
         assert_eq!(v["includeAll"], true, "${name} has All");
     }
-    // The monthly budget is a dashboard variable until the gateway exports
-    // a budget gauge.
-    assert_eq!(vars["monthly_budget"]["type"], "textbox");
-    assert!(vars["monthly_budget"]["query"]
-        .as_str()
-        .is_some_and(|q| q.parse::<u64>().is_ok()));
+    // The monthly budget comes from the gateway's gauges, not from a
+    // dashboard variable.
+    assert!(!vars.contains_key("monthly_budget"));
 
     let all = panels(&d);
     let mut ids = BTreeSet::new();
@@ -559,6 +588,21 @@ fn dashboard_is_templated_and_has_the_required_panels() {
             "no panel titled like {needle:?}"
         );
     }
+    // The budget panel is the count against the configured budget.
+    let budget = all
+        .iter()
+        .find(|p| {
+            p["title"]
+                .as_str()
+                .is_some_and(|t| t.contains("this month against the budget"))
+        })
+        .expect("budget panel");
+    let expr = budget["targets"][0]["expr"].as_str().expect("expr");
+    assert!(
+        expr.contains("feishu_gateway_budget_used") && expr.contains("feishu_gateway_budget_limit"),
+        "{expr}"
+    );
+
     // Request rate by code carries the description of the code.
     let by_code = all
         .iter()
@@ -592,25 +636,24 @@ fn dashboard_is_templated_and_has_the_required_panels() {
 
 #[test]
 fn manifests_agree_with_each_other_and_with_the_config() {
-    // The ConfigMap carries config.example.toml.
-    let config_text = read("config.example.toml");
+    // The ConfigMap carries kubernetes/config.toml.
+    let config_text = read("kubernetes/config.toml");
     check_generated(
         "kubernetes/configmap.yaml",
         &configmap_text(&config_text),
-        "deploy/config.example.toml",
+        "deploy/kubernetes/config.toml",
     );
     let cm = yaml("kubernetes/configmap.yaml");
     assert_eq!(str_at(&cm, &["data", "config.toml"]), config_text);
 
     // The config parses with the example Secrets as its environment (the
-    // gateway's, and Redis' from redis.yaml): every variable it names is in
-    // one of them.
-    let mut secrets = vec![yaml("kubernetes/secret.example.yaml")];
-    for doc in serde_norway::Deserializer::from_str(&read("kubernetes/redis.yaml")) {
-        let doc = <Yaml as serde::Deserialize>::deserialize(doc).expect("redis.yaml document");
-        if doc.get("kind").and_then(Yaml::as_str) == Some("Secret") {
-            secrets.push(doc);
-        }
+    // gateway's and Redis'): every variable it names is in one of them.
+    let secrets = vec![
+        yaml("kubernetes/secret.example.yaml"),
+        yaml("kubernetes/redis-secret.example.yaml"),
+    ];
+    for s in &secrets {
+        assert_eq!(str_at(s, &["kind"]), "Secret");
     }
     let mut env = MapEnv::new();
     for secret in &secrets {
@@ -625,8 +668,10 @@ fn manifests_agree_with_each_other_and_with_the_config() {
         }
     }
     let config = Config::parse(&config_text, &env)
-        .unwrap_or_else(|p| panic!("config.example.toml with the example Secret: {p}"));
+        .unwrap_or_else(|p| panic!("kubernetes/config.toml with the example Secrets: {p}"));
     assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+    // Not loopback: the kubelet's probes and Prometheus come to the pod's
+    // IP. Off the service network all the same: see the Service below.
     assert_eq!(config.admin_listen.to_string(), "0.0.0.0:9090");
 
     let dep = yaml("kubernetes/deployment.yaml");
@@ -713,7 +758,7 @@ fn manifests_agree_with_each_other_and_with_the_config() {
         "the container reads the mounted config"
     );
 
-    // Service, PDB and ServiceMonitor select the pods / the Service.
+    // Service, PDB and PodMonitor select the pods.
     let selects = |selector: &Yaml, labels: &Yaml, what: &str| {
         for (k, v) in selector.as_mapping().expect("matchLabels") {
             assert_eq!(
@@ -725,42 +770,62 @@ fn manifests_agree_with_each_other_and_with_the_config() {
     };
     let svc = yaml("kubernetes/service.yaml");
     selects(at(&svc, &["spec", "selector"]), pod_labels, "service.yaml");
-    for p in seq(at(&svc, &["spec", "ports"])) {
-        let target = str_at(p, &["targetPort"]);
-        assert!(ports.contains_key(target), "service port {target}");
-    }
+    let targets: Vec<&str> = seq(at(&svc, &["spec", "ports"]))
+        .iter()
+        .map(|p| str_at(p, &["targetPort"]))
+        .collect();
+    // The API only: the admin port stays off the service network, as the
+    // config's comment says.
+    assert_eq!(targets, ["http"], "service.yaml exposes only the API port");
     let pdb = yaml("kubernetes/pdb.yaml");
     selects(
         at(&pdb, &["spec", "selector", "matchLabels"]),
         pod_labels,
         "pdb.yaml",
     );
-    let sm = yaml("kubernetes/servicemonitor.yaml");
-    let svc_labels = at(&svc, &["metadata", "labels"]);
+    // Prometheus scrapes the pods' admin port directly.
+    let pm = yaml("kubernetes/podmonitor.yaml");
+    assert_eq!(str_at(&pm, &["kind"]), "PodMonitor");
     selects(
-        at(&sm, &["spec", "selector", "matchLabels"]),
-        svc_labels,
-        "servicemonitor.yaml",
+        at(&pm, &["spec", "selector", "matchLabels"]),
+        pod_labels,
+        "podmonitor.yaml",
     );
-    let endpoint = &seq(at(&sm, &["spec", "endpoints"]))[0];
+    let endpoint = &seq(at(&pm, &["spec", "podMetricsEndpoints"]))[0];
     assert_eq!(str_at(endpoint, &["port"]), "admin");
     assert_eq!(str_at(endpoint, &["path"]), "/metrics");
     // job="feishu-gateway", as FeishuGatewayDown expects.
-    let job_label = str_at(&sm, &["spec", "jobLabel"]);
+    let job_label = str_at(&pm, &["spec", "jobLabel"]);
     assert_eq!(
-        svc_labels.get(job_label).and_then(Yaml::as_str),
+        pod_labels.get(job_label).and_then(Yaml::as_str),
         Some("feishu-gateway")
     );
 
-    // kustomization lists files that exist.
+    // kustomization lists files that exist, and no Secret: applying it must
+    // never overwrite a real secret with an example.
     let kust = yaml("kubernetes/kustomization.yaml");
     for r in seq(at(&kust, &["resources"])) {
         let f = r.as_str().expect("resource");
-        assert!(
-            deploy_path(&format!("kubernetes/{f}")).exists(),
-            "kustomization: {f}"
-        );
+        let text = read(&format!("kubernetes/{f}"));
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let doc = <Yaml as serde::Deserialize>::deserialize(doc).expect("a YAML document");
+            assert_ne!(
+                doc.get("kind").and_then(Yaml::as_str),
+                Some("Secret"),
+                "kustomization resource {f} holds a Secret"
+            );
+        }
     }
+    // The pods read the Secrets the examples describe.
+    let from: Vec<&str> = seq(at(container, &["envFrom"]))
+        .iter()
+        .map(|e| str_at(e, &["secretRef", "name"]))
+        .collect();
+    let examples: Vec<&str> = secrets
+        .iter()
+        .map(|s| str_at(s, &["metadata", "name"]))
+        .collect();
+    assert_eq!(from, examples);
 
     // The Dockerfile's user is the pod's.
     let dockerfile = read("Dockerfile");
@@ -811,6 +876,98 @@ fn dockerfile_builds_locked_and_runs_non_root_with_a_health_check() {
     }
 }
 
+/// The variables each `docker run` example of the Dockerfile's comment
+/// sets (`-e NAME=value`, as written), and the config file it mounts
+/// (`None`: the image's own), in order.
+fn docker_run_examples(dockerfile: &str) -> Vec<(Vec<String>, Option<String>)> {
+    let mut examples = Vec::new();
+    let mut current: Option<(Vec<String>, Option<String>)> = None;
+    for line in dockerfile.lines() {
+        let Some(text) = line.strip_prefix('#') else {
+            continue;
+        };
+        let words: Vec<&str> = text.split_whitespace().collect();
+        if words.starts_with(&["docker", "run"]) {
+            current = Some((Vec::new(), None));
+        }
+        let Some((vars, mount)) = current.as_mut() else {
+            continue;
+        };
+        for pair in words.windows(2) {
+            match pair {
+                ["-e", var] => vars.push(var.to_string()),
+                ["-v", spec] => {
+                    let spec = spec.trim_matches('"');
+                    let host = spec.split(':').next().unwrap_or("");
+                    *mount = Some(host.trim_start_matches("$PWD/").to_string());
+                }
+                _ => {}
+            }
+        }
+        if !text.trim_end().ends_with('\\') {
+            examples.extend(current.take());
+        }
+    }
+    examples
+}
+
+#[test]
+fn the_images_default_config_runs_without_redis_and_the_redis_variant_is_shown() {
+    let d = read("Dockerfile");
+    assert!(
+        d.contains("COPY --chmod=0644 deploy/config.example.toml /etc/feishu-gateway/config.toml"),
+        "the image carries deploy/config.example.toml"
+    );
+    let examples = docker_run_examples(&d);
+    assert_eq!(examples.len(), 2, "two docker run examples: {examples:?}");
+    // The example's value where it gives a real one (a URL), else a
+    // distinct one per variable: two clients may not share a key.
+    let env_of = |vars: &[String]| {
+        let mut env = MapEnv::new();
+        for v in vars {
+            let (name, value) = v.split_once('=').unwrap_or((v, ""));
+            if value.contains("://") {
+                env.set(name, value);
+            } else {
+                env.set(name, format!("example-value-of-{name}-0123456789"));
+            }
+        }
+        env
+    };
+
+    // The first, with the image's own config: exactly the variables it
+    // needs, no Redis.
+    let (vars, mount) = &examples[0];
+    assert_eq!(mount, &None);
+    assert!(!vars.iter().any(|v| v.contains("REDIS")), "{vars:?}");
+    assert_eq!(vars.len(), 3, "{vars:?}");
+    let text = read("config.example.toml");
+    let config = Config::parse(&text, &env_of(vars))
+        .unwrap_or_else(|p| panic!("config.example.toml with {vars:?}: {p}"));
+    assert_eq!(format!("{:?}", config.quota.backend), "Local");
+    // The admin listener on loopback, where the HEALTHCHECK looks.
+    assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9090");
+    assert!(d.contains(&format!(
+        "feishu-gateway-healthcheck\", \"{}\"",
+        config.admin_listen.port()
+    )));
+    for v in vars {
+        let fewer: Vec<String> = vars.iter().filter(|x| *x != v).cloned().collect();
+        assert!(
+            Config::parse(&text, &env_of(&fewer)).is_err(),
+            "{v} is not needed by config.example.toml"
+        );
+    }
+
+    // The second mounts the Redis variant, with REDIS_URL.
+    let (vars, mount) = &examples[1];
+    assert_eq!(mount.as_deref(), Some("deploy/kubernetes/config.toml"));
+    assert!(vars.iter().any(|v| v.starts_with("REDIS_URL=")), "{vars:?}");
+    let config = Config::parse(&read("kubernetes/config.toml"), &env_of(vars))
+        .unwrap_or_else(|p| panic!("kubernetes/config.toml with {vars:?}: {p}"));
+    assert_eq!(format!("{:?}", config.quota.backend), "Redis");
+}
+
 // ---------------------------------------------------------------------------
 // promtool and prometheus.
 
@@ -835,15 +992,15 @@ fn promtool_checks_and_unit_tests_the_rules() {
 
 /// The simulated Feishu and a gateway in front of it with two apps: `ops-bot`
 /// (valid credentials) and `broken-bot` (a secret the fake rejects, so it
-/// never gets a token and the gateway is not ready).
+/// never gets a token and the gateway is not ready; with a monthly budget,
+/// so its limit is exported).
 async fn start_stack() -> Harness {
     start_with(sim_config(), |c| {
         c.token_retry(Duration::from_millis(100), Duration::from_millis(500))
-            .app(App::self_built(
-                "broken-bot",
-                "cli_deploy_broken",
-                "BROKEN_BOT_APP_SECRET",
-            ))
+            .app(
+                App::self_built("broken-bot", "cli_deploy_broken", "BROKEN_BOT_APP_SECRET")
+                    .monthly_budget(10000),
+            )
             .env("BROKEN_BOT_APP_SECRET", "not-the-secret")
     })
     .await
@@ -894,6 +1051,20 @@ async fn make_calls(h: &Harness) {
     let (status, _) = send(h, Method::POST, delete, true, "").await;
     assert_eq!(status, StatusCode::OK);
     let _ = send(h, Method::GET, "/open-apis/not/in/the/catalog", true, "").await;
+    // A 1/1s endpoint: a call, one over the limit (rejected), one that waits
+    // its turn: the quota's series appear with their first event.
+    let seats = "/open-apis/apaas/v1/seat_assignments";
+    let auth = format!("Bearer {CLIENT_KEY}");
+    for wait in ["0", "0", "3000"] {
+        let _ = h
+            .call(
+                Method::GET,
+                seats,
+                &[("authorization", &auth), ("x-gateway-max-wait", wait)],
+                "",
+            )
+            .await;
+    }
     // Feishu forgets its tokens: the gateway replays once with a new one.
     h.sim.invalidate_all_tokens();
     let (status, json) = send(h, Method::POST, &put("oc_123"), true, body).await;
@@ -1039,8 +1210,9 @@ async fn every_metric_in_rules_and_dashboard_is_exported() {
     }
 
     // The image's health check script against the live admin port:
-    // /healthz passes; /readyz fails (broken-bot has no token); a closed
-    // port fails.
+    // /healthz passes; /readyz too (the pod is ready although broken-bot
+    // has no token); a path that is not 200 fails, and so does a closed
+    // port.
     let script = deploy_path("healthcheck.sh");
     let admin_port = stack.gw.admin_addr().port().to_string();
     let closed_port = {
@@ -1050,7 +1222,8 @@ async fn every_metric_in_rules_and_dashboard_is_exported() {
     let results = tokio::task::spawn_blocking(move || {
         [
             (admin_port.clone(), "/healthz"),
-            (admin_port, "/readyz"),
+            (admin_port.clone(), "/readyz"),
+            (admin_port, "/no-such-path"),
             (closed_port, "/healthz"),
         ]
         .map(|(port, path)| run(Command::new("bash").arg(&script).args([&port, path]), None))
@@ -1058,12 +1231,10 @@ async fn every_metric_in_rules_and_dashboard_is_exported() {
     .await
     .expect("healthcheck");
     assert!(results[0].0, "healthcheck /healthz: {}", results[0].1);
-    assert!(
-        !results[1].0,
-        "healthcheck /readyz must fail while not ready"
-    );
-    assert!(results[1].1.contains("503"), "{}", results[1].1);
-    assert!(!results[2].0, "healthcheck on a closed port must fail");
+    assert!(results[1].0, "healthcheck /readyz: {}", results[1].1);
+    assert!(!results[2].0, "healthcheck of a 404 must fail");
+    assert!(results[2].1.contains("404"), "{}", results[2].1);
+    assert!(!results[3].0, "healthcheck on a closed port must fail");
 
     stack.stop().await;
 }
@@ -1322,15 +1493,10 @@ async fn a_real_prometheus_scrapes_the_gateway_and_loads_the_rules() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    // "Not ready" as the rules derive it agrees with /readyz: broken-bot
-    // has no token, ops-bot has one.
+    // "Without a token" as the rules derive it agrees with /readyz:
+    // broken-bot has no token, ops-bot has one; the pod is ready.
     let readyz = stack.admin("/readyz").await;
-    assert_eq!(
-        readyz.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        readyz.text()
-    );
+    assert_eq!(readyz.status, StatusCode::OK, "{}", readyz.text());
     let readyz = readyz.json();
     let not_ready: BTreeSet<String> = readyz["apps"]
         .as_array()
@@ -1341,16 +1507,16 @@ async fn a_real_prometheus_scrapes_the_gateway_and_loads_the_rules() {
         .collect();
     assert_eq!(not_ready, BTreeSet::from(["broken-bot".to_string()]));
     let derived = prom
-        .query(&http, &alert_expr("FeishuGatewayNotReady"))
+        .query(&http, &alert_expr("FeishuGatewayAppWithoutToken"))
         .await
-        .expect("NotReady expr");
+        .expect("AppWithoutToken expr");
     let derived: BTreeSet<String> = derived
         .iter()
         .map(|s| label(s, "app").to_string())
         .collect();
     assert_eq!(
         derived, not_ready,
-        "FeishuGatewayNotReady's expression vs /readyz"
+        "FeishuGatewayAppWithoutToken's expression vs /readyz"
     );
     // broken-bot's failing token fetches show in the refresh alert's
     // expression, ops-bot's do not.

@@ -1,9 +1,17 @@
 //! The gateway in front of upstreams that answer with framing a real
 //! server might send and a hostile one would: a raw-socket "Feishu" that
 //! answers the token call properly and every other request with the bytes
-//! a test scripts. Each test checks what the client receives, byte for
-//! byte, and that the next request on the same client connection gets its
-//! own answer (no response smuggling).
+//! a test scripts (`support::scripted`). Each test checks what the client
+//! receives, byte for byte where it is deterministic, and that the next
+//! request on the same client connection gets its own answer (no response
+//! smuggling); where the answer's head already went out when the upstream
+//! broke, that the client's body is aborted (never a clean short answer)
+//! and the next connection is served.
+//!
+//! Defects this suite found, and their fixes: a 100 KB header line was
+//! passed on to the client (now a 502: `upstream::pool::MAX_HEAD_BYTES`);
+//! a streamed answer that broke mid-body (reset, bad chunk size) was not
+//! counted in `upstream_errors_total` (now `kind="reset"` / `"protocol"`).
 
 mod support;
 
@@ -14,126 +22,14 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use support::scripted::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-const TOKEN_ANSWER: &str =
-    r#"{"code":0,"msg":"ok","tenant_access_token":"t-hostile-upstream","expire":7200}"#;
-
-/// A raw-socket upstream: the token call gets a proper answer; the n-th
-/// other request gets `answers[n]` verbatim (the last one repeats). The
-/// heads of those requests are kept, in order.
-async fn scripted_upstream(answers: Vec<Vec<u8>>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&seen);
-    let answers = Arc::new(answers);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(serve_scripted(
-                stream,
-                Arc::clone(&answers),
-                Arc::clone(&log),
-            ));
-        }
-    });
-    (addr, seen)
-}
-
-/// Reads one request from `stream` (more bytes into `buf` as needed): its
-/// head's length, path and `Content-Length`. `None` once the peer is gone.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(usize, String, usize)> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
-            let len = req
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
-                .unwrap_or(0usize);
-            return Some((n, req.path.unwrap_or("").to_string(), len));
-        }
-        read_more(stream, buf).await?;
-    }
-}
-
-/// Reads until `buf` holds `len` bytes. `None` once the peer is gone.
-async fn read_to(stream: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> Option<()> {
-    while buf.len() < len {
-        read_more(stream, buf).await?;
-    }
-    Some(())
-}
-
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
-    let mut chunk = [0u8; 65536];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => None,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Some(())
-        }
-    }
-}
-
-/// A JSON answer with `body`.
-fn json_answer(status: &str, extra: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
-        body.len()
-    )
-}
-
-async fn serve_scripted(
-    mut stream: TcpStream,
-    answers: Arc<Vec<Vec<u8>>>,
-    seen: Arc<Mutex<Vec<String>>>,
-) {
-    let mut buf = Vec::new();
-    loop {
-        // One request: its head, then Content-Length bytes of body.
-        let Some((head_len, path, body_len)) = read_head(&mut stream, &mut buf).await else {
-            return;
-        };
-        if read_to(&mut stream, &mut buf, head_len + body_len)
-            .await
-            .is_none()
-        {
-            return;
-        }
-        let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
-        buf.drain(..head_len + body_len);
-        let answer = if path.contains("tenant_access_token") {
-            json_answer("200 OK", "", TOKEN_ANSWER).into_bytes()
-        } else {
-            let n = {
-                let mut seen = seen.lock().unwrap();
-                seen.push(head);
-                seen.len() - 1
-            };
-            answers[n.min(answers.len() - 1)].clone()
-        };
-        // An answer marked CLOSE is written, then the connection closed.
-        let (answer, close) = match answer.strip_prefix(CLOSE) {
-            Some(rest) => (rest.to_vec(), true),
-            None => (answer, false),
-        };
-        if stream.write_all(&answer).await.is_err() || close {
-            return;
-        }
-    }
-}
-
-/// Put before a scripted answer: the upstream closes the connection after
-/// writing it.
-const CLOSE: &[u8] = b"\0CLOSE\0";
+/// The catalog route of `GET /open-apis/drive/v1/files/<token>/download`,
+/// the path most of these tests call.
+const DOWNLOAD_ROUTE: &str = "/open-apis/drive/v1/files/:file_token/download";
 
 /// One HTTP/1.1 client connection to the gateway (hyper's client parser
 /// reads the answers).
@@ -280,7 +176,7 @@ async fn random_codes_do_not_grow_the_metrics_without_bound() {
     let series: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("feishu_gateway_requests_total{"))
-        .filter(|l| l.contains("route=\"/open-apis/drive/v1/files/:file_token/download\""))
+        .filter(|l| l.contains(&format!("route=\"{DOWNLOAD_ROUTE}\"")))
         .collect();
     assert_eq!(
         series.len(),
@@ -329,10 +225,7 @@ async fn a_post_cut_off_mid_body_is_never_sent_twice() {
                             r#"{"code":9499,"msg":"too large"}"#,
                         );
                         let _ = stream.write_all(answer.as_bytes()).await;
-                        // Zero linger: close sends a reset at once (tokio
-                        // deprecates set_linger for the blocking non-zero case).
-                        #[allow(deprecated)]
-                        let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+                        reset(stream);
                         return;
                     }
                     if read_to(&mut stream, &mut buf, head_len + body_len)
@@ -524,6 +417,38 @@ async fn broken_answers_become_a_502_and_the_connection_goes_on() {
         ),
         ("not HTTP at all", b"SSH-2.0-OpenSSH_9.6\r\n".to_vec()),
         (
+            "a header folded onto the next line (obs-fold)",
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Folded: first\r\n second\r\nContent-Length: 2\r\n\r\n{}"
+                .to_vec(),
+        ),
+        (
+            "a 100 KB header line",
+            format!(
+                "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\n{{}}",
+                "a".repeat(100 << 10)
+            )
+            .into_bytes(),
+        ),
+        (
+            "a chunk size without digits",
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "an empty chunk-size line",
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\r\n{}\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "a chunk size past 64 bits",
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1FFFFFFFFFFFFFFFF\r\n{}\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "a close before any byte of the head",
+            [CLOSE, b""].concat(),
+        ),
+        (
             "a protocol switch nobody asked for",
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
                 .to_vec(),
@@ -531,7 +456,11 @@ async fn broken_answers_become_a_502_and_the_connection_goes_on() {
     ];
     for (what, broken) in cases {
         let (upstream, _) = scripted_upstream(vec![broken, ok.clone()]).await;
-        let gw = gateway_in_front_of(upstream).await;
+        // Without retries by code: a GET cut short would be sent again
+        // (tests/retries.rs), and this test is about what the client sees.
+        let gw =
+            start_gateway(&GatewayConfig::new(&format!("http://{upstream}")).without_retries())
+                .await;
         let answers = tokio::time::timeout(
             std::time::Duration::from_secs(20),
             two_on_one_connection(gw.addr()),
@@ -578,4 +507,191 @@ async fn a_ten_megabyte_json_answer_streams_through_unchanged() {
     );
     gw.shutdown();
     gw.wait().await;
+}
+
+/// Informational answers before the real one (`100 Continue` nobody asked
+/// for, `103 Early Hints` with `Link` headers), a thousand of each: they are
+/// skipped, the final answer passes byte for byte without their headers,
+/// and the connection goes on.
+#[tokio::test]
+async fn a_flood_of_informational_answers_is_skipped_for_the_final_one() {
+    let mut flood = Vec::new();
+    for _ in 0..1000 {
+        flood.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        flood.extend_from_slice(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+        );
+    }
+    flood.extend_from_slice(
+        json_answer("200 OK", "", r#"{"code":0,"msg":"after the flood"}"#).as_bytes(),
+    );
+    let ok = json_answer("200 OK", "", r#"{"code":0,"msg":"second"}"#).into_bytes();
+    let (upstream, seen) = scripted_upstream(vec![flood, ok]).await;
+    let gw = gateway_in_front_of(upstream).await;
+    let mut tx = client_connection(gw.addr()).await;
+    let req = to_gateway(Request::get("/open-apis/drive/v1/files/f/download"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("link").is_none(), "no 103 header leaks");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, r#"{"code":0,"msg":"after the flood"}"#);
+    let answers = two_on_one_connection(gw.addr()).await;
+    assert_eq!(
+        answers[0],
+        (
+            StatusCode::OK,
+            Bytes::from_static(br#"{"code":0,"msg":"second"}"#)
+        )
+    );
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// An upstream that sends `100 Continue` forever never gets to hold the
+/// client: the exchange ends at `timeouts.upstream` with the gateway's 503.
+#[tokio::test]
+async fn an_endless_informational_flood_ends_at_the_upstream_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let Some((head_len, path, body_len)) = read_head(&mut stream, &mut buf).await
+                else {
+                    return;
+                };
+                let _ = read_to(&mut stream, &mut buf, head_len + body_len).await;
+                if path.contains("tenant_access_token") {
+                    let _ = stream
+                        .write_all(
+                            json_answer("200 OK", "Connection: close\r\n", TOKEN_ANSWER).as_bytes(),
+                        )
+                        .await;
+                    return;
+                }
+                // 100 informational answers a millisecond, until the
+                // gateway hangs up.
+                let burst = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(100);
+                while stream.write_all(&burst).await.is_ok() {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            });
+        }
+    });
+    let gw = start_gateway(
+        &GatewayConfig::new(&format!("http://{upstream}"))
+            .upstream_timeout(std::time::Duration::from_millis(800)),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let a = call(
+        &http_client(),
+        gw.addr(),
+        http::Method::GET,
+        "/open-apis/drive/v1/files/f/download",
+        &[("authorization", &format!("Bearer {CLIENT_KEY}"))],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", a.text());
+    assert_eq!(a.code(), 99990503);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// A streamed answer (not JSON: a download) that breaks after its head went
+/// to the client — a reset mid-body, a bad chunk size — reaches the client
+/// as an aborted body, never as a clean short answer; the failure is
+/// counted in `upstream_errors_total`; the next client connection is served.
+#[tokio::test]
+async fn a_streamed_answer_broken_mid_body_is_aborted_and_counted() {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n";
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a reset mid-body (Content-Length)",
+            [
+                RESET,
+                format!("{head}Content-Length: 100000\r\n\r\n{}", "x".repeat(1000)).as_bytes(),
+            ]
+            .concat(),
+            "reset",
+        ),
+        (
+            "a reset mid-body (chunked)",
+            [
+                RESET,
+                format!("{head}Transfer-Encoding: chunked\r\n\r\n3e8\r\n{}\r\n", "x".repeat(1000))
+                    .as_bytes(),
+            ]
+            .concat(),
+            "reset",
+        ),
+        (
+            "a chunk size without digits mid-body",
+            format!("{head}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n")
+                .into_bytes(),
+            "protocol",
+        ),
+        (
+            "a chunk size past 64 bits mid-body",
+            format!("{head}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1FFFFFFFFFFFFFFFF\r\nworld\r\n0\r\n\r\n")
+                .into_bytes(),
+            "protocol",
+        ),
+    ];
+    let ok =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 2\r\n\r\nok"
+            .to_vec();
+    for (what, broken, kind) in cases {
+        let (upstream, _) = scripted_upstream(vec![broken, ok.clone()]).await;
+        let gw = gateway_in_front_of(upstream).await;
+        let mut tx = client_connection(gw.addr()).await;
+        let req = to_gateway(Request::get("/open-apis/drive/v1/files/f/download"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{what}: the head went out");
+        let body = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            resp.into_body().collect(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the body ends"));
+        assert!(
+            body.is_err(),
+            "{what}: the client sees an aborted body, not a short one: {:?}",
+            body.map(|b| b.to_bytes().len())
+        );
+        let client = http_client();
+        let metrics = metrics_of(&client, &gw).await;
+        let series = format!(
+            "feishu_gateway_upstream_errors_total{{app=\"ops-bot\",kind=\"{kind}\",route=\"{DOWNLOAD_ROUTE}\"}}"
+        );
+        assert_eq!(
+            metric_value(&metrics, &series),
+            Some(1.0),
+            "{what}:\n{metrics}"
+        );
+        // The gateway serves the next connection.
+        let answers = two_on_one_connection(gw.addr()).await;
+        assert_eq!(
+            answers[0],
+            (StatusCode::OK, Bytes::from_static(b"ok")),
+            "{what}"
+        );
+        gw.shutdown();
+        gw.wait().await;
+    }
 }

@@ -43,11 +43,7 @@ fn nginx_binary() -> Option<PathBuf> {
 fn nginx_or_skip() -> Option<PathBuf> {
     let found = nginx_binary();
     if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nginx is not installed (CI installs it: deploy/ci-install-nginx.sh)"
-        );
-        eprintln!("skipped: nginx is not installed");
+        skipped("nginx", "bash deploy/ci-install-nginx.sh");
     }
     found
 }
@@ -205,8 +201,10 @@ async fn calls_pass(h2: bool) {
             "",
         )
         .await;
-    // Not in the simulated Feishu's routes: its own 404, passed through.
-    assert_eq!(a.status, StatusCode::NOT_FOUND, "{:?}", a.body);
+    // Any catalog endpoint: the simulated Feishu's generic success, passed
+    // through.
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.code(), 0, "{:?}", a.body);
     assert!(a.header("x-gateway-error").is_none(), "{:?}", a.body);
 
     let protocol = if h2 { "HTTP/2.0" } else { "HTTP/1.1" };

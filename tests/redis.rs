@@ -1044,7 +1044,11 @@ fn the_kubernetes_redis_example_agrees_with_itself_and_the_gateway() {
     use serde::Deserialize;
     use serde_norway::Value as Yaml;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
-    let text = std::fs::read_to_string(root.join("redis.yaml")).unwrap();
+    // The example Secret lives apart from the manifests (the kustomization
+    // must not overwrite a real one).
+    let text = std::fs::read_to_string(root.join("redis.yaml")).unwrap()
+        + "\n---\n"
+        + &std::fs::read_to_string(root.join("redis-secret.example.yaml")).unwrap();
     let docs: Vec<Yaml> = serde_norway::Deserializer::from_str(&text)
         .map(|d| Yaml::deserialize(d).unwrap())
         .collect();

@@ -1,8 +1,8 @@
 //! The composition root: the only code that turns a [`Config`] into the
 //! gateway's parts — catalog, metrics, upstream connections, the Redis
 //! connection, app_ticket store, token manager, quota engine and keys, store
-//! apps, contracts — and the listener's TLS. Domain modules never read the
-//! config; they are handed what they need here.
+//! apps, monthly budgets, contracts — and the listener's TLS. Domain modules
+//! never read the config; they are handed what they need here.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,10 +12,11 @@ use http::HeaderValue;
 use super::StartError;
 use crate::auth::sdk_token::TokenIssuer;
 use crate::auth::ClientTable;
+use crate::budget::{Budgets, Store as BudgetStore};
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::{Catalog, Contracts};
 use crate::observe::metrics::Metrics;
-use crate::proxy::{AppRoute, Gateway, QuotaKeys};
+use crate::proxy::{AppRoute, Gateway, QuotaKeys, ResourceKeys, Retries};
 use crate::quota::{BackendKind, Engine, PlanPolicy, RedisConnection, RedisSettings};
 use crate::server::tls::ReloadingAcceptor;
 use crate::store_apps::StoreApps;
@@ -27,13 +28,19 @@ use crate::tokens::TokenManager;
 use crate::upstream::Upstreams;
 
 /// Reads a config file and checks what only the running parts can check
-/// (the listener's certificate and key load), listing every problem.
+/// (the listener's certificate and key load, the catalog with the config's
+/// routes), listing every problem.
 /// `serve` and `check-config` both start here.
 pub fn load_config(path: &Path, env: &dyn Environment) -> Result<Config, Problems> {
     let config = Config::load(path, env)?;
     let mut problems = Problems::default();
     if let Err(e) = tls_acceptor(&config) {
         problems.push("tls_cert", e);
+    }
+    // The catalog with the overrides: a rule reading a path parameter its
+    // route does not have is only found here.
+    if let Err(e) = Catalog::with_overrides(&config.routes) {
+        problems.push("routes", e);
     }
     if problems.is_empty() {
         Ok(config)
@@ -121,6 +128,22 @@ pub(super) fn parts(config: &Config) -> Result<Parts, StartError> {
     })
 }
 
+/// The client table: every client's keys, app, tenant and allow list
+/// (compiled against `catalog`), in one value behind one `Arc`, so a live
+/// reload can build a new one from a new config and swap it whole.
+pub(super) fn client_table(
+    config: &Config,
+    catalog: &Catalog,
+    metrics: &Metrics,
+) -> Arc<ClientTable> {
+    Arc::new(ClientTable::new(
+        &config.clients,
+        config.apps.iter().map(|a| a.app_id.clone()).collect(),
+        catalog,
+        metrics,
+    ))
+}
+
 /// The gateway's shared state: the quota keys (made on first use), the
 /// store apps, and each route's contract. `redis` is the
 /// replica's connection with `[quota] backend = "redis"`.
@@ -140,6 +163,13 @@ fn gateway(
     // No key is made here: the first request on an (app[, tenant], route)
     // makes its key (proxy/keys.rs). The engine itself holds none.
     let quota = Engine::from_config(&config.quota, Vec::new(), &metrics, redis)?;
+    let resource_keys = ResourceKeys::new(
+        quota.clone(),
+        &catalog,
+        &policy,
+        config.quota.max_waiters,
+        config.apps.iter().map(|a| a.app_id.clone()).collect(),
+    )?;
     let quota_keys = QuotaKeys::new(
         quota,
         &catalog,
@@ -149,6 +179,19 @@ fn gateway(
         Arc::clone(&metrics),
     )?;
     let store = Arc::new(StoreApps::new(&config.apps, tickets, Arc::clone(&metrics)));
+    // The monthly budgets' counts: in Redis with the Redis backend (shared
+    // by every replica), else in the process, kept in `state_dir` if set.
+    let budget_store = match (redis, &config.state_dir) {
+        (Some(conn), _) => BudgetStore::redis(conn.clone(), config.quota.key_prefix.clone()),
+        (None, Some(dir)) => BudgetStore::Dir(dir.clone()),
+        (None, None) => BudgetStore::Memory,
+    };
+    let budget = Arc::new(Budgets::new(
+        &config.budget,
+        config.apps.len(),
+        &metrics,
+        budget_store,
+    ));
     let mut contracts = Contracts::for_catalog(&catalog);
     for (i, route) in catalog.routes().iter().enumerate() {
         if let Some(c) = contracts.get_mut(i) {
@@ -169,10 +212,7 @@ fn gateway(
                 })
             })
             .collect::<Result<_, String>>()?,
-        clients: ClientTable::new(
-            &config.clients,
-            config.apps.iter().map(|a| a.app_id.clone()).collect(),
-        ),
+        clients: client_table(config, &catalog, &metrics),
         issuer: TokenIssuer::new(
             config.sdk_tokens.signing_key.clone(),
             config.sdk_tokens.lifetime,
@@ -184,10 +224,13 @@ fn gateway(
         upstreams,
         metrics,
         quota_keys,
+        resource_keys,
         quota_config: config.quota.clone(),
+        budget,
         max_body_bytes: config.max_body_bytes,
         body_read_timeout: config.timeouts.body_read,
         upstream_timeout: config.timeouts.upstream,
         upstream_idle: config.timeouts.upstream_idle,
+        retries: Retries::new(config.retries.clone(), config.apps.len()),
     })
 }

@@ -4,6 +4,10 @@
 //! serves until [`Runtime::shutdown`] is called; [`Runtime::wait`] returns
 //! once in-flight requests have finished (or the grace period ran out).
 //! `main` and the tests use the same entry point.
+//!
+//! While the main listener drains, the admin listener keeps answering, so
+//! `/readyz` says 503 (`draining`) until the drain is over; then it stops
+//! too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +19,9 @@ use tokio::task::JoinHandle;
 use super::build;
 use crate::config::Config;
 use crate::proxy::Gateway;
-use crate::server::admin::Admin;
+use crate::server::admin::{Admin, Readiness};
+use crate::server::listener::{self, ConnectionLimit};
+use crate::tokens::TokenManager;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,7 @@ pub struct Runtime {
     addr: SocketAddr,
     admin_addr: SocketAddr,
     gateway: Arc<Gateway>,
+    readiness: Arc<Readiness>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     refreshers: Vec<JoinHandle<()>>,
@@ -57,14 +64,16 @@ pub struct Runtime {
 
 impl Runtime {
     /// Binds `config.listen` and `config.admin_listen` (port 0 picks a free
-    /// port) and starts serving.
+    /// port) with the listen backlog `config.listen_backlog` (capped by the
+    /// kernel; the value in force is logged) and starts serving.
     pub async fn start(config: Config) -> Result<Runtime, StartError> {
-        let listener = bind(config.listen).await?;
-        let admin = bind(config.admin_listen).await?;
+        let listener = bind(config.listen, config.listen_backlog)?;
+        let admin = bind(config.admin_listen, config.listen_backlog)?;
         Runtime::start_on(config, listener, admin).await
     }
 
-    /// Starts serving on listeners bound by the caller.
+    /// Starts serving on listeners bound by the caller (whose backlog is
+    /// theirs).
     pub async fn start_on(
         config: Config,
         listener: TcpListener,
@@ -87,7 +96,11 @@ impl Runtime {
         // them; missing ones are asked for once the listener serves the
         // event endpoint (below).
         let missing_tickets = gateway.store().load_tickets().await;
+        // This month's budget counts kept in state_dir (Redis: read by the
+        // first sync, at once).
+        gateway.budget().load().await;
         let mut refreshers = tokens.spawn_refreshers();
+        refreshers.push(gateway.budget().spawn_sync());
         refreshers.extend(gateway.store().spawn_maintenance());
         let tls = build::tls_acceptor(&config).map_err(StartError::Tls)?;
         if let Some(tls) = &tls {
@@ -106,27 +119,61 @@ impl Runtime {
                 source,
             })?;
         let (tx, rx) = watch::channel(false);
+        // The admin listener stops once the main one has drained.
+        let (drained_tx, drained_rx) = watch::channel(false);
         let grace = config.timeouts.shutdown_grace;
+        let readiness = Arc::new(Readiness::new(config.timeouts.startup));
         let workers = match config.workers {
             0 => None,
             n => Some(Arc::new(
                 crate::workers::Workers::start(n).map_err(StartError::Workers)?,
             )),
         };
-        let main = tokio::spawn(crate::server::serve_with_tls(
-            listener,
-            tls,
-            workers,
-            crate::server::stack::gateway_service(Arc::clone(&gateway)),
-            wait_for(rx.clone()),
-            grace,
-        ));
-        let admin_srv = tokio::spawn(crate::server::serve(
+        warn_if_few_open_files(&config);
+        let main_limit = ConnectionLimit::new(
+            "main",
+            config.max_connections,
+            Some(metrics.listener("main")),
+        );
+        let admin_limit = ConnectionLimit::new(
+            "admin",
+            config.admin_max_connections,
+            Some(metrics.listener("admin")),
+        );
+        let main = tokio::spawn({
+            let serve = crate::server::serve_limited(
+                listener,
+                tls,
+                workers,
+                main_limit,
+                crate::server::stack::gateway_service(Arc::clone(&gateway)),
+                wait_for(rx),
+                grace,
+            );
+            async move {
+                serve.await;
+                let _ = drained_tx.send(true);
+            }
+        });
+        let admin = Admin::new(
+            Arc::clone(&tokens),
+            Arc::clone(gateway.store()),
+            metrics,
+            Arc::clone(&readiness),
+        )
+        .with_quota(gateway.quota().clone());
+        refreshers.push(tokio::spawn(log_when_started(
+            admin.clone(),
+            tokens,
+            Arc::clone(&readiness),
+        )));
+        let admin_srv = tokio::spawn(crate::server::serve_limited(
             admin_listener,
-            Admin::new(tokens, Arc::clone(gateway.store()), metrics)
-                .with_quota(gateway.quota().clone())
-                .service(),
-            wait_for(rx),
+            None,
+            None,
+            admin_limit,
+            admin.service(),
+            wait_for(drained_rx),
             grace,
         ));
         if !missing_tickets.is_empty() {
@@ -143,6 +190,7 @@ impl Runtime {
             addr,
             admin_addr,
             gateway,
+            readiness,
             shutdown: tx,
             servers: vec![main, admin_srv],
             refreshers,
@@ -164,13 +212,15 @@ impl Runtime {
         &self.gateway
     }
 
-    /// Stops accepting connections; in-flight requests go on.
+    /// Stops accepting connections; in-flight requests go on, and
+    /// `/readyz` answers 503 (`draining`) until they are done.
     pub fn shutdown(&self) {
+        self.readiness.drain();
         let _ = self.shutdown.send(true);
     }
 
     /// Waits until both listeners have drained, then stops the token
-    /// refreshers.
+    /// refreshers and saves (or sends) the budget counts a last time.
     pub async fn wait(self) {
         for s in self.servers {
             let _ = s.await;
@@ -178,14 +228,66 @@ impl Runtime {
         for r in self.refreshers {
             r.abort();
         }
+        self.gateway.budget().sync().await;
         tracing::info!("feishu-gateway stopped");
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+/// Binds `addr` with the listen backlog `backlog` (capped by the kernel's
+/// `somaxconn`, and logged as such).
+fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, StartError> {
+    let (listener, in_force) =
+        listener::bind(addr, backlog).map_err(|source| StartError::Bind { addr, source })?;
+    if in_force < backlog {
+        tracing::warn!(
+            %addr,
+            listen_backlog = backlog,
+            in_force,
+            "listen_backlog is capped by the kernel (net.core.somaxconn)"
+        );
+    } else {
+        tracing::debug!(%addr, listen_backlog = in_force, "listening");
+    }
+    Ok(listener)
+}
+
+/// Warns when the open-files limit (`ulimit -n`) is too low for the
+/// configured connection limits: every client connection is a file
+/// descriptor, and so is the upstream connection it may hold, plus the
+/// process's own files.
+fn warn_if_few_open_files(config: &Config) {
+    let Some(limit) = listener::open_files_limit() else {
+        return;
+    };
+    let needed = 2 * config.max_connections as u64 + config.admin_max_connections as u64 + 64;
+    if limit < needed {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections = config.max_connections,
+            admin_max_connections = config.admin_max_connections,
+            needed,
+            "the open-files limit (ulimit -n) is below 2 x max_connections + admin_max_connections + 64: raise it, or lower max_connections, or accept() will fail with EMFILE before the limit is reached"
+        );
+    }
+}
+
+/// Logs once when the start is over (see [`Admin::starting`]): every app's
+/// first token call ended, or the start timeout passed; naming the apps
+/// left without a token.
+async fn log_when_started(admin: Admin, tokens: Arc<TokenManager>, readiness: Arc<Readiness>) {
+    while admin.starting() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let timed_out =
+        tokio::time::Instant::now() >= readiness.start_deadline() && !tokens.all_settled();
+    let without = tokens.apps_without_token();
+    if timed_out {
+        tracing::warn!(apps_without_token = ?without, "ready: the start timeout (timeouts.startup) passed before every app's first token call ended");
+    } else if !without.is_empty() {
+        tracing::warn!(apps_without_token = ?without, "ready, but some apps have no token: their requests get 503 until one is fetched (see /readyz)");
+    } else {
+        tracing::info!("ready: every app holds a token");
+    }
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

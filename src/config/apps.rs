@@ -1,53 +1,134 @@
-//! `[[apps]]` (the Feishu apps the gateway holds secrets for) and
-//! `[[clients]]` (the internal services allowed to call), read together:
-//! each client names its app, and only clients of store apps name a tenant.
+//! `[[apps]]`: the Feishu apps the gateway holds secrets for (at least
+//! one); apps without an `upstream` of their own use the global one. The
+//! apps' `monthly_budget` and `budget_group` make the budget groups
+//! ([`BudgetConfig`]). `[[clients]]` are read by `clients.rs`, with the
+//! names this reader returns.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use super::reader::{Problems, Section};
 use super::{secret_source, Environment};
-use crate::auth::{key_digest, ClientConfig};
+use crate::budget::{BudgetConfig, BudgetGroup};
 use crate::tokens::{AppConfig, AppKind, StoreAppSettings};
 use crate::upstream::Upstream;
 
-/// Reads `[[apps]]` and `[[clients]]`; both need at least one entry. Apps
-/// without an `upstream` of their own use `global`.
+/// Largest `monthly_budget`: far above any plan, and exact in a
+/// Prometheus gauge (a float).
+const MAX_MONTHLY_BUDGET: u64 = 1 << 50;
+
+/// Reads `[[apps]]` (at least one entry; apps without an `upstream` of
+/// their own use `global`): the complete entries, every entry's name by
+/// file index (what `clients[].app` resolves against), and the budget
+/// groups.
 pub(super) fn read(
     root: &mut Section<'_>,
     global: &Upstream,
     env: &dyn Environment,
     p: &mut Problems,
-) -> (Vec<AppConfig>, Vec<ClientConfig>) {
-    let (apps, app_names) = read_apps(root, global, env, p);
-    let clients = read_clients(root, &app_names, env, p);
-    for c in &clients {
-        // `c.app` counts every `[[apps]]` entry; `apps` holds the complete
-        // ones only: find the app by its name.
-        let app = app_names
-            .get(c.app)
-            .and_then(Option::as_deref)
-            .and_then(|name| apps.iter().find(|a| a.name == name));
-        if c.tenant.is_some() && app.is_some_and(|a| matches!(a.kind, AppKind::SelfBuilt)) {
-            p.push(
-                format!("clients[name = {:?}].tenant", c.name),
-                "only clients of store apps name a tenant",
-            );
-        }
-    }
-    (apps, clients)
+) -> (Vec<AppConfig>, Vec<Option<String>>, BudgetConfig) {
+    let (apps, app_names, budget_keys) = read_apps(root, global, env, p);
+    let budget = budget_groups(&budget_keys, &app_names, p);
+    (apps, app_names, budget)
 }
 
-/// Reads `[[apps]]`. Returns the complete entries and every entry's name
-/// (by file index, for resolving `clients[].app`). When an entry is
-/// incomplete a problem is recorded, so the two lists only need to align
-/// when there are no problems.
+/// The budget keys of one complete self-built `[[apps]]` entry.
+struct BudgetKeys {
+    /// Index in the file (`apps[i]`).
+    file_index: usize,
+    /// Index among the complete apps (`Config::apps`).
+    app: usize,
+    name: String,
+    /// `monthly_budget`, with its dotted key.
+    limit: Option<u64>,
+    limit_key: String,
+    /// `budget_group`, with its dotted key.
+    group: Option<String>,
+    group_key: String,
+}
+
+/// One budget group per `budget_group` name (its apps must all give the
+/// same `monthly_budget`), and one per other self-built app, named after
+/// it. A group's name may not be the name of an app outside it: the
+/// group's Redis key and `state_dir` file are named after it.
+fn budget_groups(
+    keys: &[BudgetKeys],
+    app_names: &[Option<String>],
+    p: &mut Problems,
+) -> BudgetConfig {
+    let mut groups: Vec<BudgetGroup> = Vec::new();
+    // `budget_group` name -> (index in `groups`, the entry that gave its
+    // limit first).
+    let mut named: HashMap<&str, (usize, Option<usize>)> = HashMap::new();
+    for k in keys {
+        let Some(name) = k.group.as_deref() else {
+            groups.push(BudgetGroup {
+                name: k.name.clone(),
+                limit: k.limit,
+                apps: vec![k.app],
+            });
+            continue;
+        };
+        if k.limit.is_none() {
+            p.push(
+                k.limit_key.clone(),
+                format!("is required with budget_group: the apps of budget group {name:?} share one monthly_budget"),
+            );
+        }
+        let Some((g, first)) = named.get_mut(name) else {
+            named.insert(name, (groups.len(), k.limit.map(|_| k.file_index)));
+            groups.push(BudgetGroup {
+                name: name.to_string(),
+                limit: k.limit,
+                apps: vec![k.app],
+            });
+            continue;
+        };
+        let group = &mut groups[*g];
+        group.apps.push(k.app);
+        match (group.limit, k.limit, *first) {
+            (Some(had), Some(given), Some(j)) if had != given => p.push(
+                k.limit_key.clone(),
+                format!("{given} differs from the {had} of apps[{j}] in budget group {name:?}: the apps of a group share one monthly_budget"),
+            ),
+            (None, Some(given), _) => {
+                group.limit = Some(given);
+                *first = Some(k.file_index);
+            }
+            _ => {}
+        }
+    }
+    // A group named like an app outside it would share that app's key.
+    for k in keys {
+        let Some(name) = k.group.as_deref() else {
+            continue;
+        };
+        let clash = app_names.iter().position(|n| n.as_deref() == Some(name));
+        if let Some(j) = clash {
+            let inside = keys
+                .iter()
+                .any(|o| o.file_index == j && o.group.as_deref() == Some(name));
+            if !inside {
+                p.push(
+                    k.group_key.clone(),
+                    format!("{name:?} is the name of apps[{j}], which is not in this budget group"),
+                );
+            }
+        }
+    }
+    BudgetConfig { groups }
+}
+
+/// Reads `[[apps]]`. Returns the complete entries, every entry's name
+/// (by file index, for resolving `clients[].app`) and the budget keys of
+/// the complete self-built ones. When an entry is incomplete a problem is
+/// recorded, so the lists only need to align when there are no problems.
 fn read_apps(
     root: &mut Section<'_>,
     global: &Upstream,
     env: &dyn Environment,
     p: &mut Problems,
-) -> (Vec<AppConfig>, Vec<Option<String>>) {
+) -> (Vec<AppConfig>, Vec<Option<String>>, Vec<BudgetKeys>) {
     let sections = root.tables("apps", p);
     if sections.is_empty() {
         p.push("apps", "at least one [[apps]] entry is required");
@@ -56,6 +137,7 @@ fn read_apps(
     let mut all_names = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut budget_keys = Vec::new();
     for (i, mut s) in sections.into_iter().enumerate() {
         let name = s.required_string("name", p);
         let app_id = s.required_string("app_id", p);
@@ -65,6 +147,8 @@ fn read_apps(
             None => Some(global.clone()),
         };
         let kind = read_app_kind(&mut s, env, p);
+        let (limit, group) = read_budget_keys(&mut s, kind.as_ref(), p);
+        let (limit_key, group_key) = (s.key("monthly_budget"), s.key("budget_group"));
         if let Some(n) = name {
             check_label(&s, n, p);
             if let Some(j) = names.insert(n.to_string(), i) {
@@ -86,6 +170,17 @@ fn read_apps(
         if let (Some(name), Some(app_id), Some(app_secret), Some(upstream), Some(kind)) =
             (name, app_id, app_secret, upstream, kind)
         {
+            if matches!(kind, AppKind::SelfBuilt) {
+                budget_keys.push(BudgetKeys {
+                    file_index: i,
+                    app: apps.len(),
+                    name: name.to_string(),
+                    limit,
+                    limit_key,
+                    group: group.map(str::to_string),
+                    group_key,
+                });
+            }
             apps.push(AppConfig {
                 name: name.to_string(),
                 app_id: app_id.to_string(),
@@ -95,7 +190,43 @@ fn read_apps(
             });
         }
     }
-    (apps, all_names)
+    (apps, all_names, budget_keys)
+}
+
+/// Reads `monthly_budget` and `budget_group`: self-built apps only (Feishu
+/// counts the calls of custom apps).
+fn read_budget_keys<'a>(
+    s: &mut Section<'a>,
+    kind: Option<&AppKind>,
+    p: &mut Problems,
+) -> (Option<u64>, Option<&'a str>) {
+    let limit = s.integer("monthly_budget", MAX_MONTHLY_BUDGET, p);
+    if limit == Some(0) {
+        p.push(
+            s.key("monthly_budget"),
+            "must be at least 1 (leave it out for no limit)",
+        );
+    }
+    let group = s.string("budget_group", p);
+    if let Some(g) = group {
+        if !valid_label(g) {
+            p.push(
+                s.key("budget_group"),
+                format!("{g:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+            );
+        }
+    }
+    if matches!(kind, Some(AppKind::Store(_))) {
+        for k in ["monthly_budget", "budget_group"] {
+            if s.value(k).is_some() {
+                p.push(
+                    s.key(k),
+                    "only self-built apps have a monthly call budget (Feishu counts the calls of custom apps)",
+                );
+            }
+        }
+    }
+    (limit.filter(|&l| l > 0), group.filter(|g| valid_label(g)))
 }
 
 /// Reads `type` and the store-app keys of an `[[apps]]` entry.
@@ -120,6 +251,8 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
             Some(AppKind::SelfBuilt)
         }
         "store" => {
+            // Read on even when it is bad: a return here would leave the
+            // keys below unread, each then reported as an unknown key.
             let encrypt_key =
                 if s.value("encrypt_key_env").is_some() || s.value("encrypt_key_file").is_some() {
                     Some(secret_source(
@@ -129,7 +262,7 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
                         &[],
                         env,
                         p,
-                    )?)
+                    ))
                 } else {
                     None
                 };
@@ -149,6 +282,12 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
                 .duration("tenant_idle_timeout", p)
                 .unwrap_or(Duration::from_secs(3600));
             let require_signature = s.boolean("require_signature", p).unwrap_or(false);
+            let encrypt_key = match encrypt_key {
+                None => None,
+                Some(Some(key)) => Some(key),
+                // A problem is recorded.
+                Some(None) => return None,
+            };
             Some(AppKind::Store(StoreAppSettings {
                 encrypt_key,
                 verification_token: verification_token?,
@@ -168,110 +307,13 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
 }
 
 /// Reports a `name` that would make a poor metric label.
-fn check_label(s: &Section<'_>, name: &str, p: &mut Problems) {
+pub(super) fn check_label(s: &Section<'_>, name: &str, p: &mut Problems) {
     if !valid_label(name) {
         p.push(
             s.key("name"),
             format!("{name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
         );
     }
-}
-
-fn read_clients(
-    root: &mut Section<'_>,
-    app_names: &[Option<String>],
-    env: &dyn Environment,
-    p: &mut Problems,
-) -> Vec<ClientConfig> {
-    let sections = root.tables("clients", p);
-    if sections.is_empty() {
-        p.push("clients", "at least one [[clients]] entry is required");
-    }
-    let mut clients = Vec::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut keys: HashMap<[u8; 32], usize> = HashMap::new();
-    for (i, mut s) in sections.into_iter().enumerate() {
-        let name = s.required_string("name", p);
-        let app_name = s.required_string("app", p);
-        let tenant = s.string("tenant", p).map(str::to_string);
-        if tenant.as_deref().is_some_and(|t| t.trim().is_empty()) {
-            p.push(s.key("tenant"), "must not be empty");
-        }
-        let digest = if s.value("key_sha256").is_some() {
-            let given = s.string("key_sha256", p);
-            let mut other = false;
-            for k in ["key_env", "key_file"] {
-                if s.value(k).is_some() {
-                    p.push(
-                        s.key(k),
-                        "give only one of `key_env`, `key_file`, `key_sha256`",
-                    );
-                    other = true;
-                }
-            }
-            match given.map(|h| hex::decode(h.trim())) {
-                Some(Ok(bytes)) if bytes.len() == 32 && !other => {
-                    let mut d = [0u8; 32];
-                    d.copy_from_slice(&bytes);
-                    Some(d)
-                }
-                Some(_) if !other => {
-                    p.push(
-                        s.key("key_sha256"),
-                        "must be 64 hex digits (SHA-256 of the key)",
-                    );
-                    None
-                }
-                _ => None,
-            }
-        } else {
-            secret_source(&mut s, "key_env", "key_file", &["key_sha256"], env, p).and_then(|key| {
-                if key.expose().len() < 16 {
-                    p.push(
-                        s.key("key_env"),
-                        "the key is shorter than 16 characters: use a long random key",
-                    );
-                    None
-                } else {
-                    Some(key_digest(key.expose().as_bytes()))
-                }
-            })
-        };
-        if let Some(n) = name {
-            check_label(&s, n, p);
-            if let Some(j) = names.insert(n.to_string(), i) {
-                p.push(
-                    s.key("name"),
-                    format!("{n:?} is already used by clients[{j}]"),
-                );
-            }
-        }
-        let app = app_name.and_then(|a| {
-            let found = app_names.iter().position(|x| x.as_deref() == Some(a));
-            if found.is_none() {
-                p.push(s.key("app"), format!("no [[apps]] entry is named {a:?}"));
-            }
-            found
-        });
-        if let Some(d) = digest {
-            if let Some(j) = keys.insert(d, i) {
-                p.push(
-                    s.key("key_env"),
-                    format!("the same key is already used by clients[{j}]"),
-                );
-            }
-        }
-        s.finish(p);
-        if let (Some(name), Some(app), Some(key_sha256)) = (name, app, digest) {
-            clients.push(ClientConfig {
-                name: name.to_string(),
-                app,
-                key_sha256,
-                tenant,
-            });
-        }
-    }
-    clients
 }
 
 /// Names used as metric labels: short and tame.

@@ -14,11 +14,13 @@
 //!
 //! | file        | reads                                                   |
 //! |-------------|---------------------------------------------------------|
-//! | `server.rs` | `listen`, `admin_listen`, `upstream`, TLS, `workers`, `max_body_bytes`, `state_dir`, `[timeouts]`, `[pool]`, `[log]` |
+//! | `server.rs` | `listen`, `admin_listen`, `listen_backlog`, `max_connections`, `admin_max_connections`, `upstream`, TLS, `workers`, `max_body_bytes`, `state_dir`, `[timeouts]`, `[pool]`, `[log]` |
 //! | `tokens.rs` | `[token]`, `[sdk_tokens]`                               |
 //! | `quota.rs`  | `[quota]`, with its Redis keys                          |
 //! | `routes.rs` | `[[routes]]`                                            |
-//! | `apps.rs`   | `[[apps]]` and `[[clients]]`, and the checks between them |
+//! | `retries.rs`| `[retries]`: retries by code after transient failures  |
+//! | `apps.rs`   | `[[apps]]`; the budget groups (`monthly_budget`, `budget_group`) |
+//! | `clients.rs`| `[[clients]]`: keys (several while rotating), `allow` checked against the catalog, the checks against their apps |
 //! | `reader.rs` | [`Section`]: typed reads that record [`Problems`], unknown keys |
 //! | `env.rs`    | [`Environment`]; secrets given as `<base>_env` or `<base>_file` |
 //!
@@ -29,9 +31,11 @@
 //! parts (`server`, `app`); no domain module imports `config`.
 
 mod apps;
+mod clients;
 mod env;
 mod quota;
 mod reader;
+mod retries;
 mod routes;
 mod server;
 mod tokens;
@@ -44,12 +48,17 @@ use http::uri::Scheme;
 use env::secret_source;
 pub use env::{Environment, MapEnv, ProcessEnv};
 pub use reader::{parse_duration, Problem, Problems, Section};
-pub use server::{default_workers, Pool, Timeouts};
+pub use server::{
+    default_workers, Pool, Timeouts, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_LISTEN_BACKLOG,
+    DEFAULT_MAX_CONNECTIONS,
+};
 
 pub use crate::auth::sdk_token::SdkTokens;
 pub use crate::auth::{key_digest, ClientConfig};
+pub use crate::budget::{BudgetConfig, BudgetGroup};
 pub use crate::endpoints::RouteConfig;
 pub use crate::observe::logging::{Log, LogFormat};
+pub use crate::proxy::RetryPolicy;
 pub use crate::quota::{OverflowMode, QuotaConfig};
 pub use crate::tokens::{AppConfig, AppKind, StoreAppSettings, TokenPolicy};
 pub use crate::upstream::Upstream;
@@ -64,6 +73,18 @@ pub struct Config {
     /// Admin listener for `/healthz`, `/readyz` and `/metrics`
     /// (`admin_listen`). Default `127.0.0.1:9090`. Never the same as `listen`.
     pub admin_listen: SocketAddr,
+    /// The listen backlog of both listeners (`listen_backlog`): connects
+    /// the kernel queues for the accept loop. Default 4096; the kernel caps
+    /// it at `net.core.somaxconn` (the value in force is logged).
+    pub listen_backlog: u32,
+    /// Open connections on `listen` at most (`max_connections`). Default
+    /// 4096. Beyond it a new connection is closed at once, before any byte
+    /// is read, and counted: a flood of idle connections cannot exhaust
+    /// the process's file descriptors.
+    pub max_connections: usize,
+    /// Open connections on `admin_listen` at most
+    /// (`admin_max_connections`). Default 64.
+    pub admin_max_connections: usize,
     /// Feishu's base URL (`upstream`). Default `https://open.feishu.cn`.
     pub upstream: Upstream,
     /// PEM certificate chain for serving HTTPS on `listen` (`tls_cert`);
@@ -91,9 +112,10 @@ pub struct Config {
     /// Logging (`[log]`).
     pub log: Log,
     /// Where the gateway keeps state across restarts (`state_dir`): the
-    /// latest app_ticket of each store app. Required with store apps,
-    /// unless `quota.backend = "redis"`: the tickets are then kept in Redis
-    /// and this directory is not used.
+    /// latest app_ticket of each store app, and the monthly budget counts.
+    /// Required with store apps, unless `quota.backend = "redis"`: the
+    /// tickets and counts are then kept in Redis and this directory is not
+    /// used.
     pub state_dir: Option<PathBuf>,
     /// Quota behaviour (`[quota]`).
     pub quota: QuotaConfig,
@@ -101,10 +123,15 @@ pub struct Config {
     pub sdk_tokens: SdkTokens,
     /// Catalog overrides and additions (`[[routes]]`).
     pub routes: Vec<RouteConfig>,
+    /// Retries by code after a transient upstream failure (`[retries]`).
+    pub retries: RetryPolicy,
     /// The Feishu apps the gateway holds secrets for (`[[apps]]`).
     pub apps: Vec<AppConfig>,
     /// The internal services allowed to call (`[[clients]]`).
     pub clients: Vec<ClientConfig>,
+    /// The monthly call budgets (`[[apps]]` `monthly_budget`,
+    /// `budget_group`): one group per self-built app or per `budget_group`.
+    pub budget: BudgetConfig,
     /// Things worth saying that do not stop the gateway (e.g. plain-HTTP
     /// upstream on a non-loopback host).
     pub warnings: Vec<String>,
@@ -143,10 +170,14 @@ impl Config {
         let sdk_tokens = tokens::read_sdk_tokens(&mut s, env, p);
         let quota = quota::read(&mut s, env, p);
         let routes = routes::read(&mut s, &quota, p);
-        let (apps, clients) = apps::read(&mut s, &server.upstream, env, p);
+        let retries = retries::read(&mut s, p);
+        let mut warnings = Vec::new();
+        let (apps, app_names, budget) = apps::read(&mut s, &server.upstream, env, p);
+        // Clients' `allow` entries are checked against the catalog the
+        // gateway will run with (built only when some client has one).
+        let clients = clients::read(&mut s, &apps, &app_names, &routes, env, p, &mut warnings);
         s.finish(p);
 
-        let mut warnings = Vec::new();
         ticket_home(server.state_dir.as_deref(), &quota, &apps, p, &mut warnings);
         plain_http_warnings(&server.upstream, &apps, &mut warnings);
         if !problems.is_empty() {
@@ -156,6 +187,9 @@ impl Config {
         Ok(Config {
             listen: server.listen.expect(invalid),
             admin_listen: server.admin_listen.expect(invalid),
+            listen_backlog: server.listen_backlog,
+            max_connections: server.max_connections,
+            admin_max_connections: server.admin_max_connections,
             upstream: server.upstream,
             tls_cert: server.tls_cert,
             tls_key: server.tls_key,
@@ -170,8 +204,10 @@ impl Config {
             quota,
             sdk_tokens,
             routes,
+            retries,
             apps,
             clients,
+            budget,
             warnings,
         })
     }
@@ -197,7 +233,7 @@ fn ticket_home(
     }
     if redis && state_dir.is_some() {
         warnings.push(
-            "state_dir is not used: with quota.backend = \"redis\" the app_tickets are kept in Redis".to_string(),
+            "state_dir is not used: with quota.backend = \"redis\" the app_tickets and the monthly budget counts are kept in Redis".to_string(),
         );
     }
 }

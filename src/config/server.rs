@@ -1,6 +1,7 @@
-//! The top-level keys that shape how the gateway serves: its listeners,
-//! the upstream, TLS, `workers`, `max_body_bytes` and `state_dir`, with
-//! `[timeouts]`, `[pool]` and `[log]`.
+//! The top-level keys that shape how the gateway serves: its listeners
+//! (with their backlog and connection limits), the upstream, TLS,
+//! `workers`, `max_body_bytes` and `state_dir`, with `[timeouts]`, `[pool]`
+//! and `[log]`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,20 @@ use std::time::Duration;
 use super::reader::{Problems, Section};
 use crate::observe::logging::{Log, LogFormat};
 use crate::upstream::Upstream;
+
+/// `listen_backlog` by default: a burst of this many connects waits in the
+/// kernel for the accept loop instead of being dropped (a dropped SYN costs
+/// the client a 1 s retransmission). The kernel caps it at
+/// `net.core.somaxconn` (4096 since Linux 5.4; Go's net package listens
+/// with that cap too). A queue costs memory only while connects wait in
+/// it. With 1024, a burst of 2,000 connects on a busy 2-core machine still
+/// saw dropped SYNs now and then (see `benches/README.md`).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+/// `max_connections` by default: open connections on `listen`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// `admin_max_connections` by default: open connections on `admin_listen`
+/// (probes and scrapes need a handful).
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// One connection worker per core the process may use.
 pub fn default_workers() -> usize {
@@ -21,7 +36,8 @@ pub struct Timeouts {
     /// TCP+TLS connect to Feishu (`connect`). Default 3 s.
     pub connect: Duration,
     /// One upstream attempt, from sending the request to the end of the
-    /// answer's head and inspected body (`upstream`). Default 30 s.
+    /// answer's head and inspected body (`upstream`); retries by code
+    /// share it with the first attempt (`proxy::retry`). Default 30 s.
     pub upstream: Duration,
     /// The longest gap between two reads of a streamed answer body (a
     /// download, a JSON answer too large to hold) once its head went to the
@@ -34,6 +50,11 @@ pub struct Timeouts {
     /// On SIGTERM/SIGINT, how long in-flight requests may finish
     /// (`shutdown_grace`). Default 25 s (below Kubernetes' 30 s).
     pub shutdown_grace: Duration,
+    /// At start, the longest `/readyz` answers 503 while some app's first
+    /// token call has not ended (with a token or Feishu's refusal), e.g.
+    /// because Feishu cannot be reached (`startup`). Default 30 s; 0: ready
+    /// as soon as the listeners are up.
+    pub startup: Duration,
 }
 
 /// Upstream connection pool (`[pool]`).
@@ -53,6 +74,9 @@ pub(super) struct Server {
     pub listen: Option<SocketAddr>,
     /// `None` when invalid (a problem is recorded).
     pub admin_listen: Option<SocketAddr>,
+    pub listen_backlog: u32,
+    pub max_connections: usize,
+    pub admin_max_connections: usize,
     pub upstream: Upstream,
     pub upstream_ca_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
@@ -73,6 +97,24 @@ pub(super) fn read(s: &mut Section<'_>, p: &mut Problems) -> Server {
         if a == b && a.port() != 0 {
             p.push("admin_listen", "must differ from `listen`");
         }
+    }
+    let listen_backlog = s
+        .integer("listen_backlog", 65535, p)
+        .map_or(DEFAULT_LISTEN_BACKLOG, |v| v as u32);
+    if listen_backlog == 0 {
+        p.push("listen_backlog", "must be at least 1");
+    }
+    let max_connections = s
+        .integer("max_connections", 1_000_000, p)
+        .map_or(DEFAULT_MAX_CONNECTIONS, |v| v as usize);
+    if max_connections == 0 {
+        p.push("max_connections", "must be at least 1");
+    }
+    let admin_max_connections = s
+        .integer("admin_max_connections", 100_000, p)
+        .map_or(DEFAULT_ADMIN_MAX_CONNECTIONS, |v| v as usize);
+    if admin_max_connections == 0 {
+        p.push("admin_max_connections", "must be at least 1");
     }
     let upstream = upstream(s, "upstream", p).unwrap_or_else(default_upstream);
     let upstream_ca_file = s.string("upstream_ca_file", p).map(PathBuf::from);
@@ -95,6 +137,9 @@ pub(super) fn read(s: &mut Section<'_>, p: &mut Problems) -> Server {
     Server {
         listen,
         admin_listen,
+        listen_backlog,
+        max_connections,
+        admin_max_connections,
         upstream,
         upstream_ca_file,
         tls_cert,
@@ -121,6 +166,7 @@ fn read_timeouts(root: &mut Section<'_>, p: &mut Problems) -> Timeouts {
         upstream_idle: d("upstream_idle", Duration::from_secs(30)),
         body_read: d("body_read", Duration::from_secs(10)),
         shutdown_grace: d("shutdown_grace", Duration::from_secs(25)),
+        startup: d("startup", Duration::from_secs(30)),
     };
     if let Some(t) = t {
         t.finish(p);
@@ -166,6 +212,9 @@ fn read_log(root: &mut Section<'_>, p: &mut Problems) -> Log {
         .and_then(|t| t.string("level", p))
         .unwrap_or("info")
         .to_string();
+    if let Err(e) = crate::observe::logging::check_filter(&level) {
+        p.push("log.level", e);
+    }
     if let Some(t) = t {
         t.finish(p);
     }

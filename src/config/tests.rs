@@ -31,8 +31,12 @@ fn the_documented_example_works_as_written() {
     assert_eq!(c.apps[0].app_secret.expose(), "s3cr3t-app-secret");
     assert_eq!(c.clients[0].app, 0);
     assert_eq!(
-        c.clients[0].key_sha256,
-        key_digest(b"billing-key-0123456789abcdef")
+        c.clients[0].keys,
+        [key_digest(b"billing-key-0123456789abcdef")]
+    );
+    assert!(
+        c.clients[0].allow.is_none(),
+        "no allow list: every endpoint"
     );
     assert_eq!(c.max_body_bytes, 1 << 20);
     assert_eq!(c.workers, default_workers());
@@ -121,10 +125,7 @@ app = "lark-bot"
     );
     let c = Config::parse(&text, &env()).unwrap();
     assert_eq!(c.apps[0].upstream.base_url(), "https://open.larksuite.com");
-    assert_eq!(
-        c.clients[0].key_sha256,
-        key_digest(b"a-long-enough-client-key")
-    );
+    assert_eq!(c.clients[0].keys, [key_digest(b"a-long-enough-client-key")]);
 }
 
 #[test]
@@ -213,4 +214,415 @@ tenant = "2ed263bf32cf1651"
         ),
         "{problems}"
     );
+}
+
+#[test]
+fn log_level_is_checked_like_every_other_key() {
+    for good in [
+        "info",
+        "WARN",
+        "warn,feishu_gateway::app=info",
+        "info,feishu_gateway::access=off",
+        "feishu_gateway=debug",
+    ] {
+        let text = format!("{EXAMPLE}\n[log]\nlevel = {good:?}\n");
+        let c = Config::parse(&text, &env()).unwrap_or_else(|p| panic!("{good}: {p}"));
+        assert_eq!(c.log.level, good);
+    }
+    // `infoo` would be a TARGET with every level on for tracing's own
+    // parser: the whole log silent. `debug=` names no level.
+    for bad in ["infoo", "", "info,feishu_gateway=loud", "=info", "debug="] {
+        let text = format!("{EXAMPLE}\n[log]\nlevel = {bad:?}\nformat = \"xml\"\n");
+        let problems = Config::parse(&text, &env()).unwrap_err();
+        let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["log.format", "log.level"], "{bad:?}: {problems}");
+        assert!(
+            problems.to_string().contains("trace, debug, info"),
+            "{problems}"
+        );
+    }
+}
+
+#[test]
+fn a_client_holds_several_keys_while_one_is_rotated() {
+    let next = hex::encode(key_digest(b"billing-key-NEXT-0123456789"));
+    let text = format!(
+        r#"
+[[apps]]
+name = "ops-bot"
+app_id = "cli_1"
+app_secret_env = "OPS_BOT_APP_SECRET"
+[[clients]]
+name = "billing"
+app = "ops-bot"
+key_env = ["BILLING_GATEWAY_KEY", "BILLING_GATEWAY_KEY_OLD"]
+key_sha256 = "{next}"
+"#
+    );
+    let with_old = env().with("BILLING_GATEWAY_KEY_OLD", "billing-key-OLD-0123456789");
+    let c = Config::parse(&text, &with_old).unwrap();
+    assert_eq!(
+        c.clients[0].keys,
+        [
+            key_digest(b"billing-key-0123456789abcdef"),
+            key_digest(b"billing-key-OLD-0123456789"),
+            key_digest(b"billing-key-NEXT-0123456789"),
+        ]
+    );
+
+    // Each key's problem is named by its place; none is printed.
+    let text = r#"
+[[apps]]
+name = "ops-bot"
+app_id = "cli_1"
+app_secret_env = "OPS_BOT_APP_SECRET"
+[[clients]]
+name = "billing"
+app = "ops-bot"
+key_env = ["BILLING_GATEWAY_KEY", "SHORT_KEY", "UNSET_KEY", "BILLING_GATEWAY_KEY"]
+key_sha256 = ["abc"]
+key_file = []
+[[clients]]
+name = "crm"
+app = "ops-bot"
+key_env = "BILLING_GATEWAY_KEY"
+[[clients]]
+name = "nokey"
+app = "ops-bot"
+"#;
+    let env = env().with("SHORT_KEY", "short-s3cr3t");
+    let problems = Config::parse(text, &env).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "clients[0].key_env[1]",
+            "clients[0].key_env[2]",
+            "clients[0].key_env[3]",
+            "clients[0].key_file",
+            "clients[0].key_sha256[0]",
+            "clients[1].key_env",
+            "clients[2].key_env",
+        ],
+        "{problems}"
+    );
+    let text = problems.to_string();
+    assert!(text.contains("shorter than 16"), "{text}");
+    assert!(text.contains("given twice"), "{text}");
+    assert!(text.contains("already used by clients[0]"), "{text}");
+    assert!(!text.contains("s3cr3t"), "{text}");
+}
+
+#[test]
+fn allow_entries_are_parsed_and_checked_against_the_catalog() {
+    let client = |allow: &str| {
+        format!(
+            r#"
+[[apps]]
+name = "ops-bot"
+app_id = "cli_1"
+app_secret_env = "OPS_BOT_APP_SECRET"
+[[routes]]
+method = "POST"
+path = "/open-apis/im/v1/messages"
+limits = []
+[[clients]]
+name = "billing"
+app = "ops-bot"
+key_env = "BILLING_GATEWAY_KEY"
+allow = {allow}
+"#
+        )
+    };
+    // A catalog template (parameter names free), a route added by
+    // [[routes]], a prefix reaching catalog routes: fine, no warning.
+    let c = Config::parse(
+        &client(
+            r#"["POST /open-apis/im/v1/chats/:id/top_notice/put_top_notice", "POST /open-apis/im/v1/messages", "* /open-apis/im/v1/chats/*"]"#,
+        ),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.clients[0].allow.as_ref().map(Vec::len), Some(3));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    // A prefix reaching no catalog route still allows paths outside it: a
+    // warning that check-config prints.
+    let c = Config::parse(
+        &client(r#"["GET /open-apis/gateway-nowhere/v1/*"]"#),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].starts_with("clients[0].allow[0]: ")
+            && c.warnings[0].contains("reaches no catalog route"),
+        "{:?}",
+        c.warnings
+    );
+
+    // A template naming no catalog route would allow nothing: a problem,
+    // like a malformed entry and an empty list.
+    let problems = Config::parse(
+        &client(
+            r#"["POST /open-apis/im/v1/messages", "DELETE /open-apis/im/v1/messages", "POST /open-apis/im/v1/messagez", "POST im/v1/messages", 7]"#,
+        ),
+        &env(),
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "clients[0].allow[4]",
+            "clients[0].allow[1]",
+            "clients[0].allow[2]",
+            "clients[0].allow[3]",
+        ],
+        "{problems}"
+    );
+    assert!(
+        problems.to_string().contains("names no catalog route"),
+        "{problems}"
+    );
+    let problems = Config::parse(&client("[]"), &env()).unwrap_err();
+    assert_eq!(problems.0[0].key, "clients[0].allow", "{problems}");
+    assert!(
+        problems.0[0].message.contains("leave `allow` out"),
+        "{problems}"
+    );
+}
+
+#[test]
+fn listener_limits_have_defaults_and_are_checked() {
+    let c = Config::parse(EXAMPLE, &env()).unwrap();
+    assert_eq!(
+        (c.listen_backlog, c.max_connections, c.admin_max_connections),
+        (4096, 4096, 64)
+    );
+    let text = format!(
+        "listen_backlog = 1024\nmax_connections = 20000\nadmin_max_connections = 8\n{EXAMPLE}"
+    );
+    let c = Config::parse(&text, &env()).unwrap();
+    assert_eq!(
+        (c.listen_backlog, c.max_connections, c.admin_max_connections),
+        (1024, 20000, 8)
+    );
+    let text = format!(
+        "listen_backlog = 0\nmax_connections = -1\nadmin_max_connections = \"many\"\n{EXAMPLE}"
+    );
+    let problems = Config::parse(&text, &env()).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["listen_backlog", "max_connections", "admin_max_connections"],
+        "{problems}"
+    );
+}
+
+#[test]
+fn retries_have_defaults_and_every_key_is_checked() {
+    let c = Config::parse(EXAMPLE, &env()).expect("valid");
+    assert_eq!(c.retries, RetryPolicy::default());
+    assert!(c.retries.enabled);
+
+    let text = format!(
+        "{EXAMPLE}\n[retries]\nenabled = false\nmax_retries = 3\nbackoff_base = \"20ms\"\nbackoff_max = \"200ms\"\nbudget_ratio = 0.2\nbudget_min = 5\nbudget_window = \"30s\"\n"
+    );
+    let c = Config::parse(&text, &env()).expect("valid");
+    let r = &c.retries;
+    assert!(!r.enabled);
+    assert_eq!(r.max_retries, 3);
+    assert_eq!(r.backoff_base, std::time::Duration::from_millis(20));
+    assert_eq!(r.backoff_max, std::time::Duration::from_millis(200));
+    assert_eq!(r.budget_ratio, 0.2);
+    assert_eq!(r.budget_min, 5);
+    assert_eq!(r.budget_window, std::time::Duration::from_secs(30));
+
+    let text = format!(
+        "{EXAMPLE}\n[retries]\nenabled = \"yes\"\nmax_retries = 11\nbackoff_base = \"1s\"\nbackoff_max = \"100ms\"\nbudget_ratio = 1.5\nbudget_window = \"10ms\"\nbudget = 3\n"
+    );
+    let problems = Config::parse(&text, &env()).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    for expected in [
+        "retries.enabled",
+        "retries.max_retries",
+        "retries.backoff_max",
+        "retries.budget_ratio",
+        "retries.budget_window",
+        "retries.budget",
+    ] {
+        assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn resource_limits_are_read_and_their_problems_named() {
+    let good = format!(
+        "{EXAMPLE}\n[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/messages/:message_id/forward\"\n\
+         [[routes.resource_limits]]\nname = \"im.forward\"\nkey = \"path.message_id\"\nlimits = [\"5/1s\", \"1000/86400s\"]\nconcurrency = 2\nshared = true\n"
+    );
+    let c = Config::parse(&good, &env()).unwrap();
+    let rule = &c.routes[0].resource_limits[0];
+    assert_eq!(rule.name, "im.forward");
+    assert_eq!(rule.key.to_string(), "path.message_id");
+    assert_eq!(rule.limits.len(), 2);
+    assert_eq!((rule.concurrency, rule.shared), (Some(2), true));
+    let bad = format!(
+        "{EXAMPLE}\n[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/messages\"\n\
+         [[routes.resource_limits]]\nname = \"x\"\nkey = \"header.x\"\nconcurrency = 0\n\
+         [[routes.resource_limits]]\nname = \"y\"\nkey = \"body.receive_id\"\n"
+    );
+    let problems = Config::parse(&bad, &env()).unwrap_err().to_string();
+    assert!(
+        problems.contains("routes[0].resource_limits[0].key"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("routes[0].resource_limits[0].concurrency"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("routes[0].resource_limits[1].limits"),
+        "{problems}"
+    );
+}
+
+/// `[[apps]]` entries `(name, app_id, extra keys)` with a client of the
+/// first, as config text.
+fn apps_text(apps: &[(&str, &str, &str)]) -> String {
+    let mut text = String::new();
+    for (name, id, extra) in apps {
+        text.push_str(&format!(
+            "[[apps]]\nname = \"{name}\"\napp_id = \"{id}\"\napp_secret_env = \"OPS_BOT_APP_SECRET\"\n{extra}\n"
+        ));
+    }
+    format!(
+        "{text}[[clients]]\nname = \"billing\"\nkey_env = \"BILLING_GATEWAY_KEY\"\napp = \"{}\"\n",
+        apps[0].0
+    )
+}
+
+#[test]
+fn monthly_budgets_make_one_group_per_app_or_per_budget_group() {
+    let text = apps_text(&[
+        ("solo", "cli_1", "monthly_budget = 10000"),
+        (
+            "a",
+            "cli_2",
+            "monthly_budget = 50000\nbudget_group = \"acme\"",
+        ),
+        ("plain", "cli_3", ""),
+        (
+            "b",
+            "cli_4",
+            "budget_group = \"acme\"\nmonthly_budget = 50000",
+        ),
+    ]);
+    let c = Config::parse(&text, &env()).expect("valid");
+    let groups: Vec<(&str, Option<u64>, &[usize])> = c
+        .budget
+        .groups
+        .iter()
+        .map(|g| (g.name.as_str(), g.limit, g.apps.as_slice()))
+        .collect();
+    assert_eq!(
+        groups,
+        vec![
+            ("solo", Some(10000), &[0][..]),
+            ("acme", Some(50000), &[1, 3][..]),
+            ("plain", None, &[2][..]),
+        ]
+    );
+    // Without any budget key: every self-built app is a group of its own,
+    // without a limit (Feishu's 99991403 still stops it).
+    let c = Config::parse(EXAMPLE, &env()).expect("valid");
+    assert_eq!(c.budget.groups.len(), 1);
+    assert_eq!(c.budget.groups[0].limit, None);
+}
+
+#[test]
+fn bad_budget_keys_are_named() {
+    let store = "type = \"store\"\nverification_token_env = \"OPS_BOT_APP_SECRET\"\nmonthly_budget = 100\nbudget_group = \"isv\"";
+    let text = format!(
+        "state_dir = \"/tmp/x\"\n{}",
+        apps_text(&[
+            ("zero", "cli_1", "monthly_budget = 0"),
+            ("neg", "cli_2", "monthly_budget = -5"),
+            ("str", "cli_3", "monthly_budget = \"10k\""),
+            (
+                "g1",
+                "cli_4",
+                "monthly_budget = 100\nbudget_group = \"acme\""
+            ),
+            (
+                "g2",
+                "cli_5",
+                "monthly_budget = 200\nbudget_group = \"acme\""
+            ),
+            ("g3", "cli_6", "budget_group = \"acme\""),
+            (
+                "clash",
+                "cli_7",
+                "monthly_budget = 1\nbudget_group = \"zero\""
+            ),
+            (
+                "label",
+                "cli_8",
+                "monthly_budget = 1\nbudget_group = \"a b\""
+            ),
+            ("isv", "cli_9", store),
+        ])
+    );
+    let problems = Config::parse(&text, &env()).unwrap_err();
+    let found = |key: &str, needle: &str| {
+        problems
+            .0
+            .iter()
+            .any(|p| p.key == key && p.message.contains(needle))
+    };
+    for (key, needle) in [
+        ("apps[0].monthly_budget", "at least 1"),
+        ("apps[1].monthly_budget", "out of range"),
+        ("apps[2].monthly_budget", "expected an integer"),
+        (
+            "apps[4].monthly_budget",
+            "200 differs from the 100 of apps[3]",
+        ),
+        ("apps[5].monthly_budget", "is required with budget_group"),
+        ("apps[6].budget_group", "is the name of apps[0]"),
+        ("apps[7].budget_group", "must be 1-64 characters"),
+        ("apps[8].monthly_budget", "only self-built apps"),
+        ("apps[8].budget_group", "only self-built apps"),
+    ] {
+        assert!(found(key, needle), "{key}: {needle:?} not in\n{problems}");
+    }
+    assert_eq!(problems.0.len(), 9, "{problems}");
+}
+
+#[test]
+fn a_bad_encrypt_key_does_not_hide_the_store_apps_other_keys() {
+    // Both encrypt_key_env and encrypt_key_file: one problem, and the keys
+    // after it are still read (not reported as unknown).
+    let text = r#"
+state_dir = "/var/lib/feishu-gateway"
+[[apps]]
+name = "isv-bot"
+app_id = "cli_store"
+app_secret_env = "OPS_BOT_APP_SECRET"
+type = "store"
+encrypt_key_env = "OPS_BOT_APP_SECRET"
+encrypt_key_file = "/nonexistent"
+verification_token_env = "OPS_BOT_APP_SECRET"
+max_tenants = 10
+tenant_idle_timeout = "10m"
+require_signature = true
+[[clients]]
+name = "c"
+key_env = "BILLING_GATEWAY_KEY"
+app = "isv-bot"
+"#;
+    let problems = Config::parse(text, &env()).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["apps[0].encrypt_key_env"], "{problems}");
 }

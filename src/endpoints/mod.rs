@@ -7,7 +7,8 @@
 //! | `data.rs`     | `data/feishu-api-limits.tsv`: every endpoint's documented limit |
 //! | `router.rs`   | request path → route (matchit; static segments first)           |
 //! | `route.rs`    | one entry: template, limits, options, parameter extraction      |
-//! | one file per family ([`top_notice`], [`messages`]) | hand-written additions: contract, body limit |
+//! | `resources.rs`| per-resource limits (a chat, a document, a table) and their endpoints |
+//! | one file per family ([`top_notice`], [`messages`], [`uploads`]) | hand-written additions: contract, body limit, upload form |
 //!
 //! The catalog is built from the data file (every row, with its limits),
 //! then each family's [`Builtin`] rows add what the data cannot say (a body
@@ -18,24 +19,28 @@
 
 pub mod data;
 pub mod messages;
+pub mod resources;
 mod route;
 mod router;
 pub mod top_notice;
+pub mod uploads;
 
 pub use messages::{
     edit_message, reply_message, send_message, EDIT_MESSAGE, REPLY_MESSAGE, SEND_MESSAGE,
 };
+pub use resources::{KeySource, ResourceRule};
 pub use route::Route;
 pub use router::shape;
 pub use top_notice::{delete_top_notice, put_top_notice, DELETE_TOP_NOTICE, PUT_TOP_NOTICE};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 
 use crate::quota::{OverflowMode, Window};
-use crate::validate::{Contract, UnknownFields, ValidationMode};
+use crate::validate::{Contract, FormContract, UnknownFields, ValidationMode};
 use data::Documented;
 use router::Router;
 
@@ -56,7 +61,11 @@ pub struct Builtin {
 }
 
 /// Every family's additions.
-pub const BUILTIN: &[&[Builtin]] = &[top_notice::ENDPOINTS, messages::ENDPOINTS];
+pub const BUILTIN: &[&[Builtin]] = &[
+    top_notice::ENDPOINTS,
+    messages::ENDPOINTS,
+    uploads::ENDPOINTS,
+];
 
 /// The built-in contract of the route `route_id`, if it has one.
 pub fn builtin_contract(route_id: &str) -> Option<Contract> {
@@ -91,6 +100,9 @@ pub struct RouteConfig {
     pub unknown_fields: Option<UnknownFields>,
     /// Overrides the global `max_body_bytes` for this route.
     pub max_body_bytes: Option<usize>,
+    /// Per-resource limits (`[[routes.resource_limits]]`): a rule with a
+    /// built-in rule's name replaces it; any other is added.
+    pub resource_limits: Vec<ResourceRule>,
 }
 
 /// All known routes.
@@ -100,6 +112,8 @@ pub struct Catalog {
     router: Router,
     /// Route index by method and template shape (overrides, lookups).
     by_shape: HashMap<(Method, String), usize>,
+    /// Per-resource rules; routes name them by index ([`Route::resources`]).
+    rules: Vec<ResourceRule>,
 }
 
 impl Catalog {
@@ -117,6 +131,7 @@ impl Catalog {
             routes: Vec::new(),
             router: Router::default(),
             by_shape: HashMap::new(),
+            rules: Vec::new(),
         };
         for row in data::rows() {
             let id = format!("{} {}", row.method, row.template);
@@ -137,6 +152,15 @@ impl Catalog {
             let route = &mut catalog.routes[i];
             route.id = b.id.to_string();
             route.max_body_bytes = route.max_body_bytes.or(b.max_body_bytes);
+        }
+        for b in resources::BUILTIN_RULES {
+            let r = catalog.add_rule(b.rule());
+            for (method, template) in b.endpoints {
+                let i = catalog.position(method, template).ok_or_else(|| {
+                    format!("resource rule {}: no endpoint {method} {template}", b.name)
+                })?;
+                catalog.attach(i, r)?;
+            }
         }
         for o in overrides {
             let i = match catalog.position(&o.method, &o.path) {
@@ -165,8 +189,52 @@ impl Catalog {
             if o.max_body_bytes.is_some() {
                 route.max_body_bytes = o.max_body_bytes;
             }
+            for rule in &o.resource_limits {
+                let r = catalog.add_rule(rule.clone());
+                catalog.attach(i, r)?;
+            }
         }
         Ok(catalog)
+    }
+
+    /// Adds `rule`, or replaces the rule of the same name; its index.
+    fn add_rule(&mut self, rule: ResourceRule) -> usize {
+        match self.rules.iter().position(|r| r.name == rule.name) {
+            Some(i) => {
+                self.rules[i] = rule;
+                i
+            }
+            None => {
+                self.rules.push(rule);
+                self.rules.len() - 1
+            }
+        }
+    }
+
+    /// Applies rule `r` to route `i`, whose template must have the path
+    /// parameters the rule reads.
+    fn attach(&mut self, i: usize, r: usize) -> Result<(), String> {
+        let rule = &self.rules[r];
+        let route = &mut self.routes[i];
+        for source in std::iter::once(&rule.key).chain(rule.kind.as_ref()) {
+            if let KeySource::Path(name) = source {
+                if !route.params().any(|p| p == name) {
+                    return Err(format!(
+                        "resource rule {}: {} {} has no path parameter {name:?}",
+                        rule.name, route.method, route.template
+                    ));
+                }
+            }
+        }
+        if !route.resources.contains(&r) {
+            route.resources.push(r);
+        }
+        Ok(())
+    }
+
+    /// The per-resource rules, by index.
+    pub fn rules(&self) -> &[ResourceRule] {
+        &self.rules
     }
 
     fn add(&mut self, route: Route) -> Result<usize, String> {
@@ -208,10 +276,12 @@ impl Catalog {
     }
 }
 
-/// The contract of each catalog route, by route index.
+/// The contract of each catalog route, by route index: a JSON body
+/// contract, or for uploads a form contract.
 #[derive(Debug, Clone)]
 pub struct Contracts {
     by_route: Vec<Option<Contract>>,
+    forms: Vec<Option<Arc<FormContract>>>,
 }
 
 impl Contracts {
@@ -223,12 +293,22 @@ impl Contracts {
                 .iter()
                 .map(|r| builtin_contract(&r.id))
                 .collect(),
+            forms: catalog
+                .routes()
+                .iter()
+                .map(|r| uploads::form(&r.id).map(Arc::new))
+                .collect(),
         }
     }
 
     /// The contract of route `index`, if it has one.
     pub fn get(&self, index: usize) -> Option<&Contract> {
         self.by_route.get(index).and_then(Option::as_ref)
+    }
+
+    /// The upload form of route `index`, if it is an upload.
+    pub fn form(&self, index: usize) -> Option<&Arc<FormContract>> {
+        self.forms.get(index).and_then(Option::as_ref)
     }
 
     /// The contract of route `index`, to adjust per-route options
@@ -310,6 +390,59 @@ mod tests {
     }
 
     #[test]
+    fn builtin_resource_rules_sit_on_their_endpoints() {
+        let c = Catalog::builtin();
+        let rules_of = |m: Method, p: &str| -> Vec<String> {
+            let r = c.route(c.find(&m, p).unwrap());
+            r.resources
+                .iter()
+                .map(|&i| c.rules()[i].name.clone())
+                .collect()
+        };
+        assert_eq!(
+            rules_of(Method::POST, "/open-apis/im/v1/messages"),
+            ["im.receiver"]
+        );
+        assert_eq!(
+            rules_of(Method::PATCH, "/open-apis/im/v1/messages/om_1"),
+            ["im.card"]
+        );
+        assert!(rules_of(Method::PUT, "/open-apis/im/v1/messages/om_1").is_empty());
+        assert_eq!(
+            rules_of(
+                Method::PATCH,
+                "/open-apis/docx/v1/documents/d1/blocks/batch_update"
+            ),
+            ["docx.document"]
+        );
+        assert_eq!(
+            rules_of(Method::POST, "/open-apis/drive/v1/files/upload_all"),
+            ["drive.upload"]
+        );
+        let bad = RouteConfig {
+            method: Method::POST,
+            path: "/open-apis/im/v1/messages".into(),
+            limits: None,
+            overflow: None,
+            max_wait: None,
+            validation: None,
+            unknown_fields: None,
+            max_body_bytes: None,
+            resource_limits: vec![ResourceRule {
+                name: "x".into(),
+                key: KeySource::Path("chat_id".into()),
+                kind: None,
+                limits: vec!["1/1s".parse().unwrap()],
+                concurrency: None,
+                shared: false,
+                max_keys: 10,
+            }],
+        };
+        let e = Catalog::with_overrides(&[bad]).unwrap_err();
+        assert!(e.contains("no path parameter \"chat_id\""), "{e}");
+    }
+
+    #[test]
     fn ambiguous_templates_resolve_to_the_static_segment() {
         let c = Catalog::builtin();
         let t = |m: Method, p: &str| c.find(&m, p).map(|i| c.route(i).template.as_str());
@@ -345,6 +478,7 @@ mod tests {
                 validation: None,
                 unknown_fields: None,
                 max_body_bytes: None,
+                resource_limits: Vec::new(),
             },
             RouteConfig {
                 method: Method::POST,
@@ -355,6 +489,7 @@ mod tests {
                 validation: None,
                 unknown_fields: None,
                 max_body_bytes: None,
+                resource_limits: Vec::new(),
             },
         ];
         let c = Catalog::with_overrides(&o).unwrap();

@@ -40,6 +40,9 @@ pub struct Route {
     pub unknown_fields: UnknownFields,
     /// Overrides the global body limit.
     pub max_body_bytes: Option<usize>,
+    /// The per-resource rules on this route (indices into
+    /// [`Catalog::rules`](super::Catalog::rules)).
+    pub resources: Vec<usize>,
     segments: Vec<Segment>,
 }
 
@@ -90,6 +93,7 @@ impl Route {
             validation: ValidationMode::Enforce,
             unknown_fields: UnknownFields::Allow,
             max_body_bytes: None,
+            resources: Vec::new(),
             segments,
         })
     }

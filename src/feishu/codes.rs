@@ -70,6 +70,16 @@ pub const EXTERNAL_CHAT: i64 = 232033;
 /// The app is not installed or not enabled in the tenant.
 pub const APP_NOT_INSTALLED: i64 = 232034;
 
+/// Upload: the file is larger than the endpoint takes (images 10 MB,
+/// files 30 MB).
+pub const UPLOAD_TOO_LARGE: i64 = 234006;
+/// Upload: the file is empty.
+pub const UPLOAD_EMPTY: i64 = 234010;
+/// Upload: the image format is not supported.
+pub const UPLOAD_BAD_FORMAT: i64 = 234011;
+
+/// Gateway: the client's `allow` list does not include this endpoint.
+pub const GW_FORBIDDEN: i64 = 99990403;
 /// Gateway: no such path on the gateway.
 pub const GW_NOT_FOUND: i64 = 99990404;
 /// Gateway: the client's request body did not arrive in time.
@@ -127,6 +137,13 @@ pub const KNOWN: &[(i64, &str)] = &[
         APP_NOT_INSTALLED,
         "app not installed or not enabled in the tenant",
     ),
+    (UPLOAD_TOO_LARGE, "upload: file too large"),
+    (UPLOAD_EMPTY, "upload: file empty"),
+    (UPLOAD_BAD_FORMAT, "upload: unsupported format"),
+    (
+        GW_FORBIDDEN,
+        "gateway: endpoint not in the client's allow list",
+    ),
     (GW_NOT_FOUND, "gateway: no such path"),
     (GW_BODY_TIMEOUT, "gateway: request body timeout"),
     (GW_INTERNAL, "gateway: internal error"),
@@ -137,6 +154,49 @@ pub const KNOWN: &[(i64, &str)] = &[
         "gateway: shared quota backend unavailable",
     ),
 ];
+
+/// Feishu's internal and transient failures: a later attempt of the same
+/// call may succeed. `../shared/feishu-platform.md` §3.1, the row "Internal /
+/// transient → retry" (the platform's generic error page and the product
+/// pages say 稍后重试, "try again later"). The gateway retries a request
+/// answered with one of these only where repeating it is safe
+/// (`proxy::retry`). Everything else is never retried by code: throttling
+/// (99991400 and the product limits), an exhausted monthly budget
+/// (99991403), missing scopes (99991672), concurrency conflicts and
+/// in-flight duplicates (230049, 18121: a blind resend is what they warn
+/// against), and every permanent error.
+pub const TRANSIENT: &[(i64, &str)] = &[
+    (1500, "internal error"),
+    (1663, "internal error"),
+    (1668, "internal error"),
+    (2200, "internal error (calls too frequent; retry)"),
+    (5000, "internal error (call less often, retry later)"),
+    (55001, "internal error (call less often, retry later)"),
+    (10101, "internal error"),
+    (10105, "internal error"),
+    (96001, "internal error"),
+    (96402, "timeout"),
+    (96403, "still processing"),
+    (1050002, "internal error"),
+    (1050008, "internal error"),
+    (1255040, "bitable: timeout (HTTP 504)"),
+    (1254607, "bitable: data not ready"),
+    (1065000, "drive: internal error"),
+    (1069399, "comment: internal error"),
+    (
+        232096,
+        "meta writing has stopped, try again later (image/file upload)",
+    ),
+    (232073, "group menu being modified"),
+    (48002, "contact: internal error (HTTP 500/504)"),
+    (41027, "contact: internal error (HTTP 500/504)"),
+];
+
+/// Whether `code` is in [`TRANSIENT`]: Feishu failed internally and a later
+/// attempt may succeed.
+pub fn is_transient(code: i64) -> bool {
+    TRANSIENT.iter().any(|(c, _)| *c == code)
+}
 
 /// Codes with which Feishu refuses one tenant's token (the app is not
 /// installed there, or the tenant key is wrong): the caller's mistake.
@@ -160,6 +220,31 @@ pub fn is_token_invalid(code: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transient_codes_are_listed_once_and_exclude_what_must_never_be_retried() {
+        let mut seen = std::collections::HashSet::new();
+        for (code, desc) in TRANSIENT {
+            assert!(seen.insert(code), "{code} twice");
+            assert!(!desc.is_empty());
+        }
+        for never in [
+            OK,
+            RATE_LIMITED,
+            MONTHLY_QUOTA_EXCEEDED,
+            NO_SCOPE,
+            NO_SCOPE_USER,
+            NO_SCOPE_APP,
+            INVALID_PARAM,
+            TENANT_TOKEN_INVALID,
+            230049,  // "the message is being sent": a resend could duplicate it
+            18121,   // "create request is being processed"
+            1254291, // bitable write conflict: serialize, then retry
+        ] {
+            assert!(!is_transient(never), "{never} must never be retried");
+        }
+        assert!(is_transient(1500) && is_transient(41027));
+    }
 
     #[test]
     fn every_known_code_once() {

@@ -1,6 +1,7 @@
 //! The Feishu Open Platform's vocabulary, with no I/O: the codes its answers
-//! carry, the paths and headers the gateway treats specially, and the shape
-//! of its answers. Every code and path is written here once; the rest of the
+//! carry (and which of them are transient), the paths and headers the gateway
+//! treats specially, the endpoints' idempotency keys, and the shape of its
+//! answers. Every code and path is written here once; the rest of the
 //! gateway names them.
 //!
 //! (The simulated Feishu in `crates/feishu-sim` keeps its own copy on
@@ -9,6 +10,8 @@
 
 pub mod answer;
 pub mod codes;
+pub mod idempotency;
 pub mod paths;
+pub mod throttle;
 
 pub use answer::{read_code, scan_code, FeishuError};

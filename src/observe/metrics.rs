@@ -30,15 +30,24 @@ pub struct Metrics {
     token_refreshes: IntCounterVec,
     token_expiry: GaugeVec,
     token_replays: IntCounterVec,
+    token_invalid_streamed: IntCounterVec,
     upstream_errors: IntCounterVec,
+    retries: IntCounterVec,
+    retries_skipped: IntCounterVec,
     would_reject: IntCounterVec,
     in_flight: IntGauge,
+    client_requests: IntCounterVec,
+    forbidden: IntCounterVec,
+    open_connections: IntGaugeVec,
+    connections_accepted: IntCounterVec,
+    connections_rejected: IntCounterVec,
     quota_limit: IntGaugeVec,
     store_tenants: IntGaugeVec,
     app_ticket_received: GaugeVec,
     app_ticket_store_errors: IntCounterVec,
     quota_waiting: IntGaugeVec,
     quota_wait: HistogramVec,
+    budget: BudgetFamilies,
     backend: BackendFamilies,
     /// Cached handles, indexed `[app + 1][route + 1]` (0 = unknown/other).
     request_duration: HistogramVec,
@@ -51,6 +60,18 @@ pub struct Metrics {
     route_labels: Vec<String>,
 }
 
+/// Handles of one listener's connection counts (`listener` is `main` or
+/// `admin`).
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections accepted and served.
+    pub accepted: IntCounter,
+    /// Connections closed at once because the listener was at its limit.
+    pub rejected: IntCounter,
+}
+
 /// Wait-mode handles of one quota-limited (app, route) pair.
 #[derive(Clone)]
 pub struct QuotaPairMetrics {
@@ -58,6 +79,24 @@ pub struct QuotaPairMetrics {
     pub waiting: IntGauge,
     /// Time admitted requests waited.
     pub wait: Histogram,
+}
+
+/// The monthly call budget's families (`feishu_gateway_budget_*`), per app.
+struct BudgetFamilies {
+    used: IntGaugeVec,
+    limit: IntGaugeVec,
+    exhausted: IntGaugeVec,
+}
+
+/// Handles of one app's monthly budget series (the apps of a budget group
+/// all show the group's figures).
+#[derive(Clone)]
+pub struct BudgetMetrics {
+    /// Calls counted this month (`feishu_gateway_budget_used`).
+    pub used: IntGauge,
+    /// 1 while counted calls are answered by the gateway
+    /// (`feishu_gateway_budget_exhausted`).
+    pub exhausted: IntGauge,
 }
 
 /// The shared quota backend's families (`feishu_gateway_quota_backend_*`).
@@ -228,9 +267,9 @@ impl Metrics {
         let upstream_throttled = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_upstream_throttled_total",
-                "429/99991400 answers from Feishu itself (should stay 0)",
+                "Throttle answers from Feishu itself, by Feishu code (data/throttle-codes.tsv, or none for a bare 429); should stay 0",
             ),
-            &["app", "route"],
+            &["app", "route", "code"],
         )?;
         let token_refreshes = IntCounterVec::new(
             Opts::new(
@@ -253,12 +292,33 @@ impl Metrics {
             ),
             &["app", "code"],
         )?;
+        let token_invalid_streamed = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_token_invalid_streamed_total",
+                "Token-invalid answers to streamed uploads (not replayed: passed to the caller; the token is dropped)",
+            ),
+            &["app", "code"],
+        )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_upstream_errors_total",
                 "Transport failures talking to Feishu",
             ),
             &["app", "route", "kind"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_retries_total",
+                "Requests sent to Feishu again after a transient failure, by reason (connect, reset, edge_502, edge_503, code)",
+            ),
+            &["app", "route", "reason"],
+        )?;
+        let retries_skipped = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_retries_skipped_total",
+                "Transient failures answered without a retry, by reason (unsafe, attempts, deadline, budget, quota)",
+            ),
+            &["app", "route", "reason"],
         )?;
         let would_reject = IntCounterVec::new(
             Opts::new(
@@ -270,6 +330,41 @@ impl Metrics {
         let in_flight = IntGauge::new(
             "feishu_gateway_in_flight_requests",
             "Requests being handled now",
+        )?;
+        let client_requests = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_client_requests_total",
+                "Requests authenticated, by client and key (the first 8 hex digits of the key's SHA-256; never the key)",
+            ),
+            &["client", "key"],
+        )?;
+        let forbidden = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_forbidden_total",
+                "Requests refused with 403 because the client's allow list does not include the route",
+            ),
+            &["client", "route"],
+        )?;
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "feishu_gateway_open_connections",
+                "Client connections open now, by listener (main or admin)",
+            ),
+            &["listener"],
+        )?;
+        let connections_accepted = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_connections_accepted_total",
+                "Client connections accepted and served, by listener",
+            ),
+            &["listener"],
+        )?;
+        let connections_rejected = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_connections_rejected_total",
+                "Client connections closed at once because the listener was at max_connections",
+            ),
+            &["listener"],
         )?;
         let quota_limit = IntGaugeVec::new(
             Opts::new(
@@ -314,6 +409,29 @@ impl Metrics {
             .buckets(buckets()),
             &["app", "route"],
         )?;
+        let budget = BudgetFamilies {
+            used: IntGaugeVec::new(
+                Opts::new(
+                    "feishu_gateway_budget_used",
+                    "Calls counted against the monthly call budget this month (Asia/Shanghai), per app; the apps of a budget_group show the group's count",
+                ),
+                &["app"],
+            )?,
+            limit: IntGaugeVec::new(
+                Opts::new(
+                    "feishu_gateway_budget_limit",
+                    "The configured monthly_budget of the app (or of its budget_group)",
+                ),
+                &["app"],
+            )?,
+            exhausted: IntGaugeVec::new(
+                Opts::new(
+                    "feishu_gateway_budget_exhausted",
+                    "1 while the gateway answers the app's counted calls itself (Feishu said 99991403, or the count reached monthly_budget)",
+                ),
+                &["app"],
+            )?,
+        };
         let backend = BackendFamilies::new()?;
         let build_info = IntGaugeVec::new(
             Opts::new("feishu_gateway_build_info", "Build information"),
@@ -335,15 +453,26 @@ impl Metrics {
             Box::new(token_refreshes.clone()),
             Box::new(token_expiry.clone()),
             Box::new(token_replays.clone()),
+            Box::new(token_invalid_streamed.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(retries.clone()),
+            Box::new(retries_skipped.clone()),
             Box::new(would_reject.clone()),
             Box::new(in_flight.clone()),
+            Box::new(client_requests.clone()),
+            Box::new(forbidden.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(connections_accepted.clone()),
+            Box::new(connections_rejected.clone()),
             Box::new(quota_limit.clone()),
             Box::new(store_tenants.clone()),
             Box::new(app_ticket_received.clone()),
             Box::new(app_ticket_store_errors.clone()),
             Box::new(quota_waiting.clone()),
             Box::new(quota_wait.clone()),
+            Box::new(budget.used.clone()),
+            Box::new(budget.limit.clone()),
+            Box::new(budget.exhausted.clone()),
             Box::new(build_info.clone()),
             Box::new(code_info.clone()),
         ]
@@ -384,15 +513,24 @@ impl Metrics {
             token_refreshes,
             token_expiry,
             token_replays,
+            token_invalid_streamed,
             upstream_errors,
+            retries,
+            retries_skipped,
             would_reject,
             in_flight,
+            client_requests,
+            forbidden,
+            open_connections,
+            connections_accepted,
+            connections_rejected,
             quota_limit,
             store_tenants,
             app_ticket_received,
             app_ticket_store_errors,
             quota_waiting,
             quota_wait,
+            budget,
             backend,
             pairs,
             app_labels,
@@ -525,10 +663,39 @@ impl Metrics {
             .inc();
     }
 
-    /// Records a 429/99991400 from Feishu itself.
-    pub fn upstream_throttled(&self, app: Option<usize>, route: Option<usize>) {
+    /// The counter of requests `client` authenticated with its key `key`
+    /// (a [`crate::auth::key_id`]); the series exists from then on, at 0,
+    /// so a rotation can watch the old key's rate fall to nothing.
+    pub fn client_key_requests(&self, client: &str, key: &str) -> IntCounter {
+        self.client_requests.with_label_values(&[client, key])
+    }
+
+    /// Records a request refused because `client`'s allow list does not
+    /// include `route`.
+    pub fn forbidden(&self, client: &str, route: Option<usize>) {
+        self.forbidden
+            .with_label_values(&[client, self.route_label(route)])
+            .inc();
+    }
+
+    /// The connection counts of the listener `listener` (`main` or
+    /// `admin`); the series exist from then on, at 0.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.open_connections.with_label_values(&[listener]),
+            accepted: self.connections_accepted.with_label_values(&[listener]),
+            rejected: self.connections_rejected.with_label_values(&[listener]),
+        }
+    }
+
+    /// Records a throttle answer from Feishu itself, by its code (`none`:
+    /// a 429 without one). Codes come from the throttle table, so the label
+    /// is bounded.
+    pub fn upstream_throttled(&self, app: Option<usize>, route: Option<usize>, code: Option<i64>) {
+        let mut buf = itoa::Buffer::new();
+        let code = code.map_or("none", |c| buf.format(c));
         self.upstream_throttled
-            .with_label_values(&[self.app_label(app), self.route_label(route)])
+            .with_label_values(&[self.app_label(app), self.route_label(route), code])
             .inc();
     }
 
@@ -542,6 +709,22 @@ impl Metrics {
     /// Records a transport failure talking to Feishu.
     pub fn upstream_error(&self, app: Option<usize>, route: Option<usize>, kind: &str) {
         self.upstream_error_counter(app, route, kind).inc();
+    }
+
+    /// Records a request sent again after a transient failure (`reason`:
+    /// connect, reset, edge_502, edge_503, code).
+    pub fn retry(&self, app: Option<usize>, route: Option<usize>, reason: &str) {
+        self.retries
+            .with_label_values(&[self.app_label(app), self.route_label(route), reason])
+            .inc();
+    }
+
+    /// Records a transient failure answered without a retry (`reason`:
+    /// unsafe, attempts, deadline, budget, quota).
+    pub fn retry_skipped(&self, app: Option<usize>, route: Option<usize>, reason: &str) {
+        self.retries_skipped
+            .with_label_values(&[self.app_label(app), self.route_label(route), reason])
+            .inc();
     }
 
     /// The counter of transport failures of `kind`, to count one later
@@ -585,27 +768,38 @@ impl Metrics {
             .inc();
     }
 
-    /// Handles for a quota-limited (app, route) pair; also publishes its
-    /// windows, as (label like `50/1s`, limit), in
-    /// `feishu_gateway_quota_limit` and starts its rate-limit and throttle
-    /// counters at 0, so dashboards and alerts see the series.
-    pub fn quota_pair(
+    /// Records a token-invalid answer with `code` to a streamed upload, which
+    /// is not replayed.
+    pub fn token_invalid_streamed(&self, app: usize, code: i64) {
+        self.token_invalid_streamed
+            .with_label_values(&[self.app_label(Some(app)), &code.to_string()])
+            .inc();
+    }
+
+    /// Publishes the windows of a quota-limited (app, route) pair, as
+    /// (label like `50/1s`, limit), in `feishu_gateway_quota_limit`: when
+    /// its key is made (first use). Its rate-limit and throttle counters
+    /// appear with their first event (the alerts catch a new series).
+    pub fn quota_limits(
         &self,
         app: usize,
         route: usize,
         windows: impl IntoIterator<Item = (String, u32)>,
-    ) -> QuotaPairMetrics {
+    ) {
         let a = self.app_label(Some(app));
         let r = self.route_label(Some(route));
         for (label, limit) in windows {
             self.quota_limit
                 .with_label_values(&[a, r, &label])
                 .set(i64::from(limit));
-            self.rate_limited.with_label_values(&[a, r, &label]);
         }
-        self.rate_limited
-            .with_label_values(&[a, r, "upstream-pause"]);
-        self.upstream_throttled.with_label_values(&[a, r]);
+    }
+
+    /// The wait-mode handles of an (app, route) pair: made when a request
+    /// first waits there.
+    pub fn quota_wait(&self, app: usize, route: usize) -> QuotaPairMetrics {
+        let a = self.app_label(Some(app));
+        let r = self.route_label(Some(route));
         QuotaPairMetrics {
             waiting: self.quota_waiting.with_label_values(&[a, r]),
             wait: self.quota_wait.with_label_values(&[a, r]),
@@ -643,6 +837,22 @@ impl Metrics {
             fallback_seconds: b.fallback_seconds.clone(),
             degraded_requests: b.degraded_requests.with_label_values(&[fail]),
         })
+    }
+
+    /// The monthly budget series of `app`, at 0, with its `limit` published
+    /// when it has one.
+    pub fn budget(&self, app: usize, limit: Option<u64>) -> BudgetMetrics {
+        let a = self.app_label(Some(app));
+        if let Some(l) = limit {
+            self.budget
+                .limit
+                .with_label_values(&[a])
+                .set(i64::try_from(l).unwrap_or(i64::MAX));
+        }
+        BudgetMetrics {
+            used: self.budget.used.with_label_values(&[a]),
+            exhausted: self.budget.exhausted.with_label_values(&[a]),
+        }
     }
 
     /// Records how many tenants a store app holds.

@@ -14,9 +14,12 @@ use hyper::body::Incoming;
 
 use crate::endpoints::Route;
 use crate::feishu::paths;
+use crate::feishu::throttle::Pause;
 use crate::proxy::error::GatewayError;
 use crate::quota::OverflowMode;
-use crate::quota::{Cause, Overflow};
+use crate::quota::{Cause, Overflow, PauseCell};
+
+use super::resources::{resource_value, Refused};
 use crate::validate::RequestView;
 use crate::validate::ValidationMode;
 
@@ -109,13 +112,85 @@ impl Gateway {
     pub(super) async fn admit(
         &self,
         ctx: &mut RequestCtx,
-        headers: &HeaderMap,
+        parts: &Parts,
+        body: &Bytes,
     ) -> Result<(), GatewayError> {
+        // The monthly call budget first (budget.rs): a spent one spends no quota.
+        self.budget_check(ctx)?;
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return Ok(());
         };
         let Some(pair) = self.quota_keys.app_key(app, route) else {
             return Ok(());
+        };
+        let headers = &parts.headers;
+        let overflow = self.overflow(self.catalog.route(route), headers)?;
+        self.admit_resources(ctx, parts, body, overflow).await?;
+        let admitted = self.admit_endpoint(ctx, pair, overflow).await;
+        if admitted.is_ok() {
+            for held in &ctx.resources {
+                held.commit();
+            }
+        }
+        admitted
+    }
+
+    /// The route's per-resource limits (a receiver's 5/s, a table's one
+    /// write at a time …), before the endpoint's quota: a resource that
+    /// refuses spends nothing. With several rules, one that refuses gives
+    /// back what the others took (their long-window slots; their short
+    /// windows stay spent, which only errs on the safe side).
+    async fn admit_resources(
+        &self,
+        ctx: &mut RequestCtx,
+        parts: &Parts,
+        body: &Bytes,
+        overflow: Overflow,
+    ) -> Result<(), GatewayError> {
+        let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
+            return Ok(());
+        };
+        let entry = self.catalog.route(route);
+        for &rule in &entry.resources {
+            let def = self.resource_keys.rule(rule);
+            let Some(value) = resource_value(def, entry, &parts.uri, body) else {
+                continue;
+            };
+            match self.resource_keys.admit(rule, app, &value, overflow).await {
+                Ok(held) => ctx.resources.push(held),
+                Err(Refused::Unavailable) => return Err(GatewayError::QuotaBackendUnavailable),
+                Err(Refused::Limited(r)) => {
+                    let why = format!("{}:{}", def.name, r.label());
+                    self.metrics.rate_limited(ctx.app, ctx.route, &why);
+                    return Err(GatewayError::RateLimited(Box::new(r)));
+                }
+                Err(Refused::Busy { what, retry_after }) => {
+                    let why = format!("{}:{what}", def.name);
+                    self.metrics.rate_limited(ctx.app, ctx.route, &why);
+                    return Err(GatewayError::ResourceBusy {
+                        what: why,
+                        retry_after,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The (app[, tenant], route) quota, or the pause of a route without one.
+    async fn admit_endpoint(
+        &self,
+        ctx: &mut RequestCtx,
+        pair: &super::keys::PairKey,
+        overflow: Overflow,
+    ) -> Result<(), GatewayError> {
+        let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
+            return Ok(());
+        };
+        let Some(key) = &pair.key else {
+            // No gateway quota (`special` or no documented limit): only the
+            // pause after Feishu's own throttle answer holds it.
+            return self.sit_out_pause(ctx, &pair.pause, overflow).await;
         };
         // Store apps: Feishu's limits hold per tenant, so each tenant has
         // its own keys (same plans; in Redis with the Redis backend); the
@@ -127,27 +202,28 @@ impl Gateway {
             },
             None => None,
         };
-        let overflow = self.overflow(self.catalog.route(route), headers)?;
         let acquire = async {
             match &tenant {
                 Some(key) => key.acquire(overflow).await,
-                None => pair.key.acquire(overflow).await,
+                None => key.acquire(overflow).await,
             }
         };
-        let pair = &pair.metrics;
         let result = match overflow {
             Overflow::Reject => acquire.await,
             Overflow::Wait(_) => {
-                pair.waiting.inc();
+                let waiting = &pair.wait_metrics(&self.metrics).waiting;
+                waiting.inc();
                 let r = acquire.await;
-                pair.waiting.dec();
+                waiting.dec();
                 r
             }
         };
         match result {
             Ok(admit) => {
                 if !admit.waited.is_zero() {
-                    pair.wait.observe(admit.waited.as_secs_f64());
+                    pair.wait_metrics(&self.metrics)
+                        .wait
+                        .observe(admit.waited.as_secs_f64());
                 }
                 Ok(())
             }
@@ -189,38 +265,100 @@ impl Gateway {
         })
     }
 
-    /// Feishu throttled us anyway (another client of the same app, or a
-    /// limit lower than configured): pause the key until Feishu's reset, so
-    /// requests meanwhile get the gateway's 429 (or wait) instead of being
-    /// sent to be throttled again.
-    pub(super) fn upstream_throttled(&self, ctx: &RequestCtx, headers: &HeaderMap) {
-        self.metrics.upstream_throttled(ctx.app, ctx.route);
+    /// A route without a gateway quota, paused after Feishu throttled it:
+    /// wait mode sleeps the pause out when it fits the longest wait; reject
+    /// mode (or a longer pause) answers 429 at once. Nothing is sent to
+    /// Feishu meanwhile.
+    async fn sit_out_pause(
+        &self,
+        ctx: &RequestCtx,
+        pause: &PauseCell,
+        overflow: Overflow,
+    ) -> Result<(), GatewayError> {
+        let Some(left) = pause.left() else {
+            return Ok(());
+        };
+        if let Overflow::Wait(max) = overflow {
+            if left <= max {
+                tokio::time::sleep(left).await;
+                return Ok(());
+            }
+        }
+        self.metrics
+            .rate_limited(ctx.app, ctx.route, "upstream-pause");
+        Err(GatewayError::UpstreamPaused { retry_after: left })
+    }
+
+    /// Feishu throttled us anyway (another client of the same app, a limit
+    /// lower than documented, or an endpoint whose limit Feishu does not
+    /// publish): pause the narrowest key the code concerns until Feishu's
+    /// `x-ogw-ratelimit-reset`, or for the next step of a doubling backoff
+    /// (1 s … 30 s) when the answer says no reset time. Requests meanwhile
+    /// get the gateway's 429 (or wait) instead of being sent to be
+    /// throttled again. A monthly-budget code pauses nothing here.
+    pub(super) fn upstream_throttled(
+        &self,
+        ctx: &RequestCtx,
+        headers: &HeaderMap,
+        code: Option<i64>,
+        scope: Option<Pause>,
+    ) {
+        // The monthly budget's codes are no throttle: the budget (its own
+        // metrics and alerts) handles them, nothing is paused here.
+        if scope == Some(Pause::Month) {
+            return;
+        }
+        self.metrics.upstream_throttled(ctx.app, ctx.route, code);
         let (Some(app), Some(route)) = (ctx.app, ctx.route) else {
             return;
         };
         let Some(pair) = self.quota_keys.app_key(app, route) else {
             return;
         };
-        let secs = headers
+        let reset = headers
             .get(paths::X_OGW_RATELIMIT_RESET)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(1)
-            .clamp(1, 300);
-        let pause = Duration::from_secs(secs);
-        match ctx
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(300.0)));
+        let pause = pair.backoff.next(reset);
+        if scope == Some(Pause::Resource) {
+            if let Some(held) = ctx.resources.first() {
+                held.entry.pause(pause);
+                tracing::warn!(
+                    app = %self.apps[app].name,
+                    route = %self.catalog.route(route).template,
+                    code = ?code,
+                    pause_ms = pause.as_millis() as u64,
+                    "Feishu throttled one resource of this route; pausing that resource"
+                );
+                return;
+            }
+        }
+        let tenant = ctx
             .tenant
             .as_ref()
-            .and_then(|t| self.quota_keys.tenant_key(t, app, route))
-        {
-            Some(k) => k.pause(pause),
-            None => pair.key.pause(pause),
+            .and_then(|t| self.quota_keys.tenant_key(t, app, route));
+        match (tenant, &pair.key) {
+            (Some(k), _) => k.pause(pause),
+            (None, Some(k)) => k.pause(pause),
+            (None, None) => pair.pause.pause(pause),
         }
         tracing::warn!(
             app = %self.apps[app].name,
             route = %self.catalog.route(route).template,
-            pause_secs = secs,
+            code = ?code,
+            pause_ms = pause.as_millis() as u64,
             "Feishu throttled this app and route; pausing it"
         );
+    }
+
+    /// An answer that was no throttle: the route's backoff starts over.
+    pub(super) fn upstream_calm(&self, ctx: &RequestCtx) {
+        if let (Some(app), Some(route)) = (ctx.app, ctx.route) {
+            if let Some(pair) = self.quota_keys.app_key(app, route) {
+                pair.backoff.calm();
+            }
+        }
     }
 }

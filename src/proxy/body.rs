@@ -16,7 +16,7 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::time::{Instant, Sleep};
 
 use crate::upstream::pool::UpstreamBody;
-use crate::upstream::BodyError;
+use crate::upstream::{classify_chain, BodyError, UpstreamFailure};
 
 /// Response body of the gateway.
 #[derive(Debug)]
@@ -45,6 +45,9 @@ pub struct StreamWatch {
     timer: Pin<Box<Sleep>>,
     stalled: IntCounter,
     in_flight: IntGauge,
+    /// The counters of an upstream body that fails mid-stream: reset (the
+    /// connection ended early) and protocol (broken framing).
+    failed: Option<Box<(IntCounter, IntCounter)>>,
 }
 
 impl StreamWatch {
@@ -56,7 +59,17 @@ impl StreamWatch {
             timer: Box::pin(tokio::time::sleep(idle)),
             stalled,
             in_flight,
+            failed: None,
         }
+    }
+
+    /// Counts an upstream body that fails mid-stream, by kind: `reset`
+    /// (the connection reset or closed early) or `protocol` (bad framing,
+    /// e.g. a chunk size that is not one). The client's body is aborted
+    /// either way.
+    pub fn counting_failures(mut self, reset: IntCounter, protocol: IntCounter) -> StreamWatch {
+        self.failed = Some(Box::new((reset, protocol)));
+        self
     }
 }
 
@@ -118,6 +131,15 @@ impl Body for ProxyBody {
                     return polled;
                 };
                 if polled.is_ready() {
+                    if let (Poll::Ready(Some(Err(BodyError::Hyper(e)))), Some(failed)) =
+                        (&polled, &w.failed)
+                    {
+                        match classify_chain(Some(e)) {
+                            UpstreamFailure::Reset => failed.0.inc(),
+                            _ => failed.1.inc(),
+                        }
+                        tracing::warn!(error = %e, "a streamed answer broke off upstream");
+                    }
                     let next = Instant::now() + w.idle;
                     w.timer.as_mut().reset(next);
                     return polled;

@@ -6,6 +6,7 @@ use http::header::HeaderValue;
 use http::Request;
 use tokio::time::Instant;
 
+use crate::auth::Caller;
 use crate::store_apps::Tenant;
 
 use super::X_REQUEST_ID;
@@ -19,8 +20,9 @@ pub struct RequestCtx {
     pub request_id: Option<HeaderValue>,
     /// Catalog route index, if the path matched one.
     pub route: Option<usize>,
-    /// Client index, once authenticated.
-    pub client: Option<usize>,
+    /// The client and the key it presented, once authenticated: kept for
+    /// the whole request, whatever becomes of the client table meanwhile.
+    pub caller: Option<Caller>,
     /// App index, once authenticated.
     pub app: Option<usize>,
     /// Time spent waiting for Feishu, all attempts together.
@@ -38,6 +40,14 @@ pub struct RequestCtx {
     pub user_token: Option<HeaderValue>,
     /// For store apps: the tenant the request acts for.
     pub tenant: Option<Arc<Tenant>>,
+    /// The resources the request holds (per-resource limits), until it ends.
+    pub resources: Vec<super::resources::Held>,
+    /// The path is one Feishu does not count against the monthly call
+    /// budget (`data/budget-exempt.tsv`); noted by `route`.
+    pub budget_exempt: bool,
+    /// The gateway answers while the client's body is still partly unread
+    /// (an upload stopped): the answer closes the connection.
+    pub body_unread: bool,
 }
 
 impl RequestCtx {
@@ -46,7 +56,7 @@ impl RequestCtx {
             started: Instant::now(),
             request_id: req.headers().get(X_REQUEST_ID).cloned(),
             route: None,
-            client: None,
+            caller: None,
             app: None,
             upstream_time: None,
             code: None,
@@ -55,6 +65,9 @@ impl RequestCtx {
             replayed_after: None,
             user_token: None,
             tenant: None,
+            resources: Vec::new(),
+            budget_exempt: false,
+            body_unread: false,
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The official SDKs JSON-decode every answer and read `code` and `msg`, so
 //! gateway-made answers use Feishu's own codes where one fits (99991661,
-//! 99991663, 99991400, 232001) and a small documented set of gateway codes
+//! 99991663, 99991400, 99991403, 232001) and a small documented set of gateway codes
 //! otherwise ([`codes`]). Upstream failures are 502/503, never 504: the Go SDK
 //! turns any 504 into a timeout and drops its body.
 
@@ -21,6 +21,15 @@ use crate::upstream::UpstreamFailure;
 pub enum GatewayError {
     /// The path is not an `/open-apis/` path the gateway forwards.
     NotFound,
+    /// The client's `allow` list does not include this endpoint.
+    Forbidden {
+        /// The client's name (not a secret).
+        client: String,
+        /// The request's method.
+        method: String,
+        /// The catalog route's template; `None`: the path matched none.
+        route: Option<String>,
+    },
     /// No usable `Authorization: Bearer` header.
     MissingCredentials,
     /// The bearer key is not a known client key.
@@ -73,8 +82,24 @@ pub enum GatewayError {
     Upstream(UpstreamFailure),
     /// Over the (app, route) quota: rejected at once or after waiting.
     RateLimited(Box<crate::quota::Rejection>),
+    /// A route without a gateway quota that Feishu throttled: paused until
+    /// Feishu's reset (or the backoff) runs out.
+    UpstreamPaused {
+        /// Time left on the pause.
+        retry_after: std::time::Duration,
+    },
+    /// A per-resource limit other than a rate: its calls in flight, a long
+    /// window, its pause after Feishu's answer, or a full table.
+    ResourceBusy {
+        /// The rule and limit, e.g. `bitable.table:concurrency`.
+        what: String,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
     /// The shared quota backend is unavailable and `quota.fail = "closed"`.
     QuotaBackendUnavailable,
+    /// A counted call of an app whose monthly call budget is spent.
+    BudgetExhausted(Box<crate::budget::Exhausted>),
     /// A bug: a panic or an impossible state.
     Internal,
 }
@@ -84,6 +109,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::MissingCredentials
             | GatewayError::InvalidCredentials
             | GatewayError::UserTokenWithoutKey => StatusCode::UNAUTHORIZED,
@@ -101,7 +127,10 @@ impl GatewayError {
             GatewayError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited(_)
+            | GatewayError::UpstreamPaused { .. }
+            | GatewayError::ResourceBusy { .. }
+            | GatewayError::BudgetExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::QuotaBackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -111,6 +140,7 @@ impl GatewayError {
     pub fn reason(&self) -> &'static str {
         match self {
             GatewayError::NotFound => "not-found",
+            GatewayError::Forbidden { .. } => "forbidden",
             GatewayError::MissingCredentials
             | GatewayError::InvalidCredentials
             | GatewayError::UserTokenWithoutKey
@@ -126,7 +156,10 @@ impl GatewayError {
             GatewayError::TokenUnavailable { .. } => "token-unavailable",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream-timeout",
             GatewayError::Upstream(_) => "upstream-unavailable",
-            GatewayError::RateLimited(_) => "rate-limited",
+            GatewayError::RateLimited(_)
+            | GatewayError::UpstreamPaused { .. }
+            | GatewayError::ResourceBusy { .. } => "rate-limited",
+            GatewayError::BudgetExhausted(_) => "budget-exhausted",
             GatewayError::QuotaBackendUnavailable => "quota-backend-unavailable",
             GatewayError::Internal => "internal",
         }
@@ -136,6 +169,7 @@ impl GatewayError {
     pub fn code(&self) -> i64 {
         match self {
             GatewayError::NotFound => codes::GW_NOT_FOUND,
+            GatewayError::Forbidden { .. } => codes::GW_FORBIDDEN,
             GatewayError::MissingCredentials => codes::AUTH_MISSING,
             GatewayError::InvalidCredentials => codes::TENANT_TOKEN_INVALID,
             GatewayError::UserTokenWithoutKey => codes::AUTH_MISSING,
@@ -151,7 +185,10 @@ impl GatewayError {
             GatewayError::TokenUnavailable { code, .. } => *code,
             GatewayError::Upstream(UpstreamFailure::Timeout) => codes::GW_UPSTREAM_TIMEOUT,
             GatewayError::Upstream(_) => codes::GW_UPSTREAM_UNAVAILABLE,
-            GatewayError::RateLimited(_) => codes::RATE_LIMITED,
+            GatewayError::RateLimited(_)
+            | GatewayError::UpstreamPaused { .. }
+            | GatewayError::ResourceBusy { .. } => codes::RATE_LIMITED,
+            GatewayError::BudgetExhausted(_) => codes::MONTHLY_QUOTA_EXCEEDED,
             GatewayError::QuotaBackendUnavailable => codes::GW_QUOTA_BACKEND_UNAVAILABLE,
             GatewayError::Internal => codes::GW_INTERNAL,
         }
@@ -163,6 +200,14 @@ impl GatewayError {
             GatewayError::NotFound => {
                 "feishu-gateway: no such path; only /open-apis/... is forwarded to Feishu".into()
             }
+            GatewayError::Forbidden { client, method, route } => match route {
+                Some(route) => format!(
+                    "feishu-gateway: client {client:?} may not call {method} {route}: it is not in the client's allow list in the gateway's config"
+                ),
+                None => format!(
+                    "feishu-gateway: client {client:?} may not call this {method} path (outside the gateway's catalog): it is not in the client's allow list in the gateway's config"
+                ),
+            },
             GatewayError::MissingCredentials => {
                 "feishu-gateway: missing or malformed Authorization header; send \"Authorization: Bearer <gateway key>\"".into()
             }
@@ -208,6 +253,14 @@ impl GatewayError {
                 "feishu-gateway: Feishu could not be reached ({})",
                 kind.as_str()
             ),
+            GatewayError::ResourceBusy { what, retry_after } => format!(
+                "request trigger frequency limit: feishu-gateway holds this resource ({what}); retry after {} s",
+                crate::quota::whole_secs(*retry_after)
+            ),
+            GatewayError::UpstreamPaused { retry_after } => format!(
+                "request trigger frequency limit: Feishu throttled this endpoint for this app, and feishu-gateway holds calls to it until Feishu's reset; retry after {} s",
+                crate::quota::whole_secs(*retry_after)
+            ),
             GatewayError::RateLimited(r) => format!(
                 "request trigger frequency limit: feishu-gateway holds this app to {} for this endpoint; retry after {} s",
                 r.label(),
@@ -216,6 +269,7 @@ impl GatewayError {
             GatewayError::QuotaBackendUnavailable => {
                 "feishu-gateway: the shared quota backend is unavailable; retry later".into()
             }
+            GatewayError::BudgetExhausted(e) => e.msg(),
             GatewayError::Internal => "feishu-gateway: internal error".into(),
         }
     }
@@ -271,6 +325,21 @@ impl GatewayError {
             if let Ok(v) = HeaderValue::from_str(&r.ratelimit()) {
                 h.insert("ratelimit", v);
             }
+        }
+        if let GatewayError::UpstreamPaused { retry_after }
+        | GatewayError::ResourceBusy { retry_after, .. } = &self
+        {
+            let h = resp.headers_mut();
+            let reset = HeaderValue::from(crate::quota::whole_secs(*retry_after));
+            h.insert(X_OGW_RATELIMIT_RESET, reset.clone());
+            h.insert(http::header::RETRY_AFTER, reset);
+        }
+        if let GatewayError::BudgetExhausted(e) = &self {
+            // Until the month turns in Asia/Shanghai.
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(e.retry_after_secs),
+            );
         }
         if let GatewayError::QuotaBackendUnavailable = &self {
             let h = resp.headers_mut();

@@ -1,6 +1,7 @@
-//! Phase `forward`: the tenant token injected, one attempt upstream within
-//! the timeout, the one replay after a token-invalid answer, and
-//! `response_filter` on the answer that goes back.
+//! Phase `forward`: the tenant token injected, the attempts upstream within
+//! the timeout (one, or more after a transient failure: `retry.rs`), the one
+//! replay after a token-invalid answer, and `response_filter` on the answer
+//! that goes back.
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use http::{Request, Response};
 use tokio::time::Instant;
 
 use super::inspect::{inspect, Inspected};
-use crate::feishu::{codes, paths};
+use crate::feishu::{codes, paths, throttle};
 use crate::proxy::body::{ProxyBody, StreamWatch};
 use crate::proxy::error::{GatewayError, X_GATEWAY_ERROR};
 use crate::tokens::TokenSlot;
@@ -59,7 +60,7 @@ impl Gateway {
                 }
             };
             req.headers_mut().insert(AUTHORIZATION, authorization);
-            let answer = self.send(ctx, app, &req).await?;
+            let answer = self.send_retrying(ctx, app, &req).await?;
             match (answer.code, generation) {
                 (Some(code), Some((slot, generation)))
                     if codes::is_token_invalid(code) && !replayed =>
@@ -75,21 +76,37 @@ impl Gateway {
                     );
                 }
                 (code, _) => {
-                    if answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
-                        || code == Some(codes::RATE_LIMITED)
-                    {
-                        self.upstream_throttled(ctx, &answer.head.headers);
+                    self.budget_count(ctx, answer.head.status, code);
+                    // Feishu's throttle codes, whatever the HTTP status
+                    // (99991400 with 400, 1254290 with 200 …), and a 429
+                    // that carries no code of its own.
+                    let throttle = code.and_then(throttle::classify);
+                    let bare_429 = answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
+                        && (code.is_none() || code == Some(codes::OK));
+                    if throttle.is_some() || bare_429 {
+                        self.upstream_throttled(
+                            ctx,
+                            &answer.head.headers,
+                            code,
+                            throttle.map(|t| t.pause),
+                        );
+                    } else {
+                        self.upstream_calm(ctx);
                     }
                     ctx.code = code;
                     ctx.logid = answer.head.headers.get(paths::X_TT_LOGID).cloned();
                     let mut body = answer.body;
                     body.watch(|| {
+                        let count = |kind| {
+                            self.metrics
+                                .upstream_error_counter(ctx.app, ctx.route, kind)
+                        };
                         StreamWatch::new(
                             self.upstream_idle,
-                            self.metrics
-                                .upstream_error_counter(ctx.app, ctx.route, "idle_timeout"),
+                            count("idle_timeout"),
                             self.metrics.in_flight().clone(),
                         )
+                        .counting_failures(count("reset"), count("protocol"))
                     });
                     return Ok(Response::from_parts(answer.head, body));
                 }
@@ -129,13 +146,14 @@ impl Gateway {
         }
     }
 
-    /// One attempt upstream: the answer's head and inspected body, within the
-    /// upstream timeout.
+    /// One attempt upstream: the answer's head and inspected body, within
+    /// `timeout` (the upstream timeout, or what a retry has left of it).
     pub(super) async fn send(
         &self,
         ctx: &mut RequestCtx,
         app: usize,
         req: &Request<Bytes>,
+        timeout: std::time::Duration,
     ) -> Result<Inspected, GatewayError> {
         let started = Instant::now();
         // An HTTP/1.1 connection goes back to the pool when the answer's
@@ -151,7 +169,7 @@ impl Gateway {
                 .await
                 .map_err(|_| crate::upstream::UpstreamFailure::Reset)
         };
-        let result = tokio::time::timeout(self.upstream_timeout, attempt).await;
+        let result = tokio::time::timeout(timeout, attempt).await;
         let spent = started.elapsed();
         ctx.upstream_time = Some(ctx.upstream_time.unwrap_or_default() + spent);
         let failure = match result {

@@ -29,6 +29,7 @@ impl Gateway {
             return Err(GatewayError::NotFound);
         }
         ctx.route = self.catalog.find(&parts.method, path);
+        ctx.budget_exempt = self.budget.is_exempt(path);
         Ok(())
     }
 
@@ -56,15 +57,16 @@ impl Gateway {
         let body = self.read_body(parts, body, self.max_body_bytes).await?;
         let creds: Credentials =
             serde_json::from_slice(&body).map_err(|_| GatewayError::BadTokenRequest)?;
-        let client = self
+        let caller = self
             .clients
             .by_key(creds.app_secret.as_bytes())
-            .filter(|c| self.clients.app_id_of(c) == Some(creds.app_id.as_str()))
+            .filter(|c| self.clients.app_id_of(&c.client) == Some(creds.app_id.as_str()))
             .ok_or(GatewayError::InvalidAppCredentials)?;
-        ctx.client = Some(client.index);
-        ctx.app = Some(client.app);
+        caller.client.count_request(caller.key);
+        ctx.app = Some(caller.client.app);
         ctx.code = Some(0);
-        let (token, expire) = self.issuer.issue(client, &creds.app_id);
+        let (token, expire) = self.issuer.issue(&caller, &creds.app_id);
+        ctx.caller = Some(caller);
         let answer = serde_json::json!({
             "code": 0,
             "msg": "ok",

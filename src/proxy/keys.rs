@@ -12,15 +12,33 @@ use std::sync::{Arc, OnceLock};
 
 use crate::endpoints::Catalog;
 use crate::observe::metrics::{Metrics, QuotaPairMetrics};
-use crate::quota::{Engine, Key, KeySpec, Plan, PlanPolicy};
+use crate::quota::{Backoff, Engine, Key, KeySpec, PauseCell, Plan, PlanPolicy};
 use crate::store_apps::Tenant;
 
-/// The key of one (app, route) pair and its wait metrics.
+/// What the gateway holds for one (app, route) pair once it is used: its
+/// quota key (limited routes) or its pause (the others), and the backoff
+/// after Feishu's throttle answers.
 pub struct PairKey {
-    /// The quota key.
-    pub key: Key,
-    /// Waiting gauge and wait histogram of the pair.
-    pub metrics: QuotaPairMetrics,
+    /// The quota key, on a limited route (it carries its own pause).
+    pub key: Option<Key>,
+    /// The pause after Feishu's throttle answers, on a route without a
+    /// gateway quota (`special` or no documented limit).
+    pub pause: PauseCell,
+    /// How long the next pause lasts when Feishu says no reset time.
+    pub backoff: Backoff,
+    /// Waiting gauge and wait histogram of the pair: made when a request
+    /// first waits here.
+    wait_metrics: OnceLock<QuotaPairMetrics>,
+    app: usize,
+    route: usize,
+}
+
+impl PairKey {
+    /// The pair's wait-mode metrics, made on first use.
+    pub fn wait_metrics(&self, metrics: &Metrics) -> &QuotaPairMetrics {
+        self.wait_metrics
+            .get_or_init(|| metrics.quota_wait(self.app, self.route))
+    }
 }
 
 /// Every (app, route) key, made on first use.
@@ -33,7 +51,7 @@ pub struct QuotaKeys {
     /// Per app: its Feishu app id, the first part of its keys' names.
     app_ids: Vec<String>,
     /// At `app * routes + route`.
-    slots: Box<[OnceLock<Option<Box<PairKey>>>]>,
+    slots: Box<[OnceLock<Box<PairKey>>]>,
 }
 
 impl std::fmt::Debug for QuotaKeys {
@@ -106,25 +124,29 @@ impl QuotaKeys {
         &self.engine
     }
 
-    /// The key of `app` on `route`, made now if this is its first use;
-    /// `None` when the route has no limits.
+    /// What `app` holds on `route`, made now if this is its first use.
     pub fn app_key(&self, app: usize, route: usize) -> Option<&PairKey> {
         let slot = self.slots.get(app * self.routes.len() + route)?;
-        slot.get_or_init(|| {
-            let (spec, suffix) = self.routes.get(route)?.as_ref()?;
-            let name = format!("{}:{suffix}", self.app_ids.get(app)?);
-            let key = self.make(spec, name)?;
-            let windows = spec
-                .plan()
-                .windows()
-                .map(|w| (w.to_string(), w.limit()))
-                .collect::<Vec<_>>();
-            Some(Box::new(PairKey {
+        let pair = slot.get_or_init(|| {
+            let limited = self.routes.get(route).and_then(Option::as_ref);
+            let app_id = self.app_ids.get(app).map_or("", String::as_str);
+            let key =
+                limited.and_then(|(spec, suffix)| self.make(spec, format!("{app_id}:{suffix}")));
+            if let Some((spec, _)) = limited {
+                let windows = spec.plan().windows().map(|w| (w.to_string(), w.limit()));
+                self.metrics
+                    .quota_limits(app, route, windows.collect::<Vec<_>>());
+            }
+            Box::new(PairKey {
                 key,
-                metrics: self.metrics.quota_pair(app, route, windows),
-            }))
-        })
-        .as_deref()
+                pause: PauseCell::default(),
+                backoff: Backoff::default(),
+                wait_metrics: OnceLock::new(),
+                app,
+                route,
+            })
+        });
+        Some(pair)
     }
 
     /// The key of a store app's `tenant` on `route`, made now if this is

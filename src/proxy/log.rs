@@ -23,7 +23,8 @@ impl Gateway {
         );
         logging::access(|| AccessRecord {
             request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-            client: ctx.client.map(|c| self.clients.clients()[c].name.as_str()),
+            client: ctx.caller.as_ref().map(|c| c.client.name.as_str()),
+            key: ctx.caller.as_ref().and_then(|c| c.client.key_id(c.key)),
             app: ctx.app.map(|a| self.apps[a].name.as_str()),
             route: ctx.route.map(|r| self.catalog.route(r).template.as_str()),
             status,

@@ -11,23 +11,32 @@
 //! | `event_callback`  | `front.rs`        | Feishu's pushes to `/feishu/events/<app>` (store apps) |
 //! | `route`           | `front.rs`        | is this an `/open-apis/` path? which catalog entry?  |
 //! | `issue_token`     | `front.rs`        | Feishu's token endpoints, answered by the gateway    |
-//! | `authenticate`    | `authenticate.rs` | which client is calling, so which app (and tenant)   |
+//! | `authenticate`    | `authenticate.rs` | which client is calling (and with which key), so which app |
+//! | `authorize`       | `authenticate.rs` | may this client call this endpoint (its `allow` list) |
+//! | `tenant`          | `authenticate.rs` | a store app's tenant for this request                |
 //! | `read_body`       | `admit.rs`        | buffer the body within the size and time limits      |
+//! |                   | `stream.rs`       | uploads: a checked start, then the body streams      |
 //! | `validate`        | `admit.rs`        | the route's contract, answered in Feishu's words     |
-//! | `admit`           | `admit.rs`        | the (app[, tenant], route) quota: go, wait, or 429   |
-//! | `forward`         | `forward.rs`      | inject the token, send, replay once on token-invalid |
+//! | `admit`           | `admit.rs`        | the monthly budget (`budget.rs`), then the (app[, tenant], route) quota: go, wait, or 429 |
+//! | `forward`         | `forward.rs`      | inject the token, send, replay once on token-invalid; count the answer against the budget (`budget.rs`) |
+//! |                   | `retry.rs`        | the attempts: retries by code, safe ones, in budget and time |
+//! |                   | `stream.rs`       | uploads: a fresh token, sent once, never replayed    |
 //! | `response_filter` | `forward.rs`      | strip hop-by-hop headers from Feishu's answer        |
 //! | `logging`         | `log.rs`          | one access-log line and the request metrics          |
 //!
 //! Beside them: [`RequestCtx`] (`ctx.rs`), the per-request state; `headers.rs`,
 //! which headers cross; `inspect.rs`, Feishu's `code` read off an answer;
-//! `keys.rs`, the quota keys `admit` acquires, made on first use;
+//! `keys.rs` and `resources.rs`, the quota keys `admit` acquires (per route,
+//! per resource), made on first use;
+//! `upload.rs`, an upload's body on its way to Feishu, counted and its
+//! multipart form checked as it streams;
 //! [`body`], the answer body; [`error`], every answer the gateway writes
 //! itself. Shared state lives on [`Gateway`], never in statics.
 
 mod admit;
 mod authenticate;
 pub mod body;
+mod budget;
 mod ctx;
 pub mod error;
 mod forward;
@@ -36,12 +45,21 @@ mod headers;
 mod inspect;
 mod keys;
 mod log;
+mod resources;
+mod retry;
+mod stream;
+mod upload;
 
 pub use ctx::RequestCtx;
 use front::token_endpoint;
 pub use keys::{PairKey, QuotaKeys};
+pub use resources::ResourceKeys;
+pub use retry::{Retries, RetryPolicy};
+use stream::Start;
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use http::header::HeaderValue;
@@ -50,6 +68,7 @@ use hyper::body::Incoming;
 
 use crate::auth::sdk_token::TokenIssuer;
 use crate::auth::ClientTable;
+use crate::budget::Budgets;
 use crate::endpoints::Catalog;
 use crate::endpoints::Contracts;
 use crate::observe::metrics::Metrics;
@@ -77,7 +96,9 @@ pub const X_GATEWAY_MAX_WAIT: &str = "x-gateway-max-wait";
 /// Shared state of the gateway: everything a phase may consult.
 pub struct Gateway {
     pub(crate) apps: Vec<AppRoute>,
-    pub(crate) clients: ClientTable,
+    /// The clients, their keys and allow lists: one value built from
+    /// config (`app::build`), which a live reload can swap whole.
+    pub(crate) clients: Arc<ClientTable>,
     pub(crate) issuer: TokenIssuer,
     pub(crate) catalog: Catalog,
     pub(crate) contracts: Contracts,
@@ -88,12 +109,20 @@ pub struct Gateway {
     /// The quota keys per (app[, tenant], route), made on first use, and
     /// the engine they are made on.
     pub(crate) quota_keys: QuotaKeys,
+    /// Per-resource keys (a receiver, a document, a table …), made on first
+    /// use.
+    pub(crate) resource_keys: ResourceKeys,
     pub(crate) quota_config: QuotaConfig,
+    /// The monthly call budgets, checked in `admit` and counted in
+    /// `forward`.
+    pub(crate) budget: Arc<Budgets>,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_read_timeout: Duration,
     pub(crate) upstream_timeout: Duration,
     /// The longest gap between reads of a streamed answer body.
     pub(crate) upstream_idle: Duration,
+    /// Retries by code: the policy and every app's budget.
+    pub(crate) retries: Retries,
 }
 
 /// Where an app's requests go.
@@ -115,7 +144,12 @@ impl Gateway {
             Err(err) => {
                 ctx.code = Some(err.code());
                 ctx.gateway_error = Some(err.reason());
-                err.into_response()
+                let mut resp = err.into_response();
+                if ctx.body_unread {
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
             }
         };
         self.logging(&ctx, &resp);
@@ -136,9 +170,25 @@ impl Gateway {
             return self.issue_token(ctx, &parts, body, field).await;
         }
         self.authenticate(ctx, &parts.headers)?;
-        let body = self.read_body(&parts, body, self.body_limit(ctx)).await?;
+        self.authorize(ctx, &parts)?;
+        self.tenant(ctx, &parts.headers)?;
+        let body = match self
+            .read_start(ctx, &parts, body, self.body_limit(ctx))
+            .await?
+        {
+            Start::Whole(body) => body,
+            Start::Streamed(upload) => {
+                // Refused from here on, the client's body is left unread.
+                ctx.body_unread = true;
+                // Resource keys read from a JSON body do not apply to an
+                // upload; those of its path, query and endpoint do.
+                self.admit(ctx, &parts, &Bytes::new()).await?;
+                let resp = self.forward_streamed(ctx, &parts, upload).await?;
+                return Ok(self.response_filter(resp));
+            }
+        };
         self.validate(ctx, &parts, &body)?;
-        self.admit(ctx, &parts.headers).await?;
+        self.admit(ctx, &parts, &body).await?;
         let resp = self.forward(ctx, &parts, body).await?;
         Ok(self.response_filter(resp))
     }
@@ -156,6 +206,12 @@ impl Gateway {
     /// The quota engine (for `/readyz`).
     pub fn quota(&self) -> &Engine {
         self.quota_keys.engine()
+    }
+
+    /// The monthly call budgets (loaded, synced and flushed by the
+    /// runtime).
+    pub fn budget(&self) -> &Arc<Budgets> {
+        &self.budget
     }
 
     /// The metrics (for `/metrics`).

@@ -67,7 +67,10 @@ impl Engine {
     /// 1,559 endpoints costs nothing until an endpoint is called.
     pub fn key(&self, spec: &KeySpec) -> Result<Key, String> {
         match self {
-            Engine::Local(_) => Ok(Key::Local(LocalQuota::with_tokio_clock(vec![spec.clone()]))),
+            // In process the name is no identity: not kept.
+            Engine::Local(_) => Ok(Key::Local(LocalQuota::with_tokio_clock(vec![
+                spec.without_name()
+            ]))),
             Engine::Redis(q) => q.key(spec).map(Key::Redis),
         }
     }

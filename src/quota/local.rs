@@ -62,6 +62,15 @@ impl KeySpec {
         self
     }
 
+    /// The same key without its name.
+    pub fn without_name(&self) -> KeySpec {
+        KeySpec {
+            plan: self.plan.clone(),
+            max_waiters: self.max_waiters,
+            name: String::new(),
+        }
+    }
+
     /// The key's fleet-wide name (empty if none was given).
     pub fn name(&self) -> &str {
         &self.name

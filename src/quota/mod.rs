@@ -18,6 +18,7 @@
 //! | `plan.rs`       | the planner: one GCRA (period `t`, burst `b`) for all of a key's windows |
 //! | `local.rs`      | [`LocalQuota`]: in process; reject or wait, fair bounded queues, pauses |
 //! | `peek.rs`       | governor's state store, made peekable for snapshots            |
+//! | `pause.rs`      | [`PauseCell`] and [`Backoff`]: pauses after Feishu's own throttle answers |
 //! | `clock.rs`      | [`TokioClock`]: governor's clock over `tokio::time::Instant`   |
 //! | `redis/`        | [`RedisQuota`]: the same GCRA in Redis for a fleet; `health.rs` the fail modes, `scope.rs` tenants |
 //! | `engine.rs`     | [`Engine`] and its [`Key`]s: the backend `[quota] backend` selects, one API for the request path |
@@ -49,6 +50,7 @@ pub mod clock;
 mod config;
 pub mod engine;
 pub mod local;
+pub mod pause;
 mod peek;
 pub mod plan;
 pub mod redis;
@@ -78,6 +80,7 @@ pub use clock::TokioClock;
 pub use config::QuotaConfig;
 pub use engine::{Engine, Key};
 pub use local::{KeySpec, LocalQuota};
+pub use pause::{Backoff, PauseCell};
 pub use plan::{Plan, PlanError, PlanPolicy, WindowFigures};
 pub use redis::{RedisQuota, RedisScope, RedisSettings};
 pub use window::{Window, WindowError};

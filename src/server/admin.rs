@@ -1,19 +1,73 @@
 //! The admin listener: `/healthz`, `/readyz` and `/metrics`. It never shares
 //! a port with the main listener, so it can be left off the service network.
+//!
+//! `/readyz` is about the POD, not about Feishu or any one app: 503 while
+//! starting (until every app's first token call has ended, with a token or
+//! with Feishu's refusal, and the quota backend's first probe is done,
+//! bounded by `timeouts.startup`) and while draining; 200 otherwise. One
+//! app with a wrong or revoked secret must not take every replica out of
+//! the Service for every app (nor stall a rollout with `maxUnavailable:
+//! 0`): its requests get 503 `token-unavailable`, its state shows in the
+//! `/readyz` JSON and in `feishu_gateway_token_expiry_timestamp_seconds`,
+//! and the alert FeishuGatewayAppWithoutToken fires.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
+use tokio::time::Instant;
 
 use crate::observe::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
 use crate::quota::Engine;
 use crate::store_apps::StoreApps;
 use crate::tokens::TokenManager;
+
+/// The pod's own state, as `/readyz` reports it: starting (bounded by a
+/// start timeout), serving, or draining.
+#[derive(Debug)]
+pub struct Readiness {
+    started: Instant,
+    start_timeout: Duration,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// Starting from now, for at most `start_timeout` (`timeouts.startup`).
+    pub fn new(start_timeout: Duration) -> Self {
+        Readiness {
+            started: Instant::now(),
+            start_timeout,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on `/readyz` answers 503: the gateway stops accepting and
+    /// drains its in-flight requests.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// True once [`Readiness::drain`] was called.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// True while the start timeout has not passed.
+    pub fn within_start_timeout(&self) -> bool {
+        self.started.elapsed() < self.start_timeout
+    }
+
+    /// When the start timeout ends.
+    pub fn start_deadline(&self) -> Instant {
+        self.started + self.start_timeout
+    }
+}
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -22,17 +76,34 @@ pub struct Admin {
     store: Arc<StoreApps>,
     metrics: Arc<Metrics>,
     quota: Option<Engine>,
+    readiness: Arc<Readiness>,
 }
 
 impl Admin {
-    /// The admin endpoints over the gateway's shared state.
-    pub fn new(tokens: Arc<TokenManager>, store: Arc<StoreApps>, metrics: Arc<Metrics>) -> Self {
+    /// The admin endpoints over the gateway's shared state and the pod's
+    /// `readiness`.
+    pub fn new(
+        tokens: Arc<TokenManager>,
+        store: Arc<StoreApps>,
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+    ) -> Self {
         Admin {
             tokens,
             store,
             metrics,
             quota: None,
+            readiness,
         }
+    }
+
+    /// True while the gateway is starting: some app's first token call, or
+    /// the quota backend's first probe, has not ended, and the start
+    /// timeout has not passed.
+    pub fn starting(&self) -> bool {
+        let settled =
+            self.tokens.all_settled() && self.quota.as_ref().is_none_or(Engine::is_settled);
+        !settled && self.readiness.within_start_timeout()
     }
 
     /// Also reports the quota engine's backend in `/readyz`.
@@ -52,23 +123,37 @@ impl Admin {
         match req.uri().path() {
             "/healthz" => json(StatusCode::OK, &json!({"status": "ok"})),
             "/readyz" => {
-                let apps = self.tokens.statuses();
-                let settled = self.quota.as_ref().is_none_or(Engine::is_settled);
-                let ready = apps.iter().all(|a| a.has_token) && settled;
+                // About the pod: starting or draining. Apps' tokens and the
+                // quota backend are reported, not required: every replica
+                // shares the same Feishu apps and the same Redis, so taking
+                // them all out of service for one app's secret or a Redis
+                // outage would turn it into a full outage.
+                let starting = self.starting();
+                let draining = self.readiness.draining();
+                let ready = !starting && !draining;
                 let status = if ready {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                // The quota backend's state is reported, not required (only
-                // its first probe, at start, is waited for): every replica
-                // shares the same Redis, so taking them all out of service
-                // would turn a quota outage into a full one; the fail mode
-                // already decides what limited routes get.
+                let apps = self.tokens.statuses();
+                let without_token: Vec<&str> = apps
+                    .iter()
+                    .filter(|a| !a.has_token)
+                    .map(|a| a.app.as_str())
+                    .collect();
                 let quota = self.quota.as_ref().map(Engine::status);
                 json(
                     status,
-                    &json!({"ready": ready, "apps": apps, "store_apps": self.store.statuses(), "quota": quota}),
+                    &json!({
+                        "ready": ready,
+                        "starting": starting,
+                        "draining": draining,
+                        "apps_without_token": without_token,
+                        "apps": apps,
+                        "store_apps": self.store.statuses(),
+                        "quota": quota,
+                    }),
                 )
             }
             "/metrics" => {

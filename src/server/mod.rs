@@ -3,6 +3,7 @@
 //! | file            | concern                                                    |
 //! |-----------------|------------------------------------------------------------|
 //! | `mod.rs`        | accept loop, title-cased HTTP/1, HTTP/2, graceful drain     |
+//! | `listener.rs`   | binding with a listen backlog; open connections per listener, limited |
 //! | `tls.rs`        | HTTPS on the listener: rustls, ALPN, certificate reload     |
 //! | `stack.rs`      | the main listener's tower layers, in order, each with its why |
 //! | `request_id.rs` | an id on every request and its answer (`X-Request-Id`)     |
@@ -15,6 +16,7 @@
 //! looks them up case-sensitively.
 
 pub mod admin;
+pub mod listener;
 pub mod request_id;
 pub mod stack;
 pub mod tls;
@@ -32,6 +34,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::server::listener::ConnectionLimit;
 use crate::server::tls::ReloadingAcceptor;
 use crate::workers::Workers;
 
@@ -108,6 +111,40 @@ pub async fn serve_with_tls<S, B>(
     S: Answering<B>,
     B: AnswerBody,
 {
+    serve_limited(
+        listener,
+        tls,
+        workers,
+        ConnectionLimit::unlimited(),
+        service,
+        shutdown,
+        grace,
+    )
+    .await
+}
+
+/// [`serve_with_tls`], holding at most `limit`'s connections open at once:
+/// beyond it a new connection is closed as soon as it is accepted, before
+/// any byte is read (see [`listener`]).
+///
+/// The accept loop does nothing per connection but admit it and hand it
+/// on (TLS handshakes and HTTP run in the connection's own task, on a
+/// worker when there are workers), so a burst of connects is taken off the
+/// kernel's queue at the rate `accept` returns them; tokio's cooperative
+/// budget makes the loop yield now and then, so it starves no other task
+/// of its thread either.
+pub async fn serve_limited<S, B>(
+    listener: TcpListener,
+    tls: Option<ReloadingAcceptor>,
+    workers: Option<Arc<Workers>>,
+    limit: ConnectionLimit,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    S: Answering<B>,
+    B: AnswerBody,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -130,6 +167,11 @@ pub async fn serve_with_tls<S, B>(
                         continue;
                     }
                 };
+                let Some(place) = limit.admit() else {
+                    // At the limit: closed at once, unread (FIN, not RST).
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 // Taken here, before any shutdown can be signalled, so a
                 // connection still in its handshake is drained like the rest.
@@ -138,6 +180,7 @@ pub async fn serve_with_tls<S, B>(
                 let service = service.clone();
                 let tls = tls.clone();
                 let serve = move |stream: TcpStream| async move {
+                    let _place = place;
                     match tls {
                         None => connection(&builder, TokioIo::new(stream), service, watcher).await,
                         Some(tls) => match tls.accept(stream).await {

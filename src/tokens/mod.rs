@@ -206,6 +206,34 @@ impl TokenManager {
         self.attempt(slot, &mut flight).await
     }
 
+    /// A token of `slot` that is not yet due for refresh, for a request
+    /// that cannot be replayed (a streamed upload): one past its
+    /// `refresh_at` (the background refresh is late or failing) is replaced
+    /// first, single-flight, unless a fetch is backing off. If no fresh one
+    /// can be had, the still-usable one is returned (the upload may then
+    /// meet a token-invalid answer, which goes to the caller).
+    pub async fn get_slot_fresh(
+        self: &Arc<Self>,
+        slot: &Arc<TokenSlot>,
+    ) -> Result<Arc<Token>, FeishuError> {
+        let token = self.get_slot(slot).await?;
+        if Instant::now() < token.refresh_at {
+            return Ok(token);
+        }
+        let mut flight = slot.flight.lock().await;
+        let now = Instant::now();
+        if let Some(t) = slot.usable(now).filter(|t| now < t.refresh_at) {
+            return Ok(t);
+        }
+        if flight.next_attempt.is_some_and(|n| n > now) {
+            return slot.usable(now).map_or(Ok(token), Ok);
+        }
+        match self.attempt(slot, &mut flight).await {
+            Ok(fresh) => Ok(fresh),
+            Err(e) => slot.usable(Instant::now()).ok_or(e),
+        }
+    }
+
     /// Refreshes `slot` unless someone just did or it is backing off.
     async fn refresh(self: &Arc<Self>, slot: &Arc<TokenSlot>) {
         let mut flight = slot.flight.lock().await;
@@ -260,6 +288,7 @@ impl TokenManager {
                     last_error_code: err.as_ref().map(|e| e.code),
                     last_error: err.map(|e| e.msg),
                     consecutive_failures: failures,
+                    settled: s.settled.load(Ordering::Acquire),
                 }
             })
             .collect()
@@ -269,6 +298,25 @@ impl TokenManager {
     pub fn all_ready(&self) -> bool {
         let now = Instant::now();
         self.slots.iter().all(|s| s.usable(now).is_some())
+    }
+
+    /// True once every app's first token call has ended with a token or
+    /// with Feishu's refusal (a wrong secret, a missing app_ticket): what
+    /// the pod's readiness waits for at start. "Feishu could not be
+    /// reached" does not count: the call is retried, and readiness waits
+    /// for it up to its start timeout.
+    pub fn all_settled(&self) -> bool {
+        self.slots.iter().all(|s| s.settled.load(Ordering::Acquire))
+    }
+
+    /// The apps without a usable token now, by name.
+    pub fn apps_without_token(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.slots
+            .iter()
+            .filter(|s| s.usable(now).is_none())
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// Spawns one background task per app that fetches a token now and
@@ -319,6 +367,7 @@ impl TokenManager {
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_secs_f64());
                 *slot.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&token));
+                slot.settled.store(true, Ordering::Release);
                 *flight = Flight::default();
                 if let Ok(mut s) = slot.status.lock() {
                     *s = (None, 0);
@@ -351,6 +400,10 @@ impl TokenManager {
                 flight.last_failure = Some((now, err.clone()));
                 if let Ok(mut s) = slot.status.lock() {
                     *s = (Some(err.clone()), flight.failures);
+                }
+                if err.code != codes::GW_UPSTREAM_UNAVAILABLE {
+                    // Feishu answered: a refusal is as settled as a token.
+                    slot.settled.store(true, Ordering::Release);
                 }
                 self.metrics.token_refresh(slot.index, None, false);
                 tracing::warn!(
@@ -410,8 +463,13 @@ mod tests {
     use crate::config::{Config, MapEnv};
 
     fn manager(refresh_before: &str) -> TokenManager {
+        manager_at(refresh_before, "https://open.feishu.cn")
+    }
+
+    fn manager_at(refresh_before: &str, upstream: &str) -> TokenManager {
         let text = format!(
             r#"
+upstream = "{upstream}"
 [token]
 refresh_before = "{refresh_before}"
 [[apps]]
@@ -464,6 +522,31 @@ app = "a"
             .unwrap();
         assert_eq!(t.expires_at - t.refresh_at, Duration::from_secs(20 * 60));
         assert!(t.expires_at - t.refresh_at < Duration::from_secs(30 * 60));
+    }
+
+    /// A streamed upload cannot be replayed: a token past its refresh time
+    /// (the background refresh late or failing) is replaced before it goes,
+    /// while ordinary requests keep using it until `usable_until`.
+    #[tokio::test]
+    async fn a_token_due_for_refresh_is_replaced_for_a_request_that_cannot_be_replayed() {
+        let mut sim = feishu_sim::SimConfig::with_app("cli_1", "secret");
+        sim.token_lifetime = Duration::from_secs(4);
+        let sim = feishu_sim::SimFeishu::start(sim).await.unwrap();
+        let m = Arc::new(manager_at("25m", &sim.base_url()));
+        let slot = Arc::clone(m.app_slot(0));
+        let first = m.get_slot(&slot).await.unwrap();
+        let fresh = m.get_slot_fresh(&slot).await.unwrap();
+        assert_eq!(fresh.generation, first.generation, "not due yet: kept");
+        tokio::time::sleep_until(first.refresh_at + Duration::from_millis(100)).await;
+        let ordinary = m.get_slot(&slot).await.unwrap();
+        assert_eq!(ordinary.generation, first.generation, "still usable");
+        let fresh = m.get_slot_fresh(&slot).await.unwrap();
+        assert_ne!(fresh.generation, first.generation, "replaced");
+        assert!(Instant::now() < fresh.refresh_at);
+        assert_eq!(sim.token_calls().len(), 2);
+        let again = m.get_slot_fresh(&slot).await.unwrap();
+        assert_eq!(again.generation, fresh.generation, "one fetch, then cached");
+        assert_eq!(sim.token_calls().len(), 2);
     }
 
     #[tokio::test]

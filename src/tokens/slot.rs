@@ -44,6 +44,10 @@ pub struct TokenStatus {
     pub last_error: Option<String>,
     /// Fetch failures in a row.
     pub consecutive_failures: u32,
+    /// The first token call has ended with a token or with Feishu's
+    /// refusal (not merely "Feishu could not be reached"): what readiness
+    /// waits for at start.
+    pub settled: bool,
 }
 
 #[derive(Default)]
@@ -62,6 +66,8 @@ pub struct TokenSlot {
     /// A refresh started on use is running (tenant slots have no
     /// background task; see [`TokenManager::get_slot`]).
     pub(super) refreshing: std::sync::atomic::AtomicBool,
+    /// See [`TokenStatus::settled`]; never goes back to false.
+    pub(super) settled: std::sync::atomic::AtomicBool,
     pub(super) current: RwLock<Option<Arc<Token>>>,
     pub(super) flight: tokio::sync::Mutex<Flight>,
     /// Copy of the flight's failure state for `/readyz`, readable without
@@ -76,6 +82,7 @@ impl TokenSlot {
             name,
             source,
             refreshing: std::sync::atomic::AtomicBool::new(false),
+            settled: std::sync::atomic::AtomicBool::new(false),
             current: RwLock::new(None),
             flight: tokio::sync::Mutex::new(Flight::default()),
             status: Mutex::new((None, 0)),

@@ -8,7 +8,8 @@ use std::error::Error as _;
 /// How an upstream call failed, as counted in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
-    /// TCP or TLS connect failed.
+    /// TCP or TLS connect failed, or the new connection closed before any
+    /// byte of the request was written: nothing reached the server.
     Connect,
     /// No answer within the configured timeout.
     Timeout,

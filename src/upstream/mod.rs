@@ -5,15 +5,18 @@
 //! | [`Upstream`] | where an app's calls go: scheme and authority |
 //! | [`build_connector`] | TCP + rustls, ALPN `h2` and `http/1.1` |
 //! | [`pool`] | the request path's connections (hyper's HTTP/1.1 and HTTP/2), one pool per worker; retry-once rules |
+//! | [`outgoing`] | a request's body: held (replayable) or streamed from the client (uploads) |
 //! | [`HttpClient`] | hyper-util's client for token and ticket calls ([`client`])   |
 //! | [`UpstreamFailure`] | how a call failed: connect, timeout, reset, protocol |
 
 pub mod client;
 mod failure;
+pub mod outgoing;
 pub mod pool;
 
 pub use client::{build_client, endpoint, post_json, HttpClient};
 pub use failure::{classify, classify_chain, BodyError, UpstreamFailure};
+pub use outgoing::OutgoingBody;
 
 use std::sync::Arc;
 use std::time::Duration;

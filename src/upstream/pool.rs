@@ -16,7 +16,8 @@
 //! - a connection is taken only when hyper says it is ready, i.e. its
 //!   previous answer was read to the end; closed ones are dropped;
 //! - idle connections are dropped after `pool.idle_timeout` and at most
-//!   `pool.max_idle_per_host` are kept per upstream.
+//!   `pool.max_idle_per_host` are kept per upstream;
+//! - an answer head over [`MAX_HEAD_BYTES`] is refused.
 //!
 //! Token calls and other background traffic keep using hyper-util's client
 //! ([`crate::upstream::HttpClient`]).
@@ -30,7 +31,6 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::{Method, Request, Response, Uri};
 use http_body::{Frame, SizeHint};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
@@ -40,12 +40,20 @@ use tokio::time::Instant;
 use tower::Service as _;
 
 use super::failure::{classify_chain, BodyError, UpstreamFailure};
+use super::outgoing::OutgoingBody;
 use super::Upstream;
+
+/// The largest answer head taken from Feishu (HTTP/1.1: the status line and
+/// header lines; HTTP/2: the header list). Feishu's heads are about a
+/// kilobyte; hyper's defaults (~400 KB, 16 MB) would pass a 100 KB header
+/// line on to the client. Larger is a protocol failure (502), like nginx's
+/// "upstream sent too big header".
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// An HTTP/1.1 connection of the pool: hyper's handle on it, and since
 /// when it was last handed back.
 struct Idle {
-    tx: http1::SendRequest<Full<Bytes>>,
+    tx: http1::SendRequest<OutgoingBody>,
     since: Instant,
 }
 
@@ -55,7 +63,7 @@ struct Conns {
     /// ones whose answer body is still being read (not ready yet).
     idle: Vec<(Upstream, Vec<Idle>)>,
     /// The HTTP/2 connection per upstream, shared by every request.
-    h2: Vec<(Upstream, http2::SendRequest<Full<Bytes>>)>,
+    h2: Vec<(Upstream, http2::SendRequest<OutgoingBody>)>,
 }
 
 /// A connection pool for the request path. Cheap to clone.
@@ -159,24 +167,74 @@ impl Pool {
         Box::pin(self.send_fresh(upstream, req)).await
     }
 
+    /// Sends a request whose body streams from the client (an upload): it
+    /// goes out once at most. On a pooled HTTP/1.1 connection that had
+    /// closed before hyper took the request, it goes again on a fresh one
+    /// (nothing of it was read); once anything may have left, a failure is
+    /// final. The request's URI may be origin-form; `Host` is set here.
+    pub async fn send_streamed(
+        &self,
+        upstream: &Upstream,
+        req: Request<OutgoingBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
+        let req = if let Some(tx) = self.inner.take_idle(upstream) {
+            match self.exchange_h1(upstream, tx, req).await {
+                Ok(resp) => return Ok(resp),
+                Err((H1Error::NotSent, Some(unsent))) => unsent,
+                Err((H1Error::Failed(f), _)) => return Err(f),
+                Err(_) => return Err(UpstreamFailure::Reset),
+            }
+        } else if let Some(tx) = self.inner.h2_for(upstream) {
+            return exchange_h2(h2_form(upstream, req), tx).await;
+        } else {
+            req
+        };
+        Box::pin(async move {
+            match self.connect(upstream).await? {
+                Fresh::H1(tx) => match self.exchange_h1(upstream, tx, req).await {
+                    Ok(resp) => Ok(resp),
+                    Err((H1Error::Failed(f), _)) => Err(f),
+                    Err(_) => Err(UpstreamFailure::Reset),
+                },
+                Fresh::H2(tx) => exchange_h2(h2_form(upstream, req), tx).await,
+            }
+        })
+        .await
+    }
+
     /// One exchange on an HTTP/1.1 connection; the connection goes back to
     /// the pool with the answer's head (hyper makes it ready again once the
     /// body has been read).
     async fn send_h1(
         &self,
         upstream: &Upstream,
-        mut tx: http1::SendRequest<Full<Bytes>>,
+        tx: http1::SendRequest<OutgoingBody>,
         req: &Request<Bytes>,
     ) -> Result<Response<UpstreamBody>, H1Error> {
-        // Origin form: only the path and query go on the wire.
-        let mut owned = Request::new(Full::new(req.body().clone()));
+        let mut owned = Request::new(OutgoingBody::full(req.body().clone()));
         *owned.method_mut() = req.method().clone();
-        *owned.uri_mut() = req
+        *owned.uri_mut() = req.uri().clone();
+        *owned.headers_mut() = req.headers().clone();
+        self.exchange_h1(upstream, tx, owned)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// One exchange of an owned request on an HTTP/1.1 connection (its URI
+    /// made origin-form, `Host` added when missing). When hyper hands the
+    /// request back unsent, it comes back with the error.
+    async fn exchange_h1(
+        &self,
+        upstream: &Upstream,
+        mut tx: http1::SendRequest<OutgoingBody>,
+        mut owned: Request<OutgoingBody>,
+    ) -> Result<Response<UpstreamBody>, (H1Error, Option<Request<OutgoingBody>>)> {
+        // Origin form: only the path and query go on the wire.
+        *owned.uri_mut() = owned
             .uri()
             .path_and_query()
             .and_then(|pq| Uri::try_from(pq.as_str()).ok())
             .unwrap_or_else(|| Uri::from_static("/"));
-        *owned.headers_mut() = req.headers().clone();
         if !owned.headers().contains_key(HOST) {
             if let Ok(host) = http::HeaderValue::from_str(upstream.authority.as_str()) {
                 owned.headers_mut().insert(HOST, host);
@@ -187,22 +245,22 @@ impl Pool {
             // the 101 over as an answer, and passed on it would take the
             // client's connection with it. The connection is not kept.
             Ok(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                Err(H1Error::Failed(UpstreamFailure::Protocol))
+                Err((H1Error::Failed(UpstreamFailure::Protocol), None))
             }
             Ok(resp) => {
                 self.inner.put(upstream.clone(), tx);
                 Ok(resp.map(UpstreamBody))
             }
             Err(mut e) => {
-                if e.take_message().is_some() {
-                    return Err(H1Error::NotSent);
+                if let Some(unsent) = e.take_message() {
+                    return Err((H1Error::NotSent, Some(unsent)));
                 }
                 let err = e.into_error();
                 tracing::debug!(error = %err, "upstream HTTP/1.1 exchange failed");
                 if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
-                    Err(H1Error::ClosedBeforeAnswer)
+                    Err((H1Error::ClosedBeforeAnswer, None))
                 } else {
-                    Err(H1Error::Failed(failure(&err)))
+                    Err((H1Error::Failed(failure(&err)), None))
                 }
             }
         }
@@ -217,7 +275,11 @@ impl Pool {
         match self.connect(upstream).await? {
             Fresh::H1(tx) => match self.send_h1(upstream, tx, req).await {
                 Ok(resp) => Ok(resp),
-                Err(H1Error::NotSent | H1Error::ClosedBeforeAnswer) => Err(UpstreamFailure::Reset),
+                // The new connection closed before hyper wrote the request:
+                // a failed connection, nothing of the request left (callers
+                // may send it again, whatever its method).
+                Err(H1Error::NotSent) => Err(UpstreamFailure::Connect),
+                Err(H1Error::ClosedBeforeAnswer) => Err(UpstreamFailure::Reset),
                 Err(H1Error::Failed(f)) => Err(f),
             },
             Fresh::H2(tx) => send_h2(upstream, req, tx).await,
@@ -236,6 +298,7 @@ impl Pool {
         if io.connected().is_negotiated_h2() {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
                 .handshake(io)
                 .await
                 .map_err(|_| UpstreamFailure::Connect)?;
@@ -248,6 +311,7 @@ impl Pool {
             Ok(Fresh::H2(tx))
         } else {
             let (tx, conn) = http1::Builder::new()
+                .max_header_size(MAX_HEAD_BYTES)
                 .handshake(io)
                 .await
                 .map_err(|_| UpstreamFailure::Connect)?;
@@ -272,8 +336,8 @@ fn absolute(upstream: &Upstream, path_and_query: &str) -> Uri {
 }
 
 enum Fresh {
-    H1(http1::SendRequest<Full<Bytes>>),
-    H2(http2::SendRequest<Full<Bytes>>),
+    H1(http1::SendRequest<OutgoingBody>),
+    H2(http2::SendRequest<OutgoingBody>),
 }
 
 /// Methods a client may repeat on its own (RFC 9110 §9.2.2).
@@ -292,9 +356,9 @@ fn is_idempotent(method: &Method) -> bool {
 async fn send_h2(
     upstream: &Upstream,
     req: &Request<Bytes>,
-    mut tx: http2::SendRequest<Full<Bytes>>,
+    tx: http2::SendRequest<OutgoingBody>,
 ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
-    let mut owned = Request::new(Full::new(req.body().clone()));
+    let mut owned = Request::new(OutgoingBody::full(req.body().clone()));
     *owned.method_mut() = req.method().clone();
     *owned.uri_mut() = absolute(
         upstream,
@@ -307,9 +371,29 @@ async fn send_h2(
             headers.append(name, value.clone());
         }
     }
+    exchange_h2(owned, tx).await
+}
+
+/// Sends an owned request, its URI already absolute and without `Host`, on
+/// the upstream's HTTP/2 connection.
+async fn exchange_h2(
+    owned: Request<OutgoingBody>,
+    mut tx: http2::SendRequest<OutgoingBody>,
+) -> Result<Response<UpstreamBody>, UpstreamFailure> {
     tx.ready().await.map_err(|e| failure(&e))?;
     let resp = tx.send_request(owned).await.map_err(|e| failure(&e))?;
     Ok(resp.map(UpstreamBody))
+}
+
+/// `req` for HTTP/2: its URI absolute, no `Host` beside `:authority`.
+fn h2_form(upstream: &Upstream, mut req: Request<OutgoingBody>) -> Request<OutgoingBody> {
+    let uri = absolute(
+        upstream,
+        req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+    );
+    *req.uri_mut() = uri;
+    req.headers_mut().remove(HOST);
+    req
 }
 
 /// A transport failure's class, for metrics and the answer's status.
@@ -325,7 +409,7 @@ impl Inner {
     /// The most recently used connection that is ready (its last answer
     /// read to the end), open and young enough; closed and old ones are
     /// dropped on the way, busy ones stay.
-    fn take_idle(&self, key: &Upstream) -> Option<http1::SendRequest<Full<Bytes>>> {
+    fn take_idle(&self, key: &Upstream) -> Option<http1::SendRequest<OutgoingBody>> {
         let mut conns = self.lock();
         let list = &mut conns.idle.iter_mut().find(|(k, _)| k == key)?.1;
         let now = Instant::now();
@@ -336,7 +420,7 @@ impl Inner {
         Some(list.remove(ready).tx)
     }
 
-    fn put(&self, key: Upstream, tx: http1::SendRequest<Full<Bytes>>) {
+    fn put(&self, key: Upstream, tx: http1::SendRequest<OutgoingBody>) {
         if self.max_idle == 0 {
             return;
         }
@@ -359,7 +443,7 @@ impl Inner {
         });
     }
 
-    fn h2_for(&self, key: &Upstream) -> Option<http2::SendRequest<Full<Bytes>>> {
+    fn h2_for(&self, key: &Upstream) -> Option<http2::SendRequest<OutgoingBody>> {
         let mut conns = self.lock();
         let i = conns.h2.iter().position(|(k, _)| k == key)?;
         if conns.h2[i].1.is_closed() {
@@ -369,7 +453,7 @@ impl Inner {
         Some(conns.h2[i].1.clone())
     }
 
-    fn set_h2(&self, key: Upstream, tx: http2::SendRequest<Full<Bytes>>) {
+    fn set_h2(&self, key: Upstream, tx: http2::SendRequest<OutgoingBody>) {
         let mut conns = self.lock();
         match conns.h2.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = tx,

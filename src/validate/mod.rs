@@ -35,6 +35,7 @@
 //! | `request.rs`   | [`Contract::check`]: path parameters, headers, body          |
 //! | `query.rs`     | query parameters: found, decoded only when escaped, checked  |
 //! | `json.rs`      | the one-pass streaming walk of the body (and of JSON inside a string) |
+//! | [`form`]       | uploads: a multipart form's contract, checked part by part   |
 //! | `text.rs`      | the forms of a string ([`Text`]) and why a value is not one  |
 //! | `violation.rs` | [`Violations`] and the body of the 400 answer                |
 //!
@@ -81,6 +82,7 @@
 //!   fields, objects and arrays echo no value at all.
 
 mod contract;
+pub mod form;
 mod json;
 mod query;
 mod request;
@@ -96,6 +98,7 @@ pub use contract::{
     Array, BodyRule, Contract, Field, HeaderCheck, HeaderRule, LengthCap, Object, Param, Presence,
     QueryParam, Shape, Text, UnknownFields, MAX_CAPS, MAX_CONDITIONAL, MAX_FIELDS,
 };
+pub use form::{FieldValue, FilePart, FormCheck, FormContract, FormField};
 pub use violation::{Violation, Violations, MAX_VALUE_CHARS, MAX_VIOLATIONS};
 
 use http::HeaderMap;

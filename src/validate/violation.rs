@@ -48,6 +48,8 @@ impl Violation {
 pub struct Violations {
     list: Vec<Violation>,
     omitted: usize,
+    /// The `code` of the answer: 232001, or Feishu's own code for the
+    /// problem where it has one (an upload too large: 234006).
     code: i64,
 }
 
@@ -59,6 +61,12 @@ impl Violations {
             omitted,
             code,
         }
+    }
+
+    /// The same violations, answered with `code` instead of the contract's.
+    pub fn with_code(mut self, code: i64) -> Violations {
+        self.code = code;
+        self
     }
 
     /// The `code` of the answer: the first violation's own code if it has
@@ -207,6 +215,17 @@ impl Sink {
     pub(crate) fn reset(&mut self, to: Mark) {
         self.list.truncate(to.stored);
         self.alive = to.alive;
+    }
+
+    /// What was found so far, if anything, without ending the check.
+    pub(crate) fn snapshot(&self) -> Option<Violations> {
+        (self.alive > 0).then(|| {
+            Violations::new(
+                self.list.clone(),
+                self.alive - self.list.len(),
+                crate::feishu::codes::INVALID_PARAM,
+            )
+        })
     }
 
     /// The verdict; `code` is the contract's, for the answer.

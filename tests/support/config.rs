@@ -57,6 +57,21 @@ impl GatewayConfig {
         self.set("max_body_bytes", int(n))
     }
 
+    /// `listen_backlog` of both listeners.
+    pub fn listen_backlog(self, n: usize) -> Self {
+        self.set("listen_backlog", int(n))
+    }
+
+    /// `max_connections` on `listen`.
+    pub fn max_connections(self, n: usize) -> Self {
+        self.set("max_connections", int(n))
+    }
+
+    /// `admin_max_connections` on `admin_listen`.
+    pub fn admin_max_connections(self, n: usize) -> Self {
+        self.set("admin_max_connections", int(n))
+    }
+
     /// `workers` (0: the shared runtime serves connections).
     pub fn workers(self, n: usize) -> Self {
         self.set("workers", int(n))
@@ -95,9 +110,38 @@ impl GatewayConfig {
         self.set_in("timeouts", "upstream_idle", duration(d))
     }
 
+    /// `[timeouts]` `startup`: the longest `/readyz` waits at start for
+    /// the apps' first token calls.
+    pub fn startup_timeout(self, d: Duration) -> Self {
+        self.set_in("timeouts", "startup", duration(d))
+    }
+
     /// `[timeouts]` `body_read`: reading a client's body.
     pub fn body_read_timeout(self, d: Duration) -> Self {
         self.set_in("timeouts", "body_read", duration(d))
+    }
+
+    /// `[retries]` `enabled = false`: no retries by code.
+    pub fn without_retries(self) -> Self {
+        self.set_in("retries", "enabled", false)
+    }
+
+    /// `[retries]` `max_retries`: retries per request.
+    pub fn max_retries(self, n: usize) -> Self {
+        self.set_in("retries", "max_retries", int(n))
+    }
+
+    /// `[retries]` `backoff_base` and `backoff_max`.
+    pub fn retry_backoff(self, base: Duration, max: Duration) -> Self {
+        self.set_in("retries", "backoff_base", duration(base))
+            .set_in("retries", "backoff_max", duration(max))
+    }
+
+    /// `[retries]` `budget_min`, `budget_ratio` and `budget_window`.
+    pub fn retry_budget(self, min: usize, ratio: f64, window: Duration) -> Self {
+        self.set_in("retries", "budget_min", int(min))
+            .set_in("retries", "budget_ratio", ratio)
+            .set_in("retries", "budget_window", duration(window))
     }
 
     /// `[log]` `format`.
@@ -260,6 +304,19 @@ impl App {
         self.set("max_tenants", int(n))
     }
 
+    /// `monthly_budget`: counted calls per month.
+    pub fn monthly_budget(self, n: u64) -> Self {
+        self.set(
+            "monthly_budget",
+            Value::Integer(i64::try_from(n).expect("fits")),
+        )
+    }
+
+    /// `budget_group`: apps of one tenant sharing one monthly budget.
+    pub fn budget_group(self, name: &str) -> Self {
+        self.set("budget_group", name)
+    }
+
     fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.0.insert(key.into(), value.into());
         self
@@ -281,6 +338,23 @@ impl Client {
         self.0.insert("tenant".into(), tenant.into());
         self
     }
+
+    /// `key_env` as a list: several keys at once (a rotation).
+    pub fn key_envs(mut self, vars: &[&str]) -> Self {
+        self.0.insert("key_env".into(), strings(vars));
+        self
+    }
+
+    /// `allow`: the endpoints it may call (`"METHOD /open-apis/..."`).
+    pub fn allow(mut self, entries: &[&str]) -> Self {
+        self.0.insert("allow".into(), strings(entries));
+        self
+    }
+}
+
+/// A TOML list of strings.
+fn strings(items: &[&str]) -> Value {
+    Value::Array(items.iter().map(|&i| Value::from(i)).collect())
 }
 
 /// A `[[routes]]` entry: a catalog override or addition.

@@ -4,6 +4,7 @@
 #![allow(unused_imports)]
 
 pub use feishu_gateway::app::Runtime;
+pub use feishu_gateway::budget::{unix_now, Month, BUDGET_KEY_TTL};
 pub use feishu_gateway::config::{Config, MapEnv, Problems};
 pub use feishu_gateway::quota::{
     BackendKind, Cause, FailMode, KeySpec, Limit, Overflow, Plan, PlanPolicy, QuotaKey,
@@ -17,5 +18,5 @@ pub use feishu_gateway::tokens::ticket_store::{
 };
 pub use feishu_sim::ca::{IssuedCert, TestCa};
 pub use feishu_sim::{
-    callback, QuotaMode, SimConfig, SimFeishu, SimStoreApp, StoreCallKind, TokenKind,
+    callback, QuotaMode, SimApp, SimConfig, SimFeishu, SimStoreApp, StoreCallKind, TokenKind,
 };

@@ -1,7 +1,7 @@
 //! The integration tests' harness: a simulated Feishu, the gateway in front
 //! of it on loopback ports, its config ([`config::GatewayConfig`]), a small
-//! HTTP client, a Redis of the test's own ([`redis_server`]) and the
-//! Prometheus tools ([`tools`]).
+//! HTTP client, a Redis of the test's own ([`redis_server`]), raw-socket
+//! upstreams ([`scripted`]) and the Prometheus tools ([`tools`]).
 //!
 //! Every item of the crate under test that a test file uses is re-exported
 //! here, from [`gateway`], in one place.
@@ -10,6 +10,7 @@
 pub mod config;
 mod gateway;
 pub mod redis_server;
+pub mod scripted;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -305,6 +306,25 @@ pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// Says that a test is skipped because `what` is missing, where the test
+/// output shows it: libtest keeps what a passing test prints with
+/// `println!`/`eprintln!` to itself, but not what is written to the
+/// stderr handle. Under `CI=true` a missing tool is a failure instead
+/// (CI installs every one: `.ci/run`).
+pub fn skipped(what: &str, install: &str) {
+    use std::io::Write;
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(!ci, "CI=true and {what} is not installed ({install})");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {what} is not installed ({install})"
+    );
 }
 
 /// Polls `cond` every 20 ms until it holds, failing after `limit`.

@@ -17,8 +17,9 @@ pub fn tool(name: &str) -> Option<PathBuf> {
                  (deploy/ci-install.sh installs Debian's prometheus package)"
             );
         }
-        eprintln!(
-            "note: {name} is not on PATH, skipping (apt-get install prometheus, or deploy/ci-install.sh)"
+        super::skipped(
+            name,
+            "apt-get install prometheus, or bash deploy/ci-install.sh",
         );
     }
     found

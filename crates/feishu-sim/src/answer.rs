@@ -19,6 +19,7 @@ pub(crate) const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ogw-
 pub(crate) const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ogw-ratelimit-reset");
 
 const JSON_UTF8: &str = "application/json; charset=utf-8";
+const HTML: &str = "text/html";
 const SUCCESS_EMPTY: &[u8] = br#"{"code":0,"msg":"success","data":{}}"#;
 
 /// Codes the fake answers on its own.
@@ -29,6 +30,7 @@ pub(crate) mod code {
     pub(crate) const APP_SECRET_INVALID: i64 = 10014;
     pub(crate) const INVALID_PARAM: i64 = 232001;
     pub(crate) const RATE_LIMITED: i64 = 99991400;
+    pub(crate) const MONTHLY_BUDGET: i64 = 99991403;
     pub(crate) const MISSING_TOKEN: i64 = 99991661;
     pub(crate) const INVALID_TENANT_TOKEN: i64 = 99991663;
     pub(crate) const INVALID_APP_TOKEN: i64 = 99991664;
@@ -36,8 +38,8 @@ pub(crate) mod code {
     pub(crate) const NOT_FOUND: i64 = 404;
 }
 
-/// The `msg` Feishu sends with `code` (a generic one for codes it does not
-/// know).
+/// The `msg` Feishu sends with `code`: the fake's own list, then
+/// `data/throttle-codes.tsv`, then a generic one.
 pub(crate) fn message_for(code: i64) -> &'static str {
     match code {
         0 => "success",
@@ -68,14 +70,15 @@ pub(crate) fn message_for(code: i64) -> &'static str {
         }
         99991664 => "Invalid app access token.",
         99991677 => "Authentication token expired.",
-        _ => "sim: injected error",
+        _ => crate::catalog::throttle_code(code).map_or("sim: injected error", |t| t.msg),
     }
 }
 
 /// A throttled answer's `x-ogw-ratelimit-*` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RateLimitHeaders {
-    pub(crate) limit: u32,
+    /// `x-ogw-ratelimit-limit`, when the endpoint has a window to name.
+    pub(crate) limit: Option<u32>,
     pub(crate) reset_secs: u64,
 }
 
@@ -87,6 +90,8 @@ pub(crate) struct Answer {
     pub(crate) code: i64,
     pub(crate) body: Bytes,
     pub(crate) rate_limit: Option<RateLimitHeaders>,
+    /// `Content-Type`: JSON but for edge answers.
+    pub(crate) content_type: &'static str,
 }
 
 impl Answer {
@@ -97,6 +102,7 @@ impl Answer {
             code: 0,
             body: Bytes::from_static(SUCCESS_EMPTY),
             rate_limit: None,
+            content_type: JSON_UTF8,
         }
     }
 
@@ -107,6 +113,26 @@ impl Answer {
             code,
             body: Bytes::from(body.to_string()),
             rate_limit: None,
+            content_type: JSON_UTF8,
+        }
+    }
+
+    /// What a load balancer in front of the API answers when it cannot
+    /// reach it: `status`, a small HTML page, no Feishu `code` (recorded
+    /// as -1).
+    pub(crate) fn edge(status: StatusCode) -> Self {
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let page = format!(
+            "<html><head><title>{} {reason}</title></head><body><center><h1>{} {reason}</h1></center></body></html>\n",
+            status.as_u16(),
+            status.as_u16()
+        );
+        Answer {
+            status,
+            code: -1,
+            body: Bytes::from(page),
+            rate_limit: None,
+            content_type: HTML,
         }
     }
 
@@ -119,7 +145,7 @@ impl Answer {
         )
     }
 
-    /// HTTP 429 / 99991400 with the rate-limit headers.
+    /// `{"code":code,"msg":…}` with the rate-limit headers.
     pub(crate) fn throttled(status: StatusCode, code: i64, headers: RateLimitHeaders) -> Self {
         Answer {
             rate_limit: Some(headers),
@@ -132,12 +158,14 @@ impl Answer {
         let mut response = Response::new(Full::new(self.body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
         if let Ok(v) = HeaderValue::from_str(logid) {
             headers.insert(X_TT_LOGID, v);
         }
         if let Some(rl) = self.rate_limit {
-            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(rl.limit));
+            if let Some(limit) = rl.limit {
+                headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+            }
             headers.insert(X_RATELIMIT_RESET, HeaderValue::from(rl.reset_secs));
         }
         response

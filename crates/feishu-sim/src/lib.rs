@@ -9,25 +9,37 @@
 //!
 //! The fake follows what the platform does: flat token answers with the
 //! 30-minute same-token rule (the current token while at least 30 minutes of
-//! it remain, a new one after), the token error codes,
-//! sliding-window quotas answered with 429 and `x-ogw-ratelimit-*` headers,
-//! an `X-Tt-Logid` on every answer, written title-cased on the wire, and the
-//! top-notice endpoints with their body contract and error codes.
+//! it remain, a new one after), the token error codes, every endpoint of
+//! Feishu's server API (the [`catalog`]) with its documented rate windows,
+//! per-resource limits and the monthly call budget, an `X-Tt-Logid` on
+//! every answer, written title-cased on the wire, and the top-notice
+//! endpoints with their body contract and error codes.
+//!
+//! It is the independent judge the gateway's tests measure against: it reads
+//! the repository's data files itself (`data/feishu-api-limits.tsv`,
+//! `data/throttle-codes.tsv`, `data/budget-exempt.tsv`, compiled in) and
+//! shares no code with the gateway's routing or quota logic.
 //!
 //! # Layout
 //!
 //! - this file: [`SimConfig`] (plain data) and [`SimFeishu`], the running
 //!   fake with its fault-injection and introspection methods.
+//! - [`catalog`]: the data files, parsed, and the route trees (static
+//!   segments win over parameters), public so tests can pick endpoints.
 //! - `server`: the accept loop and the request phases, in Feishu's order
-//!   (route, token, quota, body contract, magic chat ids, answer).
+//!   (route, token, windows, throttle answers, per-resource limits, body
+//!   contract, magic chat ids, answer, budget).
 //! - `tokens`: the token book (issue, 30-minute rule, verdicts).
 //! - `quota`: per (app[, tenant], endpoint) arrival logs, sliding-window
-//!   checks.
+//!   checks, each endpoint with its own windows.
+//! - `resource`: per-resource arrival logs and calls in flight.
 //! - `store`: store apps' tickets and tenants, and event pushes.
 //! - [`callback`]: the Feishu side of event callbacks (encrypt, sign),
 //!   public for tests that forge callbacks.
 //! - [`contract`]: the body contract of `put_top_notice`, public so the
 //!   gateway's validation can be differential-tested against it.
+//! - `upload`: the multipart upload endpoints, read as they stream
+//!   ([`UploadRecord`], [`SimFeishu::uploads`]).
 //! - `answer`: JSON answers, error messages and `X-Tt-Logid` values.
 //! - `state`: the state shared by the server and the handle.
 //! - [`ca`]: a certificate authority made at run time, for HTTPS on
@@ -37,20 +49,70 @@
 //!
 //! With `tls` set, the fake serves HTTPS only, with a certificate for
 //! `localhost` and `127.0.0.1` signed by a CA generated at start
-//! ([`SimFeishu::ca_pem`]), offering HTTP/2 and HTTP/1.1 by ALPN. Each recorded request carries the HTTP version it came
-//! with.
+//! ([`SimFeishu::ca_pem`]), offering HTTP/2 and HTTP/1.1 by ALPN. Each
+//! recorded request carries the HTTP version it came with.
 //!
 //! # Requests, as the fake sees them
 //!
 //! Token calls are the two `.../auth/v3/*_access_token/internal` endpoints;
 //! *store calls* are the three store-app endpoints (below). Every other
 //! request is a *business request*: it is recorded (see
-//! [`SimFeishu::requests`]), its bearer token is judged, and it gets the
-//! configured latency. Unknown routes answer 404 after that.
+//! [`SimFeishu::requests`]) with its catalog endpoint, its bearer token is
+//! judged, and it gets the configured latency. An answer injected by
+//! [`SimFeishu::answer_next_with_code`] comes before anything else. A
+//! request that matches no endpoint of the catalog (path and method) answers
+//! 404 whatever its token; a missing or bad token answers 99991661 /
+//! 99991663. A business request with a valid tenant token then goes
+//! through:
+//!
+//! 1. the endpoint's windows, per (app, endpoint), or (app, tenant,
+//!    endpoint) with a store app's tenant token, sliding-window exact: the
+//!    documented ones (`1000/60s,50/1s` = both must hold), a hidden
+//!    [`special_limits`](SimConfig::special_limits) for `special` (特殊频控)
+//!    endpoints, none where no limit is stated; [`SimConfig::limits`] and
+//!    [`SimConfig::route_limits`] replace them. Every such call is an
+//!    arrival, throttled ones included; one over a window answers HTTP 429,
+//!    `{"code":99991400,"msg":"request trigger frequency limit"}` with
+//!    `x-ogw-ratelimit-limit` (the window's cap) and `x-ogw-ratelimit-reset`
+//!    (whole seconds until a call would pass), and counts as a violation.
+//! 2. a throttle answer a test set on the endpoint ([`SimFeishu::throttle`]:
+//!    any code, any status, optional reset, for N calls or a while).
+//! 3. the endpoint's per-resource limit ([`ResourceRule`]): 5/s per message
+//!    receiver (shared by every app: a chat's limit is shared by its bots),
+//!    per message replied to, per card updated (230020, HTTP 400); 3 edits/s
+//!    per docx document (HTTP 429, 99991400); one write in flight per
+//!    bitable table (1254291, HTTP 200); one upload in flight, 5/s and
+//!    10,000/day per app and upload endpoint (1061045, HTTP 200). Admitted
+//!    bitable writes and drive uploads stay in flight for
+//!    [`write_time`](SimConfig::write_time). Refusals count as violations
+//!    and are listed ([`SimFeishu::resource_violations`]).
+//! 4. the top-notice body contracts (HTTP 400, 232001), then magic chat
+//!    ids: a `:chat_id` of `oc_error<code>` answers HTTP 400 with that code.
+//! 5. success: `{"code":0,"msg":"success","data":{}}` (`GET` chat echoes the
+//!    chat id and the query), unless the app's
+//!    [`monthly_budget`](SimConfig::monthly_budget) is spent: then HTTP
+//!    429, 99991403, except for the exempt paths.
+//!
+//! [`QuotaMode`] switches enforcement of 1 and 3 (enforce, count only, off).
+//! Statuses and messages of throttle codes come from
+//! `data/throttle-codes.tsv` (the first documented status).
 //!
 //! A request header `X-Sim-Delay-Ms: <n>` holds that one answer n ms longer
-//! (token calls included, so slow token fetches can be tested too). Magic
-//! chat ids `oc_error<code>` answer HTTP 400 with that code.
+//! (token calls included, so slow token fetches can be tested too).
+//!
+//! # Introspection
+//!
+//! Endpoints are named as [`catalog::resolve`] takes them: the short seed
+//! names `put_top_notice`, `delete_top_notice`, `get_chat`,
+//! `"<METHOD> <template>"`, or a template only one method has; an unknown or
+//! ambiguous name panics. [`SimFeishu::violations`] (total),
+//! [`violations_at`](SimFeishu::violations_at),
+//! [`arrivals`](SimFeishu::arrivals) and the `_by_endpoint` lists count per
+//! endpoint; [`max_in_any_window`](SimFeishu::max_in_any_window) reads a
+//! key's arrival log; [`resource_max_in_any_window`](SimFeishu::resource_max_in_any_window),
+//! [`resource_peak_in_flight`](SimFeishu::resource_peak_in_flight) and
+//! [`budget_used`](SimFeishu::budget_used) the rest. Per-key state is made
+//! on a key's first call, never for the whole catalog.
 //!
 //! # Store apps (ISV)
 //!
@@ -107,13 +169,16 @@
 mod answer;
 pub mod ca;
 pub mod callback;
+pub mod catalog;
 pub mod contract;
 mod push;
 mod quota;
+mod resource;
 mod server;
 mod state;
 mod store;
 mod tokens;
+mod upload;
 
 #[cfg(test)]
 mod tests;
@@ -130,6 +195,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use state::{lock, Shared};
+pub use upload::UploadRecord;
+
+pub use catalog::ResourceRule;
 
 /// One self-built app the fake knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,11 +320,41 @@ pub struct SimConfig {
     /// HTTP status sent with code 99991663 (unknown or expired token).
     /// Default 400 (Feishu's choice between 400 and 401 is unconfirmed).
     pub token_invalid_status: StatusCode,
-    /// Quota behaviour. Default [`QuotaMode::Enforce`].
+    /// Quota behaviour, for endpoint windows and per-resource limits alike.
+    /// Default [`QuotaMode::Enforce`].
     pub quota: QuotaMode,
-    /// Quota windows `(N, W)` per (app, endpoint): at most N arrivals in any
-    /// interval of length W. Default `[(50, 1 s), (1000, 60 s)]`.
+    /// Windows `(N, W)` (at most N arrivals in any interval of length W)
+    /// that replace the documented windows of EVERY endpoint that has some,
+    /// per (app[, tenant], endpoint). Default empty: each endpoint keeps
+    /// its documented windows (`data/feishu-api-limits.tsv`; the seed
+    /// endpoints' are `1000/60s,50/1s`). `special` endpoints and endpoints
+    /// with no stated limit are not affected.
     pub limits: Vec<(u32, Duration)>,
+    /// Windows for single endpoints, replacing whatever they would have
+    /// (an empty list = no limit): `(endpoint name, windows)`, the name as
+    /// [`catalog::resolve`] takes it (`"put_top_notice"`,
+    /// `"GET /open-apis/im/v1/chats/search"`…). An unknown name makes
+    /// [`SimFeishu::start`] fail. Default empty.
+    pub route_limits: Vec<(String, Vec<(u32, Duration)>)>,
+    /// The hidden limit of `special` (特殊频控) endpoints, per (app[,
+    /// tenant], endpoint), answered like any window (HTTP 429, 99991400,
+    /// `x-ogw-ratelimit-*`). Drive uploads are `special` too, but their
+    /// pages state the real limit, enforced as
+    /// [`ResourceRule::DriveUpload`] instead. Default `[(5, 1 s)]`.
+    pub special_limits: Vec<(u32, Duration)>,
+    /// How long an admitted bitable record write or drive upload is in
+    /// flight (added to its answer's wait), so that concurrent writes to
+    /// one table or uploads of one app can be seen. Default 20 ms.
+    pub write_time: Duration,
+    /// The monthly call budget of each self-built app (Feishu's is shared
+    /// by the custom apps of a tenant; the fake has no tenants for them, so
+    /// each app has its own). Successful business calls count, except those
+    /// under a prefix of `data/budget-exempt.tsv`; once spent, counted calls
+    /// answer HTTP 429 / 99991403 and exempt ones still pass. Store apps'
+    /// calls are not counted (Feishu's budget is for custom apps). The month
+    /// never turns by itself: see [`SimFeishu::set_budget_used`]. Default
+    /// `None` (no budget).
+    pub monthly_budget: Option<u64>,
     /// Delay added to every business answer. Default 0.
     pub latency: Duration,
     /// Keep every business request for [`SimFeishu::requests`]. Default true;
@@ -292,10 +390,11 @@ impl Default for SimConfig {
             same_token_threshold: Duration::from_secs(30 * 60),
             token_invalid_status: StatusCode::BAD_REQUEST,
             quota: QuotaMode::Enforce,
-            limits: vec![
-                (50, Duration::from_secs(1)),
-                (1000, Duration::from_secs(60)),
-            ],
+            limits: Vec::new(),
+            route_limits: Vec::new(),
+            special_limits: vec![(5, Duration::from_secs(1))],
+            write_time: Duration::from_millis(20),
+            monthly_budget: None,
             latency: Duration::ZERO,
             record_requests: true,
             tls: false,
@@ -373,10 +472,14 @@ pub struct RecordedRequest {
     /// The tenant of a valid store-app tenant token (`None` for self-built
     /// apps' tokens).
     pub tenant_key: Option<String>,
-    /// The quota endpoint name (`"put_top_notice"`, `"delete_top_notice"`,
-    /// `"get_chat"`), or `None` for an unknown route.
+    /// The catalog endpoint's name ([`catalog::Endpoint::name`]:
+    /// `"put_top_notice"`, `"delete_top_notice"`, `"get_chat"`, or
+    /// `"<METHOD> <template>"`), or `None` for an unknown route.
     pub endpoint: Option<&'static str>,
-    /// The `code` of the answer's JSON body.
+    /// The catalog endpoint's path template, or `None` for an unknown route.
+    pub template: Option<&'static str>,
+    /// The `code` of the answer's JSON body (-1 for an edge answer without
+    /// one, [`SimFeishu::answer_next_from_edge`]).
     pub answered_code: i64,
     /// The HTTP status of the answer.
     pub answered_status: StatusCode,
@@ -498,6 +601,50 @@ impl PushedEvent {
     }
 }
 
+/// How long a throttle answer set by [`SimFeishu::throttle`] lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultSpan {
+    /// For the next N calls at the endpoint (with a valid token).
+    Calls(u32),
+    /// For every call at the endpoint during this long from now.
+    For(Duration),
+}
+
+/// A call refused (or, with [`QuotaMode::CountOnly`], counted) by a
+/// per-resource limit.
+#[derive(Debug, Clone)]
+pub struct ResourceViolation {
+    /// The rule.
+    pub rule: ResourceRule,
+    /// The resource key (see [`ResourceRule`]).
+    pub key: String,
+    /// The endpoint's name.
+    pub endpoint: &'static str,
+    /// The calling app.
+    pub app_id: String,
+    /// Its tenant, for a store app's tenant token.
+    pub tenant_key: Option<String>,
+    /// The code answered (or that would have been): 230020, 99991400,
+    /// 1254291 or 1061045.
+    pub code: i64,
+    /// The HTTP status with it.
+    pub status: StatusCode,
+    /// Whether it was refused for concurrency (a call in flight on the same
+    /// key) rather than a rate window.
+    pub concurrent: bool,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// The catalog endpoint `name` names, or a panic saying why none.
+#[track_caller]
+fn endpoint(name: &str) -> &'static catalog::Endpoint {
+    match catalog::resolve(name) {
+        Ok(ep) => ep,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The running fake. Dropping it stops the server and closes its connections.
 pub struct SimFeishu {
     shared: Arc<Shared>,
@@ -536,7 +683,9 @@ impl SimFeishu {
         } else {
             (None, None)
         };
-        let shared = Arc::new(Shared::new(cfg));
+        let shared = Shared::new(cfg)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let shared = Arc::new(shared);
         let task = tokio::spawn(server::serve(listener, tls, Arc::clone(&shared)));
         Ok(SimFeishu {
             shared,
@@ -617,6 +766,53 @@ impl SimFeishu {
         self.shared.faults.inject(code, status, n);
     }
 
+    /// The next `n` business requests answer as a load balancer in front of
+    /// Feishu does when the API behind it is down: `status` (e.g. 502 or
+    /// 503) with a small HTML body and no Feishu `code`, before any other
+    /// check (recorded with `answered_code` -1, not counted against quotas).
+    /// Replaces any pending count; checked before
+    /// [`answer_next_with_code`](Self::answer_next_with_code).
+    pub fn answer_next_from_edge(&self, status: StatusCode, n: u32) {
+        self.shared.faults.inject_edge(status, n);
+    }
+
+    /// From now on, calls at `endpoint` (a name as [`catalog::resolve`]
+    /// takes it) with a valid token answer `{"code":code,"msg":…}` with
+    /// `status`, for `span`; with `reset`, the answer carries
+    /// `x-ogw-ratelimit-reset: <reset>` (and `x-ogw-ratelimit-limit`, the
+    /// cap of the endpoint's shortest window, when it has one). The `msg` is
+    /// Feishu's for the code (`data/throttle-codes.tsv`). Such calls are
+    /// arrivals (and count against the endpoint's windows) but go no
+    /// further: no per-resource limit, no budget. Replaces what was set at
+    /// the endpoint. E.g. `throttle("put_top_notice", 99991400,
+    /// StatusCode::BAD_REQUEST, Some(2), FaultSpan::Calls(1))`. Panics on a
+    /// name that is not in the catalog.
+    #[track_caller]
+    pub fn throttle(
+        &self,
+        endpoint_name: &str,
+        code: i64,
+        status: StatusCode,
+        reset: Option<u64>,
+        span: FaultSpan,
+    ) {
+        let ep = endpoint(endpoint_name);
+        self.shared
+            .throttles
+            .set(ep.index, code, status, reset, span, Instant::now());
+    }
+
+    /// Remove every throttle answer set by [`throttle`](Self::throttle).
+    pub fn clear_throttles(&self) {
+        self.shared.throttles.clear();
+    }
+
+    /// Set `app_id`'s count of budget-counted calls this month (0: the
+    /// month turned).
+    pub fn set_budget_used(&self, app_id: &str, used: u64) {
+        lock(&self.shared.budget_used).insert(app_id.to_owned(), used);
+    }
+
     // ----- introspection ---------------------------------------------------
 
     /// Every business request received since the start or the last
@@ -626,15 +822,105 @@ impl SimFeishu {
         lock(&self.shared.requests).clone()
     }
 
+    /// Every upload (`im/v1/images`, `im/v1/files`, drive `upload_all` and
+    /// `upload_part`) received, complete or cut off, in the order they
+    /// ended. A complete one is also in [`requests`](Self::requests), with
+    /// an empty body (its file is not kept). Empty when `record_requests`
+    /// is off.
+    pub fn uploads(&self) -> Vec<UploadRecord> {
+        lock(&self.shared.uploads).clone()
+    }
+
     /// Every token call, in arrival order.
     pub fn token_calls(&self) -> Vec<TokenCall> {
         lock(&self.shared.token_calls).clone()
     }
 
-    /// Requests that went over a quota window (all windows, all keys); one
-    /// per request even when it broke several windows.
+    /// Requests that went over a limit: an endpoint's windows (documented,
+    /// configured or the hidden `special` one) or a per-resource limit
+    /// (rate or concurrency), all keys; one per request even when it broke
+    /// several. Not counted with [`QuotaMode::Off`]. Budget refusals and
+    /// throttle answers set by tests are not violations.
     pub fn violations(&self) -> u64 {
         self.shared.violations.load(Ordering::SeqCst)
+    }
+
+    /// [`violations`](Self::violations) at one endpoint (a name as
+    /// [`catalog::resolve`] takes it; panics on an unknown one).
+    #[track_caller]
+    pub fn violations_at(&self, endpoint_name: &str) -> u64 {
+        let ep = endpoint(endpoint_name);
+        self.shared.endpoint_violations[ep.index].load(Ordering::SeqCst)
+    }
+
+    /// Every endpoint with violations, by name, in catalog order.
+    pub fn violations_by_endpoint(&self) -> Vec<(&'static str, u64)> {
+        nonzero(&self.shared.endpoint_violations)
+    }
+
+    /// Calls with a valid token at one endpoint, all apps and tenants, since
+    /// the start or the last reset (throttled ones included). Panics on an
+    /// unknown name.
+    #[track_caller]
+    pub fn arrivals(&self, endpoint_name: &str) -> u64 {
+        let ep = endpoint(endpoint_name);
+        self.shared.endpoint_arrivals[ep.index].load(Ordering::SeqCst)
+    }
+
+    /// Every endpoint with arrivals, by name, in catalog order.
+    pub fn arrivals_by_endpoint(&self) -> Vec<(&'static str, u64)> {
+        nonzero(&self.shared.endpoint_arrivals)
+    }
+
+    /// The windows the fake enforces at an endpoint per (app[, tenant]),
+    /// after [`SimConfig::limits`], [`SimConfig::route_limits`] and
+    /// [`SimConfig::special_limits`]. Panics on an unknown name.
+    #[track_caller]
+    pub fn windows(&self, endpoint_name: &str) -> Vec<(u32, Duration)> {
+        let ep = endpoint(endpoint_name);
+        lock(&self.shared.quota).windows(ep.index).to_vec()
+    }
+
+    /// Every call refused (or counted) by a per-resource limit, in order.
+    pub fn resource_violations(&self) -> Vec<ResourceViolation> {
+        lock(&self.shared.resource_violations).clone()
+    }
+
+    /// The most calls at a resource key within any interval of `window`
+    /// (every call that reached the per-resource check, refused ones
+    /// included), since the last reset.
+    pub fn resource_max_in_any_window(
+        &self,
+        rule: ResourceRule,
+        key: &str,
+        window: Duration,
+    ) -> usize {
+        lock(&self.shared.resources).max_in_any_window(rule, key, window)
+    }
+
+    /// The most calls in flight at once at a resource key (bitable tables,
+    /// drive uploads), since the last reset.
+    pub fn resource_peak_in_flight(&self, rule: ResourceRule, key: &str) -> u32 {
+        lock(&self.shared.resources).peak_in_flight(rule, key)
+    }
+
+    /// The keys of `rule` that saw calls since the last reset, sorted.
+    pub fn resource_keys(&self, rule: ResourceRule) -> Vec<String> {
+        lock(&self.shared.resources).keys(rule)
+    }
+
+    /// Budget-counted calls of `app_id` this month (see
+    /// [`SimConfig::monthly_budget`]; 0 without a budget).
+    pub fn budget_used(&self, app_id: &str) -> u64 {
+        lock(&self.shared.budget_used)
+            .get(app_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Calls answered 99991403 since the start or the last reset.
+    pub fn budget_refused(&self) -> u64 {
+        self.shared.budget_refused.load(Ordering::SeqCst)
     }
 
     /// Business requests that arrived with an expired (not merely unknown)
@@ -643,25 +929,31 @@ impl SimFeishu {
         self.shared.expired_uses.load(Ordering::SeqCst)
     }
 
-    /// The most requests of the key (`app_id`, `endpoint`) that arrived
+    /// The most requests of the key (`app_id`, endpoint) that arrived
     /// within any interval of length `window`, over the arrivals logged since
-    /// the last reset (the most recent 2^20 per key). Endpoints are
-    /// `"put_top_notice"`, `"delete_top_notice"` and `"get_chat"`. Only
-    /// requests with a valid token reach the log; throttled ones do.
-    pub fn max_in_any_window(&self, app_id: &str, endpoint: &str, window: Duration) -> usize {
-        lock(&self.shared.quota).max_in_any_window(app_id, None, endpoint, window)
+    /// the last reset (the most recent 2^20 per key). The endpoint is a name
+    /// as [`catalog::resolve`] takes it: `"put_top_notice"`,
+    /// `"delete_top_notice"`, `"get_chat"`, `"<METHOD> <template>"` or a
+    /// template only one method has; panics on an unknown or ambiguous one.
+    /// Only requests with a valid token reach the log; throttled ones do.
+    #[track_caller]
+    pub fn max_in_any_window(&self, app_id: &str, endpoint_name: &str, window: Duration) -> usize {
+        let ep = endpoint(endpoint_name);
+        lock(&self.shared.quota).max_in_any_window(app_id, None, ep.index, window)
     }
 
     /// [`max_in_any_window`](Self::max_in_any_window) for a store app's
     /// tenant: the key (`app_id`, `tenant_key`, `endpoint`).
+    #[track_caller]
     pub fn max_in_any_window_for_tenant(
         &self,
         app_id: &str,
         tenant_key: &str,
-        endpoint: &str,
+        endpoint_name: &str,
         window: Duration,
     ) -> usize {
-        lock(&self.shared.quota).max_in_any_window(app_id, Some(tenant_key), endpoint, window)
+        let ep = endpoint(endpoint_name);
+        lock(&self.shared.quota).max_in_any_window(app_id, Some(tenant_key), ep.index, window)
     }
 
     /// Every store-app call (resend, app token, tenant token), in arrival
@@ -732,15 +1024,29 @@ impl SimFeishu {
     }
 
     /// Clear the recorded requests, token calls, store calls, pushed events,
-    /// arrival logs and the violation and expired-use counters. Tokens,
-    /// tickets, live quota windows and pending faults are kept.
+    /// arrival logs (per key, per endpoint, per resource), resource
+    /// violations and the violation, budget-refusal and expired-use
+    /// counters. Tokens, tickets, live quota windows, calls in flight, budget
+    /// use and pending faults are kept.
     pub fn reset_records(&self) {
         lock(&self.shared.requests).clear();
         lock(&self.shared.token_calls).clear();
         lock(&self.shared.store_calls).clear();
         lock(&self.shared.pushed).clear();
+        lock(&self.shared.uploads).clear();
         lock(&self.shared.quota).clear_history();
+        lock(&self.shared.resources).clear_history(Instant::now());
+        lock(&self.shared.resource_violations).clear();
+        for counter in self
+            .shared
+            .endpoint_arrivals
+            .iter()
+            .chain(self.shared.endpoint_violations.iter())
+        {
+            counter.store(0, Ordering::SeqCst);
+        }
         self.shared.violations.store(0, Ordering::SeqCst);
+        self.shared.budget_refused.store(0, Ordering::SeqCst);
         self.shared.expired_uses.store(0, Ordering::SeqCst);
     }
 
@@ -752,6 +1058,16 @@ impl SimFeishu {
         // The task ends as cancelled; that is the expected outcome.
         let _ = (&mut self.task).await;
     }
+}
+
+/// The non-zero counters, by endpoint name, in catalog order.
+fn nonzero(counters: &[std::sync::atomic::AtomicU64]) -> Vec<(&'static str, u64)> {
+    catalog::endpoints()
+        .iter()
+        .zip(counters)
+        .map(|(ep, c)| (ep.name(), c.load(Ordering::SeqCst)))
+        .filter(|&(_, n)| n > 0)
+        .collect()
 }
 
 impl Drop for SimFeishu {

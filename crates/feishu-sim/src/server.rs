@@ -8,10 +8,14 @@
 //!    [`store_call`], everything else is a business request ([`business`]).
 //! 3. business requests: the bearer token is judged (and an expired one
 //!    counted) for the records, then [`decide`] runs injected answers, route
-//!    (404), token check, quota, body contract and magic chat ids; the first
-//!    phase that answers ends it.
+//!    (the catalog, else 404), token check, the endpoint's windows, throttle
+//!    answers set by tests, the per-resource limit, body contract, magic
+//!    chat ids, success and the monthly budget; the first phase that
+//!    answers ends it.
 //! 4. wait: `X-Sim-Delay-Ms` (any request) plus the configured latency
-//!    (business requests), with no lock held.
+//!    (business requests) plus the write time of an admitted bitable write
+//!    or drive upload, with no lock held; such a write holds its in-flight
+//!    slot until then.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,13 +37,17 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::answer::{code, new_logid, Answer, RateLimitHeaders};
+use super::catalog::{self, Endpoint, ResourceRule};
 use super::contract;
 use super::push::schedule_ticket_push;
-use super::quota::{Endpoint, Over};
-use super::state::{lock, Shared};
+use super::quota::Over;
+use super::resource::{self, CallSite, InFlight, Refusal};
+use super::state::{lock, Shared, Throttle};
 use super::tokens::Holder;
+use super::upload;
 use super::{
-    QuotaMode, RecordedRequest, StoreCall, StoreCallKind, TokenCall, TokenKind, TokenVerdict,
+    QuotaMode, RecordedRequest, ResourceViolation, StoreCall, StoreCallKind, TokenCall, TokenKind,
+    TokenVerdict,
 };
 
 /// Bodies larger than this close the connection.
@@ -119,9 +127,18 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Err(Dropped),
+    // A multipart upload is read as it streams (upload.rs), never held
+    // whole, then goes the way of every business request; a cut-off one is
+    // recorded and not answered.
+    let (body, upload) = match upload::route(&parts.method, parts.uri.path(), &parts.headers) {
+        Some(kind) => match upload::read(&shared, &parts, body, kind).await {
+            Some(read) => (Bytes::new(), Some(read)),
+            None => return Err(Dropped),
+        },
+        None => match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => (collected.to_bytes(), None),
+            Err(_) => return Err(Dropped),
+        },
     };
     if shared.faults.take_drop() {
         return Err(Dropped);
@@ -130,18 +147,32 @@ async fn handle(
     let logid = new_logid();
     let mut wait = sim_delay(&parts.headers);
 
-    let answer = match auth_route(&parts.method, parts.uri.path()) {
-        Some(AuthRoute::SelfBuilt(kind)) => token_call(&shared, kind, &body, arrived, &logid),
-        Some(AuthRoute::Store(kind)) => store_call(&shared, kind, &body, arrived, &logid),
+    let decided = match auth_route(&parts.method, parts.uri.path()) {
+        Some(AuthRoute::SelfBuilt(kind)) => {
+            token_call(&shared, kind, &body, arrived, &logid).into()
+        }
+        Some(AuthRoute::Store(kind)) => store_call(&shared, kind, &body, arrived, &logid).into(),
         None => {
             wait += shared.latency();
-            business(&shared, parts, body, arrived, &logid)
+            let mut decided = business(&shared, parts, body, arrived, &logid);
+            if let Some(read) = upload {
+                decided.answer = upload::answer(&shared, read, decided.answer);
+            }
+            decided
         }
     };
-
+    // An admitted write is in flight until it is answered (or the client
+    // goes away and this future is dropped).
+    let Decided {
+        answer,
+        in_flight,
+        write_time,
+    } = decided;
+    wait += write_time;
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
+    drop(in_flight);
     Ok(answer.into_response(&logid))
 }
 
@@ -366,43 +397,36 @@ fn tenant_token(shared: &Shared, call: &mut StoreCall, app_token: Option<&str>) 
 
 // ----- business requests ---------------------------------------------------
 
-/// Where a business request goes.
-#[derive(Debug, Clone, Copy)]
-enum Route<'a> {
-    Known {
-        endpoint: Endpoint,
-        chat_id: &'a str,
-    },
-    NotFound,
+/// A business request as the phases see it.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    /// The catalog endpoint it matched, or `None` (404).
+    endpoint: Option<&'static Endpoint>,
+    path: &'a str,
+    query: Option<&'a str>,
+    body: &'a [u8],
 }
 
-impl<'a> Route<'a> {
-    fn of(method: &Method, path: &'a str) -> Route<'a> {
-        let Some(rest) = path.strip_prefix("/open-apis/im/v1/chats/") else {
-            return Route::NotFound;
-        };
-        let mut segments = rest.split('/');
-        let chat_id = segments.next().unwrap_or("");
-        let tail = (segments.next(), segments.next(), segments.next());
-        let endpoint = match tail {
-            (None, _, _) if method == Method::GET => Endpoint::GetChat,
-            (Some("top_notice"), Some("put_top_notice"), None) if method == Method::POST => {
-                Endpoint::PutTopNotice
-            }
-            (Some("top_notice"), Some("delete_top_notice"), None) if method == Method::POST => {
-                Endpoint::DeleteTopNotice
-            }
-            _ => return Route::NotFound,
-        };
-        if chat_id.is_empty() {
-            return Route::NotFound;
+/// What the phases decided: the answer, and for an admitted write its
+/// in-flight slot and how long it takes.
+pub(crate) struct Decided {
+    pub(crate) answer: Answer,
+    pub(crate) in_flight: Option<InFlight>,
+    pub(crate) write_time: Duration,
+}
+
+impl From<Answer> for Decided {
+    fn from(answer: Answer) -> Self {
+        Decided {
+            answer,
+            in_flight: None,
+            write_time: Duration::ZERO,
         }
-        Route::Known { endpoint, chat_id }
     }
 }
 
 /// The token of `Authorization: Bearer <token>`, if well-formed.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
@@ -413,28 +437,30 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A business request: judge the token, decide, record.
-fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid: &str) -> Answer {
-    let route = Route::of(&parts.method, parts.uri.path());
+fn business(
+    shared: &Arc<Shared>,
+    parts: Parts,
+    body: Bytes,
+    arrived: Instant,
+    logid: &str,
+) -> Decided {
+    let endpoint = catalog::route(&parts.method, parts.uri.path());
     let bearer = bearer_token(&parts.headers);
     let (verdict, holder) = lock(&shared.tokens).judge(bearer, Instant::now());
     if verdict == TokenVerdict::Expired {
         shared.expired_uses.fetch_add(1, Ordering::Relaxed);
     }
 
-    let answer = decide(
-        shared,
-        route,
-        verdict,
-        holder.as_ref(),
-        &body,
-        parts.uri.query(),
-    );
+    let call = Call {
+        endpoint,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        body: &body,
+    };
+    let decided = decide(shared, call, verdict, holder.as_ref());
 
     if shared.record_requests {
-        let endpoint = match route {
-            Route::Known { endpoint, .. } => Some(endpoint.name()),
-            Route::NotFound => None,
-        };
+        let answer = &decided.answer;
         let record = RecordedRequest {
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
@@ -446,7 +472,8 @@ fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid:
                 .as_ref()
                 .and_then(|h| h.tenant_key.as_deref())
                 .map(str::to_owned),
-            endpoint,
+            endpoint: endpoint.map(Endpoint::name),
+            template: endpoint.map(|e| e.template),
             answered_code: answer.code,
             answered_status: answer.status,
             logid: logid.to_owned(),
@@ -457,113 +484,233 @@ fn business(shared: &Shared, parts: Parts, body: Bytes, arrived: Instant, logid:
         };
         lock(&shared.requests).push(record);
     }
-    answer
+    decided
 }
 
 /// The phases that decide a business answer; the first that answers wins.
 fn decide(
-    shared: &Shared,
-    route: Route<'_>,
+    shared: &Arc<Shared>,
+    call: Call<'_>,
     verdict: TokenVerdict,
     holder: Option<&Holder>,
-    body: &[u8],
-    query: Option<&str>,
-) -> Answer {
+) -> Decided {
     // Injected answers replace everything, so tests get exactly what they ask.
+    if let Some(status) = shared.faults.take_edge() {
+        return Answer::edge(status).into();
+    }
     if let Some((code, status)) = shared.faults.take_injected() {
-        return injected(shared, code, status);
+        return injected(shared, call.endpoint, code, status).into();
     }
 
     // Unknown routes answer 404 whatever the token.
-    let Route::Known { endpoint, chat_id } = route else {
-        return Answer::error(StatusCode::NOT_FOUND, code::NOT_FOUND);
+    let Some(ep) = call.endpoint else {
+        return Answer::error(StatusCode::NOT_FOUND, code::NOT_FOUND).into();
     };
 
     // a. token: the token identifies the app (and a store app's tenant).
     let holder = match (verdict, holder) {
         (TokenVerdict::Valid, Some(holder)) => holder,
         (TokenVerdict::Missing, _) => {
-            return Answer::error(StatusCode::BAD_REQUEST, code::MISSING_TOKEN)
+            return Answer::error(StatusCode::BAD_REQUEST, code::MISSING_TOKEN).into()
         }
-        _ => return Answer::error(shared.token_invalid_status, code::INVALID_TENANT_TOKEN),
+        _ => return Answer::error(shared.token_invalid_status, code::INVALID_TENANT_TOKEN).into(),
     };
-
-    // b. quota per (app[, tenant], endpoint); throttled calls count as
-    // arrivals too.
+    let app = &*holder.app_id;
     let tenant = holder.tenant_key.as_deref();
-    if let Some(answer) = quota(shared, &holder.app_id, tenant, endpoint) {
-        return answer;
+    let mode = shared.quota_mode();
+
+    // b. the endpoint's windows per (app[, tenant], endpoint); every call
+    // with a valid token is an arrival, throttled ones included.
+    shared.endpoint_arrivals[ep.index].fetch_add(1, Ordering::Relaxed);
+    let over = {
+        let mut book = lock(&shared.quota);
+        // Read the clock under the lock so each log is in arrival order.
+        book.arrive(app, tenant, ep.index, Instant::now())
+    };
+    let mut violated = false;
+    if over.is_some() && mode != QuotaMode::Off {
+        count_violation(shared, ep);
+        violated = true;
     }
 
-    // c. body contract.
-    let body_ok = match endpoint {
-        Endpoint::PutTopNotice => contract::put_top_notice_ok(body),
-        Endpoint::DeleteTopNotice => contract::delete_top_notice_ok(body),
-        Endpoint::GetChat => true,
+    // c. a throttle answer set by the test.
+    if let Some(t) = shared.throttles.take(ep.index, Instant::now()) {
+        return throttle_answer(shared, ep, t).into();
+    }
+    if let (Some(Over { limit, reset_secs }), QuotaMode::Enforce) = (over, mode) {
+        let headers = RateLimitHeaders {
+            limit: Some(limit),
+            reset_secs,
+        };
+        let status = documented_status(code::RATE_LIMITED);
+        return Answer::throttled(status, code::RATE_LIMITED, headers).into();
+    }
+
+    // d. the per-resource limit, if the endpoint has one and the call
+    // carries its key.
+    let mut decided = Decided::from(Answer::success_empty());
+    let site = CallSite {
+        endpoint: ep,
+        path: call.path,
+        query: call.query,
+        body: call.body,
+        app_id: app,
+        tenant_key: tenant,
+    };
+    if let Some((rule, key)) = ep
+        .resource
+        .and_then(|rule| Some((rule, resource::key_of(rule, &site)?)))
+    {
+        let refusal = lock(&shared.resources).arrive(rule, &key, Instant::now());
+        if let (Some(refusal), true) = (refusal, mode != QuotaMode::Off) {
+            if !violated {
+                count_violation(shared, ep);
+            }
+            let answer = resource_answer(rule, refusal);
+            lock(&shared.resource_violations).push(ResourceViolation {
+                rule,
+                key: key.clone(),
+                endpoint: ep.name(),
+                app_id: app.to_owned(),
+                tenant_key: tenant.map(str::to_owned),
+                code: answer.code,
+                status: answer.status,
+                concurrent: refusal == Refusal::Busy,
+                at: Instant::now(),
+            });
+            if mode == QuotaMode::Enforce {
+                return answer.into();
+            }
+        }
+        if rule.is_write() {
+            decided.in_flight = Some(InFlight::take(shared, rule, key));
+            decided.write_time = shared.write_time;
+        }
+    }
+
+    // e. body contract.
+    let body_ok = match ep.name() {
+        "put_top_notice" => contract::put_top_notice_ok(call.body),
+        "delete_top_notice" => contract::delete_top_notice_ok(call.body),
+        _ => true,
     };
     if !body_ok {
-        return Answer::error(StatusCode::BAD_REQUEST, code::INVALID_PARAM);
+        return Answer::error(StatusCode::BAD_REQUEST, code::INVALID_PARAM).into();
     }
 
-    // d. magic chat ids: `oc_error<code>` answers that error.
+    // f. magic chat ids: `oc_error<code>` answers that error.
+    let chat_id = ep.param(call.path, "chat_id");
     if let Some(code) = chat_id
-        .strip_prefix("oc_error")
+        .and_then(|c| c.strip_prefix("oc_error"))
         .and_then(|c| c.parse::<i64>().ok())
         .filter(|&c| c != 0)
     {
-        return Answer::error(StatusCode::BAD_REQUEST, code);
+        return Answer::error(StatusCode::BAD_REQUEST, code).into();
     }
 
-    // e. success.
-    match endpoint {
-        Endpoint::GetChat => {
-            let data =
-                json!({"chat_id": chat_id, "name": "Sim chat", "query": query.unwrap_or("")});
-            Answer::json(
-                StatusCode::OK,
-                0,
-                &json!({"code": 0, "msg": "success", "data": data}),
-            )
+    // g. success.
+    if ep.name() == "get_chat" {
+        let data = json!({
+            "chat_id": chat_id.unwrap_or(""),
+            "name": "Sim chat",
+            "query": call.query.unwrap_or(""),
+        });
+        decided.answer = Answer::json(
+            StatusCode::OK,
+            0,
+            &json!({"code": 0, "msg": "success", "data": data}),
+        );
+    }
+
+    // h. the monthly budget of a self-built app: a successful counted call
+    // uses one, or is refused once none is left.
+    if let (Some(budget), None) = (shared.monthly_budget, tenant) {
+        if !catalog::budget_exempt(call.path) && !spend_budget(shared, app, budget) {
+            shared.budget_refused.fetch_add(1, Ordering::Relaxed);
+            let status = documented_status(code::MONTHLY_BUDGET);
+            return Answer::error(status, code::MONTHLY_BUDGET).into();
         }
-        Endpoint::PutTopNotice | Endpoint::DeleteTopNotice => Answer::success_empty(),
+    }
+    decided
+}
+
+/// Use one call of `app`'s budget; false when none is left.
+fn spend_budget(shared: &Shared, app: &str, budget: u64) -> bool {
+    let mut used = lock(&shared.budget_used);
+    let used = match used.get_mut(app) {
+        Some(n) => n,
+        None => used.entry(app.to_owned()).or_insert(0),
+    };
+    if *used >= budget {
+        return false;
+    }
+    *used += 1;
+    true
+}
+
+/// One more request over a limit, at `ep`.
+fn count_violation(shared: &Shared, ep: &Endpoint) {
+    shared.violations.fetch_add(1, Ordering::Relaxed);
+    shared.endpoint_violations[ep.index].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The first HTTP status `data/throttle-codes.tsv` documents for `code`.
+fn documented_status(code: i64) -> StatusCode {
+    catalog::throttle_code(code).map_or(StatusCode::TOO_MANY_REQUESTS, |t| t.statuses[0])
+}
+
+/// The answer to a call refused by its resource limit.
+fn resource_answer(rule: ResourceRule, refusal: Refusal) -> Answer {
+    match (rule, refusal) {
+        (ResourceRule::DocxDocument, Refusal::Over(Over { limit, reset_secs })) => {
+            let headers = RateLimitHeaders {
+                limit: Some(limit),
+                reset_secs,
+            };
+            Answer::throttled(rule.status(), rule.code(), headers)
+        }
+        _ => Answer::error(rule.status(), rule.code()),
+    }
+}
+
+/// The window `x-ogw-ratelimit-limit` names for `ep`: its shortest.
+fn headline_limit(shared: &Shared, ep: &Endpoint) -> Option<(u32, Duration)> {
+    lock(&shared.quota)
+        .windows(ep.index)
+        .iter()
+        .min_by_key(|w| w.1)
+        .copied()
+}
+
+/// A throttle answer set by the test, with `x-ogw-ratelimit-reset` when it
+/// has a reset.
+fn throttle_answer(shared: &Shared, ep: &Endpoint, t: Throttle) -> Answer {
+    match t.reset_secs {
+        Some(reset_secs) => {
+            let limit = headline_limit(shared, ep).map(|w| w.0);
+            Answer::throttled(t.status, t.code, RateLimitHeaders { limit, reset_secs })
+        }
+        None => Answer::error(t.status, t.code),
     }
 }
 
 /// An `answer_next_with_code` answer; 99991400 carries the rate-limit headers
-/// of the first configured window.
-fn injected(shared: &Shared, code: i64, status: StatusCode) -> Answer {
-    let first = lock(&shared.quota).first_limit();
-    match first {
+/// of the endpoint's shortest window, when it has one.
+fn injected(
+    shared: &Shared,
+    endpoint: Option<&'static Endpoint>,
+    code: i64,
+    status: StatusCode,
+) -> Answer {
+    let window = endpoint.and_then(|ep| headline_limit(shared, ep));
+    match window {
         Some((limit, window)) if code == code::RATE_LIMITED => {
-            let reset_secs = window.as_secs().max(1);
-            Answer::throttled(status, code, RateLimitHeaders { limit, reset_secs })
+            let headers = RateLimitHeaders {
+                limit: Some(limit),
+                reset_secs: window.as_secs().max(1),
+            };
+            Answer::throttled(status, code, headers)
         }
         _ => Answer::error(status, code),
-    }
-}
-
-/// Log the arrival; answer 429 when it went over a window under `Enforce`.
-fn quota(shared: &Shared, app: &str, tenant: Option<&str>, endpoint: Endpoint) -> Option<Answer> {
-    let over = {
-        let mut book = lock(&shared.quota);
-        // Read the clock under the lock so each log is in arrival order.
-        book.arrive(app, tenant, endpoint, Instant::now())
-    };
-    let Over { limit, reset_secs } = over?;
-    match shared.quota_mode() {
-        QuotaMode::Off => None,
-        QuotaMode::CountOnly => {
-            shared.violations.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-        QuotaMode::Enforce => {
-            shared.violations.fetch_add(1, Ordering::Relaxed);
-            let headers = RateLimitHeaders { limit, reset_secs };
-            Some(Answer::throttled(
-                StatusCode::TOO_MANY_REQUESTS,
-                code::RATE_LIMITED,
-                headers,
-            ))
-        }
     }
 }

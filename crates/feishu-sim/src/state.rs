@@ -5,12 +5,14 @@
 //! and never across an `.await`; counters and knobs read on every request are
 //! atomics.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use http::StatusCode;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,10 +20,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::quota::QuotaBook;
+use super::catalog;
+use super::quota::{effective_windows, QuotaBook};
+use super::resource::ResourceBook;
 use super::store::StoreBook;
 use super::tokens::TokenBook;
-use super::{PushedEvent, QuotaMode, RecordedRequest, SimApp, SimConfig, StoreCall, TokenCall};
+use super::upload::UploadRecord;
+use super::{
+    FaultSpan, PushedEvent, QuotaMode, RecordedRequest, ResourceViolation, SimApp, SimConfig,
+    StoreCall, TokenCall,
+};
 
 /// Lock a mutex, carrying on after a panic elsewhere: the data is records and
 /// counters, always left consistent between statements.
@@ -40,6 +48,10 @@ pub(crate) struct Faults {
     inject_left: AtomicU32,
     /// The code and status of injected answers.
     injected: Mutex<(i64, StatusCode)>,
+    /// Business requests still to answer as Feishu's edge would, without JSON.
+    edge_left: AtomicU32,
+    /// The status of those answers.
+    edge_status: Mutex<StatusCode>,
 }
 
 /// Take one unit from a pending-fault counter, if any is left.
@@ -67,12 +79,107 @@ impl Faults {
         self.inject_left.store(n, Ordering::SeqCst);
     }
 
+    pub(crate) fn inject_edge(&self, status: StatusCode, n: u32) {
+        *lock(&self.edge_status) = status;
+        self.edge_left.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn take_edge(&self) -> Option<StatusCode> {
+        take_one(&self.edge_left).then(|| *lock(&self.edge_status))
+    }
+
     pub(crate) fn take_injected(&self) -> Option<(i64, StatusCode)> {
         if take_one(&self.inject_left) {
             Some(*lock(&self.injected))
         } else {
             None
         }
+    }
+}
+
+/// A throttle answer set on an endpoint by [`SimFeishu::throttle`](super::SimFeishu::throttle).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Throttle {
+    pub(crate) code: i64,
+    pub(crate) status: StatusCode,
+    pub(crate) reset_secs: Option<u64>,
+    /// Calls still to answer, for [`FaultSpan::Calls`].
+    left: Option<u32>,
+    /// Until when, for [`FaultSpan::For`].
+    until: Option<Instant>,
+}
+
+/// The throttle answers set per endpoint (by catalog index).
+#[derive(Debug, Default)]
+pub(crate) struct Throttles {
+    /// How many endpoints have one: a request reads this, not the map, when
+    /// none is set.
+    set: AtomicUsize,
+    by_endpoint: Mutex<HashMap<usize, Throttle>>,
+}
+
+impl Throttles {
+    pub(crate) fn set(
+        &self,
+        ep: usize,
+        code: i64,
+        status: StatusCode,
+        reset_secs: Option<u64>,
+        span: FaultSpan,
+        now: Instant,
+    ) {
+        let (left, until) = match span {
+            FaultSpan::Calls(n) => (Some(n), None),
+            FaultSpan::For(d) => (None, Some(now + d)),
+        };
+        let mut map = lock(&self.by_endpoint);
+        if left == Some(0) {
+            map.remove(&ep);
+        } else {
+            let throttle = Throttle {
+                code,
+                status,
+                reset_secs,
+                left,
+                until,
+            };
+            map.insert(ep, throttle);
+        }
+        self.set.store(map.len(), Ordering::SeqCst);
+    }
+
+    pub(crate) fn clear(&self) {
+        let mut map = lock(&self.by_endpoint);
+        map.clear();
+        self.set.store(0, Ordering::SeqCst);
+    }
+
+    /// The throttle answer for a call at `ep` now, if one is set and still
+    /// running; a call consumes one of [`FaultSpan::Calls`].
+    pub(crate) fn take(&self, ep: usize, now: Instant) -> Option<Throttle> {
+        if self.set.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut map = lock(&self.by_endpoint);
+        let throttle = map.get_mut(&ep)?;
+        let answer = *throttle;
+        let done = match (&mut throttle.left, throttle.until) {
+            (Some(left), _) => {
+                *left -= 1;
+                *left == 0
+            }
+            (None, Some(until)) if now >= until => {
+                map.remove(&ep);
+                self.set.store(map.len(), Ordering::SeqCst);
+                return None;
+            }
+            _ => false,
+        };
+        if done {
+            map.remove(&ep);
+            self.set.store(map.len(), Ordering::SeqCst);
+        }
+        Some(answer)
     }
 }
 
@@ -92,6 +199,23 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) tokens: Mutex<TokenBook>,
     pub(crate) quota: Mutex<QuotaBook>,
+    /// Per-resource logs and calls in flight.
+    pub(crate) resources: Mutex<ResourceBook>,
+    /// How long an admitted bitable write or drive upload stays in flight.
+    pub(crate) write_time: Duration,
+    /// Throttle answers set per endpoint.
+    pub(crate) throttles: Throttles,
+    /// Calls with a valid token per endpoint (catalog index).
+    pub(crate) endpoint_arrivals: Box<[AtomicU64]>,
+    /// Violations per endpoint (catalog index).
+    pub(crate) endpoint_violations: Box<[AtomicU64]>,
+    pub(crate) resource_violations: Mutex<Vec<ResourceViolation>>,
+    /// The monthly budget per self-built app.
+    pub(crate) monthly_budget: Option<u64>,
+    /// Counted calls per self-built app.
+    pub(crate) budget_used: Mutex<HashMap<String, u64>>,
+    /// Calls answered 99991403.
+    pub(crate) budget_refused: AtomicU64,
     pub(crate) requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) token_calls: Mutex<Vec<TokenCall>>,
     pub(crate) violations: AtomicU64,
@@ -110,10 +234,19 @@ pub(crate) struct Shared {
     pub(crate) push_tasks: Mutex<JoinSet<()>>,
     pub(crate) store_calls: Mutex<Vec<StoreCall>>,
     pub(crate) pushed: Mutex<Vec<PushedEvent>>,
+    pub(crate) uploads: Mutex<Vec<UploadRecord>>,
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: SimConfig) -> Self {
+    /// The shared state for `cfg`; the error names a config value the fake
+    /// cannot use.
+    pub(crate) fn new(cfg: SimConfig) -> Result<Self, String> {
+        let windows = effective_windows(&cfg)?;
+        let counters = || {
+            (0..catalog::endpoints().len())
+                .map(|_| AtomicU64::new(0))
+                .collect::<Box<[_]>>()
+        };
         let shared = Shared {
             apps: cfg.apps,
             token_invalid_status: cfg.token_invalid_status,
@@ -122,7 +255,16 @@ impl Shared {
             quota_mode: AtomicU8::new(cfg.quota.to_u8()),
             faults: Faults::default(),
             tokens: Mutex::new(TokenBook::new(cfg.token_lifetime, cfg.same_token_threshold)),
-            quota: Mutex::new(QuotaBook::new(cfg.limits)),
+            quota: Mutex::new(QuotaBook::new(windows)),
+            resources: Mutex::new(ResourceBook::default()),
+            write_time: cfg.write_time,
+            throttles: Throttles::default(),
+            endpoint_arrivals: counters(),
+            endpoint_violations: counters(),
+            resource_violations: Mutex::new(Vec::new()),
+            monthly_budget: cfg.monthly_budget,
+            budget_used: Mutex::new(HashMap::new()),
+            budget_refused: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
             token_calls: Mutex::new(Vec::new()),
             violations: AtomicU64::new(0),
@@ -135,10 +277,11 @@ impl Shared {
             push_tasks: Mutex::new(JoinSet::new()),
             store_calls: Mutex::new(Vec::new()),
             pushed: Mutex::new(Vec::new()),
+            uploads: Mutex::new(Vec::new()),
         };
         shared.set_latency(cfg.latency);
         shared.set_ticket_push_delay(cfg.ticket_push_delay);
-        shared
+        Ok(shared)
     }
 
     pub(crate) fn set_ticket_push_delay(&self, d: Duration) {

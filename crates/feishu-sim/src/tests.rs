@@ -29,7 +29,8 @@ fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-/// An answer, with its body decoded as JSON.
+/// An answer, with its body decoded as JSON (a body that is not JSON, as a
+/// JSON string).
 #[derive(Debug)]
 struct Reply {
     status: StatusCode,
@@ -65,7 +66,9 @@ async fn try_send(
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let json = serde_json::from_slice(&bytes).expect("every answer is JSON");
+    // Every answer is JSON but the edge's HTML pages, kept as a JSON string.
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     Ok(Reply {
         status,
         headers,
@@ -430,7 +433,7 @@ async fn body_contract_is_enforced_over_http() {
 async fn unknown_routes_answer_404_with_a_logid() {
     let sim = start(SimConfig::default()).await;
     let c = client();
-    let url = format!("{}/open-apis/im/v1/messages", sim.base_url());
+    let url = format!("{}/open-apis/not/in/the/catalog", sim.base_url());
     let reply = send(&c, Method::POST, url, &[], "{}").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(
@@ -550,6 +553,27 @@ async fn answer_next_with_code_overrides_business_answers() {
 
     let codes: Vec<i64> = sim.requests().iter().map(|r| r.answered_code).collect();
     assert_eq!(codes, [99991663, 0, 99991400, 99991400, 0, 232011]);
+}
+
+#[tokio::test]
+async fn answer_next_from_edge_answers_html_without_a_code() {
+    let sim = start(SimConfig::with_app(APP, SECRET)).await;
+    let c = client();
+    let token = token_of(&c, &sim).await;
+
+    sim.answer_next_from_edge(StatusCode::SERVICE_UNAVAILABLE, 2);
+    // Token calls are not affected.
+    assert_eq!(tenant_token(&c, &sim, APP, SECRET).await.code(), 0);
+    for _ in 0..2 {
+        let edge = put(&c, &sim, &token).await;
+        assert_eq!(edge.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(edge.header("content-type"), Some("text/html"));
+        let page = edge.json.as_str().expect("an HTML page, not JSON");
+        assert!(page.contains("503 Service Unavailable"), "{page}");
+    }
+    assert_eq!(put(&c, &sim, &token).await.code(), 0);
+    let codes: Vec<i64> = sim.requests().iter().map(|r| r.answered_code).collect();
+    assert_eq!(codes, [-1, -1, 0]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -849,3 +873,7 @@ async fn https_http1_answers_are_title_cased_and_untrusted_clients_fail() {
 
 /// Store apps: resend, pushes, tickets, tenant tokens and quotas.
 mod store;
+
+/// The catalog: generic answers, windows, per-resource limits, throttle
+/// answers and the budget.
+mod catalog;

@@ -81,6 +81,9 @@ pub struct AccessRecord<'a> {
     pub request_id: Option<&'a str>,
     /// The calling client's name, once authenticated (`-`).
     pub client: Option<&'a str>,
+    /// Which of the client's keys it used: the first 8 hex digits of the
+    /// key's SHA-256, never the key (`-`).
+    pub key: Option<&'a str>,
     /// The app's name, once authenticated (`-`).
     pub app: Option<&'a str>,
     /// The catalog route's template (`other`: the path matched none).
@@ -109,6 +112,7 @@ impl AccessRecord<'_> {
         line.message("request");
         line.str(key!("request_id"), self.request_id.unwrap_or("-"));
         line.str(key!("client"), self.client.unwrap_or("-"));
+        line.str(key!("key"), self.key.unwrap_or("-"));
         line.str(key!("app"), self.app.unwrap_or("-"));
         line.str(key!("route"), self.route.unwrap_or("other"));
         line.u64(key!("status"), u64::from(self.status));
@@ -130,6 +134,7 @@ impl AccessRecord<'_> {
             target: ACCESS_TARGET,
             request_id = self.request_id.unwrap_or("-"),
             client = self.client.unwrap_or("-"),
+            key = self.key.unwrap_or("-"),
             app = self.app.unwrap_or("-"),
             route = self.route.unwrap_or("other"),
             status = self.status,
@@ -174,6 +179,7 @@ pub(super) static ACCESS_META: Metadata<'static> = Metadata::new(
             "message",
             "request_id",
             "client",
+            "key",
             "app",
             "route",
             "status",

@@ -63,6 +63,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// The level names a `[log] level` directive may end in.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `[log] level` filter: comma-separated directives, each a level
+/// (`info`) or `target=level` (`feishu_gateway::access=off`), as tracing's
+/// `EnvFilter` reads them. Stricter than `EnvFilter` itself, which takes a
+/// bare word such as `infoo` as a TARGET with every level on (so a typo
+/// there would silence the whole log): a directive without `=` must be a
+/// level name.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    let hint = "a level (trace, debug, info, warn, error, off) or a filter like \"info,feishu_gateway::access=off\"";
+    if filter.trim().is_empty() {
+        return Err(format!("is empty: give {hint}"));
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            Some(_) => {
+                return Err(format!(
+                    "{directive:?} names no target before '=': give {hint}"
+                ))
+            }
+            None => directive,
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim())) {
+            return Err(format!("{directive:?} in {filter:?} is not {hint}"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| format!("{filter:?} is not {hint} ({e})"))
+}
+
 // ----- set-up -------------------------------------------------------------
 
 /// Installs the global subscriber (see [`subscriber`]): the `level` filter

@@ -268,6 +268,7 @@ fn records() -> Vec<AccessRecord<'static>> {
     let usual = AccessRecord {
         request_id: Some("0b5a0c1e-6f3c-4c1b-9f55-7d1f7ef0e1a2"),
         client: Some("billing"),
+        key: Some("3f2a9c1d"),
         app: Some("ops-bot"),
         route: Some("/open-apis/im/v1/chats/:chat_id/top_notice/put_top_notice"),
         status: 200,
@@ -281,6 +282,7 @@ fn records() -> Vec<AccessRecord<'static>> {
     let absent = AccessRecord {
         request_id: None,
         client: None,
+        key: None,
         app: None,
         route: None,
         status: 401,
@@ -313,6 +315,7 @@ fn records() -> Vec<AccessRecord<'static>> {
         all.push(AccessRecord {
             request_id: Some(odd),
             client: Some(odd),
+            key: Some(odd),
             ..usual
         });
         all.push(AccessRecord {
