@@ -445,6 +445,7 @@ async fn bad_message_calls_get_the_message_codes_and_nothing_reaches_feishu_or_s
             "{method} {path}: answered by the gateway: {}",
             a.text()
         );
+        assert_eq!(a.code(), 0, "{method} {path}: {}", a.text());
     }
     assert_eq!(h.sim.requests().len(), 3);
 }
@@ -466,21 +467,15 @@ async fn good_message_calls_reach_feishu_unchanged() {
     ];
     for (method, path, body) in &calls {
         let a = message_call(&h, method.clone(), path, body).await;
-        // The simulated Feishu does not serve these endpoints yet (another
-        // branch makes it serve every catalog endpoint) and answers 404:
-        // what matters here is that the gateway forwarded the call instead
-        // of answering it.
+        // Forwarded, not answered by the gateway, and taken by the
+        // simulated Feishu (which serves every catalog endpoint).
         assert!(
             a.header("x-gateway-error").is_none(),
             "{method} {path}: answered by the gateway: {}",
             a.text()
         );
-        assert!(
-            a.status == StatusCode::OK || a.status == StatusCode::NOT_FOUND,
-            "{method} {path}: {} {}",
-            a.status,
-            a.text()
-        );
+        assert_eq!(a.status, StatusCode::OK, "{method} {path}: {}", a.text());
+        assert_eq!(a.code(), 0, "{method} {path}: {}", a.text());
     }
     let seen = h.sim.requests();
     assert_eq!(seen.len(), calls.len());
