@@ -75,43 +75,47 @@ impl Gateway {
                         "Feishu rejected the tenant token; replaying once with a fresh one"
                     );
                 }
-                (code, _) => {
-                    self.budget_count(ctx, answer.head.status, code);
-                    // Feishu's throttle codes, whatever the HTTP status
-                    // (99991400 with 400, 1254290 with 200 …), and a 429
-                    // that carries no code of its own.
-                    let throttle = code.and_then(throttle::classify);
-                    let bare_429 = answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
-                        && (code.is_none() || code == Some(codes::OK));
-                    if throttle.is_some() || bare_429 {
-                        self.upstream_throttled(
-                            ctx,
-                            &answer.head.headers,
-                            code,
-                            throttle.map(|t| t.pause),
-                        );
-                    } else {
-                        self.upstream_calm(ctx);
-                    }
-                    ctx.code = code;
-                    ctx.logid = answer.head.headers.get(paths::X_TT_LOGID).cloned();
-                    let mut body = answer.body;
-                    body.watch(|| {
-                        let count = |kind| {
-                            self.metrics
-                                .upstream_error_counter(ctx.app, ctx.route, kind)
-                        };
-                        StreamWatch::new(
-                            self.upstream_idle,
-                            count("idle_timeout"),
-                            self.metrics.in_flight().clone(),
-                        )
-                        .counting_failures(count("reset"), count("protocol"))
-                    });
-                    return Ok(Response::from_parts(answer.head, body));
-                }
+                _ => return Ok(self.final_answer(ctx, answer)),
             }
         }
+    }
+
+    /// The answer that goes back to the client, buffered or streamed: counted
+    /// against the monthly budget; Feishu's throttle codes (whatever the HTTP
+    /// status: 99991400 with 400, 1254290 with 200 …) and a 429 without a
+    /// code of its own pause their key, any other answer calms its backoff;
+    /// a streamed body is watched (idle timer, failures, in-flight gauge).
+    pub(super) fn final_answer(
+        &self,
+        ctx: &mut RequestCtx,
+        answer: Inspected,
+    ) -> Response<ProxyBody> {
+        let code = answer.code;
+        self.budget_count(ctx, answer.head.status, code);
+        let throttle = code.and_then(throttle::classify);
+        let bare_429 = answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
+            && (code.is_none() || code == Some(codes::OK));
+        if throttle.is_some() || bare_429 {
+            self.upstream_throttled(ctx, &answer.head.headers, code, throttle.map(|t| t.pause));
+        } else {
+            self.upstream_calm(ctx);
+        }
+        ctx.code = code;
+        ctx.logid = answer.head.headers.get(paths::X_TT_LOGID).cloned();
+        let mut body = answer.body;
+        body.watch(|| {
+            let count = |kind| {
+                self.metrics
+                    .upstream_error_counter(ctx.app, ctx.route, kind)
+            };
+            StreamWatch::new(
+                self.upstream_idle,
+                count("idle_timeout"),
+                self.metrics.in_flight().clone(),
+            )
+            .counting_failures(count("reset"), count("protocol"))
+        });
+        Response::from_parts(answer.head, body)
     }
 
     /// The token slot a request uses: its tenant's, or its app's.

@@ -49,8 +49,8 @@ use tokio::time::Instant;
 
 use super::inspect::{inspect, Inspected};
 use super::upload::{FormDriver, Prefix, Stop, UploadBody, UploadState};
-use crate::feishu::{codes, paths, throttle};
-use crate::proxy::body::{ProxyBody, StreamWatch};
+use crate::feishu::codes;
+use crate::proxy::body::ProxyBody;
 use crate::proxy::error::GatewayError;
 use crate::upstream::{OutgoingBody, UpstreamFailure};
 use crate::validate::{FormCheck, ValidationMode, Violations};
@@ -317,34 +317,8 @@ impl Gateway {
                 );
             }
         }
-        // As `forward` does with its final answer: count it against the
-        // monthly budget, pause on Feishu's throttle answers.
-        let code = answer.code;
-        self.budget_count(ctx, answer.head.status, code);
-        let throttle = code.and_then(throttle::classify);
-        let bare_429 = answer.head.status == http::StatusCode::TOO_MANY_REQUESTS
-            && (code.is_none() || code == Some(codes::OK));
-        if throttle.is_some() || bare_429 {
-            self.upstream_throttled(ctx, &answer.head.headers, code, throttle.map(|t| t.pause));
-        } else {
-            self.upstream_calm(ctx);
-        }
-        ctx.code = code;
-        ctx.logid = answer.head.headers.get(paths::X_TT_LOGID).cloned();
-        let mut body = answer.body;
-        body.watch(|| {
-            let count = |kind| {
-                self.metrics
-                    .upstream_error_counter(ctx.app, ctx.route, kind)
-            };
-            StreamWatch::new(
-                self.upstream_idle,
-                count("idle_timeout"),
-                self.metrics.in_flight().clone(),
-            )
-            .counting_failures(count("reset"), count("protocol"))
-        });
-        Response::from_parts(answer.head, body)
+        // As `forward` does with its final answer.
+        self.final_answer(ctx, answer)
     }
 }
 
