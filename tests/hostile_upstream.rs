@@ -695,3 +695,48 @@ async fn a_streamed_answer_broken_mid_body_is_aborted_and_counted() {
         gw.wait().await;
     }
 }
+
+/// Feishu's throttle code in an answer written by a raw socket (not our
+/// simulator): 99991400 with HTTP 400 and `x-ogw-ratelimit-reset: 2`
+/// passes through unchanged, and the next call on that route is answered
+/// by the gateway itself, sending nothing upstream.
+#[tokio::test]
+async fn a_throttle_code_with_http_400_from_a_raw_upstream_pauses_the_route() {
+    let body = r#"{"code":99991400,"msg":"request trigger frequency limit"}"#;
+    let throttled = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nx-ogw-ratelimit-reset: 2\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (upstream, seen) = scripted_upstream(vec![throttled.into_bytes()]).await;
+    let gw = gateway_in_front_of(upstream).await;
+    let client = http_client();
+    let auth = format!("Bearer {CLIENT_KEY}");
+    let headers = [("authorization", auth.as_str())];
+    let get = || {
+        call(
+            &client,
+            gw.addr(),
+            http::Method::GET,
+            "/open-apis/im/v1/chats/oc_1",
+            &headers,
+            "",
+        )
+    };
+    let a = get().await;
+    assert_eq!((a.status.as_u16(), a.code()), (400, 99991400));
+    assert_eq!(
+        a.header("x-gateway-error"),
+        None,
+        "Feishu's answer, unchanged"
+    );
+    let b = get().await;
+    assert_eq!(b.status.as_u16(), 429);
+    assert_eq!(b.header("x-gateway-error"), Some("rate-limited"));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "nothing sent during the pause"
+    );
+    gw.shutdown();
+    gw.wait().await;
+}
