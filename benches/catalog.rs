@@ -23,15 +23,23 @@ use feishu_gateway::quota::{Engine, Overflow, PlanPolicy};
 struct Counting;
 
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+/// Bytes asked of the allocator and not yet given back.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         unsafe { System.dealloc(ptr, layout) }
     }
+}
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
 }
 
 #[global_allocator]
@@ -127,10 +135,15 @@ fn memory(catalog: &Catalog) {
             .filter(|&r| !catalog.route(r).limits.is_empty())
             .take(200)
             .collect();
+        let (mut key_bytes, mut key_allocs, mut series_bytes, mut series_allocs) = (0, 0, 0, 0);
         for app in 0..100 {
             for &r in &limited {
+                let (b, a) = (live(), ALLOCS.load(Ordering::Relaxed));
                 let pair = keys.app_key(app, r).unwrap();
                 let _ = pair.key.as_ref().unwrap().acquire(Overflow::Reject).await;
+                key_bytes += live() - b;
+                key_allocs += ALLOCS.load(Ordering::Relaxed) - a;
+                let (b, a) = (live(), ALLOCS.load(Ordering::Relaxed));
                 metrics.request_done(
                     Some(app),
                     Some(r),
@@ -139,8 +152,18 @@ fn memory(catalog: &Catalog) {
                     Duration::from_millis(3),
                     Some(Duration::from_millis(2)),
                 );
+                series_bytes += live() - b;
+                series_allocs += ALLOCS.load(Ordering::Relaxed) - a;
             }
         }
+        let pairs = 100 * limited.len();
+        println!(
+            "heap per used (app, route) pair: {} B in {} allocations when its key is made (quota key, pause and backoff; the pair's metric series with its limit gauges), {} B in {} at its first answer (its outcome's counter)",
+            key_bytes / pairs,
+            key_allocs / pairs,
+            series_bytes / pairs,
+            series_allocs / pairs
+        );
         let used = rss_kb();
         println!(
             "rss: {:.1} MB for the tables of 100 apps x {} routes (empty), {:.1} MB once 100 apps x 200 endpoints are used ({:.1} MB of state for 20,000 pairs: keys and metric series); process total {:.1} MB",

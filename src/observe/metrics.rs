@@ -3,18 +3,22 @@
 //!
 //! Label sets are bounded by configuration: `app` is a configured app name
 //! (or `unknown`), `route` a catalog template (or `other`), `code` a Feishu
-//! code seen in an answer. Handles for each (app, route) pair are created
-//! once at start-up, so recording a request does no label hashing for the
-//! histograms; the per-code counters are cached after first use.
+//! code seen in an answer. The series of an (app, route) pair are made by
+//! its first request and kept compact ([`pairs`]): recording a request does
+//! no label hashing and allocates nothing once its (status, code) was seen.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock, RwLock};
+mod pairs;
+
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
     Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use pairs::{Code, PairFamilies, PairSeries, PairTable};
+pub use pairs::{DURATION_BUCKETS, OTHER_CODE};
 
 /// Label for requests that matched no configured app.
 pub const UNKNOWN_APP: &str = "unknown";
@@ -24,7 +28,6 @@ pub const OTHER_ROUTE: &str = "other";
 /// All metric families of the gateway.
 pub struct Metrics {
     registry: Registry,
-    requests_total: IntCounterVec,
     rate_limited: IntCounterVec,
     upstream_throttled: IntCounterVec,
     token_refreshes: IntCounterVec,
@@ -41,7 +44,6 @@ pub struct Metrics {
     open_connections: IntGaugeVec,
     connections_accepted: IntCounterVec,
     connections_rejected: IntCounterVec,
-    quota_limit: IntGaugeVec,
     store_tenants: IntGaugeVec,
     app_ticket_received: GaugeVec,
     app_ticket_store_errors: IntCounterVec,
@@ -49,15 +51,12 @@ pub struct Metrics {
     quota_wait: HistogramVec,
     budget: BudgetFamilies,
     backend: BackendFamilies,
-    /// Cached handles, indexed `[app + 1][route + 1]` (0 = unknown/other).
-    request_duration: HistogramVec,
-    upstream_duration: HistogramVec,
     /// Per (app or unknown, route or other), made on first use: a catalog of
-    /// 1,559 routes exports series only for the routes called. At
-    /// `(app + 1) * (routes + 1) + route + 1`.
-    pairs: Box<[OnceLock<Box<PairMetrics>>]>,
-    app_labels: Vec<String>,
-    route_labels: Vec<String>,
+    /// 1,559 routes exports series only for the routes called. Label index
+    /// 0 is `unknown` / `other`, then app + 1 and route + 1.
+    pairs: Arc<PairTable>,
+    /// Per route + 1: the windows its pairs publish, shared by the apps.
+    route_limits: Box<[OnceLock<Arc<[(String, u32)]>>]>,
 }
 
 /// Handles of one listener's connection counts (`listener` is `main` or
@@ -203,60 +202,20 @@ impl BackendFamilies {
     }
 }
 
-/// Handles for one (app, route) pair.
-struct PairMetrics {
-    request_duration: Histogram,
-    upstream_duration: Histogram,
-    /// By (status, code); a code counted as `other` is cached under
-    /// [`OTHER_CODE_KEY`], so the map stays bounded too.
-    by_outcome: RwLock<HashMap<(u16, Option<i64>), IntCounter>>,
-    /// The codes outside `feishu::codes::KNOWN` that got a label of their
-    /// own, at most [`MAX_UNKNOWN_CODES`]; past it they count as `other`.
-    unknown_codes: Mutex<(Vec<i64>, bool)>,
-}
-
 /// Codes outside the known table that get a label of their own per (app,
 /// route). Any upstream can put any number in `code` (a broken proxy in
 /// between, a private deployment): without a bound every distinct value
 /// would be a new series, growing the gateway's memory and Prometheus'.
 pub const MAX_UNKNOWN_CODES: usize = 16;
-/// The label of the codes past [`MAX_UNKNOWN_CODES`].
-pub const OTHER_CODE: &str = "other";
-const OTHER_CODE_KEY: Option<i64> = Some(i64::MIN);
 
 fn buckets() -> Vec<f64> {
-    vec![
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    ]
+    DURATION_BUCKETS.to_vec()
 }
 
 impl Metrics {
     /// Registers every family into `registry`. `apps` and `routes` are the
     /// configured app names and catalog route templates.
     pub fn new(registry: Registry, apps: &[String], routes: &[String]) -> prometheus::Result<Self> {
-        let requests_total = IntCounterVec::new(
-            Opts::new(
-                "feishu_gateway_requests_total",
-                "Requests answered, by app, route, HTTP status and Feishu code",
-            ),
-            &["app", "route", "status", "code"],
-        )?;
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "feishu_gateway_request_duration_seconds",
-                "Total time a request spent in the gateway",
-            )
-            .buckets(buckets()),
-            &["app", "route"],
-        )?;
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "feishu_gateway_upstream_duration_seconds",
-                "Time spent waiting for Feishu, per request (all attempts)",
-            )
-            .buckets(buckets()),
-            &["app", "route"],
-        )?;
         let rate_limited = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_rate_limited_total",
@@ -366,13 +325,6 @@ impl Metrics {
             ),
             &["listener"],
         )?;
-        let quota_limit = IntGaugeVec::new(
-            Opts::new(
-                "feishu_gateway_quota_limit",
-                "Configured requests per window of each (app, route) quota",
-            ),
-            &["app", "route", "window"],
-        )?;
         let store_tenants = IntGaugeVec::new(
             Opts::new(
                 "feishu_gateway_store_tenants",
@@ -444,10 +396,15 @@ impl Metrics {
             ),
             &["code", "description"],
         )?;
+        let mut app_labels = vec![UNKNOWN_APP.to_string()];
+        app_labels.extend(apps.iter().cloned());
+        let mut route_labels = vec![OTHER_ROUTE.to_string()];
+        route_labels.extend(routes.iter().cloned());
+        let route_limits = (0..route_labels.len()).map(|_| OnceLock::new()).collect();
+        let pairs = Arc::new(PairTable::new(app_labels, route_labels));
         for c in [
-            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(request_duration.clone()),
-            Box::new(upstream_duration.clone()),
+            Box::new(PairFamilies::new(Arc::clone(&pairs))?)
+                as Box<dyn prometheus::core::Collector>,
             Box::new(rate_limited.clone()),
             Box::new(upstream_throttled.clone()),
             Box::new(token_refreshes.clone()),
@@ -464,7 +421,6 @@ impl Metrics {
             Box::new(open_connections.clone()),
             Box::new(connections_accepted.clone()),
             Box::new(connections_rejected.clone()),
-            Box::new(quota_limit.clone()),
             Box::new(store_tenants.clone()),
             Box::new(app_ticket_received.clone()),
             Box::new(app_ticket_store_errors.clone()),
@@ -490,13 +446,6 @@ impl Metrics {
                 .set(1);
         }
 
-        let mut app_labels = vec![UNKNOWN_APP.to_string()];
-        app_labels.extend(apps.iter().cloned());
-        let mut route_labels = vec![OTHER_ROUTE.to_string()];
-        route_labels.extend(routes.iter().cloned());
-        let pairs = (0..app_labels.len() * route_labels.len())
-            .map(|_| OnceLock::new())
-            .collect();
         for a in apps {
             token_expiry.with_label_values(&[a]).set(0.0);
             for result in ["ok", "error"] {
@@ -505,9 +454,6 @@ impl Metrics {
         }
         Ok(Metrics {
             registry,
-            request_duration,
-            upstream_duration,
-            requests_total,
             rate_limited,
             upstream_throttled,
             token_refreshes,
@@ -524,7 +470,6 @@ impl Metrics {
             open_connections,
             connections_accepted,
             connections_rejected,
-            quota_limit,
             store_tenants,
             app_ticket_received,
             app_ticket_store_errors,
@@ -533,8 +478,7 @@ impl Metrics {
             budget,
             backend,
             pairs,
-            app_labels,
-            route_labels,
+            route_limits,
         })
     }
 
@@ -551,24 +495,16 @@ impl Metrics {
     }
 
     fn app_label(&self, app: Option<usize>) -> &str {
-        &self.app_labels[app.map_or(0, |a| a + 1)]
+        &self.pairs.apps[app.map_or(0, |a| a + 1)]
     }
 
     fn route_label(&self, route: Option<usize>) -> &str {
-        &self.route_labels[route.map_or(0, |r| r + 1)]
+        &self.pairs.routes[route.map_or(0, |r| r + 1)]
     }
 
-    fn pair(&self, app: Option<usize>, route: Option<usize>) -> &PairMetrics {
-        let (a, r) = (app.map_or(0, |a| a + 1), route.map_or(0, |r| r + 1));
-        self.pairs[a * self.route_labels.len() + r].get_or_init(|| {
-            let labels = [self.app_labels[a].as_str(), self.route_labels[r].as_str()];
-            Box::new(PairMetrics {
-                unknown_codes: Mutex::new((Vec::new(), false)),
-                request_duration: self.request_duration.with_label_values(&labels),
-                upstream_duration: self.upstream_duration.with_label_values(&labels),
-                by_outcome: RwLock::new(HashMap::new()),
-            })
-        })
+    fn pair(&self, app: Option<usize>, route: Option<usize>) -> &PairSeries {
+        self.pairs
+            .pair(app.map_or(0, |a| a + 1), route.map_or(0, |r| r + 1))
     }
 
     /// Records one answered request.
@@ -582,36 +518,19 @@ impl Metrics {
         upstream: Option<Duration>,
     ) {
         let pair = self.pair(app, route);
-        pair.request_duration.observe(total.as_secs_f64());
+        pair.served();
+        pair.request_duration.observe(total);
         if let Some(u) = upstream {
-            pair.upstream_duration.observe(u.as_secs_f64());
+            pair.upstream_duration.observe(u);
         }
-        let cached = pair
-            .by_outcome
-            .read()
-            .ok()
-            .and_then(|m| m.get(&(status, code)).cloned());
-        let counter = match cached {
-            Some(c) => c,
-            None => {
-                let (key, code_label) = match code {
-                    None => (None, "none".to_string()),
-                    Some(c) if self.own_label(pair, app, route, c) => (Some(c), c.to_string()),
-                    Some(_) => (OTHER_CODE_KEY, OTHER_CODE.to_string()),
-                };
-                let c = self.requests_total.with_label_values(&[
-                    self.app_label(app),
-                    self.route_label(route),
-                    &status.to_string(),
-                    &code_label,
-                ]);
-                if let Ok(mut m) = pair.by_outcome.write() {
-                    m.insert((status, key), c.clone());
-                }
-                c
-            }
-        };
-        counter.inc();
+        if !pair.count(status, code) {
+            let label = match code {
+                None => Code::None,
+                Some(c) if self.own_label(pair, app, route, c) => Code::Own(c),
+                Some(_) => Code::Other,
+            };
+            pair.count_new(status, label);
+        }
     }
 
     /// Whether `code` gets a label of its own on this pair: a known code
@@ -620,7 +539,7 @@ impl Metrics {
     /// start to count as `other`.
     fn own_label(
         &self,
-        pair: &PairMetrics,
+        pair: &PairSeries,
         app: Option<usize>,
         route: Option<usize>,
         code: i64,
@@ -786,13 +705,18 @@ impl Metrics {
         route: usize,
         windows: impl IntoIterator<Item = (String, u32)>,
     ) {
-        let a = self.app_label(Some(app));
-        let r = self.route_label(Some(route));
-        for (label, limit) in windows {
-            self.quota_limit
-                .with_label_values(&[a, r, &label])
-                .set(i64::from(limit));
-        }
+        let windows: Vec<(String, u32)> = windows.into_iter().collect();
+        let Some(shared) = self.route_limits.get(route + 1) else {
+            return;
+        };
+        let shared = shared.get_or_init(|| windows.clone().into());
+        self.pair(Some(app), Some(route)).set_limits(|| {
+            if **shared == *windows {
+                Arc::clone(shared)
+            } else {
+                windows.into()
+            }
+        });
     }
 
     /// The wait-mode handles of an (app, route) pair: made when a request
