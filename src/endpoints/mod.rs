@@ -5,7 +5,7 @@
 //! | file          | concern                                                        |
 //! |---------------|----------------------------------------------------------------|
 //! | `data.rs`     | `data/feishu-api-limits.tsv`: every endpoint's documented limit |
-//! | `router.rs`   | request path → route (matchit; static segments first)           |
+//! | `router.rs`   | request path → route (segment tree; static segments first)      |
 //! | `route.rs`    | one entry: template, limits, options, parameter extraction      |
 //! | `resources.rs`| per-resource limits (a chat, a document, a table) and their endpoints |
 //! | one file per family ([`top_notice`], [`messages`], [`uploads`]) | hand-written additions: contract, body limit, upload form |
