@@ -17,7 +17,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use pairs::{Code, PairFamilies, PairSeries, PairTable};
+use pairs::{Code, PairFamilies, PairSeries, PairTable, Windows};
 pub use pairs::{DURATION_BUCKETS, OTHER_CODE};
 
 /// Label for requests that matched no configured app.
@@ -56,7 +56,7 @@ pub struct Metrics {
     /// 0 is `unknown` / `other`, then app + 1 and route + 1.
     pairs: Arc<PairTable>,
     /// Per route + 1: the windows its pairs publish, shared by the apps.
-    route_limits: Box<[OnceLock<Arc<[(String, u32)]>>]>,
+    route_limits: Box<[OnceLock<Windows>]>,
 }
 
 /// Handles of one listener's connection counts (`listener` is `main` or

@@ -91,6 +91,10 @@ impl Code {
     }
 }
 
+/// The windows a pair publishes in `feishu_gateway_quota_limit`, as
+/// (label like `50/1s`, limit); shared by the pairs of one route.
+pub type Windows = Arc<[(String, u32)]>;
+
 /// The label of [`Code::Other`].
 pub const OTHER_CODE: &str = "other";
 
@@ -114,7 +118,7 @@ pub struct PairSeries {
     pub unknown_codes: Mutex<(Vec<i64>, bool)>,
     /// `feishu_gateway_quota_limit`: (window label, limit), shared by the
     /// pairs of one route.
-    limits: OnceLock<Arc<[(String, u32)]>>,
+    limits: OnceLock<Windows>,
     /// Set by the first answered request: from then on the durations are
     /// exported (at 0 where nothing was observed), as the prometheus crate
     /// does for a series once it is made.
@@ -171,7 +175,7 @@ impl PairSeries {
 
     /// The windows published in `feishu_gateway_quota_limit` (the first
     /// call's; a pair's limits do not change while the process runs).
-    pub fn set_limits(&self, limits: impl FnOnce() -> Arc<[(String, u32)]>) {
+    pub fn set_limits(&self, limits: impl FnOnce() -> Windows) {
         self.limits.get_or_init(limits);
     }
 }
@@ -482,7 +486,7 @@ mod tests {
                 .inc();
         }
         // Limits on a pair that has not answered yet: only the gauges.
-        let windows: Arc<[(String, u32)]> =
+        let windows: Windows =
             vec![("50/1s".to_string(), 50), ("1000/60s".to_string(), 1000)].into();
         table.pair(2, 2).set_limits(|| Arc::clone(&windows));
         table.pair(1, 2).set_limits(|| Arc::clone(&windows));
