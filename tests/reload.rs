@@ -330,3 +330,40 @@ async fn a_listener_change_is_kept_for_the_restart_and_said() {
     assert_eq!(h.put_with(&[]).await.code(), 0);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_continues_the_monthly_budget_count() {
+    let sim = SimFeishu::start(sim_config()).await.unwrap();
+    let upstream = sim.base_url();
+    let config = |budget: u64| {
+        GatewayConfig::bare(&upstream)
+            .app(App::self_built("ops-bot", APP_ID, "APP_SECRET").monthly_budget(budget))
+            .client(Client::new("billing", "CLIENT_KEY", "ops-bot"))
+            .env("APP_SECRET", APP_SECRET)
+            .env("CLIENT_KEY", CLIENT_KEY)
+    };
+    let h = Harness::on(sim, |_| config(3)).await;
+    h.ready().await;
+    for _ in 0..2 {
+        assert_eq!(h.put_with(&[]).await.code(), 0);
+    }
+    // The budget raised to 4: the count is the group's, and goes on at 2.
+    h.gw.reload(config(4).try_parse()).await.expect("reloaded");
+    for _ in 0..2 {
+        let a = h.put_with(&[]).await;
+        assert_eq!(a.code(), 0, "{}", a.text());
+    }
+    let a = h.put_with(&[]).await;
+    assert_eq!(
+        (a.status, a.header("x-gateway-error")),
+        (StatusCode::TOO_MANY_REQUESTS, Some("budget-exhausted")),
+        "4 counted calls: {}",
+        a.text()
+    );
+    let m = h.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"feishu_gateway_budget_used{app="ops-bot"}"#),
+        Some(4.0)
+    );
+    h.stop().await;
+}
