@@ -208,18 +208,11 @@ impl Reloader {
             Arc::downgrade(&gateway),
             carried.unwrap_or_default(),
         ));
-        let kept = names
-            .iter()
-            .zip(&apps)
-            .filter(|(_, k)| k.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        let fresh = names
-            .iter()
-            .zip(&apps)
-            .filter(|(_, k)| k.is_none())
-            .map(|(n, _)| n.clone())
-            .collect();
+        let (kept, fresh): (Vec<_>, Vec<_>) =
+            names.iter().zip(&apps).partition(|(_, k)| k.is_some());
+        let name =
+            |v: Vec<(&String, &Option<usize>)>| v.into_iter().map(|(n, _)| n.clone()).collect();
+        let (kept, fresh) = (name(kept), name(fresh));
         current.config = config;
         Ok(Reloaded {
             kept,

@@ -115,14 +115,7 @@ impl Engine {
     /// The backend's state for `/readyz`.
     pub fn status(&self) -> BackendStatus {
         match self {
-            Engine::Local(_) => BackendStatus {
-                backend: "local",
-                state: "local",
-                fail: None,
-                target: None,
-                since_secs: None,
-                last_error: None,
-            },
+            Engine::Local(_) => BackendStatus::local(),
             Engine::Redis(q) => q.status(),
         }
     }

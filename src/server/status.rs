@@ -344,21 +344,33 @@ fn apps(gateway: &Gateway) -> Vec<AppStatus> {
         .collect()
 }
 
-/// Answers per (app, route) between `base` and `now`.
-fn per_route(now: &OutcomeCounts, base: Option<&OutcomeCounts>) -> HashMap<(String, String), u64> {
-    let mut before: HashMap<(&str, &str, &str), u64> = HashMap::new();
-    for (a, r, c, n) in base.map_or(&[][..], |b| &b.requests[..]) {
-        before.insert((a, r, c), *n);
-    }
-    let mut out: HashMap<(String, String), u64> = HashMap::new();
-    for (a, r, c, n) in &now.requests {
+/// Every `requests_total` series' growth between `base` and `now`, as
+/// (app, route, code, answers); series without growth are skipped.
+fn deltas<'a>(
+    now: &'a OutcomeCounts,
+    base: Option<&'a OutcomeCounts>,
+) -> impl Iterator<Item = (&'a str, &'a str, &'a str, u64)> {
+    let before: HashMap<(&str, &str, &str), u64> = base
+        .map_or(&[][..], |b| &b.requests[..])
+        .iter()
+        .map(|(a, r, c, n)| ((a.as_str(), r.as_str(), c.as_str()), *n))
+        .collect();
+    now.requests.iter().filter_map(move |(a, r, c, n)| {
         let d = n.saturating_sub(
             before
                 .get(&(a.as_str(), r.as_str(), c.as_str()))
                 .copied()
                 .unwrap_or(0),
         );
-        *out.entry((a.clone(), r.clone())).or_default() += d;
+        (d > 0).then_some((a.as_str(), r.as_str(), c.as_str(), d))
+    })
+}
+
+/// Answers per (app, route) between `base` and `now`.
+fn per_route(now: &OutcomeCounts, base: Option<&OutcomeCounts>) -> HashMap<(String, String), u64> {
+    let mut out: HashMap<(String, String), u64> = HashMap::new();
+    for (a, r, _, d) in deltas(now, base) {
+        *out.entry((a.to_string(), r.to_string())).or_default() += d;
     }
     out
 }
@@ -440,21 +452,9 @@ async fn keys(
 }
 
 fn codes(now: &OutcomeCounts, base: Option<&OutcomeCounts>) -> (Vec<CodeCount>, usize) {
-    let mut before: HashMap<(&str, &str, &str), u64> = HashMap::new();
-    for (a, r, c, n) in base.map_or(&[][..], |b| &b.requests[..]) {
-        before.insert((a, r, c), *n);
-    }
     let mut by: HashMap<(String, String), u64> = HashMap::new();
-    for (a, r, c, n) in &now.requests {
-        let d = n.saturating_sub(
-            before
-                .get(&(a.as_str(), r.as_str(), c.as_str()))
-                .copied()
-                .unwrap_or(0),
-        );
-        if d > 0 {
-            *by.entry((a.clone(), c.clone())).or_default() += d;
-        }
+    for (a, _, c, d) in deltas(now, base) {
+        *by.entry((a.to_string(), c.to_string())).or_default() += d;
     }
     let mut rows: Vec<CodeCount> = by
         .into_iter()
@@ -653,13 +653,7 @@ pub fn render_html(s: &Status, refresh: u32) -> String {
         );
     }
     h.push_str("</table>");
-    if s.keys_more > 0 {
-        let _ = write!(
-            h,
-            "<p class=\"more\">and {} more keys in use</p>",
-            s.keys_more
-        );
-    }
+    more(&mut h, s.keys_more, "keys in use");
 
     h.push_str("<h2>Feishu codes, last 5 min</h2><table id=\"codes\"><tr><th>app</th><th>code</th><th>meaning</th><th>answers</th></tr>");
     for c in &s.codes {
@@ -675,13 +669,7 @@ pub fn render_html(s: &Status, refresh: u32) -> String {
         );
     }
     h.push_str("</table>");
-    if s.codes_more > 0 {
-        let _ = write!(
-            h,
-            "<p class=\"more\">and {} more (app, code) pairs</p>",
-            s.codes_more
-        );
-    }
+    more(&mut h, s.codes_more, "(app, code) pairs");
 
     h.push_str("<h2>Upstream errors, last 5 min</h2><table id=\"upstream\"><tr><th>app</th><th>kind</th><th>failures</th></tr>");
     for e in &s.upstream_errors {
@@ -729,6 +717,13 @@ pub fn render_html(s: &Status, refresh: u32) -> String {
     h
 }
 
+/// "and N more …" under a table cut at its bound.
+fn more(h: &mut String, n: usize, what: &str) {
+    if n > 0 {
+        let _ = write!(h, "<p class=\"more\">and {n} more {what}</p>");
+    }
+}
+
 const STYLE: &str = "<style>\
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
 h1 small{font-weight:normal;color:#777}\
@@ -769,14 +764,7 @@ mod tests {
             codes: Vec::new(),
             codes_more: 0,
             upstream_errors: Vec::new(),
-            quota_backend: BackendStatus {
-                backend: "local",
-                state: "local",
-                fail: None,
-                target: None,
-                since_secs: None,
-                last_error: None,
-            },
+            quota_backend: BackendStatus::local(),
         }
     }
 
