@@ -9,6 +9,7 @@
 
 pub mod config;
 mod gateway;
+pub mod proxy;
 pub mod redis_server;
 pub mod scripted;
 pub mod tools;
