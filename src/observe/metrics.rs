@@ -121,6 +121,9 @@ pub struct QuotaBackendMetrics {
     pub peek: Histogram,
     /// Round trips writing an upstream pause.
     pub pause: Histogram,
+    /// Round trips giving an admission back (a client's share key, when
+    /// the app key refused the request after it).
+    pub give: Histogram,
     /// Round trips of health probes and of the return to shared limiting.
     pub probe: Histogram,
     /// Calls that did not answer within the timeout.
@@ -829,6 +832,7 @@ impl Metrics {
             take: op("take"),
             peek: op("peek"),
             pause: op("pause"),
+            give: op("give"),
             probe: op("probe"),
             timeouts: kind("timeout"),
             connection_errors: kind("connection"),
