@@ -38,6 +38,7 @@ pub struct Metrics {
     in_flight: IntGauge,
     client_requests: IntCounterVec,
     forbidden: IntCounterVec,
+    share_limited: IntCounterVec,
     open_connections: IntGaugeVec,
     connections_accepted: IntCounterVec,
     connections_rejected: IntCounterVec,
@@ -341,6 +342,13 @@ impl Metrics {
             ),
             &["client", "key"],
         )?;
+        let share_limited = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_share_limited_total",
+                "Requests refused (or timed out waiting) because the client used its quota_share of the (app, route) quota; not in feishu_gateway_rate_limited_total",
+            ),
+            &["client", "route", "reason"],
+        )?;
         let forbidden = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_forbidden_total",
@@ -464,6 +472,7 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(client_requests.clone()),
             Box::new(forbidden.clone()),
+            Box::new(share_limited.clone()),
             Box::new(open_connections.clone()),
             Box::new(connections_accepted.clone()),
             Box::new(connections_rejected.clone()),
@@ -524,6 +533,7 @@ impl Metrics {
             in_flight,
             client_requests,
             forbidden,
+            share_limited,
             open_connections,
             connections_accepted,
             connections_rejected,
@@ -678,6 +688,14 @@ impl Metrics {
     pub fn forbidden(&self, client: &str, route: Option<usize>) {
         self.forbidden
             .with_label_values(&[client, self.route_label(route)])
+            .inc();
+    }
+
+    /// Records a request of `client` on `route` refused by the client's
+    /// quota share; `reason` is the share key's window (`10/1s`).
+    pub fn share_limited(&self, client: &str, route: Option<usize>, reason: &str) {
+        self.share_limited
+            .with_label_values(&[client, self.route_label(route), reason])
             .inc();
     }
 
