@@ -12,7 +12,7 @@
 //!
 //! | module                | concern                                                     |
 //! |-----------------------|-------------------------------------------------------------|
-//! | [`app`]               | the composition root: `Config` → parts; start, serve, drain; `demo` |
+//! | [`app`]               | the composition root: `Config` → parts; start, serve, drain, live reload (generations swapped whole); `demo` |
 //! | [`config`]            | the TOML file, read in one pass that reports every problem  |
 //! | [`server`]            | downstream: listen backlog and connection limits, accept loop, TLS, the tower stack, request ids, admin listener (readiness) |
 //! | [`proxy`]             | THE REQUEST PATH: the named phases, one file per group; gateway answers |

@@ -834,3 +834,35 @@ async fn two_replicas_share_each_tenants_quota_through_redis() {
     }
     assert_eq!(sim.violations(), 0);
 }
+
+#[tokio::test]
+async fn a_live_reload_keeps_the_ticket_and_the_tenants_tokens() {
+    let s = start_store(&["tenant_a"], 100).await;
+    s.ready().await;
+    assert_eq!(s.put(Some("tenant_a")).await.code(), 0);
+    let tenant_tokens = s.calls(StoreCallKind::TenantToken);
+    let app_tokens = s.calls(StoreCallKind::AppToken);
+    let resent = resends(&s.sim);
+
+    // The same app, one more client: the app is kept.
+    let config = store_config(&s.sim, 100)
+        .state_dir(s.dir.path())
+        .client(Client::new("crm-next", "NEXT_CLIENT_KEY", "isv-bot"))
+        .env("NEXT_CLIENT_KEY", "store-client-key-NEXT-0123456789");
+    let done = s.gw.reload(config.try_parse()).await.expect("reloaded");
+    assert_eq!(done.kept, vec!["isv-bot".to_string()]);
+
+    assert_eq!(s.put(Some("tenant_a")).await.code(), 0);
+    assert_eq!(
+        s.calls(StoreCallKind::TenantToken),
+        tenant_tokens,
+        "tenant token kept"
+    );
+    assert_eq!(
+        s.calls(StoreCallKind::AppToken),
+        app_tokens,
+        "app token kept"
+    );
+    assert_eq!(resends(&s.sim), resent, "ticket kept: no resend");
+    assert_eq!(s.readyz().await["store_apps"][0]["tenants"], 1);
+}

@@ -36,6 +36,8 @@ pub struct Metrics {
     retries_skipped: IntCounterVec,
     would_reject: IntCounterVec,
     in_flight: IntGauge,
+    config_reloads: IntCounterVec,
+    config_reload_time: GaugeVec,
     client_requests: IntCounterVec,
     forbidden: IntCounterVec,
     share_limited: IntCounterVec,
@@ -83,6 +85,7 @@ pub struct QuotaPairMetrics {
 }
 
 /// The monthly call budget's families (`feishu_gateway_budget_*`), per app.
+#[derive(Clone)]
 struct BudgetFamilies {
     used: IntGaugeVec,
     limit: IntGaugeVec,
@@ -101,6 +104,7 @@ pub struct BudgetMetrics {
 }
 
 /// The shared quota backend's families (`feishu_gateway_quota_backend_*`).
+#[derive(Clone)]
 struct BackendFamilies {
     info: IntGaugeVec,
     up: IntGauge,
@@ -228,6 +232,29 @@ pub const MAX_UNKNOWN_CODES: usize = 16;
 pub const OTHER_CODE: &str = "other";
 const OTHER_CODE_KEY: Option<i64> = Some(i64::MIN);
 
+/// The label tables of one config: apps and routes by index, with
+/// `unknown` and `other` at 0, and the empty per-pair handle cache.
+#[allow(clippy::type_complexity)]
+fn label_tables(
+    apps: &[String],
+    routes: &[String],
+) -> (Vec<String>, Vec<String>, Box<[OnceLock<Box<PairMetrics>>]>) {
+    let mut app_labels = vec![UNKNOWN_APP.to_string()];
+    app_labels.extend(apps.iter().cloned());
+    let mut route_labels = vec![OTHER_ROUTE.to_string()];
+    route_labels.extend(routes.iter().cloned());
+    let pairs = (0..app_labels.len() * route_labels.len())
+        .map(|_| OnceLock::new())
+        .collect();
+    (app_labels, route_labels, pairs)
+}
+
+fn unix_now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn buckets() -> Vec<f64> {
     vec![
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -334,6 +361,20 @@ impl Metrics {
         let in_flight = IntGauge::new(
             "feishu_gateway_in_flight_requests",
             "Requests being handled now",
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_config_reloads_total",
+                "Config reloads (SIGHUP or file change), by result: ok (the new config serves), invalid (refused: the old one keeps serving)",
+            ),
+            &["result"],
+        )?;
+        let config_reload_time = GaugeVec::new(
+            Opts::new(
+                "feishu_gateway_config_reload_timestamp_seconds",
+                "Unix time of the last reload attempt, by result (the start counts as ok)",
+            ),
+            &["result"],
         )?;
         let client_requests = IntCounterVec::new(
             Opts::new(
@@ -470,6 +511,8 @@ impl Metrics {
             Box::new(retries_skipped.clone()),
             Box::new(would_reject.clone()),
             Box::new(in_flight.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_reload_time.clone()),
             Box::new(client_requests.clone()),
             Box::new(forbidden.clone()),
             Box::new(share_limited.clone()),
@@ -502,13 +545,13 @@ impl Metrics {
                 .set(1);
         }
 
-        let mut app_labels = vec![UNKNOWN_APP.to_string()];
-        app_labels.extend(apps.iter().cloned());
-        let mut route_labels = vec![OTHER_ROUTE.to_string()];
-        route_labels.extend(routes.iter().cloned());
-        let pairs = (0..app_labels.len() * route_labels.len())
-            .map(|_| OnceLock::new())
-            .collect();
+        for result in ["ok", "invalid"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        config_reload_time
+            .with_label_values(&["ok"])
+            .set(unix_now_secs());
+        let (app_labels, route_labels, pairs) = label_tables(apps, routes);
         for a in apps {
             token_expiry.with_label_values(&[a]).set(0.0);
             for result in ["ok", "error"] {
@@ -531,6 +574,8 @@ impl Metrics {
             retries_skipped,
             would_reject,
             in_flight,
+            config_reloads,
+            config_reload_time,
             client_requests,
             forbidden,
             share_limited,
@@ -554,6 +599,70 @@ impl Metrics {
     /// The registry, for `/metrics` and for callers registering more.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The same families (same registry, same series) with the label tables
+    /// of a reloaded config: `apps` and `routes` as in [`Metrics::new`].
+    /// Series of apps in `removed` that only make sense while the app is
+    /// configured (its token expiry, which an alert watches) are deleted;
+    /// counters stay until the process ends, as Prometheus expects.
+    pub fn relabel(&self, apps: &[String], routes: &[String], removed: &[String]) -> Metrics {
+        let (app_labels, route_labels, pairs) = label_tables(apps, routes);
+        for a in removed {
+            let _ = self.token_expiry.remove_label_values(&[a]);
+        }
+        for a in apps {
+            // Made at 0 when new; an existing app's expiry is kept.
+            self.token_expiry.with_label_values(&[a]);
+            for result in ["ok", "error"] {
+                self.token_refreshes.with_label_values(&[a, result]);
+            }
+        }
+        Metrics {
+            registry: self.registry.clone(),
+            requests_total: self.requests_total.clone(),
+            rate_limited: self.rate_limited.clone(),
+            upstream_throttled: self.upstream_throttled.clone(),
+            token_refreshes: self.token_refreshes.clone(),
+            token_expiry: self.token_expiry.clone(),
+            token_replays: self.token_replays.clone(),
+            token_invalid_streamed: self.token_invalid_streamed.clone(),
+            upstream_errors: self.upstream_errors.clone(),
+            retries: self.retries.clone(),
+            retries_skipped: self.retries_skipped.clone(),
+            would_reject: self.would_reject.clone(),
+            in_flight: self.in_flight.clone(),
+            config_reloads: self.config_reloads.clone(),
+            config_reload_time: self.config_reload_time.clone(),
+            client_requests: self.client_requests.clone(),
+            forbidden: self.forbidden.clone(),
+            share_limited: self.share_limited.clone(),
+            open_connections: self.open_connections.clone(),
+            connections_accepted: self.connections_accepted.clone(),
+            connections_rejected: self.connections_rejected.clone(),
+            quota_limit: self.quota_limit.clone(),
+            store_tenants: self.store_tenants.clone(),
+            app_ticket_received: self.app_ticket_received.clone(),
+            app_ticket_store_errors: self.app_ticket_store_errors.clone(),
+            quota_waiting: self.quota_waiting.clone(),
+            quota_wait: self.quota_wait.clone(),
+            budget: self.budget.clone(),
+            backend: self.backend.clone(),
+            request_duration: self.request_duration.clone(),
+            upstream_duration: self.upstream_duration.clone(),
+            pairs,
+            app_labels,
+            route_labels,
+        }
+    }
+
+    /// Counts one config reload: `ok` or `invalid` (refused).
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "invalid" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        self.config_reload_time
+            .with_label_values(&[result])
+            .set(unix_now_secs());
     }
 
     /// The text exposition of every registered family.

@@ -31,14 +31,18 @@ use crate::store_apps::Tenant;
 /// What the gateway holds for one (app, route) pair once it is used: its
 /// quota key (limited routes) or its pause (the others), and the backoff
 /// after Feishu's throttle answers.
+///
+/// Its state is shared by `Arc`, so a live reload that keeps the app and
+/// the route's limits hands the same state to the new table
+/// ([`QuotaKeys::carry`]).
 pub struct PairKey {
     /// The quota key, on a limited route (it carries its own pause).
-    pub key: Option<Key>,
+    pub key: Option<Arc<Key>>,
     /// The pause after Feishu's throttle answers, on a route without a
     /// gateway quota (`special` or no documented limit).
-    pub pause: PauseCell,
+    pub pause: Arc<PauseCell>,
     /// How long the next pause lasts when Feishu says no reset time.
-    pub backoff: Backoff,
+    pub backoff: Arc<Backoff>,
     /// Waiting gauge and wait histogram of the pair: made when a request
     /// first waits here.
     wait_metrics: OnceLock<QuotaPairMetrics>,
@@ -61,6 +65,8 @@ pub struct QuotaKeys {
     /// Per route: the spec of its keys (unnamed) and the name suffix
     /// (`"METHOD template"`); `None` where the route has no limits.
     routes: Vec<Option<(KeySpec, String)>>,
+    /// Per route: `"METHOD template"`, what a reload matches routes by.
+    names: Vec<String>,
     /// Per app: its Feishu app id, the first part of its keys' names.
     app_ids: Vec<String>,
     /// At `app * routes + route`.
@@ -116,6 +122,11 @@ impl QuotaKeys {
     ) -> Result<QuotaKeys, String> {
         let mut checked = HashSet::new();
         let mut routes = Vec::with_capacity(catalog.routes().len());
+        let names = catalog
+            .routes()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.template))
+            .collect();
         for route in catalog.routes() {
             if route.limits.is_empty() {
                 routes.push(None);
@@ -152,6 +163,7 @@ impl QuotaKeys {
             engine,
             metrics,
             routes,
+            names,
             app_ids,
             slots,
             policy: *policy,
@@ -179,15 +191,114 @@ impl QuotaKeys {
                     .quota_limits(app, route, windows.collect::<Vec<_>>());
             }
             Box::new(PairKey {
-                key,
-                pause: PauseCell::default(),
-                backoff: Backoff::default(),
+                key: key.map(Arc::new),
+                pause: Arc::default(),
+                backoff: Arc::default(),
                 wait_metrics: OnceLock::new(),
                 app,
                 route,
             })
         });
         Some(pair)
+    }
+
+    /// Which route of `old` each route of this table continues
+    /// (`map[new] = Some(old)`): the same method and template, planned the
+    /// same way (same limits and margin, same waiter cap). Keys of such
+    /// routes are carried by a live reload; the others start afresh.
+    pub fn route_map(&self, old: &QuotaKeys) -> Vec<Option<usize>> {
+        let by_name: std::collections::HashMap<&str, usize> = old
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        self.names
+            .iter()
+            .zip(&self.routes)
+            .map(|(name, limited)| {
+                let o = *by_name.get(name.as_str())?;
+                let same = match (limited, &old.routes[o]) {
+                    (None, None) => true,
+                    (Some((a, _)), Some((b, _))) => a.same_plan(b),
+                    _ => false,
+                };
+                same.then_some(o)
+            })
+            .collect()
+    }
+
+    /// A live reload: every pair `old` made for an app the reload kept
+    /// (`apps[new] = Some(old)`) on a route it continues (`routes`, from
+    /// [`QuotaKeys::route_map`]) is handed over with its state (the key's
+    /// windows and waiters, its pause, its backoff). With the Redis backend
+    /// the state is in Redis under the same name anyway; in process this is
+    /// what keeps a reload from forgetting what was admitted.
+    pub fn carry(&self, old: &QuotaKeys, apps: &[Option<usize>], routes: &[Option<usize>]) {
+        let (n, o) = (self.routes.len(), old.routes.len());
+        for (app, from_app) in apps.iter().enumerate() {
+            let Some(from_app) = *from_app else { continue };
+            for (route, from_route) in routes.iter().enumerate() {
+                let Some(from_route) = *from_route else {
+                    continue;
+                };
+                let Some(pair) = old
+                    .slots
+                    .get(from_app * o + from_route)
+                    .and_then(OnceLock::get)
+                else {
+                    continue;
+                };
+                let carried = PairKey {
+                    key: pair.key.clone(),
+                    pause: Arc::clone(&pair.pause),
+                    backoff: Arc::clone(&pair.backoff),
+                    wait_metrics: pair.wait_metrics.clone(),
+                    app,
+                    route,
+                };
+                if let Some(slot) = self.slots.get(app * n + route) {
+                    let _ = slot.set(Box::new(carried));
+                }
+            }
+        }
+        self.carry_shares(old, apps, routes);
+    }
+
+    /// The clients' share keys of a live reload, as [`QuotaKeys::carry`]
+    /// hands over the pairs: each client's table on an app the reload kept,
+    /// with its keys on the routes it continues, when the shares are planned
+    /// alike (same policy and waiter cap). A client whose app or share
+    /// changed gets a new table on its next request ([`QuotaKeys::share_key`]
+    /// looks them up by both).
+    fn carry_shares(&self, old: &QuotaKeys, apps: &[Option<usize>], routes: &[Option<usize>]) {
+        if self.policy != old.policy || self.max_waiters != old.max_waiters {
+            return;
+        }
+        let before = old.shares.read().unwrap_or_else(|e| e.into_inner());
+        let mut shares = self.shares.write().unwrap_or_else(|e| e.into_inner());
+        for (client, table) in before.iter() {
+            let Some(app) = apps.iter().position(|from| *from == Some(table.app)) else {
+                continue;
+            };
+            let slots = routes
+                .iter()
+                .map(|from| {
+                    let slot = OnceLock::new();
+                    let made = from.and_then(|o| table.slots.get(o)?.get().cloned());
+                    if let Some(key) = made {
+                        let _ = slot.set(key);
+                    }
+                    slot
+                })
+                .collect();
+            let carried = ClientShares {
+                app,
+                share: table.share,
+                slots,
+            };
+            shares.insert(client.clone(), Arc::new(carried));
+        }
     }
 
     /// The key of a store app's `tenant` on `route`, made now if this is

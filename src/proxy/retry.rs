@@ -251,6 +251,21 @@ impl Ring {
 }
 
 impl Retries {
+    /// A live reload: the apps it kept (`apps[new] = Some(old)`) keep their
+    /// retry budget's window, when its width did not change.
+    pub fn carry(&mut self, old: &Retries, apps: &[Option<usize>]) {
+        if self.bucket != old.bucket {
+            return;
+        }
+        self.epoch = old.epoch;
+        for (ring, from) in self.budgets.iter_mut().zip(apps) {
+            if let Some(o) = from.and_then(|f| old.budgets.get(f)) {
+                let slots = o.lock().unwrap_or_else(|e| e.into_inner()).slots;
+                ring.get_mut().unwrap_or_else(|e| e.into_inner()).slots = slots;
+            }
+        }
+    }
+
     /// `policy` for `apps` apps, each with an empty budget.
     pub fn new(policy: RetryPolicy, apps: usize) -> Retries {
         let bucket = (policy.budget_window / BUCKETS as u32).max(Duration::from_millis(1));

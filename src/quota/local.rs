@@ -62,6 +62,12 @@ impl KeySpec {
         self
     }
 
+    /// True when `other` limits the same way: the same plan (windows,
+    /// margin, rates) and the same waiter cap; names aside.
+    pub fn same_plan(&self, other: &KeySpec) -> bool {
+        self.max_waiters == other.max_waiters && self.plan == other.plan
+    }
+
     /// The same key without its name.
     pub fn without_name(&self) -> KeySpec {
         KeySpec {

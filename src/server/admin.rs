@@ -22,11 +22,8 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::observe::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
-use crate::quota::Engine;
-use crate::store_apps::StoreApps;
-use crate::tokens::TokenManager;
+use crate::proxy::Gateway;
 
 /// The pod's own state, as `/readyz` reports it: starting (bounded by a
 /// start timeout), serving, or draining.
@@ -69,51 +66,33 @@ impl Readiness {
     }
 }
 
-/// What the admin endpoints read.
+/// What the admin endpoints read: the gateway's current generation (a
+/// live reload swaps it) and the pod's readiness.
 #[derive(Clone)]
 pub struct Admin {
-    tokens: Arc<TokenManager>,
-    store: Arc<StoreApps>,
-    metrics: Arc<Metrics>,
-    quota: Option<Engine>,
+    live: Arc<arc_swap::ArcSwap<Gateway>>,
     readiness: Arc<Readiness>,
 }
 
 impl Admin {
-    /// The admin endpoints over the gateway's shared state and the pod's
-    /// `readiness`.
-    pub fn new(
-        tokens: Arc<TokenManager>,
-        store: Arc<StoreApps>,
-        metrics: Arc<Metrics>,
-        readiness: Arc<Readiness>,
-    ) -> Self {
-        Admin {
-            tokens,
-            store,
-            metrics,
-            quota: None,
-            readiness,
-        }
+    /// The admin endpoints over the gateway's current state (`live`) and
+    /// the pod's `readiness`.
+    pub fn new(live: Arc<arc_swap::ArcSwap<Gateway>>, readiness: Arc<Readiness>) -> Self {
+        Admin { live, readiness }
     }
 
     /// True while the gateway is starting: some app's first token call, or
     /// the quota backend's first probe, has not ended, and the start
     /// timeout has not passed.
     pub fn starting(&self) -> bool {
-        let settled =
-            self.tokens.all_settled() && self.quota.as_ref().is_none_or(Engine::is_settled);
+        let gateway = self.live.load();
+        let settled = gateway.tokens().all_settled() && gateway.quota().is_settled();
         !settled && self.readiness.within_start_timeout()
-    }
-
-    /// Also reports the quota engine's backend in `/readyz`.
-    pub fn with_quota(mut self, quota: Engine) -> Self {
-        self.quota = Some(quota);
-        self
     }
 
     /// Answers one admin request.
     pub fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let gateway = self.live.load();
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -136,13 +115,13 @@ impl Admin {
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                let apps = self.tokens.statuses();
+                let apps = gateway.tokens().statuses();
                 let without_token: Vec<&str> = apps
                     .iter()
                     .filter(|a| !a.has_token)
                     .map(|a| a.app.as_str())
                     .collect();
-                let quota = self.quota.as_ref().map(Engine::status);
+                let quota = gateway.quota().status();
                 json(
                     status,
                     &json!({
@@ -151,13 +130,13 @@ impl Admin {
                         "draining": draining,
                         "apps_without_token": without_token,
                         "apps": apps,
-                        "store_apps": self.store.statuses(),
+                        "store_apps": gateway.store().statuses(),
                         "quota": quota,
                     }),
                 )
             }
             "/metrics" => {
-                let mut resp = Response::new(ProxyBody::full(self.metrics.render()));
+                let mut resp = Response::new(ProxyBody::full(gateway.metrics().render()));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -215,6 +215,69 @@ impl StoreApps {
         }
     }
 
+    /// A live reload: each store app the reload kept (`apps[new] =
+    /// Some(old)`) keeps its tenants — their tokens (taken over by slots of
+    /// `tokens`, the new token manager), their quota keys and their
+    /// clients' share keys on the routes the reload continues (`routes[new]
+    /// = Some(old)`), when they were last used. Its ticket box is the old
+    /// one already (`app::build`).
+    pub fn carry(
+        &self,
+        old: &StoreApps,
+        apps: &[Option<usize>],
+        routes: &[Option<usize>],
+        tokens: &TokenManager,
+    ) {
+        let moved: HashMap<usize, usize> = routes
+            .iter()
+            .enumerate()
+            .filter_map(|(new, old)| old.map(|o| (o, new)))
+            .collect();
+        for (app, from) in apps.iter().enumerate() {
+            let (Some(Some(now)), Some(Some(before))) =
+                (self.apps.get(app), from.and_then(|f| old.apps.get(f)))
+            else {
+                continue;
+            };
+            let old_tenants = before.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tenants = now.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, t) in old_tenants.iter() {
+                let slot = tokens.tenant_slot(app, Arc::clone(key), &now.upstream);
+                slot.take_over(&t.slot);
+                let quota_keys = read(&t.quota_keys)
+                    .iter()
+                    .filter_map(|(r, k)| moved.get(r).map(|&n| (n, Arc::clone(k))))
+                    .collect();
+                // Clients' share keys too: one whose client's share changed
+                // is never found again (they are looked up by share).
+                let share_keys = read(&t.share_keys)
+                    .iter()
+                    .filter_map(|(r, keys)| moved.get(r).map(|&n| (n, keys.clone())))
+                    .collect();
+                let last_used =
+                    before.started + Duration::from_millis(t.last_used_ms.load(Ordering::Relaxed));
+                tenants.insert(
+                    Arc::clone(key),
+                    Arc::new(Tenant {
+                        key: Arc::clone(key),
+                        slot,
+                        quota_keys: RwLock::new(quota_keys),
+                        share_keys: RwLock::new(share_keys),
+                        last_used_ms: AtomicU64::new(
+                            last_used.saturating_duration_since(now.started).as_millis() as u64,
+                        ),
+                    }),
+                );
+            }
+            self.metrics.store_tenants(app, tenants.len());
+        }
+    }
+
+    /// The ticket box of store app `app`.
+    pub fn ticket(&self, app: usize) -> Option<Arc<TicketBox>> {
+        self.apps.get(app)?.as_ref().map(|s| Arc::clone(&s.ticket))
+    }
+
     /// True when `app` is a store app.
     pub fn is_store(&self, app: usize) -> bool {
         self.apps.get(app).is_some_and(Option::is_some)
