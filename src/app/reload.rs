@@ -33,6 +33,7 @@ use super::build::{self, Previous, Shared};
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::Catalog;
 use crate::proxy::Gateway;
+use crate::server::status::StatusPage;
 use crate::tokens::AppConfig;
 
 /// The gateway's current generation, swapped whole by a reload.
@@ -84,6 +85,8 @@ pub(super) struct Reloader {
     pub(super) shared: Shared,
     pub(super) current: tokio::sync::Mutex<Generation>,
     pub(super) path: std::sync::Mutex<Option<PathBuf>>,
+    /// Where the status page reads the reload history.
+    pub(super) status: Arc<StatusPage>,
 }
 
 impl Reloader {
@@ -118,6 +121,11 @@ impl Reloader {
         match &outcome {
             Ok(r) => {
                 old.metrics().config_reload(true);
+                self.status.record_reload(
+                    true,
+                    Vec::new(),
+                    r.restart_needed.iter().map(|s| s.to_string()).collect(),
+                );
                 tracing::info!(
                     kept = ?r.kept,
                     fresh = ?r.fresh,
@@ -133,6 +141,11 @@ impl Reloader {
             }
             Err(e) => {
                 old.metrics().config_reload(false);
+                let problems = match e {
+                    ReloadError::Invalid(p) => p.0.iter().map(|p| p.to_string()).collect(),
+                    other => vec![other.to_string()],
+                };
+                self.status.record_reload(false, problems, Vec::new());
                 if let ReloadError::Invalid(problems) = e {
                     for p in &problems.0 {
                         tracing::error!(problem = %p, "config reload refused");

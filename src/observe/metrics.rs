@@ -63,6 +63,16 @@ pub struct Metrics {
     route_labels: Vec<String>,
 }
 
+/// Counters read for the status page ([`Metrics::outcome_counts`]).
+#[derive(Debug, Clone, Default)]
+pub struct OutcomeCounts {
+    /// (app, route, code, answers) of `feishu_gateway_requests_total`,
+    /// summed over status.
+    pub requests: Vec<(String, String, String, u64)>,
+    /// (app, kind, failures) of `feishu_gateway_upstream_errors_total`.
+    pub upstream_errors: Vec<(String, String, u64)>,
+}
+
 /// Handles of one listener's connection counts (`listener` is `main` or
 /// `admin`).
 #[derive(Clone, Debug)]
@@ -654,6 +664,51 @@ impl Metrics {
             app_labels,
             route_labels,
         }
+    }
+
+    /// What the status page samples: every `requests_total` series as
+    /// (app, route, code, count) and every `upstream_errors_total` series
+    /// as (app, kind, count). Reads the two families only (no full
+    /// `gather`), off the request path.
+    pub fn outcome_counts(&self) -> OutcomeCounts {
+        use prometheus::core::Collector;
+        fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> &'a str {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map_or("", |l| l.value())
+        }
+        let mut out = OutcomeCounts::default();
+        for mf in self.requests_total.collect() {
+            for m in mf.get_metric() {
+                out.requests.push((
+                    label(m, "app").to_string(),
+                    label(m, "route").to_string(),
+                    label(m, "code").to_string(),
+                    m.get_counter().get_value() as u64,
+                ));
+            }
+        }
+        for mf in self.upstream_errors.collect() {
+            for m in mf.get_metric() {
+                out.upstream_errors.push((
+                    label(m, "app").to_string(),
+                    label(m, "kind").to_string(),
+                    m.get_counter().get_value() as u64,
+                ));
+            }
+        }
+        out
+    }
+
+    /// The label of app `app` (`unknown` for `None`).
+    pub fn app_name(&self, app: usize) -> &str {
+        self.app_label(Some(app))
+    }
+
+    /// The label of route `route` (`other` for `None`).
+    pub fn route_name(&self, route: usize) -> &str {
+        self.route_label(Some(route))
     }
 
     /// Counts one config reload: `ok` or `invalid` (refused).

@@ -202,6 +202,29 @@ impl QuotaKeys {
         Some(pair)
     }
 
+    /// Every (app, route) pair made so far, with what it holds: what the
+    /// status page lists. Reads the table's slots (no lock).
+    pub fn in_use(&self) -> impl Iterator<Item = (usize, usize, &PairKey)> {
+        let n = self.routes.len().max(1);
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, s)| s.get().map(|p| (i / n, i % n, &**p)))
+    }
+
+    /// The windows of `route`'s limits as (`"50/1s"`, 50); empty for a
+    /// route without a gateway quota.
+    pub fn limits(&self, route: usize) -> Vec<(String, u32)> {
+        match self.routes.get(route).and_then(Option::as_ref) {
+            Some((spec, _)) => spec
+                .plan()
+                .windows()
+                .map(|w| (w.to_string(), w.limit()))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// Which route of `old` each route of this table continues
     /// (`map[new] = Some(old)`): the same method and template, planned the
     /// same way (same limits and margin, same waiter cap). Keys of such

@@ -146,6 +146,9 @@ pub struct StoreApp {
     verifier: Verifier,
     upstream: Upstream,
     tenants: Mutex<HashMap<Arc<str>, Arc<Tenant>>>,
+    /// `tenants.len()`, kept beside the map so `/readyz` and the status
+    /// page read it without taking the map's lock.
+    held: std::sync::atomic::AtomicUsize,
     max_tenants: usize,
     idle_timeout: Duration,
     started: Instant,
@@ -200,6 +203,7 @@ impl StoreApps {
                         ),
                         upstream: a.upstream.clone(),
                         tenants: Mutex::new(HashMap::new()),
+                        held: std::sync::atomic::AtomicUsize::new(0),
                         max_tenants: cfg.max_tenants,
                         idle_timeout: cfg.tenant_idle_timeout,
                         started: Instant::now(),
@@ -270,6 +274,7 @@ impl StoreApps {
                 );
             }
             self.metrics.store_tenants(app, tenants.len());
+            now.held.store(tenants.len(), Ordering::Relaxed);
         }
     }
 
@@ -346,6 +351,7 @@ impl StoreApps {
         });
         tenants.insert(key, Arc::clone(&tenant));
         self.metrics.store_tenants(app, tenants.len());
+        store.held.store(tenants.len(), Ordering::Relaxed);
         Ok(tenant)
     }
 
@@ -361,6 +367,7 @@ impl StoreApps {
                 tenants.remove(&tenant.key);
             }
             self.metrics.store_tenants(app, tenants.len());
+            store.held.store(tenants.len(), Ordering::Relaxed);
         }
     }
 
@@ -374,6 +381,7 @@ impl StoreApps {
                 now_ms.saturating_sub(t.last_used_ms.load(Ordering::Relaxed)) < idle_ms
             });
             self.metrics.store_tenants(store.app, tenants.len());
+            store.held.store(tenants.len(), Ordering::Relaxed);
             if let Some(age) = store.ticket.age() {
                 self.metrics.app_ticket_received(store.app, age);
             }
@@ -435,7 +443,7 @@ impl StoreApps {
             .map(|s| StoreStatus {
                 app: s.name.clone(),
                 ticket_age_secs: s.ticket.age().map(|a| a.as_secs()),
-                tenants: s.tenants.lock().map(|t| t.len()).unwrap_or(0),
+                tenants: s.held.load(Ordering::Relaxed),
             })
             .collect()
     }
