@@ -40,6 +40,7 @@ pub struct Metrics {
     config_reload_time: GaugeVec,
     client_requests: IntCounterVec,
     forbidden: IntCounterVec,
+    share_limited: IntCounterVec,
     open_connections: IntGaugeVec,
     connections_accepted: IntCounterVec,
     connections_rejected: IntCounterVec,
@@ -135,6 +136,9 @@ pub struct QuotaBackendMetrics {
     pub peek: Histogram,
     /// Round trips writing an upstream pause.
     pub pause: Histogram,
+    /// Round trips giving an admission back (a client's share key, when
+    /// the app key refused the request after it).
+    pub give: Histogram,
     /// Round trips of health probes and of the return to shared limiting.
     pub probe: Histogram,
     /// Calls that did not answer within the timeout.
@@ -389,6 +393,13 @@ impl Metrics {
             ),
             &["client", "key"],
         )?;
+        let share_limited = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_share_limited_total",
+                "Requests refused (or timed out waiting) because the client used its quota_share of the (app, route) quota; not in feishu_gateway_rate_limited_total",
+            ),
+            &["client", "route", "reason"],
+        )?;
         let forbidden = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_forbidden_total",
@@ -514,6 +525,7 @@ impl Metrics {
             Box::new(config_reload_time.clone()),
             Box::new(client_requests.clone()),
             Box::new(forbidden.clone()),
+            Box::new(share_limited.clone()),
             Box::new(open_connections.clone()),
             Box::new(connections_accepted.clone()),
             Box::new(connections_rejected.clone()),
@@ -576,6 +588,7 @@ impl Metrics {
             config_reload_time,
             client_requests,
             forbidden,
+            share_limited,
             open_connections,
             connections_accepted,
             connections_rejected,
@@ -633,6 +646,7 @@ impl Metrics {
             config_reload_time: self.config_reload_time.clone(),
             client_requests: self.client_requests.clone(),
             forbidden: self.forbidden.clone(),
+            share_limited: self.share_limited.clone(),
             open_connections: self.open_connections.clone(),
             connections_accepted: self.connections_accepted.clone(),
             connections_rejected: self.connections_rejected.clone(),
@@ -841,6 +855,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Records a request of `client` on `route` refused by the client's
+    /// quota share; `reason` is the share key's window (`10/1s`).
+    pub fn share_limited(&self, client: &str, route: Option<usize>, reason: &str) {
+        self.share_limited
+            .with_label_values(&[client, self.route_label(route), reason])
+            .inc();
+    }
+
     /// The connection counts of the listener `listener` (`main` or
     /// `admin`); the series exist from then on, at 0.
     pub fn listener(&self, listener: &str) -> ListenerMetrics {
@@ -992,6 +1014,7 @@ impl Metrics {
             take: op("take"),
             peek: op("peek"),
             pause: op("pause"),
+            give: op("give"),
             probe: op("probe"),
             timeouts: kind("timeout"),
             connection_errors: kind("connection"),

@@ -144,6 +144,32 @@ impl Key {
         }
     }
 
+    /// Gives back one admission: for a request this key admitted and
+    /// another key then refused (see [`LocalQuota::give_back`]; with Redis
+    /// one call, or the fallback's while Redis is away).
+    pub async fn give_back(&self) {
+        match self {
+            Key::Local(q) => q.give_back(ONLY),
+            Key::Redis(q) => q.give_back(ONLY).await,
+        }
+    }
+
+    /// [`give_back`](Self::give_back) without waiting for it: at once in
+    /// process; with Redis in a task of its own (inside a tokio runtime;
+    /// outside one nothing is given back). For a request dropped between
+    /// this key's admission and the next key's decision.
+    pub fn give_back_detached(&self) {
+        match self {
+            Key::Local(q) => q.give_back(ONLY),
+            Key::Redis(q) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let q = q.clone();
+                    rt.spawn(async move { q.give_back(ONLY).await });
+                }
+            }
+        }
+    }
+
     /// Feishu throttled the key: hold its requests for `duration` (see
     /// [`Engine::pause`]).
     pub fn pause(&self, duration: Duration) {
