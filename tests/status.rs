@@ -20,6 +20,7 @@ use support::*;
 
 const BROKEN_ID: &str = "cli_broken00000001";
 const BROKEN_KEY: &str = "client-key-broken-0123456789";
+const BATCH_KEY: &str = "client-key-batch-0123456789";
 
 /// A gateway with `ops-bot` (served) and `broken-bot` (a secret Feishu
 /// refuses), after a load of puts: successes, Feishu's 232011, and a
@@ -31,6 +32,8 @@ async fn loaded() -> Harness {
         GatewayConfig::new(&upstream)
             .app(App::self_built("broken-bot", BROKEN_ID, "BROKEN_SECRET"))
             .client(Client::new("broken-client", "BROKEN_KEY", "broken-bot"))
+            .client(Client::new("batch", "BATCH_KEY", "ops-bot").quota_share(0.25))
+            .env("BATCH_KEY", BATCH_KEY)
             .env("BROKEN_SECRET", "not-the-secret-feishu-knows")
             .env("BROKEN_KEY", BROKEN_KEY)
     })
@@ -62,6 +65,19 @@ async fn loaded() -> Harness {
     );
     let a = h.put_with(&[]).await;
     assert_eq!(a.code(), 99991400, "{}", a.text());
+    let auth = format!("Bearer {BATCH_KEY}");
+    let a = h
+        .call(
+            Method::POST,
+            "/open-apis/im/v1/chats/oc_batch/top_notice/delete_top_notice",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(a.code(), 0, "{}", a.text());
     let auth = format!("Bearer {BROKEN_KEY}");
     let a = h
         .call(
@@ -126,9 +142,19 @@ async fn the_status_page_shows_tokens_a_paused_key_and_the_codes_and_no_secret()
             .map_or(0, |c| c["count"].as_u64().unwrap())
     };
     assert_eq!(count("232011"), 5);
-    assert_eq!(count("0"), 15);
+    assert_eq!(count("0"), 16, "15 puts and the delete");
     assert_eq!(count("99991400"), 1);
     assert_eq!(s["quota_backend"]["backend"], "local");
+    let share = &s["shares"][0];
+    assert_eq!(
+        (&share["client"], &share["app"], &share["share"]),
+        (
+            &serde_json::json!("batch"),
+            &serde_json::json!("ops-bot"),
+            &serde_json::json!(0.25)
+        )
+    );
+    assert_eq!(share["route"], format!("POST {DELETE_ROUTE}"));
     assert_no_secret(&h, &a.text());
 
     let page = h.admin("/status").await;
@@ -207,6 +233,10 @@ async fn headless_chromium_loads_the_page_and_its_dom_holds_the_apps_the_paused_
     );
     assert!(dom.contains("data-code=\"232011\""), "{dom}");
     assert!(dom.contains("id=\"state\">ready<"), "{dom}");
+    assert!(
+        dom.contains("data-client=\"batch\""),
+        "the client share: {dom}"
+    );
     assert_no_secret(&h, &dom);
 
     let shot = match std::env::var("STATUS_SCREENSHOT") {

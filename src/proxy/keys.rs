@@ -335,6 +335,28 @@ impl QuotaKeys {
         })
     }
 
+    /// Every share key of a self-built app's client made so far, as
+    /// (client, app, share, route, key): what the status page lists. Takes
+    /// the share table's read lock, as requests do (never its write lock).
+    pub fn shares_in_use(&self) -> Vec<(String, usize, Share, usize, Arc<Key>)> {
+        let shares = self.shares.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (client, table) in shares.iter() {
+            for (route, slot) in table.slots.iter().enumerate() {
+                if let Some(Some(key)) = slot.get() {
+                    out.push((
+                        client.clone(),
+                        table.app,
+                        table.share,
+                        route,
+                        Arc::clone(key),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// The share key of `client` on `route` (with its `tenant` for a store
     /// app's client), made now if this is its first use; `None` when the
     /// client has no share (or a whole one) or the route no limits. Its

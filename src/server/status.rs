@@ -111,6 +111,9 @@ pub struct Status {
     pub keys: Vec<KeyStatus>,
     /// Keys in use not listed.
     pub keys_more: usize,
+    /// The share keys of clients with a `quota_share` (self-built apps),
+    /// at most [`TOP_KEYS`].
+    pub shares: Vec<ShareStatus>,
     /// Feishu codes answered in the last 5 minutes, by app, most frequent
     /// first, at most [`TOP_CODES`].
     pub codes: Vec<CodeCount>,
@@ -177,6 +180,23 @@ pub struct KeyStatus {
     pub waiting: u32,
     /// Seconds left on a pause after Feishu throttled it.
     pub paused_for_secs: Option<f64>,
+}
+
+/// One client's share key on one endpoint.
+#[derive(Debug, Serialize)]
+pub struct ShareStatus {
+    /// The client.
+    pub client: String,
+    /// Its app.
+    pub app: String,
+    /// Its `quota_share`.
+    pub share: f64,
+    /// `METHOD template`.
+    pub route: String,
+    /// Requests the share would admit right now.
+    pub remaining: Option<u32>,
+    /// Requests of the client waiting for its share now.
+    pub waiting: u32,
 }
 
 /// One (app, code) row.
@@ -285,6 +305,7 @@ impl StatusPage {
         let five = self.baseline(CODES_WINDOW);
         let (keys, keys_more) = keys(gateway, &now, minute.as_deref()).await;
         let (codes, codes_more) = codes(&now, five.as_deref());
+        let shares = shares(gateway).await;
         Status {
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -298,6 +319,7 @@ impl StatusPage {
             apps: apps(gateway),
             keys,
             keys_more,
+            shares,
             codes,
             codes_more,
             upstream_errors: upstream_errors(&now, five.as_deref()),
@@ -449,6 +471,26 @@ async fn keys(
             ))
     });
     (out, more)
+}
+
+async fn shares(gateway: &Gateway) -> Vec<ShareStatus> {
+    let metrics = gateway.metrics();
+    let mut used = gateway.quota_keys.shares_in_use();
+    used.sort_by(|a, b| (&a.0, a.3).cmp(&(&b.0, b.3)));
+    let mut out = Vec::new();
+    for (client, app, share, route, key) in used.into_iter().take(TOP_KEYS) {
+        let snapshot = key.snapshot().await;
+        let entry = gateway.catalog.route(route);
+        out.push(ShareStatus {
+            client,
+            app: metrics.app_name(app).to_string(),
+            share: share.fraction(),
+            route: format!("{} {}", entry.method, entry.template),
+            remaining: snapshot.as_ref().map(|s| s.remaining),
+            waiting: snapshot.as_ref().map_or(0, |s| s.waiters),
+        });
+    }
+    out
 }
 
 fn codes(now: &OutcomeCounts, base: Option<&OutcomeCounts>) -> (Vec<CodeCount>, usize) {
@@ -654,6 +696,23 @@ pub fn render_html(s: &Status, refresh: u32) -> String {
     }
     h.push_str("</table>");
     more(&mut h, s.keys_more, "keys in use");
+    if !s.shares.is_empty() {
+        h.push_str("<h2>Client shares in use</h2><table id=\"shares\"><tr><th>client</th><th>app</th><th>quota_share</th><th>endpoint</th><th>admits now</th><th>waiting</th></tr>");
+        for c in &s.shares {
+            let _ = write!(
+                h,
+                "<tr class=\"share\" data-client=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                esc(&c.client),
+                esc(&c.client),
+                esc(&c.app),
+                c.share,
+                esc(&c.route),
+                c.remaining.map_or(String::new(), |r| r.to_string()),
+                c.waiting
+            );
+        }
+        h.push_str("</table>");
+    }
 
     h.push_str("<h2>Feishu codes, last 5 min</h2><table id=\"codes\"><tr><th>app</th><th>code</th><th>meaning</th><th>answers</th></tr>");
     for c in &s.codes {
@@ -761,6 +820,7 @@ mod tests {
             apps: vec![app],
             keys: Vec::new(),
             keys_more: 3,
+            shares: Vec::new(),
             codes: Vec::new(),
             codes_more: 0,
             upstream_errors: Vec::new(),
