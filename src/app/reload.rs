@@ -112,6 +112,7 @@ impl Reloader {
         &self,
         loaded: Result<Config, Problems>,
     ) -> Result<Reloaded, ReloadError> {
+        let started = std::time::Instant::now();
         let mut current = self.current.lock().await;
         let old = self.live.load_full();
         let outcome = match loaded {
@@ -127,6 +128,7 @@ impl Reloader {
                     r.restart_needed.iter().map(|s| s.to_string()).collect(),
                 );
                 tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
                     kept = ?r.kept,
                     fresh = ?r.fresh,
                     removed = ?r.removed,
