@@ -113,14 +113,19 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     let _log_guard = init_logging(config.log.format, &config.log.level);
+    let path = path.to_path_buf();
     block_on(async move {
-        let runtime = match Runtime::start(config).await {
+        let mut runtime = match Runtime::start(config).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
+        // SIGHUP re-reads the file: apps, clients, keys, routes, limits and
+        // allow lists change without a restart (an invalid file changes
+        // nothing).
+        runtime.spawn_reloader(path, ProcessEnv);
         shutdown_signal().await;
         tracing::info!("shutdown signal received; draining in-flight requests");
         runtime.shutdown();

@@ -75,6 +75,13 @@ async fn listening_addr(
     }
 }
 
+/// The address in the JSON log line that says the gateway listens.
+fn json_listening(line: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    (v["message"] == "feishu-gateway listening")
+        .then(|| v["addr"].as_str().unwrap().parse().unwrap())
+}
+
 /// SIGTERM, then how the process ended.
 async fn terminate(mut child: Child) -> ExitStatus {
     let status = Command::new("kill")
@@ -199,12 +206,7 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
     let (mut child, _file) = serve(&config, None);
     let (mut rx, _reader) = stdout_lines(&mut child);
     let mut logs = Vec::new();
-    let addr = listening_addr(&mut rx, &mut logs, |line| {
-        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
-        (v["message"] == "feishu-gateway listening")
-            .then(|| v["addr"].as_str().unwrap().parse().unwrap())
-    })
-    .await;
+    let addr = listening_addr(&mut rx, &mut logs, json_listening).await;
     let client = http_client();
     let auth = format!("Bearer {CLIENT_KEY}");
     let headers = [
@@ -348,5 +350,104 @@ async fn serve_writes_the_access_line_as_the_log_filter_says() {
         let logs = serve_one_request(level, rust_log).await;
         assert_eq!(access(&logs), Vec::<String>::new(), "{level} {rust_log:?}");
         assert!(logs.iter().any(|l| l.contains("feishu-gateway stopped")));
+    }
+}
+
+/// SIGHUP re-reads the config file, and so does a change of the file: a
+/// rotated key works at once, the removed one is refused, a broken file
+/// changes nothing (its problems logged, without a secret), and the
+/// process never stops serving.
+#[tokio::test]
+async fn sighup_reloads_the_config_file_and_a_broken_file_changes_nothing() {
+    const NEXT_KEY: &str = "client-key-billing-NEXT-0123456789";
+    let sim = SimFeishu::start(sim_config()).await.unwrap();
+    let config = GatewayConfig::new(&sim.base_url())
+        .env("NEXT_KEY", NEXT_KEY)
+        .log_format(LogFormat::Json);
+    let (mut child, file) = serve(&config, None);
+    let (mut rx, _reader) = stdout_lines(&mut child);
+    let mut logs = Vec::new();
+    let addr = listening_addr(&mut rx, &mut logs, json_listening).await;
+    let client = http_client();
+    let put_as = |key: &'static str| {
+        let client = client.clone();
+        async move {
+            let auth = format!("Bearer {key}");
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ];
+            call(&client, addr, Method::POST, PUT_PATH, &headers, PUT_BODY).await
+        }
+    };
+    assert_eq!(put_as(CLIENT_KEY).await.code(), 0);
+    assert_eq!(put_as(NEXT_KEY).await.status, StatusCode::UNAUTHORIZED);
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // A broken file: the running config stays.
+    std::fs::write(
+        file.path(),
+        format!("{}\nbogus_key = 1\n", config.text()).replace("CLIENT_KEY", "NOWHERE_KEY"),
+    )
+    .unwrap();
+    hup();
+    wait_for_log(&mut rx, &mut logs, "config reload refused").await;
+    assert_eq!(put_as(CLIENT_KEY).await.code(), 0, "the old config serves");
+
+    // billing rotated to NEXT_KEY only.
+    let rotated = config.text().replace("\"CLIENT_KEY\"", "\"NEXT_KEY\"");
+    assert_ne!(rotated, config.text());
+    std::fs::write(file.path(), rotated).unwrap();
+    hup();
+    wait_for_log(&mut rx, &mut logs, "config reloaded").await;
+    assert_eq!(put_as(NEXT_KEY).await.code(), 0);
+    assert_eq!(put_as(CLIENT_KEY).await.status, StatusCode::UNAUTHORIZED);
+
+    // A file change alone (no signal) is seen within the poll interval.
+    std::fs::write(file.path(), config.text()).unwrap();
+    wait_for_log(&mut rx, &mut logs, "the config file changed").await;
+    wait_for_log(&mut rx, &mut logs, "config reloaded").await;
+    assert_eq!(put_as(CLIENT_KEY).await.code(), 0);
+    assert_eq!(put_as(NEXT_KEY).await.status, StatusCode::UNAUTHORIZED);
+
+    let exit = terminate(child).await;
+    assert_eq!(exit.code(), Some(0));
+    while let Ok(line) = rx.try_recv() {
+        logs.push(line);
+    }
+    let all = logs.join("\n");
+    for problem in ["bogus_key", "NOWHERE_KEY"] {
+        assert!(
+            all.contains(problem),
+            "the refused reload names {problem}: {all}"
+        );
+    }
+    for secret in [APP_SECRET, CLIENT_KEY, NEXT_KEY] {
+        assert!(!all.contains(secret), "a secret leaked into the logs");
+    }
+}
+
+/// Reads log lines (kept in `logs`) until one contains `needle` (20 s at
+/// most).
+async fn wait_for_log(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    logs: &mut Vec<String>,
+    needle: &str,
+) {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no log line with {needle:?}: {logs:#?}"))
+            .expect("log line");
+        logs.push(line.clone());
+        if line.contains(needle) {
+            return;
+        }
     }
 }

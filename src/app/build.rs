@@ -12,7 +12,7 @@ use http::HeaderValue;
 use super::StartError;
 use crate::auth::sdk_token::TokenIssuer;
 use crate::auth::ClientTable;
-use crate::budget::{Budgets, Store as BudgetStore};
+use crate::budget::{Budgets, Carried, Store as BudgetStore};
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::{Catalog, Contracts};
 use crate::observe::metrics::Metrics;
@@ -57,11 +57,21 @@ pub fn tls_acceptor(config: &Config) -> Result<Option<ReloadingAcceptor>, String
     }
 }
 
+/// What lives as long as the process, whatever a live reload changes: the
+/// metric families, the upstream connections, the Redis connection, the
+/// app_ticket store and the quota engine. A config change to what they are
+/// built from takes effect at the next restart (`super::reload`).
+pub(super) struct Shared {
+    upstreams: Upstreams,
+    redis: Option<RedisConnection>,
+    ticket_store: Arc<dyn TicketStore>,
+    engine: Engine,
+}
+
 /// The parts a [`Runtime`](super::Runtime) serves with.
 pub(super) struct Parts {
+    pub(super) shared: Shared,
     pub(super) gateway: Arc<Gateway>,
-    pub(super) tokens: Arc<TokenManager>,
-    pub(super) metrics: Arc<Metrics>,
 }
 
 /// Builds every part from `config`, in dependency order.
@@ -75,7 +85,6 @@ pub(super) fn parts(config: &Config) -> Result<Parts, StartError> {
     )?);
     let upstreams = Upstreams::build(&config.upstream_settings(), config.workers)
         .map_err(StartError::Upstream)?;
-    let client = upstreams.shared().clone();
     // With `[quota] backend = "redis"`: the replica's one connection to
     // Redis, shared by the quota engine and the app_ticket store.
     let redis = match config.quota.backend {
@@ -97,13 +106,64 @@ pub(super) fn parts(config: &Config) -> Result<Parts, StartError> {
         (None, Some(dir)) => Arc::new(FileTicketStore::new(dir)),
         (None, None) => Arc::new(MemoryTicketStore::new()),
     };
-    let tickets = TicketBox::for_apps(
+    // No key is made here: the first request on an (app[, tenant], route)
+    // makes its key (proxy/keys.rs). The engine itself holds none.
+    let engine = Engine::from_config(&config.quota, Vec::new(), &metrics, redis.as_ref())
+        .map_err(StartError::Config)?;
+    let shared = Shared {
+        upstreams,
+        redis,
+        ticket_store,
+        engine,
+    };
+    let (gateway, _) =
+        generation(config, catalog, metrics, &shared, None).map_err(StartError::Config)?;
+    Ok(Parts {
+        shared,
+        gateway: Arc::new(gateway),
+    })
+}
+
+/// What a live reload carries from the generation it replaces: which new
+/// app continues which old one (`apps[new] = Some(old)`: the same `[[apps]]`
+/// entry, unchanged). Everything an unchanged app holds — its token, its
+/// quota keys, its tenants, its retry budget — is handed over; a new or
+/// changed app (another secret, another upstream) starts afresh.
+pub(super) struct Previous<'a> {
+    pub(super) gateway: &'a Gateway,
+    pub(super) apps: Vec<Option<usize>>,
+}
+
+/// One generation of the gateway's state from `config`: the catalog and its
+/// contracts, clients, tokens, quota keys, store apps, budgets; carried over
+/// from `previous` where it continues. `metrics` carries this config's
+/// label tables over the process's families. With `previous`, also what
+/// the budgets carried (for [`Budgets::absorb`] once the old generation has
+/// drained).
+pub(super) fn generation(
+    config: &Config,
+    catalog: Catalog,
+    metrics: Arc<Metrics>,
+    shared: &Shared,
+    previous: Option<&Previous<'_>>,
+) -> Result<(Gateway, Option<Carried>), String> {
+    let client = shared.upstreams.shared().clone();
+    let mut tickets = TicketBox::for_apps(
         &config.apps,
         &client,
-        &ticket_store,
+        &shared.ticket_store,
         config.token.fetch_timeout,
         &metrics,
     );
+    if let Some(p) = previous {
+        // A kept store app keeps its ticket box (the ticket in memory, its
+        // resend state).
+        for (ticket, from) in tickets.iter_mut().zip(&p.apps) {
+            if let Some(old) = from.and_then(|f| p.gateway.store.ticket(f)) {
+                *ticket = Some(old);
+            }
+        }
+    }
     let tokens = Arc::new(TokenManager::new(
         &config.apps,
         &tickets,
@@ -111,77 +171,30 @@ pub(super) fn parts(config: &Config) -> Result<Parts, StartError> {
         config.token.clone(),
         Arc::clone(&metrics),
     ));
-    let gateway = gateway(
-        config,
-        catalog,
-        Arc::clone(&tokens),
-        tickets,
-        upstreams,
-        Arc::clone(&metrics),
-        redis.as_ref(),
-    )
-    .map_err(StartError::Config)?;
-    Ok(Parts {
-        gateway: Arc::new(gateway),
-        tokens,
-        metrics,
-    })
-}
-
-/// The client table: every client's keys, app, tenant and allow list
-/// (compiled against `catalog`), in one value behind one `Arc`, so a live
-/// reload can build a new one from a new config and swap it whole.
-pub(super) fn client_table(
-    config: &Config,
-    catalog: &Catalog,
-    metrics: &Metrics,
-) -> Arc<ClientTable> {
-    Arc::new(ClientTable::new(
-        &config.clients,
-        config.apps.iter().map(|a| a.app_id.clone()).collect(),
-        catalog,
-        metrics,
-    ))
-}
-
-/// The gateway's shared state: the quota keys (made on first use), the
-/// store apps, and each route's contract. `redis` is the
-/// replica's connection with `[quota] backend = "redis"`.
-fn gateway(
-    config: &Config,
-    catalog: Catalog,
-    tokens: Arc<TokenManager>,
-    tickets: Vec<Option<Arc<TicketBox>>>,
-    upstreams: Upstreams,
-    metrics: Arc<Metrics>,
-    redis: Option<&RedisConnection>,
-) -> Result<Gateway, String> {
     let policy = PlanPolicy {
         margin: config.quota.margin,
         min_rate_fraction: config.quota.min_rate_fraction,
     };
-    // No key is made here: the first request on an (app[, tenant], route)
-    // makes its key (proxy/keys.rs). The engine itself holds none.
-    let quota = Engine::from_config(&config.quota, Vec::new(), &metrics, redis)?;
-    let resource_keys = ResourceKeys::new(
-        quota.clone(),
+    let app_ids: Vec<String> = config.apps.iter().map(|a| a.app_id.clone()).collect();
+    let mut resource_keys = ResourceKeys::new(
+        shared.engine.clone(),
         &catalog,
         &policy,
         config.quota.max_waiters,
-        config.apps.iter().map(|a| a.app_id.clone()).collect(),
+        app_ids.clone(),
     )?;
     let quota_keys = QuotaKeys::new(
-        quota,
+        shared.engine.clone(),
         &catalog,
         &policy,
         config.quota.max_waiters,
-        config.apps.iter().map(|a| a.app_id.clone()).collect(),
+        app_ids,
         Arc::clone(&metrics),
     )?;
     let store = Arc::new(StoreApps::new(&config.apps, tickets, Arc::clone(&metrics)));
     // The monthly budgets' counts: in Redis with the Redis backend (shared
     // by every replica), else in the process, kept in `state_dir` if set.
-    let budget_store = match (redis, &config.state_dir) {
+    let budget_store = match (&shared.redis, &config.state_dir) {
         (Some(conn), _) => BudgetStore::redis(conn.clone(), config.quota.key_prefix.clone()),
         (None, Some(dir)) => BudgetStore::Dir(dir.clone()),
         (None, None) => BudgetStore::Memory,
@@ -192,13 +205,25 @@ fn gateway(
         &metrics,
         budget_store,
     ));
+    let mut retries = Retries::new(config.retries.clone(), config.apps.len());
+    let mut carried_budget = None;
+    if let Some(p) = previous {
+        let old = p.gateway;
+        tokens.carry(&old.tokens, &p.apps);
+        let routes = quota_keys.route_map(&old.quota_keys);
+        quota_keys.carry(&old.quota_keys, &p.apps, &routes);
+        resource_keys.carry(&old.resource_keys, &p.apps);
+        store.carry(&old.store, &p.apps, &routes, &tokens);
+        carried_budget = Some(budget.carry(&old.budget));
+        retries.carry(&old.retries, &p.apps);
+    }
     let mut contracts = Contracts::for_catalog(&catalog);
     for (i, route) in catalog.routes().iter().enumerate() {
         if let Some(c) = contracts.get_mut(i) {
             *c = c.clone().with_unknown_fields(route.unknown_fields);
         }
     }
-    Ok(Gateway {
+    let gateway = Gateway {
         apps: config
             .apps
             .iter()
@@ -221,7 +246,7 @@ fn gateway(
         contracts,
         tokens,
         store,
-        upstreams,
+        upstreams: shared.upstreams.clone(),
         metrics,
         quota_keys,
         resource_keys,
@@ -231,6 +256,18 @@ fn gateway(
         body_read_timeout: config.timeouts.body_read,
         upstream_timeout: config.timeouts.upstream,
         upstream_idle: config.timeouts.upstream_idle,
-        retries: Retries::new(config.retries.clone(), config.apps.len()),
-    })
+        retries,
+    };
+    Ok((gateway, carried_budget))
+}
+
+/// The client table: every client's keys, app, tenant and allow list
+/// (compiled against `catalog`).
+fn client_table(config: &Config, catalog: &Catalog, metrics: &Metrics) -> Arc<ClientTable> {
+    Arc::new(ClientTable::new(
+        &config.clients,
+        config.apps.iter().map(|a| a.app_id.clone()).collect(),
+        catalog,
+        metrics,
+    ))
 }

@@ -8,19 +8,27 @@
 //! While the main listener drains, the admin listener keeps answering, so
 //! `/readyz` says 503 (`draining`) until the drain is over; then it stops
 //! too.
+//!
+//! [`Runtime::reload`] and [`Runtime::spawn_reloader`] (SIGHUP) replace the
+//! config while serving (`reload.rs`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::build;
-use crate::config::Config;
+use super::reload::{spawn_generation, Generation, Live, ReloadError, Reloaded, Reloader};
+use crate::config::{Config, Environment, Problems};
 use crate::proxy::Gateway;
 use crate::server::admin::{Admin, Readiness};
 use crate::server::listener::{self, ConnectionLimit};
+use crate::server::status::StatusPage;
 use crate::tokens::TokenManager;
 
 /// Why the gateway could not start.
@@ -55,7 +63,7 @@ pub enum StartError {
 pub struct Runtime {
     addr: SocketAddr,
     admin_addr: SocketAddr,
-    gateway: Arc<Gateway>,
+    reloader: Arc<Reloader>,
     readiness: Arc<Readiness>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
@@ -87,21 +95,18 @@ impl Runtime {
                 "no [sdk_tokens] signing key: gateway tokens handed to SDKs will not survive a restart"
             );
         }
-        let build::Parts {
-            gateway,
-            tokens,
-            metrics,
-        } = build::parts(&config)?;
+        let build::Parts { shared, gateway } = build::parts(&config)?;
+        let metrics = Arc::clone(gateway.metrics());
+        let tokens = Arc::clone(gateway.tokens());
         // Kept app_tickets first, so the first app-token fetch can use
         // them; missing ones are asked for once the listener serves the
-        // event endpoint (below).
+        // event endpoint (spawn_generation).
         let missing_tickets = gateway.store().load_tickets().await;
         // This month's budget counts kept in state_dir (Redis: read by the
         // first sync, at once).
         gateway.budget().load().await;
-        let mut refreshers = tokens.spawn_refreshers();
-        refreshers.push(gateway.budget().spawn_sync());
-        refreshers.extend(gateway.store().spawn_maintenance());
+        let live: Live = Arc::new(ArcSwap::new(Arc::clone(&gateway)));
+        let mut refreshers = Vec::new();
         let tls = build::tls_acceptor(&config).map_err(StartError::Tls)?;
         if let Some(tls) = &tls {
             // Reloads on SIGHUP and when the files change; aborted by wait().
@@ -146,7 +151,7 @@ impl Runtime {
                 tls,
                 workers,
                 main_limit,
-                crate::server::stack::gateway_service(Arc::clone(&gateway)),
+                crate::server::stack::gateway_service(Arc::clone(&live)),
                 wait_for(rx),
                 grace,
             );
@@ -155,13 +160,15 @@ impl Runtime {
                 let _ = drained_tx.send(true);
             }
         });
+        // The status page samples the counters it shows as "last minute"
+        // every 10 s; the reloader records what each reload did on it.
+        let status = Arc::new(StatusPage::new());
+        refreshers.push(status.spawn_sampler(Arc::clone(&live)));
         let admin = Admin::new(
-            Arc::clone(&tokens),
-            Arc::clone(gateway.store()),
-            metrics,
+            Arc::clone(&live),
             Arc::clone(&readiness),
-        )
-        .with_quota(gateway.quota().clone());
+            Arc::clone(&status),
+        );
         refreshers.push(tokio::spawn(log_when_started(
             admin.clone(),
             tokens,
@@ -176,20 +183,21 @@ impl Runtime {
             wait_for(drained_rx),
             grace,
         ));
-        if !missing_tickets.is_empty() {
-            refreshers.push(tokio::spawn(async move {
-                for ticket in missing_tickets {
-                    if let Err(e) = ticket.resend().await {
-                        tracing::warn!(code = e.code, msg = %e.msg, "app_ticket resend failed at start");
-                    }
-                }
-            }));
-        }
+        // The generation's own tasks (token refreshers, budget sync, store
+        // maintenance, ticket resends): a reload replaces them.
+        let tasks = spawn_generation(&gateway, missing_tickets);
         tracing::info!(%addr, %admin_addr, apps = config.apps.len(), clients = config.clients.len(), "feishu-gateway listening");
+        let reloader = Arc::new(Reloader {
+            live,
+            shared,
+            current: tokio::sync::Mutex::new(Generation { config, tasks }),
+            status,
+            path: std::sync::Mutex::new(None),
+        });
         Ok(Runtime {
             addr,
             admin_addr,
-            gateway,
+            reloader,
             readiness,
             shutdown: tx,
             servers: vec![main, admin_srv],
@@ -207,9 +215,69 @@ impl Runtime {
         self.admin_addr
     }
 
-    /// The gateway's shared state.
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gateway
+    /// The gateway's shared state: the current generation (a reload
+    /// replaces it).
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.reloader.live.load_full()
+    }
+
+    /// Replaces the running config with `loaded` (see `reload.rs`): new
+    /// requests use it, in-flight ones finish on the old one, unchanged
+    /// apps keep their tokens and quota state. With problems, or when the
+    /// new parts cannot be built, nothing changes: every problem is logged
+    /// and `feishu_gateway_config_reloads_total{result="invalid"}` counts
+    /// it.
+    pub async fn reload(&self, loaded: Result<Config, Problems>) -> Result<Reloaded, ReloadError> {
+        self.reloader.reload(loaded).await
+    }
+
+    /// Reads the config file again (the one given to
+    /// [`Runtime::spawn_reloader`]) and reloads from it.
+    pub async fn reload_file(
+        &self,
+        env: &(dyn Environment + Sync),
+    ) -> Result<Reloaded, ReloadError> {
+        self.reloader.reload_file(env).await
+    }
+
+    /// Reloads from `path` on every SIGHUP and when the file changes
+    /// (modification time or size, looked at every
+    /// [`CONFIG_POLL_INTERVAL`]; a Kubernetes ConfigMap update swaps the
+    /// file's symlink, which this sees), with secrets read through `env`,
+    /// until [`Runtime::wait`]. The TLS certificate has its own reloader on
+    /// the same signal.
+    pub fn spawn_reloader<E: Environment + Send + Sync + 'static>(
+        &mut self,
+        path: PathBuf,
+        env: E,
+    ) {
+        *self.reloader.path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.clone());
+        let reloader = Arc::clone(&self.reloader);
+        self.refreshers.push(tokio::spawn(async move {
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP: config reload on file change only"))
+                .ok();
+            let mut seen = file_stamp(&path);
+            let mut tick = tokio::time::interval(CONFIG_POLL_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let signalled = tokio::select! {
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                    _ = tick.tick() => false,
+                };
+                let stamp = file_stamp(&path);
+                if signalled {
+                    tracing::info!("SIGHUP: reloading the config");
+                } else if stamp != seen {
+                    tracing::info!(path = %path.display(), "the config file changed: reloading it");
+                } else {
+                    continue;
+                }
+                seen = stamp;
+                // Outcome logged and counted by the reload itself.
+                let _ = reloader.reload_file(&env).await;
+            }
+        }));
     }
 
     /// Stops accepting connections; in-flight requests go on, and
@@ -228,9 +296,23 @@ impl Runtime {
         for r in self.refreshers {
             r.abort();
         }
-        self.gateway.budget().sync().await;
+        for t in self.reloader.current.lock().await.tasks.drain(..) {
+            t.abort();
+        }
+        let gateway = self.reloader.live.load_full();
+        gateway.budget().sync().await;
         tracing::info!("feishu-gateway stopped");
     }
+}
+
+/// How often the config file is looked at for a change.
+pub const CONFIG_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What tells a changed config file: its modification time and size
+/// (following symlinks), `None` while it cannot be read.
+fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 /// Binds `addr` with the listen backlog `backlog` (capped by the kernel's

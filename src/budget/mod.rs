@@ -134,6 +134,11 @@ impl Exhausted {
     }
 }
 
+/// What [`Budgets::carry`] handed over: (new group, old group, month, the
+/// old group's count then).
+#[derive(Debug, Default)]
+pub struct Carried(Vec<(usize, usize, Month, u64)>);
+
 /// The budget groups of a gateway, their counts and where they are kept.
 pub struct Budgets {
     exempt: Exempt,
@@ -279,6 +284,75 @@ impl Budgets {
             groups,
             store,
         }
+    }
+
+    /// A live reload: every group of this (new) config that `old` had too,
+    /// by name, continues its count — used, Feishu's verdict, the counts
+    /// not yet sent to the store (moved: the old generation's sync task is
+    /// stopped). Calls the old generation answers after this are added by
+    /// [`Budgets::absorb`] once it has drained.
+    pub fn carry(&self, old: &Budgets) -> Carried {
+        let mut pairs = Vec::new();
+        for (g, group) in self.groups.iter().enumerate() {
+            let Some(og) = old.groups.iter().position(|o| o.name == group.name) else {
+                continue;
+            };
+            let mut from = old.groups[og].lock();
+            let mut to = group.lock();
+            *to = State {
+                warned: false,
+                ..*from
+            };
+            from.unsent = 0;
+            pairs.push((g, og, from.month, from.used));
+            group.publish(&to);
+            group.warn_once(&mut to);
+        }
+        Carried(pairs)
+    }
+
+    /// Adds the calls `old` counted after [`Budgets::carry`] (its in-flight
+    /// requests, finished on the old generation).
+    pub fn absorb(&self, old: &Budgets, carried: &Carried) {
+        for &(g, og, month, used) in &carried.0 {
+            let (late, unsent) = {
+                let mut from = old.groups[og].lock();
+                if from.month != month {
+                    continue;
+                }
+                (
+                    from.used.saturating_sub(used),
+                    std::mem::take(&mut from.unsent),
+                )
+            };
+            if late == 0 && unsent == 0 {
+                continue;
+            }
+            let group = &self.groups[g];
+            let mut to = group.lock();
+            if to.month == month {
+                to.used += late;
+                to.unsent += unsent;
+                to.dirty = true;
+                group.publish(&to);
+                group.warn_once(&mut to);
+            }
+        }
+    }
+
+    /// App `app`'s budget as the status page shows it: (group, used this
+    /// month, limit, spent), or `None` when the app has no budget group.
+    /// Read off the group's gauges (kept current by every count), so the
+    /// group's lock, which the request path takes, is not taken here.
+    pub fn status(&self, app: usize) -> Option<(String, u64, Option<u64>, bool)> {
+        let group = self.group_of(app)?;
+        let m = group.metrics.first()?;
+        Some((
+            group.name.clone(),
+            m.used.get().max(0) as u64,
+            group.limit,
+            m.exhausted.get() == 1,
+        ))
     }
 
     /// Whether Feishu does not count calls to `path`.

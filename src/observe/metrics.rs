@@ -17,13 +17,8 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use pairs::{Code, PairFamilies, PairSeries, PairTable, Windows};
-pub use pairs::{DURATION_BUCKETS, OTHER_CODE};
-
-/// Label for requests that matched no configured app.
-pub const UNKNOWN_APP: &str = "unknown";
-/// Label for paths outside the catalog.
-pub const OTHER_ROUTE: &str = "other";
+use pairs::{Code, PairFamilies, PairSeries, PairStore, PairTable, Windows};
+pub use pairs::{DURATION_BUCKETS, OTHER_CODE, OTHER_ROUTE, UNKNOWN_APP};
 
 /// All metric families of the gateway.
 pub struct Metrics {
@@ -39,8 +34,11 @@ pub struct Metrics {
     retries_skipped: IntCounterVec,
     would_reject: IntCounterVec,
     in_flight: IntGauge,
+    config_reloads: IntCounterVec,
+    config_reload_time: GaugeVec,
     client_requests: IntCounterVec,
     forbidden: IntCounterVec,
+    share_limited: IntCounterVec,
     open_connections: IntGaugeVec,
     connections_accepted: IntCounterVec,
     connections_rejected: IntCounterVec,
@@ -53,10 +51,21 @@ pub struct Metrics {
     backend: BackendFamilies,
     /// Per (app or unknown, route or other), made on first use: a catalog of
     /// 1,559 routes exports series only for the routes called. Label index
-    /// 0 is `unknown` / `other`, then app + 1 and route + 1.
-    pairs: Arc<PairTable>,
+    /// 0 is `unknown` / `other`, then app + 1 and route + 1. Its store (the
+    /// series by labels) is shared with the generations after a reload.
+    pairs: PairTable,
     /// Per route + 1: the windows its pairs publish, shared by the apps.
     route_limits: Box<[OnceLock<Windows>]>,
+}
+
+/// Counters read for the status page ([`Metrics::outcome_counts`]).
+#[derive(Debug, Clone, Default)]
+pub struct OutcomeCounts {
+    /// (app, route, code, answers) of `feishu_gateway_requests_total`,
+    /// summed over status.
+    pub requests: Vec<(String, String, String, u64)>,
+    /// (app, kind, failures) of `feishu_gateway_upstream_errors_total`.
+    pub upstream_errors: Vec<(String, String, u64)>,
 }
 
 /// Handles of one listener's connection counts (`listener` is `main` or
@@ -81,6 +90,7 @@ pub struct QuotaPairMetrics {
 }
 
 /// The monthly call budget's families (`feishu_gateway_budget_*`), per app.
+#[derive(Clone)]
 struct BudgetFamilies {
     used: IntGaugeVec,
     limit: IntGaugeVec,
@@ -99,6 +109,7 @@ pub struct BudgetMetrics {
 }
 
 /// The shared quota backend's families (`feishu_gateway_quota_backend_*`).
+#[derive(Clone)]
 struct BackendFamilies {
     info: IntGaugeVec,
     up: IntGauge,
@@ -120,6 +131,9 @@ pub struct QuotaBackendMetrics {
     pub peek: Histogram,
     /// Round trips writing an upstream pause.
     pub pause: Histogram,
+    /// Round trips giving an admission back (a client's share key, when
+    /// the app key refused the request after it).
+    pub give: Histogram,
     /// Round trips of health probes and of the return to shared limiting.
     pub probe: Histogram,
     /// Calls that did not answer within the timeout.
@@ -208,6 +222,18 @@ impl BackendFamilies {
 /// would be a new series, growing the gateway's memory and Prometheus'.
 pub const MAX_UNKNOWN_CODES: usize = 16;
 
+fn unix_now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// An empty slot per route label of `pairs` for the windows its pairs
+/// publish.
+fn route_limits(pairs: &PairTable) -> Box<[OnceLock<Windows>]> {
+    (0..pairs.routes.len()).map(|_| OnceLock::new()).collect()
+}
+
 fn buckets() -> Vec<f64> {
     DURATION_BUCKETS.to_vec()
 }
@@ -290,12 +316,33 @@ impl Metrics {
             "feishu_gateway_in_flight_requests",
             "Requests being handled now",
         )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_config_reloads_total",
+                "Config reloads (SIGHUP or file change), by result: ok (the new config serves), invalid (refused: the old one keeps serving)",
+            ),
+            &["result"],
+        )?;
+        let config_reload_time = GaugeVec::new(
+            Opts::new(
+                "feishu_gateway_config_reload_timestamp_seconds",
+                "Unix time of the last reload attempt, by result (the start counts as ok)",
+            ),
+            &["result"],
+        )?;
         let client_requests = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_client_requests_total",
                 "Requests authenticated, by client and key (the first 8 hex digits of the key's SHA-256; never the key)",
             ),
             &["client", "key"],
+        )?;
+        let share_limited = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_share_limited_total",
+                "Requests refused (or timed out waiting) because the client used its quota_share of the (app, route) quota; not in feishu_gateway_rate_limited_total",
+            ),
+            &["client", "route", "reason"],
         )?;
         let forbidden = IntCounterVec::new(
             Opts::new(
@@ -396,15 +443,11 @@ impl Metrics {
             ),
             &["code", "description"],
         )?;
-        let mut app_labels = vec![UNKNOWN_APP.to_string()];
-        app_labels.extend(apps.iter().cloned());
-        let mut route_labels = vec![OTHER_ROUTE.to_string()];
-        route_labels.extend(routes.iter().cloned());
-        let route_limits = (0..route_labels.len()).map(|_| OnceLock::new()).collect();
-        let pairs = Arc::new(PairTable::new(app_labels, route_labels));
+        let store = Arc::new(PairStore::default());
+        let pairs = PairTable::new(Arc::clone(&store), apps, routes);
+        let route_limits = route_limits(&pairs);
         for c in [
-            Box::new(PairFamilies::new(Arc::clone(&pairs))?)
-                as Box<dyn prometheus::core::Collector>,
+            Box::new(PairFamilies::new(store)?) as Box<dyn prometheus::core::Collector>,
             Box::new(rate_limited.clone()),
             Box::new(upstream_throttled.clone()),
             Box::new(token_refreshes.clone()),
@@ -416,8 +459,11 @@ impl Metrics {
             Box::new(retries_skipped.clone()),
             Box::new(would_reject.clone()),
             Box::new(in_flight.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_reload_time.clone()),
             Box::new(client_requests.clone()),
             Box::new(forbidden.clone()),
+            Box::new(share_limited.clone()),
             Box::new(open_connections.clone()),
             Box::new(connections_accepted.clone()),
             Box::new(connections_rejected.clone()),
@@ -446,6 +492,12 @@ impl Metrics {
                 .set(1);
         }
 
+        for result in ["ok", "invalid"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        config_reload_time
+            .with_label_values(&["ok"])
+            .set(unix_now_secs());
         for a in apps {
             token_expiry.with_label_values(&[a]).set(0.0);
             for result in ["ok", "error"] {
@@ -465,8 +517,11 @@ impl Metrics {
             retries_skipped,
             would_reject,
             in_flight,
+            config_reloads,
+            config_reload_time,
             client_requests,
             forbidden,
+            share_limited,
             open_connections,
             connections_accepted,
             connections_rejected,
@@ -485,6 +540,107 @@ impl Metrics {
     /// The registry, for `/metrics` and for callers registering more.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The same families (same registry, same series) with the label tables
+    /// of a reloaded config: `apps` and `routes` as in [`Metrics::new`].
+    /// Series of apps in `removed` that only make sense while the app is
+    /// configured (its token expiry, which an alert watches) are deleted;
+    /// counters stay until the process ends, as Prometheus expects.
+    pub fn relabel(&self, apps: &[String], routes: &[String], removed: &[String]) -> Metrics {
+        let pairs = PairTable::new(Arc::clone(self.pairs.store()), apps, routes);
+        let route_limits = route_limits(&pairs);
+        for a in removed {
+            let _ = self.token_expiry.remove_label_values(&[a]);
+        }
+        for a in apps {
+            // Made at 0 when new; an existing app's expiry is kept.
+            self.token_expiry.with_label_values(&[a]);
+            for result in ["ok", "error"] {
+                self.token_refreshes.with_label_values(&[a, result]);
+            }
+        }
+        Metrics {
+            registry: self.registry.clone(),
+            rate_limited: self.rate_limited.clone(),
+            upstream_throttled: self.upstream_throttled.clone(),
+            token_refreshes: self.token_refreshes.clone(),
+            token_expiry: self.token_expiry.clone(),
+            token_replays: self.token_replays.clone(),
+            token_invalid_streamed: self.token_invalid_streamed.clone(),
+            upstream_errors: self.upstream_errors.clone(),
+            retries: self.retries.clone(),
+            retries_skipped: self.retries_skipped.clone(),
+            would_reject: self.would_reject.clone(),
+            in_flight: self.in_flight.clone(),
+            config_reloads: self.config_reloads.clone(),
+            config_reload_time: self.config_reload_time.clone(),
+            client_requests: self.client_requests.clone(),
+            forbidden: self.forbidden.clone(),
+            share_limited: self.share_limited.clone(),
+            open_connections: self.open_connections.clone(),
+            connections_accepted: self.connections_accepted.clone(),
+            connections_rejected: self.connections_rejected.clone(),
+            store_tenants: self.store_tenants.clone(),
+            app_ticket_received: self.app_ticket_received.clone(),
+            app_ticket_store_errors: self.app_ticket_store_errors.clone(),
+            quota_waiting: self.quota_waiting.clone(),
+            quota_wait: self.quota_wait.clone(),
+            budget: self.budget.clone(),
+            backend: self.backend.clone(),
+            pairs,
+            route_limits,
+        }
+    }
+
+    /// What the status page samples: every `requests_total` series as
+    /// (app, route, code, count) and every `upstream_errors_total` series
+    /// as (app, kind, count). Reads the two families only (no full
+    /// `gather`), off the request path.
+    pub fn outcome_counts(&self) -> OutcomeCounts {
+        use prometheus::core::Collector;
+        fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> &'a str {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map_or("", |l| l.value())
+        }
+        let mut out = OutcomeCounts::default();
+        self.pairs.store().for_each(|app, route, pair| {
+            pair.outcomes(|_, code, count| {
+                out.requests
+                    .push((app.to_string(), route.to_string(), code.to_string(), count));
+            });
+        });
+        for mf in self.upstream_errors.collect() {
+            for m in mf.get_metric() {
+                out.upstream_errors.push((
+                    label(m, "app").to_string(),
+                    label(m, "kind").to_string(),
+                    m.get_counter().get_value() as u64,
+                ));
+            }
+        }
+        out
+    }
+
+    /// The label of app `app` (`unknown` for `None`).
+    pub fn app_name(&self, app: usize) -> &str {
+        self.app_label(Some(app))
+    }
+
+    /// The label of route `route` (`other` for `None`).
+    pub fn route_name(&self, route: usize) -> &str {
+        self.route_label(Some(route))
+    }
+
+    /// Counts one config reload: `ok` or `invalid` (refused).
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "invalid" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        self.config_reload_time
+            .with_label_values(&[result])
+            .set(unix_now_secs());
     }
 
     /// The text exposition of every registered family.
@@ -594,6 +750,14 @@ impl Metrics {
     pub fn forbidden(&self, client: &str, route: Option<usize>) {
         self.forbidden
             .with_label_values(&[client, self.route_label(route)])
+            .inc();
+    }
+
+    /// Records a request of `client` on `route` refused by the client's
+    /// quota share; `reason` is the share key's window (`10/1s`).
+    pub fn share_limited(&self, client: &str, route: Option<usize>, reason: &str) {
+        self.share_limited
+            .with_label_values(&[client, self.route_label(route), reason])
             .inc();
     }
 
@@ -710,13 +874,12 @@ impl Metrics {
             return;
         };
         let shared = shared.get_or_init(|| windows.clone().into());
-        self.pair(Some(app), Some(route)).set_limits(|| {
-            if **shared == *windows {
+        self.pair(Some(app), Some(route))
+            .set_limits(if **shared == *windows {
                 Arc::clone(shared)
             } else {
                 windows.into()
-            }
-        });
+            });
     }
 
     /// The wait-mode handles of an (app, route) pair: made when a request
@@ -753,6 +916,7 @@ impl Metrics {
             take: op("take"),
             peek: op("peek"),
             pause: op("pause"),
+            give: op("give"),
             probe: op("probe"),
             timeouts: kind("timeout"),
             connection_errors: kind("connection"),

@@ -109,8 +109,9 @@ struct RuleKeys {
     spec: Option<KeySpec>,
     long: Vec<Window>,
     forget_after: Duration,
-    /// One per app, or one when shared.
-    tables: Box<[Table]>,
+    /// One per app, or one when shared; by `Arc`, so a live reload can
+    /// hand a kept app's table to the new generation.
+    tables: Box<[Arc<Table>]>,
 }
 
 /// Every rule's keys.
@@ -165,9 +166,11 @@ impl ResourceKeys {
                 long,
                 forget_after: longest + policy.margin + Duration::from_secs(1),
                 tables: (0..tables)
-                    .map(|_| Table {
-                        epoch: Instant::now(),
-                        entries: Mutex::new(HashMap::new()),
+                    .map(|_| {
+                        Arc::new(Table {
+                            epoch: Instant::now(),
+                            entries: Mutex::new(HashMap::new()),
+                        })
                     })
                     .collect(),
             });
@@ -177,6 +180,36 @@ impl ResourceKeys {
             app_ids,
             rules,
         })
+    }
+
+    /// A live reload: each rule that `old` had too, unchanged (same
+    /// definition, same plan), keeps its tables — the shared one, and the
+    /// one of every app the reload kept (`apps[new] = Some(old)`) — with
+    /// every resource's windows, in-flight count and pause.
+    pub fn carry(&mut self, old: &ResourceKeys, apps: &[Option<usize>]) {
+        for r in &mut self.rules {
+            let Some(o) = old.rules.iter().find(|o| {
+                o.rule == r.rule
+                    && match (&o.spec, &r.spec) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => a.same_plan(b),
+                        _ => false,
+                    }
+            }) else {
+                continue;
+            };
+            if r.rule.shared {
+                r.tables[0] = Arc::clone(&o.tables[0]);
+                continue;
+            }
+            for (app, from) in apps.iter().enumerate() {
+                if let (Some(slot), Some(t)) =
+                    (r.tables.get_mut(app), from.and_then(|f| o.tables.get(f)))
+                {
+                    *slot = Arc::clone(t);
+                }
+            }
+        }
     }
 
     /// The rule at `index`.

@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics`. It never shares
-//! a port with the main listener, so it can be left off the service network.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the status
+//! page (`/status`, `/status.json`: `status.rs`). It never shares a port
+//! with the main listener, so it can be left off the service network.
 //!
 //! `/readyz` is about the POD, not about Feishu or any one app: 503 while
 //! starting (until every app's first token call has ended, with a token or
@@ -22,11 +23,9 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::observe::metrics::Metrics;
+use super::status::{render_html, StatusPage};
 use crate::proxy::body::ProxyBody;
-use crate::quota::Engine;
-use crate::store_apps::StoreApps;
-use crate::tokens::TokenManager;
+use crate::proxy::Gateway;
 
 /// The pod's own state, as `/readyz` reports it: starting (bounded by a
 /// start timeout), serving, or draining.
@@ -69,31 +68,27 @@ impl Readiness {
     }
 }
 
-/// What the admin endpoints read.
+/// What the admin endpoints read: the gateway's current generation (a
+/// live reload swaps it) and the pod's readiness.
 #[derive(Clone)]
 pub struct Admin {
-    tokens: Arc<TokenManager>,
-    store: Arc<StoreApps>,
-    metrics: Arc<Metrics>,
-    quota: Option<Engine>,
+    live: Arc<arc_swap::ArcSwap<Gateway>>,
     readiness: Arc<Readiness>,
+    status: Arc<StatusPage>,
 }
 
 impl Admin {
-    /// The admin endpoints over the gateway's shared state and the pod's
-    /// `readiness`.
+    /// The admin endpoints over the gateway's current state (`live`)
+    /// and the pod's `readiness`, with the status page's state.
     pub fn new(
-        tokens: Arc<TokenManager>,
-        store: Arc<StoreApps>,
-        metrics: Arc<Metrics>,
+        live: Arc<arc_swap::ArcSwap<Gateway>>,
         readiness: Arc<Readiness>,
+        status: Arc<StatusPage>,
     ) -> Self {
         Admin {
-            tokens,
-            store,
-            metrics,
-            quota: None,
+            live,
             readiness,
+            status,
         }
     }
 
@@ -101,19 +96,25 @@ impl Admin {
     /// the quota backend's first probe, has not ended, and the start
     /// timeout has not passed.
     pub fn starting(&self) -> bool {
-        let settled =
-            self.tokens.all_settled() && self.quota.as_ref().is_none_or(Engine::is_settled);
+        let gateway = self.live.load();
+        let settled = gateway.tokens().all_settled() && gateway.quota().is_settled();
         !settled && self.readiness.within_start_timeout()
     }
 
-    /// Also reports the quota engine's backend in `/readyz`.
-    pub fn with_quota(mut self, quota: Engine) -> Self {
-        self.quota = Some(quota);
-        self
+    /// `ready`, `starting` or `draining`.
+    fn state(&self) -> &'static str {
+        if self.readiness.draining() {
+            "draining"
+        } else if self.starting() {
+            "starting"
+        } else {
+            "ready"
+        }
     }
 
     /// Answers one admin request.
-    pub fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let gateway = self.live.load_full();
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -136,13 +137,13 @@ impl Admin {
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                let apps = self.tokens.statuses();
+                let apps = gateway.tokens().statuses();
                 let without_token: Vec<&str> = apps
                     .iter()
                     .filter(|a| !a.has_token)
                     .map(|a| a.app.as_str())
                     .collect();
-                let quota = self.quota.as_ref().map(Engine::status);
+                let quota = gateway.quota().status();
                 json(
                     status,
                     &json!({
@@ -151,13 +152,35 @@ impl Admin {
                         "draining": draining,
                         "apps_without_token": without_token,
                         "apps": apps,
-                        "store_apps": self.store.statuses(),
+                        "store_apps": gateway.store().statuses(),
                         "quota": quota,
                     }),
                 )
             }
+            "/" | "/status" => {
+                // `?refresh=0` stops the page's own refresh.
+                let refresh = if req.uri().query().is_some_and(|q| q.contains("refresh=0")) {
+                    0
+                } else {
+                    5
+                };
+                let status = self.status.collect(&gateway, self.state()).await;
+                let mut resp = Response::new(ProxyBody::full(render_html(&status, refresh)));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                resp
+            }
+            "/status.json" => {
+                let status = self.status.collect(&gateway, self.state()).await;
+                json(
+                    StatusCode::OK,
+                    &serde_json::to_value(&status).unwrap_or_default(),
+                )
+            }
             "/metrics" => {
-                let mut resp = Response::new(ProxyBody::full(self.metrics.render()));
+                let mut resp = Response::new(ProxyBody::full(gateway.metrics().render()));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -175,11 +198,14 @@ impl Admin {
         Request<Incoming>,
         Response = Response<ProxyBody>,
         Error = Infallible,
-        Future = std::future::Ready<Result<Response<ProxyBody>, Infallible>>,
+        Future = impl Send,
     > + Clone
            + Send
            + 'static {
-        tower::service_fn(move |req: Request<Incoming>| std::future::ready(Ok(self.handle(&req))))
+        tower::service_fn(move |req: Request<Incoming>| {
+            let this = self.clone();
+            async move { Ok(this.handle(&req).await) }
+        })
     }
 }
 

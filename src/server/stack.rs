@@ -20,7 +20,7 @@ use crate::server::request_id::RequestIdLayer;
 /// The main listener's service: request ids, panic safety, then the
 /// gateway's phases.
 pub fn gateway_service(
-    gateway: Arc<Gateway>,
+    live: Arc<arc_swap::ArcSwap<Gateway>>,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<
@@ -43,9 +43,11 @@ pub fn gateway_service(
         // a 500 JSON answer in Feishu's shape (inside the id layers, so it
         // still carries the request id).
         .layer(CatchPanicLayer::custom(panic_answer))
-        // The gateway: route, authenticate, read body, forward, log.
+        // The gateway: route, authenticate, read body, forward, log. Each
+        // request takes the current generation when it starts and finishes
+        // on it, whatever a live reload swaps in meanwhile.
         .service(service_fn(move |req: Request<Incoming>| {
-            let gateway = Arc::clone(&gateway);
+            let gateway = live.load_full();
             async move { Ok::<_, Infallible>(gateway.handle(req).await) }
         }))
 }

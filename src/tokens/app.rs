@@ -7,7 +7,7 @@ use crate::secret::Secret;
 use crate::upstream::Upstream;
 
 /// A Feishu app (`[[apps]]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AppConfig {
     /// Label in logs and metrics (`name`).
     pub name: String,
@@ -22,7 +22,7 @@ pub struct AppConfig {
 }
 
 /// What kind of Feishu app an `[[apps]]` entry is (`type`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum AppKind {
     /// `type = "self_built"` (default): one tenant token per app, fetched
     /// with the app secret.
@@ -34,7 +34,7 @@ pub enum AppKind {
 }
 
 /// Store-app settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreAppSettings {
     /// The event callback's Encrypt Key (`encrypt_key_env` /
     /// `encrypt_key_file`), if one is set in the developer console.

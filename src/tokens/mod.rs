@@ -133,6 +133,24 @@ impl TokenManager {
         }
     }
 
+    /// After a live reload: the slots of the apps the reload kept unchanged
+    /// (`kept[new index] = Some(old index)`) take over `old`'s tokens, so
+    /// they fetch none; a new app, or one whose secret or upstream changed,
+    /// starts empty and fetches its own. Generations continue `old`'s, so a
+    /// carried token is never mistaken for a new one.
+    pub fn carry(&self, old: &TokenManager, kept: &[Option<usize>]) {
+        self.generation
+            .fetch_max(old.generation.load(Ordering::Relaxed), Ordering::Relaxed);
+        for (new, from) in kept.iter().enumerate() {
+            if let (Some(dst), Some(src)) =
+                (self.slots.get(new), from.and_then(|o| old.slots.get(o)))
+            {
+                // Its expiry gauge is labelled by name: it stays as it was.
+                dst.take_over(src);
+            }
+        }
+    }
+
     /// The slot of app `app`: a self-built app's tenant token, or a store
     /// app's app token.
     pub fn app_slot(&self, app: usize) -> &Arc<TokenSlot> {

@@ -89,6 +89,22 @@ impl TokenSlot {
         }
     }
 
+    /// Takes over what `old` holds (a live reload kept its app unchanged):
+    /// its token, whether its first call ended, and its last failure. Its
+    /// refresher is stopped by the reload; this slot's own takes over.
+    pub fn take_over(&self, old: &TokenSlot) {
+        let token = old.current.read().ok().and_then(|c| c.clone());
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = token;
+        self.settled.store(
+            old.settled.load(std::sync::atomic::Ordering::Acquire),
+            std::sync::atomic::Ordering::Release,
+        );
+        let status = old.status.lock().map(|s| s.clone()).unwrap_or((None, 0));
+        if let Ok(mut s) = self.status.lock() {
+            *s = status;
+        }
+    }
+
     /// True when a usable token is cached.
     pub fn has_token(&self) -> bool {
         self.usable(Instant::now()).is_some()

@@ -10,7 +10,9 @@
 //! series. Here a pair holds only its numbers (two histograms of 16 atomic
 //! counts and a sum, one counter per (status, code) seen, the limits it
 //! publishes by reference); names and label values are shared by every pair
-//! and built when `/metrics` is scraped. What is exported is the same as
+//! and built when `/metrics` is scraped. The series are kept by their labels
+//! in one [`PairStore`], shared by the label tables of every config
+//! generation (a reload relabels, the counts go on). What is exported is the same as
 //! the prometheus crate's `HistogramVec`, `IntCounterVec` and `IntGaugeVec`
 //! would export: same families, labels, buckets and values.
 
@@ -117,8 +119,9 @@ pub struct PairSeries {
     /// whether further ones were folded into `other` (see the caller).
     pub unknown_codes: Mutex<(Vec<i64>, bool)>,
     /// `feishu_gateway_quota_limit`: (window label, limit), shared by the
-    /// pairs of one route.
-    limits: OnceLock<Windows>,
+    /// pairs of one route; replaced when a reloaded config makes the key
+    /// again.
+    limits: Mutex<Option<Windows>>,
     /// Set by the first answered request: from then on the durations are
     /// exported (at 0 where nothing was observed), as the prometheus crate
     /// does for a series once it is made.
@@ -173,59 +176,120 @@ impl PairSeries {
         }
     }
 
-    /// The windows published in `feishu_gateway_quota_limit` (the first
-    /// call's; a pair's limits do not change while the process runs).
-    pub fn set_limits(&self, limits: impl FnOnce() -> Windows) {
-        self.limits.get_or_init(limits);
+    /// The windows published in `feishu_gateway_quota_limit` (replacing
+    /// any published before: a reloaded config's).
+    pub fn set_limits(&self, limits: Windows) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = Some(limits);
+    }
+
+    /// Every outcome counted so far: (status, code label, count).
+    pub fn outcomes(&self, mut f: impl FnMut(u16, &str, u64)) {
+        let outcomes = self.outcomes.read().unwrap_or_else(|e| e.into_inner());
+        let mut buf = itoa::Buffer::new();
+        for o in outcomes.iter() {
+            let code = match o.code {
+                Code::None => "none",
+                Code::Own(c) => buf.format(c),
+                Code::Other => OTHER_CODE,
+            };
+            f(o.status, code, o.count.load(Ordering::Relaxed));
+        }
     }
 }
 
-/// The pairs, and the labels they are exported with.
+/// A label value, shared by the tables and the store.
+pub type Label = Arc<str>;
+
+/// Every pair's series by its labels (app, route): what is exported. Shared
+/// by the [`PairTable`]s of every config generation, so a pair keeps its
+/// counts across reloads and is exported once.
+#[derive(Default)]
+pub struct PairStore {
+    pairs: RwLock<HashMap<(Label, Label), Arc<PairSeries>>>,
+}
+
+impl PairStore {
+    fn get(&self, app: &Label, route: &Label) -> Arc<PairSeries> {
+        let key = (Arc::clone(app), Arc::clone(route));
+        if let Some(p) = self
+            .pairs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Arc::clone(p);
+        }
+        let mut pairs = self.pairs.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(pairs.entry(key).or_default())
+    }
+
+    /// Calls `f` with every pair made so far: (app, route, series).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &str, &PairSeries)) {
+        let pairs = self.pairs.read().unwrap_or_else(|e| e.into_inner());
+        for ((app, route), pair) in pairs.iter() {
+            f(app, route, pair);
+        }
+    }
+}
+
+/// One config's labels by index, and its handles on the store's pairs.
 pub struct PairTable {
     /// `app` labels: index 0 is `unknown`, then the configured apps.
-    pub apps: Vec<String>,
+    pub apps: Vec<Label>,
     /// `route` labels: index 0 is `other`, then the catalog's templates.
-    pub routes: Vec<String>,
-    /// At `app * routes.len() + route` (label indices), made on first use.
-    pairs: Box<[OnceLock<Box<PairSeries>>]>,
+    pub routes: Vec<Label>,
+    store: Arc<PairStore>,
+    /// At `app * routes.len() + route` (label indices), found or made in
+    /// the store on first use.
+    pairs: Box<[OnceLock<Arc<PairSeries>>]>,
 }
 
 impl PairTable {
-    /// A table of empty slots over these labels.
-    pub fn new(apps: Vec<String>, routes: Vec<String>) -> PairTable {
+    /// A table of empty slots over these labels (`unknown` and `other`
+    /// added at index 0), on `store`.
+    pub fn new(store: Arc<PairStore>, apps: &[String], routes: &[String]) -> PairTable {
+        let label = |s: &str| -> Label { s.into() };
+        let apps: Vec<Label> = std::iter::once(UNKNOWN_APP)
+            .chain(apps.iter().map(String::as_str))
+            .map(label)
+            .collect();
+        let routes: Vec<Label> = std::iter::once(OTHER_ROUTE)
+            .chain(routes.iter().map(String::as_str))
+            .map(label)
+            .collect();
         let pairs = (0..apps.len() * routes.len())
             .map(|_| OnceLock::new())
             .collect();
         PairTable {
             apps,
             routes,
+            store,
             pairs,
         }
     }
 
-    /// The pair at label indices (`app`, `route`), made now if this is its
-    /// first use.
-    #[inline]
-    pub fn pair(&self, app: usize, route: usize) -> &PairSeries {
-        self.pairs[app * self.routes.len() + route].get_or_init(Box::default)
+    /// The store the table's pairs live in.
+    pub fn store(&self) -> &Arc<PairStore> {
+        &self.store
     }
 
-    fn used(&self) -> impl Iterator<Item = (&str, &str, &PairSeries)> {
-        let width = self.routes.len().max(1);
-        self.pairs.iter().enumerate().filter_map(move |(i, slot)| {
-            let pair = slot.get()?;
-            Some((
-                self.apps[i / width].as_str(),
-                self.routes[i % width].as_str(),
-                &**pair,
-            ))
-        })
+    /// The pair at label indices (`app`, `route`), found or made now if this
+    /// is the table's first use of it.
+    #[inline]
+    pub fn pair(&self, app: usize, route: usize) -> &PairSeries {
+        self.pairs[app * self.routes.len() + route]
+            .get_or_init(|| self.store.get(&self.apps[app], &self.routes[route]))
     }
 }
 
-/// The collector that exports a [`PairTable`] on a registry.
+/// Label for requests that matched no configured app.
+pub const UNKNOWN_APP: &str = "unknown";
+/// Label for paths outside the catalog.
+pub const OTHER_ROUTE: &str = "other";
+
+/// The collector that exports a [`PairStore`] on a registry.
 pub struct PairFamilies {
-    table: Arc<PairTable>,
+    store: Arc<PairStore>,
     requests_total: Desc,
     request_duration: Desc,
     upstream_duration: Desc,
@@ -268,10 +332,10 @@ fn family(
 }
 
 impl PairFamilies {
-    /// The collector of `table`.
-    pub fn new(table: Arc<PairTable>) -> prometheus::Result<PairFamilies> {
+    /// The collector of `store`.
+    pub fn new(store: Arc<PairStore>) -> prometheus::Result<PairFamilies> {
         Ok(PairFamilies {
-            table,
+            store,
             requests_total: desc(
                 "feishu_gateway_requests_total",
                 "Requests answered, by app, route, HTTP status and Feishu code",
@@ -310,27 +374,20 @@ impl Collector for PairFamilies {
         let (mut requests, mut request_d, mut upstream_d, mut limits) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut status_buf = itoa::Buffer::new();
-        let mut code_buf = itoa::Buffer::new();
-        for (app, route, pair) in self.table.used() {
+        self.store.for_each(|app, route, pair| {
             if pair.served.load(Ordering::Relaxed) {
-                let outcomes = pair.outcomes.read().unwrap_or_else(|e| e.into_inner());
-                for o in outcomes.iter() {
-                    let code = match o.code {
-                        Code::None => "none",
-                        Code::Own(c) => code_buf.format(c),
-                        Code::Other => OTHER_CODE,
-                    };
+                pair.outcomes(|status, code, count| {
                     let mut m = proto::Metric::from_label(labels(&[
                         ("app", app),
                         ("code", code),
                         ("route", route),
-                        ("status", status_buf.format(o.status)),
+                        ("status", status_buf.format(status)),
                     ]));
                     let mut c = proto::Counter::default();
-                    c.set_value(o.count.load(Ordering::Relaxed) as f64);
+                    c.set_value(count as f64);
                     m.set_counter(c);
                     requests.push(m);
-                }
+                });
                 for (h, out) in [
                     (&pair.request_duration, &mut request_d),
                     (&pair.upstream_duration, &mut upstream_d),
@@ -341,7 +398,12 @@ impl Collector for PairFamilies {
                     out.push(m);
                 }
             }
-            for (window, limit) in pair.limits.get().iter().flat_map(|l| l.iter()) {
+            let windows = pair
+                .limits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            for (window, limit) in windows.iter().flat_map(|l| l.iter()) {
                 let mut m = proto::Metric::from_label(labels(&[
                     ("app", app),
                     ("route", route),
@@ -352,7 +414,7 @@ impl Collector for PairFamilies {
                 m.set_gauge(g);
                 limits.push(m);
             }
-        }
+        });
         vec![
             family(&self.requests_total, proto::MetricType::COUNTER, requests),
             family(
@@ -387,16 +449,14 @@ mod tests {
     /// for the same observations (but the sums, kept here in nanoseconds).
     #[test]
     fn exports_what_the_prometheus_vectors_export() {
-        let table = Arc::new(PairTable::new(
-            vec!["unknown".into(), "app-a".into(), "app-b".into()],
-            vec![
-                "other".into(),
-                "/open-apis/x/:id".into(),
-                "/open-apis/y".into(),
-            ],
-        ));
+        let store = Arc::new(PairStore::default());
+        let table = PairTable::new(
+            Arc::clone(&store),
+            &["app-a".into(), "app-b".into()],
+            &["/open-apis/x/:id".into(), "/open-apis/y".into()],
+        );
         let ours = Registry::new();
-        ours.register(Box::new(PairFamilies::new(Arc::clone(&table)).unwrap()))
+        ours.register(Box::new(PairFamilies::new(Arc::clone(&store)).unwrap()))
             .unwrap();
         let theirs = Registry::new();
         let h = |name: &str, help: &str| {
@@ -469,7 +529,7 @@ mod tests {
             if !pair.count(status, code_opt) {
                 pair.count_new(status, code);
             }
-            let labels = [table.apps[a].as_str(), table.routes[r].as_str()];
+            let labels = [&*table.apps[a], &*table.routes[r]];
             req.with_label_values(&labels)
                 .observe(Duration::from_nanos(total_ns).as_secs_f64());
             let u = up.with_label_values(&labels);
@@ -488,8 +548,8 @@ mod tests {
         // Limits on a pair that has not answered yet: only the gauges.
         let windows: Windows =
             vec![("50/1s".to_string(), 50), ("1000/60s".to_string(), 1000)].into();
-        table.pair(2, 2).set_limits(|| Arc::clone(&windows));
-        table.pair(1, 2).set_limits(|| Arc::clone(&windows));
+        table.pair(2, 2).set_limits(Arc::clone(&windows));
+        table.pair(1, 2).set_limits(Arc::clone(&windows));
         for (w, l) in windows.iter() {
             for app in ["app-b", "app-a"] {
                 limit
@@ -509,6 +569,68 @@ mod tests {
             "feishu_gateway_request_duration_seconds_sum{app=\"app-a\",route=\"/open-apis/x/:id\"} 31.0012"
         ), "{ours}");
         assert!(ours.contains("feishu_gateway_requests_total{app=\"app-b\",code=\"other\",route=\"/open-apis/y\",status=\"502\"} 1"));
+    }
+
+    /// A reloaded config's table over the same store: a pair with the same
+    /// labels is the same series (its counts go on, exported once), new
+    /// limits replace the old ones, and a pair of a removed app stays.
+    #[test]
+    fn a_new_table_on_the_same_store_carries_the_pairs_on() {
+        let store = Arc::new(PairStore::default());
+        let r = Registry::new();
+        r.register(Box::new(PairFamilies::new(Arc::clone(&store)).unwrap()))
+            .unwrap();
+        let old = PairTable::new(
+            Arc::clone(&store),
+            &["a".into(), "gone".into()],
+            &["/open-apis/x".into(), "/open-apis/y".into()],
+        );
+        let answer = |t: &PairTable, app: usize, route: usize| {
+            let p = t.pair(app, route);
+            p.served();
+            p.request_duration.observe(Duration::from_millis(3));
+            if !p.count(200, Some(0)) {
+                p.count_new(200, Code::Own(0));
+            }
+        };
+        answer(&old, 1, 2);
+        answer(&old, 2, 1);
+        old.pair(1, 2)
+            .set_limits(vec![("5/1s".to_string(), 5)].into());
+        // The new config: "gone" removed, "b" added, the routes in another order.
+        let new = PairTable::new(
+            Arc::clone(&store),
+            &["b".into(), "a".into()],
+            &["/open-apis/y".into(), "/open-apis/x".into()],
+        );
+        answer(&new, 2, 1);
+        answer(&old, 1, 2); // a request of the old generation, still draining
+        new.pair(2, 1)
+            .set_limits(vec![("9/1s".to_string(), 9)].into());
+        let text = render(&r);
+        let line = |prefix: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            line("feishu_gateway_requests_total"),
+            [
+                "feishu_gateway_requests_total{app=\"a\",code=\"0\",route=\"/open-apis/y\",status=\"200\"} 3",
+                "feishu_gateway_requests_total{app=\"gone\",code=\"0\",route=\"/open-apis/x\",status=\"200\"} 1",
+            ]
+        );
+        assert_eq!(
+            line("feishu_gateway_quota_limit"),
+            ["feishu_gateway_quota_limit{app=\"a\",route=\"/open-apis/y\",window=\"9/1s\"} 9"]
+        );
+        assert_eq!(
+            line("feishu_gateway_request_duration_seconds_count"),
+            [
+                "feishu_gateway_request_duration_seconds_count{app=\"a\",route=\"/open-apis/y\"} 3",
+                "feishu_gateway_request_duration_seconds_count{app=\"gone\",route=\"/open-apis/x\"} 1",
+            ]
+        );
     }
 
     #[test]
