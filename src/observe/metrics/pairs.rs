@@ -633,6 +633,37 @@ mod tests {
         );
     }
 
+    /// Two routes of one template (`GET` and `POST` of a path) have the
+    /// same labels: one series, as the prometheus crate's vectors had.
+    #[test]
+    fn routes_with_the_same_template_share_their_series() {
+        let store = Arc::new(PairStore::default());
+        let r = Registry::new();
+        r.register(Box::new(PairFamilies::new(Arc::clone(&store)).unwrap()))
+            .unwrap();
+        let t = PairTable::new(
+            store,
+            &["a".into()],
+            &["/open-apis/x".into(), "/open-apis/x".into()],
+        );
+        for route in [1, 2] {
+            let p = t.pair(1, route);
+            p.served();
+            if !p.count(200, Some(0)) {
+                p.count_new(200, Code::Own(0));
+            }
+        }
+        let text = render(&r);
+        let lines: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("feishu_gateway_requests_total{"))
+            .collect();
+        assert_eq!(
+            lines,
+            ["feishu_gateway_requests_total{app=\"a\",code=\"0\",route=\"/open-apis/x\",status=\"200\"} 2"]
+        );
+    }
+
     #[test]
     fn an_outcome_seen_before_is_counted_under_its_label() {
         let pair = PairSeries::default();
