@@ -740,6 +740,12 @@ impl SimFeishu {
         self.shared.set_latency(d);
     }
 
+    /// Delay added to every token call's answer (self-built and store apps)
+    /// from now on. Default 0.
+    pub fn set_token_latency(&self, d: Duration) {
+        self.shared.set_token_latency(d);
+    }
+
     /// Lifetime of the tokens issued from now on (issued ones keep theirs).
     pub fn set_token_lifetime(&self, d: Duration) {
         lock(&self.shared.tokens).set_lifetime(d);

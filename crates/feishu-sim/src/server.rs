@@ -13,9 +13,9 @@
 //!    chat ids, success and the monthly budget; the first phase that
 //!    answers ends it.
 //! 4. wait: `X-Sim-Delay-Ms` (any request) plus the configured latency
-//!    (business requests) plus the write time of an admitted bitable write
-//!    or drive upload, with no lock held; such a write holds its in-flight
-//!    slot until then.
+//!    (business requests) or token latency (token calls) plus the write
+//!    time of an admitted bitable write or drive upload, with no lock held;
+//!    such a write holds its in-flight slot until then.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -149,9 +149,13 @@ async fn handle(
 
     let decided = match auth_route(&parts.method, parts.uri.path()) {
         Some(AuthRoute::SelfBuilt(kind)) => {
+            wait += shared.token_latency();
             token_call(&shared, kind, &body, arrived, &logid).into()
         }
-        Some(AuthRoute::Store(kind)) => store_call(&shared, kind, &body, arrived, &logid).into(),
+        Some(AuthRoute::Store(kind)) => {
+            wait += shared.token_latency();
+            store_call(&shared, kind, &body, arrived, &logid).into()
+        }
         None => {
             wait += shared.latency();
             let mut decided = business(&shared, parts, body, arrived, &logid);
