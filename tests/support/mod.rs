@@ -1,7 +1,8 @@
 //! The integration tests' harness: a simulated Feishu, the gateway in front
 //! of it on loopback ports, its config ([`config::GatewayConfig`]), a small
 //! HTTP client, a Redis of the test's own ([`redis_server`]), raw-socket
-//! upstreams ([`scripted`]) and the Prometheus tools ([`tools`]).
+//! upstreams ([`scripted`]), the Prometheus tools ([`tools`]) and an OTLP
+//! receiver ([`otlp`]).
 //!
 //! Every item of the crate under test that a test file uses is re-exported
 //! here, from [`gateway`], in one place.
@@ -9,6 +10,7 @@
 
 pub mod config;
 mod gateway;
+pub mod otlp;
 pub mod redis_server;
 pub mod scripted;
 pub mod tools;
