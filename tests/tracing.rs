@@ -404,3 +404,21 @@ async fn a_tracing_change_waits_for_the_restart_and_says_so() {
     );
     h.stop().await;
 }
+
+/// What `benches/load.sh --tracing` relies on: the simulated Feishu takes
+/// the gateway's exports as a collector would.
+#[tokio::test]
+async fn the_simulated_feishu_takes_the_exports_for_the_load_harness() {
+    let sim = SimFeishu::start(sim_without_quota()).await.unwrap();
+    let url = sim.base_url();
+    let h = Harness::on(sim, |c| c.without_put_quota().tracing(&url, 1.0)).await;
+    h.ready().await;
+    assert_eq!(h.put_with(&[]).await.code(), 0);
+    h.gw.flush_traces().await;
+    let (exports, bytes) = h.sim.otlp_exports();
+    assert!(
+        exports >= 1 && bytes > 0,
+        "{exports} exports, {bytes} bytes"
+    );
+    h.stop().await;
+}

@@ -140,6 +140,9 @@ async fn handle(
             Err(_) => return Err(Dropped),
         },
     };
+    if parts.uri.path() == OTLP_TRACES {
+        return Ok(otlp(&shared, &parts.method, &body));
+    }
     if shared.faults.take_drop() {
         return Err(Dropped);
     }
@@ -178,6 +181,39 @@ async fn handle(
     }
     drop(in_flight);
     Ok(answer.into_response(&logid))
+}
+
+/// An OpenTelemetry collector's OTLP/HTTP traces endpoint, so that a
+/// gateway's `[tracing]` can export to the fake (`benches/load.sh
+/// --tracing`).
+const OTLP_TRACES: &str = "/v1/traces";
+
+/// `POST /v1/traces`: the export is counted and dropped, and answered as a
+/// collector does (an empty `ExportTraceServiceResponse`). `GET`: the
+/// counts so far, as JSON.
+fn otlp(shared: &Shared, method: &Method, body: &Bytes) -> Response<Full<Bytes>> {
+    let (status, content_type, answer) = if method == Method::POST {
+        shared.otlp_exports.fetch_add(1, Ordering::Relaxed);
+        shared
+            .otlp_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        (StatusCode::OK, "application/x-protobuf", Bytes::new())
+    } else {
+        let counts = json!({
+            "exports": shared.otlp_exports.load(Ordering::Relaxed),
+            "bytes": shared.otlp_bytes.load(Ordering::Relaxed),
+        });
+        (
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(counts.to_string()),
+        )
+    };
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(answer))
+        .expect("a valid answer")
 }
 
 /// `X-Sim-Delay-Ms: <n>`, or zero.

@@ -196,6 +196,9 @@ pub(crate) struct Shared {
     latency_ns: AtomicU64,
     /// Token-call latency in nanoseconds.
     token_latency_ns: AtomicU64,
+    /// OTLP trace exports received (`POST /v1/traces`), and their bytes.
+    pub(crate) otlp_exports: AtomicU64,
+    pub(crate) otlp_bytes: AtomicU64,
     /// A [`QuotaMode`] as `u8`.
     pub(crate) quota_mode: AtomicU8,
     pub(crate) faults: Faults,
@@ -255,6 +258,8 @@ impl Shared {
             record_requests: cfg.record_requests,
             latency_ns: AtomicU64::new(0),
             token_latency_ns: AtomicU64::new(0),
+            otlp_exports: AtomicU64::new(0),
+            otlp_bytes: AtomicU64::new(0),
             quota_mode: AtomicU8::new(cfg.quota.to_u8()),
             faults: Faults::default(),
             tokens: Mutex::new(TokenBook::new(cfg.token_lifetime, cfg.same_token_threshold)),
