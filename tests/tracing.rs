@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -308,7 +309,7 @@ async fn without_a_traceparent_the_sampling_ratio_decides() {
     );
     h.stop().await;
 
-    // Ratio 0: no span at all; Feishu is told the call is not sampled.
+    // Ratio 0: no span at all, and no trace context goes to Feishu.
     let receiver = OtlpReceiver::start().await;
     let h = traced(sim_without_quota(), &receiver, 0.0).await;
     h.ready().await;
@@ -319,17 +320,48 @@ async fn without_a_traceparent_the_sampling_ratio_decides() {
     h.gw.flush_traces().await;
     assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
     let sent = h.sim.requests();
-    let parents: Vec<&str> = sent
+    let parents: Vec<Option<&str>> = sent
         .iter()
-        .map(|r| r.headers["traceparent"].to_str().unwrap())
+        .map(|r| r.headers.get("traceparent").map(|v| v.to_str().unwrap()))
         .collect();
-    assert!(parents[0].ends_with("-00"), "{parents:?}");
+    assert_eq!(parents[0], None, "part of no trace");
+    let continued = parents[1].expect("the caller's trace continues");
     assert!(
-        parents[1].starts_with(&format!("00-{TRACE_ID}-")),
+        continued.starts_with(&format!("00-{TRACE_ID}-")),
         "{parents:?}"
     );
-    assert!(parents[1].ends_with("-00"), "{parents:?}");
-    assert_ne!(parents[1], tp, "the gateway's own span id");
+    assert!(continued.ends_with("-00"), "{parents:?}");
+    assert_ne!(continued, tp, "the gateway's own span id");
+    h.stop().await;
+
+    // Ratio 0.5, no traceparent: a request is either traced or part of no
+    // trace at all; both happen, and Feishu sees exactly the recorded ones.
+    let receiver = OtlpReceiver::start().await;
+    let h = traced(sim_without_quota(), &receiver, 0.5).await;
+    h.ready().await;
+    for _ in 0..40 {
+        assert_eq!(h.put_with(&[]).await.code(), 0);
+    }
+    h.gw.flush_traces().await;
+    let recorded: BTreeSet<String> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.kind == KIND_SERVER)
+        .map(|s| s.trace_id)
+        .collect();
+    let sent: BTreeSet<String> = h
+        .sim
+        .requests()
+        .iter()
+        .filter_map(|r| r.headers.get("traceparent"))
+        .map(|v| v.to_str().unwrap()[3..35].to_string())
+        .collect();
+    assert!(
+        !sent.is_empty() && sent.len() < 40,
+        "{} of 40 traced",
+        sent.len()
+    );
+    assert_eq!(sent, recorded);
     h.stop().await;
 }
 

@@ -25,9 +25,11 @@
 //! Feishu's `code` and `X-Tt-Logid`, the resend count), whose own context
 //! goes to Feishu as `traceparent`. Retries and a token-invalid replay are
 //! events of the request's span. Attributes name the app, the route template
-//! and the client; never a key, a token, a path's ids or a body. A request
-//! the sampler drops makes no child spans; Feishu still gets a
-//! `traceparent` (not sampled) that continues the caller's trace.
+//! and the client; never a key, a token, a path's ids or a body. A caller's
+//! trace that is not sampled makes no span the gateway records, but Feishu
+//! still gets a `traceparent` (not sampled) that continues it; a request
+//! without a caller's trace that the sampler leaves out is part of no trace
+//! (nothing is kept, nothing sent on).
 //!
 //! **Export** is the OpenTelemetry SDK's batch processor: ended spans go to a
 //! bounded queue (2,048; beyond it they are dropped, never waited for) that a
@@ -48,7 +50,8 @@ use hyper_util::client::legacy::connect::Connect;
 use hyper_util::client::legacy::Client;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
-    SpanBuilder, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
+    Span as _, SpanBuilder, SpanKind, Status, TraceContextExt as _, Tracer as _,
+    TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_http::{HttpClient, HttpError};
@@ -181,6 +184,9 @@ pub struct Tracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
+    /// `sampling_ratio`: at 0 only callers' traces are followed, and a
+    /// request without one costs a header lookup.
+    sampling_ratio: f64,
 }
 
 impl std::fmt::Debug for Tracing {
@@ -233,42 +239,53 @@ impl Tracing {
             provider,
             tracer,
             propagator: TraceContextPropagator::new(),
+            sampling_ratio: config.sampling_ratio,
         }))
     }
 
     /// The trace of one request: its server span, a child of the caller's
-    /// `traceparent` when there is a valid one.
-    pub fn request(self: &Arc<Self>, method: &http::Method, headers: &HeaderMap) -> RequestTrace {
+    /// `traceparent` when there is a valid one. `None` when the request is
+    /// part of no trace: no caller's, and the sampler started none (then
+    /// nothing is recorded, and nothing is sent on to Feishu).
+    pub fn request(
+        self: &Arc<Self>,
+        method: &http::Method,
+        headers: &HeaderMap,
+    ) -> Option<RequestTrace> {
         let parent = self
             .propagator
             .extract_with_context(&Context::new(), &Extract(headers));
         let remote = parent.span().span_context().is_valid();
+        if !remote && self.sampling_ratio <= 0.0 {
+            // Only callers' traces are followed: not even a span to drop.
+            return None;
+        }
         let method = method_name(method);
-        let span = self.tracer.build_with_context(
-            SpanBuilder::from_name(Cow::Borrowed(method))
-                .with_kind(SpanKind::Server)
-                .with_attributes([KeyValue::new(key::METHOD, method)]),
+        let mut span = self.tracer.build_with_context(
+            SpanBuilder::from_name(Cow::Borrowed(method)).with_kind(SpanKind::Server),
             &parent,
         );
-        let cx = parent.with_span(span);
-        let sc = cx.span().span_context().clone();
+        let sc = span.span_context().clone();
         let recording = sc.is_sampled();
-        // The trace id goes in the access line when the request is part of
-        // a trace: the caller's, or one the gateway samples.
-        let logged_id = (remote || recording).then(|| {
-            let mut hex_id = [0u8; 32];
-            hex::encode_to_slice(sc.trace_id().to_bytes(), &mut hex_id)
-                .expect("16 bytes are 32 hex digits");
-            hex_id
-        });
-        RequestTrace {
+        if !remote && !recording {
+            return None;
+        }
+        if recording {
+            span.set_attribute(KeyValue::new(key::METHOD, method));
+        }
+        // The trace id goes in the access line: the caller's trace, or one
+        // the gateway samples.
+        let mut hex_id = [0u8; 32];
+        hex::encode_to_slice(sc.trace_id().to_bytes(), &mut hex_id)
+            .expect("16 bytes are 32 hex digits");
+        Some(RequestTrace {
             tracing: Arc::clone(self),
-            cx,
+            cx: parent.with_span(span),
             method,
             recording,
-            logged_id,
+            logged_id: hex_id,
             attempts: 0,
-        }
+        })
     }
 
     /// Sends what is queued now (blocks up to 5 s: call it off the async
@@ -326,7 +343,7 @@ pub struct RequestTrace {
     cx: Context,
     method: &'static str,
     recording: bool,
-    logged_id: Option<[u8; 32]>,
+    logged_id: [u8; 32],
     attempts: u32,
 }
 
@@ -340,12 +357,10 @@ impl std::fmt::Debug for RequestTrace {
 }
 
 impl RequestTrace {
-    /// The trace id (32 hex digits), when the request is part of a trace:
-    /// the caller's, or one the gateway sampled.
+    /// The trace id (32 hex digits): the caller's trace, or one the
+    /// gateway sampled.
     pub fn trace_id(&self) -> Option<&str> {
-        self.logged_id
-            .as_ref()
-            .and_then(|id| std::str::from_utf8(id).ok())
+        std::str::from_utf8(&self.logged_id).ok()
     }
 
     /// True when the request's spans are recorded (sampled).

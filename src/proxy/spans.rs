@@ -23,14 +23,15 @@ use crate::proxy::error::GatewayError;
 
 impl Gateway {
     /// The request's trace: its span, a child of the caller's
-    /// `traceparent` when there is one.
+    /// `traceparent` when there is one; none when the request is part of no
+    /// trace (no caller's, and not sampled).
     pub(super) fn trace_start(
         &self,
         tracing: &Arc<Tracing>,
         ctx: &mut RequestCtx,
         req: &Request<Incoming>,
     ) {
-        ctx.trace = Some(tracing.request(req.method(), req.headers()));
+        ctx.trace = tracing.request(req.method(), req.headers());
     }
 
     /// Ends the request's span with what the access line says: app, client,
