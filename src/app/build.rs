@@ -2,8 +2,8 @@
 //! gateway's parts — catalog, metrics, upstream connections, the Redis
 //! connection, app_ticket store, token manager, quota engine and keys, store
 //! apps, monthly budgets, contracts, the trace exporter — and the listener's
-//! TLS. Domain modules
-//! never read the config; they are handed what they need here.
+//! TLS. Domain modules never read the config; they are handed what they need
+//! here.
 
 use std::path::Path;
 use std::sync::Arc;

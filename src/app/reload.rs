@@ -15,8 +15,8 @@
 //! retries, token policy, SDK tokens, body limits and request timeouts,
 //! the quota margin, waiters and overflow. What needs a restart, because
 //! the process holds it (listeners, threads, connections, the log
-//! subscriber, the trace exporter): see [`restart_only`]; a reload that changes one of those
-//! applies everything else and says so in the log.
+//! subscriber, the trace exporter): see [`restart_only`]; a reload that
+//! changes one of those applies everything else and says so in the log.
 //!
 //! An invalid config changes nothing: every problem is logged (as
 //! `check-config` prints them), `feishu_gateway_config_reloads_total
@@ -245,8 +245,8 @@ pub fn kept_apps(old: &[AppConfig], new: &[AppConfig]) -> Vec<Option<usize>> {
 /// The settings a reload cannot change, because the running process holds
 /// what they built: listeners and their limits, worker threads, upstream
 /// connections, the log subscriber, the trace exporter (`[tracing]`: one
-/// per process, with its export thread), the state directory, the quota backend
-/// and its Redis connection, the listener's certificate paths (the
+/// per process, with its export thread), the state directory, the quota
+/// backend and its Redis connection, the listener's certificate paths (the
 /// certificate files themselves are reloaded on SIGHUP too). Returns the
 /// names of those that differ.
 pub fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {

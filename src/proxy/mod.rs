@@ -34,7 +34,8 @@
 //! [`body`], the answer body; [`error`], every answer the gateway writes
 //! itself; `spans.rs`, the request's trace (`[tracing]`): its span started
 //! in `handle`, one for `admit` (`quota`), one per attempt upstream, the
-//! token wait (made by the token manager), all `None` when tracing is off. Shared state lives on [`Gateway`], never in statics.
+//! token wait (made by the token manager), all `None` when tracing is off.
+//! Shared state lives on [`Gateway`], never in statics.
 
 mod admit;
 mod authenticate;
