@@ -14,7 +14,7 @@
 //! |-----------------------|-------------------------------------------------------------|
 //! | [`app`]               | the composition root: `Config` → parts; start, serve, drain, live reload (generations swapped whole); `demo` |
 //! | [`config`]            | the TOML file, read in one pass that reports every problem  |
-//! | [`server`]            | downstream: listen backlog and connection limits, accept loop, TLS, the tower stack, request ids, admin listener (readiness) |
+//! | [`server`]            | downstream: listen backlog and connection limits, accept loop, TLS, the tower stack, request ids, admin listener (readiness, status page) |
 //! | [`proxy`]             | THE REQUEST PATH: the named phases, one file per group; gateway answers |
 //! | [`auth`]              | who is calling: client keys (several while rotating), allow lists, signed SDK tokens |
 //! | [`store_apps`]        | store apps (ISV): tenants, their quota scopes, event callbacks |

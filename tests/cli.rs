@@ -75,6 +75,13 @@ async fn listening_addr(
     }
 }
 
+/// The address in the JSON log line that says the gateway listens.
+fn json_listening(line: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    (v["message"] == "feishu-gateway listening")
+        .then(|| v["addr"].as_str().unwrap().parse().unwrap())
+}
+
 /// SIGTERM, then how the process ended.
 async fn terminate(mut child: Child) -> ExitStatus {
     let status = Command::new("kill")
@@ -199,12 +206,7 @@ async fn serve_logs_one_json_line_per_request_without_secrets_and_exits_0_on_sig
     let (mut child, _file) = serve(&config, None);
     let (mut rx, _reader) = stdout_lines(&mut child);
     let mut logs = Vec::new();
-    let addr = listening_addr(&mut rx, &mut logs, |line| {
-        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
-        (v["message"] == "feishu-gateway listening")
-            .then(|| v["addr"].as_str().unwrap().parse().unwrap())
-    })
-    .await;
+    let addr = listening_addr(&mut rx, &mut logs, json_listening).await;
     let client = http_client();
     let auth = format!("Bearer {CLIENT_KEY}");
     let headers = [
@@ -365,12 +367,7 @@ async fn sighup_reloads_the_config_file_and_a_broken_file_changes_nothing() {
     let (mut child, file) = serve(&config, None);
     let (mut rx, _reader) = stdout_lines(&mut child);
     let mut logs = Vec::new();
-    let addr = listening_addr(&mut rx, &mut logs, |line| {
-        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
-        (v["message"] == "feishu-gateway listening")
-            .then(|| v["addr"].as_str().unwrap().parse().unwrap())
-    })
-    .await;
+    let addr = listening_addr(&mut rx, &mut logs, json_listening).await;
     let client = http_client();
     let put_as = |key: &'static str| {
         let client = client.clone();

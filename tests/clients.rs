@@ -1,8 +1,10 @@
 //! Operating the gateway for many teams, through real sockets against the
 //! simulated Feishu: least privilege per client (`allow` lists: 403 before
-//! any body, quota or token is spent, counted by client and route) and key
+//! any body, quota or token is spent, counted by client and route), key
 //! rotation (several keys per client, named in metrics and logs by a digest
-//! prefix, never by the key).
+//! prefix, never by the key), and fair shares of an app's quotas
+//! (`quota_share`: a client held to its share, the others using the rest;
+//! the same through Redis is in tests/redis.rs).
 
 mod support;
 
@@ -11,6 +13,8 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 use support::config::{App, Client};
+use support::shares::{check_shares, flood_shares, max_at_feishu, share_plan};
+use support::shares::{BATCH_KEY, BATCH_PATH, BILLING_PATH};
 use support::*;
 
 const DELETE_PATH: &str = "/open-apis/im/v1/chats/oc_123/top_notice/delete_top_notice";
@@ -260,4 +264,101 @@ async fn a_client_key_is_rotated_without_a_gap() {
     after.shutdown();
     after.wait().await;
     sim.shutdown().await;
+}
+
+/// The default config plus the client `batch` of ops-bot, held to a fifth
+/// of each of its quotas (`billing` has no share).
+fn with_batch(c: GatewayConfig) -> GatewayConfig {
+    c.client(Client::new("batch", "BATCH_KEY", "ops-bot").quota_share(0.2))
+        .env("BATCH_KEY", BATCH_KEY)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_flood_one_app_and_the_one_with_a_fifth_gets_at_most_a_fifth() {
+    let h = start_with(sim_config(), with_batch).await;
+    h.ready().await;
+    // Four senders per client, each as fast as answers come (20 ms apart):
+    // both far over put_top_notice's 50/1s and 1000/60s.
+    let s = flood_shares(&h.client, &[h.gw.addr()], 4, Duration::from_secs(5), &[]).await;
+    eprintln!("{}", s.report("local backend, reject mode"));
+    check_shares(&h.sim, &s, 0);
+
+    // Counted by client, apart from the app's quota.
+    let m = h.metrics().await;
+    let share_limited = |client: &str| {
+        metric_value(
+            &m,
+            &format!(
+                "feishu_gateway_share_limited_total{{client=\"{client}\",reason=\"10/1s\",route=\"{PUT_ROUTE}\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        share_limited("batch"),
+        Some(s.batch.share_limited as f64),
+        "{m}"
+    );
+    assert_eq!(share_limited("billing"), None, "{m}");
+    let rate_limited = metric_value(
+        &m,
+        &format!(
+            "feishu_gateway_rate_limited_total{{app=\"ops-bot\",reason=\"50/1s\",route=\"{PUT_ROUTE}\"}}"
+        ),
+    );
+    assert_eq!(
+        rate_limited,
+        Some((s.billing.rate_limited + s.batch.rate_limited) as f64),
+        "{m}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_wait_mode_a_client_over_its_share_waits_for_its_share() {
+    let h = std::sync::Arc::new(start_with(sim_config(), with_batch).await);
+    h.ready().await;
+    let share = share_plan(0.2);
+    let started = std::time::Instant::now();
+    // 20 of batch's and 60 of billing's at once, each willing to wait 10 s.
+    let wait = &[("x-gateway-max-wait", "10000")];
+    let mut tasks = Vec::new();
+    for (key, path, n) in [(BATCH_KEY, BATCH_PATH, 20), (CLIENT_KEY, BILLING_PATH, 60)] {
+        for _ in 0..n {
+            let h = std::sync::Arc::clone(&h);
+            tasks.push(tokio::spawn(async move {
+                let a = put_as(&h.client, h.gw.addr(), key, path, wait).await;
+                (key, a.status, started.elapsed())
+            }));
+        }
+    }
+    // Meanwhile one of batch's that may not wait so long is refused at
+    // once, for its share, not for the app's quota.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let short = &[("x-gateway-max-wait", "50")];
+    let a = put_as(&h.client, h.gw.addr(), BATCH_KEY, BATCH_PATH, short).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+    assert_eq!(a.header("x-gateway-error"), Some("share-limited"));
+    let mut batch_done = Duration::ZERO;
+    for t in tasks {
+        let (key, status, at) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{key} waited and went");
+        if key == BATCH_KEY {
+            batch_done = batch_done.max(at);
+        }
+    }
+    // Batch's 20: its burst, then one per period of its share.
+    let t = share.emission_interval();
+    let least = t * (20 - share.burst());
+    assert!(
+        batch_done + Duration::from_millis(100) >= least,
+        "batch's 20 took {batch_done:?}, its share allows no less than {least:?}"
+    );
+    assert_eq!(h.sim.violations(), 0);
+    // (Not 10 in every second at Feishu: a request that passed its share
+    // may still wait in the app's queue, behind billing's, and leave with
+    // others that did; see docs/quota.md, "Client shares".)
+    let batch_1s = max_at_feishu(&h.sim, BATCH_PATH, Duration::from_secs(1));
+    eprintln!(
+        "local backend, wait mode: batch's 20 done after {batch_done:.2?} (its share allows {least:.2?}), at most {batch_1s} of them in 1 s at Feishu"
+    );
 }

@@ -11,47 +11,24 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use http::{Method, StatusCode};
+use support::proxy::{binary_or_skip, origin_of, Prepared, Proxy};
 use support::*;
 
-/// An HAProxy process on a loopback port, proxying to `origin`.
-struct Haproxy {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-    ca: PathBuf,
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn haproxy_binary() -> Option<PathBuf> {
-    [
-        "/usr/sbin/haproxy",
-        "/usr/bin/haproxy",
-        "/usr/local/sbin/haproxy",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-}
-
-/// The binary, or `None` to skip (but never under CI).
-fn haproxy_or_skip() -> Option<PathBuf> {
-    let found = haproxy_binary();
-    if found.is_none() {
-        skipped("haproxy", "bash deploy/ci-install-haproxy.sh");
-    }
-    found
+fn haproxy_or_skip() -> Option<std::path::PathBuf> {
+    binary_or_skip(
+        "haproxy",
+        &[
+            "/usr/sbin/haproxy",
+            "/usr/bin/haproxy",
+            "/usr/local/sbin/haproxy",
+        ],
+        "bash deploy/ci-install-haproxy.sh",
+    )
 }
 
 /// How HAProxy listens.
@@ -65,39 +42,29 @@ enum Listen {
     Plain,
 }
 
-impl Haproxy {
-    /// Starts HAProxy (one process, in the foreground, every path in a temp
-    /// dir) with a certificate for `localhost` from a test CA when it
-    /// listens with TLS. It proxies to `origin` over HTTP/1.1, but answers
-    /// `/open-apis/haproxy/…` itself, and `/open-apis/down/…` with its own
-    /// 503 (a backend whose only server is down).
-    fn start(binary: &Path, origin: SocketAddr, listen: Listen) -> Haproxy {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let ca = TestCa::new("haproxy test CA").expect("CA");
-        let cert = ca.issue_localhost("localhost").expect("certificate");
-        let path = |name: &str| dir.path().join(name);
-        std::fs::write(path("ca.pem"), ca.cert_pem()).unwrap();
-        // HAProxy takes the certificate and its key in one file.
-        std::fs::write(
-            path("bundle.pem"),
-            format!("{}{}", cert.cert_pem, cert.key_pem),
-        )
-        .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.path().display();
-        let tls = match listen {
-            Listen::TlsH2 => format!(" ssl crt {d}/bundle.pem alpn h2,http/1.1"),
-            Listen::TlsH1 => format!(" ssl crt {d}/bundle.pem alpn http/1.1"),
-            Listen::Plain => String::new(),
-        };
-        // The access line (stderr, kept in a file) names the method, the
-        // path, the protocol the gateway spoke and the status answered.
-        let conf = format!(
-            r#"
+/// Starts HAProxy (one process, in the foreground, every path in a temp
+/// dir) with a certificate for `localhost` from a test CA when it listens
+/// with TLS. It proxies to the simulated Feishu over HTTP/1.1, but answers
+/// `/open-apis/haproxy/…` itself, and `/open-apis/down/…` with its own 503
+/// (a backend whose only server is down).
+fn start_haproxy(binary: &Path, sim: &SimFeishu, listen: Listen) -> Proxy {
+    let p = Prepared::new("haproxy test CA");
+    // HAProxy takes the certificate and its key in one file.
+    std::fs::write(
+        p.path("bundle.pem"),
+        format!("{}{}", p.cert.cert_pem, p.cert.key_pem),
+    )
+    .unwrap();
+    let (d, port, origin) = (p.dir.path().display(), p.port, origin_of(sim));
+    let tls = match listen {
+        Listen::TlsH2 => format!(" ssl crt {d}/bundle.pem alpn h2,http/1.1"),
+        Listen::TlsH1 => format!(" ssl crt {d}/bundle.pem alpn http/1.1"),
+        Listen::Plain => String::new(),
+    };
+    // The access line (stderr, kept in a file) names the method, the
+    // path, the protocol the gateway spoke and the status answered.
+    let conf = format!(
+        r#"
 global
     log stderr format raw local0
     maxconn 256
@@ -118,77 +85,19 @@ backend origin
 backend down
     server gone 127.0.0.1:1 disabled
 "#
-        );
-        std::fs::write(path("haproxy.cfg"), conf).unwrap();
-        let log = std::fs::File::create(path("haproxy.log")).unwrap();
-        let child = Command::new(binary)
-            .arg("-db")
-            .arg("-f")
-            .arg(path("haproxy.cfg"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("haproxy starts");
-        let ca = path("ca.pem");
-        let haproxy = Haproxy {
-            child,
-            dir,
-            port,
-            ca,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "haproxy did not listen: {}",
-                haproxy.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        haproxy
-    }
-
-    fn base_url(&self, listen: Listen) -> String {
-        match listen {
-            Listen::Plain => format!("http://127.0.0.1:{}", self.port),
-            _ => format!("https://localhost:{}", self.port),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
-    }
-
-    /// The access lines for `path`, once HAProxy has written them.
-    async fn lines_for(&self, path: &str) -> Vec<String> {
-        for _ in 0..100 {
-            let lines: Vec<String> = self
-                .log()
-                .lines()
-                .filter(|l| l.contains(path))
-                .map(str::to_string)
-                .collect();
-            if !lines.is_empty() {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Vec::new()
-    }
+    );
+    std::fs::write(p.path("haproxy.cfg"), conf).unwrap();
+    let mut cmd = Command::new(binary);
+    cmd.arg("-db").arg("-f").arg(p.path("haproxy.cfg"));
+    Proxy::spawn(p, cmd, "haproxy.log", "haproxy.log", "haproxy.log")
 }
 
 /// The gateway in front of HAProxy in front of the simulated Feishu.
-async fn through_haproxy(binary: &Path, listen: Listen) -> (Harness, Haproxy) {
+async fn through_haproxy(binary: &Path, listen: Listen) -> (Harness, Proxy) {
     let sim = SimFeishu::start(sim_config()).await.expect("sim starts");
-    let origin: SocketAddr = sim
-        .base_url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the sim listens on an address");
-    let haproxy = Haproxy::start(binary, origin, listen);
+    let haproxy = start_haproxy(binary, &sim, listen);
     let ca = haproxy.ca.clone();
-    let h = Harness::behind(sim, &haproxy.base_url(listen), |c| {
+    let h = Harness::behind(sim, &haproxy.base_url(listen != Listen::Plain), |c| {
         c.upstream_ca_file(&ca)
             .retry_backoff(Duration::from_millis(5), Duration::from_millis(10))
     })
@@ -212,7 +121,7 @@ async fn calls_pass(listen: Listen) {
             StatusCode::OK,
             "{:?}\nhaproxy: {}",
             a.body,
-            haproxy.log()
+            haproxy.access_log()
         );
         assert_eq!(a.code(), 0, "{:?}", a.body);
         assert!(a.header("x-tt-logid").is_some(), "Feishu's headers pass");
@@ -239,17 +148,12 @@ async fn calls_pass(listen: Listen) {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.text(), r#"{"code":0,"msg":"answered by haproxy"}"#);
 
-    let protocol = match listen {
-        Listen::TlsH2 => "HTTP/2.0",
-        Listen::TlsH1 | Listen::Plain => "HTTP/1.1",
-    };
-    let puts = haproxy.lines_for("/top_notice/put_top_notice").await;
-    assert_eq!(puts.len(), 2, "{}", haproxy.log());
-    for line in &puts {
-        assert!(line.ends_with(&format!("{protocol} 200")), "{line}");
-    }
-    let tokens = haproxy.lines_for("tenant_access_token").await;
-    assert!(!tokens.is_empty(), "{}", haproxy.log());
+    haproxy
+        .assert_puts_over(match listen {
+            Listen::TlsH2 => "HTTP/2.0",
+            Listen::TlsH1 | Listen::Plain => "HTTP/1.1",
+        })
+        .await;
     let sent = h.sim.requests();
     assert_eq!(sent.len(), 3, "both puts and the GET reach the origin");
     assert_eq!(sent[2].query.as_deref(), Some("user_id_type=open_id"));
@@ -307,7 +211,7 @@ async fn haproxys_own_503_is_retried_for_a_get_only() {
     let lines = haproxy.lines_for("/open-apis/down/v1/x").await;
     let gets = lines.iter().filter(|l| l.starts_with("GET ")).count();
     let posts = lines.iter().filter(|l| l.starts_with("POST ")).count();
-    assert_eq!((gets, posts), (3, 1), "{}", haproxy.log());
+    assert_eq!((gets, posts), (3, 1), "{}", haproxy.access_log());
     let m = h.metrics().await;
     assert_eq!(
         metric_value(

@@ -367,3 +367,114 @@ async fn a_reload_continues_the_monthly_budget_count() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_quota_share_changes_on_reload_and_an_unchanged_one_keeps_its_state() {
+    let sim = SimFeishu::start(sim_config()).await.unwrap();
+    let upstream = sim.base_url();
+    // put_top_notice's catalog limits (50/1s, 1000/60s): at 0.02 billing
+    // may send one per second and 20 per minute, planned as one per 3 s.
+    let config = |share: Option<f64>| {
+        let billing = Client::new("billing", "CLIENT_KEY", "ops-bot");
+        GatewayConfig::bare(&upstream)
+            .app(App::self_built("ops-bot", APP_ID, "APP_SECRET"))
+            .client(match share {
+                Some(s) => billing.quota_share(s),
+                None => billing,
+            })
+            .env("APP_SECRET", APP_SECRET)
+            .env("CLIENT_KEY", CLIENT_KEY)
+    };
+    let h = Harness::on(sim, |_| config(None)).await;
+    h.ready().await;
+    for _ in 0..3 {
+        assert_eq!(h.put_with(&[]).await.code(), 0, "no share: the app's burst");
+    }
+
+    // Given a share: held to it from the next request.
+    h.gw.reload(config(Some(0.02)).try_parse()).await.unwrap();
+    assert_eq!(h.put_with(&[]).await.code(), 0, "the share's burst of one");
+    let a = h.put_with(&[]).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+    assert_eq!(a.header("x-gateway-error"), Some("share-limited"));
+
+    // The same share after a reload: its state goes on, still refused.
+    h.gw.reload(config(Some(0.02)).try_parse()).await.unwrap();
+    let a = h.put_with(&[]).await;
+    assert_eq!(
+        a.header("x-gateway-error"),
+        Some("share-limited"),
+        "share state kept: {}",
+        a.text()
+    );
+
+    // Another share is another key; none at all is the app's quota alone.
+    h.gw.reload(config(Some(0.5)).try_parse()).await.unwrap();
+    assert_eq!(h.put_with(&[]).await.code(), 0, "a share of 0.5, fresh");
+    h.gw.reload(config(None).try_parse()).await.unwrap();
+    assert_eq!(h.put_with(&[]).await.code(), 0, "no share any more");
+    assert_eq!(h.sim.violations(), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn reloads_under_load_drop_no_request_and_no_connection() {
+    let sim = SimFeishu::start(sim_without_quota()).await.unwrap();
+    let upstream = sim.base_url();
+    let h = Harness::on(sim, |_| base(&upstream)).await;
+    h.ready().await;
+    let accepted_before = metric_value(
+        &h.metrics().await,
+        r#"feishu_gateway_connections_accepted_total{listener="main"}"#,
+    )
+    .unwrap_or(0.0);
+    // 8 keep-alive connections, 40 puts each, while the config is reloaded
+    // 20 times (a client added and removed in turn).
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let addr = h.gw.addr();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = KeptConnection::open(addr).await;
+            let mut answers = Vec::new();
+            for _ in 0..40 {
+                let (status, body) = conn.put(CLIENT_KEY).await;
+                answers.push((status, body["code"].as_i64()));
+            }
+            answers
+        }));
+    }
+    for i in 0..20 {
+        let mut next = base(&upstream);
+        if i % 2 == 0 {
+            next = next.client(Client::new("notifier", "NOTIFIER_KEY", "ops-bot"));
+        }
+        h.gw.reload(next.try_parse()).await.expect("reloaded");
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    for t in tasks {
+        for answer in t.await.expect("no connection was dropped") {
+            assert_eq!(answer, (StatusCode::OK, Some(0)));
+        }
+    }
+    let m = h.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"feishu_gateway_config_reloads_total{result="ok"}"#),
+        Some(20.0)
+    );
+    let accepted = metric_value(
+        &m,
+        r#"feishu_gateway_connections_accepted_total{listener="main"}"#,
+    )
+    .unwrap_or(0.0);
+    assert_eq!(
+        accepted - accepted_before,
+        8.0,
+        "the 8 connections, never a new one"
+    );
+    assert_eq!(
+        h.sim.token_calls().len(),
+        1,
+        "the unchanged app fetched one token in all"
+    );
+    h.stop().await;
+}

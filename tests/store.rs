@@ -314,6 +314,119 @@ async fn tenants_get_their_own_tokens_and_quotas() {
     assert_ne!(tokens[0].1, tokens[1].1);
 }
 
+/// A store app's client with a `quota_share` is held to it per tenant:
+/// its share key goes with the tenant's key, another client of the app
+/// (without a share) uses the rest of that tenant's quota, and its share
+/// of another tenant is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_apps_client_has_its_share_of_each_tenants_quota() {
+    const ERP_KEY: &str = "store-client-erp-0123456789";
+    let limits = [(20, Duration::from_secs(1))];
+    let mut sim = sim_store(&["tenant_a", "tenant_b"]);
+    sim.limits = limits.to_vec();
+    let sim = SimFeishu::start(sim).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewayConfig::bare(&sim.base_url())
+        .app(
+            App::store("isv-bot", STORE_APP_ID, "STORE_SECRET")
+                .encrypt_key_env("STORE_ENCRYPT_KEY")
+                .verification_token_env("STORE_VTOKEN"),
+        )
+        .client(Client::new("crm", "STORE_CLIENT_KEY", "isv-bot").quota_share(0.25))
+        .client(Client::new("erp", "ERP_KEY", "isv-bot"))
+        .env("STORE_SECRET", STORE_SECRET)
+        .env("STORE_ENCRYPT_KEY", ENCRYPT_KEY)
+        .env("STORE_VTOKEN", VTOKEN)
+        .env("STORE_CLIENT_KEY", STORE_KEY)
+        .env("ERP_KEY", ERP_KEY)
+        .put_limits(&limits);
+    let gw = start_gateway(&sim, config, dir.path()).await;
+    let s = Arc::new(Store {
+        sim,
+        gw,
+        client: http_client(),
+        dir,
+    });
+    s.ready().await;
+    // tenant_a's token fetched before the flood (its first call waits for it).
+    assert_eq!(s.put(Some("tenant_a")).await.code(), 0);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // Both clients flood tenant_a for 3 s, three senders each.
+    let started = std::time::Instant::now();
+    let until = started + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for key in [STORE_KEY, STORE_KEY, STORE_KEY, ERP_KEY, ERP_KEY, ERP_KEY] {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let auth = format!("Bearer {key}");
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+                ("x-tenant-key", "tenant_a"),
+            ];
+            let (mut ok, mut share_limited) = (0, 0);
+            while std::time::Instant::now() < until {
+                let a = call(
+                    &s.client,
+                    s.gw.addr(),
+                    Method::POST,
+                    PUT_PATH,
+                    &headers,
+                    PUT_BODY,
+                )
+                .await;
+                match (a.status, a.header("x-gateway-error")) {
+                    (StatusCode::OK, _) => ok += 1,
+                    (_, Some("share-limited")) => share_limited += 1,
+                    _ => {}
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (key, ok, share_limited)
+        }));
+    }
+    let (mut crm, mut erp, mut crm_limited, mut erp_limited) = (0, 0, 0, 0);
+    for t in tasks {
+        let (key, ok, limited) = t.await.unwrap();
+        if key == STORE_KEY {
+            crm += ok;
+            crm_limited += limited;
+        } else {
+            erp += ok;
+            erp_limited += limited;
+        }
+    }
+    let took = started.elapsed();
+    let curve = |n: u32| {
+        let w = [Window::new(n, Duration::from_secs(1)).unwrap()];
+        let p = Plan::new(&w, &PlanPolicy::default()).unwrap();
+        p.burst() as usize + (took.as_secs_f64() / p.emission_interval().as_secs_f64()) as usize
+    };
+    let (tenant_curve, share_curve) = (curve(20), curve(5));
+    eprintln!(
+        "store app, tenant_a, {took:.2?}: crm (0.25) {crm}, erp {erp}, of {} (the tenant's plan allows {tenant_curve}, crm's share {share_curve})",
+        crm + erp
+    );
+    assert!(
+        crm <= share_curve + 1,
+        "crm {crm}, its share allows {share_curve}"
+    );
+    // ... and much of it, though racing erp for the tenant's slots costs it
+    // some (a share of burst 1 loses the time it waits for one).
+    assert!(
+        crm * 2 >= share_curve,
+        "crm {crm} of its share's {share_curve}"
+    );
+    // The tenant's quota used (most of it: these senders are no flood).
+    assert!(crm + erp <= tenant_curve + 1 && (crm + erp) * 10 >= tenant_curve * 8);
+    assert!(crm_limited > 0 && erp_limited == 0);
+    assert_eq!(s.sim.violations(), 0);
+    // crm's share of tenant_b is its own: a burst is there at once.
+    let a = s.put(Some("tenant_b")).await;
+    assert_eq!(a.code(), 0, "{}", a.text());
+}
+
 #[tokio::test]
 async fn missing_and_unknown_tenants_get_clear_answers_without_loops() {
     let s = start_store(&["tenant_a"], 100).await;

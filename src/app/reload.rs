@@ -33,6 +33,7 @@ use super::build::{self, Previous, Shared};
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::Catalog;
 use crate::proxy::Gateway;
+use crate::server::status::StatusPage;
 use crate::tokens::AppConfig;
 
 /// The gateway's current generation, swapped whole by a reload.
@@ -84,6 +85,8 @@ pub(super) struct Reloader {
     pub(super) shared: Shared,
     pub(super) current: tokio::sync::Mutex<Generation>,
     pub(super) path: std::sync::Mutex<Option<PathBuf>>,
+    /// Where the status page reads the reload history.
+    pub(super) status: Arc<StatusPage>,
 }
 
 impl Reloader {
@@ -109,6 +112,7 @@ impl Reloader {
         &self,
         loaded: Result<Config, Problems>,
     ) -> Result<Reloaded, ReloadError> {
+        let started = std::time::Instant::now();
         let mut current = self.current.lock().await;
         let old = self.live.load_full();
         let outcome = match loaded {
@@ -118,7 +122,13 @@ impl Reloader {
         match &outcome {
             Ok(r) => {
                 old.metrics().config_reload(true);
+                self.status.record_reload(
+                    true,
+                    Vec::new(),
+                    r.restart_needed.iter().map(|s| s.to_string()).collect(),
+                );
                 tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
                     kept = ?r.kept,
                     fresh = ?r.fresh,
                     removed = ?r.removed,
@@ -133,6 +143,11 @@ impl Reloader {
             }
             Err(e) => {
                 old.metrics().config_reload(false);
+                let problems = match e {
+                    ReloadError::Invalid(p) => p.0.iter().map(|p| p.to_string()).collect(),
+                    other => vec![other.to_string()],
+                };
+                self.status.record_reload(false, problems, Vec::new());
                 if let ReloadError::Invalid(problems) = e {
                     for p in &problems.0 {
                         tracing::error!(problem = %p, "config reload refused");
@@ -195,18 +210,11 @@ impl Reloader {
             Arc::downgrade(&gateway),
             carried.unwrap_or_default(),
         ));
-        let kept = names
-            .iter()
-            .zip(&apps)
-            .filter(|(_, k)| k.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        let fresh = names
-            .iter()
-            .zip(&apps)
-            .filter(|(_, k)| k.is_none())
-            .map(|(n, _)| n.clone())
-            .collect();
+        let (kept, fresh): (Vec<_>, Vec<_>) =
+            names.iter().zip(&apps).partition(|(_, k)| k.is_some());
+        let name =
+            |v: Vec<(&String, &Option<usize>)>| v.into_iter().map(|(n, _)| n.clone()).collect();
+        let (kept, fresh) = (name(kept), name(fresh));
         current.config = config;
         Ok(Reloaded {
             kept,

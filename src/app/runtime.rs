@@ -28,6 +28,7 @@ use crate::config::{Config, Environment, Problems};
 use crate::proxy::Gateway;
 use crate::server::admin::{Admin, Readiness};
 use crate::server::listener::{self, ConnectionLimit};
+use crate::server::status::StatusPage;
 use crate::tokens::TokenManager;
 
 /// Why the gateway could not start.
@@ -159,7 +160,15 @@ impl Runtime {
                 let _ = drained_tx.send(true);
             }
         });
-        let admin = Admin::new(Arc::clone(&live), Arc::clone(&readiness));
+        // The status page samples the counters it shows as "last minute"
+        // every 10 s; the reloader records what each reload did on it.
+        let status = Arc::new(StatusPage::new());
+        refreshers.push(status.spawn_sampler(Arc::clone(&live)));
+        let admin = Admin::new(
+            Arc::clone(&live),
+            Arc::clone(&readiness),
+            Arc::clone(&status),
+        );
         refreshers.push(tokio::spawn(log_when_started(
             admin.clone(),
             tokens,
@@ -182,6 +191,7 @@ impl Runtime {
             live,
             shared,
             current: tokio::sync::Mutex::new(Generation { config, tasks }),
+            status,
             path: std::sync::Mutex::new(None),
         });
         Ok(Runtime {

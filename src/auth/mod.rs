@@ -21,6 +21,7 @@ pub use allow::{AllowList, AllowRule};
 
 use crate::endpoints::Catalog;
 use crate::observe::metrics::Metrics;
+use crate::quota::Share;
 
 /// The most keys one client may hold at once (the current one, the next,
 /// the previous: a rotation needs two or three).
@@ -42,6 +43,9 @@ pub struct ClientConfig {
     pub tenant: Option<String>,
     /// The endpoints it may call (`allow`); `None`: every endpoint.
     pub allow: Option<Vec<AllowRule>>,
+    /// The most it may use of each quota key of its app (`quota_share`);
+    /// `None`: all of it, first come, first served.
+    pub quota_share: Option<Share>,
 }
 
 /// SHA-256 of a client key, as stored in [`ClientConfig::keys`].
@@ -83,6 +87,8 @@ pub struct Client {
     pub tenant: Option<String>,
     /// The endpoints it may call; `None`: every endpoint.
     pub allow: Option<AllowList>,
+    /// The most it may use of each quota key of its app (`quota_share`).
+    pub quota_share: Option<Share>,
 }
 
 impl Client {
@@ -199,6 +205,7 @@ impl ClientTable {
                     .allow
                     .as_ref()
                     .map(|rules| AllowList::compile(rules, catalog)),
+                quota_share: c.quota_share,
             }));
         }
         ClientTable {
@@ -267,6 +274,7 @@ mod tests {
                 ],
                 tenant: None,
                 allow: None,
+                quota_share: None,
             }],
             vec!["cli_1".into()],
             &Catalog::builtin(),

@@ -203,6 +203,7 @@ mod tests {
             keys: keys.iter().map(|k| key_digest(k)).collect(),
             tenant: None,
             allow: None,
+            quota_share: None,
         };
         ClientTable::new(
             &[

@@ -340,6 +340,21 @@ impl Budgets {
         }
     }
 
+    /// App `app`'s budget as the status page shows it: (group, used this
+    /// month, limit, spent), or `None` when the app has no budget group.
+    /// Read off the group's gauges (kept current by every count), so the
+    /// group's lock, which the request path takes, is not taken here.
+    pub fn status(&self, app: usize) -> Option<(String, u64, Option<u64>, bool)> {
+        let group = self.group_of(app)?;
+        let m = group.metrics.first()?;
+        Some((
+            group.name.clone(),
+            m.used.get().max(0) as u64,
+            group.limit,
+            m.exhausted.get() == 1,
+        ))
+    }
+
     /// Whether Feishu does not count calls to `path`.
     pub fn is_exempt(&self, path: &str) -> bool {
         self.exempt.is_exempt(path)

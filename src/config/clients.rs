@@ -1,7 +1,7 @@
 //! `[[clients]]`: the internal services allowed to call, each with its
 //! app, its keys (several at once while one is rotated) and, optionally,
-//! the endpoints it may call (`allow`); only clients of store apps name a
-//! tenant.
+//! the endpoints it may call (`allow`) and the share of its app's quotas it
+//! may use (`quota_share`); only clients of store apps name a tenant.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,6 +11,7 @@ use super::reader::{Problems, Section};
 use super::Environment;
 use crate::auth::{key_digest, AllowRule, ClientConfig, MAX_KEYS_PER_CLIENT};
 use crate::endpoints::{Catalog, RouteConfig};
+use crate::quota::Share;
 use crate::tokens::{AppConfig, AppKind};
 
 /// Client keys shorter than this are refused.
@@ -69,6 +70,7 @@ pub(super) fn read(
             p.push(s.key("tenant"), "must not be empty");
         }
         let (keys, complete) = read_keys(&mut s, env, p);
+        let quota_share = read_share(&mut s, p);
         let allow = if s.value("allow").is_some() {
             let catalog = catalog.get_or_insert_with(|| Catalog::with_overrides(routes).ok());
             read_allow(&mut s, catalog.as_ref(), p, warnings)
@@ -109,6 +111,7 @@ pub(super) fn read(
                 keys: keys.into_iter().map(|(_, d)| d).collect(),
                 tenant,
                 allow,
+                quota_share,
             });
         }
     }
@@ -127,6 +130,23 @@ pub(super) fn read(
         }
     }
     clients
+}
+
+/// Reads `quota_share`: a fraction in `(0, 1]` (an integer 1 is the whole
+/// quota too). The shares of one app's clients may add up to more than 1:
+/// each is a ceiling for its client, not a reservation (README, "Client
+/// shares").
+fn read_share(s: &mut Section<'_>, p: &mut Problems) -> Option<Share> {
+    let found = match s.value("quota_share")? {
+        toml::Value::Float(f) => Share::from_fraction(*f),
+        toml::Value::Integer(1) => Share::from_fraction(1.0),
+        toml::Value::Integer(i) => Share::from_fraction(*i as f64),
+        other => Err(format!(
+            "expected a fraction greater than 0 and at most 1, like 0.3, found {}",
+            other.type_str()
+        )),
+    };
+    found.map_err(|e| p.push(s.key("quota_share"), e)).ok()
 }
 
 /// Reads a client's keys from `key_env`, `key_file` and `key_sha256`, any

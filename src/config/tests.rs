@@ -672,3 +672,54 @@ app = "isv-bot"
     let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(keys, ["apps[0].encrypt_key_env"], "{problems}");
 }
+
+#[test]
+fn quota_shares_are_fractions_and_each_problem_names_its_client() {
+    let clients = |shares: &[&str]| {
+        let mut text = String::from(
+            "[[apps]]\nname = \"ops-bot\"\napp_id = \"cli_1\"\napp_secret_env = \"OPS_BOT_APP_SECRET\"\n",
+        );
+        for (i, share) in shares.iter().enumerate() {
+            text.push_str(&format!(
+                "[[clients]]\nname = \"c{i}\"\napp = \"ops-bot\"\nkey_sha256 = \"{}\"\n",
+                hex::encode(key_digest(format!("client-key-{i}-0123456789").as_bytes()))
+            ));
+            if !share.is_empty() {
+                text.push_str(&format!("quota_share = {share}\n"));
+            }
+        }
+        text
+    };
+    // Fractions, an integer 1, none; shares may add up to more than 1
+    // (each is a ceiling for its client, not a reservation).
+    let c = Config::parse(&clients(&["0.3", "1", "", "0.8"]), &env()).expect("valid");
+    let shares: Vec<Option<u32>> = c
+        .clients
+        .iter()
+        .map(|c| c.quota_share.map(|s| s.ppm()))
+        .collect();
+    assert_eq!(
+        shares,
+        [Some(300_000), Some(1_000_000), None, Some(800_000)]
+    );
+    assert_eq!(c.clients[0].quota_share.unwrap().to_string(), "0.3");
+
+    let problems = Config::parse(
+        &clients(&["0.2", "0", "1.5", "\"half\"", "-0.1", "2", "0.0000001"]),
+        &env(),
+    )
+    .unwrap_err();
+    let found: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            "clients[1].quota_share: must be a fraction greater than 0 and at most 1, like 0.3, found 0",
+            "clients[2].quota_share: must be a fraction greater than 0 and at most 1, like 0.3, found 1.5",
+            "clients[3].quota_share: expected a fraction greater than 0 and at most 1, like 0.3, found string",
+            "clients[4].quota_share: must be a fraction greater than 0 and at most 1, like 0.3, found -0.1",
+            "clients[5].quota_share: must be a fraction greater than 0 and at most 1, like 0.3, found 2",
+            "clients[6].quota_share: 0.0000001 is below the smallest share, 0.000001",
+        ],
+        "{problems}"
+    );
+}

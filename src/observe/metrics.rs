@@ -40,6 +40,7 @@ pub struct Metrics {
     config_reload_time: GaugeVec,
     client_requests: IntCounterVec,
     forbidden: IntCounterVec,
+    share_limited: IntCounterVec,
     open_connections: IntGaugeVec,
     connections_accepted: IntCounterVec,
     connections_rejected: IntCounterVec,
@@ -60,6 +61,16 @@ pub struct Metrics {
     pairs: Box<[OnceLock<Box<PairMetrics>>]>,
     app_labels: Vec<String>,
     route_labels: Vec<String>,
+}
+
+/// Counters read for the status page ([`Metrics::outcome_counts`]).
+#[derive(Debug, Clone, Default)]
+pub struct OutcomeCounts {
+    /// (app, route, code, answers) of `feishu_gateway_requests_total`,
+    /// summed over status.
+    pub requests: Vec<(String, String, String, u64)>,
+    /// (app, kind, failures) of `feishu_gateway_upstream_errors_total`.
+    pub upstream_errors: Vec<(String, String, u64)>,
 }
 
 /// Handles of one listener's connection counts (`listener` is `main` or
@@ -125,6 +136,9 @@ pub struct QuotaBackendMetrics {
     pub peek: Histogram,
     /// Round trips writing an upstream pause.
     pub pause: Histogram,
+    /// Round trips giving an admission back (a client's share key, when
+    /// the app key refused the request after it).
+    pub give: Histogram,
     /// Round trips of health probes and of the return to shared limiting.
     pub probe: Histogram,
     /// Calls that did not answer within the timeout.
@@ -379,6 +393,13 @@ impl Metrics {
             ),
             &["client", "key"],
         )?;
+        let share_limited = IntCounterVec::new(
+            Opts::new(
+                "feishu_gateway_share_limited_total",
+                "Requests refused (or timed out waiting) because the client used its quota_share of the (app, route) quota; not in feishu_gateway_rate_limited_total",
+            ),
+            &["client", "route", "reason"],
+        )?;
         let forbidden = IntCounterVec::new(
             Opts::new(
                 "feishu_gateway_forbidden_total",
@@ -504,6 +525,7 @@ impl Metrics {
             Box::new(config_reload_time.clone()),
             Box::new(client_requests.clone()),
             Box::new(forbidden.clone()),
+            Box::new(share_limited.clone()),
             Box::new(open_connections.clone()),
             Box::new(connections_accepted.clone()),
             Box::new(connections_rejected.clone()),
@@ -566,6 +588,7 @@ impl Metrics {
             config_reload_time,
             client_requests,
             forbidden,
+            share_limited,
             open_connections,
             connections_accepted,
             connections_rejected,
@@ -623,6 +646,7 @@ impl Metrics {
             config_reload_time: self.config_reload_time.clone(),
             client_requests: self.client_requests.clone(),
             forbidden: self.forbidden.clone(),
+            share_limited: self.share_limited.clone(),
             open_connections: self.open_connections.clone(),
             connections_accepted: self.connections_accepted.clone(),
             connections_rejected: self.connections_rejected.clone(),
@@ -640,6 +664,51 @@ impl Metrics {
             app_labels,
             route_labels,
         }
+    }
+
+    /// What the status page samples: every `requests_total` series as
+    /// (app, route, code, count) and every `upstream_errors_total` series
+    /// as (app, kind, count). Reads the two families only (no full
+    /// `gather`), off the request path.
+    pub fn outcome_counts(&self) -> OutcomeCounts {
+        use prometheus::core::Collector;
+        fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> &'a str {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map_or("", |l| l.value())
+        }
+        let mut out = OutcomeCounts::default();
+        for mf in self.requests_total.collect() {
+            for m in mf.get_metric() {
+                out.requests.push((
+                    label(m, "app").to_string(),
+                    label(m, "route").to_string(),
+                    label(m, "code").to_string(),
+                    m.get_counter().get_value() as u64,
+                ));
+            }
+        }
+        for mf in self.upstream_errors.collect() {
+            for m in mf.get_metric() {
+                out.upstream_errors.push((
+                    label(m, "app").to_string(),
+                    label(m, "kind").to_string(),
+                    m.get_counter().get_value() as u64,
+                ));
+            }
+        }
+        out
+    }
+
+    /// The label of app `app` (`unknown` for `None`).
+    pub fn app_name(&self, app: usize) -> &str {
+        self.app_label(Some(app))
+    }
+
+    /// The label of route `route` (`other` for `None`).
+    pub fn route_name(&self, route: usize) -> &str {
+        self.route_label(Some(route))
     }
 
     /// Counts one config reload: `ok` or `invalid` (refused).
@@ -783,6 +852,14 @@ impl Metrics {
     pub fn forbidden(&self, client: &str, route: Option<usize>) {
         self.forbidden
             .with_label_values(&[client, self.route_label(route)])
+            .inc();
+    }
+
+    /// Records a request of `client` on `route` refused by the client's
+    /// quota share; `reason` is the share key's window (`10/1s`).
+    pub fn share_limited(&self, client: &str, route: Option<usize>, reason: &str) {
+        self.share_limited
+            .with_label_values(&[client, self.route_label(route), reason])
             .inc();
     }
 
@@ -937,6 +1014,7 @@ impl Metrics {
             take: op("take"),
             peek: op("peek"),
             pause: op("pause"),
+            give: op("give"),
             probe: op("probe"),
             timeouts: kind("timeout"),
             connection_errors: kind("connection"),

@@ -1,7 +1,8 @@
 //! The phases that decide whether a request may go, cheapest first, and
 //! spend nothing on one that may not: `read_body` (size and time limits),
 //! `validate` (the route's contract, answered in Feishu's words) and `admit`
-//! (the (app[, tenant], route) quota: go, wait, or 429; and the pause after
+//! (the client's share of the quota when it has a `quota_share`, then the
+//! (app[, tenant], route) quota: go, wait, or 429; and the pause after
 //! Feishu throttled us anyway).
 use std::time::Duration;
 
@@ -17,8 +18,9 @@ use crate::feishu::paths;
 use crate::feishu::throttle::Pause;
 use crate::proxy::error::GatewayError;
 use crate::quota::OverflowMode;
-use crate::quota::{Cause, Overflow, PauseCell};
+use crate::quota::{Cause, Key, Overflow, PauseCell};
 
+use super::keys::{self, Refusal};
 use super::resources::{resource_value, Refused};
 use crate::validate::RequestView;
 use crate::validate::ValidationMode;
@@ -104,7 +106,8 @@ impl Gateway {
         }
     }
 
-    /// Phase `admit`: the (app, route) quota. Requests on routes without
+    /// Phase `admit`: the (app, route) quota, after the client's share of
+    /// it (`quota_share`, 429 `share-limited`). Requests on routes without
     /// limits go straight on. Over the limit, reject mode answers 429 at
     /// once; wait mode holds the request (in arrival order) until it may go
     /// or its wait would exceed the maximum. A rejected request spends no
@@ -177,7 +180,8 @@ impl Gateway {
         Ok(())
     }
 
-    /// The (app[, tenant], route) quota, or the pause of a route without one.
+    /// The (app[, tenant], route) quota, after the client's share key when
+    /// it has one; or the pause of a route without a quota.
     async fn admit_endpoint(
         &self,
         ctx: &mut RequestCtx,
@@ -202,12 +206,11 @@ impl Gateway {
             },
             None => None,
         };
-        let acquire = async {
-            match &tenant {
-                Some(key) => key.acquire(overflow).await,
-                None => key.acquire(overflow).await,
-            }
-        };
+        let key: &Key = tenant.as_deref().unwrap_or(key);
+        // A client with a `quota_share`: its share key first (keys.rs).
+        let client = ctx.caller.as_ref().map(|c| &c.client);
+        let share = client.and_then(|c| self.quota_keys.share_key(c, ctx.tenant.as_deref(), route));
+        let acquire = keys::acquire(share.as_ref(), key, overflow);
         let result = match overflow {
             Overflow::Reject => acquire.await,
             Overflow::Wait(_) => {
@@ -227,13 +230,25 @@ impl Gateway {
                 }
                 Ok(())
             }
-            Err(rejection) if rejection.cause() == Cause::BackendUnavailable => {
+            Err(Refusal::App(rejection)) if rejection.cause() == Cause::BackendUnavailable => {
                 Err(GatewayError::QuotaBackendUnavailable)
             }
-            Err(rejection) => {
+            Err(Refusal::App(rejection)) => {
                 self.metrics
                     .rate_limited(ctx.app, ctx.route, rejection.label());
                 Err(GatewayError::RateLimited(Box::new(rejection)))
+            }
+            Err(Refusal::Share(rejection)) => {
+                let Some(client) = client else {
+                    return Err(GatewayError::Internal);
+                };
+                self.metrics
+                    .share_limited(&client.name, ctx.route, rejection.label());
+                Err(GatewayError::ShareLimited {
+                    client: client.name.clone(),
+                    share: client.quota_share.ok_or(GatewayError::Internal)?,
+                    rejection: Box::new(rejection),
+                })
             }
         }
     }

@@ -82,6 +82,16 @@ pub enum GatewayError {
     Upstream(UpstreamFailure),
     /// Over the (app, route) quota: rejected at once or after waiting.
     RateLimited(Box<crate::quota::Rejection>),
+    /// Over the client's share of the (app, route) quota (`quota_share`):
+    /// rejected at once or after waiting, whatever the app's quota has left.
+    ShareLimited {
+        /// The client's name (not a secret).
+        client: String,
+        /// Its share, as configured.
+        share: crate::quota::Share,
+        /// The share key's rejection (its windows are the app's, scaled).
+        rejection: Box<crate::quota::Rejection>,
+    },
     /// A route without a gateway quota that Feishu throttled: paused until
     /// Feishu's reset (or the backoff) runs out.
     UpstreamPaused {
@@ -128,6 +138,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::RateLimited(_)
+            | GatewayError::ShareLimited { .. }
             | GatewayError::UpstreamPaused { .. }
             | GatewayError::ResourceBusy { .. }
             | GatewayError::BudgetExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -159,6 +170,7 @@ impl GatewayError {
             GatewayError::RateLimited(_)
             | GatewayError::UpstreamPaused { .. }
             | GatewayError::ResourceBusy { .. } => "rate-limited",
+            GatewayError::ShareLimited { .. } => "share-limited",
             GatewayError::BudgetExhausted(_) => "budget-exhausted",
             GatewayError::QuotaBackendUnavailable => "quota-backend-unavailable",
             GatewayError::Internal => "internal",
@@ -186,6 +198,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Timeout) => codes::GW_UPSTREAM_TIMEOUT,
             GatewayError::Upstream(_) => codes::GW_UPSTREAM_UNAVAILABLE,
             GatewayError::RateLimited(_)
+            | GatewayError::ShareLimited { .. }
             | GatewayError::UpstreamPaused { .. }
             | GatewayError::ResourceBusy { .. } => codes::RATE_LIMITED,
             GatewayError::BudgetExhausted(_) => codes::MONTHLY_QUOTA_EXCEEDED,
@@ -266,6 +279,15 @@ impl GatewayError {
                 r.label(),
                 r.reset_secs()
             ),
+            GatewayError::ShareLimited {
+                client,
+                share,
+                rejection,
+            } => format!(
+                "request trigger frequency limit: feishu-gateway holds client {client:?} to its quota_share ({share}) of this app's quota for this endpoint, {}; retry after {} s",
+                rejection.label(),
+                rejection.reset_secs()
+            ),
             GatewayError::QuotaBackendUnavailable => {
                 "feishu-gateway: the shared quota backend is unavailable; retry later".into()
             }
@@ -311,7 +333,9 @@ impl GatewayError {
             return json_value_response(self.status(), self.reason(), &body);
         }
         let mut resp = json_response(self.status(), self.reason(), self.code(), &self.msg());
-        if let GatewayError::RateLimited(r) = &self {
+        if let GatewayError::RateLimited(r) | GatewayError::ShareLimited { rejection: r, .. } =
+            &self
+        {
             // Feishu's own headers, so existing 429 handling keeps working,
             // plus Retry-After and the IETF draft RateLimit headers.
             let h = resp.headers_mut();

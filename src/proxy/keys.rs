@@ -6,12 +6,25 @@
 //!
 //! Every plan is made and checked at start ([`QuotaKeys::new`]), so making a
 //! key later cannot fail on configuration.
+//!
+//! A client with a `quota_share` also gets a **share key** per (app[,
+//! tenant], route) key it uses ([`QuotaKeys::share_key`]): the app key's
+//! windows scaled by the share, named after the app key and the client (so
+//! the Redis backend keeps it apart and every replica shares it), made on
+//! first use. [`acquire`] takes the share key first, then the app key, and
+//! gives the share's slot back when the app key refuses (`docs/quota.md`,
+//! "Client shares").
 
-use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use crate::auth::Client;
 use crate::endpoints::Catalog;
 use crate::observe::metrics::{Metrics, QuotaPairMetrics};
+use crate::quota::{Admit, Cause, Overflow, Rejection, Share};
 use crate::quota::{Backoff, Engine, Key, KeySpec, PauseCell, Plan, PlanPolicy};
 use crate::store_apps::Tenant;
 
@@ -58,6 +71,31 @@ pub struct QuotaKeys {
     app_ids: Vec<String>,
     /// At `app * routes + route`.
     slots: Box<[OnceLock<Box<PairKey>>]>,
+    /// What share keys are planned with.
+    policy: PlanPolicy,
+    max_waiters: u32,
+    /// The share keys of self-built apps' clients with a `quota_share`, by
+    /// client name (a store app's tenants hold theirs).
+    shares: RwLock<HashMap<String, Arc<ClientShares>>>,
+}
+
+/// One client's share keys on its app, per route, made on first use. A
+/// client whose app or share is not these any more (a changed config) gets
+/// a new table.
+struct ClientShares {
+    app: usize,
+    share: Share,
+    /// Per route; `None` inside: the route has no limits.
+    slots: Box<[OnceLock<Option<Arc<Key>>>]>,
+}
+
+/// Why [`acquire`] refused a request. Neither spent anything.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The client's share key: it used its share of the app's quota.
+    Share(Rejection),
+    /// The app key (the app's, or a store app tenant's): the app's quota.
+    App(Rejection),
 }
 
 impl std::fmt::Debug for QuotaKeys {
@@ -128,6 +166,9 @@ impl QuotaKeys {
             names,
             app_ids,
             slots,
+            policy: *policy,
+            max_waiters,
+            shares: RwLock::new(HashMap::new()),
         })
     }
 
@@ -159,6 +200,29 @@ impl QuotaKeys {
             })
         });
         Some(pair)
+    }
+
+    /// Every (app, route) pair made so far, with what it holds: what the
+    /// status page lists. Reads the table's slots (no lock).
+    pub fn in_use(&self) -> impl Iterator<Item = (usize, usize, &PairKey)> {
+        let n = self.routes.len().max(1);
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, s)| s.get().map(|p| (i / n, i % n, &**p)))
+    }
+
+    /// The windows of `route`'s limits as (`"50/1s"`, 50); empty for a
+    /// route without a gateway quota.
+    pub fn limits(&self, route: usize) -> Vec<(String, u32)> {
+        match self.routes.get(route).and_then(Option::as_ref) {
+            Some((spec, _)) => spec
+                .plan()
+                .windows()
+                .map(|w| (w.to_string(), w.limit()))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Which route of `old` each route of this table continues
@@ -221,6 +285,43 @@ impl QuotaKeys {
                 }
             }
         }
+        self.carry_shares(old, apps, routes);
+    }
+
+    /// The clients' share keys of a live reload, as [`QuotaKeys::carry`]
+    /// hands over the pairs: each client's table on an app the reload kept,
+    /// with its keys on the routes it continues, when the shares are planned
+    /// alike (same policy and waiter cap). A client whose app or share
+    /// changed gets a new table on its next request ([`QuotaKeys::share_key`]
+    /// looks them up by both).
+    fn carry_shares(&self, old: &QuotaKeys, apps: &[Option<usize>], routes: &[Option<usize>]) {
+        if self.policy != old.policy || self.max_waiters != old.max_waiters {
+            return;
+        }
+        let before = old.shares.read().unwrap_or_else(|e| e.into_inner());
+        let mut shares = self.shares.write().unwrap_or_else(|e| e.into_inner());
+        for (client, table) in before.iter() {
+            let Some(app) = apps.iter().position(|from| *from == Some(table.app)) else {
+                continue;
+            };
+            let slots = routes
+                .iter()
+                .map(|from| {
+                    let slot = OnceLock::new();
+                    let made = from.and_then(|o| table.slots.get(o)?.get().cloned());
+                    if let Some(key) = made {
+                        let _ = slot.set(key);
+                    }
+                    slot
+                })
+                .collect();
+            let carried = ClientShares {
+                app,
+                share: table.share,
+                slots,
+            };
+            shares.insert(client.clone(), Arc::new(carried));
+        }
     }
 
     /// The key of a store app's `tenant` on `route`, made now if this is
@@ -234,6 +335,92 @@ impl QuotaKeys {
         })
     }
 
+    /// Every share key of a self-built app's client made so far, as
+    /// (client, app, share, route, key): what the status page lists. Takes
+    /// the share table's read lock, as requests do (never its write lock).
+    pub fn shares_in_use(&self) -> Vec<(String, usize, Share, usize, Arc<Key>)> {
+        let shares = self.shares.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (client, table) in shares.iter() {
+            for (route, slot) in table.slots.iter().enumerate() {
+                if let Some(Some(key)) = slot.get() {
+                    out.push((
+                        client.clone(),
+                        table.app,
+                        table.share,
+                        route,
+                        Arc::clone(key),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The share key of `client` on `route` (with its `tenant` for a store
+    /// app's client), made now if this is its first use; `None` when the
+    /// client has no share (or a whole one) or the route no limits. Its
+    /// windows are the route's scaled by the share ([`Share::scale`]),
+    /// planned like the app's; it is named `"<app key name>#share=<client>"`,
+    /// so every replica shares it in Redis.
+    pub fn share_key(
+        &self,
+        client: &Client,
+        tenant: Option<&Tenant>,
+        route: usize,
+    ) -> Option<Arc<Key>> {
+        let share = client.quota_share.filter(|s| !s.is_whole())?;
+        let (spec, suffix) = self.routes.get(route)?.as_ref()?;
+        let app_id = self.app_ids.get(client.app)?;
+        let make = |name: String| self.make_share(spec, share, name, &client.name);
+        if let Some(t) = tenant {
+            return t.share_key(route, &client.name, share, || {
+                make(format!("{}@{app_id}:{suffix}#share={}", t.key, client.name))
+            });
+        }
+        let table = self.client_shares(client, share);
+        let slot = table.slots.get(route)?;
+        slot.get_or_init(|| make(format!("{app_id}:{suffix}#share={}", client.name)).map(Arc::new))
+            .clone()
+    }
+
+    /// The table of `client`'s share keys, made on its first request.
+    fn client_shares(&self, client: &Client, share: Share) -> Arc<ClientShares> {
+        let fits = |t: &ClientShares| t.app == client.app && t.share == share;
+        let shares = self.shares.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = shares.get(&client.name).filter(|t| fits(t)) {
+            return Arc::clone(t);
+        }
+        drop(shares);
+        let mut shares = self.shares.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = shares.get(&client.name).filter(|t| fits(t)) {
+            return Arc::clone(t);
+        }
+        let table = Arc::new(ClientShares {
+            app: client.app,
+            share,
+            slots: (0..self.routes.len()).map(|_| OnceLock::new()).collect(),
+        });
+        shares.insert(client.name.clone(), Arc::clone(&table));
+        table
+    }
+
+    /// A share key: `spec`'s windows scaled by `share`, planned by the
+    /// app keys' policy.
+    fn make_share(&self, spec: &KeySpec, share: Share, name: String, client: &str) -> Option<Key> {
+        let windows = share.scale_all(spec.plan().windows());
+        let plan = match Plan::new(&windows, &self.policy) {
+            Ok(plan) => plan,
+            Err(e) => {
+                // The policy was checked at start: not expected.
+                tracing::error!(client, error = %e, "cannot plan a quota share: the client is held by the app's quota alone");
+                return None;
+            }
+        };
+        tracing::debug!(client, key = %name, plan = %plan, "quota share key");
+        self.make(&KeySpec::new(plan, self.max_waiters), name)
+    }
+
     fn make(&self, spec: &KeySpec, name: String) -> Option<Key> {
         match self.engine.key(&spec.clone().with_name(name)) {
             Ok(key) => Some(key),
@@ -242,6 +429,85 @@ impl QuotaKeys {
                 tracing::error!(error = %e, "cannot make a quota key: admitted without one");
                 None
             }
+        }
+    }
+}
+
+/// Admits one request by its keys: the client's `share` key first (when it
+/// has one), then `key`, the (app[, tenant], route) key, with what is left
+/// of the wait. Only `key` decides what reaches Feishu; the share key only
+/// refuses more. A request the share key admitted and `key` refused gives
+/// the share's slot back (and so does one dropped meanwhile, its client
+/// gone), so the app's refusals cost the client none of its share. A share
+/// key whose backend cannot decide (Redis away with `fail = "closed"`, or
+/// with `fail = "local"` a share too small to split between the replicas)
+/// is passed over: `key` decides alone, as for a client without a share.
+pub async fn acquire(
+    share: Option<&Arc<Key>>,
+    key: &Key,
+    overflow: Overflow,
+) -> Result<Admit, Refusal> {
+    let started = Instant::now();
+    let mut held = GiveBack(None);
+    let mut share_admit = None;
+    if let Some(s) = share {
+        match s.acquire(overflow).await {
+            Ok(admit) => {
+                held = GiveBack(Some(Arc::clone(s)));
+                share_admit = Some(admit);
+            }
+            Err(r) if r.cause() == Cause::BackendUnavailable => {}
+            Err(r) => return Err(Refusal::Share(r)),
+        }
+    }
+    let rest = match overflow {
+        Overflow::Reject => Overflow::Reject,
+        Overflow::Wait(max) => Overflow::Wait(max.saturating_sub(started.elapsed())),
+    };
+    match key.acquire(rest).await {
+        Ok(admit) => {
+            held.keep();
+            let waited = share_admit.map_or(Duration::ZERO, |a| a.waited);
+            Ok(Admit {
+                remaining: share_admit
+                    .map_or(admit.remaining, |s| s.remaining.min(admit.remaining)),
+                waited: if waited.is_zero() && admit.waited.is_zero() {
+                    Duration::ZERO
+                } else {
+                    started.elapsed()
+                },
+            })
+        }
+        Err(r) => {
+            held.give_back().await;
+            Err(Refusal::App(r))
+        }
+    }
+}
+
+/// A share key's slot the request holds until its app key decides: given
+/// back when it is dropped undecided (the request dropped while waiting
+/// for the app key).
+struct GiveBack(Option<Arc<Key>>);
+
+impl GiveBack {
+    /// The app key admitted the request: the slot is spent.
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+
+    /// The app key refused: the slot goes back, now.
+    async fn give_back(&mut self) {
+        if let Some(k) = self.0.take() {
+            k.give_back().await;
+        }
+    }
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        if let Some(k) = self.0.take() {
+            k.give_back_detached();
         }
     }
 }

@@ -17,7 +17,7 @@
 //! | `read_body`       | `admit.rs`        | buffer the body within the size and time limits      |
 //! |                   | `stream.rs`       | uploads: a checked start, then the body streams      |
 //! | `validate`        | `admit.rs`        | the route's contract, answered in Feishu's words     |
-//! | `admit`           | `admit.rs`        | the monthly budget (`budget.rs`), then the (app[, tenant], route) quota: go, wait, or 429 |
+//! | `admit`           | `admit.rs`        | the monthly budget (`budget.rs`), then the client's share (`quota_share`) and the (app[, tenant], route) quota: go, wait, or 429 |
 //! | `forward`         | `forward.rs`      | inject the token, send, replay once on token-invalid; count the answer against the budget (`budget.rs`) |
 //! |                   | `retry.rs`        | the attempts: retries by code, safe ones, in budget and time |
 //! |                   | `stream.rs`       | uploads: a fresh token, sent once, never replayed    |
@@ -28,7 +28,7 @@
 //! Beside them: [`RequestCtx`] (`ctx.rs`), the per-request state; `headers.rs`,
 //! which headers cross; `inspect.rs`, Feishu's `code` read off an answer;
 //! `keys.rs` and `resources.rs`, the quota keys `admit` acquires (per route,
-//! per resource), made on first use;
+//! with a client's share key before it, and per resource), made on first use;
 //! `upload.rs`, an upload's body on its way to Feishu, counted and its
 //! multipart form checked as it streams;
 //! [`body`], the answer body; [`error`], every answer the gateway writes

@@ -27,7 +27,8 @@
 //! (Envoy's and Finagle's retry budgets), so a Feishu outage costs it at
 //! most ~10 % more calls, not a multiple. A retry is also a call like any
 //! other for the quota: it is admitted again by the (app[, tenant], route)
-//! key (`QuotaKeys::app_key` / `tenant_key`), without waiting; on a route
+//! key (`QuotaKeys::app_key` / `tenant_key`), after the client's share key
+//! when it has a `quota_share` (`keys::acquire`), without waiting; on a route
 //! without a gateway quota only the pause after Feishu's throttle answers
 //! is checked. When the quota says no, or the route or one of the
 //! request's resources is paused, the failure is answered. Per-resource
@@ -65,7 +66,7 @@ use super::inspect::Inspected;
 use super::{Gateway, RequestCtx};
 use crate::feishu::{codes, idempotency};
 use crate::proxy::error::GatewayError;
-use crate::quota::Overflow;
+use crate::quota::{Key, Overflow};
 use crate::upstream::UpstreamFailure;
 
 /// `[retries]`: when and how often a request is sent again after a
@@ -460,14 +461,22 @@ impl Gateway {
         let Some(key) = &pair.key else {
             return pair.pause.left().is_none();
         };
-        let admitted = match &ctx.tenant {
+        let tenant = match &ctx.tenant {
             Some(t) => match self.quota_keys.tenant_key(t, app, route) {
-                Some(k) => k.acquire(Overflow::Reject).await,
+                Some(k) => Some(k),
                 None => return true,
             },
-            None => key.acquire(Overflow::Reject).await,
+            None => None,
         };
-        admitted.is_ok()
+        let key: &Key = tenant.as_deref().unwrap_or(key);
+        // A client with a `quota_share` spends its share too (keys.rs).
+        let share = ctx.caller.as_ref().and_then(|c| {
+            self.quota_keys
+                .share_key(&c.client, ctx.tenant.as_deref(), route)
+        });
+        super::keys::acquire(share.as_ref(), key, Overflow::Reject)
+            .await
+            .is_ok()
     }
 }
 

@@ -66,3 +66,17 @@ pub struct BackendStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
+
+impl BackendStatus {
+    /// The in-process backend's status: always `local`.
+    pub fn local() -> BackendStatus {
+        BackendStatus {
+            backend: "local",
+            state: "local",
+            fail: None,
+            target: None,
+            since_secs: None,
+            last_error: None,
+        }
+    }
+}

@@ -115,14 +115,7 @@ impl Engine {
     /// The backend's state for `/readyz`.
     pub fn status(&self) -> BackendStatus {
         match self {
-            Engine::Local(_) => BackendStatus {
-                backend: "local",
-                state: "local",
-                fail: None,
-                target: None,
-                since_secs: None,
-                last_error: None,
-            },
+            Engine::Local(_) => BackendStatus::local(),
             Engine::Redis(q) => q.status(),
         }
     }
@@ -148,6 +141,32 @@ impl Key {
         match self {
             Key::Local(q) => q.acquire(ONLY, overflow).await,
             Key::Redis(q) => q.acquire(ONLY, overflow).await,
+        }
+    }
+
+    /// Gives back one admission: for a request this key admitted and
+    /// another key then refused (see [`LocalQuota::give_back`]; with Redis
+    /// one call, or the fallback's while Redis is away).
+    pub async fn give_back(&self) {
+        match self {
+            Key::Local(q) => q.give_back(ONLY),
+            Key::Redis(q) => q.give_back(ONLY).await,
+        }
+    }
+
+    /// [`give_back`](Self::give_back) without waiting for it: at once in
+    /// process; with Redis in a task of its own (inside a tokio runtime;
+    /// outside one nothing is given back). For a request dropped between
+    /// this key's admission and the next key's decision.
+    pub fn give_back_detached(&self) {
+        match self {
+            Key::Local(q) => q.give_back(ONLY),
+            Key::Redis(q) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let q = q.clone();
+                    rt.spawn(async move { q.give_back(ONLY).await });
+                }
+            }
         }
     }
 

@@ -99,6 +99,9 @@ struct KeyState<C: Clock> {
     spec: KeySpec,
     policy: Arc<Policy>,
     limiter: Limiter<C>,
+    /// The limiter's GCRA cell (its theoretical arrival time), for
+    /// [`LocalQuota::give_back`].
+    tat: Arc<AtomicU64>,
     emission: Duration,
     /// End of an upstream pause, in ns since the engine's epoch; 0 = none.
     paused_until: AtomicU64,
@@ -151,9 +154,11 @@ impl<C: Clock + Clone> LocalQuota<C> {
             .into_iter()
             .map(|spec| {
                 let plan = spec.plan();
+                let state = PeekableState::default();
                 KeyState {
                     policy: Arc::new(Policy::new(plan.windows(), plan.reported_window())),
-                    limiter: Limiter::new(plan.quota(), PeekableState::default(), clock.clone()),
+                    tat: state.cell(),
+                    limiter: Limiter::new(plan.quota(), state, clock.clone()),
                     emission: plan.emission_interval(),
                     paused_until: AtomicU64::new(0),
                     waiters: AtomicU32::new(0),
@@ -244,6 +249,26 @@ impl<C: Clock> LocalQuota<C> {
                 break;
             }
         }
+    }
+
+    /// Gives back one admission of `key`: its theoretical arrival time goes
+    /// back one emission interval, so the next request may go one period
+    /// earlier. For a request admitted here and then refused by another
+    /// key (a client's share key, `src/proxy/keys.rs`): the refused request
+    /// then costs this key nothing. Exact when nothing else was admitted
+    /// meanwhile; otherwise the key may end up more lenient than if the
+    /// request had never come by at most the time since it was admitted,
+    /// and never by more than one admission (`docs/quota.md`, "Client
+    /// shares").
+    pub fn give_back(&self, key: QuotaKey) {
+        let Some(k) = self.key(key) else { return };
+        let t = k.emission.as_nanos().min(u64::MAX.into()) as u64;
+        // 0 is "fresh"; any tat at or before now is the same state.
+        let _ = k
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                (tat != 0).then(|| tat.saturating_sub(t))
+            });
     }
 
     /// The state of `key`, read without spending quota.

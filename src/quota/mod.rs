@@ -16,6 +16,7 @@
 //! | `mod.rs`        | the vocabulary: [`QuotaKey`], [`Overflow`], [`Admit`], [`Rejection`], [`Snapshot`] |
 //! | `window.rs`     | [`Window`], parsed from `"<requests>/<duration>"` (`"50/1s"`)   |
 //! | `plan.rs`       | the planner: one GCRA (period `t`, burst `b`) for all of a key's windows |
+//! | `share.rs`      | [`Share`]: a client's fraction of its app's quotas (`quota_share`), the windows it scales to |
 //! | `local.rs`      | [`LocalQuota`]: in process; reject or wait, fair bounded queues, pauses |
 //! | `peek.rs`       | governor's state store, made peekable for snapshots            |
 //! | `pause.rs`      | [`PauseCell`] and [`Backoff`]: pauses after Feishu's own throttle answers |
@@ -54,6 +55,7 @@ pub mod pause;
 mod peek;
 pub mod plan;
 pub mod redis;
+mod share;
 pub mod testing;
 pub mod window;
 
@@ -83,6 +85,7 @@ pub use local::{KeySpec, LocalQuota};
 pub use pause::{Backoff, PauseCell};
 pub use plan::{Plan, PlanError, PlanPolicy, WindowFigures};
 pub use redis::{RedisQuota, RedisScope, RedisSettings};
+pub use share::Share;
 pub use window::{Window, WindowError};
 
 /// A quota key: the index of its [`KeySpec`] in the list the engine was

@@ -5,6 +5,7 @@
 
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use governor::nanos::Nanos;
 use governor::state::StateStore;
@@ -21,8 +22,17 @@ pub(crate) enum Access {
 
 /// One GCRA cell: the theoretical arrival time in nanoseconds since the
 /// limiter was created, 0 meaning "fresh" (as governor's `InMemoryState`).
+/// The cell is shared ([`PeekableState::cell`]) so that its owner can give
+/// an admission back (`LocalQuota::give_back`) outside governor's API.
 #[derive(Debug, Default)]
-pub(crate) struct PeekableState(AtomicU64);
+pub(crate) struct PeekableState(Arc<AtomicU64>);
+
+impl PeekableState {
+    /// The cell itself: the theoretical arrival time, as governor stores it.
+    pub(crate) fn cell(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.0)
+    }
+}
 
 impl StateStore for PeekableState {
     type Key = Access;

@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics`. It never shares
-//! a port with the main listener, so it can be left off the service network.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the status
+//! page (`/status`, `/status.json`: `status.rs`). It never shares a port
+//! with the main listener, so it can be left off the service network.
 //!
 //! `/readyz` is about the POD, not about Feishu or any one app: 503 while
 //! starting (until every app's first token call has ended, with a token or
@@ -22,6 +23,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::status::{render_html, StatusPage};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::Gateway;
 
@@ -72,13 +74,22 @@ impl Readiness {
 pub struct Admin {
     live: Arc<arc_swap::ArcSwap<Gateway>>,
     readiness: Arc<Readiness>,
+    status: Arc<StatusPage>,
 }
 
 impl Admin {
-    /// The admin endpoints over the gateway's current state (`live`) and
-    /// the pod's `readiness`.
-    pub fn new(live: Arc<arc_swap::ArcSwap<Gateway>>, readiness: Arc<Readiness>) -> Self {
-        Admin { live, readiness }
+    /// The admin endpoints over the gateway's current state (`live`)
+    /// and the pod's `readiness`, with the status page's state.
+    pub fn new(
+        live: Arc<arc_swap::ArcSwap<Gateway>>,
+        readiness: Arc<Readiness>,
+        status: Arc<StatusPage>,
+    ) -> Self {
+        Admin {
+            live,
+            readiness,
+            status,
+        }
     }
 
     /// True while the gateway is starting: some app's first token call, or
@@ -90,9 +101,20 @@ impl Admin {
         !settled && self.readiness.within_start_timeout()
     }
 
+    /// `ready`, `starting` or `draining`.
+    fn state(&self) -> &'static str {
+        if self.readiness.draining() {
+            "draining"
+        } else if self.starting() {
+            "starting"
+        } else {
+            "ready"
+        }
+    }
+
     /// Answers one admin request.
-    pub fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
-        let gateway = self.live.load();
+    pub async fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let gateway = self.live.load_full();
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -135,6 +157,28 @@ impl Admin {
                     }),
                 )
             }
+            "/" | "/status" => {
+                // `?refresh=0` stops the page's own refresh.
+                let refresh = if req.uri().query().is_some_and(|q| q.contains("refresh=0")) {
+                    0
+                } else {
+                    5
+                };
+                let status = self.status.collect(&gateway, self.state()).await;
+                let mut resp = Response::new(ProxyBody::full(render_html(&status, refresh)));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                resp
+            }
+            "/status.json" => {
+                let status = self.status.collect(&gateway, self.state()).await;
+                json(
+                    StatusCode::OK,
+                    &serde_json::to_value(&status).unwrap_or_default(),
+                )
+            }
             "/metrics" => {
                 let mut resp = Response::new(ProxyBody::full(gateway.metrics().render()));
                 resp.headers_mut().insert(
@@ -154,11 +198,14 @@ impl Admin {
         Request<Incoming>,
         Response = Response<ProxyBody>,
         Error = Infallible,
-        Future = std::future::Ready<Result<Response<ProxyBody>, Infallible>>,
+        Future = impl Send,
     > + Clone
            + Send
            + 'static {
-        tower::service_fn(move |req: Request<Incoming>| std::future::ready(Ok(self.handle(&req))))
+        tower::service_fn(move |req: Request<Incoming>| {
+            let this = self.clone();
+            async move { Ok(this.handle(&req).await) }
+        })
     }
 }
 

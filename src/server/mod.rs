@@ -8,6 +8,7 @@
 //! | `stack.rs`      | the main listener's tower layers, in order, each with its why |
 //! | `request_id.rs` | an id on every request and its answer (`X-Request-Id`)     |
 //! | `admin.rs`      | `/healthz`, `/readyz`, `/metrics` on the admin listener     |
+//! | `status.rs`     | the admin listener's status page (`/status`, `/status.json`) |
 //!
 //! [`serve`] takes a bound listener, a service and a shutdown future, so
 //! tests bind `127.0.0.1:0` and call it directly; [`serve_with_tls`] does the
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod listener;
 pub mod request_id;
 pub mod stack;
+pub mod status;
 pub mod tls;
 
 use std::convert::Infallible;

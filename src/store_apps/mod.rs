@@ -17,7 +17,9 @@
 //! app are bounded (`max_tenants`, least recently used evicted first) and
 //! idle tenants are dropped (`tenant_idle_timeout`). Each tenant carries its
 //! own quota keys, made on first use by the request path
-//! ([`Tenant::quota_key`]): Feishu's limits hold per app AND per tenant.
+//! ([`Tenant::quota_key`]): Feishu's limits hold per app AND per tenant;
+//! and the share keys of clients with a `quota_share`
+//! ([`Tenant::share_key`]), which go with the tenant.
 //! With the Redis backend they are shared by every replica, keyed per (app,
 //! tenant, route), and expire in Redis when idle.
 
@@ -32,7 +34,7 @@ use http::HeaderMap;
 use tokio::time::Instant;
 
 use crate::observe::metrics::Metrics;
-use crate::quota::Key;
+use crate::quota::{Key, Share};
 use crate::store_apps::callback::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
 use crate::tokens::{AppConfig, AppKind, TokenManager, TokenSlot};
 use crate::upstream::Upstream;
@@ -70,6 +72,9 @@ pub struct Tenant {
     pub slot: Arc<TokenSlot>,
     /// Its quota keys by catalog route, made on first use.
     quota_keys: RwLock<HashMap<usize, Arc<Key>>>,
+    /// The share keys of clients with a `quota_share`, by catalog route:
+    /// (client, share, key), made on first use.
+    share_keys: RwLock<ShareKeys>,
     last_used_ms: AtomicU64,
 }
 
@@ -80,6 +85,10 @@ impl std::fmt::Debug for Tenant {
             .finish_non_exhaustive()
     }
 }
+
+/// A tenant's share keys: per catalog route, each client's (with its
+/// share: a key made for another share is not reused).
+type ShareKeys = HashMap<usize, Vec<(Arc<str>, Share, Arc<Key>)>>;
 
 impl Tenant {
     /// The tenant's quota key for catalog route `route`: the one made
@@ -96,6 +105,36 @@ impl Tenant {
         keys.insert(route, Arc::clone(&key));
         Some(key)
     }
+
+    /// The share key of `client` (with `share`) on this tenant's key for
+    /// `route`: the one made before, or the one `make` makes now (`None`:
+    /// no key). Dropped with the tenant.
+    pub fn share_key(
+        &self,
+        route: usize,
+        client: &str,
+        share: Share,
+        make: impl FnOnce() -> Option<Key>,
+    ) -> Option<Arc<Key>> {
+        let find = |keys: &ShareKeys| {
+            keys.get(&route)?
+                .iter()
+                .find(|(c, s, _)| &**c == client && *s == share)
+                .map(|(_, _, k)| Arc::clone(k))
+        };
+        if let Some(k) = find(&read(&self.share_keys)) {
+            return Some(k);
+        }
+        let mut keys = self.share_keys.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = find(&keys) {
+            return Some(k);
+        }
+        let key = Arc::new(make()?);
+        let list = keys.entry(route).or_default();
+        list.retain(|(c, _, _)| &**c != client);
+        list.push((Arc::from(client), share, Arc::clone(&key)));
+        Some(key)
+    }
 }
 
 /// A store app's runtime state.
@@ -107,6 +146,9 @@ pub struct StoreApp {
     verifier: Verifier,
     upstream: Upstream,
     tenants: Mutex<HashMap<Arc<str>, Arc<Tenant>>>,
+    /// `tenants.len()`, kept beside the map so `/readyz` and the status
+    /// page read it without taking the map's lock.
+    held: std::sync::atomic::AtomicUsize,
     max_tenants: usize,
     idle_timeout: Duration,
     started: Instant,
@@ -161,6 +203,7 @@ impl StoreApps {
                         ),
                         upstream: a.upstream.clone(),
                         tenants: Mutex::new(HashMap::new()),
+                        held: std::sync::atomic::AtomicUsize::new(0),
                         max_tenants: cfg.max_tenants,
                         idle_timeout: cfg.tenant_idle_timeout,
                         started: Instant::now(),
@@ -178,9 +221,10 @@ impl StoreApps {
 
     /// A live reload: each store app the reload kept (`apps[new] =
     /// Some(old)`) keeps its tenants — their tokens (taken over by slots of
-    /// `tokens`, the new token manager), their quota keys on the routes the
-    /// reload continues (`routes[new] = Some(old)`), when they were last
-    /// used. Its ticket box is the old one already (`app::build`).
+    /// `tokens`, the new token manager), their quota keys and their
+    /// clients' share keys on the routes the reload continues (`routes[new]
+    /// = Some(old)`), when they were last used. Its ticket box is the old
+    /// one already (`app::build`).
     pub fn carry(
         &self,
         old: &StoreApps,
@@ -208,6 +252,12 @@ impl StoreApps {
                     .iter()
                     .filter_map(|(r, k)| moved.get(r).map(|&n| (n, Arc::clone(k))))
                     .collect();
+                // Clients' share keys too: one whose client's share changed
+                // is never found again (they are looked up by share).
+                let share_keys = read(&t.share_keys)
+                    .iter()
+                    .filter_map(|(r, keys)| moved.get(r).map(|&n| (n, keys.clone())))
+                    .collect();
                 let last_used =
                     before.started + Duration::from_millis(t.last_used_ms.load(Ordering::Relaxed));
                 tenants.insert(
@@ -216,6 +266,7 @@ impl StoreApps {
                         key: Arc::clone(key),
                         slot,
                         quota_keys: RwLock::new(quota_keys),
+                        share_keys: RwLock::new(share_keys),
                         last_used_ms: AtomicU64::new(
                             last_used.saturating_duration_since(now.started).as_millis() as u64,
                         ),
@@ -223,6 +274,7 @@ impl StoreApps {
                 );
             }
             self.metrics.store_tenants(app, tenants.len());
+            now.held.store(tenants.len(), Ordering::Relaxed);
         }
     }
 
@@ -294,10 +346,12 @@ impl StoreApps {
             slot: tokens.tenant_slot(app, Arc::clone(&key), &store.upstream),
             key: Arc::clone(&key),
             quota_keys: RwLock::new(HashMap::new()),
+            share_keys: RwLock::new(HashMap::new()),
             last_used_ms: AtomicU64::new(now_ms),
         });
         tenants.insert(key, Arc::clone(&tenant));
         self.metrics.store_tenants(app, tenants.len());
+        store.held.store(tenants.len(), Ordering::Relaxed);
         Ok(tenant)
     }
 
@@ -313,6 +367,7 @@ impl StoreApps {
                 tenants.remove(&tenant.key);
             }
             self.metrics.store_tenants(app, tenants.len());
+            store.held.store(tenants.len(), Ordering::Relaxed);
         }
     }
 
@@ -326,6 +381,7 @@ impl StoreApps {
                 now_ms.saturating_sub(t.last_used_ms.load(Ordering::Relaxed)) < idle_ms
             });
             self.metrics.store_tenants(store.app, tenants.len());
+            store.held.store(tenants.len(), Ordering::Relaxed);
             if let Some(age) = store.ticket.age() {
                 self.metrics.app_ticket_received(store.app, age);
             }
@@ -387,7 +443,7 @@ impl StoreApps {
             .map(|s| StoreStatus {
                 app: s.name.clone(),
                 ticket_age_secs: s.ticket.age().map(|a| a.as_secs()),
-                tenants: s.tenants.lock().map(|t| t.len()).unwrap_or(0),
+                tenants: s.held.load(Ordering::Relaxed),
             })
             .collect()
     }

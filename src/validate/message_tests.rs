@@ -5,9 +5,6 @@
 //! is named; a differential property test holds the send contract to an
 //! independent `serde_json::Value` reading of Feishu's page.
 
-use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderValue};
-
 use super::json::Path;
 use super::query::decode;
 use super::text::text_problem;
@@ -26,21 +23,13 @@ const JSON_UTF8: &str = "application/json; charset=utf-8";
 /// Feishu's own example: `{"text":"test content"}`, serialized.
 const TEXT: &str = r#""{\"text\":\"test content\"}""#;
 
-/// A request to one of the message routes.
-struct Msg<'a> {
-    route_id: &'a str,
-    message_id: &'a str,
-    query: Option<&'a str>,
-    content_type: Option<&'a str>,
-    body: &'a [u8],
-    unknown_fields: UnknownFields,
-}
+use super::call_tests::{pairs, Call as Msg};
 
 impl<'a> Msg<'a> {
     fn send(body: &'a str) -> Msg<'a> {
         Msg {
             route_id: SEND_MESSAGE,
-            message_id: MSG,
+            param: MSG,
             query: Some("receive_id_type=open_id"),
             content_type: Some(JSON_UTF8),
             body: body.as_bytes(),
@@ -63,50 +52,6 @@ impl<'a> Msg<'a> {
             ..Msg::send(body)
         }
     }
-
-    fn check(&self) -> Result<(), Violations> {
-        static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
-        let catalog = CATALOG.get_or_init(Catalog::builtin);
-        let route = catalog
-            .routes()
-            .iter()
-            .find(|r| r.id == self.route_id)
-            .unwrap();
-        let path = route.template.replace(":message_id", self.message_id);
-        let mut headers = HeaderMap::new();
-        if let Some(ct) = self.content_type {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
-        }
-        let contract = builtin(self.route_id)
-            .unwrap()
-            .with_unknown_fields(self.unknown_fields);
-        contract.check(&RequestView {
-            route,
-            path: &path,
-            query: self.query,
-            headers: &headers,
-            body: self.body,
-        })
-    }
-
-    /// (field, description) of every violation, in order.
-    fn problems(&self) -> Vec<(String, String)> {
-        match self.check() {
-            Ok(()) => vec![],
-            Err(v) => v
-                .list()
-                .iter()
-                .map(|v| (v.field.clone(), v.description.clone()))
-                .collect(),
-        }
-    }
-}
-
-fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
-    expected
-        .iter()
-        .map(|(f, d)| (f.to_string(), d.to_string()))
-        .collect()
 }
 
 /// A send body with these (already JSON) values.
@@ -495,10 +440,7 @@ fn reply_bodies_table() {
             Msg::reply(r#"{"msg_type":"text","content":"{}"}"#),
             Msg::edit(r#"{"msg_type":"text","content":"{}"}"#),
         ] {
-            let req = Msg {
-                message_id: id,
-                ..req
-            };
+            let req = Msg { param: id, ..req };
             let want: Vec<(&str, &str)> = expected.map(|d| ("message_id", d)).into_iter().collect();
             assert_eq!(req.problems(), pairs(&want), "{} {id}", req.route_id);
         }
@@ -547,7 +489,7 @@ fn headers_path_and_query_come_before_the_body() {
         ]
     );
     let req = Msg {
-        message_id: "x",
+        param: "x",
         content_type: None,
         ..Msg::reply(r#"{"msg_type":"text","content":"{}"}"#)
     };

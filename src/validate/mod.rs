@@ -90,6 +90,8 @@ mod text;
 mod violation;
 
 #[cfg(test)]
+mod call_tests;
+#[cfg(test)]
 mod message_tests;
 #[cfg(test)]
 mod tests;

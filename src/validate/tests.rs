@@ -20,20 +20,14 @@ const CHAT: &str = "oc_5ad11d72b830411d72b836c20";
 const MSG: &str = "om_dc13264520392913993dd051dba21dcf";
 const JSON_UTF8: &str = "application/json; charset=utf-8";
 
-/// A request to `route_id` for chat segment `chat`.
-struct Req<'a> {
-    route_id: &'a str,
-    chat: &'a str,
-    content_type: Option<&'a str>,
-    body: &'a [u8],
-    unknown_fields: UnknownFields,
-}
+use super::call_tests::{pairs, Call as Req};
 
 impl<'a> Req<'a> {
     fn put(body: &'a str) -> Req<'a> {
         Req {
             route_id: PUT_TOP_NOTICE,
-            chat: CHAT,
+            param: CHAT,
+            query: None,
             content_type: Some(JSON_UTF8),
             body: body.as_bytes(),
             unknown_fields: UnknownFields::Allow,
@@ -47,52 +41,6 @@ impl<'a> Req<'a> {
             ..Req::put(body)
         }
     }
-
-    fn check(&self) -> Result<(), Violations> {
-        // Built once: the catalog holds every Feishu endpoint.
-        static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
-        let catalog = CATALOG.get_or_init(Catalog::builtin);
-        let index = catalog
-            .routes()
-            .iter()
-            .position(|r| r.id == self.route_id)
-            .unwrap();
-        let route = catalog.route(index);
-        let path = route.template.replace(":chat_id", self.chat);
-        let mut headers = HeaderMap::new();
-        if let Some(ct) = self.content_type {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
-        }
-        let contract = builtin(self.route_id)
-            .unwrap()
-            .with_unknown_fields(self.unknown_fields);
-        contract.check(&RequestView {
-            route,
-            path: &path,
-            query: None,
-            headers: &headers,
-            body: self.body,
-        })
-    }
-
-    /// (field, description) of every violation, in order.
-    fn problems(&self) -> Vec<(String, String)> {
-        match self.check() {
-            Ok(()) => vec![],
-            Err(v) => v
-                .list()
-                .iter()
-                .map(|v| (v.field.clone(), v.description.clone()))
-                .collect(),
-        }
-    }
-}
-
-fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
-    expected
-        .iter()
-        .map(|(f, d)| (f.to_string(), d.to_string()))
-        .collect()
 }
 
 #[test]
@@ -336,7 +284,7 @@ fn chat_id_table() {
         for route_id in [PUT_TOP_NOTICE, DELETE_TOP_NOTICE] {
             let req = Req {
                 route_id,
-                chat,
+                param: chat,
                 ..Req::put(r#"{"chat_top_notice":[{}]}"#)
             };
             let want = expected
@@ -434,7 +382,7 @@ fn content_type_twice_is_refused() {
 #[test]
 fn path_header_and_body_violations_are_all_listed() {
     let req = Req {
-        chat: "oc_%2F",
+        param: "oc_%2F",
         content_type: Some("text/plain"),
         ..Req::put(r#"{"chat_top_notice":[]}"#)
     };

@@ -358,6 +358,12 @@ impl Client {
         self.0.insert("allow".into(), strings(entries));
         self
     }
+
+    /// `quota_share`: the most it may use of each quota of its app.
+    pub fn quota_share(mut self, share: f64) -> Self {
+        self.0.insert("quota_share".into(), share.into());
+        self
+    }
 }
 
 /// A TOML list of strings.

@@ -1,7 +1,8 @@
 //! The integration tests' harness: a simulated Feishu, the gateway in front
 //! of it on loopback ports, its config ([`config::GatewayConfig`]), a small
 //! HTTP client, a Redis of the test's own ([`redis_server`]), raw-socket
-//! upstreams ([`scripted`]), the Prometheus tools ([`tools`]) and an OTLP
+//! upstreams ([`scripted`]), two clients flooding one app with quota
+//! shares ([`shares`]), the Prometheus tools ([`tools`]) and an OTLP
 //! receiver ([`otlp`]).
 //!
 //! Every item of the crate under test that a test file uses is re-exported
@@ -11,8 +12,10 @@
 pub mod config;
 mod gateway;
 pub mod otlp;
+pub mod proxy;
 pub mod redis_server;
 pub mod scripted;
+pub mod shares;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -240,7 +243,18 @@ pub async fn put_at(
     path: &str,
     extra: &[(&str, &str)],
 ) -> Answer {
-    let auth = format!("Bearer {CLIENT_KEY}");
+    put_as(client, addr, CLIENT_KEY, path, extra).await
+}
+
+/// [`put_at`] with the client key `key`.
+pub async fn put_as(
+    client: &HttpClient,
+    addr: SocketAddr,
+    key: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> Answer {
+    let auth = format!("Bearer {key}");
     let mut headers = vec![
         ("authorization", auth.as_str()),
         ("content-type", "application/json; charset=utf-8"),

@@ -136,6 +136,25 @@ impl Inner {
         }
     }
 
+    /// [`RedisScope::give_back`] for key `k`, whose fallback limiter is
+    /// found by `fb`: in Redis while shared (one call), else to the
+    /// fallback limiter (`fail = "open"` has nothing to give back). A
+    /// failed call is counted like any other and gives nothing back.
+    pub(super) async fn give_back(&self, k: &SharedKey, fb: Fallback<'_>) {
+        if self.mode() != Mode::Shared {
+            if let Some((fallback, key)) = self.fallback_for(fb) {
+                fallback.give_back(key);
+            }
+            return;
+        }
+        let hist = self.metrics.as_ref().map(|m| &m.give);
+        let mut call = self.script.prepare_invoke();
+        call.key(&k.tat).key(&k.pause).arg("give").arg(k.t_us);
+        if let Err(failure) = self.call(&call, hist).await {
+            self.failed(&failure);
+        }
+    }
+
     /// [`RedisQuota::snapshot`] for key `k`, whose fallback limiter is
     /// found by `fb`.
     pub(super) async fn snapshot(&self, k: &SharedKey, fb: Fallback<'_>) -> Snapshot {

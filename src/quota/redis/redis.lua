@@ -33,6 +33,8 @@
 --                          none)
 --   pause duration      -> {left}: the pause ends `left` from now (extends,
 --                          never shortens, a running pause)
+--   give t              -> {tat - now}: gives one admission back: tat = tat - t
+--                          (absent, or at or before now: the key is fresh)
 --   drain t slots at    -> {wait}: tat = max(tat, max(at, now) + slots * t),
 --                          so nothing is admitted before
 --                          max(at, now) + (slots - b + 1) * t
@@ -115,6 +117,16 @@ if op == 'pause' then
     ends = current
   end
   return {ends - now}
+end
+
+if op == 'give' then
+  local tat = get(KEYS[1]) - tonumber(ARGV[2])
+  if tat > now then
+    store(KEYS[1], tat)
+    return {tat - now}
+  end
+  redis.call('DEL', KEYS[1])
+  return {0}
 end
 
 if op == 'drain' then

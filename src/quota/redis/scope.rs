@@ -67,6 +67,16 @@ impl RedisScope {
         self.engine.inner.acquire(k, fb, overflow).await
     }
 
+    /// Gives back one admission of the scope's `key` (as
+    /// [`LocalQuota::give_back`], in Redis for the fleet: one call).
+    pub async fn give_back(&self, key: QuotaKey) {
+        let Some(k) = self.keys.keys.get(key.index() as usize) else {
+            return;
+        };
+        let fb = Fallback::Scope(&self.keys, key);
+        self.engine.inner.give_back(k, fb).await;
+    }
+
     /// Feishu throttled the scope's `key` (as [`RedisQuota::pause`]: here
     /// at once, for the fleet in the background).
     pub fn pause(&self, key: QuotaKey, duration: Duration) {
