@@ -8,6 +8,7 @@
 #   bash benches/load.sh --profile    # where the gateway's time goes
 #   bash benches/load.sh --baseline-bin OTHER/target/release/feishu-gateway
 #                                     # the table, plus an A/B against that build
+#   bash benches/load.sh --tracing 1  # the table, plus [tracing] on / off (A/B)
 #   bash benches/load.sh --tls        # the gateway's TLS upstream path: h2 and
 #                                     # http/1.1 by ALPN to nginx and HAProxy
 #   bash benches/load.sh --help       # every option
@@ -37,6 +38,7 @@ GATEWAY_SET=() # extra top-level config lines for the gateways (experiments)
 OPEN_RATE=0    # --open-loop: fixed request rate for the open-loop latency table (0 = off)
 OPEN_CONNS=64  # connections oha may use at that rate
 BASE_BIN=""    # --baseline-bin: another gateway build, a fifth target (A/B)
+TRACING=""     # --tracing RATIO: the gateway with [tracing] on, its baseline off
 
 usage() {
     cat <<EOF
@@ -86,6 +88,11 @@ Options:
                      new/baseline ratios of req/s, cpu per request and
                      peak RSS per connection count, and the per-round
                      ratios. Table and --tls modes only
+  --tracing RATIO    the gateway (not its baseline, nor the 429 gateway) with
+                     [tracing] on, sampling_ratio RATIO, exporting to the
+                     fake (which takes OTLP/HTTP at /v1/traces); without
+                     --baseline-bin the baseline is this same build with
+                     tracing off, so the A/B ratios are tracing on / off
   --no-build         use target/release/feishu-gateway as it is
   --keep             keep the temporary directory (configs, logs, raw results)
 EOF
@@ -112,6 +119,7 @@ while [ $# -gt 0 ]; do
     --open-loop) OPEN_RATE=$2; shift ;;
     --open-conns) OPEN_CONNS=$2; shift ;;
     --baseline-bin) BASE_BIN=$2; shift ;;
+    --tracing) TRACING=$2; shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
     -h | --help) usage; exit 0 ;;
@@ -173,6 +181,11 @@ if [ -n "$BASE_BIN" ]; then
     [ "$MODE" = compare ] || [ "$MODE" = tls ] || die "--baseline-bin applies to the table and --tls only (not to --$MODE)"
     [ -x "$BASE_BIN" ] && [ -f "$BASE_BIN" ] || die "--baseline-bin $BASE_BIN: not an executable file"
     BASE_BIN=$(cd "$(dirname "$BASE_BIN")" && pwd)/$(basename "$BASE_BIN")
+fi
+if [ -n "$TRACING" ]; then
+    [ "$MODE" = compare ] || die "--tracing applies to the table only (not to --$MODE)"
+    # Tracing on against the same build with it off, unless another baseline is given.
+    [ -n "$BASE_BIN" ] || BASE_BIN=$BIN
 fi
 
 CORES=$(nproc)
@@ -309,9 +322,9 @@ make_credentials() {
     head -n 1 "$WORK/keys.txt" >"$WORK/key1.txt"
 }
 
-# gateway_config FILE PORT ADMIN_PORT lifted|seed
+# gateway_config FILE PORT ADMIN_PORT lifted|seed [traced]
 gateway_config() {
-    local file=$1 port=$2 admin=$3 limits=$4 i n
+    local file=$1 port=$2 admin=$3 limits=$4 traced=${5:-} i n
     {
         echo "listen = \"127.0.0.1:$port\""
         echo "admin_listen = \"127.0.0.1:$admin\""
@@ -323,6 +336,14 @@ gateway_config() {
         echo
         echo "[log]"
         echo 'level = "info"'
+        if [ -n "$traced" ]; then
+            # Spans to the fake, which takes OTLP/HTTP exports and drops them.
+            echo
+            echo "[tracing]"
+            echo "enabled = true"
+            echo "endpoint = \"$SIM_URL\""
+            echo "sampling_ratio = $TRACING"
+        fi
         if [ "$limits" = lifted ]; then
             # The gateway's own quota must not bind: this measures its cost.
             echo
@@ -355,7 +376,9 @@ start_gateway() {
     local port admin
     port=$(free_port)
     admin=$(free_port)
-    gateway_config "$WORK/$name.toml" "$port" "$admin" "$limits"
+    local traced=""
+    [ -n "$TRACING" ] && [ "$name" = gateway ] && traced=1
+    gateway_config "$WORK/$name.toml" "$port" "$admin" "$limits" "$traced"
     # Access log lines go to /dev/null (as nginx's do): formatted and
     # written, not stored.
     env "${GW_ENV[@]}" "${GATEWAY_ENV[@]}" "$@" "$bin" serve --config "$WORK/$name.toml" \
@@ -597,6 +620,7 @@ report() {
     [ ${#GATEWAY_ENV[@]} -gt 0 ] && echo "gateway environment: ${GATEWAY_ENV[*]}"
     [ ${#GATEWAY_SET[@]} -gt 0 ] && echo "gateway config lines: ${GATEWAY_SET[*]}"
     [ -n "$BASE_BIN" ] && echo "baseline: $BASE_BIN (its tree at commit $(git -C "$(dirname "$BASE_BIN")" rev-parse --short HEAD 2>/dev/null || echo '?')), same config; gateway: $BIN"
+    [ -n "$TRACING" ] && echo "tracing: the gateway with [tracing] on (sampling_ratio $TRACING, no traceparent sent: the ratio alone decides), the baseline and the 429 gateway off; exported to the fake: $(curl -fs "$SIM_URL/v1/traces" || echo '?')"
     [ "$HWM_RESET" = 1 ] || echo "note: VmHWM could not be reset; peak RSS is over the whole run"
     echo
     awk -F'\t' '

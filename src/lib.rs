@@ -25,7 +25,7 @@
 //! | [`budget`]            | the monthly call budget: counted calls per app or budget group, Asia/Shanghai months |
 //! | [`upstream`]          | the transport to Feishu: pool (hyper HTTP/1.1 and HTTP/2), connector, failures |
 //! | [`redis_connection`]  | the replica's one Redis connection (quotas, tickets)        |
-//! | [`observe`]           | Prometheus metrics and the log lines                        |
+//! | [`observe`]           | Prometheus metrics, the log lines, distributed tracing (OTLP) |
 //! | [`workers`]           | thread-per-core connection workers (server and upstream pools) |
 //! | [`feishu`]            | the platform's vocabulary: codes, paths, headers, answers, idempotency keys |
 //! | [`secret`]            | values that are never printed                               |

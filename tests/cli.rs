@@ -451,3 +451,67 @@ async fn wait_for_log(
         }
     }
 }
+
+/// `serve` with `[tracing]`: the access line carries the trace id when the
+/// request is part of a trace (and leaves the field out otherwise), so logs
+/// and traces join; at SIGTERM the spans still queued reach the collector
+/// before the process exits.
+#[tokio::test]
+async fn serve_with_tracing_puts_the_trace_id_in_the_access_line_and_exports_at_sigterm() {
+    const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+    let receiver = support::otlp::OtlpReceiver::start().await;
+    let sim = SimFeishu::start(sim_config()).await.unwrap();
+    // Ratio 0: only the caller's sampled trace is recorded.
+    let config = GatewayConfig::new(&sim.base_url())
+        .log_format(LogFormat::Json)
+        .tracing(&receiver.url(), 0.0);
+    let (mut child, _file) = serve(&config, None);
+    let (mut rx, reader) = stdout_lines(&mut child);
+    let mut logs = Vec::new();
+    let addr = listening_addr(&mut rx, &mut logs, |line| {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+        (v["message"] == "feishu-gateway listening")
+            .then(|| v["addr"].as_str().unwrap().parse().unwrap())
+    })
+    .await;
+    let client = http_client();
+    let traced = format!("00-{TRACE_ID}-b7ad6b7169203331-01");
+    assert_eq!(
+        put_at(&client, addr, PUT_PATH, &[("traceparent", &traced)])
+            .await
+            .code(),
+        0
+    );
+    assert_eq!(put_at(&client, addr, PUT_PATH, &[]).await.code(), 0);
+    let exit = terminate(child).await;
+    assert_eq!(exit.code(), Some(0));
+    tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    while let Ok(line) = rx.try_recv() {
+        logs.push(line);
+    }
+    let access: Vec<serde_json::Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "feishu_gateway::access")
+        .collect();
+    assert_eq!(access.len(), 2, "{logs:#?}");
+    assert_eq!(access[0]["trace_id"], TRACE_ID, "{}", access[0]);
+    assert!(
+        access[1].get("trace_id").is_none(),
+        "not sampled: {}",
+        access[1]
+    );
+    // Exported at the shutdown, not left in the queue.
+    let spans = receiver.trace(TRACE_ID);
+    assert!(
+        spans.iter().any(|s| s.parent_span_id == "b7ad6b7169203331"),
+        "{spans:#?}"
+    );
+    assert_eq!(
+        receiver.spans().len(),
+        spans.len(),
+        "only the caller's trace"
+    );
+}

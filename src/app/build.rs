@@ -1,8 +1,9 @@
 //! The composition root: the only code that turns a [`Config`] into the
 //! gateway's parts — catalog, metrics, upstream connections, the Redis
 //! connection, app_ticket store, token manager, quota engine and keys, store
-//! apps, monthly budgets, contracts — and the listener's TLS. Domain modules
-//! never read the config; they are handed what they need here.
+//! apps, monthly budgets, contracts, the trace exporter — and the listener's
+//! TLS. Domain modules never read the config; they are handed what they need
+//! here.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::budget::{Budgets, Carried, Store as BudgetStore};
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::{Catalog, Contracts};
 use crate::observe::metrics::Metrics;
+use crate::observe::trace::{OtlpTransport, Tracing};
 use crate::proxy::{AppRoute, Gateway, QuotaKeys, ResourceKeys, Retries};
 use crate::quota::{BackendKind, Engine, PlanPolicy, RedisConnection, RedisSettings};
 use crate::server::tls::ReloadingAcceptor;
@@ -59,13 +61,50 @@ pub fn tls_acceptor(config: &Config) -> Result<Option<ReloadingAcceptor>, String
 
 /// What lives as long as the process, whatever a live reload changes: the
 /// metric families, the upstream connections, the Redis connection, the
-/// app_ticket store and the quota engine. A config change to what they are
-/// built from takes effect at the next restart (`super::reload`).
+/// app_ticket store, the quota engine and the trace exporter. A config
+/// change to what they are built from takes effect at the next restart
+/// (`super::reload`).
 pub(super) struct Shared {
     upstreams: Upstreams,
     redis: Option<RedisConnection>,
     ticket_store: Arc<dyn TicketStore>,
     engine: Engine,
+    tracing: Option<Arc<Tracing>>,
+}
+
+impl Shared {
+    /// The trace exporter, when `[tracing]` is enabled.
+    pub(super) fn tracing(&self) -> Option<&Arc<Tracing>> {
+        self.tracing.as_ref()
+    }
+}
+
+/// With `[tracing] enabled`: the process's tracer and its OTLP/HTTP
+/// exporter, which sends through a hyper-util client of its own on the
+/// gateway's connector (rustls with ring; the public roots and
+/// `upstream_ca_file`), driven by the current runtime.
+fn start_tracing(config: &Config) -> Result<Option<Arc<Tracing>>, StartError> {
+    if !config.tracing.enabled {
+        return Ok(None);
+    }
+    let settings = crate::upstream::Settings {
+        max_idle_per_host: 2,
+        ..config.upstream_settings()
+    };
+    let client = crate::upstream::build_client(&settings).map_err(StartError::Upstream)?;
+    let transport = OtlpTransport::new(
+        client,
+        tokio::runtime::Handle::current(),
+        config.tracing.export_timeout,
+    );
+    let tracing = Tracing::start(&config.tracing, transport).map_err(StartError::Config)?;
+    tracing::info!(
+        endpoint = %config.tracing.endpoint,
+        sampling_ratio = config.tracing.sampling_ratio,
+        service_name = %config.tracing.service_name,
+        "tracing: spans are exported over OTLP/HTTP"
+    );
+    Ok(Some(tracing))
 }
 
 /// The parts a [`Runtime`](super::Runtime) serves with.
@@ -115,6 +154,7 @@ pub(super) fn parts(config: &Config) -> Result<Parts, StartError> {
         redis,
         ticket_store,
         engine,
+        tracing: start_tracing(config)?,
     };
     let (gateway, _) =
         generation(config, catalog, metrics, &shared, None).map_err(StartError::Config)?;
@@ -257,6 +297,7 @@ pub(super) fn generation(
         upstream_timeout: config.timeouts.upstream,
         upstream_idle: config.timeouts.upstream_idle,
         retries,
+        tracing: shared.tracing.clone(),
     };
     Ok((gateway, carried_budget))
 }

@@ -15,8 +15,8 @@
 //! retries, token policy, SDK tokens, body limits and request timeouts,
 //! the quota margin, waiters and overflow. What needs a restart, because
 //! the process holds it (listeners, threads, connections, the log
-//! subscriber): see [`restart_only`]; a reload that changes one of those
-//! applies everything else and says so in the log.
+//! subscriber, the trace exporter): see [`restart_only`]; a reload that
+//! changes one of those applies everything else and says so in the log.
 //!
 //! An invalid config changes nothing: every problem is logged (as
 //! `check-config` prints them), `feishu_gateway_config_reloads_total
@@ -252,8 +252,9 @@ pub fn kept_apps(old: &[AppConfig], new: &[AppConfig]) -> Vec<Option<usize>> {
 
 /// The settings a reload cannot change, because the running process holds
 /// what they built: listeners and their limits, worker threads, upstream
-/// connections, the log subscriber, the state directory, the quota backend
-/// and its Redis connection, the listener's certificate paths (the
+/// connections, the log subscriber, the trace exporter (`[tracing]`: one
+/// per process, with its export thread), the state directory, the quota
+/// backend and its Redis connection, the listener's certificate paths (the
 /// certificate files themselves are reloaded on SIGHUP too). Returns the
 /// names of those that differ.
 pub fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
@@ -282,6 +283,7 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check("state_dir", old.state_dir != new.state_dir);
     check("log", dbg(&old.log) != dbg(&new.log));
+    check("tracing", old.tracing != new.tracing);
     check(
         "upstream connections (upstream_ca_file, [pool], timeouts.connect)",
         dbg(&old.upstream_settings()) != dbg(&new.upstream_settings()),
@@ -318,6 +320,7 @@ pub fn effective(old: &Config, mut new: Config) -> Config {
     new.tls_key = old.tls_key.clone();
     new.state_dir = old.state_dir.clone();
     new.log = old.log.clone();
+    new.tracing = old.tracing.clone();
     new.upstream_ca_file = old.upstream_ca_file.clone();
     new.pool = old.pool.clone();
     new.timeouts.connect = old.timeouts.connect;

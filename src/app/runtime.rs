@@ -301,7 +301,21 @@ impl Runtime {
         }
         let gateway = self.reloader.live.load_full();
         gateway.budget().sync().await;
+        // The spans still queued go to the collector (up to 5 s), off the
+        // async threads: the export itself runs on this runtime.
+        if let Some(t) = self.reloader.shared.tracing().cloned() {
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
         tracing::info!("feishu-gateway stopped");
+    }
+
+    /// Sends the spans queued so far to the collector now (with
+    /// `[tracing]`; otherwise nothing to do). Spans are otherwise sent every
+    /// 5 s, and at [`Runtime::wait`].
+    pub async fn flush_traces(&self) {
+        if let Some(t) = self.reloader.shared.tracing().cloned() {
+            let _ = tokio::task::spawn_blocking(move || t.flush()).await;
+        }
     }
 }
 

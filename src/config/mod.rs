@@ -19,6 +19,7 @@
 //! | `quota.rs`  | `[quota]`, with its Redis keys                          |
 //! | `routes.rs` | `[[routes]]`                                            |
 //! | `retries.rs`| `[retries]`: retries by code after transient failures  |
+//! | `tracing.rs`| `[tracing]`: spans over OTLP/HTTP, sampling, service name |
 //! | `apps.rs`   | `[[apps]]`; the budget groups (`monthly_budget`, `budget_group`) |
 //! | `clients.rs`| `[[clients]]`: keys (several while rotating), `allow` checked against the catalog, the checks against their apps |
 //! | `reader.rs` | [`Section`]: typed reads that record [`Problems`], unknown keys |
@@ -39,6 +40,7 @@ mod retries;
 mod routes;
 mod server;
 mod tokens;
+mod tracing;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +60,7 @@ pub use crate::auth::{key_digest, ClientConfig};
 pub use crate::budget::{BudgetConfig, BudgetGroup};
 pub use crate::endpoints::RouteConfig;
 pub use crate::observe::logging::{Log, LogFormat};
+pub use crate::observe::trace::TraceConfig;
 pub use crate::proxy::RetryPolicy;
 pub use crate::quota::{OverflowMode, QuotaConfig};
 pub use crate::tokens::{AppConfig, AppKind, StoreAppSettings, TokenPolicy};
@@ -125,6 +128,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Retries by code after a transient upstream failure (`[retries]`).
     pub retries: RetryPolicy,
+    /// Distributed tracing (`[tracing]`). Off by default.
+    pub tracing: TraceConfig,
     /// The Feishu apps the gateway holds secrets for (`[[apps]]`).
     pub apps: Vec<AppConfig>,
     /// The internal services allowed to call (`[[clients]]`).
@@ -171,6 +176,7 @@ impl Config {
         let quota = quota::read(&mut s, env, p);
         let routes = routes::read(&mut s, &quota, p);
         let retries = retries::read(&mut s, p);
+        let tracing = tracing::read(&mut s, p);
         let mut warnings = Vec::new();
         let (apps, app_names, budget) = apps::read(&mut s, &server.upstream, env, p);
         // Clients' `allow` entries are checked against the catalog the
@@ -205,6 +211,7 @@ impl Config {
             sdk_tokens,
             routes,
             retries,
+            tracing,
             apps,
             clients,
             budget,

@@ -457,6 +457,52 @@ fn retries_have_defaults_and_every_key_is_checked() {
 }
 
 #[test]
+fn tracing_is_off_by_default_and_every_key_is_checked() {
+    let c = Config::parse(EXAMPLE, &env()).expect("valid");
+    assert_eq!(c.tracing, TraceConfig::default());
+    assert!(!c.tracing.enabled);
+    assert_eq!(
+        c.tracing.endpoint.to_string(),
+        "http://localhost:4318/v1/traces"
+    );
+
+    let text = format!(
+        "{EXAMPLE}\n[tracing]\nenabled = true\nendpoint = \"http://otel-collector:4318\"\nsampling_ratio = 0.25\nservice_name = \"gw-prod\"\nexport_timeout = \"3s\"\n"
+    );
+    let c = Config::parse(&text, &env()).expect("valid");
+    let t = &c.tracing;
+    assert!(t.enabled);
+    assert_eq!(
+        t.endpoint.to_string(),
+        "http://otel-collector:4318/v1/traces"
+    );
+    assert_eq!(t.sampling_ratio, 0.25);
+    assert_eq!(t.service_name, "gw-prod");
+    assert_eq!(t.export_timeout, std::time::Duration::from_secs(3));
+
+    // Checked even while off: a typo shows before tracing is turned on.
+    let text = format!(
+        "{EXAMPLE}\n[tracing]\nenabled = \"yes\"\nendpoint = \"http://user:pw@collector:4318\"\nsampling_ratio = 1.5\nservice_name = \" \"\nexport_timeout = \"0s\"\nratio = 1\n"
+    );
+    let problems = Config::parse(&text, &env()).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    for expected in [
+        "tracing.enabled",
+        "tracing.endpoint",
+        "tracing.sampling_ratio",
+        "tracing.service_name",
+        "tracing.export_timeout",
+        "tracing.ratio",
+    ] {
+        assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+    }
+    assert!(
+        !problems.to_string().contains("pw@"),
+        "the endpoint's credentials are not echoed: {problems}"
+    );
+}
+
+#[test]
 fn resource_limits_are_read_and_their_problems_named() {
     let good = format!(
         "{EXAMPLE}\n[[routes]]\nmethod = \"POST\"\npath = \"/open-apis/im/v1/messages/:message_id/forward\"\n\

@@ -7,6 +7,7 @@ use http::Request;
 use tokio::time::Instant;
 
 use crate::auth::Caller;
+use crate::observe::trace::RequestTrace;
 use crate::store_apps::Tenant;
 
 use super::X_REQUEST_ID;
@@ -48,6 +49,9 @@ pub struct RequestCtx {
     /// The gateway answers while the client's body is still partly unread
     /// (an upload stopped): the answer closes the connection.
     pub body_unread: bool,
+    /// The request's trace (`[tracing]`): its span and the caller's
+    /// context; `None` when tracing is off (see `spans.rs`).
+    pub trace: Option<RequestTrace>,
 }
 
 impl RequestCtx {
@@ -68,6 +72,7 @@ impl RequestCtx {
             resources: Vec::new(),
             budget_exempt: false,
             body_unread: false,
+            trace: None,
         }
     }
 }

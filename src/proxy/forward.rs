@@ -17,6 +17,7 @@ use crate::proxy::error::{GatewayError, X_GATEWAY_ERROR};
 use crate::tokens::TokenSlot;
 
 use super::headers::{normalize_length, strip_hop_by_hop, upstream_headers};
+use super::spans::call_end;
 use super::{Gateway, RequestCtx};
 
 /// Largest JSON answer buffered whole to read its `code` (and so replayable).
@@ -53,14 +54,14 @@ impl Gateway {
                     let slot = self.token_slot(ctx, app);
                     let token = self
                         .tokens
-                        .get_slot(&slot)
+                        .get_slot_traced(&slot, ctx.trace.as_ref())
                         .await
                         .map_err(|e| self.token_failure(ctx, e))?;
                     (token.header.clone(), Some((slot, token.generation)))
                 }
             };
             req.headers_mut().insert(AUTHORIZATION, authorization);
-            let answer = self.send_retrying(ctx, app, &req).await?;
+            let answer = self.send_retrying(ctx, app, &mut req).await?;
             match (answer.code, generation) {
                 (Some(code), Some((slot, generation)))
                     if codes::is_token_invalid(code) && !replayed =>
@@ -68,6 +69,9 @@ impl Gateway {
                     self.tokens.invalidate_slot(&slot, generation);
                     self.metrics.token_replay(app, code);
                     ctx.replayed_after = Some(code);
+                    if let Some(trace) = &ctx.trace {
+                        trace.replay(code);
+                    }
                     replayed = true;
                     tracing::info!(
                         app = %self.apps[app].name,
@@ -152,13 +156,17 @@ impl Gateway {
 
     /// One attempt upstream: the answer's head and inspected body, within
     /// `timeout` (the upstream timeout, or what a retry has left of it).
+    /// With a trace, the attempt has a span whose context `req` carries to
+    /// Feishu (`spans.rs`).
     pub(super) async fn send(
         &self,
         ctx: &mut RequestCtx,
         app: usize,
-        req: &Request<Bytes>,
+        req: &mut Request<Bytes>,
         timeout: std::time::Duration,
     ) -> Result<Inspected, GatewayError> {
+        let span = self.call_start(ctx, app, req.headers_mut());
+        let req = &*req;
         let started = Instant::now();
         // An HTTP/1.1 connection goes back to the pool when the answer's
         // body has been read to its end: here for a held answer, by the
@@ -177,10 +185,14 @@ impl Gateway {
         let spent = started.elapsed();
         ctx.upstream_time = Some(ctx.upstream_time.unwrap_or_default() + spent);
         let failure = match result {
-            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Ok(answer)) => {
+                call_end(span, Ok(&answer));
+                return Ok(answer);
+            }
             Ok(Err(kind)) => kind,
             Err(_) => crate::upstream::UpstreamFailure::Timeout,
         };
+        call_end(span, Err(failure.as_str()));
         self.metrics
             .upstream_error(ctx.app, ctx.route, failure.as_str());
         tracing::warn!(

@@ -34,6 +34,7 @@ impl Gateway {
             logid: ctx.logid.as_ref().and_then(|v| v.to_str().ok()),
             gateway_error: ctx.gateway_error,
             replayed_after: ctx.replayed_after,
+            trace_id: ctx.trace.as_ref().and_then(|t| t.trace_id()),
         });
     }
 }

@@ -23,6 +23,7 @@
 //! |                   | `stream.rs`       | uploads: a fresh token, sent once, never replayed    |
 //! | `response_filter` | `forward.rs`      | strip hop-by-hop headers from Feishu's answer        |
 //! | `logging`         | `log.rs`          | one access-log line and the request metrics          |
+//! |                   | `spans.rs`        | the request's span ended (with `[tracing]`)          |
 //!
 //! Beside them: [`RequestCtx`] (`ctx.rs`), the per-request state; `headers.rs`,
 //! which headers cross; `inspect.rs`, Feishu's `code` read off an answer;
@@ -31,7 +32,10 @@
 //! `upload.rs`, an upload's body on its way to Feishu, counted and its
 //! multipart form checked as it streams;
 //! [`body`], the answer body; [`error`], every answer the gateway writes
-//! itself. Shared state lives on [`Gateway`], never in statics.
+//! itself; `spans.rs`, the request's trace (`[tracing]`): its span started
+//! in `handle`, one for `admit` (`quota`), one per attempt upstream, the
+//! token wait (made by the token manager), all `None` when tracing is off.
+//! Shared state lives on [`Gateway`], never in statics.
 
 mod admit;
 mod authenticate;
@@ -47,6 +51,7 @@ mod keys;
 mod log;
 mod resources;
 mod retry;
+mod spans;
 mod stream;
 mod upload;
 
@@ -72,6 +77,7 @@ use crate::budget::Budgets;
 use crate::endpoints::Catalog;
 use crate::endpoints::Contracts;
 use crate::observe::metrics::Metrics;
+use crate::observe::trace::Tracing;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::GatewayError;
 use crate::quota::Engine;
@@ -123,6 +129,8 @@ pub struct Gateway {
     pub(crate) upstream_idle: Duration,
     /// Retries by code: the policy and every app's budget.
     pub(crate) retries: Retries,
+    /// The tracer, when `[tracing]` is enabled; `None` makes no span at all.
+    pub(crate) tracing: Option<Arc<Tracing>>,
 }
 
 /// Where an app's requests go.
@@ -139,6 +147,9 @@ impl Gateway {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let _in_flight = InFlight::new(&self.metrics);
         let mut ctx = RequestCtx::new(&req);
+        if let Some(tracing) = &self.tracing {
+            self.trace_start(tracing, &mut ctx, &req);
+        }
         let resp = match self.phases(&mut ctx, req).await {
             Ok(resp) => resp,
             Err(err) => {
@@ -153,6 +164,9 @@ impl Gateway {
             }
         };
         self.logging(&ctx, &resp);
+        if let Some(trace) = ctx.trace.take() {
+            self.trace_end(&ctx, trace, &resp);
+        }
         resp
     }
 
@@ -182,13 +196,13 @@ impl Gateway {
                 ctx.body_unread = true;
                 // Resource keys read from a JSON body do not apply to an
                 // upload; those of its path, query and endpoint do.
-                self.admit(ctx, &parts, &Bytes::new()).await?;
+                self.admit_traced(ctx, &parts, &Bytes::new()).await?;
                 let resp = self.forward_streamed(ctx, &parts, upload).await?;
                 return Ok(self.response_filter(resp));
             }
         };
         self.validate(ctx, &parts, &body)?;
-        self.admit(ctx, &parts, &body).await?;
+        self.admit_traced(ctx, &parts, &body).await?;
         let resp = self.forward(ctx, &parts, body).await?;
         Ok(self.response_filter(resp))
     }
@@ -217,6 +231,11 @@ impl Gateway {
     /// The metrics (for `/metrics`).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The tracer, when `[tracing]` is enabled.
+    pub fn tracing(&self) -> Option<&Arc<Tracing>> {
+        self.tracing.as_ref()
     }
 }
 

@@ -350,7 +350,7 @@ impl Gateway {
         &self,
         ctx: &mut RequestCtx,
         app: usize,
-        req: &Request<Bytes>,
+        req: &mut Request<Bytes>,
     ) -> Result<Inspected, GatewayError> {
         let first = Instant::now();
         let mut result = self.send(ctx, app, req, self.upstream_timeout).await;
@@ -371,6 +371,9 @@ impl Gateway {
             if let Err(skip) = self.may_retry(ctx, app, may, made, took, deadline).await {
                 self.metrics
                     .retry_skipped(ctx.app, ctx.route, skip.as_str());
+                if let Some(trace) = &ctx.trace {
+                    trace.retry_skipped(skip.as_str());
+                }
                 if skip == Skip::Budget {
                     tracing::warn!(
                         app = %self.apps[app].name,
@@ -383,6 +386,9 @@ impl Gateway {
             drop(result);
             made += 1;
             self.metrics.retry(ctx.app, ctx.route, reason.as_str());
+            if let Some(trace) = &ctx.trace {
+                trace.retry(reason.as_str(), made);
+            }
             tracing::info!(
                 app = %self.apps[app].name,
                 reason = reason.as_str(),

@@ -56,6 +56,7 @@ use crate::upstream::{OutgoingBody, UpstreamFailure};
 use crate::validate::{FormCheck, ValidationMode, Violations};
 
 use super::headers::upstream_headers;
+use super::spans::call_end;
 use super::{Gateway, RequestCtx};
 
 /// Bodies declaring at most this many bytes are read whole; larger ones
@@ -196,7 +197,8 @@ impl Gateway {
             Some(user) => (user.clone(), None),
             None => {
                 let slot = self.token_slot(ctx, app);
-                let token = self.tokens.get_slot_fresh(&slot).await.map_err(|e| {
+                let fresh = self.tokens.get_slot_fresh(&slot, ctx.trace.as_ref());
+                let token = fresh.await.map_err(|e| {
                     ctx.body_unread = true;
                     self.token_failure(ctx, e)
                 })?;
@@ -209,6 +211,7 @@ impl Gateway {
         let mut headers = upstream_headers(&parts.headers);
         headers.insert(HOST, self.apps[app].host.clone());
         headers.insert(AUTHORIZATION, authorization);
+        let span = self.call_start(ctx, app, &mut headers);
         *req.headers_mut() = headers;
 
         let started = Instant::now();
@@ -228,6 +231,15 @@ impl Gateway {
             w = self.watchdog(&state) => Err(w),
         };
         ctx.upstream_time = Some(ctx.upstream_time.unwrap_or_default() + started.elapsed());
+        call_end(
+            span,
+            match &outcome {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(failure)) => Err(failure.as_str()),
+                Err(Watchdog::Stalled { .. }) => Err("idle_timeout"),
+                Err(Watchdog::Timeout) => Err("timeout"),
+            },
+        );
         if let Some(v) = state.take_logged() {
             self.form_broken(ctx, v, false)?;
         }

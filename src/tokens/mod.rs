@@ -54,6 +54,7 @@ use tokio::time::Instant;
 
 use crate::feishu::{codes, paths, FeishuError};
 use crate::observe::metrics::Metrics;
+use crate::observe::trace::{self, RequestTrace};
 use crate::secret::Secret;
 use crate::upstream::{endpoint, post_json, HttpClient, Upstream};
 use ticket::TicketBox;
@@ -191,6 +192,20 @@ impl TokenManager {
         self: &Arc<Self>,
         slot: &Arc<TokenSlot>,
     ) -> Result<Arc<Token>, FeishuError> {
+        self.get_slot_traced(slot, None).await
+    }
+
+    /// [`TokenManager::get_slot`] for a request with a trace: when it has
+    /// to wait (no usable token cached), the wait is a `token wait` span of
+    /// the request, with the token call as a `token fetch` child when the
+    /// request makes it, and its outcome: `fetched` (a call of its own),
+    /// `waited` (another's call: the background refresh, another request)
+    /// or `failed`. A cached token, the usual case, makes no span.
+    pub async fn get_slot_traced(
+        self: &Arc<Self>,
+        slot: &Arc<TokenSlot>,
+        trace: Option<&RequestTrace>,
+    ) -> Result<Arc<Token>, FeishuError> {
         let requested_at = Instant::now();
         if let Some(t) = slot.usable(requested_at) {
             if matches!(slot.source, Source::StoreTenant { .. })
@@ -206,9 +221,39 @@ impl TokenManager {
             }
             return Ok(t);
         }
+        let wait = trace.and_then(|t| t.child("token wait"));
+        if let Some(span) = &wait {
+            span.set(trace::key::TOKEN_KIND, slot.source.field());
+        }
+        let outcome = self.wait_or_fetch(slot, requested_at, wait.as_ref()).await;
+        if let Some(span) = &wait {
+            match &outcome {
+                Ok((_, fetched)) => span.set(
+                    trace::key::TOKEN_OUTCOME,
+                    if *fetched { "fetched" } else { "waited" },
+                ),
+                Err(e) => {
+                    span.set(trace::key::TOKEN_OUTCOME, "failed");
+                    span.set(trace::key::CODE, e.code);
+                    span.fail("no token");
+                }
+            }
+        }
+        outcome.map(|(token, _)| token)
+    }
+
+    /// The slow way of [`TokenManager::get_slot_traced`]: the slot's flight
+    /// lock, then the token someone fetched meanwhile, the failure they met,
+    /// or a call of our own (`true`).
+    async fn wait_or_fetch(
+        self: &Arc<Self>,
+        slot: &Arc<TokenSlot>,
+        requested_at: Instant,
+        span: Option<&trace::Span>,
+    ) -> Result<(Arc<Token>, bool), FeishuError> {
         let mut flight = slot.flight.lock().await;
         if let Some(t) = slot.usable(Instant::now()) {
-            return Ok(t);
+            return Ok((t, false));
         }
         // A fetch that failed while we queued answers for us too.
         if let Some((at, err)) = &flight.last_failure {
@@ -221,7 +266,13 @@ impl TokenManager {
                 return Err(err.clone());
             }
         }
-        self.attempt(slot, &mut flight).await
+        let fetch = span.map(|s| s.child("token fetch", trace::Kind::Client));
+        let fetched = self.attempt(slot, &mut flight).await;
+        if let (Some(span), Err(e)) = (&fetch, &fetched) {
+            span.set(trace::key::CODE, e.code);
+            span.fail("token call failed");
+        }
+        fetched.map(|t| (t, true))
     }
 
     /// A token of `slot` that is not yet due for refresh, for a request
@@ -233,8 +284,9 @@ impl TokenManager {
     pub async fn get_slot_fresh(
         self: &Arc<Self>,
         slot: &Arc<TokenSlot>,
+        trace: Option<&RequestTrace>,
     ) -> Result<Arc<Token>, FeishuError> {
-        let token = self.get_slot(slot).await?;
+        let token = self.get_slot_traced(slot, trace).await?;
         if Instant::now() < token.refresh_at {
             return Ok(token);
         }
@@ -553,16 +605,16 @@ app = "a"
         let m = Arc::new(manager_at("25m", &sim.base_url()));
         let slot = Arc::clone(m.app_slot(0));
         let first = m.get_slot(&slot).await.unwrap();
-        let fresh = m.get_slot_fresh(&slot).await.unwrap();
+        let fresh = m.get_slot_fresh(&slot, None).await.unwrap();
         assert_eq!(fresh.generation, first.generation, "not due yet: kept");
         tokio::time::sleep_until(first.refresh_at + Duration::from_millis(100)).await;
         let ordinary = m.get_slot(&slot).await.unwrap();
         assert_eq!(ordinary.generation, first.generation, "still usable");
-        let fresh = m.get_slot_fresh(&slot).await.unwrap();
+        let fresh = m.get_slot_fresh(&slot, None).await.unwrap();
         assert_ne!(fresh.generation, first.generation, "replaced");
         assert!(Instant::now() < fresh.refresh_at);
         assert_eq!(sim.token_calls().len(), 2);
-        let again = m.get_slot_fresh(&slot).await.unwrap();
+        let again = m.get_slot_fresh(&slot, None).await.unwrap();
         assert_eq!(again.generation, fresh.generation, "one fetch, then cached");
         assert_eq!(sim.token_calls().len(), 2);
     }

@@ -154,6 +154,14 @@ impl GatewayConfig {
         self.set_in("log", "level", filter)
     }
 
+    /// `[tracing]` on: spans to `endpoint` (an OTLP/HTTP base URL, such as
+    /// [`super::otlp::OtlpReceiver::url`]), `sampling_ratio` of new traces.
+    pub fn tracing(self, endpoint: &str, sampling_ratio: f64) -> Self {
+        self.set_in("tracing", "enabled", true)
+            .set_in("tracing", "endpoint", endpoint)
+            .set_in("tracing", "sampling_ratio", sampling_ratio)
+    }
+
     /// `[sdk_tokens]` `signing_key_env`.
     pub fn sdk_signing_key_env(self, var: &str) -> Self {
         self.set_in("sdk_tokens", "signing_key_env", var)

@@ -2,7 +2,8 @@
 //! of it on loopback ports, its config ([`config::GatewayConfig`]), a small
 //! HTTP client, a Redis of the test's own ([`redis_server`]), raw-socket
 //! upstreams ([`scripted`]), two clients flooding one app with quota
-//! shares ([`shares`]) and the Prometheus tools ([`tools`]).
+//! shares ([`shares`]), the Prometheus tools ([`tools`]) and an OTLP
+//! receiver ([`otlp`]).
 //!
 //! Every item of the crate under test that a test file uses is re-exported
 //! here, from [`gateway`], in one place.
@@ -10,6 +11,7 @@
 
 pub mod config;
 mod gateway;
+pub mod otlp;
 pub mod proxy;
 pub mod redis_server;
 pub mod scripted;

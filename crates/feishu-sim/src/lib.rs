@@ -740,6 +740,21 @@ impl SimFeishu {
         self.shared.set_latency(d);
     }
 
+    /// OTLP trace exports received at `POST /v1/traces` (a gateway's
+    /// `[tracing]` pointed at the fake): how many, and their bytes.
+    pub fn otlp_exports(&self) -> (u64, u64) {
+        (
+            self.shared.otlp_exports.load(Ordering::Relaxed),
+            self.shared.otlp_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Delay added to every token call's answer (self-built and store apps)
+    /// from now on. Default 0.
+    pub fn set_token_latency(&self, d: Duration) {
+        self.shared.set_token_latency(d);
+    }
+
     /// Lifetime of the tokens issued from now on (issued ones keep theirs).
     pub fn set_token_lifetime(&self, d: Duration) {
         lock(&self.shared.tokens).set_lifetime(d);

@@ -13,9 +13,9 @@
 //!    chat ids, success and the monthly budget; the first phase that
 //!    answers ends it.
 //! 4. wait: `X-Sim-Delay-Ms` (any request) plus the configured latency
-//!    (business requests) plus the write time of an admitted bitable write
-//!    or drive upload, with no lock held; such a write holds its in-flight
-//!    slot until then.
+//!    (business requests) or token latency (token calls) plus the write
+//!    time of an admitted bitable write or drive upload, with no lock held;
+//!    such a write holds its in-flight slot until then.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -140,6 +140,9 @@ async fn handle(
             Err(_) => return Err(Dropped),
         },
     };
+    if parts.uri.path() == OTLP_TRACES {
+        return Ok(otlp(&shared, &parts.method, &body));
+    }
     if shared.faults.take_drop() {
         return Err(Dropped);
     }
@@ -149,9 +152,13 @@ async fn handle(
 
     let decided = match auth_route(&parts.method, parts.uri.path()) {
         Some(AuthRoute::SelfBuilt(kind)) => {
+            wait += shared.token_latency();
             token_call(&shared, kind, &body, arrived, &logid).into()
         }
-        Some(AuthRoute::Store(kind)) => store_call(&shared, kind, &body, arrived, &logid).into(),
+        Some(AuthRoute::Store(kind)) => {
+            wait += shared.token_latency();
+            store_call(&shared, kind, &body, arrived, &logid).into()
+        }
         None => {
             wait += shared.latency();
             let mut decided = business(&shared, parts, body, arrived, &logid);
@@ -174,6 +181,39 @@ async fn handle(
     }
     drop(in_flight);
     Ok(answer.into_response(&logid))
+}
+
+/// An OpenTelemetry collector's OTLP/HTTP traces endpoint, so that a
+/// gateway's `[tracing]` can export to the fake (`benches/load.sh
+/// --tracing`).
+const OTLP_TRACES: &str = "/v1/traces";
+
+/// `POST /v1/traces`: the export is counted and dropped, and answered as a
+/// collector does (an empty `ExportTraceServiceResponse`). `GET`: the
+/// counts so far, as JSON.
+fn otlp(shared: &Shared, method: &Method, body: &Bytes) -> Response<Full<Bytes>> {
+    let (status, content_type, answer) = if method == Method::POST {
+        shared.otlp_exports.fetch_add(1, Ordering::Relaxed);
+        shared
+            .otlp_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        (StatusCode::OK, "application/x-protobuf", Bytes::new())
+    } else {
+        let counts = json!({
+            "exports": shared.otlp_exports.load(Ordering::Relaxed),
+            "bytes": shared.otlp_bytes.load(Ordering::Relaxed),
+        });
+        (
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(counts.to_string()),
+        )
+    };
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(answer))
+        .expect("a valid answer")
 }
 
 /// `X-Sim-Delay-Ms: <n>`, or zero.

@@ -194,6 +194,11 @@ pub(crate) struct Shared {
     pub(crate) record_requests: bool,
     /// Business-answer latency in nanoseconds.
     latency_ns: AtomicU64,
+    /// Token-call latency in nanoseconds.
+    token_latency_ns: AtomicU64,
+    /// OTLP trace exports received (`POST /v1/traces`), and their bytes.
+    pub(crate) otlp_exports: AtomicU64,
+    pub(crate) otlp_bytes: AtomicU64,
     /// A [`QuotaMode`] as `u8`.
     pub(crate) quota_mode: AtomicU8,
     pub(crate) faults: Faults,
@@ -252,6 +257,9 @@ impl Shared {
             token_invalid_status: cfg.token_invalid_status,
             record_requests: cfg.record_requests,
             latency_ns: AtomicU64::new(0),
+            token_latency_ns: AtomicU64::new(0),
+            otlp_exports: AtomicU64::new(0),
+            otlp_bytes: AtomicU64::new(0),
             quota_mode: AtomicU8::new(cfg.quota.to_u8()),
             faults: Faults::default(),
             tokens: Mutex::new(TokenBook::new(cfg.token_lifetime, cfg.same_token_threshold)),
@@ -300,6 +308,15 @@ impl Shared {
 
     pub(crate) fn latency(&self) -> Duration {
         Duration::from_nanos(self.latency_ns.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_token_latency(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.token_latency_ns.store(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn token_latency(&self) -> Duration {
+        Duration::from_nanos(self.token_latency_ns.load(Ordering::Relaxed))
     }
 
     pub(crate) fn quota_mode(&self) -> QuotaMode {

@@ -102,6 +102,10 @@ pub struct AccessRecord<'a> {
     pub gateway_error: Option<&'a str>,
     /// The token-invalid code that caused a replay (`-`).
     pub replayed_after: Option<i64>,
+    /// The W3C trace id (32 hex digits) when the request is part of a
+    /// trace (`[tracing]`); without one the field is left out, so lines
+    /// without tracing are as before.
+    pub trace_id: Option<&'a str>,
 }
 
 impl AccessRecord<'_> {
@@ -126,6 +130,9 @@ impl AccessRecord<'_> {
             self.replayed_after
                 .map_or("-", |c| replayed_after.format(c)),
         );
+        if let Some(id) = self.trace_id {
+            line.str(key!("trace_id"), id);
+        }
     }
 
     /// The record as a tracing event (the slow way; see [`access`]).
@@ -144,6 +151,8 @@ impl AccessRecord<'_> {
             logid = self.logid.unwrap_or("-"),
             gateway_error = self.gateway_error.unwrap_or("-"),
             replayed_after = %NumberOr(self.replayed_after, "-"),
+            // An absent Option records nothing: the field is left out.
+            trace_id = self.trace_id,
             "request"
         );
     }
@@ -189,6 +198,7 @@ pub(super) static ACCESS_META: Metadata<'static> = Metadata::new(
             "logid",
             "gateway_error",
             "replayed_after",
+            "trace_id",
         ],
         tracing_core::identify_callsite!(&ACCESS_CALLSITE),
     ),

@@ -278,6 +278,7 @@ fn records() -> Vec<AccessRecord<'static>> {
         logid: Some("2026112410111200000000000000000000"),
         gateway_error: None,
         replayed_after: None,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
     };
     let absent = AccessRecord {
         request_id: None,
@@ -292,6 +293,7 @@ fn records() -> Vec<AccessRecord<'static>> {
         logid: None,
         gateway_error: Some("unauthorized"),
         replayed_after: None,
+        trace_id: None,
     };
     let mut all = vec![
         usual,
@@ -316,6 +318,7 @@ fn records() -> Vec<AccessRecord<'static>> {
             request_id: Some(odd),
             client: Some(odd),
             key: Some(odd),
+            trace_id: Some(odd),
             ..usual
         });
         all.push(AccessRecord {
