@@ -165,7 +165,7 @@ impl Gateway {
         };
         self.logging(&ctx, &resp);
         if let Some(trace) = ctx.trace.take() {
-            self.trace_end(&ctx, trace, &resp);
+            self.trace_end(&ctx, *trace, &resp);
         }
         resp
     }

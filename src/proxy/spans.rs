@@ -38,7 +38,7 @@ impl Gateway {
     pub(super) fn trace_end(
         &self,
         ctx: &RequestCtx,
-        trace: Box<RequestTrace>,
+        trace: RequestTrace,
         resp: &Response<ProxyBody>,
     ) {
         if trace.is_recording() {
