@@ -50,8 +50,9 @@ pub struct RequestCtx {
     /// (an upload stopped): the answer closes the connection.
     pub body_unread: bool,
     /// The request's trace (`[tracing]`): its span and the caller's
-    /// context; `None` when tracing is off (see `spans.rs`).
-    pub trace: Option<RequestTrace>,
+    /// context; `None` when tracing is off (see `spans.rs`). Boxed: off, it
+    /// costs the request's state one word.
+    pub trace: Option<Box<RequestTrace>>,
 }
 
 impl RequestCtx {

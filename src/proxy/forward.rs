@@ -54,7 +54,7 @@ impl Gateway {
                     let slot = self.token_slot(ctx, app);
                     let token = self
                         .tokens
-                        .get_slot_traced(&slot, ctx.trace.as_ref())
+                        .get_slot_traced(&slot, ctx.trace.as_deref())
                         .await
                         .map_err(|e| self.token_failure(ctx, e))?;
                     (token.header.clone(), Some((slot, token.generation)))

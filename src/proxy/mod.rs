@@ -165,7 +165,7 @@ impl Gateway {
         };
         self.logging(&ctx, &resp);
         if let Some(trace) = ctx.trace.take() {
-            self.trace_end(&ctx, trace, &resp);
+            self.trace_end(&ctx, *trace, &resp);
         }
         resp
     }
@@ -196,13 +196,19 @@ impl Gateway {
                 ctx.body_unread = true;
                 // Resource keys read from a JSON body do not apply to an
                 // upload; those of its path, query and endpoint do.
-                self.admit_traced(ctx, &parts, &Bytes::new()).await?;
+                let quota = self.quota_start(ctx);
+                let admitted = self.admit(ctx, &parts, &Bytes::new()).await;
+                spans::quota_end(quota, &admitted);
+                admitted?;
                 let resp = self.forward_streamed(ctx, &parts, upload).await?;
                 return Ok(self.response_filter(resp));
             }
         };
         self.validate(ctx, &parts, &body)?;
-        self.admit_traced(ctx, &parts, &body).await?;
+        let quota = self.quota_start(ctx);
+        let admitted = self.admit(ctx, &parts, &body).await;
+        spans::quota_end(quota, &admitted);
+        admitted?;
         let resp = self.forward(ctx, &parts, body).await?;
         Ok(self.response_filter(resp))
     }

@@ -9,8 +9,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::request::Parts;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 
@@ -31,7 +29,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         req: &Request<Incoming>,
     ) {
-        ctx.trace = tracing.request(req.method(), req.headers());
+        ctx.trace = tracing.request(req.method(), req.headers()).map(Box::new);
     }
 
     /// Ends the request's span with what the access line says: app, client,
@@ -70,26 +68,11 @@ impl Gateway {
         trace.end(route, resp.status().as_u16());
     }
 
-    /// Phase `admit` in a `quota` span: the monthly budget, the resource
-    /// limits and the quota, with the time spent waiting for a slot; its
-    /// outcome `admitted`, or the gateway's reason for refusing.
-    pub(super) async fn admit_traced(
-        &self,
-        ctx: &mut RequestCtx,
-        parts: &Parts,
-        body: &Bytes,
-    ) -> Result<(), GatewayError> {
-        let span = ctx.trace.as_ref().and_then(|t| t.child("quota"));
-        let admitted = self.admit(ctx, parts, body).await;
-        if let Some(span) = span {
-            span.set(
-                key::QUOTA_OUTCOME,
-                admitted
-                    .as_ref()
-                    .map_or_else(|e| e.reason(), |()| "admitted"),
-            );
-        }
-        admitted
+    /// The `quota` span around phase `admit` (the monthly budget, the
+    /// resource limits and the quota, with the time spent waiting for a
+    /// slot); `None` without a trace.
+    pub(super) fn quota_start(&self, ctx: &RequestCtx) -> Option<Span> {
+        ctx.trace.as_ref().and_then(|t| t.child("quota"))
     }
 
     /// Starts the span of one attempt upstream (`feishu call`) and writes
@@ -115,6 +98,19 @@ impl Gateway {
             span.set(key::ROUTE, self.catalog.route(route).template.clone());
         }
         Some(span)
+    }
+}
+
+/// The `quota` span's end: `admitted`, or the gateway's reason for
+/// refusing.
+pub(super) fn quota_end(span: Option<Span>, admitted: &Result<(), GatewayError>) {
+    if let Some(span) = span {
+        span.set(
+            key::QUOTA_OUTCOME,
+            admitted
+                .as_ref()
+                .map_or_else(|e| e.reason(), |()| "admitted"),
+        );
     }
 }
 

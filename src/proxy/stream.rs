@@ -197,7 +197,7 @@ impl Gateway {
             Some(user) => (user.clone(), None),
             None => {
                 let slot = self.token_slot(ctx, app);
-                let fresh = self.tokens.get_slot_fresh(&slot, ctx.trace.as_ref());
+                let fresh = self.tokens.get_slot_fresh(&slot, ctx.trace.as_deref());
                 let token = fresh.await.map_err(|e| {
                     ctx.body_unread = true;
                     self.token_failure(ctx, e)

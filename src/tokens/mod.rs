@@ -225,7 +225,9 @@ impl TokenManager {
         if let Some(span) = &wait {
             span.set(trace::key::TOKEN_KIND, slot.source.field());
         }
-        let outcome = self.wait_or_fetch(slot, requested_at, wait.as_ref()).await;
+        // Boxed: the slow way (a lock, maybe a token call) stays out of the
+        // future of every request, which almost always has a token cached.
+        let outcome = Box::pin(self.wait_or_fetch(slot, requested_at, wait.as_ref())).await;
         if let Some(span) = &wait {
             match &outcome {
                 Ok((_, fetched)) => span.set(
