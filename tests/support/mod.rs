@@ -1,6 +1,7 @@
 //! The integration tests' harness: a simulated Feishu, the gateway in front
 //! of it on loopback ports, its config ([`config::GatewayConfig`]), a small
-//! HTTP client, a Redis of the test's own ([`redis_server`]), raw-socket
+//! HTTP client, a Redis of the test's own ([`redis_server`]), a Redis
+//! Cluster or Sentinel set of the test's own ([`redis_ha`]), raw-socket
 //! upstreams ([`scripted`]), two clients flooding one app with quota
 //! shares ([`shares`]), the Prometheus tools ([`tools`]) and an OTLP
 //! receiver ([`otlp`]).
@@ -13,6 +14,7 @@ pub mod config;
 mod gateway;
 pub mod otlp;
 pub mod proxy;
+pub mod redis_ha;
 pub mod redis_server;
 pub mod scripted;
 pub mod shares;
