@@ -4,8 +4,10 @@
 //! `deploy/ci-install-redis.sh`).
 //!
 //! 1. The added latency of one admission decision: `Engine::acquire` in
-//!    reject mode, local vs Redis, one caller at a time (p50/p99 in µs), and
-//!    with 64 concurrent callers on one multiplexed connection.
+//!    reject mode, local vs one Redis vs a 3-primary Redis Cluster (started
+//!    here with `redis-cli --cluster create`), one caller at a time
+//!    (p50/p99 in µs), and with 64 concurrent callers on one multiplexed
+//!    connection. `cargo bench --bench redis -- latency` runs only this.
 //! 2. Efficiency under sustained overload with the seed limits (`50/1s`,
 //!    `1000/60s`): three engines (replicas) on one Redis hammer one key for
 //!    65 s; admissions in the last 60 s as a share of 1000, and the most
@@ -26,6 +28,7 @@ use feishu_gateway::quota::{
     Cause, Engine, FailMode, KeySpec, Overflow, Plan, PlanPolicy, QuotaKey, RedisQuota,
     RedisSettings, Window,
 };
+use feishu_gateway::redis_connection::{ClusterTarget, NodeAuth, RedisTarget};
 use feishu_gateway::secret::Secret;
 use feishu_sim::{QuotaMode, SimConfig, SimFeishu};
 use http_body_util::{BodyExt, Full};
@@ -49,16 +52,20 @@ impl Drop for RedisServer {
 }
 
 fn start_redis() -> Option<RedisServer> {
+    start_redis_with(&[], &std::env::temp_dir())
+}
+
+fn start_redis_with(extra: &[&str], dir: &std::path::Path) -> Option<RedisServer> {
     let port = StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .ok()?
         .port();
-    let dir = std::env::temp_dir();
     let child = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no"])
+        .args(extra)
         .arg("--dir")
-        .arg(&dir)
+        .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -72,6 +79,49 @@ fn start_redis() -> Option<RedisServer> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Some(server)
+}
+
+/// Three cluster-mode servers made one Cluster (no replicas), each in a
+/// directory of its own (they write nodes.conf). The directories go with
+/// the servers.
+fn start_cluster() -> Option<(Vec<RedisServer>, Vec<tempfile::TempDir>)> {
+    let mut servers = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().ok()?;
+        let extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"];
+        servers.push(start_redis_with(&extra, dir.path())?);
+        dirs.push(dir);
+    }
+    let nodes: Vec<String> = servers
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.1))
+        .collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&nodes)
+        .args(["--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    if !created.success() {
+        return None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = Command::new("redis-cli")
+            .args(["-p", &servers[0].1.to_string(), "cluster", "info"])
+            .output()
+            .ok()?;
+        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            return Some((servers, dirs));
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -134,7 +184,7 @@ async fn overload(url: &str, secs: u64) -> (Vec<f64>, usize) {
     let mut handles = Vec::new();
     for _replica in 0..3 {
         let settings = RedisSettings {
-            url: Secret::new(url.to_string()),
+            target: RedisTarget::Url(Secret::new(url.to_string())),
             ca_file: None,
             key_prefix: "bench-overload:".into(),
             fail: FailMode::Closed,
@@ -278,6 +328,25 @@ async fn gateway_load(
     (rate, percentile(&all, 0.5), percentile(&all, 0.99), other)
 }
 
+/// A Redis engine on `target` holding `spec`, once it has settled.
+async fn redis_engine(target: &RedisTarget, spec: KeySpec) -> Engine {
+    let settings = RedisSettings {
+        target: target.clone(),
+        ca_file: None,
+        key_prefix: "bench:".into(),
+        fail: FailMode::Closed,
+        replicas: 1,
+        timeout: Duration::from_millis(50),
+        min_rate_fraction: PlanPolicy::default().min_rate_fraction,
+        probe_interval: Duration::from_millis(500),
+    };
+    let q = RedisQuota::new(&settings, vec![spec], None).expect("engine");
+    while !q.is_settled() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Engine::Redis(q)
+}
+
 fn main() {
     if Command::new("redis-server")
         .arg("--version")
@@ -298,27 +367,36 @@ fn main() {
         println!("quota check latency (reject mode, always admitted), loopback redis-server");
         let spec = || KeySpec::new(roomy_plan(), 0).with_name("cli_bench:POST /bench");
         let local = Engine::local(vec![spec()]);
-        let settings = RedisSettings {
-            url: Secret::new(url.clone()),
-            ca_file: None,
-            key_prefix: "bench:".into(),
-            fail: FailMode::Closed,
-            replicas: 1,
-            timeout: Duration::from_millis(50),
-            min_rate_fraction: PlanPolicy::default().min_rate_fraction,
-            probe_interval: Duration::from_millis(500),
+        let single = RedisTarget::Url(Secret::new(url.clone()));
+        let shared = redis_engine(&single, spec()).await;
+        let cluster = start_cluster();
+        let on_cluster = match &cluster {
+            Some((servers, _)) => {
+                let target = RedisTarget::Cluster(ClusterTarget {
+                    nodes: servers.iter().map(|s| format!("127.0.0.1:{}", s.1)).collect(),
+                    tls: false,
+                    auth: NodeAuth::default(),
+                });
+                Some(redis_engine(&target, spec()).await)
+            }
+            None => {
+                println!("  (no Redis Cluster: redis-cli --cluster create failed; its rows are left out)");
+                None
+            }
         };
-        let redis_q = RedisQuota::new(&settings, vec![spec()], None).expect("engine");
-        while !redis_q.is_settled() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let shared = Engine::Redis(redis_q);
         let _ = sequential(&shared, 2_000).await; // warm up
+        if let Some(c) = &on_cluster {
+            let _ = sequential(c, 2_000).await;
+        }
         println!(
             "  {:<28} {:>9} {:>9} {:>12}",
             "", "p50 µs", "p99 µs", "checks/s"
         );
-        for (name, engine) in [("local", &local), ("redis", &shared)] {
+        let mut rows = vec![("local", &local), ("redis", &shared)];
+        if let Some(c) = &on_cluster {
+            rows.push(("redis cluster", c));
+        }
+        for (name, engine) in rows {
             let lat = sequential(engine, 20_000).await;
             let total: f64 = lat.iter().map(|d| d.as_secs_f64()).sum();
             println!(
@@ -338,6 +416,11 @@ fn main() {
             );
         }
 
+        drop(on_cluster);
+        drop(cluster);
+        if std::env::args().any(|a| a == "latency") {
+            return;
+        }
         println!();
         println!("sustained overload, seed limits, 3 replicas x 4 callers, 65 s");
         let (times, failed) = overload(&url, 65).await;

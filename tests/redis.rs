@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use feishu_gateway::redis_connection::RedisTarget;
 use http::StatusCode;
 use support::config::Client;
 use support::config::{Quota, QuotaFail, QuotaOverflow};
@@ -843,10 +844,10 @@ fn redis_config_keys_defaults_and_problems() {
     assert_eq!(q.replicas, 3);
     assert_eq!(q.key_prefix, "feishu-gateway:");
     assert_eq!(q.redis_timeout, Duration::from_millis(50));
-    assert_eq!(
-        q.redis_url.as_ref().unwrap().expose(),
-        "redis://:hunter2-secret@redis:6379/0"
-    );
+    match q.redis.as_ref().unwrap() {
+        RedisTarget::Url(url) => assert_eq!(url.expose(), "redis://:hunter2-secret@redis:6379/0"),
+        other => panic!("{other:?}"),
+    }
     assert!(!format!("{c:?}").contains("hunter2"), "never printed");
 
     let c = config()
@@ -860,6 +861,49 @@ fn redis_config_keys_defaults_and_problems() {
     assert_eq!(c.quota.fail, FailMode::Closed);
     assert_eq!(c.quota.replicas, 1);
     assert_eq!(c.quota.key_prefix, "gw1:");
+
+    // Sentinel: the sentinels, the primary's name, the data nodes' and the
+    // sentinels' own passwords (from the environment and a file).
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = dir.path().join("sentinel-pw");
+    std::fs::write(&pw_file, "hunter2-sentinel\n").unwrap();
+    let c = config()
+        .env("REDIS_PW", "hunter2-data")
+        .raw(&format!(
+            "[quota]\nbackend = \"redis\"\nreplicas = 3\nredis_sentinels = [\"10.0.0.1:26379\", \"sentinel-2:26379\"]\nredis_sentinel_master = \"gw\"\nredis_db = 2\nredis_tls = true\nredis_username = \"gateway\"\nredis_password_env = \"REDIS_PW\"\nredis_sentinel_password_file = {:?}\n",
+            pw_file.display().to_string()
+        ))
+        .parse();
+    match c.quota.redis.as_ref().unwrap() {
+        RedisTarget::Sentinel(s) => {
+            assert_eq!(s.sentinels, ["10.0.0.1:26379", "sentinel-2:26379"]);
+            assert_eq!((s.master.as_str(), s.db, s.tls), ("gw", 2, true));
+            assert_eq!(s.auth.username.as_deref(), Some("gateway"));
+            assert_eq!(s.auth.password.as_ref().unwrap().expose(), "hunter2-data");
+            assert_eq!(
+                s.sentinel_auth.password.as_ref().unwrap().expose(),
+                "hunter2-sentinel"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!format!("{c:?}").contains("hunter2"), "never printed");
+
+    // Cluster: seed nodes, an inline password.
+    let c = config()
+        .raw("[quota]\nbackend = \"redis\"\nreplicas = 3\nredis_cluster_nodes = [\"10.0.0.1:7000\", \"10.0.0.2:7000\"]\nredis_password = \"hunter2-cluster\"\n")
+        .parse();
+    match c.quota.redis.as_ref().unwrap() {
+        RedisTarget::Cluster(cl) => {
+            assert_eq!(cl.nodes, ["10.0.0.1:7000", "10.0.0.2:7000"]);
+            assert!(!cl.tls);
+            assert_eq!(
+                cl.auth.password.as_ref().unwrap().expose(),
+                "hunter2-cluster"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 
     // The local default is untouched.
     let c = config().parse();
@@ -893,6 +937,42 @@ fn redis_config_keys_defaults_and_problems() {
             "is not a URL",
         ),
         ("redis_url = \"redis://a\"", "quota.redis_url", "only applies"),
+        (
+            "backend = \"redis\"\nreplicas = 2\nredis_sentinels = [\"a:26379\"]",
+            "quota.redis_sentinel_master",
+            "is required",
+        ),
+        (
+            "backend = \"redis\"\nreplicas = 2\nredis_url = \"redis://a\"\nredis_cluster_nodes = [\"a:7000\"]",
+            "quota.redis_url",
+            "only one of a URL",
+        ),
+        (
+            "backend = \"redis\"\nreplicas = 2\nredis_cluster_nodes = [\"redis://:hunter2@a:7000\"]",
+            "quota.redis_cluster_nodes[0]",
+            "is not host:port",
+        ),
+        (
+            "backend = \"redis\"\nreplicas = 2\nredis_cluster_nodes = []",
+            "quota.redis_cluster_nodes",
+            "at least one",
+        ),
+        (
+            "backend = \"redis\"\nreplicas = 2\nredis_cluster_nodes = [\"a:7000\"]\nredis_db = 1",
+            "quota.redis_db",
+            "only applies with `redis_sentinels`",
+        ),
+        (
+            "backend = \"redis\"\nreplicas = 2\nredis_url = \"redis://a\"\nredis_tls = true",
+            "quota.redis_tls",
+            "only applies",
+        ),
+        (
+            "backend = \"redis\"\nreplicas = 2\nredis_cluster_nodes = [\"a:7000\"]\nredis_password = \"hunter2\"\nredis_password_env = \"X\"",
+            "quota.redis_password",
+            "only one",
+        ),
+        ("redis_cluster_nodes = [\"a:7000\"]", "quota.redis_cluster_nodes", "only applies"),
     ] {
         let err = config()
             .raw(&format!("[quota]\n{quota}"))

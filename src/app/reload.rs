@@ -295,9 +295,9 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     let (q, n) = (&old.quota, &new.quota);
     check(
-        "quota backend (backend, redis_url, redis_ca_file, key_prefix, fail, replicas, redis_timeout)",
+        "quota backend (backend, redis_url / redis_sentinels / redis_cluster_nodes and their credentials, redis_ca_file, key_prefix, fail, replicas, redis_timeout)",
         q.backend != n.backend
-            || q.redis_url != n.redis_url
+            || q.redis != n.redis
             || q.redis_ca_file != n.redis_ca_file
             || q.key_prefix != n.key_prefix
             || q.fail != n.fail
@@ -328,7 +328,7 @@ pub fn effective(old: &Config, mut new: Config) -> Config {
     new.timeouts.shutdown_grace = old.timeouts.shutdown_grace;
     let q = &old.quota;
     new.quota.backend = q.backend;
-    new.quota.redis_url = q.redis_url.clone();
+    new.quota.redis = q.redis.clone();
     new.quota.redis_ca_file = q.redis_ca_file.clone();
     new.quota.key_prefix = q.key_prefix.clone();
     new.quota.fail = q.fail;

@@ -96,7 +96,7 @@ impl RedisStore {
     /// again, so a count is never added twice (it stays a lower bound).
     fn incr(&self, budgets: &Arc<Budgets>, g: usize, month: Month) {
         let key = self.key(budgets, g, month);
-        let mut conn = self.conn.manager();
+        let mut conn = self.conn.handle();
         let budgets = Arc::clone(budgets);
         tokio::spawn(async move {
             let mut pipe = redis::pipe();
@@ -155,7 +155,7 @@ impl RedisStore {
             }
             sent.push((month, unsent));
         }
-        let mut conn = self.conn.manager();
+        let mut conn = self.conn.handle();
         match pipe.query_async::<Vec<Option<u64>>>(&mut conn).await {
             Ok(totals) => {
                 for (g, ((month, _), total)) in sent.iter().zip(totals).enumerate() {

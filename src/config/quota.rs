@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::reader::{Problems, Section};
 use super::{secret_source, Environment};
 use crate::quota::{OverflowMode, QuotaConfig};
+use crate::redis_connection::{ClusterTarget, NodeAuth, RedisTarget, SentinelTarget};
 use crate::secret::Secret;
 
 /// Reads `[quota]`. Absent, quotas are local with the defaults.
@@ -23,7 +24,7 @@ pub(super) fn read(root: &mut Section<'_>, env: &dyn Environment, p: &mut Proble
         max_wait: Duration::from_secs(5),
         max_waiters: 256,
         backend: BackendKind::Local,
-        redis_url: None,
+        redis: None,
         redis_ca_file: None,
         key_prefix: "feishu-gateway:".to_string(),
         fail: FailMode::Local,
@@ -69,6 +70,18 @@ pub(super) fn read(root: &mut Section<'_>, env: &dyn Environment, p: &mut Proble
             "redis_url",
             "redis_url_env",
             "redis_url_file",
+            "redis_sentinels",
+            "redis_sentinel_master",
+            "redis_sentinel_username",
+            "redis_sentinel_password_env",
+            "redis_sentinel_password_file",
+            "redis_db",
+            "redis_cluster_nodes",
+            "redis_tls",
+            "redis_username",
+            "redis_password",
+            "redis_password_env",
+            "redis_password_file",
             "redis_ca_file",
             "key_prefix",
             "fail",
@@ -95,45 +108,7 @@ pub(super) fn read(root: &mut Section<'_>, env: &dyn Environment, p: &mut Proble
 /// The Redis keys of `[quota]`, with `backend = "redis"`.
 fn read_redis(s: &mut Section<'_>, q: &mut QuotaConfig, env: &dyn Environment, p: &mut Problems) {
     use crate::quota::FailMode;
-    let inline = s.string("redis_url", p);
-    let given = [
-        inline.is_some(),
-        s.value("redis_url_env").is_some(),
-        s.value("redis_url_file").is_some(),
-    ];
-    q.redis_url = match given.iter().filter(|g| **g).count() {
-        0 => {
-            p.push(
-                s.key("redis_url_env"),
-                "is required with backend = \"redis\": set one of `redis_url_env`, `redis_url_file`, `redis_url`",
-            );
-            None
-        }
-        1 => match inline {
-            Some(url) => Some(Secret::new(url.trim())),
-            None => secret_source(s, "redis_url_env", "redis_url_file", &["redis_url"], env, p),
-        },
-        _ => {
-            p.push(
-                s.key("redis_url"),
-                "give only one of `redis_url`, `redis_url_env`, `redis_url_file`",
-            );
-            None
-        }
-    };
-    if let Some(url) = &q.redis_url {
-        // The message never repeats the URL: it may carry a password.
-        let url = url.expose();
-        let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
-            .iter()
-            .any(|prefix| url.starts_with(prefix));
-        if !scheme_ok || redis::IntoConnectionInfo::into_connection_info(url).is_err() {
-            p.push(
-                "quota.redis_url",
-                "is not a URL like redis://host:6379/0 or rediss://:password@host:6380/0",
-            );
-        }
-    }
+    q.redis = redis_target(s, env, p);
     q.redis_ca_file = s.string("redis_ca_file", p).map(std::path::PathBuf::from);
     if let Some(path) = &q.redis_ca_file {
         match env.read_file(path) {
@@ -188,6 +163,212 @@ fn read_redis(s: &mut Section<'_>, q: &mut QuotaConfig, env: &dyn Environment, p
             ),
         );
     }
+}
+
+/// Where Redis is: exactly one of a URL (`redis_url*`), a Sentinel setup
+/// (`redis_sentinels` + `redis_sentinel_master`) or a Cluster
+/// (`redis_cluster_nodes`). No message repeats a URL or a password.
+fn redis_target(
+    s: &mut Section<'_>,
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Option<RedisTarget> {
+    let url_keys = ["redis_url", "redis_url_env", "redis_url_file"];
+    let forms = [
+        url_keys.iter().any(|k| s.value(k).is_some()),
+        s.value("redis_sentinels").is_some(),
+        s.value("redis_cluster_nodes").is_some(),
+    ];
+    let node_keys = [
+        "redis_tls",
+        "redis_username",
+        "redis_password",
+        "redis_password_env",
+        "redis_password_file",
+    ];
+    let sentinel_keys = [
+        "redis_sentinel_master",
+        "redis_db",
+        "redis_sentinel_username",
+        "redis_sentinel_password_env",
+        "redis_sentinel_password_file",
+    ];
+    match forms {
+        [false, false, false] => {
+            p.push(
+                s.key("redis_url_env"),
+                "is required with backend = \"redis\": set one of `redis_url_env`, `redis_url_file`, `redis_url` (one server), `redis_sentinels` (Sentinel) or `redis_cluster_nodes` (Cluster)",
+            );
+            None
+        }
+        [true, false, false] => {
+            misplaced(s, p, &node_keys, "only applies with `redis_sentinels` or `redis_cluster_nodes` (a URL carries its own)");
+            misplaced(s, p, &sentinel_keys, "only applies with `redis_sentinels`");
+            redis_url(s, env, p).map(RedisTarget::Url)
+        }
+        [false, true, false] => {
+            let sentinels = redis_nodes(s, "redis_sentinels", p);
+            let master = match s.string("redis_sentinel_master", p) {
+                Some(m) if !m.trim().is_empty() => Some(m.trim().to_string()),
+                Some(_) => {
+                    p.push(s.key("redis_sentinel_master"), "must not be empty");
+                    None
+                }
+                None => {
+                    p.push(
+                        s.key("redis_sentinel_master"),
+                        "is required with `redis_sentinels`: the name the sentinels monitor the primary under",
+                    );
+                    None
+                }
+            };
+            let db = s.integer("redis_db", 1_000_000, p).unwrap_or(0) as i64;
+            let (tls, auth) = node_auth(s, env, p);
+            let sentinel_auth = NodeAuth {
+                username: s.string("redis_sentinel_username", p).map(str::to_string),
+                password: optional_secret(
+                    s,
+                    "redis_sentinel_password_env",
+                    "redis_sentinel_password_file",
+                    env,
+                    p,
+                ),
+            };
+            Some(RedisTarget::Sentinel(SentinelTarget {
+                sentinels: sentinels?,
+                master: master?,
+                db,
+                tls,
+                auth,
+                sentinel_auth,
+            }))
+        }
+        [false, false, true] => {
+            misplaced(s, p, &sentinel_keys, "only applies with `redis_sentinels`");
+            let nodes = redis_nodes(s, "redis_cluster_nodes", p);
+            let (tls, auth) = node_auth(s, env, p);
+            Some(RedisTarget::Cluster(ClusterTarget {
+                nodes: nodes?,
+                tls,
+                auth,
+            }))
+        }
+        _ => {
+            p.push(
+                "quota.redis_url",
+                "give only one of a URL (`redis_url*`), `redis_sentinels` and `redis_cluster_nodes`",
+            );
+            None
+        }
+    }
+}
+
+/// A problem for each of `keys` that is set but means nothing here.
+fn misplaced<'a>(s: &mut Section<'a>, p: &mut Problems, keys: &[&'a str], why: &str) {
+    for k in keys {
+        if s.value(k).is_some() {
+            p.push(s.key(k), why.to_string());
+        }
+    }
+}
+
+/// `redis_url`, `redis_url_env` or `redis_url_file`, checked as a URL.
+fn redis_url(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -> Option<Secret> {
+    let inline = s.string("redis_url", p);
+    let given = [
+        inline.is_some(),
+        s.value("redis_url_env").is_some(),
+        s.value("redis_url_file").is_some(),
+    ];
+    let url = match given.iter().filter(|g| **g).count() {
+        1 => match inline {
+            Some(url) => Some(Secret::new(url.trim())),
+            None => secret_source(s, "redis_url_env", "redis_url_file", &["redis_url"], env, p),
+        },
+        _ => {
+            p.push(
+                s.key("redis_url"),
+                "give only one of `redis_url`, `redis_url_env`, `redis_url_file`",
+            );
+            None
+        }
+    }?;
+    // The message never repeats the URL: it may carry a password.
+    let shown = url.expose();
+    let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|prefix| shown.starts_with(prefix));
+    if !scheme_ok || redis::IntoConnectionInfo::into_connection_info(shown).is_err() {
+        p.push(
+            "quota.redis_url",
+            "is not a URL like redis://host:6379/0 or rediss://:password@host:6380/0",
+        );
+        return None;
+    }
+    Some(url)
+}
+
+/// A non-empty list of `host:port` (`redis_sentinels`, `redis_cluster_nodes`).
+fn redis_nodes(s: &mut Section<'_>, name: &'static str, p: &mut Problems) -> Option<Vec<String>> {
+    let list = s.strings(name, p)?;
+    if list.is_empty() {
+        p.push(s.key(name), "must name at least one host:port");
+        return None;
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, addr) in list.iter().enumerate() {
+        let ok = addr.rsplit_once(':').is_some_and(|(h, port)| {
+            !h.is_empty()
+                && !h.contains('/')
+                && !h.contains('@')
+                && port.parse::<u16>().is_ok_and(|n| n > 0)
+        });
+        if ok {
+            out.push(addr.to_string());
+        } else {
+            p.push(
+                format!("{}[{i}]", s.key(name)),
+                // Not quoted: a URL written here may carry a password.
+                "is not host:port (credentials go in redis_password_env, TLS in redis_tls)",
+            );
+        }
+    }
+    (out.len() == list.len()).then_some(out)
+}
+
+/// `redis_tls` and the data nodes' credentials, for Sentinel and Cluster.
+fn node_auth(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -> (bool, NodeAuth) {
+    let tls = s.boolean("redis_tls", p).unwrap_or(false);
+    let username = s.string("redis_username", p).map(str::to_string);
+    let inline = s.string("redis_password", p);
+    let elsewhere =
+        s.value("redis_password_env").is_some() || s.value("redis_password_file").is_some();
+    let password = match (inline, elsewhere) {
+        (Some(_), true) => {
+            p.push(
+                s.key("redis_password"),
+                "give only one of `redis_password`, `redis_password_env`, `redis_password_file`",
+            );
+            None
+        }
+        (Some(pw), false) => Some(Secret::new(pw)),
+        (None, _) => optional_secret(s, "redis_password_env", "redis_password_file", env, p),
+    };
+    (tls, NodeAuth { username, password })
+}
+
+/// A secret that may be absent: from `env_key` or `file_key`, or none.
+fn optional_secret<'a>(
+    s: &mut Section<'a>,
+    env_key: &'a str,
+    file_key: &'a str,
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Option<Secret> {
+    if s.value(env_key).is_none() && s.value(file_key).is_none() {
+        return None;
+    }
+    secret_source(s, env_key, file_key, &[], env, p)
 }
 
 /// `overflow`, in `[quota]` and in a `[[routes]]` entry.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{BackendKind, FailMode, OverflowMode};
-use crate::secret::Secret;
+use crate::redis_connection::RedisTarget;
 
 /// Quota behaviour (`[quota]`).
 #[derive(Debug, Clone)]
@@ -30,13 +30,15 @@ pub struct QuotaConfig {
     /// Where quota state lives (`backend`: `"local"`, the default, or
     /// `"redis"` to share every quota between replicas).
     pub backend: BackendKind,
-    /// The Redis URL, `redis://[:password@]host[:port][/db]` or `rediss://…`
-    /// for TLS. From `redis_url_env` (an environment variable, for URLs
-    /// with a password), `redis_url_file`, or `redis_url`. Required with
-    /// `backend = "redis"`; never logged.
-    pub redis_url: Option<Secret>,
-    /// PEM root certificates for `rediss://` to a private CA
-    /// (`redis_ca_file`); default the public web roots.
+    /// Where Redis is. One server: its URL, `redis://[:password@]host[:port][/db]`
+    /// or `rediss://…` for TLS, from `redis_url_env` (an environment
+    /// variable, for URLs with a password), `redis_url_file`, or
+    /// `redis_url`. Sentinel: `redis_sentinels` + `redis_sentinel_master`.
+    /// Cluster: `redis_cluster_nodes`. One of them is required with
+    /// `backend = "redis"`; passwords are never logged.
+    pub redis: Option<RedisTarget>,
+    /// PEM root certificates for TLS to a private CA (`redis_ca_file`);
+    /// default the public web roots.
     pub redis_ca_file: Option<std::path::PathBuf>,
     /// Prefix of every Redis key the gateway writes (`key_prefix`). Default
     /// `"feishu-gateway:"`. Replicas sharing quotas must use the same one.

@@ -358,7 +358,7 @@ impl RedisTicketStore {
         let mut last = String::new();
         let deadline = tokio::time::Instant::now() + self.conn.connect_timeout();
         for _ in 0..REDIS_TRIES {
-            let mut conn = self.conn.manager();
+            let mut conn = self.conn.handle();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 break;

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{FailMode, PlanPolicy, RedisSettings, Secret};
+use feishu_gateway::redis_connection::RedisTarget;
 
 /// A `redis-server` on a free loopback port, killed on drop.
 pub struct RedisServer {
@@ -161,7 +162,7 @@ impl RedisServer {
     /// with keys under `t:`, probing every 100 ms.
     pub fn settings(&self, fail: FailMode, replicas: u32, timeout: Duration) -> RedisSettings {
         RedisSettings {
-            url: Secret::new(self.url()),
+            target: RedisTarget::Url(Secret::new(self.url())),
             ca_file: None,
             key_prefix: "t:".into(),
             fail,

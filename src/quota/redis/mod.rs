@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use crate::redis_connection::Conn;
 use prometheus::Histogram;
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 use tokio::time::Instant;
 
@@ -36,8 +36,7 @@ use super::Snapshot;
 use super::{Admit, Cause, KeySpec, Limit, LocalQuota, Overflow, Policy, QuotaKey, Rejection};
 use super::{BackendStatus, FailMode};
 use crate::observe::metrics::QuotaBackendMetrics;
-use crate::redis_connection::RedisConnection;
-use crate::secret::Secret;
+use crate::redis_connection::{RedisConnection, RedisTarget};
 
 /// The admission script (see the contract at its top).
 pub const SCRIPT: &str = include_str!("redis.lua");
@@ -55,10 +54,9 @@ pub const TRIP_AFTER: u32 = 4;
 /// `[quota]` (see `QuotaConfig`).
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host[:port][/db]` or `rediss://…` (TLS).
-    pub url: Secret,
-    /// Extra PEM roots for `rediss://` (a private CA); else the public web
-    /// roots.
+    /// One server, a Sentinel setup or a Cluster.
+    pub target: RedisTarget,
+    /// Extra PEM roots for TLS to a private CA; else the public web roots.
     pub ca_file: Option<PathBuf>,
     /// Prefix of every key the gateway writes, e.g. `feishu-gateway:`.
     pub key_prefix: String,
@@ -78,18 +76,18 @@ pub struct RedisSettings {
 impl RedisSettings {
     /// The replica's connection to the Redis these settings name.
     pub fn open_connection(&self) -> Result<RedisConnection, String> {
-        RedisConnection::open(&self.url, self.ca_file.as_deref(), self.timeout)
+        RedisConnection::open(&self.target, self.ca_file.as_deref(), self.timeout)
     }
 
     /// The settings `[quota]` gives, with `backend = "redis"` (an error
     /// without a `redis_url`).
     pub fn from_config(config: &super::QuotaConfig) -> Result<RedisSettings, String> {
-        let url = config
-            .redis_url
+        let target = config
+            .redis
             .clone()
             .ok_or("quota.redis_url: required with backend = \"redis\"")?;
         Ok(RedisSettings {
-            url,
+            target,
             ca_file: config.redis_ca_file.clone(),
             key_prefix: config.key_prefix.clone(),
             fail: config.fail,
@@ -147,7 +145,7 @@ impl Mode {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
     script: Script,
     keys: Box<[SharedKey]>,
     /// Specs of the fallback limiter (1/replicas), with `fail = "local"`.
@@ -231,7 +229,7 @@ impl RedisQuota {
         specs: Vec<KeySpec>,
         metrics: Option<QuotaBackendMetrics>,
     ) -> Result<RedisQuota, String> {
-        let conn = connection.manager();
+        let conn = connection.handle();
         let target = connection.target().to_string();
         let connect_timeout = connection.connect_timeout();
 

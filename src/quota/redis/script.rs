@@ -64,7 +64,7 @@ impl Inner {
     pub(super) async fn pipeline<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
     ) -> Result<T, Failure> {
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, pipe.query_async(conn)).await;
