@@ -27,7 +27,7 @@ use http::StatusCode;
 use support::config::{App, Client, LogFormat, Quota, QuotaFail};
 use support::fleet::{fleet, ok_count, seed_curve, Fleet, Sent};
 use support::redis_ha::{
-    cluster_or_skip, sentinel_or_skip, RedisCluster, RedisSentinelSet, SentinelAuth,
+    cluster_or_skip, connect, sentinel_or_skip, RedisCluster, RedisSentinelSet, SentinelAuth,
 };
 use support::store_app::*;
 use support::*;
@@ -56,26 +56,59 @@ enum Kind {
     Sentinel,
 }
 
-/// The highly available Redis a test runs on.
-enum Ha {
+/// The highly available Redis a test runs on, and how the gateway uses it.
+struct Ha {
+    nodes: Nodes,
+    /// `redis_db` (Sentinel only).
+    db: u32,
+}
+
+enum Nodes {
     Cluster(RedisCluster),
     Sentinel(RedisSentinelSet),
 }
+
+/// The data nodes' password, when a test sets one (in the gateway's
+/// environment as `REDIS_PASSWORD`).
+const HA_PASSWORD_ENV: &str = "REDIS_PASSWORD";
 
 impl Ha {
     /// A cluster of 3 primaries with a replica each, or a Sentinel set;
     /// `None` when Redis is not installed (the test is skipped).
     async fn start(kind: Kind) -> Option<Ha> {
-        match kind {
-            Kind::Cluster => RedisCluster::start(3, 1).await.map(Ha::Cluster),
-            Kind::Sentinel => RedisSentinelSet::start().await.map(Ha::Sentinel),
-        }
+        Ha::start_with(kind, None, 0).await
+    }
+
+    /// [`Ha::start`] with the data nodes requiring `password`, the gateway
+    /// using database `db` (Sentinel only).
+    async fn start_with(kind: Kind, password: Option<&str>, db: u32) -> Option<Ha> {
+        let nodes = match kind {
+            Kind::Cluster => {
+                assert_eq!(db, 0, "a Cluster has database 0 only");
+                Nodes::Cluster(RedisCluster::start_with(3, 1, password).await?)
+            }
+            Kind::Sentinel => Nodes::Sentinel(
+                RedisSentinelSet::start_with(SentinelAuth {
+                    data: password,
+                    sentinels: None,
+                })
+                .await?,
+            ),
+        };
+        Some(Ha { nodes, db })
     }
 
     fn name(&self) -> &'static str {
-        match self {
-            Ha::Cluster(_) => "cluster",
-            Ha::Sentinel(_) => "sentinel",
+        match &self.nodes {
+            Nodes::Cluster(_) => "cluster",
+            Nodes::Sentinel(_) => "sentinel",
+        }
+    }
+
+    fn password(&self) -> Option<&str> {
+        match &self.nodes {
+            Nodes::Cluster(c) => c.password(),
+            Nodes::Sentinel(s) => s.data_password(),
         }
     }
 
@@ -83,47 +116,60 @@ impl Ha {
     /// primaries as seed nodes (so that a killed primary is a dead seed),
     /// or the three sentinels.
     fn addresses(&self) -> Vec<String> {
-        match self {
-            Ha::Cluster(c) => c.seed_nodes()[..3].to_vec(),
-            Ha::Sentinel(s) => s.sentinels(),
+        match &self.nodes {
+            Nodes::Cluster(c) => c.seed_nodes()[..3].to_vec(),
+            Nodes::Sentinel(s) => s.sentinels(),
         }
     }
 
-    /// `[quota]` on it for `replicas` replicas, failing as `fail` says.
-    fn quota(&self, fail: QuotaFail, replicas: u32) -> Quota {
-        let q = match self {
-            Ha::Cluster(_) => Quota::cluster(&self.addresses()),
-            Ha::Sentinel(s) => Quota::sentinel(&self.addresses(), s.master_name()),
+    /// `config` with `[quota]` on it for `replicas` replicas, failing as
+    /// `fail` says, and the password in the environment.
+    fn configure(&self, config: GatewayConfig, fail: QuotaFail, replicas: u32) -> GatewayConfig {
+        let mut q = match &self.nodes {
+            Nodes::Cluster(_) => Quota::cluster(&self.addresses()),
+            Nodes::Sentinel(s) => Quota::sentinel(&self.addresses(), s.master_name()),
         };
-        q.fail(fail).replicas(replicas)
+        if self.db != 0 {
+            q = q.redis_db(self.db);
+        }
+        if self.password().is_some() {
+            q = q.redis_password_env(HA_PASSWORD_ENV);
+        }
+        let config = config.quota(q.fail(fail).replicas(replicas));
+        match self.password() {
+            Some(p) => config.env(HA_PASSWORD_ENV, p),
+            None => config,
+        }
     }
 
     /// What `/readyz` names as the quota's target.
     fn target(&self) -> String {
         let nodes = self.addresses().join(",");
-        match self {
-            Ha::Cluster(_) => format!("redis-cluster://{nodes}"),
-            Ha::Sentinel(s) => format!("redis-sentinel://{nodes}/{}/0", s.master_name()),
+        match &self.nodes {
+            Nodes::Cluster(_) => format!("redis-cluster://{nodes}"),
+            Nodes::Sentinel(s) => {
+                format!("redis-sentinel://{nodes}/{}/{}", s.master_name(), self.db)
+            }
         }
     }
 
     /// Kills the primary that holds `key` (a Sentinel set has one).
     async fn kill_primary_of(&mut self, key: &str) {
-        match self {
-            Ha::Cluster(c) => {
+        match &mut self.nodes {
+            Nodes::Cluster(c) => {
                 let i = c.primary_for_key(key).await;
                 c.kill(i).await;
             }
-            Ha::Sentinel(s) => s.kill_primary().await,
+            Nodes::Sentinel(s) => s.kill_primary().await,
         }
     }
 
     /// Waits until the killed primary's replica has taken over; how long
     /// after the kill.
     async fn wait_failover(&self, limit: Duration) -> Duration {
-        match self {
-            Ha::Cluster(c) => c.wait_failover(limit).await,
-            Ha::Sentinel(s) => s.wait_new_primary(limit).await,
+        match &self.nodes {
+            Nodes::Cluster(c) => c.wait_failover(limit).await,
+            Nodes::Sentinel(s) => s.wait_new_primary(limit).await,
         }
     }
 
@@ -131,36 +177,41 @@ impl Ha {
     /// (as [`Ha::wait_failover`] already waits for), or all three
     /// sentinels.
     async fn wait_settled(&self) {
-        if let Ha::Sentinel(s) = self {
+        if let Nodes::Sentinel(s) = &self.nodes {
             s.wait_sentinels_agree(Duration::from_secs(10)).await;
         }
     }
 
-    /// One command on the primary that holds `key` now.
-    async fn on_primary_of<T: redis::FromRedisValue>(&self, key: &str, cmd: &redis::Cmd) -> T {
-        match self {
-            Ha::Cluster(c) => {
-                let i = c.primary_for_key(key).await;
-                c.query(i, cmd).await.unwrap()
-            }
-            Ha::Sentinel(s) => {
-                let i = s.current_primary().await;
-                s.data_query(i, cmd).await.unwrap()
-            }
-        }
+    /// `GET key` in database `db` on the primary that holds it now.
+    async fn get_in(&self, db: u32, key: &str) -> Option<String> {
+        let port = match &self.nodes {
+            Nodes::Cluster(c) => c.port(c.primary_for_key(key).await),
+            Nodes::Sentinel(s) => s.data_port(s.current_primary().await),
+        };
+        let mut c = connect(port, self.password()).await.unwrap();
+        let (v,): (Option<String>,) = redis::pipe()
+            .cmd("SELECT")
+            .arg(db)
+            .ignore()
+            .cmd("GET")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        v
     }
 
-    /// `GET key` on the primary that holds it now.
+    /// `GET key` in the gateway's database on the primary that holds it now.
     async fn get(&self, key: &str) -> Option<String> {
-        self.on_primary_of(key, redis::cmd("GET").arg(key)).await
+        self.get_in(self.db, key).await
     }
 
-    /// Until `key`'s primary's replica has every write it took (`WAIT`).
+    /// Until `key`'s primary's replica has every write it took.
     async fn wait_replicated(&self, key: &str) {
-        let acked: i64 = self
-            .on_primary_of(key, redis::cmd("WAIT").arg(1).arg(2000))
-            .await;
-        assert_eq!(acked, 1, "the replica acknowledged the writes");
+        match &self.nodes {
+            Nodes::Cluster(c) => c.wait_replicated(c.primary_for_key(key).await).await,
+            Nodes::Sentinel(s) => s.wait_replicated().await,
+        }
     }
 }
 
@@ -196,8 +247,7 @@ async fn three_gateways_flooded_forward_one_quota(kind: Kind) {
     let Some(ha) = Ha::start(kind).await else {
         return;
     };
-    let quota = ha.quota(QuotaFail::Local, 3);
-    let f = Arc::new(fleet(3, sim_config(), |c| c.quota(quota)).await);
+    let f = Arc::new(fleet(3, sim_config(), |c| ha.configure(c, QuotaFail::Local, 3)).await);
     for i in 0..3 {
         let v = f.readyz(i).await.json();
         assert_eq!(v["quota"]["state"], "shared", "{v}");
@@ -391,8 +441,7 @@ async fn primary_killed_mid_flood(kind: Kind) {
     let Some(mut ha) = Ha::start(kind).await else {
         return;
     };
-    let quota = ha.quota(QuotaFail::Local, 3);
-    let f = Arc::new(fleet(3, sim_config(), |c| c.quota(quota)).await);
+    let f = Arc::new(fleet(3, sim_config(), |c| ha.configure(c, QuotaFail::Local, 3)).await);
     let t0 = Instant::now();
     let flood = {
         let f = Arc::clone(&f);
@@ -481,27 +530,30 @@ async fn primary_killed_mid_flood(kind: Kind) {
 
 // ----- the store app's ticket ---------------------------------------------------
 
+/// On database 2 of the Sentinel set's primary.
 #[tokio::test]
 async fn sentinel_a_store_apps_ticket_survives_the_failover() {
-    ticket_survives_the_failover(Kind::Sentinel).await;
+    ticket_survives_the_failover(Kind::Sentinel, None, 2).await;
 }
 
+/// With a password on every cluster node.
 #[tokio::test]
 async fn cluster_a_store_apps_ticket_survives_the_failover() {
-    ticket_survives_the_failover(Kind::Cluster).await;
+    ticket_survives_the_failover(Kind::Cluster, Some("cluster-pass-Walrus5-93be10"), 0).await;
 }
 
 /// The ticket pushed to one replica is in Redis, replicated; its primary
 /// dies; the new primary holds it, and a replica started after the
 /// failover serves a tenant at once, without asking Feishu to resend it.
-async fn ticket_survives_the_failover(kind: Kind) {
+/// (`password`: the data nodes'; `db`: the gateway's database.)
+async fn ticket_survives_the_failover(kind: Kind, password: Option<&str>, db: u32) {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(mut ha) = Ha::start(kind).await else {
+    let Some(mut ha) = Ha::start_with(kind, password, db).await else {
         return;
     };
     let sim = SimFeishu::start(sim_store(&["tenant_a"])).await.unwrap();
     let client = http_client();
-    let config = store_config(&sim, 100).quota(ha.quota(QuotaFail::Local, 2));
+    let config = ha.configure(store_config(&sim, 100), QuotaFail::Local, 2);
     let a = start_replica(&sim, &config, true).await;
     wait_ready(&client, &a).await;
     assert_eq!(resends(&sim), 1);
@@ -512,6 +564,9 @@ async fn ticket_survives_the_failover(kind: Kind) {
         t.ticket.expose().to_string()
     };
     assert_eq!(kept(ha.get(TICKET_KEY).await), ticket);
+    if db != 0 {
+        assert_eq!(ha.get_in(0, TICKET_KEY).await, None, "not in database 0");
+    }
     assert_eq!(put_to(&client, a.addr(), Some("tenant_a")).await.code(), 0);
 
     ha.wait_replicated(TICKET_KEY).await;
@@ -536,6 +591,19 @@ async fn ticket_survives_the_failover(kind: Kind) {
     })
     .await;
     assert_eq!(resends(&sim), 1);
+    let ready = readyz_text(&client, &a).await;
+    assert!(ready.contains(&ha.target()), "{ready}");
+    if let Some(pw) = password {
+        let metrics = metrics_of(&client, &a).await;
+        assert!(
+            !ready.contains(pw) && !metrics.contains(pw),
+            "the password shown"
+        );
+    }
+}
+
+async fn readyz_text(client: &HttpClient, gw: &Runtime) -> String {
+    admin_get(client, gw, "/readyz").await.text()
 }
 
 // ----- passwords -------------------------------------------------------------
@@ -789,19 +857,24 @@ async fn a_cluster_forms_and_a_replica_takes_over_a_killed_primary_with_its_data
     // The primary of {a} dies: its replica takes over within seconds, with
     // what was replicated.
     let victim = cluster.primary_for_key("{a}:x").await;
-    let mut c = cluster.conn(victim).await;
-    let _: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2000)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let seen = cluster.nodes_seen_by(victim).await.unwrap();
+    let victim_id = &seen
+        .iter()
+        .find(|n| n.port == cluster.port(victim))
+        .unwrap()
+        .id;
+    let replicas: Vec<usize> = seen
+        .iter()
+        .filter(|n| n.primary.as_ref() == Some(victim_id))
+        .map(|n| cluster.index_of(n.port))
+        .collect();
+    cluster.wait_replicated(victim).await;
     cluster.kill(victim).await;
     let took = cluster.wait_failover(Duration::from_secs(15)).await;
     println!("cluster failover (node timeout 1 s): {took:.2?}");
     let heir = cluster.primary_for_key("{a}:x").await;
     assert_ne!(heir, victim);
-    assert!(heir >= 3, "a former replica: {heir}");
+    assert!(replicas.contains(&heir), "{heir}, not one of {replicas:?}");
     let v: String = cluster
         .query(heir, redis::cmd("GET").arg("{a}:x"))
         .await

@@ -76,6 +76,41 @@ fn info_field<'a>(text: &'a str, field: &str) -> Option<&'a str> {
         .find_map(|l| l.trim_end().strip_prefix(field)?.strip_prefix(':'))
 }
 
+/// Waits until every replica of the primary on `port` has acknowledged
+/// all it had taken when this was called (its `master_repl_offset`), and
+/// it has at least one. (`WAIT` would not do: it waits for the writes of
+/// its own connection only, and a fresh one has none.)
+pub async fn wait_replicated(port: u16, password: Option<&str>) {
+    let info = |port| async move {
+        query::<String>(port, password, redis::cmd("INFO").arg("replication"))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let first = info(port).await.expect("INFO replication");
+    let target: u64 = info_field(&first, "master_repl_offset")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no master_repl_offset: {first}"));
+    poll(Duration::from_secs(5), "the replicas catch up", || async {
+        let text = info(port).await?;
+        // slave0:ip=127.0.0.1,port=6380,state=online,offset=1234,lag=0
+        let offsets: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .filter_map(|l| {
+                l.split(',')
+                    .find_map(|kv| kv.strip_prefix("offset="))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .collect();
+        if !offsets.is_empty() && offsets.iter().all(|&o| o >= target) {
+            Ok(())
+        } else {
+            Err(format!("at {target}: {text}"))
+        }
+    })
+    .await;
+}
+
 /// Polls `cond` every 50 ms until it gives a value, failing after `limit`
 /// with what `describe` says then.
 async fn poll<T, F, Fut>(limit: Duration, what: &str, mut cond: F) -> T
@@ -402,6 +437,11 @@ impl RedisCluster {
             }
             cursor = next;
         }
+    }
+
+    /// Waits until the replicas of primary `index` have every write it took.
+    pub async fn wait_replicated(&self, index: usize) {
+        wait_replicated(self.port(index), self.password()).await;
     }
 
     /// SIGKILL node `index` (a primary, for a failover), state lost.
@@ -748,16 +788,10 @@ impl RedisSentinelSet {
             .expect("connection to the primary")
     }
 
-    /// Waits until the replica has every write the primary took (`WAIT`).
+    /// Waits until the replica has every write the primary took.
     pub async fn wait_replicated(&self) {
-        let mut c = self.primary_conn().await;
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(1)
-            .arg(2000)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(acked, 1, "the replica acknowledged the writes");
+        let i = self.current_primary().await;
+        wait_replicated(self.data[i].port, self.data_password()).await;
     }
 
     /// SIGKILL the primary now, state lost.
