@@ -606,6 +606,82 @@ async fn readyz_text(client: &HttpClient, gw: &Runtime) -> String {
     admin_get(client, gw, "/readyz").await.text()
 }
 
+// ----- a machine that hangs ---------------------------------------------------------
+
+/// The first sentinel the gateways list hangs (SIGSTOP: it accepts
+/// connections and never answers, as on a machine that froze) and the
+/// primary dies: the two other sentinels fail over, a gateway that lived
+/// through it follows the new primary, and one started afterwards finds it
+/// (each only slowed by the sentinel that never answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_a_hung_first_sentinel_and_a_dead_primary_the_gateways_still_follow() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(mut ha) = Ha::start(Kind::Sentinel).await else {
+        return;
+    };
+    let sim = SimFeishu::start(sim_config()).await.unwrap();
+    let config = ha.configure(GatewayConfig::new(&sim.base_url()), QuotaFail::Local, 2);
+    let client = http_client();
+    let a = start_gateway(&config).await;
+    wait_ready(&client, &a).await;
+    assert_eq!(
+        put_at(&client, a.addr(), PUT_PATH, &[]).await.status,
+        StatusCode::OK
+    );
+    let Nodes::Sentinel(set) = &mut ha.nodes else {
+        unreachable!()
+    };
+    set.freeze_sentinel(0);
+    let killed = Instant::now();
+    set.kill_primary().await;
+    let failover = set.wait_new_primary(Duration::from_secs(15)).await;
+    let quota_state = |gw: &Runtime| {
+        let client = client.clone();
+        let admin = gw.admin_addr();
+        async move {
+            let v = get(&client, admin, "/readyz").await.json();
+            v["quota"]["state"].as_str().unwrap_or("?").to_string()
+        }
+    };
+    // A writes to the new primary again.
+    let c = set.primary_conn().await;
+    let writes_there = |gw: &Runtime| {
+        let client = client.clone();
+        let addr = gw.addr();
+        let mut c = c.clone();
+        async move {
+            let _: () = redis::cmd("DEL")
+                .arg(put_tat_key())
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            put_at(&client, addr, PUT_PATH, &[]).await;
+            redis::cmd("EXISTS")
+                .arg(put_tat_key())
+                .query_async::<bool>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    wait_for(Duration::from_secs(20), || async {
+        quota_state(&a).await == "shared" && writes_there(&a).await
+    })
+    .await;
+    let followed = killed.elapsed();
+    // B starts now, its first sentinel still hung.
+    let started = Instant::now();
+    let b = start_gateway(&config).await;
+    wait_for(Duration::from_secs(20), || async {
+        quota_state(&b).await == "shared" && writes_there(&b).await
+    })
+    .await;
+    let found = started.elapsed();
+    println!(
+        "sentinel, first sentinel hung: new primary after {failover:.2?}; a gateway followed it {followed:.2?} after the kill; one started afterwards shared the quota after {found:.2?}"
+    );
+    assert_eq!(sim.violations(), 0);
+}
+
 // ----- passwords -------------------------------------------------------------
 
 /// A `feishu-gateway serve` process (JSON logs at debug), its log lines

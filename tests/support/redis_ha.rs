@@ -518,6 +518,8 @@ struct SentinelProcess {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Stopped (SIGSTOP).
+    frozen: bool,
 }
 
 impl SentinelProcess {
@@ -544,6 +546,7 @@ impl SentinelProcess {
             port,
             dir,
             child: Some(child),
+            frozen: false,
         }
     }
 
@@ -558,6 +561,11 @@ impl SentinelProcess {
 impl Drop for SentinelProcess {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if self.frozen {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &c.id().to_string()])
+                    .status();
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -591,6 +599,27 @@ pub struct RedisSentinelSet {
 }
 
 impl RedisSentinelSet {
+    /// The sentinels that run (not frozen), for the harness's own polls.
+    fn awake(&self) -> Vec<usize> {
+        (0..self.sentinels.len())
+            .filter(|&s| !self.sentinels[s].frozen)
+            .collect()
+    }
+
+    /// SIGSTOP sentinel `index`: it accepts connections and never
+    /// answers, like a sentinel on a machine that hangs. Continued on drop.
+    pub fn freeze_sentinel(&mut self, index: usize) {
+        let s = &mut self.sentinels[index];
+        let pid = s.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -STOP {pid}");
+        s.frozen = true;
+    }
+
     /// Starts it, once every sentinel sees the primary, the replica and the
     /// two other sentinels; `None` (after a note) when `redis-server` is not
     /// installed (a failure under `CI=true`).
@@ -757,11 +786,11 @@ impl RedisSentinelSet {
         Ok(port)
     }
 
-    /// The data node that is the primary now: the one the first sentinel
-    /// names, once it answers `ROLE` as a master.
+    /// The data node that is the primary now: the one the first running
+    /// sentinel names, once it answers `ROLE` as a master.
     pub async fn current_primary(&self) -> usize {
         poll(Duration::from_secs(10), "a primary", || async {
-            let port = self.primary_seen_by(0).await?;
+            let port = self.primary_seen_by(self.awake()[0]).await?;
             let i = self
                 .data
                 .iter()
@@ -808,7 +837,7 @@ impl RedisSentinelSet {
         let old = self.data[killed].port;
         let deadline = Instant::now() + limit;
         loop {
-            for s in 0..self.sentinels.len() {
+            for s in self.awake() {
                 let Ok(port) = self.primary_seen_by(s).await else {
                     continue;
                 };
@@ -830,13 +859,13 @@ impl RedisSentinelSet {
         }
     }
 
-    /// Until all three sentinels name the new primary (the gateway may ask
-    /// any of them).
+    /// Until all running sentinels name the new primary (the gateway may
+    /// ask any of them).
     pub async fn wait_sentinels_agree(&self, limit: Duration) {
         let (killed, _) = self.killed.expect("a primary was killed");
         let old = self.data[killed].port;
         poll(limit, "the sentinels agree", || async {
-            for s in 0..self.sentinels.len() {
+            for s in self.awake() {
                 let p = self.primary_seen_by(s).await?;
                 if p == old {
                     return Err(format!("sentinel {s} still names {p}"));
