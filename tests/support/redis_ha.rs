@@ -189,6 +189,9 @@ pub fn parse_nodes(text: &str) -> Vec<NodeLine> {
         .collect()
 }
 
+/// A node's id and, for a replica, its primary's id.
+type Role = (String, Option<String>);
+
 /// A Redis Cluster on loopback: `primaries` primaries with
 /// `replicas_per_primary` replicas each, node timeout 1 s. Nodes are
 /// numbered in the order given to `redis-cli --cluster create`: the
@@ -286,6 +289,38 @@ impl RedisCluster {
     }
 
     async fn formed(&self, nodes: &[usize]) -> Result<(), String> {
+        // Every node's view of who serves and who replicates whom, the same
+        // everywhere (gossip has converged): a replica's role is known to
+        // its primary, and a failover elects the replica its view names.
+        let mut first: Option<(usize, Vec<Role>)> = None;
+        for &i in nodes {
+            let seen = self.nodes_seen_by(i).await?;
+            if seen.len() != self.nodes.len() {
+                return Err(format!("node {i} sees {} nodes", seen.len()));
+            }
+            let mut roles = Vec::new();
+            for n in &seen {
+                let odd = ["fail", "fail?", "handshake", "noaddr"];
+                if n.flags.iter().any(|f| odd.contains(&f.as_str())) {
+                    return Err(format!("node {i} sees {n:?}"));
+                }
+                if !n.is_primary() && n.primary.is_none() {
+                    return Err(format!("node {i} sees a replica of nobody: {n:?}"));
+                }
+                if n.is_primary() && n.slots.is_empty() {
+                    return Err(format!("node {i} sees a primary without slots: {n:?}"));
+                }
+                roles.push((n.id.clone(), n.primary.clone()));
+            }
+            roles.sort();
+            match &first {
+                None => first = Some((i, roles)),
+                Some((j, other)) if *other != roles => {
+                    return Err(format!("nodes {j} and {i} disagree: {other:?} / {roles:?}"));
+                }
+                Some(_) => {}
+            }
+        }
         for &i in nodes {
             let info = self.cluster_info(i).await?;
             for (field, want) in [
