@@ -1,25 +1,31 @@
 //! Redis behind Sentinel: commands go to the primary the sentinels name,
 //! and a watcher follows it through failovers.
 //!
-//! The watcher asks a sentinel `SENTINEL get-master-addr-by-name` once a
-//! second, and at once when a command failed (a primary that died or was
-//! demoted answers with an I/O error or `READONLY`). When the name changes,
-//! the redis crate's [`SentinelClient`] finds the new primary (asking every
-//! sentinel and checking the node's `ROLE`), and the connection to it
-//! replaces the old one for every later command. Commands already sent on
-//! the old one fail, as any command to a dead server does, and the quota
-//! engine's fail mode answers for them.
+//! The watcher asks every sentinel `SENTINEL get-master-addr-by-name` once
+//! a second, concurrently, each within the connect timeout, and takes the
+//! answer as soon as a majority agree (a sentinel that hangs is not waited
+//! for), and it asks at once when a command
+//! failed (a primary that died or was demoted answers with an I/O error or
+//! `READONLY`). The address most sentinels name wins; when it changes and
+//! the node answers `ROLE` as a master, a connection to it replaces the old
+//! one for every later command. Commands already sent on the old one fail,
+//! as any command to a dead server does, and the quota engine's fail mode
+//! answers for them. The redis crate's own sentinel client walks the
+//! sentinels in order, so one that accepts connections but never answers
+//! held every lookup up: it is not used.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, TlsMode, Value};
+use redis::{
+    Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
+    RedisError, RedisFuture, TlsCertificates, Value,
+};
 use tokio::sync::{watch, Notify};
 
-use super::{SentinelTarget, Setup};
+use super::{NodeAuth, SentinelTarget, Setup};
 
 /// How often the watcher asks when nothing failed.
 const POLL: Duration = Duration::from_secs(1);
@@ -39,12 +45,21 @@ struct Inner {
     /// The watcher runs (it starts with the first command, on the runtime
     /// that sends it).
     started: AtomicBool,
-    /// Finds the primary and builds its clients; only the watcher uses it.
-    client: tokio::sync::Mutex<SentinelClient>,
+    /// One client per sentinel, with its credentials and TLS.
+    sentinels: Vec<Client>,
+    /// How to reach a data node, given its address.
+    node: NodeSetup,
     master: String,
     db: i64,
     timeout: Duration,
     connect_timeout: Duration,
+}
+
+/// What a connection to a data node (the primary) is made with.
+struct NodeSetup {
+    tls: bool,
+    auth: NodeAuth,
+    certs: Option<TlsCertificates>,
 }
 
 #[derive(Clone)]
@@ -66,46 +81,32 @@ pub(super) fn describe(t: &SentinelTarget) -> String {
 
 impl Primary {
     pub(super) fn open(t: &SentinelTarget, setup: &Setup<'_>) -> Result<Primary, String> {
-        let bad = |e: RedisError| format!("quota.redis_sentinels: {}", super::kind(&e));
-        let addrs = t
+        let certs = setup.certificates()?;
+        let sentinels = t
             .sentinels
             .iter()
-            .map(|a| address(a, t.tls))
+            .map(|a| {
+                let (host, port) = host_port(a)?;
+                client(
+                    address(host, port, t.tls),
+                    &t.sentinel_auth,
+                    0,
+                    certs.as_ref(),
+                )
+                .map_err(|e| format!("quota.redis_sentinels: {}", super::kind(&e)))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut b = SentinelClientBuilder::new(addrs, &t.master, SentinelServerType::Master)
-            .map_err(bad)?
-            .set_client_to_redis_db(t.db)
-            .set_client_to_redis_tcp_settings(super::tcp_settings())
-            .set_client_to_sentinel_tcp_settings(super::tcp_settings());
-        if let Some(u) = &t.auth.username {
-            b = b.set_client_to_redis_username(u);
-        }
-        if let Some(p) = &t.auth.password {
-            b = b.set_client_to_redis_password(p.expose());
-        }
-        if let Some(u) = &t.sentinel_auth.username {
-            b = b.set_client_to_sentinel_username(u);
-        }
-        if let Some(p) = &t.sentinel_auth.password {
-            b = b.set_client_to_sentinel_password(p.expose());
-        }
-        if t.tls {
-            b = b
-                .set_client_to_redis_tls_mode(TlsMode::Secure)
-                .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-            if let Some(certs) = setup.certificates()? {
-                b = b
-                    .set_client_to_redis_certificates(certs.clone())
-                    .set_client_to_sentinel_certificates(certs);
-            }
-        }
-        let client = b.build().map_err(bad)?;
         let (current, _) = watch::channel(None);
         Ok(Primary(Arc::new(Inner {
             current,
             recheck: Notify::new(),
             started: AtomicBool::new(false),
-            client: tokio::sync::Mutex::new(client),
+            sentinels,
+            node: NodeSetup {
+                tls: t.tls,
+                auth: t.auth.clone(),
+                certs,
+            },
             master: t.master.clone(),
             db: t.db,
             timeout: setup.timeout,
@@ -189,16 +190,21 @@ fn unknown_primary() -> RedisError {
     ))
 }
 
-fn address(addr: &str, tls: bool) -> Result<ConnectionAddr, String> {
+fn host_port(addr: &str) -> Result<(String, u16), String> {
     let (host, port) = addr
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
         .ok_or_else(|| format!("quota.redis_sentinels: {addr:?} is not host:port"))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    Ok(if tls {
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+    ))
+}
+
+fn address(host: String, port: u16, tls: bool) -> ConnectionAddr {
+    if tls {
         ConnectionAddr::TcpTls {
             host,
             port,
@@ -207,28 +213,48 @@ fn address(addr: &str, tls: bool) -> Result<ConnectionAddr, String> {
         }
     } else {
         ConnectionAddr::Tcp(host, port)
-    })
+    }
+}
+
+/// A client for one node, credentials set apart from any string.
+fn client(
+    addr: ConnectionAddr,
+    auth: &NodeAuth,
+    db: i64,
+    certs: Option<&TlsCertificates>,
+) -> Result<Client, RedisError> {
+    let mut redis = RedisConnectionInfo::default().set_db(db);
+    if let Some(u) = &auth.username {
+        redis = redis.set_username(u);
+    }
+    if let Some(p) = &auth.password {
+        redis = redis.set_password(p.expose());
+    }
+    let info: ConnectionInfo = addr
+        .into_connection_info()?
+        .set_redis_settings(redis)
+        .set_tcp_settings(super::tcp_settings());
+    match certs {
+        Some(c) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
+            Client::build_with_tls(info, c.clone())
+        }
+        _ => Client::open(info),
+    }
 }
 
 /// The watcher: looks the primary up every [`POLL`] and when woken, until
 /// the connection is dropped.
 async fn watch(inner: Weak<Inner>) {
-    // A connection to one sentinel, asked cheaply every second; made again
-    // (possibly to another sentinel) when it fails.
-    let mut asking: Option<MultiplexedConnection> = None;
+    // One connection per sentinel, made again when it fails.
+    let mut asking: Vec<Option<MultiplexedConnection>> = Vec::new();
     loop {
         let Some(i) = inner.upgrade() else { return };
+        asking.resize_with(i.sentinels.len(), || None);
         let known = i.current.borrow().as_ref().map(|c| c.addr.clone());
-        let named = match known {
-            None => None,
-            Some(_) => named_primary(&i, &mut asking).await,
-        };
-        // Look up (and check the node's ROLE) when no primary is known yet,
-        // or the sentinels name another one, or they could not be asked.
-        if known.is_none() || named.is_none() || named != known {
-            match tokio::time::timeout(i.connect_timeout * 2, lookup(&i)).await {
-                Ok(Ok(next)) => {
-                    if known.as_deref() != Some(next.addr.as_str()) {
+        match named_primary(&i, &mut asking).await {
+            Some(named) if known.as_deref() != Some(named.as_str()) => {
+                match tokio::time::timeout(i.connect_timeout, connect(&i, &named)).await {
+                    Ok(Ok(next)) => {
                         match &known {
                             Some(old) => tracing::warn!(
                                 from = %old,
@@ -244,14 +270,24 @@ async fn watch(inner: Weak<Inner>) {
                         }
                         i.current.send_replace(Some(next));
                     }
+                    Ok(Err(e)) => tracing::warn!(
+                        primary = %named,
+                        master = %i.master,
+                        error = %super::kind(&e),
+                        "redis: the primary the sentinels name does not answer as one yet"
+                    ),
+                    Err(_) => tracing::warn!(
+                        primary = %named,
+                        master = %i.master,
+                        "redis: the primary the sentinels name did not answer in time"
+                    ),
                 }
-                Ok(Err(e)) => tracing::warn!(
-                    master = %i.master,
-                    error = %super::kind(&e),
-                    "redis sentinel lookup failed; asking again"
-                ),
-                Err(_) => tracing::warn!(master = %i.master, "redis sentinel lookup timed out"),
             }
+            Some(_) => {}
+            None => tracing::warn!(
+                master = %i.master,
+                "redis sentinel: no sentinel named the primary; asking again"
+            ),
         }
         let recheck = async { i.recheck.notified().await };
         let _ = tokio::time::timeout(POLL, recheck).await;
@@ -260,45 +296,66 @@ async fn watch(inner: Weak<Inner>) {
     }
 }
 
-/// `host:port` of the primary a sentinel names now, or `None` when no
-/// sentinel answered.
-async fn named_primary(i: &Inner, asking: &mut Option<MultiplexedConnection>) -> Option<String> {
-    if asking.is_none() {
-        let client = {
-            let mut c = i.client.lock().await;
-            tokio::time::timeout(i.connect_timeout, c.async_get_sentinel_client()).await
-        };
-        let client = client.ok()?.ok()?;
-        let conn =
-            tokio::time::timeout(i.connect_timeout, client.get_multiplexed_async_connection())
-                .await;
-        *asking = Some(conn.ok()?.ok()?);
-    }
-    let conn = asking.as_mut()?;
-    let mut ask = redis::cmd("SENTINEL");
-    ask.arg("get-master-addr-by-name").arg(&i.master);
-    let ask = ask.query_async::<Option<(String, u16)>>(conn);
-    match tokio::time::timeout(i.connect_timeout, ask).await {
-        Ok(Ok(Some((host, port)))) => Some(format!("{host}:{port}")),
-        _ => {
-            *asking = None;
-            None
+/// `host:port` of the primary a majority of the sentinels name (or, when
+/// fewer answer, the most of those that did), asking all at once, each
+/// within the connect timeout; `None` when none answered.
+async fn named_primary(i: &Inner, asking: &mut [Option<MultiplexedConnection>]) -> Option<String> {
+    let asks = i
+        .sentinels
+        .iter()
+        .zip(asking.iter_mut())
+        .map(|(client, slot)| async move {
+            let ask = async {
+                if slot.is_none() {
+                    *slot = Some(client.get_multiplexed_async_connection().await?);
+                }
+                let conn = slot.as_mut().expect("just made");
+                let mut cmd = redis::cmd("SENTINEL");
+                cmd.arg("get-master-addr-by-name").arg(&i.master);
+                cmd.query_async::<Option<(String, u16)>>(conn).await
+            };
+            match tokio::time::timeout(i.connect_timeout, ask).await {
+                Ok(Ok(named)) => named.map(|(host, port)| format!("{host}:{port}")),
+                _ => {
+                    *slot = None;
+                    None
+                }
+            }
+        });
+    // Done as soon as a majority of the sentinels agree: a hung one is not
+    // waited for.
+    let majority = i.sentinels.len() / 2 + 1;
+    let mut pending: futures_util::stream::FuturesUnordered<_> = asks.collect();
+    let mut votes: Vec<(String, usize)> = Vec::new();
+    while let Some(answer) = futures_util::StreamExt::next(&mut pending).await {
+        let Some(a) = answer else { continue };
+        match votes.iter_mut().find(|(addr, _)| *addr == a) {
+            Some((_, n)) => *n += 1,
+            None => votes.push((a, 1)),
+        }
+        if votes.iter().any(|(_, n)| *n >= majority) {
+            break;
         }
     }
+    votes.into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a)
 }
 
-/// The primary, found and checked by the redis crate's sentinel client.
-async fn lookup(i: &Inner) -> Result<Current, RedisError> {
-    let client = i.client.lock().await.async_get_client().await?;
-    let addr = match client.get_connection_info().addr() {
-        ConnectionAddr::Tcp(h, p)
-        | ConnectionAddr::TcpTls {
-            host: h, port: p, ..
-        } => {
-            format!("{h}:{p}")
-        }
-        other => other.to_string(),
-    };
+/// A connection to `named`, once it answers `ROLE` as a master.
+async fn connect(i: &Inner, named: &str) -> Result<Current, RedisError> {
+    let (host, port) = host_port(named)
+        .map_err(|_| RedisError::from((redis::ErrorKind::Io, "sentinel named no host:port")))?;
+    let n = &i.node;
+    let client = client(address(host, port, n.tls), &n.auth, i.db, n.certs.as_ref())?;
+    let mut check = client.get_multiplexed_async_connection().await?;
+    let role: redis::Value = redis::cmd("ROLE").query_async(&mut check).await?;
+    let is_master = matches!(&role, redis::Value::Array(items)
+        if matches!(items.first(), Some(redis::Value::BulkString(b)) if b == b"master"));
+    if !is_master {
+        return Err(RedisError::from((
+            redis::ErrorKind::Io,
+            "the node does not answer ROLE as a master",
+        )));
+    }
     let setup = Setup {
         ca_file: None,
         timeout: i.timeout,
@@ -307,5 +364,8 @@ async fn lookup(i: &Inner) -> Result<Current, RedisError> {
     let conn = setup
         .manager(client)
         .map_err(|_| RedisError::from((redis::ErrorKind::Io, "connection to the primary")))?;
-    Ok(Current { conn, addr })
+    Ok(Current {
+        conn,
+        addr: named.to_string(),
+    })
 }
