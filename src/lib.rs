@@ -17,6 +17,7 @@
 //! | [`server`]            | downstream: listen backlog and connection limits, accept loop, TLS, the tower stack, request ids, admin listener (readiness, status page) |
 //! | [`proxy`]             | THE REQUEST PATH: the named phases, one file per group; gateway answers |
 //! | [`auth`]              | who is calling: client keys (several while rotating), allow lists, signed SDK tokens |
+//! | [`events`]            | events from Feishu: the long connection (one WebSocket per app, frames, acks, reconnects, a Redis lease) |
 //! | [`store_apps`]        | store apps (ISV): tenants, their quota scopes, event callbacks |
 //! | [`tokens`]            | credentials toward Feishu: token slots, their sources, app_tickets |
 //! | [`endpoints`]         | what the gateway knows per endpoint: catalog, limits, contracts |
@@ -41,6 +42,7 @@ pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod endpoints;
+pub mod events;
 pub mod feishu;
 pub mod observe;
 pub mod proxy;

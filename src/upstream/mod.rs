@@ -101,6 +101,25 @@ pub struct Settings {
 /// TCP keep-alive and no Nagle, TLS via rustls with the webpki roots plus
 /// an optional extra CA, and ALPN offering HTTP/2 and HTTP/1.1.
 pub fn build_connector(config: &Settings) -> Result<HttpsConnector<HttpConnector>, String> {
+    let tls = tls_client_config(config)?;
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http))
+}
+
+/// The TLS client configuration toward Feishu, without ALPN: rustls with
+/// ring, the webpki roots plus `upstream_ca_file`. [`build_connector`]
+/// adds ALPN; the long connection's WebSocket uses it as is.
+pub fn tls_client_config(config: &Settings) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &config.ca_file {
@@ -119,18 +138,7 @@ pub fn build_connector(config: &Settings) -> Result<HttpsConnector<HttpConnector
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http))
+    Ok(tls)
 }
 
 /// The gateway's upstream connections: for the request path, one

@@ -38,6 +38,10 @@
 //!   public for tests that forge callbacks.
 //! - [`contract`]: the body contract of `put_top_notice`, public so the
 //!   gateway's validation can be differential-tested against it.
+//! - `ws` and `frame`: the long connection (`POST /callback/ws/endpoint`,
+//!   a WebSocket server speaking `pbbp2.Frame` on a port of its own, event
+//!   pushes with acks and re-pushes; [`SimFeishu::long_conn_push`] and the
+//!   other `long_conn` controls).
 //! - `upload`: the multipart upload endpoints, read as they stream
 //!   ([`UploadRecord`], [`SimFeishu::uploads`]).
 //! - `answer`: JSON answers, error messages and `X-Tt-Logid` values.
@@ -171,6 +175,7 @@ pub mod ca;
 pub mod callback;
 pub mod catalog;
 pub mod contract;
+mod frame;
 mod push;
 mod quota;
 mod resource;
@@ -179,6 +184,7 @@ mod state;
 mod store;
 mod tokens;
 mod upload;
+mod ws;
 
 #[cfg(test)]
 mod tests;
@@ -198,6 +204,17 @@ use state::{lock, Shared};
 pub use upload::UploadRecord;
 
 pub use catalog::ResourceRule;
+pub use ws::{
+    CutMode, LongConnAck, LongConnClientConfig, LongConnDelivery, LongConnEndpointCall,
+    LongConnEventState, LongConnHandshake, LongConnPing, LongConnection,
+};
+/// The codes and statuses of the long connection (see `ws.rs`).
+pub mod long_conn {
+    pub use super::ws::{
+        AUTH_FAILED, BAD_CREDENTIALS, BAD_TICKET_AUTH_CODE, EXCEED_CONN_LIMIT, FORBIDDEN,
+        SYSTEM_BUSY,
+    };
+}
 
 /// One self-built app the fake knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -686,6 +703,7 @@ impl SimFeishu {
         let shared = Shared::new(cfg)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let shared = Arc::new(shared);
+        ws::start(&shared, tls.clone()).await?;
         let task = tokio::spawn(server::serve(listener, tls, Arc::clone(&shared)));
         Ok(SimFeishu {
             shared,

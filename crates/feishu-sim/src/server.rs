@@ -143,6 +143,9 @@ async fn handle(
     if parts.uri.path() == OTLP_TRACES {
         return Ok(otlp(&shared, &parts.method, &body));
     }
+    if parts.uri.path() == super::ws::ENDPOINT_PATH {
+        return Ok(super::ws::endpoint(&shared, &parts.method, &body));
+    }
     if shared.faults.take_drop() {
         return Err(Dropped);
     }

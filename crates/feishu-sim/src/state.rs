@@ -240,6 +240,8 @@ pub(crate) struct Shared {
     pub(crate) store_calls: Mutex<Vec<StoreCall>>,
     pub(crate) pushed: Mutex<Vec<PushedEvent>>,
     pub(crate) uploads: Mutex<Vec<UploadRecord>>,
+    /// The long connection: tickets, connections, pushes, acks (ws.rs).
+    pub(crate) long_conns: super::ws::LongConns,
 }
 
 impl Shared {
@@ -286,6 +288,7 @@ impl Shared {
             store_calls: Mutex::new(Vec::new()),
             pushed: Mutex::new(Vec::new()),
             uploads: Mutex::new(Vec::new()),
+            long_conns: Default::default(),
         };
         shared.set_latency(cfg.latency);
         shared.set_ticket_push_delay(cfg.ticket_push_delay);
