@@ -16,6 +16,7 @@
 //! | [`config`]            | the TOML file, read in one pass that reports every problem  |
 //! | [`server`]            | downstream: listen backlog and connection limits, accept loop, TLS, the tower stack, request ids, admin listener (readiness, status page) |
 //! | [`proxy`]             | THE REQUEST PATH: the named phases, one file per group; gateway answers |
+//! | [`events`]            | events in: Feishu's events de-duplicated and fanned out to subscribers, signed; card callbacks |
 //! | [`auth`]              | who is calling: client keys (several while rotating), allow lists, signed SDK tokens |
 //! | [`store_apps`]        | store apps (ISV): tenants, their quota scopes, event callbacks |
 //! | [`tokens`]            | credentials toward Feishu: token slots, their sources, app_tickets |
@@ -41,6 +42,7 @@ pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod endpoints;
+pub mod events;
 pub mod feishu;
 pub mod observe;
 pub mod proxy;

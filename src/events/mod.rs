@@ -1,0 +1,31 @@
+//! Events in: Feishu's events, verified by their transport (the webhook
+//! endpoint, or an app's long connection), de-duplicated, and fanned out
+//! to internal services (`[[subscriptions]]`), each signed by the gateway.
+//!
+//! | file          | concern                                                   |
+//! |---------------|-----------------------------------------------------------|
+//! | `hub.rs`      | [`EventHub::accept`]: the one entry point; the order of the steps |
+//! | `event.rs`    | [`Transport`], [`Accepted`], the envelope (type, ids)     |
+//! | `dedupe.rs`   | event ids seen within the window: memory, and Redis       |
+//! | `delivery.rs` | per-subscriber bounded queues, ordered delivery, retries, expiry |
+//! | `card.rs`     | card callbacks, answered synchronously within a deadline  |
+//! | `sign.rs`     | the HMAC subscribers verify                               |
+//! | `webhook.rs`  | the webhook intake's verifiers (both kinds of app)       |
+//! | `config.rs`   | `[events]`, `[[subscriptions]]`, an app's event settings |
+//!
+//! The README's "Events" section states the guarantees and each failure
+//! case.
+
+mod card;
+pub mod config;
+mod dedupe;
+mod delivery;
+mod event;
+mod hub;
+pub mod sign;
+pub mod webhook;
+
+pub use config::{AppEvents, EventSettings, EventsConfig, SubscriptionConfig};
+pub use delivery::QUEUED_OVERHEAD;
+pub use event::{Accepted, Envelope, Transport, CARD_ACTION, MESSAGE_RECEIVE};
+pub use hub::EventHub;
