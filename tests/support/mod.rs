@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod redis_server;
 pub mod scripted;
 pub mod shares;
+pub mod subscriber;
 pub mod tools;
 
 use std::net::SocketAddr;
