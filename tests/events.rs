@@ -639,3 +639,82 @@ async fn the_long_connections_entry_point_queues_dedupes_and_answers_cards() {
     gw.wait().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_deliver_an_event_pushed_to_both_once() {
+    let mut redis = support::redis_server::redis_or_skip!();
+    logs();
+    let a = Subscriber::start().await;
+    let sim = SimFeishu::start(sim_config()).await.expect("sim");
+    let config = GatewayConfig::bare(&sim.base_url())
+        .app(
+            App::self_built(APP, APP_ID, "APP_SECRET")
+                .encrypt_key_env("EVENTS_ENCRYPT_KEY")
+                .verification_token_env("EVENTS_VTOKEN"),
+        )
+        .client(Client::new("billing", "CLIENT_KEY", APP))
+        .env("APP_SECRET", APP_SECRET)
+        .env("CLIENT_KEY", CLIENT_KEY)
+        .env("EVENTS_ENCRYPT_KEY", ENCRYPT_KEY)
+        .env("EVENTS_VTOKEN", VTOKEN)
+        .env("SECRET_A", SECRET_A)
+        .quota(support::config::Quota::redis(&redis.url()).replicas(2))
+        .subscription(sub("svc-a", &["*"], &a.url(), "SECRET_A"));
+    let mut replicas = Vec::new();
+    let mut targets = Vec::new();
+    for _ in 0..2 {
+        let listeners = Listeners::bind().await;
+        targets.push(WebhookTarget {
+            app_id: APP_ID.into(),
+            url: format!("http://{}/feishu/events/{APP}", listeners.addr()),
+            encrypt_key: Some(ENCRYPT_KEY.into()),
+            verification_token: VTOKEN.into(),
+        });
+        replicas.push(listeners.start(&config).await);
+    }
+    // Feishu's push reaches replica 0, its re-push (and the same message
+    // under a new event id) replica 1.
+    let e = message(&targets[0], "ev-r1", "om_r1");
+    for (t, event) in [(&targets[0], &e), (&targets[1], &e)] {
+        let pushed = sim.push_webhook(t, event, true).await;
+        assert_eq!(pushed.status(), Some(StatusCode::OK));
+    }
+    let again = message(&targets[1], "ev-r2", "om_r1");
+    let pushed = sim.push_webhook(&targets[1], &again, true).await;
+    assert_eq!(pushed.status(), Some(StatusCode::OK));
+    wait_for(Duration::from_secs(5), || async { a.count() == 1 }).await;
+    settle().await;
+    assert_eq!(a.count(), 1, "delivered once across replicas");
+    let mut c = redis.conn().await;
+    let marked: Option<String> = redis::cmd("GET")
+        .arg("feishu-gateway:event:{ops-bot}:id:ev-r1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(marked.as_deref(), Some("1"));
+
+    // Redis gone: events are still accepted and delivered, checked in
+    // memory, counted.
+    redis.kill();
+    let e3 = message(&targets[0], "ev-r3", "om_r3");
+    let pushed = sim.push_webhook(&targets[0], &e3, true).await;
+    assert_eq!(pushed.status(), Some(StatusCode::OK));
+    wait_for(Duration::from_secs(5), || async { a.count() == 2 }).await;
+    let client = http_client();
+    let m = metrics_of(&client, &replicas[0]).await;
+    assert!(
+        metric_value(
+            &m,
+            r#"feishu_gateway_events_dedupe_fallbacks_total{app="ops-bot"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    // Back before the gateways stop (their last budget sync uses it).
+    redis.restart();
+    for gw in replicas {
+        gw.shutdown();
+        gw.wait().await;
+    }
+    sim.shutdown().await;
+}

@@ -51,6 +51,10 @@ struct Inner {
     client: HttpClient,
     metrics: EventMetrics,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The runtime the hub started on: every event is handled there, so
+    /// the connections it opens (Redis, subscribers) live as long as the
+    /// hub, not on a connection worker's runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 /// One app's subscribers.
@@ -134,6 +138,7 @@ impl EventHub {
                 client,
                 metrics,
                 tasks: Mutex::new(tasks),
+                runtime: tokio::runtime::Handle::current(),
             }),
         }
     }
@@ -141,6 +146,17 @@ impl EventHub {
     /// One event from Feishu as plaintext JSON (already verified/decrypted
     /// by its transport), for app `app` (the `[[apps]]` name).
     pub async fn accept(&self, app: &str, transport: Transport, payload: Bytes) -> Accepted {
+        let hub = self.clone();
+        let app = app.to_owned();
+        self.inner
+            .runtime
+            .spawn(async move { hub.accept_here(&app, transport, payload).await })
+            .await
+            .unwrap_or(Accepted::Refused("shutting down"))
+    }
+
+    /// [`accept`](Self::accept), on the hub's runtime.
+    async fn accept_here(&self, app: &str, transport: Transport, payload: Bytes) -> Accepted {
         let hub = &self.inner;
         let Some(hub_app) = hub.apps.get(app) else {
             // An app added by a reload: no subscription until a restart.
