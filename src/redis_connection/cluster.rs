@@ -153,7 +153,7 @@ impl ConnectionLike for Cluster {
 
 /// The key a command routes by, for the commands the gateway sends; `None`
 /// for the others (sent alone, routed by the crate).
-fn key(cmd: &Cmd) -> Option<&[u8]> {
+pub(super) fn key(cmd: &Cmd) -> Option<&[u8]> {
     let mut args = cmd.args_iter().map(|a| match a {
         Arg::Simple(b) => b,
         _ => &[][..],

@@ -114,7 +114,7 @@ impl Primary {
     }
 
     /// The connection to the primary, once a lookup named one. Waits for
-    /// the first lookup (the caller's timeout bounds the wait).
+    /// the first lookup, at most the connect timeout.
     async fn current(&self) -> Result<ConnectionManager, RedisError> {
         if !self.0.started.swap(true, Ordering::AcqRel) {
             tokio::spawn(watch(Arc::downgrade(&self.0)));
@@ -122,12 +122,18 @@ impl Primary {
         if let Some(c) = &*self.0.current.borrow() {
             return Ok(c.conn.clone());
         }
+        // Bounded: a command must never hang while no sentinel answers
+        // (the budget's background counts have no timeout of their own).
         let mut rx = self.0.current.subscribe();
-        let c = rx
-            .wait_for(Option::is_some)
+        let named = async {
+            let c = rx.wait_for(Option::is_some).await.ok()?;
+            c.as_ref().map(|c| c.conn.clone())
+        };
+        tokio::time::timeout(self.0.connect_timeout, named)
             .await
-            .map_err(|_| unknown_primary())?;
-        Ok(c.as_ref().expect("waited for it").conn.clone())
+            .ok()
+            .flatten()
+            .ok_or_else(unknown_primary)
     }
 
     /// A failed command may mean a failover: look again now.

@@ -67,3 +67,36 @@ fn a_sentinel_address_must_be_host_and_port() {
         .expect_err("no port");
     assert!(err.contains("quota.redis_sentinels"), "{err}");
 }
+
+#[test]
+fn a_pipelines_commands_are_routed_by_the_key_the_gateway_puts_first() {
+    use super::cluster::key;
+    let script = redis::Script::new("return 1");
+    let mut call = script.prepare_invoke();
+    call.key("gw:quota:{a}:tat")
+        .key("gw:quota:{a}:pause")
+        .arg("take");
+    let mut pipe = redis::pipe();
+    pipe.load_script(&script)
+        .invoke_script(&call)
+        .cmd("INCR")
+        .arg("gw:budget:{ops}:2026-12")
+        .cmd("EXPIRE")
+        .arg("gw:budget:{ops}:2026-12")
+        .arg(60)
+        .cmd("PING");
+    let keys: Vec<Option<&[u8]>> = pipe.cmd_iter().map(key).collect();
+    assert_eq!(
+        keys,
+        [
+            None,
+            Some(&b"gw:quota:{a}:tat"[..]),
+            Some(&b"gw:budget:{ops}:2026-12"[..]),
+            Some(&b"gw:budget:{ops}:2026-12"[..]),
+            None,
+        ]
+    );
+    let mut no_keys = redis::cmd("EVALSHA");
+    no_keys.arg("abc").arg(0).arg("x");
+    assert_eq!(key(&no_keys), None, "a script without keys routes anywhere");
+}
