@@ -20,6 +20,7 @@ use feishu_gateway::redis_connection::RedisTarget;
 use http::StatusCode;
 use support::config::Client;
 use support::config::{Quota, QuotaFail, QuotaOverflow};
+use support::fleet::{fleet, ok_count, seed_curve};
 use support::redis_server::{redis_or_skip, RedisServer};
 use support::shares::{check_shares, flood_shares, max_at_feishu, share_plan};
 use support::shares::{BATCH_KEY, BATCH_PATH, BILLING_PATH};
@@ -509,90 +510,9 @@ async fn closed_and_open_when_redis_is_gone() {
 
 // ----- replicas through sockets ----------------------------------------------
 
-/// One simulated Feishu, one Redis, and `n` gateways sharing them.
-struct Fleet {
-    sim: SimFeishu,
-    gws: Vec<Runtime>,
-    client: HttpClient,
-}
-
 /// `[quota]` on `redis` for `replicas` replicas, failing as `fail` says.
 fn redis_quota(redis: &RedisServer, fail: QuotaFail, replicas: u32) -> Quota {
     Quota::redis(&redis.url()).fail(fail).replicas(replicas)
-}
-
-/// `n` gateways with the default config as `configure` changes it, in
-/// front of a simulated Feishu; once all are ready.
-async fn fleet(
-    n: usize,
-    sim: SimConfig,
-    configure: impl FnOnce(GatewayConfig) -> GatewayConfig,
-) -> Fleet {
-    let sim = SimFeishu::start(sim).await.expect("sim starts");
-    let config = configure(GatewayConfig::new(&sim.base_url()));
-    let mut gws = Vec::new();
-    for _ in 0..n {
-        gws.push(start_gateway(&config).await);
-    }
-    let client = http_client();
-    for gw in &gws {
-        wait_ready(&client, gw).await;
-    }
-    Fleet { sim, gws, client }
-}
-
-impl Fleet {
-    async fn readyz(&self, i: usize) -> Answer {
-        admin_get(&self.client, &self.gws[i], "/readyz").await
-    }
-
-    async fn quota_state(&self, i: usize) -> String {
-        let v = self.readyz(i).await.json();
-        v["quota"]["state"].as_str().unwrap_or("?").to_string()
-    }
-
-    async fn metrics(&self, i: usize) -> String {
-        metrics_of(&self.client, &self.gws[i]).await
-    }
-
-    /// `senders` loops per replica, each sending put_top_notice with a short
-    /// pause until `until`; returns (status, latency) of every answer.
-    async fn flood(
-        self: &Arc<Self>,
-        senders: usize,
-        until: Instant,
-        extra: &'static [(&'static str, &'static str)],
-    ) -> Vec<(StatusCode, Duration)> {
-        let mut tasks = Vec::new();
-        for i in 0..self.gws.len() {
-            for _ in 0..senders {
-                let f = Arc::clone(self);
-                tasks.push(tokio::spawn(async move {
-                    let mut out = Vec::new();
-                    while Instant::now() < until {
-                        let started = Instant::now();
-                        let a = put_at(&f.client, f.gws[i].addr(), PUT_PATH, extra).await;
-                        out.push((a.status, started.elapsed()));
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    out
-                }));
-            }
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        all
-    }
-
-    fn check_feishu_saw_no_violation(&self) {
-        assert_eq!(self.sim.violations(), 0, "Feishu counted violations");
-        let in_1s = self
-            .sim
-            .max_in_any_window(APP_ID, "put_top_notice", Duration::from_secs(1));
-        assert!(in_1s <= 50, "{in_1s} in one second");
-    }
 }
 
 /// `promtool check metrics` accepts the exposition (when promtool is
@@ -601,17 +521,6 @@ fn promtool_accepts(exposition: &str) {
     if let Some((ok, out)) = promtool_check_metrics(exposition) {
         assert!(ok, "promtool check metrics:\n{out}");
     }
-}
-
-fn ok_count(answers: &[(StatusCode, Duration)]) -> usize {
-    answers.iter().filter(|a| a.0 == StatusCode::OK).count()
-}
-
-/// What the seed plan (b = 33, t = 62.087 ms) admits at most within `d`
-/// of sustained overload from a fresh start: b + floor(d / t).
-fn seed_curve(d: Duration) -> usize {
-    let p = plan(&["50/1s", "1000/60s"]);
-    p.burst() as usize + (d.as_secs_f64() / p.emission_interval().as_secs_f64()) as usize
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,64 +6,20 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use support::config::{App, Client, Quota};
 use support::redis_server::{redis_or_skip, RedisServer};
+use support::store_app::*;
 use support::*;
-
-const STORE_APP_ID: &str = "cli_store000000001";
-const STORE_SECRET: &str = "store-app-secret-0001";
-const ENCRYPT_KEY: &str = "encrypt-key-0001";
-const VTOKEN: &str = "verification-token-0001";
-const STORE_KEY: &str = "store-client-key-0123456789";
-
-/// A gateway config for the store app `isv-bot`, holding at most
-/// `max_tenants`, and its client `crm`; the tickets are kept in a
-/// `state_dir` or, with a Redis `[quota]`, in Redis.
-fn store_config(sim: &SimFeishu, max_tenants: usize) -> GatewayConfig {
-    GatewayConfig::bare(&sim.base_url())
-        .app(
-            App::store("isv-bot", STORE_APP_ID, "STORE_SECRET")
-                .encrypt_key_env("STORE_ENCRYPT_KEY")
-                .verification_token_env("STORE_VTOKEN")
-                .max_tenants(max_tenants),
-        )
-        .client(Client::new("crm", "STORE_CLIENT_KEY", "isv-bot"))
-        .env("STORE_SECRET", STORE_SECRET)
-        .env("STORE_ENCRYPT_KEY", ENCRYPT_KEY)
-        .env("STORE_VTOKEN", VTOKEN)
-        .env("STORE_CLIENT_KEY", STORE_KEY)
-}
-
-fn sim_store(tenants: &[&str]) -> SimConfig {
-    SimConfig::with_store_app(
-        SimStoreApp::new(STORE_APP_ID, STORE_SECRET, VTOKEN)
-            .encrypt_key(ENCRYPT_KEY)
-            .tenants(tenants.iter().copied()),
-    )
-}
 
 struct Store {
     sim: SimFeishu,
     gw: Runtime,
     client: HttpClient,
     dir: tempfile::TempDir,
-}
-
-/// A gateway with `config` whose port is known before it starts; with
-/// `events`, Feishu's pushes go to it from now on (from the first resend
-/// on).
-async fn start_replica(sim: &SimFeishu, config: &GatewayConfig, events: bool) -> Runtime {
-    let listeners = Listeners::bind().await;
-    if events {
-        let url = format!("http://{}/feishu/events/isv-bot", listeners.addr());
-        sim.set_event_url(STORE_APP_ID, url);
-    }
-    listeners.start(config).await
 }
 
 /// A gateway taking Feishu's pushes, keeping the tickets in `dir`.
@@ -83,29 +39,8 @@ async fn start_store(tenants: &[&str], max_tenants: usize) -> Store {
     }
 }
 
-/// POST put_top_notice to the gateway at `addr` as the store app's client,
-/// for `tenant`.
-async fn put_to(client: &HttpClient, addr: SocketAddr, tenant: Option<&str>) -> Answer {
-    let auth = format!("Bearer {STORE_KEY}");
-    let mut headers = vec![
-        ("authorization", auth.as_str()),
-        ("content-type", "application/json"),
-    ];
-    if let Some(t) = tenant {
-        headers.push(("x-tenant-key", t));
-    }
-    call(client, addr, Method::POST, PUT_PATH, &headers, PUT_BODY).await
-}
-
 async fn readyz_of(client: &HttpClient, gw: &Runtime) -> serde_json::Value {
     admin_get(client, gw, "/readyz").await.json()
-}
-
-fn resends(sim: &SimFeishu) -> usize {
-    sim.store_calls()
-        .iter()
-        .filter(|c| c.kind == StoreCallKind::Resend)
-        .count()
 }
 
 impl Store {
@@ -484,9 +419,6 @@ async fn an_invalidated_ticket_is_resent_and_requests_recover() {
 }
 
 // ----- several replicas on one Redis -----------------------------------------
-
-/// The Redis key of the store app's ticket, with the default prefix.
-const TICKET_KEY: &str = "feishu-gateway:app_ticket:cli_store000000001";
 
 /// A simulated Feishu with `sim`, a client, and the store app's config for
 /// two replicas sharing quotas and the ticket through `redis` (no

@@ -410,6 +410,11 @@ fn strings(items: &[&str]) -> Value {
     Value::Array(items.iter().map(|&i| Value::from(i)).collect())
 }
 
+/// A TOML list of owned strings.
+fn string_list(items: &[String]) -> Value {
+    Value::Array(items.iter().map(|i| Value::from(i.as_str())).collect())
+}
+
 /// A `[[routes]]` entry: a catalog override or addition.
 #[derive(Debug, Clone)]
 pub struct Route(Table);
@@ -481,6 +486,46 @@ impl Quota {
         Quota::local()
             .set("backend", "redis")
             .set("redis_url_env", var)
+    }
+
+    /// `backend = "redis"` on a Sentinel set: the sentinels' addresses
+    /// (`redis_sentinels`, `host:port` each) and the master name they
+    /// watch (`redis_sentinel_master`).
+    pub fn sentinel(sentinels: &[String], master: &str) -> Quota {
+        Quota::local()
+            .set("backend", "redis")
+            .set("redis_sentinels", string_list(sentinels))
+            .set("redis_sentinel_master", master)
+    }
+
+    /// `backend = "redis"` on a Redis Cluster found through `seed_nodes`
+    /// (`redis_cluster_nodes`, `host:port` each).
+    pub fn cluster(seed_nodes: &[String]) -> Quota {
+        Quota::local()
+            .set("backend", "redis")
+            .set("redis_cluster_nodes", string_list(seed_nodes))
+    }
+
+    /// `redis_password_env`: the data nodes' password (Sentinel, Cluster)
+    /// is in the variable `var`.
+    pub fn redis_password_env(self, var: &str) -> Self {
+        self.set("redis_password_env", var)
+    }
+
+    /// `redis_sentinel_password_env`: the sentinels' own password is in
+    /// the variable `var`.
+    pub fn redis_sentinel_password_env(self, var: &str) -> Self {
+        self.set("redis_sentinel_password_env", var)
+    }
+
+    /// `redis_username`: the ACL user of the data nodes (Sentinel, Cluster).
+    pub fn redis_username(self, name: &str) -> Self {
+        self.set("redis_username", name)
+    }
+
+    /// `redis_db`: the database on a Sentinel set's primary.
+    pub fn redis_db(self, db: u32) -> Self {
+        self.set("redis_db", i64::from(db))
     }
 
     /// `overflow`: what a request over its quota gets.

@@ -1,21 +1,27 @@
 //! The integration tests' harness: a simulated Feishu, the gateway in front
 //! of it on loopback ports, its config ([`config::GatewayConfig`]), a small
-//! HTTP client, a Redis of the test's own ([`redis_server`]), raw-socket
+//! HTTP client, a Redis of the test's own ([`redis_server`]), a Redis
+//! Cluster or Sentinel set of the test's own ([`redis_ha`]), gateway
+//! replicas sharing one of them ([`fleet`]), raw-socket
 //! upstreams ([`scripted`]), two clients flooding one app with quota
-//! shares ([`shares`]), the Prometheus tools ([`tools`]) and an OTLP
-//! receiver ([`otlp`]).
+//! shares ([`shares`]), the store app of the tests ([`store_app`]), the
+//! Prometheus tools ([`tools`]), an OTLP receiver ([`otlp`]) and event
+//! subscribers ([`subscriber`]).
 //!
 //! Every item of the crate under test that a test file uses is re-exported
 //! here, from [`gateway`], in one place.
 #![allow(dead_code)]
 
 pub mod config;
+pub mod fleet;
 mod gateway;
 pub mod otlp;
 pub mod proxy;
+pub mod redis_ha;
 pub mod redis_server;
 pub mod scripted;
 pub mod shares;
+pub mod store_app;
 pub mod subscriber;
 pub mod tools;
 

@@ -28,19 +28,20 @@ impl RedisServer {
     }
 
     pub fn start_with(extra: &[&str]) -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            super::skipped("redis-server", "bash deploy/ci-install-redis.sh");
-            return None;
-        }
         let port = StdListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        Self::start_on(port, extra)
+    }
+
+    /// [`RedisServer::start_with`] on `port` (free, chosen by the caller:
+    /// e.g. one of several taken at once, so that they differ).
+    pub fn start_on(port: u16, extra: &[&str]) -> Option<RedisServer> {
+        if !installed("redis-server") {
+            super::skipped("redis-server", "bash deploy/ci-install-redis.sh");
+            return None;
+        }
         let mut server = RedisServer {
             port,
             dir: tempfile::tempdir().expect("tempdir"),
@@ -103,6 +104,11 @@ impl RedisServer {
         }
     }
 
+    /// Whether it runs (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// A fresh server on the same port.
     pub fn restart(&mut self) {
         self.kill();
@@ -127,6 +133,16 @@ impl RedisServer {
             .await
             .expect("test connection to redis")
     }
+}
+
+/// Whether `program --version` runs.
+pub fn installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 impl Drop for RedisServer {
