@@ -16,8 +16,8 @@
 //! | [`config`]            | the TOML file, read in one pass that reports every problem  |
 //! | [`server`]            | downstream: listen backlog and connection limits, accept loop, TLS, the tower stack, request ids, admin listener (readiness, status page) |
 //! | [`proxy`]             | THE REQUEST PATH: the named phases, one file per group; gateway answers |
+//! | [`events`]            | events in: webhook intake and the long connection per app (WebSocket, frames, acks, reconnects, a Redis lease); de-duplicated, fanned out to subscribers, signed; card callbacks |
 //! | [`auth`]              | who is calling: client keys (several while rotating), allow lists, signed SDK tokens |
-//! | [`events`]            | events from Feishu: the long connection (one WebSocket per app, frames, acks, reconnects, a Redis lease) |
 //! | [`store_apps`]        | store apps (ISV): tenants, their quota scopes, event callbacks |
 //! | [`tokens`]            | credentials toward Feishu: token slots, their sources, app_tickets |
 //! | [`endpoints`]         | what the gateway knows per endpoint: catalog, limits, contracts |

@@ -37,7 +37,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
-use support::config::App;
+use support::config::{App, Subscription};
 use support::tools::{run, tool};
 use support::*;
 use tokio::time::Instant;
@@ -61,7 +61,8 @@ const FROM_PROMETHEUS: &[&str] = &["up"];
 /// The alerts that must exist, by name: token refreshes and expiry,
 /// Feishu's throttling, error codes, rate limiting, added latency, an app
 /// without a token, connections refused at the limit, the monthly call
-/// budget, and the gateway being down.
+/// budget, an event subscriber failing and events dropped, and the
+/// gateway being down.
 const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayTokenRefreshFailing",
     "FeishuGatewayTokenExpiringSoon",
@@ -74,6 +75,8 @@ const REQUIRED_ALERTS: &[&str] = &[
     "FeishuGatewayLongConnectionDown",
     "FeishuGatewayBudgetNearlySpent",
     "FeishuGatewayBudgetExhausted",
+    "FeishuGatewayEventSubscriberFailing",
+    "FeishuGatewayEventsDropped",
     "FeishuGatewayDown",
 ];
 
@@ -1005,9 +1008,20 @@ async fn start_stack() -> Harness {
         c.token_retry(Duration::from_millis(100), Duration::from_millis(500))
             .app(
                 App::self_built("broken-bot", "cli_deploy_broken", "BROKEN_BOT_APP_SECRET")
-                    .monthly_budget(10000),
+                    .monthly_budget(10000)
+                    .events("long_connection"),
             )
             .env("BROKEN_BOT_APP_SECRET", "not-the-secret")
+            // A subscription (never sent anything: no event arrives), so
+            // that the events' families are exported.
+            .subscription(Subscription::new(
+                "deploy-hooks",
+                "broken-bot",
+                &["im.message.receive_v1", "card.action.trigger"],
+                "http://127.0.0.1:9/hook",
+                "DEPLOY_HOOKS_SECRET",
+            ))
+            .env("DEPLOY_HOOKS_SECRET", "deploy-hooks-secret-0123456789")
     })
     .await
 }

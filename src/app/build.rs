@@ -1,8 +1,8 @@
 //! The composition root: the only code that turns a [`Config`] into the
 //! gateway's parts — catalog, metrics, upstream connections, the Redis
 //! connection, app_ticket store, token manager, quota engine and keys, store
-//! apps, monthly budgets, contracts, the trace exporter — and the listener's
-//! TLS. Domain modules never read the config; they are handed what they need
+//! apps, monthly budgets, contracts, the trace exporter, the event hub — and
+//! the listener's TLS. Domain modules never read the config; they are handed what they need
 //! here.
 
 use std::path::Path;
@@ -16,6 +16,8 @@ use crate::auth::ClientTable;
 use crate::budget::{Budgets, Carried, Store as BudgetStore};
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::{Catalog, Contracts};
+use crate::events::webhook::Intake;
+use crate::events::EventHub;
 use crate::observe::metrics::Metrics;
 use crate::observe::trace::{OtlpTransport, Tracing};
 use crate::proxy::{AppRoute, Gateway, QuotaKeys, ResourceKeys, Retries};
@@ -61,7 +63,8 @@ pub fn tls_acceptor(config: &Config) -> Result<Option<ReloadingAcceptor>, String
 
 /// What lives as long as the process, whatever a live reload changes: the
 /// metric families, the upstream connections, the Redis connection, the
-/// app_ticket store, the quota engine and the trace exporter. A config
+/// app_ticket store, the quota engine, the trace exporter and the event
+/// hub. A config
 /// change to what they are built from takes effect at the next restart
 /// (`super::reload`).
 pub(super) struct Shared {
@@ -70,9 +73,16 @@ pub(super) struct Shared {
     ticket_store: Arc<dyn TicketStore>,
     engine: Engine,
     tracing: Option<Arc<Tracing>>,
+    /// The event hub: its subscriber queues outlive a reload.
+    events: EventHub,
 }
 
 impl Shared {
+    /// The event hub.
+    pub(super) fn events(&self) -> &EventHub {
+        &self.events
+    }
+
     /// The trace exporter, when `[tracing]` is enabled.
     pub(super) fn tracing(&self) -> Option<&Arc<Tracing>> {
         self.tracing.as_ref()
@@ -105,6 +115,29 @@ fn start_tracing(config: &Config) -> Result<Option<Arc<Tracing>>, StartError> {
         "tracing: spans are exported over OTLP/HTTP"
     );
     Ok(Some(tracing))
+}
+
+/// The event hub: one delivery task per `[[subscriptions]]` entry, sending
+/// through a hyper-util client of its own on the gateway's connector (the
+/// public roots and `upstream_ca_file`); with the Redis backend it
+/// de-duplicates across replicas on the replica's Redis connection.
+fn start_events(
+    config: &Config,
+    metrics: &Metrics,
+    redis: Option<&RedisConnection>,
+) -> Result<EventHub, StartError> {
+    let settings = crate::upstream::Settings {
+        max_idle_per_host: 4,
+        ..config.upstream_settings()
+    };
+    let client = crate::upstream::build_client(&settings).map_err(StartError::Upstream)?;
+    let redis = redis.map(|c| (c.clone(), config.quota.key_prefix.clone()));
+    Ok(EventHub::start(
+        &config.events,
+        client,
+        redis,
+        metrics.events(),
+    ))
 }
 
 /// The parts a [`Runtime`](super::Runtime) serves with.
@@ -149,12 +182,14 @@ pub(super) fn parts(config: &Config) -> Result<Parts, StartError> {
     // makes its key (proxy/keys.rs). The engine itself holds none.
     let engine = Engine::from_config(&config.quota, Vec::new(), &metrics, redis.as_ref())
         .map_err(StartError::Config)?;
+    let events = start_events(config, &metrics, redis.as_ref())?;
     let shared = Shared {
         upstreams,
         redis,
         ticket_store,
         engine,
         tracing: start_tracing(config)?,
+        events,
     };
     let (gateway, _) =
         generation(config, catalog, metrics, &shared, None).map_err(StartError::Config)?;
@@ -286,6 +321,8 @@ pub(super) fn generation(
         contracts,
         tokens,
         store,
+        events: shared.events.clone(),
+        event_intake: Intake::new(&config.events.apps),
         upstreams: shared.upstreams.clone(),
         metrics,
         quota_keys,

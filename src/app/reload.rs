@@ -15,7 +15,8 @@
 //! retries, token policy, SDK tokens, body limits and request timeouts,
 //! the quota margin, waiters and overflow. What needs a restart, because
 //! the process holds it (listeners, threads, connections, the log
-//! subscriber, the trace exporter): see [`restart_only`]; a reload that
+//! subscriber, the trace exporter, the event hub's subscriptions and
+//! queues): see [`restart_only`]; a reload that
 //! changes one of those applies everything else and says so in the log.
 //!
 //! An invalid config changes nothing: every problem is logged (as
@@ -255,8 +256,9 @@ pub fn kept_apps(old: &[AppConfig], new: &[AppConfig]) -> Vec<Option<usize>> {
 /// connections, the log subscriber, the trace exporter (`[tracing]`: one
 /// per process, with its export thread), the state directory, the quota
 /// backend and its Redis connection, the listener's certificate paths (the
-/// certificate files themselves are reloaded on SIGHUP too). Returns the
-/// names of those that differ.
+/// certificate files themselves are reloaded on SIGHUP too), the event
+/// hub (`[events]`, `[[subscriptions]]`, an app's `events` transport; its
+/// webhook keys are reloaded). Returns the names of those that differ.
 pub fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let mut check = |name: &'static str, differs: bool| {
@@ -284,6 +286,17 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     check("state_dir", old.state_dir != new.state_dir);
     check("log", dbg(&old.log) != dbg(&new.log));
     check("tracing", old.tracing != new.tracing);
+    check(
+        "events ([events], [[subscriptions]], apps' events)",
+        old.events.settings != new.events.settings
+            || old.events.subscriptions != new.events.subscriptions
+            || old
+                .events
+                .apps
+                .iter()
+                .map(|a| (&a.name, a.transport))
+                .ne(new.events.apps.iter().map(|a| (&a.name, a.transport))),
+    );
     check(
         "upstream connections (upstream_ca_file, [pool], timeouts.connect)",
         dbg(&old.upstream_settings()) != dbg(&new.upstream_settings()),
@@ -321,6 +334,10 @@ pub fn effective(old: &Config, mut new: Config) -> Config {
     new.state_dir = old.state_dir.clone();
     new.log = old.log.clone();
     new.tracing = old.tracing.clone();
+    // The hub's queues and subscriptions stay; the apps' webhook keys are
+    // read again (the intake is built per generation).
+    new.events.settings = old.events.settings.clone();
+    new.events.subscriptions = old.events.subscriptions.clone();
     new.upstream_ca_file = old.upstream_ca_file.clone();
     new.pool = old.pool.clone();
     new.timeouts.connect = old.timeouts.connect;

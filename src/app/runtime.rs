@@ -288,7 +288,8 @@ impl Runtime {
     }
 
     /// Waits until both listeners have drained, then stops the token
-    /// refreshers and saves (or sends) the budget counts a last time.
+    /// refreshers and the event deliveries, and saves (or sends) the budget
+    /// counts a last time.
     pub async fn wait(self) {
         for s in self.servers {
             let _ = s.await;
@@ -299,6 +300,8 @@ impl Runtime {
         for t in self.reloader.current.lock().await.tasks.drain(..) {
             t.abort();
         }
+        // Events still queued for subscribers are lost (and counted).
+        self.reloader.shared.events().stop();
         let gateway = self.reloader.live.load_full();
         gateway.budget().sync().await;
         // The spans still queued go to the collector (up to 5 s), off the

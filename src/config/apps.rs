@@ -1,8 +1,9 @@
 //! `[[apps]]`: the Feishu apps the gateway holds secrets for (at least
 //! one); apps without an `upstream` of their own use the global one. The
 //! apps' `monthly_budget` and `budget_group` make the budget groups
-//! ([`BudgetConfig`]). `[[clients]]` are read by `clients.rs`, with the
-//! names this reader returns.
+//! ([`BudgetConfig`]); their `events`, callback keys and
+//! `require_signature` make their [`AppEvents`]. `[[clients]]` are read
+//! by `clients.rs`, with the names this reader returns.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use std::time::Duration;
 use super::reader::{Problems, Section};
 use super::{secret_source, Environment};
 use crate::budget::{BudgetConfig, BudgetGroup};
+use crate::events::{AppEvents, Transport};
+use crate::store_apps::callback::CallbackKeys;
 use crate::tokens::{AppConfig, AppKind, StoreAppSettings};
 use crate::upstream::Upstream;
 
@@ -17,19 +20,35 @@ use crate::upstream::Upstream;
 /// Prometheus gauge (a float).
 const MAX_MONTHLY_BUDGET: u64 = 1 << 50;
 
+/// What `[[apps]]` makes: the complete entries, every entry's name by
+/// file index (what `clients[].app` resolves against), the budget groups,
+/// and the complete entries' event settings (aligned with `apps`).
+pub(super) struct Apps {
+    pub(super) apps: Vec<AppConfig>,
+    pub(super) names: Vec<Option<String>>,
+    pub(super) budget: BudgetConfig,
+    pub(super) events: Vec<AppEvents>,
+    /// The file index of each complete entry (for problems' keys).
+    pub(super) file_index: Vec<usize>,
+}
+
 /// Reads `[[apps]]` (at least one entry; apps without an `upstream` of
-/// their own use `global`): the complete entries, every entry's name by
-/// file index (what `clients[].app` resolves against), and the budget
-/// groups.
+/// their own use `global`).
 pub(super) fn read(
     root: &mut Section<'_>,
     global: &Upstream,
     env: &dyn Environment,
     p: &mut Problems,
-) -> (Vec<AppConfig>, Vec<Option<String>>, BudgetConfig) {
-    let (apps, app_names, budget_keys) = read_apps(root, global, env, p);
-    let budget = budget_groups(&budget_keys, &app_names, p);
-    (apps, app_names, budget)
+) -> Apps {
+    let (apps, names, budget_keys, events, file_index) = read_apps(root, global, env, p);
+    let budget = budget_groups(&budget_keys, &names, p);
+    Apps {
+        apps,
+        names,
+        budget,
+        events,
+        file_index,
+    }
 }
 
 /// The budget keys of one complete self-built `[[apps]]` entry.
@@ -119,16 +138,26 @@ fn budget_groups(
     BudgetConfig { groups }
 }
 
+/// The lists [`read_apps`] makes.
+type AppLists = (
+    Vec<AppConfig>,
+    Vec<Option<String>>,
+    Vec<BudgetKeys>,
+    Vec<AppEvents>,
+    Vec<usize>,
+);
+
 /// Reads `[[apps]]`. Returns the complete entries, every entry's name
-/// (by file index, for resolving `clients[].app`) and the budget keys of
-/// the complete self-built ones. When an entry is incomplete a problem is
-/// recorded, so the lists only need to align when there are no problems.
+/// (by file index, for resolving `clients[].app`), the budget keys of
+/// the complete self-built ones, the complete entries' event settings and
+/// file indexes. When an entry is incomplete a problem is recorded, so the
+/// lists only need to align when there are no problems.
 fn read_apps(
     root: &mut Section<'_>,
     global: &Upstream,
     env: &dyn Environment,
     p: &mut Problems,
-) -> (Vec<AppConfig>, Vec<Option<String>>, Vec<BudgetKeys>) {
+) -> AppLists {
     let sections = root.tables("apps", p);
     if sections.is_empty() {
         p.push("apps", "at least one [[apps]] entry is required");
@@ -138,6 +167,8 @@ fn read_apps(
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut budget_keys = Vec::new();
+    let mut events = Vec::new();
+    let mut file_index = Vec::new();
     for (i, mut s) in sections.into_iter().enumerate() {
         let name = s.required_string("name", p);
         let app_id = s.required_string("app_id", p);
@@ -146,7 +177,9 @@ fn read_apps(
             Some(_) => super::server::upstream(&mut s, "upstream", p),
             None => Some(global.clone()),
         };
-        let kind = read_app_kind(&mut s, env, p);
+        let callback = read_callback(&mut s, env, p);
+        let kind = read_app_kind(&mut s, callback.as_ref(), p);
+        let transport = read_transport(&mut s, kind.as_ref(), p);
         let (limit, group) = read_budget_keys(&mut s, kind.as_ref(), p);
         let (limit_key, group_key) = (s.key("monthly_budget"), s.key("budget_group"));
         if let Some(n) = name {
@@ -181,6 +214,17 @@ fn read_apps(
                     group_key,
                 });
             }
+            let (keys, require_signature) = match callback {
+                Some(c) => (c.keys, c.require_signature),
+                None => (None, false),
+            };
+            events.push(AppEvents {
+                name: name.to_string(),
+                transport,
+                callback: keys,
+                require_signature,
+            });
+            file_index.push(i);
             apps.push(AppConfig {
                 name: name.to_string(),
                 app_id: app_id.to_string(),
@@ -190,7 +234,88 @@ fn read_apps(
             });
         }
     }
-    (apps, all_names, budget_keys)
+    (apps, all_names, budget_keys, events, file_index)
+}
+
+/// An entry's webhook keys and `require_signature`, as read.
+struct Callback {
+    /// `None` without a verification token.
+    keys: Option<CallbackKeys>,
+    require_signature: bool,
+    /// An Encrypt Key was given without a verification token, or a key's
+    /// source failed (a problem is recorded).
+    broken: bool,
+}
+
+/// Reads `encrypt_key_env`/`_file`, `verification_token_env`/`_file` and
+/// `require_signature` (apps of both kinds: the webhook intake verifies
+/// pushes with them). `None` when none of them is given.
+fn read_callback(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -> Option<Callback> {
+    let mut given = |env_key: &'static str, file_key: &'static str| {
+        let by_env = s.value(env_key).is_some();
+        s.value(file_key).is_some() || by_env
+    };
+    let has_key = given("encrypt_key_env", "encrypt_key_file");
+    let has_token = given("verification_token_env", "verification_token_file");
+    let require_signature = s.boolean("require_signature", p);
+    if !has_key && !has_token && require_signature.is_none() {
+        return None;
+    }
+    // `Some(None)`: no key; `None`: a key whose source failed.
+    let encrypt_key = if has_key {
+        secret_source(s, "encrypt_key_env", "encrypt_key_file", &[], env, p).map(Some)
+    } else {
+        Some(None)
+    };
+    let token = if has_token || has_key {
+        secret_source(
+            s,
+            "verification_token_env",
+            "verification_token_file",
+            &[],
+            env,
+            p,
+        )
+    } else {
+        None
+    };
+    let broken = (has_key || has_token) && (encrypt_key.is_none() || token.is_none());
+    let keys = match (encrypt_key, token) {
+        (Some(encrypt_key), Some(verification_token)) => Some(CallbackKeys {
+            encrypt_key,
+            verification_token,
+        }),
+        _ => None,
+    };
+    Some(Callback {
+        keys,
+        require_signature: require_signature.unwrap_or(false),
+        broken,
+    })
+}
+
+/// Reads `events`: how Feishu sends the app's events (`"webhook"`, the
+/// default, or `"long_connection"`, self-built apps only).
+fn read_transport(s: &mut Section<'_>, kind: Option<&AppKind>, p: &mut Problems) -> Transport {
+    match s.string("events", p) {
+        None | Some("webhook") => Transport::Webhook,
+        Some("long_connection") => {
+            if matches!(kind, Some(AppKind::Store(_))) {
+                p.push(
+                    s.key("events"),
+                    "\"long_connection\" is for self-built apps only: Feishu sends a store app's events by webhook",
+                );
+            }
+            Transport::LongConnection
+        }
+        Some(other) => {
+            p.push(
+                s.key("events"),
+                format!("{other:?} is not \"webhook\" or \"long_connection\""),
+            );
+            Transport::Webhook
+        }
+    }
 }
 
 /// Reads `monthly_budget` and `budget_group`: self-built apps only (Feishu
@@ -229,51 +354,27 @@ fn read_budget_keys<'a>(
     (limit.filter(|&l| l > 0), group.filter(|g| valid_label(g)))
 }
 
-/// Reads `type` and the store-app keys of an `[[apps]]` entry.
-fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -> Option<AppKind> {
-    const STORE_KEYS: [&str; 8] = [
-        "encrypt_key_env",
-        "encrypt_key_file",
-        "verification_token_env",
-        "verification_token_file",
-        "max_tenants",
-        "tenant_idle_timeout",
-        "require_signature",
-        "type",
-    ];
+/// Reads `type` and the store-app keys of an `[[apps]]` entry; a store
+/// app needs its verification token (`callback`).
+fn read_app_kind(
+    s: &mut Section<'_>,
+    callback: Option<&Callback>,
+    p: &mut Problems,
+) -> Option<AppKind> {
+    const STORE_KEYS: [&str; 2] = ["max_tenants", "tenant_idle_timeout"];
     match s.string("type", p).unwrap_or("self_built") {
         "self_built" => {
-            for k in &STORE_KEYS[..7] {
+            for k in STORE_KEYS {
                 if s.value(k).is_some() {
                     p.push(s.key(k), "only store apps (type = \"store\") take this key");
                 }
             }
+            if callback.is_some_and(|c| c.broken) {
+                return None;
+            }
             Some(AppKind::SelfBuilt)
         }
         "store" => {
-            // Read on even when it is bad: a return here would leave the
-            // keys below unread, each then reported as an unknown key.
-            let encrypt_key =
-                if s.value("encrypt_key_env").is_some() || s.value("encrypt_key_file").is_some() {
-                    Some(secret_source(
-                        s,
-                        "encrypt_key_env",
-                        "encrypt_key_file",
-                        &[],
-                        env,
-                        p,
-                    ))
-                } else {
-                    None
-                };
-            let verification_token = secret_source(
-                s,
-                "verification_token_env",
-                "verification_token_file",
-                &[],
-                env,
-                p,
-            );
             let max_tenants = s.integer("max_tenants", 1_000_000, p).unwrap_or(1000) as usize;
             if max_tenants == 0 {
                 p.push(s.key("max_tenants"), "must be at least 1");
@@ -281,19 +382,25 @@ fn read_app_kind(s: &mut Section<'_>, env: &dyn Environment, p: &mut Problems) -
             let tenant_idle_timeout = s
                 .duration("tenant_idle_timeout", p)
                 .unwrap_or(Duration::from_secs(3600));
-            let require_signature = s.boolean("require_signature", p).unwrap_or(false);
-            let encrypt_key = match encrypt_key {
-                None => None,
-                Some(Some(key)) => Some(key),
-                // A problem is recorded.
-                Some(None) => return None,
+            let keys = match callback {
+                Some(Callback {
+                    keys: Some(keys), ..
+                }) => keys.clone(),
+                Some(Callback { broken: true, .. }) => return None,
+                _ => {
+                    p.push(
+                        s.key("verification_token_env"),
+                        "is required: set one of `verification_token_env`, `verification_token_file`",
+                    );
+                    return None;
+                }
             };
             Some(AppKind::Store(StoreAppSettings {
-                encrypt_key,
-                verification_token: verification_token?,
+                encrypt_key: keys.encrypt_key,
+                verification_token: keys.verification_token,
                 max_tenants,
                 tenant_idle_timeout,
-                require_signature,
+                require_signature: callback.is_some_and(|c| c.require_signature),
             }))
         }
         other => {

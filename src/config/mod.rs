@@ -20,7 +20,8 @@
 //! | `routes.rs` | `[[routes]]`                                            |
 //! | `retries.rs`| `[retries]`: retries by code after transient failures  |
 //! | `tracing.rs`| `[tracing]`: spans over OTLP/HTTP, sampling, service name |
-//! | `apps.rs`   | `[[apps]]`; the budget groups (`monthly_budget`, `budget_group`) |
+//! | `apps.rs`   | `[[apps]]`; the budget groups (`monthly_budget`, `budget_group`); each app's `events` and webhook keys |
+//! | `events.rs` | `[events]`, `[[subscriptions]]`, checked against the apps |
 //! | `clients.rs`| `[[clients]]`: keys (several while rotating), `allow` checked against the catalog, the checks against their apps |
 //! | `reader.rs` | [`Section`]: typed reads that record [`Problems`], unknown keys |
 //! | `env.rs`    | [`Environment`]; secrets given as `<base>_env` or `<base>_file` |
@@ -34,6 +35,7 @@
 mod apps;
 mod clients;
 mod env;
+mod events;
 mod quota;
 mod reader;
 mod retries;
@@ -59,6 +61,7 @@ pub use crate::auth::sdk_token::SdkTokens;
 pub use crate::auth::{key_digest, ClientConfig};
 pub use crate::budget::{BudgetConfig, BudgetGroup};
 pub use crate::endpoints::RouteConfig;
+pub use crate::events::{AppEvents, EventSettings, EventsConfig, SubscriptionConfig, Transport};
 pub use crate::observe::logging::{Log, LogFormat};
 pub use crate::observe::trace::TraceConfig;
 pub use crate::proxy::RetryPolicy;
@@ -137,6 +140,9 @@ pub struct Config {
     /// The monthly call budgets (`[[apps]]` `monthly_budget`,
     /// `budget_group`): one group per self-built app or per `budget_group`.
     pub budget: BudgetConfig,
+    /// Events: `[events]`, `[[subscriptions]]` and each app's `events`
+    /// and webhook keys (by app index).
+    pub events: EventsConfig,
     /// Things worth saying that do not stop the gateway (e.g. plain-HTTP
     /// upstream on a non-loopback host).
     pub warnings: Vec<String>,
@@ -178,10 +184,20 @@ impl Config {
         let retries = retries::read(&mut s, p);
         let tracing = tracing::read(&mut s, p);
         let mut warnings = Vec::new();
-        let (apps, app_names, budget) = apps::read(&mut s, &server.upstream, env, p);
+        let read_apps = apps::read(&mut s, &server.upstream, env, p);
         // Clients' `allow` entries are checked against the catalog the
         // gateway will run with (built only when some client has one).
-        let clients = clients::read(&mut s, &apps, &app_names, &routes, env, p, &mut warnings);
+        let clients = clients::read(
+            &mut s,
+            &read_apps.apps,
+            &read_apps.names,
+            &routes,
+            env,
+            p,
+            &mut warnings,
+        );
+        let events = events::read(&mut s, &read_apps, env, p, &mut warnings);
+        let apps::Apps { apps, budget, .. } = read_apps;
         s.finish(p);
 
         ticket_home(server.state_dir.as_deref(), &quota, &apps, p, &mut warnings);
@@ -215,6 +231,7 @@ impl Config {
             apps,
             clients,
             budget,
+            events,
             warnings,
         })
     }

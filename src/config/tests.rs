@@ -723,3 +723,105 @@ fn quota_shares_are_fractions_and_each_problem_names_its_client() {
         "{problems}"
     );
 }
+
+#[test]
+fn events_subscriptions_and_app_transports_are_read_and_checked() {
+    let good = format!(
+        r#"{EXAMPLE}
+[events]
+drop_after = "1h"
+card_deadline = "2s"
+card_fallback = '{{"toast":{{"type":"info","content":"later"}}}}'
+
+[[apps]]
+name = "ws-bot"
+app_id = "cli_ws"
+app_secret_env = "OPS_BOT_APP_SECRET"
+events = "long_connection"
+
+[[subscriptions]]
+name = "chatops"
+app = "ws-bot"
+events = ["im.message.receive_v1", "card.action.trigger"]
+url = "http://chatops.internal/hook"
+secret_env = "SUB_SECRET"
+"#
+    );
+    let env = env().with("SUB_SECRET", "subscription-secret-0123456789");
+    let c = Config::parse(&good, &env).expect("valid");
+    assert_eq!(c.events.apps[0].transport, Transport::Webhook);
+    assert_eq!(c.events.apps[1].transport, Transport::LongConnection);
+    assert!(c.events.apps[1].callback.is_none());
+    assert_eq!(
+        c.events.settings.drop_after,
+        std::time::Duration::from_secs(3600)
+    );
+    assert_eq!(
+        &c.events.settings.card_fallback[..],
+        br#"{"toast":{"type":"info","content":"later"}}"#
+    );
+    assert_eq!(
+        c.events.subscriptions[0].url.host(),
+        Some("chatops.internal")
+    );
+    assert!(!format!("{c:?}").contains("subscription-secret"));
+
+    let bad = format!(
+        r#"{EXAMPLE}
+[events]
+card_deadline = "3s"
+card_fallback = "not json"
+retry_first = "10m"
+
+[[apps]]
+name = "isv"
+app_id = "cli_isv"
+app_secret_env = "OPS_BOT_APP_SECRET"
+type = "store"
+verification_token_env = "SUB_SECRET"
+events = "long_connection"
+
+[[subscriptions]]
+name = "a"
+app = "ops-bot"
+events = ["card.action.trigger"]
+url = "http://a/hook"
+secret_env = "SHORT"
+
+[[subscriptions]]
+name = "b"
+app = "ops-bot"
+events = ["card.action.trigger"]
+url = "ftp://b/hook"
+secret_env = "SUB_SECRET"
+
+[[subscriptions]]
+name = "c"
+app = "nobody"
+events = []
+url = "http://c/hook"
+secret_env = "SUB_SECRET"
+"#
+    );
+    let env = env
+        .with("SHORT", "short")
+        .with("SUB_SECRET", "subscription-secret-0123456789");
+    let problems = Config::parse(&bad, &env).unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    for want in [
+        "events.card_deadline",
+        "events.card_fallback",
+        "events.retry_first",
+        "apps[1].events",
+        "subscriptions[0].secret_env",
+        "apps[0].verification_token_env",
+        "subscriptions[1].events",
+        "subscriptions[1].url",
+        "subscriptions[2].app",
+        "subscriptions[2].events",
+    ] {
+        assert!(keys.contains(&want), "{want} not in {keys:?}");
+    }
+    let text = problems.to_string();
+    assert!(!text.contains("subscription-secret"), "{text}");
+}

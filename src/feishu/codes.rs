@@ -94,6 +94,9 @@ pub const GW_UPSTREAM_TIMEOUT: i64 = 99990503;
 /// Gateway: the shared quota backend (Redis) is unavailable and
 /// `quota.fail = "closed"`.
 pub const GW_QUOTA_BACKEND_UNAVAILABLE: i64 = 99990504;
+/// Gateway: an event pushed by Feishu was not accepted (a subscriber's
+/// queue is full, or the event is malformed): Feishu pushes it again.
+pub const GW_EVENT_REFUSED: i64 = 99990505;
 
 /// Every code above with a short description. Codes outside it are still
 /// counted, under their number.
@@ -152,6 +155,10 @@ pub const KNOWN: &[(i64, &str)] = &[
     (
         GW_QUOTA_BACKEND_UNAVAILABLE,
         "gateway: shared quota backend unavailable",
+    ),
+    (
+        GW_EVENT_REFUSED,
+        "gateway: event not accepted, Feishu pushes it again",
     ),
 ];
 

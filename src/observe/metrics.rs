@@ -7,6 +7,7 @@
 //! its first request and kept compact ([`pairs`]): recording a request does
 //! no label hashing and allocates nothing once its (status, code) was seen.
 
+mod events;
 mod pairs;
 
 use std::sync::{Arc, OnceLock};
@@ -17,6 +18,8 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use events::EventFamilies;
+pub use events::{EventMetrics, SubscriptionMetrics, MAX_EVENT_TYPES};
 use pairs::{Code, PairFamilies, PairSeries, PairStore, PairTable, Windows};
 pub use pairs::{DURATION_BUCKETS, OTHER_CODE, OTHER_ROUTE, UNKNOWN_APP};
 
@@ -49,6 +52,8 @@ pub struct Metrics {
     quota_wait: HistogramVec,
     budget: BudgetFamilies,
     backend: BackendFamilies,
+    /// The events' families (`feishu_gateway_events_*`).
+    events: EventFamilies,
     /// Per (app or unknown, route or other), made on first use: a catalog of
     /// 1,559 routes exports series only for the routes called. Label index
     /// 0 is `unknown` / `other`, then app + 1 and route + 1. Its store (the
@@ -443,6 +448,7 @@ impl Metrics {
             ),
             &["code", "description"],
         )?;
+        let events = EventFamilies::new(&registry)?;
         let store = Arc::new(PairStore::default());
         let pairs = PairTable::new(Arc::clone(&store), apps, routes);
         let route_limits = route_limits(&pairs);
@@ -532,6 +538,7 @@ impl Metrics {
             quota_wait,
             budget,
             backend,
+            events,
             pairs,
             route_limits,
         })
@@ -588,6 +595,7 @@ impl Metrics {
             quota_wait: self.quota_wait.clone(),
             budget: self.budget.clone(),
             backend: self.backend.clone(),
+            events: self.events.clone(),
             pairs,
             route_limits,
         }
@@ -966,6 +974,11 @@ impl Metrics {
     pub fn app_ticket_store_errors(&self, app: usize, op: &str) -> IntCounter {
         self.app_ticket_store_errors
             .with_label_values(&[self.app_label(Some(app)), op])
+    }
+
+    /// Handles on the events' families (`feishu_gateway_events_*`).
+    pub fn events(&self) -> EventMetrics {
+        EventMetrics::new(self.events.clone())
     }
 
     /// The in-flight gauge.

@@ -62,6 +62,9 @@ pub enum GatewayError {
     /// An event callback failed verification (signature, token, cipher,
     /// shape); answered with this status.
     BadCallback(StatusCode),
+    /// The event hub did not accept a pushed event (the reason is a fixed
+    /// text): 503, so Feishu pushes it again.
+    EventRefused(&'static str),
     /// The request breaks its route's contract.
     Invalid(Box<crate::validate::Violations>),
     /// A gateway control header has a value it cannot use.
@@ -134,6 +137,7 @@ impl GatewayError {
             | GatewayError::MissingTenant
             | GatewayError::UnknownTenant { .. } => StatusCode::BAD_REQUEST,
             GatewayError::BadCallback(status) => *status,
+            GatewayError::EventRefused(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -164,6 +168,7 @@ impl GatewayError {
             GatewayError::MissingTenant => "missing-tenant",
             GatewayError::UnknownTenant { .. } => "unknown-tenant",
             GatewayError::BadCallback(_) => "invalid-callback",
+            GatewayError::EventRefused(_) => "event-refused",
             GatewayError::TokenUnavailable { .. } => "token-unavailable",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "upstream-timeout",
             GatewayError::Upstream(_) => "upstream-unavailable",
@@ -194,6 +199,7 @@ impl GatewayError {
             GatewayError::MissingTenant => codes::INVALID_PARAM,
             GatewayError::UnknownTenant { code, .. } => *code,
             GatewayError::BadCallback(_) => codes::BAD_REQUEST,
+            GatewayError::EventRefused(_) => codes::GW_EVENT_REFUSED,
             GatewayError::TokenUnavailable { code, .. } => *code,
             GatewayError::Upstream(UpstreamFailure::Timeout) => codes::GW_UPSTREAM_TIMEOUT,
             GatewayError::Upstream(_) => codes::GW_UPSTREAM_UNAVAILABLE,
@@ -252,6 +258,9 @@ impl GatewayError {
             ),
             GatewayError::BadCallback(_) => {
                 "feishu-gateway: event callback refused (signature, verification token or encryption)".into()
+            }
+            GatewayError::EventRefused(reason) => {
+                format!("feishu-gateway: event not accepted ({reason}); push it again")
             }
             GatewayError::BadHeader { name, expected } => {
                 format!("feishu-gateway: header {name} must be {expected}")
@@ -393,6 +402,18 @@ pub fn json_value_response(
     let mut resp = json_answer(status, body);
     resp.headers_mut()
         .insert(X_GATEWAY_ERROR, HeaderValue::from_static(reason));
+    resp
+}
+
+/// A JSON answer whose body is already serialised (a subscriber's answer
+/// to a card callback).
+pub fn raw_json_answer(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     resp
 }
 

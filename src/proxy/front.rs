@@ -1,13 +1,16 @@
 //! The phases that answer a request before any client is known, or without
 //! forwarding it: `route` (only `/open-apis/`, never dot segments, never
 //! Feishu's own token endpoints), `issue_token` (the SDKs' token call,
-//! answered with a gateway token) and `event_callback` (Feishu's pushes for
-//! store apps).
+//! answered with a gateway token) and `event_callback` (Feishu's pushes:
+//! events of every app, store apps' tickets).
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::Response;
 use hyper::body::Incoming;
 
+use crate::events::webhook::Push;
+use crate::events::{Accepted, Transport};
 use crate::feishu::paths;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::GatewayError;
@@ -79,9 +82,12 @@ impl Gateway {
         ))
     }
 
-    /// Phase `event_callback` (store apps): Feishu's pushes to
-    /// `/feishu/events/<app>`: the URL check, the app_ticket, and any other
-    /// event acknowledged and ignored. Answered here, never forwarded.
+    /// Phase `event_callback`: Feishu's pushes to `/feishu/events/<app>`,
+    /// for apps of both kinds, verified (`events::webhook`): the URL check
+    /// answered, a store app's app_ticket kept, any other event handed to
+    /// the event hub, acknowledged 200 once queued (or a duplicate), a card
+    /// callback answered with its subscriber's answer, 503 when the hub
+    /// refused it (so Feishu pushes it again). Never forwarded.
     pub(super) async fn event_callback(
         &self,
         parts: &Parts,
@@ -92,17 +98,47 @@ impl Gateway {
             return Err(GatewayError::NotFound);
         }
         let body = self.read_body(parts, body, self.max_body_bytes).await?;
-        match self.store.handle_event(app, &parts.headers, &body).await {
-            Ok(answer) => Ok(crate::proxy::error::json_answer(
+        let refused = |r: CallbackRefused| match r {
+            CallbackRefused::UnknownApp => GatewayError::NotFound,
+            CallbackRefused::Unauthenticated => {
+                GatewayError::BadCallback(http::StatusCode::UNAUTHORIZED)
+            }
+            CallbackRefused::Invalid => GatewayError::BadCallback(http::StatusCode::BAD_REQUEST),
+        };
+        let ok = |answer: serde_json::Value| {
+            Ok(crate::proxy::error::json_answer(
                 http::StatusCode::OK,
                 &answer,
-            )),
-            Err(CallbackRefused::UnknownApp) => Err(GatewayError::NotFound),
-            Err(CallbackRefused::Unauthenticated) => {
-                Err(GatewayError::BadCallback(http::StatusCode::UNAUTHORIZED))
+            ))
+        };
+        let (index, push) = self
+            .event_intake
+            .verify(app, &parts.headers, &body)
+            .map_err(refused)?;
+        match push {
+            Push::Challenge(challenge) => ok(serde_json::json!({ "challenge": challenge })),
+            Push::AppTicket { app_id, ticket } => {
+                if self.store.is_store(index) {
+                    self.store
+                        .receive_ticket(index, &app_id, ticket)
+                        .await
+                        .map_err(refused)?;
+                }
+                ok(serde_json::json!({}))
             }
-            Err(CallbackRefused::Invalid) => {
-                Err(GatewayError::BadCallback(http::StatusCode::BAD_REQUEST))
+            Push::Event(plain) => {
+                match self
+                    .events
+                    .accept(app, Transport::Webhook, Bytes::from(plain))
+                    .await
+                {
+                    Accepted::Queued | Accepted::Duplicate => ok(serde_json::json!({})),
+                    Accepted::Answer(answer) => Ok(crate::proxy::error::raw_json_answer(
+                        http::StatusCode::OK,
+                        answer,
+                    )),
+                    Accepted::Refused(reason) => Err(GatewayError::EventRefused(reason)),
+                }
             }
         }
     }

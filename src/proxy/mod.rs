@@ -8,7 +8,7 @@
 //!
 //! | phase             | file              | what belongs there                                   |
 //! |-------------------|-------------------|------------------------------------------------------|
-//! | `event_callback`  | `front.rs`        | Feishu's pushes to `/feishu/events/<app>` (store apps) |
+//! | `event_callback`  | `front.rs`        | Feishu's pushes to `/feishu/events/<app>`: verified, to the event hub |
 //! | `route`           | `front.rs`        | is this an `/open-apis/` path? which catalog entry?  |
 //! | `issue_token`     | `front.rs`        | Feishu's token endpoints, answered by the gateway    |
 //! | `authenticate`    | `authenticate.rs` | which client is calling (and with which key), so which app |
@@ -76,6 +76,8 @@ use crate::auth::ClientTable;
 use crate::budget::Budgets;
 use crate::endpoints::Catalog;
 use crate::endpoints::Contracts;
+use crate::events::webhook::Intake;
+use crate::events::EventHub;
 use crate::observe::metrics::Metrics;
 use crate::observe::trace::Tracing;
 use crate::proxy::body::ProxyBody;
@@ -91,7 +93,7 @@ use crate::upstream::Upstreams;
 pub const X_REQUEST_ID: &str = "x-request-id";
 /// The client's key, sent beside a user access token.
 pub const X_GATEWAY_KEY: &str = "x-gateway-key";
-/// Feishu's event callbacks for store apps: `POST /feishu/events/<app name>`.
+/// Feishu's event pushes (webhook): `POST /feishu/events/<app name>`.
 pub const EVENTS_PREFIX: &str = "/feishu/events/";
 /// A store app's client names its tenant here.
 pub const X_TENANT_KEY: &str = "x-tenant-key";
@@ -110,6 +112,11 @@ pub struct Gateway {
     pub(crate) contracts: Contracts,
     pub(crate) tokens: Arc<TokenManager>,
     pub(crate) store: Arc<StoreApps>,
+    /// The event hub (lives as long as the process, shared by every
+    /// generation).
+    pub(crate) events: EventHub,
+    /// The webhook verifiers of this generation's apps.
+    pub(crate) event_intake: Intake,
     pub(crate) upstreams: Upstreams,
     pub(crate) metrics: Arc<Metrics>,
     /// The quota keys per (app[, tenant], route), made on first use, and
@@ -216,6 +223,11 @@ impl Gateway {
     /// The store apps (tickets, tenants, event endpoint).
     pub fn store(&self) -> &Arc<StoreApps> {
         &self.store
+    }
+
+    /// The event hub (for the long connections).
+    pub fn events(&self) -> &EventHub {
+        &self.events
     }
 
     /// The token manager (for `/readyz`).

@@ -1,7 +1,8 @@
 //! Feishu event callbacks: verify, decrypt and classify one raw callback
 //! (AES-256-CBC with the Encrypt Key's SHA-256, `X-Lark-Signature` over
 //! timestamp, nonce, key and body). Pure: no I/O, no state; the gateway's event endpoint calls
-//! [`Verifier::verify`] and acts on the [`Event`].
+//! [`Verifier::verify_plain`] and acts on the [`Event`] (the event hub gets
+//! the plain JSON of [`Event::Other`]).
 //!
 //! # What a callback is checked for, in order
 //!
@@ -76,7 +77,7 @@ pub enum Event {
         /// The ticket.
         app_ticket: Secret,
     },
-    /// Any other event: answer 200 and ignore it.
+    /// Any other event: for the event hub.
     Other {
         /// v1 `event.type` or v2 `header.event_type` (empty when absent).
         event_type: String,
@@ -109,7 +110,7 @@ pub enum EventError {
 }
 
 /// The app's callback secrets, as set in the developer console.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallbackKeys {
     /// The Encrypt Key, when one is set: bodies are then encrypted and signed.
     pub encrypt_key: Option<Secret>,
@@ -168,6 +169,28 @@ impl Verifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Event, EventError> {
+        self.verify_plain_at(headers, body, now)
+            .map(|(event, _)| event)
+    }
+
+    /// [`verify`](Self::verify), also returning the event's plain JSON:
+    /// the decrypted bytes of an `{"encrypt": …}` body, else the body as
+    /// it came (what the event hub delivers).
+    pub fn verify_plain(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(Event, Vec<u8>), EventError> {
+        self.verify_plain_at(headers, body, SystemTime::now())
+    }
+
+    /// [`verify_plain`](Self::verify_plain) with the current time given.
+    pub fn verify_plain_at(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<(Event, Vec<u8>), EventError> {
         let key = self.keys.encrypt_key.as_ref().map(Secret::expose);
 
         // 1–2. Signature and freshness, on the raw body, before any parsing.
@@ -186,18 +209,18 @@ impl Verifier {
             Value::Object(map) => map,
             _ => return Err(EventError::Malformed),
         };
-        let event = match (outer.get("encrypt"), key) {
+        let (event, plain) = match (outer.get("encrypt"), key) {
             (Some(Value::String(encrypted)), Some(key)) => {
                 let plain = decrypt(key, encrypted).ok_or(EventError::Undecryptable)?;
                 match serde_json::from_slice::<Value>(&plain) {
-                    Ok(Value::Object(map)) => map,
+                    Ok(Value::Object(map)) => (map, plain),
                     _ => return Err(EventError::Undecryptable),
                 }
             }
             // Not a string, or no key to decrypt it with.
             (Some(_), _) => return Err(EventError::Undecryptable),
             (None, Some(_)) => return Err(EventError::NotEncrypted),
-            (None, None) => outer,
+            (None, None) => (outer, body.to_vec()),
         };
 
         // 4–5. Token and kind.
@@ -220,7 +243,7 @@ impl Verifier {
         if !token_ok {
             return Err(EventError::BadToken);
         }
-        classify(&event, header, is_check)
+        Ok((classify(&event, header, is_check)?, plain))
     }
 
     fn check_fresh(&self, timestamp: &str, now: SystemTime) -> Result<(), EventError> {

@@ -1,5 +1,6 @@
-//! Store apps (ISV): their tenants, and Feishu's pushes to the event
-//! endpoint (verified in [`callback`]).
+//! Store apps (ISV): their tenants, their app_tickets as Feishu pushes
+//! them, and the verifier of Feishu's pushes ([`callback`], used by the
+//! event endpoint for apps of both kinds, `crate::events`).
 //!
 //! A store app is installed by many tenants. Its credentials come in three
 //! steps, each kept here or in [`crate::tokens`]:
@@ -30,12 +31,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use http::HeaderMap;
 use tokio::time::Instant;
 
 use crate::observe::metrics::Metrics;
 use crate::quota::{Key, Share};
-use crate::store_apps::callback::{CallbackKeys, Event, EventError, Verifier, VerifyOptions};
+use crate::secret::Secret;
 use crate::tokens::{AppConfig, AppKind, TokenManager, TokenSlot};
 use crate::upstream::Upstream;
 
@@ -56,7 +56,7 @@ pub enum TenantError {
 /// Why an event callback was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallbackRefused {
-    /// No store app of that name.
+    /// No app of that name takes webhook pushes.
     UnknownApp,
     /// Signature, timestamp or verification token wrong.
     Unauthenticated,
@@ -143,7 +143,6 @@ pub struct StoreApp {
     name: String,
     /// Its ticket.
     pub ticket: Arc<TicketBox>,
-    verifier: Verifier,
     upstream: Upstream,
     tenants: Mutex<HashMap<Arc<str>, Arc<Tenant>>>,
     /// `tenants.len()`, kept beside the map so `/readyz` and the status
@@ -157,7 +156,6 @@ pub struct StoreApp {
 /// Every store app, by app index.
 pub struct StoreApps {
     apps: Vec<Option<Arc<StoreApp>>>,
-    by_name: HashMap<String, usize>,
     metrics: Arc<Metrics>,
 }
 
@@ -179,44 +177,26 @@ impl StoreApps {
         tickets: Vec<Option<Arc<TicketBox>>>,
         metrics: Arc<Metrics>,
     ) -> StoreApps {
-        let mut by_name = HashMap::new();
         let apps = apps
             .iter()
             .zip(tickets)
             .enumerate()
             .map(|(i, (a, ticket))| match (&a.kind, ticket) {
-                (AppKind::Store(cfg), Some(ticket)) => {
-                    by_name.insert(a.name.clone(), i);
-                    Some(Arc::new(StoreApp {
-                        app: i,
-                        name: a.name.clone(),
-                        ticket,
-                        verifier: Verifier::new(
-                            CallbackKeys {
-                                encrypt_key: cfg.encrypt_key.clone(),
-                                verification_token: cfg.verification_token.clone(),
-                            },
-                            VerifyOptions {
-                                require_signature: cfg.require_signature,
-                                ..VerifyOptions::default()
-                            },
-                        ),
-                        upstream: a.upstream.clone(),
-                        tenants: Mutex::new(HashMap::new()),
-                        held: std::sync::atomic::AtomicUsize::new(0),
-                        max_tenants: cfg.max_tenants,
-                        idle_timeout: cfg.tenant_idle_timeout,
-                        started: Instant::now(),
-                    }))
-                }
+                (AppKind::Store(cfg), Some(ticket)) => Some(Arc::new(StoreApp {
+                    app: i,
+                    name: a.name.clone(),
+                    ticket,
+                    upstream: a.upstream.clone(),
+                    tenants: Mutex::new(HashMap::new()),
+                    held: std::sync::atomic::AtomicUsize::new(0),
+                    max_tenants: cfg.max_tenants,
+                    idle_timeout: cfg.tenant_idle_timeout,
+                    started: Instant::now(),
+                })),
                 _ => None,
             })
             .collect();
-        StoreApps {
-            apps,
-            by_name,
-            metrics,
-        }
+        StoreApps { apps, metrics }
     }
 
     /// A live reload: each store app the reload kept (`apps[new] =
@@ -448,47 +428,27 @@ impl StoreApps {
             .collect()
     }
 
-    /// The event endpoint `POST /feishu/events/<app name>`: the JSON to answer
-    /// (200) to the URL check, the app_ticket, and any other event, which is
-    /// acknowledged (this is not an event bus). A callback that fails
-    /// verification changes nothing.
-    pub async fn handle_event(
+    /// A verified `app_ticket` push for app `app` (its index): kept when
+    /// it is for this store app's app id. A push for another app id, or to
+    /// an app that is not a store app, changes nothing.
+    pub async fn receive_ticket(
         &self,
-        app_name: &str,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<serde_json::Value, CallbackRefused> {
+        app: usize,
+        app_id: &str,
+        app_ticket: Secret,
+    ) -> Result<(), CallbackRefused> {
         let store = self
-            .by_name
-            .get(app_name)
-            .and_then(|&i| self.apps[i].as_ref())
-            .ok_or(CallbackRefused::UnknownApp)?;
-        let event = store.verifier.verify(headers, body).map_err(|e| {
-            tracing::warn!(app = %store.name, error = ?e, "event callback refused");
-            match e {
-                EventError::BadSignature | EventError::Stale | EventError::BadToken => {
-                    CallbackRefused::Unauthenticated
-                }
-                _ => CallbackRefused::Invalid,
-            }
-        })?;
-        let answer = match event {
-            Event::UrlVerification { challenge } => serde_json::json!({ "challenge": challenge }),
-            Event::AppTicket { app_id, app_ticket } => {
-                if app_id != store.ticket.app_id() {
-                    tracing::warn!(app = %store.name, "app_ticket for another app id refused");
-                    return Err(CallbackRefused::Invalid);
-                }
-                store.ticket.receive(app_ticket).await;
-                self.metrics.app_ticket_received(store.app, Duration::ZERO);
-                serde_json::json!({})
-            }
-            Event::Other { event_type } => {
-                tracing::debug!(app = %store.name, event_type, "ignored an event");
-                serde_json::json!({})
-            }
-        };
-        Ok(answer)
+            .apps
+            .get(app)
+            .and_then(Option::as_ref)
+            .ok_or(CallbackRefused::Invalid)?;
+        if app_id != store.ticket.app_id() {
+            tracing::warn!(app = %store.name, "app_ticket for another app id refused");
+            return Err(CallbackRefused::Invalid);
+        }
+        store.ticket.receive(app_ticket).await;
+        self.metrics.app_ticket_received(store.app, Duration::ZERO);
+        Ok(())
     }
 }
 

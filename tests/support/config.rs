@@ -121,6 +121,21 @@ impl GatewayConfig {
         self.set_in("timeouts", "body_read", duration(d))
     }
 
+    /// `[events]` `<key>`, a duration (`retry_first`, `drop_after`, …).
+    pub fn events_duration(self, key: &str, d: Duration) -> Self {
+        self.set_in("events", key, duration(d))
+    }
+
+    /// `[events]` `<key>`, a count (`queue_max_events`, …).
+    pub fn events_count(self, key: &str, n: usize) -> Self {
+        self.set_in("events", key, int(n))
+    }
+
+    /// A `[[subscriptions]]` entry.
+    pub fn subscription(self, subscription: Subscription) -> Self {
+        self.push("subscriptions", subscription.0)
+    }
+
     /// `[retries]` `enabled = false`: no retries by code.
     pub fn without_retries(self) -> Self {
         self.set_in("retries", "enabled", false)
@@ -325,9 +340,33 @@ impl App {
         self.set("budget_group", name)
     }
 
+    /// `events`: `"webhook"` or `"long_connection"`.
+    pub fn events(self, transport: &str) -> Self {
+        self.set("events", transport)
+    }
+
     fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.0.insert(key.into(), value.into());
         self
+    }
+}
+
+/// A `[[subscriptions]]` entry.
+#[derive(Debug, Clone)]
+pub struct Subscription(Table);
+
+impl Subscription {
+    /// Subscription `name` to `events` of `app`, POSTed to `url`, signed
+    /// with the secret in the variable `secret_env`.
+    pub fn new(name: &str, app: &str, events: &[&str], url: &str, secret_env: &str) -> Self {
+        let mut t = table(&[
+            ("name", name),
+            ("app", app),
+            ("url", url),
+            ("secret_env", secret_env),
+        ]);
+        t.insert("events".into(), strings(events));
+        Subscription(t)
     }
 }
 

@@ -6,6 +6,7 @@
 pub use feishu_gateway::app::Runtime;
 pub use feishu_gateway::budget::{unix_now, Month, BUDGET_KEY_TTL};
 pub use feishu_gateway::config::{Config, MapEnv, Problems};
+pub use feishu_gateway::events::{Accepted, EventHub, Transport};
 pub use feishu_gateway::quota::{
     BackendKind, Cause, FailMode, KeySpec, Limit, Overflow, Plan, PlanPolicy, QuotaKey,
     RedisConnection, RedisQuota, RedisSettings, Window,
@@ -18,5 +19,6 @@ pub use feishu_gateway::tokens::ticket_store::{
 };
 pub use feishu_sim::ca::{IssuedCert, TestCa};
 pub use feishu_sim::{
-    callback, QuotaMode, SimApp, SimConfig, SimFeishu, SimStoreApp, StoreCallKind, TokenKind,
+    callback, webhook, QuotaMode, SimApp, SimConfig, SimFeishu, SimStoreApp, StoreCallKind,
+    TokenKind,
 };

@@ -5,7 +5,8 @@
 //! replicas sharing one of them ([`fleet`]), raw-socket
 //! upstreams ([`scripted`]), two clients flooding one app with quota
 //! shares ([`shares`]), the store app of the tests ([`store_app`]), the
-//! Prometheus tools ([`tools`]) and an OTLP receiver ([`otlp`]).
+//! Prometheus tools ([`tools`]), an OTLP receiver ([`otlp`]) and event
+//! subscribers ([`subscriber`]).
 //!
 //! Every item of the crate under test that a test file uses is re-exported
 //! here, from [`gateway`], in one place.
@@ -21,6 +22,7 @@ pub mod redis_server;
 pub mod scripted;
 pub mod shares;
 pub mod store_app;
+pub mod subscriber;
 pub mod tools;
 
 use std::net::SocketAddr;

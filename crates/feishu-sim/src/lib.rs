@@ -184,6 +184,7 @@ mod state;
 mod store;
 mod tokens;
 mod upload;
+pub mod webhook;
 mod ws;
 
 #[cfg(test)]
@@ -1054,6 +1055,31 @@ impl SimFeishu {
         sign: bool,
     ) -> Option<PushedEvent> {
         push::push_event(&self.shared, app_id, event, sign).await
+    }
+
+    /// Push `event` once to any event URL (`target`), sealed like Feishu's
+    /// (encrypted with its Encrypt Key, then signed when `sign`); recorded
+    /// with the other pushes.
+    pub async fn push_webhook(
+        &self,
+        target: &webhook::WebhookTarget,
+        event: &serde_json::Value,
+        sign: bool,
+    ) -> PushedEvent {
+        webhook::push_to(&self.shared, target, event, sign).await
+    }
+
+    /// Push `event` to `target` and push it again after each interval of
+    /// `schedule` (Feishu's is [`webhook::FEISHU_REPUSH_SCHEDULE`]) until
+    /// it is answered 200. Returns every push.
+    pub async fn push_webhook_until_ok(
+        &self,
+        target: &webhook::WebhookTarget,
+        event: &serde_json::Value,
+        sign: bool,
+        schedule: &[std::time::Duration],
+    ) -> Vec<PushedEvent> {
+        webhook::push_until_ok(&self.shared, target, event, sign, schedule).await
     }
 
     /// Clear the recorded requests, token calls, store calls, pushed events,
