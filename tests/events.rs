@@ -718,3 +718,262 @@ async fn replicas_sharing_redis_deliver_an_event_pushed_to_both_once() {
     }
     sim.shutdown().await;
 }
+
+// ----- the long connection, end to end --------------------------------------
+
+/// The simulated Feishu (reconnects at once, quick re-pushes) and a gateway
+/// whose self-built app `ws-bot` takes its events over the long connection,
+/// with `configure` adding subscriptions; returns once the gateway holds
+/// the connection.
+async fn long_connection_stack(
+    configure: impl FnOnce(GatewayConfig) -> GatewayConfig,
+) -> (SimFeishu, Runtime) {
+    logs();
+    let sim = SimFeishu::start(sim_config()).await.expect("sim");
+    sim.set_long_conn_client_config(feishu_sim::LongConnClientConfig {
+        reconnect_count: -1,
+        reconnect_interval: 1,
+        reconnect_nonce: 0,
+        ping_interval: 1,
+    });
+    // Re-pushes after 150 ms instead of 15 s.
+    sim.set_long_conn_retry_scale(0.01);
+    let config = GatewayConfig::bare(&sim.base_url())
+        .app(App::self_built("ws-bot", APP_ID, "APP_SECRET").events("long_connection"))
+        .client(Client::new("billing", "CLIENT_KEY", "ws-bot"))
+        .env("APP_SECRET", APP_SECRET)
+        .env("CLIENT_KEY", CLIENT_KEY)
+        .env("SECRET_A", SECRET_A)
+        .env("SECRET_B", SECRET_B)
+        .events_duration("retry_first", Duration::from_millis(50))
+        .events_duration("retry_max", Duration::from_millis(200));
+    let gw = start_gateway(&configure(config)).await;
+    wait_for(Duration::from_secs(10), || async {
+        sim.long_conns(APP_ID).len() == 1
+    })
+    .await;
+    (sim, gw)
+}
+
+fn ws_target() -> WebhookTarget {
+    WebhookTarget {
+        app_id: APP_ID.into(),
+        url: String::new(),
+        encrypt_key: None,
+        verification_token: "unused".into(),
+    }
+}
+
+/// The 200 ack the simulated Feishu received for `message_id`.
+fn acked(sim: &SimFeishu, message_id: &str) -> Option<feishu_sim::LongConnAck> {
+    sim.long_conn_acks()
+        .into_iter()
+        .find(|a| a.message_id == message_id && a.code == Some(200))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_long_connection_events_reach_two_subscribers_once_fragments_and_cards_included() {
+    let a = Subscriber::start().await;
+    let b = Subscriber::start().await;
+    let card = Subscriber::start().await;
+    card.set(Behaviour::Ok(
+        r#"{"toast":{"type":"info","content":"seen"}}"#.into(),
+    ));
+    let (sim, gw) = long_connection_stack(|c| {
+        c.subscription(Subscription::new(
+            "ws-a",
+            "ws-bot",
+            &["im.message.receive_v1"],
+            &a.url(),
+            "SECRET_A",
+        ))
+        .subscription(Subscription::new(
+            "ws-b",
+            "ws-bot",
+            &["*"],
+            &b.url(),
+            "SECRET_B",
+        ))
+        .subscription(Subscription::new(
+            "ws-cards",
+            "ws-bot",
+            &["card.action.trigger"],
+            &card.url(),
+            "SECRET_A",
+        ))
+    })
+    .await;
+    let t = ws_target();
+
+    // One event: both subscribers once, Feishu acked with 200.
+    let first = message(&t, "lc-ev-1", "om_lc_1");
+    let mid = sim.long_conn_push(APP_ID, &first);
+    wait_for(Duration::from_secs(5), || async {
+        a.count() == 1 && b.count() == 1
+    })
+    .await;
+    wait_for(Duration::from_secs(5), || async {
+        acked(&sim, &mid).is_some()
+    })
+    .await;
+    assert_eq!(a.received()[0].json(), first);
+    assert_signed(&a.received()[0], SECRET_A);
+    assert_signed(&b.received()[0], SECRET_B);
+
+    // Feishu's duplicates: the same frame again, and the same message under
+    // a new event id. Both are acked, neither delivered again.
+    assert!(sim.long_conn_push_duplicate(&mid));
+    let again = sim.long_conn_push(APP_ID, &message(&t, "lc-ev-2", "om_lc_1"));
+    wait_for(Duration::from_secs(5), || async {
+        acked(&sim, &again).is_some()
+    })
+    .await;
+
+    // A large event in fragments of 100 bytes, reassembled intact.
+    sim.set_long_conn_fragment_size(Some(100));
+    let long_text = "x".repeat(2_000);
+    let big = v2_event(
+        &t,
+        "im.message.receive_v1",
+        "lc-ev-3",
+        json!({"message": {"message_id": "om_lc_big", "content": long_text}}),
+    );
+    let big_mid = sim.long_conn_push(APP_ID, &big);
+    wait_for(Duration::from_secs(5), || async {
+        a.count() == 2 && b.count() == 2
+    })
+    .await;
+    let fragments = sim
+        .long_conn_deliveries()
+        .iter()
+        .find(|d| d.message_id == big_mid)
+        .map(|d| d.fragments)
+        .unwrap();
+    assert!(fragments > 10, "{fragments} fragments");
+    assert_eq!(a.received()[1].json(), big);
+    sim.set_long_conn_fragment_size(None);
+
+    // A card callback: the subscriber's answer goes back in the ack, in time.
+    let pushed = Instant::now();
+    let cb = sim.long_conn_push(
+        APP_ID,
+        &v2_event(
+            &t,
+            "card.action.trigger",
+            "lc-cb-1",
+            json!({"action": {"value": {}}}),
+        ),
+    );
+    wait_for(Duration::from_secs(3), || async {
+        acked(&sim, &cb).is_some()
+    })
+    .await;
+    let took = pushed.elapsed();
+    let ack = acked(&sim, &cb).unwrap();
+    assert_eq!(
+        ack.data.as_deref(),
+        Some(&br#"{"toast":{"type":"info","content":"seen"}}"#[..])
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    eprintln!("card callback over the long connection answered in {took:?}");
+
+    settle().await;
+    // `["*"]` takes every type but card callbacks, which have their one
+    // subscriber.
+    assert_eq!((a.count(), b.count(), card.count()), (2, 2, 1));
+    assert_eq!(
+        b.received()
+            .iter()
+            .map(|r| r.event_id())
+            .collect::<Vec<_>>(),
+        ["lc-ev-1", "lc-ev-3"]
+    );
+    assert_eq!(sim.long_conn_repushes(), 0, "every event was acked in time");
+
+    let m = metrics_of(&http_client(), &gw).await;
+    let v = |series: &str| metric_value(&m, series).unwrap_or(-1.0);
+    assert_eq!(
+        v(
+            r#"feishu_gateway_events_received_total{app="ws-bot",transport="long_connection",type="im.message.receive_v1"}"#
+        ),
+        4.0
+    );
+    assert_eq!(
+        v(r#"feishu_gateway_events_duplicates_total{app="ws-bot",transport="long_connection"}"#),
+        2.0
+    );
+    assert_eq!(
+        v(r#"feishu_gateway_events_connection_up{app="ws-bot"}"#),
+        1.0
+    );
+    assert_no_secret_in_logs();
+    gw.shutdown();
+    gw.wait().await;
+    // The connection is closed at shutdown.
+    wait_for(Duration::from_secs(5), || async {
+        sim.long_conns(APP_ID).is_empty()
+    })
+    .await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_connection_cut_mid_stream_reconnects_and_no_acked_event_is_lost() {
+    let a = Subscriber::start().await;
+    let (sim, gw) = long_connection_stack(|c| {
+        c.subscription(Subscription::new(
+            "ws-a",
+            "ws-bot",
+            &["im.message.receive_v1"],
+            &a.url(),
+            "SECRET_A",
+        ))
+    })
+    .await;
+    let t = ws_target();
+    let calls_before = sim.long_conn_endpoint_calls().len();
+    let mut mids = Vec::new();
+    for i in 0..30 {
+        let ev = message(&t, &format!("cut-ev-{i}"), &format!("om_cut_{i}"));
+        mids.push(sim.long_conn_push(APP_ID, &ev));
+        if i == 10 || i == 20 {
+            // Mid-stream: events in flight lose their connection.
+            let how = if i == 10 {
+                feishu_sim::CutMode::Drop
+            } else {
+                feishu_sim::CutMode::Close
+            };
+            assert_eq!(sim.cut_long_conns(APP_ID, how), 1);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every event is eventually delivered exactly once (re-pushed when its
+    // push or ack was lost with the connection).
+    wait_for(Duration::from_secs(20), || async { a.count() >= 30 }).await;
+    settle().await;
+    let mut got: Vec<String> = a.received().iter().map(|r| r.event_id()).collect();
+    assert_eq!(got.len(), 30, "delivered twice: {got:?}");
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 30);
+    // Every event Feishu saw acked reached the subscriber.
+    let acked_ids: Vec<String> = sim
+        .long_conn_acks()
+        .into_iter()
+        .filter(|a| a.code == Some(200))
+        .map(|a| a.message_id)
+        .collect();
+    for m in &mids {
+        assert!(acked_ids.contains(m), "{m} never acked");
+    }
+    // Two reconnects, each with a fresh endpoint call (a new ticket).
+    assert!(sim.long_conn_endpoint_calls().len() >= calls_before + 2);
+    assert_eq!(sim.long_conns(APP_ID).len(), 1);
+    eprintln!(
+        "cut twice mid-stream: 30 events delivered once each, {} re-pushes",
+        sim.long_conn_repushes()
+    );
+    gw.shutdown();
+    gw.wait().await;
+    sim.shutdown().await;
+}

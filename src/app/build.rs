@@ -16,8 +16,11 @@ use crate::auth::ClientTable;
 use crate::budget::{Budgets, Carried, Store as BudgetStore};
 use crate::config::{Config, Environment, Problems};
 use crate::endpoints::{Catalog, Contracts};
+use crate::events::long_connection::{
+    self, LongConnectionApp, LongConnectionMetrics, LongConnections,
+};
 use crate::events::webhook::Intake;
-use crate::events::EventHub;
+use crate::events::{EventHub, Transport};
 use crate::observe::metrics::Metrics;
 use crate::observe::trace::{OtlpTransport, Tracing};
 use crate::proxy::{AppRoute, Gateway, QuotaKeys, ResourceKeys, Retries};
@@ -75,12 +78,24 @@ pub(super) struct Shared {
     tracing: Option<Arc<Tracing>>,
     /// The event hub: its subscriber queues outlive a reload.
     events: EventHub,
+    /// The long connections to Feishu (apps with `events =
+    /// "long_connection"`), handing their events to the hub; taken at
+    /// shutdown to close them and release their leases.
+    long_connections: std::sync::Mutex<Option<LongConnections>>,
 }
 
 impl Shared {
     /// The event hub.
     pub(super) fn events(&self) -> &EventHub {
         &self.events
+    }
+
+    /// The long connections, once: for the shutdown.
+    pub(super) fn take_long_connections(&self) -> Option<LongConnections> {
+        self.long_connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// The trace exporter, when `[tracing]` is enabled.
@@ -140,6 +155,50 @@ fn start_events(
     ))
 }
 
+/// One WebSocket to Feishu per app with `events = "long_connection"`
+/// (self-built apps), made through the gateway's upstream settings (the
+/// public roots and `upstream_ca_file` for `wss`), handing every event to
+/// the hub. With Redis, a lease lets one replica at a time hold an app's
+/// connection; without, each replica connects (Feishu gives each event to
+/// one of them).
+fn start_long_connections(
+    config: &Config,
+    metrics: &Metrics,
+    redis: Option<&RedisConnection>,
+    hub: &EventHub,
+) -> Result<Option<LongConnections>, StartError> {
+    let apps: Vec<LongConnectionApp> = config
+        .apps
+        .iter()
+        .zip(&config.events.apps)
+        .filter(|(_, e)| e.transport == Transport::LongConnection)
+        .map(|(a, _)| LongConnectionApp {
+            name: a.name.clone(),
+            app_id: a.app_id.clone(),
+            secret: a.app_secret.clone(),
+            upstream: a.upstream.clone(),
+        })
+        .collect();
+    if apps.is_empty() {
+        return Ok(None);
+    }
+    let transport = long_connection::Transport::new(&config.upstream_settings())
+        .map_err(StartError::Upstream)?;
+    let lc_metrics = LongConnectionMetrics::register(metrics.registry())?;
+    let lease = redis.map(|r| long_connection::LeaseConfig {
+        redis: r.clone(),
+        key_prefix: config.quota.key_prefix.clone(),
+    });
+    Ok(Some(long_connection::start(
+        apps,
+        transport,
+        Arc::new(hub.clone()),
+        long_connection::Settings::default(),
+        lease,
+        &lc_metrics,
+    )))
+}
+
 /// The parts a [`Runtime`](super::Runtime) serves with.
 pub(super) struct Parts {
     pub(super) shared: Shared,
@@ -183,6 +242,7 @@ pub(super) fn parts(config: &Config) -> Result<Parts, StartError> {
     let engine = Engine::from_config(&config.quota, Vec::new(), &metrics, redis.as_ref())
         .map_err(StartError::Config)?;
     let events = start_events(config, &metrics, redis.as_ref())?;
+    let long_connections = start_long_connections(config, &metrics, redis.as_ref(), &events)?;
     let shared = Shared {
         upstreams,
         redis,
@@ -190,6 +250,7 @@ pub(super) fn parts(config: &Config) -> Result<Parts, StartError> {
         engine,
         tracing: start_tracing(config)?,
         events,
+        long_connections: std::sync::Mutex::new(long_connections),
     };
     let (gateway, _) =
         generation(config, catalog, metrics, &shared, None).map_err(StartError::Config)?;

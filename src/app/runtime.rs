@@ -300,7 +300,12 @@ impl Runtime {
         for t in self.reloader.current.lock().await.tasks.drain(..) {
             t.abort();
         }
-        // Events still queued for subscribers are lost (and counted).
+        // The long connections close (their leases released, so another
+        // replica takes over at once); events still queued for subscribers
+        // are lost (and counted).
+        if let Some(lc) = self.reloader.shared.take_long_connections() {
+            lc.shutdown().await;
+        }
         self.reloader.shared.events().stop();
         let gateway = self.reloader.live.load_full();
         gateway.budget().sync().await;

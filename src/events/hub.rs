@@ -283,3 +283,25 @@ impl std::fmt::Debug for EventHub {
             .finish_non_exhaustive()
     }
 }
+
+/// The long connection hands its events to the hub: an event accepted (or
+/// already seen) is acked `{"code":200}`, a card callback with its answer,
+/// and a refused one `{"code":500}`, so that Feishu pushes it again.
+impl super::long_connection::EventSink for EventHub {
+    fn accept(
+        &self,
+        app: &str,
+        payload: Bytes,
+    ) -> futures_core::future::BoxFuture<'static, super::long_connection::Ack> {
+        use super::long_connection::Ack;
+        let hub = self.clone();
+        let app = app.to_string();
+        Box::pin(async move {
+            match hub.accept(&app, Transport::LongConnection, payload).await {
+                Accepted::Queued | Accepted::Duplicate => Ack::Ok(None),
+                Accepted::Answer(answer) => Ack::Ok(Some(answer)),
+                Accepted::Refused(_) => Ack::Failed,
+            }
+        })
+    }
+}
