@@ -19,7 +19,7 @@ pub struct EventSettings {
     /// Feishu re-pushes for about 7.1 h).
     pub dedupe_window: Duration,
     /// Event ids remembered in memory at most (`dedupe_max_ids`, default
-    /// 500000, about 64 bytes each); past it the oldest go first.
+    /// 500000, 64 to 80 bytes each); past it the oldest go first.
     pub dedupe_max_ids: usize,
     /// Events queued per subscription at most (`queue_max_events`, default
     /// 10000).

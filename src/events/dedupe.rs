@@ -5,7 +5,8 @@
 //!
 //! - **Memory** (always): a map of 64-bit keyed hashes of (app, key) to
 //!   when they were seen, bounded by `dedupe_max_ids` (the oldest go first
-//!   when full), expired as new ids come in. About 64 bytes per id.
+//!   when full), expired as new ids come in. 64 to 80 bytes per id (the
+//!   map and the queue of ids grow by powers of two; `benches/events.rs`).
 //! - **Redis** (with `[quota] backend = "redis"`): `SET
 //!   <key_prefix>event:{<app>}:<key> 1 NX PX <window>`, one per key, so
 //!   that replicas behind one load balancer share what they have seen (the
