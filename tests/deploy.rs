@@ -586,6 +586,8 @@ fn dashboard_is_templated_and_has_the_required_panels() {
         "token refreshes",
         "in-flight requests",
         "this month against the budget",
+        "long connection up per app",
+        "long-connection reconnects by reason",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(needle)),
@@ -604,6 +606,22 @@ fn dashboard_is_templated_and_has_the_required_panels() {
     let expr = budget["targets"][0]["expr"].as_str().expect("expr");
     assert!(
         expr.contains("feishu_gateway_budget_used") && expr.contains("feishu_gateway_budget_limit"),
+        "{expr}"
+    );
+
+    // The long connection is up when any replica holds it (with Redis one
+    // does, the others wait on the lease).
+    let up = all
+        .iter()
+        .find(|p| {
+            p["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Long connection up"))
+        })
+        .expect("long connection panel");
+    let expr = up["targets"][0]["expr"].as_str().expect("expr");
+    assert!(
+        expr.starts_with("max by (app) (feishu_gateway_events_connection_up{"),
         "{expr}"
     );
 

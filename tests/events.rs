@@ -973,6 +973,29 @@ async fn a_long_connection_cut_mid_stream_reconnects_and_no_acked_event_is_lost(
         "cut twice mid-stream: 30 events delivered once each, {} re-pushes",
         sim.long_conn_repushes()
     );
+    // The admin status page shows the app's connection up again, and the
+    // three connections made (the first and two reconnects).
+    let client = http_client();
+    let status_json = || async {
+        let page = admin_get(&client, &gw, "/status.json").await;
+        serde_json::from_slice::<serde_json::Value>(&page.body).expect("JSON")
+    };
+    wait_for(Duration::from_secs(5), || async {
+        status_json().await["long_connections"][0]["up"] == true
+    })
+    .await;
+    let status = status_json().await;
+    let lc = &status["long_connections"];
+    assert_eq!(lc.as_array().map(Vec::len), Some(1), "{lc}");
+    assert_eq!(lc[0]["app"], "ws-bot");
+    assert!(lc[0]["connects"].as_u64() >= Some(3), "{lc}");
+    assert_eq!(lc[0]["stopped"], serde_json::Value::Null);
+    let html = admin_get(&client, &gw, "/status?refresh=0").await;
+    let html = String::from_utf8_lossy(&html.body);
+    assert!(
+        html.contains(r#"<tr class="long-connection" data-app="ws-bot" data-up="true">"#),
+        "{html}"
+    );
     gw.shutdown();
     gw.wait().await;
     sim.shutdown().await;

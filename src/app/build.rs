@@ -90,6 +90,18 @@ impl Shared {
         &self.events
     }
 
+    /// Each long-connection app's client now (for the status page),
+    /// without taking them: none without such apps, or once the shutdown
+    /// took them.
+    pub(super) fn long_connections_status(&self) -> Vec<long_connection::AppStatus> {
+        self.long_connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(LongConnections::status)
+            .unwrap_or_default()
+    }
+
     /// The long connections, once: for the shutdown.
     pub(super) fn take_long_connections(&self) -> Option<LongConnections> {
         self.long_connections

@@ -83,7 +83,8 @@ pub(super) struct Generation {
 /// Reloads: one at a time (a second SIGHUP waits for the first).
 pub(super) struct Reloader {
     pub(super) live: Live,
-    pub(super) shared: Shared,
+    /// Shared with the status page (the long connections' state).
+    pub(super) shared: Arc<Shared>,
     pub(super) current: tokio::sync::Mutex<Generation>,
     pub(super) path: std::sync::Mutex<Option<PathBuf>>,
     /// Where the status page reads the reload history.

@@ -96,6 +96,7 @@ impl Runtime {
             );
         }
         let build::Parts { shared, gateway } = build::parts(&config)?;
+        let shared = Arc::new(shared);
         let metrics = Arc::clone(gateway.metrics());
         let tokens = Arc::clone(gateway.tokens());
         // Kept app_tickets first, so the first app-token fetch can use
@@ -161,8 +162,13 @@ impl Runtime {
             }
         });
         // The status page samples the counters it shows as "last minute"
-        // every 10 s; the reloader records what each reload did on it.
-        let status = Arc::new(StatusPage::new());
+        // every 10 s; the reloader records what each reload did on it; it
+        // reads the long connections' state from `shared` (they outlive a
+        // reload).
+        let status = Arc::new(StatusPage::new().with_long_connections({
+            let shared = Arc::clone(&shared);
+            Arc::new(move || shared.long_connections_status())
+        }));
         refreshers.push(status.spawn_sampler(Arc::clone(&live)));
         let admin = Admin::new(
             Arc::clone(&live),

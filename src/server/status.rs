@@ -9,6 +9,7 @@
 //! limits, requests in the last minute, what it admits now, waiting
 //! requests and a pause after Feishu's throttle; the top Feishu codes of
 //! the last 5 minutes by app; upstream errors by kind; the quota backend;
+//! each long connection to Feishu (up or down, connects, why it stopped);
 //! build and config reload status.
 //!
 //! Cheap and bounded: it reads state that exists anyway (token slots,
@@ -33,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::events::long_connection::AppStatus as LongConnectionStatus;
 use crate::observe::metrics::{Metrics, OutcomeCounts};
 use crate::proxy::Gateway;
 use crate::quota::BackendStatus;
@@ -57,6 +59,10 @@ struct Sample {
     counts: Arc<OutcomeCounts>,
 }
 
+/// Where the page reads the long connections' state: the runtime's, which
+/// outlives a reload (`Shared::long_connections_status`).
+pub type LongConnectionSource = Arc<dyn Fn() -> Vec<LongConnectionStatus> + Send + Sync>;
+
 /// The page's own state: the counter samples and the config's reload
 /// history. One per process, shared by the admin listener and the
 /// reloader.
@@ -65,6 +71,8 @@ pub struct StatusPage {
     started_unix: u64,
     samples: Mutex<VecDeque<Sample>>,
     config: Mutex<ConfigState>,
+    /// None: no long connection is shown.
+    long_connections: Option<LongConnectionSource>,
 }
 
 /// The config's reload history, as the page shows it.
@@ -123,6 +131,9 @@ pub struct Status {
     pub upstream_errors: Vec<ErrorCount>,
     /// The quota backend.
     pub quota_backend: BackendStatus,
+    /// Apps with `events = "long_connection"`: connected now, connections
+    /// made, why the client stopped for good (if it did).
+    pub long_connections: Vec<LongConnectionStatus>,
 }
 
 /// One app's row.
@@ -238,7 +249,14 @@ impl StatusPage {
             started_unix: unix_now(),
             samples: Mutex::new(VecDeque::with_capacity(KEEP)),
             config: Mutex::new(ConfigState::default()),
+            long_connections: None,
         }
+    }
+
+    /// The page, showing the long connections `source` reads.
+    pub fn with_long_connections(mut self, source: LongConnectionSource) -> StatusPage {
+        self.long_connections = Some(source);
+        self
     }
 
     /// Records a reload's outcome.
@@ -324,6 +342,10 @@ impl StatusPage {
             codes_more,
             upstream_errors: upstream_errors(&now, five.as_deref()),
             quota_backend: gateway.quota().status(),
+            long_connections: self
+                .long_connections
+                .as_ref()
+                .map_or_else(Vec::new, |f| f()),
         }
     }
 }
@@ -745,6 +767,28 @@ pub fn render_html(s: &Status, refresh: u32) -> String {
     }
     h.push_str("</table>");
 
+    if !s.long_connections.is_empty() {
+        h.push_str("<h2>Long connections to Feishu</h2><table id=\"long-connections\"><tr><th>app</th><th>state</th><th>connects</th><th>stopped because</th></tr>");
+        for c in &s.long_connections {
+            let state = match (c.up, &c.stopped) {
+                (true, _) => "<td class=\"ok\">up</td>",
+                (false, Some(_)) => "<td class=\"bad\">STOPPED</td>",
+                (false, None) => "<td class=\"bad\">down</td>",
+            };
+            let _ = write!(
+                h,
+                "<tr class=\"long-connection\" data-app=\"{}\" data-up=\"{}\"><td>{}</td>{}<td>{}</td><td>{}</td></tr>",
+                esc(&c.app),
+                c.up,
+                esc(&c.app),
+                state,
+                c.connects,
+                c.stopped.as_deref().map_or(String::new(), esc)
+            );
+        }
+        h.push_str("</table>");
+    }
+
     let b = &s.quota_backend;
     let _ = write!(
         h,
@@ -825,6 +869,7 @@ mod tests {
             codes_more: 0,
             upstream_errors: Vec::new(),
             quota_backend: BackendStatus::local(),
+            long_connections: Vec::new(),
         }
     }
 
@@ -852,5 +897,45 @@ mod tests {
         assert!(html.contains("id=\"reload\">REFUSED<"));
         assert!(html.contains("and 3 more keys in use"));
         assert!(!html.contains("http-equiv=\"refresh\""), "refresh=0");
+    }
+
+    #[test]
+    fn long_connections_are_shown_up_down_or_stopped_and_only_when_there_are_any() {
+        let app = || AppStatus {
+            name: "ws-bot".into(),
+            kind: "self_built",
+            has_token: true,
+            expires_in_secs: Some(7000),
+            last_error_code: None,
+            last_error: None,
+            consecutive_failures: 0,
+            ticket_age_secs: None,
+            tenants: None,
+            budget: None,
+        };
+        assert!(!render_html(&status_with(app()), 0).contains("long-connections"));
+        let mut status = status_with(app());
+        status.long_connections = vec![
+            LongConnectionStatus {
+                app: "ws-bot".into(),
+                up: true,
+                connects: 3,
+                stopped: None,
+            },
+            LongConnectionStatus {
+                app: "<b>".into(),
+                up: false,
+                connects: 0,
+                stopped: Some("endpoint_refused".into()),
+            },
+        ];
+        let html = render_html(&status, 0);
+        assert!(html.contains("data-app=\"ws-bot\" data-up=\"true\"><td>ws-bot</td><td class=\"ok\">up</td><td>3</td><td></td>"), "{html}");
+        assert!(html.contains("data-up=\"false\"><td>&lt;b&gt;</td><td class=\"bad\">STOPPED</td><td>0</td><td>endpoint_refused</td>"), "{html}");
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["long_connections"][0],
+            serde_json::json!({"app": "ws-bot", "up": true, "connects": 3, "stopped": null})
+        );
     }
 }

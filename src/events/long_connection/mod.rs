@@ -238,8 +238,9 @@ struct Status {
     stopped: Mutex<Option<String>>,
 }
 
-/// One app's client, as [`LongConnections::status`] shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One app's client, as [`LongConnections::status`] shows it (and the
+/// admin status page, `/status.json`'s `long_connections`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AppStatus {
     /// The app's name.
     pub app: String,
