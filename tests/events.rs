@@ -84,10 +84,10 @@ struct Stack {
     target: WebhookTarget,
 }
 
-async fn stack(configure: impl FnOnce(GatewayConfig) -> GatewayConfig) -> Stack {
-    logs();
-    let sim = SimFeishu::start(sim_config()).await.expect("sim");
-    let config = GatewayConfig::bare(&sim.base_url())
+/// The self-built app `ops-bot` taking webhook pushes (Encrypt Key and
+/// Verification Token), its client, and subscriber secret A.
+fn webhook_config(sim: &SimFeishu) -> GatewayConfig {
+    GatewayConfig::bare(&sim.base_url())
         .app(
             App::self_built(APP, APP_ID, "APP_SECRET")
                 .encrypt_key_env("EVENTS_ENCRYPT_KEY")
@@ -99,16 +99,28 @@ async fn stack(configure: impl FnOnce(GatewayConfig) -> GatewayConfig) -> Stack 
         .env("EVENTS_ENCRYPT_KEY", ENCRYPT_KEY)
         .env("EVENTS_VTOKEN", VTOKEN)
         .env("SECRET_A", SECRET_A)
-        .env("SECRET_B", SECRET_B)
-        .events_duration("retry_first", Duration::from_millis(50))
-        .events_duration("retry_max", Duration::from_millis(200));
-    let listeners = Listeners::bind().await;
-    let target = WebhookTarget {
+}
+
+/// Where the simulated Feishu pushes `ops-bot`'s events on the gateway
+/// that will listen on `listeners`.
+fn webhook_target(listeners: &Listeners) -> WebhookTarget {
+    WebhookTarget {
         app_id: APP_ID.into(),
         url: format!("http://{}/feishu/events/{APP}", listeners.addr()),
         encrypt_key: Some(ENCRYPT_KEY.into()),
         verification_token: VTOKEN.into(),
-    };
+    }
+}
+
+async fn stack(configure: impl FnOnce(GatewayConfig) -> GatewayConfig) -> Stack {
+    logs();
+    let sim = SimFeishu::start(sim_config()).await.expect("sim");
+    let config = webhook_config(&sim)
+        .env("SECRET_B", SECRET_B)
+        .events_duration("retry_first", Duration::from_millis(50))
+        .events_duration("retry_max", Duration::from_millis(200));
+    let listeners = Listeners::bind().await;
+    let target = webhook_target(&listeners);
     let gw = listeners.start(&configure(config)).await;
     Stack {
         sim,
@@ -167,6 +179,22 @@ fn assert_signed(r: &support::subscriber::Received, secret: &str) {
     let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     assert_eq!(r.header("x-gateway-event-signature"), want);
     assert!(r.header("content-type").starts_with("application/json"));
+}
+
+/// `ws-bot`'s im.message.receive_v1 events received over the long
+/// connection, and the duplicates among them, as `/metrics` counts them.
+fn assert_long_connection_counts(metrics: &str, received: f64, duplicates: f64) {
+    let v = |series: &str| metric_value(metrics, series).unwrap_or(-1.0);
+    assert_eq!(
+        v(
+            r#"feishu_gateway_events_received_total{app="ws-bot",transport="long_connection",type="im.message.receive_v1"}"#
+        ),
+        received
+    );
+    assert_eq!(
+        v(r#"feishu_gateway_events_duplicates_total{app="ws-bot",transport="long_connection"}"#),
+        duplicates
+    );
 }
 
 async fn settle() {
@@ -610,16 +638,7 @@ async fn the_long_connections_entry_point_queues_dedupes_and_answers_cards() {
     let client = http_client();
     let m = metrics_of(&client, &gw).await;
     let v = |series: &str| metric_value(&m, series).unwrap_or(-1.0);
-    assert_eq!(
-        v(
-            r#"feishu_gateway_events_received_total{app="ws-bot",transport="long_connection",type="im.message.receive_v1"}"#
-        ),
-        2.0
-    );
-    assert_eq!(
-        v(r#"feishu_gateway_events_duplicates_total{app="ws-bot",transport="long_connection"}"#),
-        1.0
-    );
+    assert_long_connection_counts(&m, 2.0, 1.0);
     assert_eq!(
         v(r#"feishu_gateway_events_refused_total{app="ws-bot",reason="malformed"}"#),
         1.0
@@ -646,30 +665,14 @@ async fn replicas_sharing_redis_deliver_an_event_pushed_to_both_once() {
     logs();
     let a = Subscriber::start().await;
     let sim = SimFeishu::start(sim_config()).await.expect("sim");
-    let config = GatewayConfig::bare(&sim.base_url())
-        .app(
-            App::self_built(APP, APP_ID, "APP_SECRET")
-                .encrypt_key_env("EVENTS_ENCRYPT_KEY")
-                .verification_token_env("EVENTS_VTOKEN"),
-        )
-        .client(Client::new("billing", "CLIENT_KEY", APP))
-        .env("APP_SECRET", APP_SECRET)
-        .env("CLIENT_KEY", CLIENT_KEY)
-        .env("EVENTS_ENCRYPT_KEY", ENCRYPT_KEY)
-        .env("EVENTS_VTOKEN", VTOKEN)
-        .env("SECRET_A", SECRET_A)
+    let config = webhook_config(&sim)
         .quota(support::config::Quota::redis(&redis.url()).replicas(2))
         .subscription(sub("svc-a", &["*"], &a.url(), "SECRET_A"));
     let mut replicas = Vec::new();
     let mut targets = Vec::new();
     for _ in 0..2 {
         let listeners = Listeners::bind().await;
-        targets.push(WebhookTarget {
-            app_id: APP_ID.into(),
-            url: format!("http://{}/feishu/events/{APP}", listeners.addr()),
-            encrypt_key: Some(ENCRYPT_KEY.into()),
-            verification_token: VTOKEN.into(),
-        });
+        targets.push(webhook_target(&listeners));
         replicas.push(listeners.start(&config).await);
     }
     // Feishu's push reaches replica 0, its re-push (and the same message
@@ -891,20 +894,10 @@ async fn over_the_long_connection_events_reach_two_subscribers_once_fragments_an
     assert_eq!(sim.long_conn_repushes(), 0, "every event was acked in time");
 
     let m = metrics_of(&http_client(), &gw).await;
-    let v = |series: &str| metric_value(&m, series).unwrap_or(-1.0);
+    assert_long_connection_counts(&m, 4.0, 2.0);
     assert_eq!(
-        v(
-            r#"feishu_gateway_events_received_total{app="ws-bot",transport="long_connection",type="im.message.receive_v1"}"#
-        ),
-        4.0
-    );
-    assert_eq!(
-        v(r#"feishu_gateway_events_duplicates_total{app="ws-bot",transport="long_connection"}"#),
-        2.0
-    );
-    assert_eq!(
-        v(r#"feishu_gateway_events_connection_up{app="ws-bot"}"#),
-        1.0
+        metric_value(&m, r#"feishu_gateway_events_connection_up{app="ws-bot"}"#),
+        Some(1.0)
     );
     assert_no_secret_in_logs();
     gw.shutdown();
