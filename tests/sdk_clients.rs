@@ -132,21 +132,10 @@ impl Driver {
             .env("GW_URL", base_url(gw))
             .env("GW_APP_ID", APP_ID)
             .env("GW_KEY", CLIENT_KEY)
-            .env("NO_PROXY", "localhost,127.0.0.1")
-            .env("no_proxy", "localhost,127.0.0.1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for var in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
+        support::tools::without_proxies(&mut cmd);
         for var in self.ca_env {
             cmd.env(var, setup.ca_file());
         }

@@ -44,21 +44,10 @@ impl Driver {
             .env("SIM_URL", sim.base_url())
             .env("SIM_APP_ID", APP_ID)
             .env("SIM_APP_SECRET", APP_SECRET)
-            .env("NO_PROXY", "localhost,127.0.0.1")
-            .env("no_proxy", "localhost,127.0.0.1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for var in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
+        support::tools::without_proxies(&mut cmd);
         let mut child = cmd.spawn().expect("the Python driver starts");
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
@@ -133,17 +122,22 @@ async fn until(secs: u64, what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// A v2 event's header, as Feishu sends it over the long connection.
+fn v2_header(event_id: &str, event_type: &str) -> Value {
+    json!({
+        "event_id": event_id,
+        "token": "",
+        "create_time": "1700000000000",
+        "event_type": event_type,
+        "tenant_key": "tenant_1",
+        "app_id": APP_ID,
+    })
+}
+
 fn message_event(event_id: &str, message_id: &str, text: &str) -> Value {
     json!({
         "schema": "2.0",
-        "header": {
-            "event_id": event_id,
-            "token": "",
-            "create_time": "1700000000000",
-            "event_type": "im.message.receive_v1",
-            "tenant_key": "tenant_1",
-            "app_id": APP_ID,
-        },
+        "header": v2_header(event_id, "im.message.receive_v1"),
         "event": {
             "sender": {"sender_id": {"open_id": "ou_1"}, "sender_type": "user", "tenant_key": "tenant_1"},
             "message": {
@@ -161,14 +155,7 @@ fn message_event(event_id: &str, message_id: &str, text: &str) -> Value {
 fn card_event(event_id: &str) -> Value {
     json!({
         "schema": "2.0",
-        "header": {
-            "event_id": event_id,
-            "token": "",
-            "create_time": "1700000000000",
-            "event_type": "card.action.trigger",
-            "tenant_key": "tenant_1",
-            "app_id": APP_ID,
-        },
+        "header": v2_header(event_id, "card.action.trigger"),
         "event": {
             "operator": {"open_id": "ou_1"},
             "token": "c-card-token",

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderValue;
 
@@ -205,7 +206,14 @@ fn start_long_connections(
         apps,
         transport,
         Arc::new(hub.clone()),
-        long_connection::Settings::default(),
+        long_connection::Settings {
+            // The hub answers a card callback by `card_deadline` (with the
+            // fallback at worst); the ack waits a little longer for it,
+            // within Feishu's 3 s.
+            ack_deadline: (config.events.settings.card_deadline + Duration::from_millis(300))
+                .clamp(Duration::from_millis(2500), Duration::from_millis(2950)),
+            ..long_connection::Settings::default()
+        },
         lease,
         &lc_metrics,
     )))

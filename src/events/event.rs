@@ -114,6 +114,26 @@ impl Envelope {
     }
 }
 
+/// The event without Feishu's Verification Token (v1 top-level `token`, v2
+/// `header.token`): subscribers get the event, never the app's credential
+/// (with it, a subscriber could forge pushes to the gateway's webhook).
+/// Unchanged bytes when there is none.
+pub fn without_token(payload: Bytes) -> Bytes {
+    let Ok(Value::Object(mut v)) = serde_json::from_slice::<Value>(&payload) else {
+        return payload;
+    };
+    let top = v.remove("token").is_some();
+    let header = v
+        .get_mut("header")
+        .and_then(Value::as_object_mut)
+        .and_then(|h| h.remove("token"))
+        .is_some();
+    if !top && !header {
+        return payload;
+    }
+    serde_json::to_vec(&v).map(Bytes::from).unwrap_or(payload)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +152,20 @@ mod tests {
         assert_eq!(Envelope::read(other).unwrap().dedupe_keys(), ["id:e2"]);
         assert!(Envelope::read(b"[1]").is_none());
         assert!(Envelope::read(b"nope").is_none());
+    }
+
+    #[test]
+    fn the_verification_token_is_taken_out_of_v1_and_v2_events() {
+        let v2 = br#"{"schema":"2.0","header":{"event_id":"e1","token":"vt-secret","event_type":"x"},"event":{}}"#;
+        let out = without_token(Bytes::from_static(v2));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["header"]["event_id"], "e1");
+        assert!(v["header"].get("token").is_none());
+        let v1 =
+            br#"{"uuid":"u1","token":"vt-secret","type":"event_callback","event":{"type":"x"}}"#;
+        let out = without_token(Bytes::from_static(v1));
+        assert!(!String::from_utf8_lossy(&out).contains("vt-secret"));
+        let plain = Bytes::from_static(br#"{"schema":"2.0","header":{"event_id":"e2"}}"#);
+        assert_eq!(without_token(plain.clone()), plain, "unchanged bytes");
     }
 }

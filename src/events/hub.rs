@@ -173,6 +173,7 @@ impl EventHub {
         };
         hub.metrics
             .received(app, &envelope.event_type, transport.as_str());
+        let payload = super::event::without_token(payload);
         if envelope.event_type == CARD_ACTION {
             let answer = super::card::answer(
                 &hub.client,

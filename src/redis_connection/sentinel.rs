@@ -251,7 +251,7 @@ async fn watch(inner: Weak<Inner>) {
         let Some(i) = inner.upgrade() else { return };
         asking.resize_with(i.sentinels.len(), || None);
         let known = i.current.borrow().as_ref().map(|c| c.addr.clone());
-        match named_primary(&i, &mut asking).await {
+        match named_primary(&i, &mut asking, known.is_some()).await {
             Some(named) if known.as_deref() != Some(named.as_str()) => {
                 match tokio::time::timeout(i.connect_timeout, connect(&i, &named)).await {
                     Ok(Ok(next)) => {
@@ -296,10 +296,14 @@ async fn watch(inner: Weak<Inner>) {
     }
 }
 
-/// `host:port` of the primary a majority of the sentinels name (or, when
-/// fewer answer, the most of those that did), asking all at once, each
-/// within the connect timeout; `None` when none answered.
-async fn named_primary(i: &Inner, asking: &mut [Option<MultiplexedConnection>]) -> Option<String> {
+/// `host:port` of the primary a majority of the sentinels name (before any
+/// is `known`: the most of those that answered), asking all at once, each
+/// within the connect timeout; `None` when no such answer came.
+async fn named_primary(
+    i: &Inner,
+    asking: &mut [Option<MultiplexedConnection>],
+    known: bool,
+) -> Option<String> {
     let asks = i
         .sentinels
         .iter()
@@ -337,7 +341,15 @@ async fn named_primary(i: &Inner, asking: &mut [Option<MultiplexedConnection>]) 
             break;
         }
     }
-    votes.into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a)
+    // A primary is followed only when a majority names it; the first one
+    // (none known yet) may come from fewer. A minority may be a partitioned
+    // sentinel still naming the old primary.
+    let majority = if known { majority } else { 1 };
+    votes
+        .into_iter()
+        .filter(|(_, n)| *n >= majority)
+        .max_by_key(|(_, n)| *n)
+        .map(|(a, _)| a)
 }
 
 /// A connection to `named`, once it answers `ROLE` as a master.

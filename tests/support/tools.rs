@@ -6,6 +6,26 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `cmd` without the proxy variables of the environment, and with loopback
+/// exempted: the SDK drivers talk to the gateway or the simulated Feishu on
+/// 127.0.0.1, never through a proxy a developer's shell may set.
+#[allow(dead_code)]
+pub fn without_proxies(cmd: &mut Command) -> &mut Command {
+    cmd.env("NO_PROXY", "localhost,127.0.0.1")
+        .env("no_proxy", "localhost,127.0.0.1");
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// The path of `name` on PATH. Missing: `None` with a note, or a failure
 /// when `CI` is set, which must install it (deploy/ci-install.sh).
 pub fn tool(name: &str) -> Option<PathBuf> {

@@ -359,6 +359,12 @@ async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// A connection shorter than this was cut at once: wait
+/// [`SHORT_LIVED_WAIT`] before the next.
+const SHORT_LIVED: Duration = Duration::from_secs(5);
+/// See [`SHORT_LIVED`].
+const SHORT_LIVED_WAIT: Duration = Duration::from_secs(1);
+
 /// Keeps the lease (or tries to take it) and says whether this replica
 /// may connect. Fail-open: an unanswered Redis call counts as held.
 async fn keep_lease(
@@ -402,15 +408,24 @@ async fn supervise(
     lease: Option<Arc<lease::Lease>>,
 ) {
     let (allowed_tx, mut allowed) = watch::channel(lease.is_none());
-    let lease_task = lease.as_ref().map(|l| {
-        tokio::spawn(keep_lease(
+    // Without a lease the sender stays here for the client's whole life: a
+    // channel whose sender is gone answers `changed()` at once, forever, and
+    // the session's select would spin on it.
+    let mut no_lease = None;
+    let lease_task = match &lease {
+        Some(l) => Some(tokio::spawn(keep_lease(
             Arc::clone(&ctx),
             Arc::clone(l),
             allowed_tx,
             stop.clone(),
-        ))
-    });
+        ))),
+        None => {
+            no_lease = Some(allowed_tx);
+            None
+        }
+    };
     run_client(&ctx, &mut stop, &mut allowed).await;
+    drop(no_lease);
     ctx.metrics.up.set(0);
     ctx.status.up.store(false, Ordering::SeqCst);
     if let (Some(task), Some(lease)) = (lease_task, lease) {
@@ -462,6 +477,7 @@ async fn run_client(
                     ctx.status.connects.fetch_add(1, Ordering::SeqCst);
                     tracing::info!(app = %app, at = %conn.where_, "events: long connection up");
                     let where_ = conn.where_.clone();
+                    let opened = tokio::time::Instant::now();
                     let ended = session::run(ctx, conn, &mut cfg, stop, allowed).await;
                     ctx.metrics.up.set(0);
                     ctx.status.up.store(false, Ordering::SeqCst);
@@ -485,6 +501,16 @@ async fn run_client(
                             jitter = true;
                         }
                     }
+                    // A connection that ends as soon as it opens (a proxy,
+                    // a server dropping it) must not make the client call
+                    // the endpoint in a tight loop, whatever ReconnectNonce
+                    // says.
+                    if jitter
+                        && opened.elapsed() < SHORT_LIVED
+                        && !pause(SHORT_LIVED_WAIT, stop).await
+                    {
+                        return;
+                    }
                     continue 'standby;
                 }
                 Err(ConnectError::Fatal { reason, detail }) => {
@@ -498,7 +524,7 @@ async fn run_client(
                         app = %app,
                         reason,
                         detail = %detail,
-                        "events: Feishu refused the long connection for good; not reconnecting (fix the app, then reload or restart)"
+                        "events: Feishu refused the long connection for good; not reconnecting (fix the app, then restart the gateway)"
                     );
                     return;
                 }
@@ -508,7 +534,9 @@ async fn run_client(
                         _ => ctx.metrics.reconnect_handshake.inc(),
                     }
                     failures += 1;
-                    if cfg.reconnect_count >= 0 && failures > cfg.reconnect_count {
+                    // ReconnectCount attempts in all, as the SDKs count
+                    // them (Python stops at `i >= count`).
+                    if cfg.reconnect_count >= 0 && failures >= cfg.reconnect_count.max(1) {
                         ctx.metrics.stopped("gave_up");
                         *ctx.status
                             .stopped

@@ -103,7 +103,11 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
 pub fn init(format: LogFormat, level: &str) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // tungstenite traces the WebSocket handshake's request line, whose
+        // URL carries the long connection's ticket: never below info.
+        .add_directive("tungstenite=info".parse().expect("a valid directive"))
+        .add_directive("tokio_tungstenite=info".parse().expect("a valid directive"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (sink, guard) = LogSink::new(std::io::stdout());
     subscriber(format, filter, ansi, sink).init();
