@@ -123,12 +123,14 @@ fn start(config: &Config) -> EventHub {
 }
 
 /// Event number `i` of `event_type`: a v2 event with an event id and, for
-/// messages, a message id (both de-duplication keys), its text padded to
+/// messages, a message id (both de-duplication keys), and the Verification
+/// Token in its header as Feishu sends it (the hub takes it out before
+/// queueing, re-serializing the event), its text padded to
 /// about `size` bytes (at least ~190), in an allocation of exactly its
 /// length (as the webhook hands it over).
 fn event(i: usize, event_type: &str, size: usize) -> Bytes {
     let head = format!(
-        r#"{{"schema":"2.0","header":{{"event_id":"5e3702a84e847582be8db7fb7328{i:010}","event_type":"{event_type}","create_time":"1735689600000"}},"event":{{"message":{{"message_id":"om_5ce6d572455d3611{i:010}","content":"{{\"text\":\""#
+        r#"{{"schema":"2.0","header":{{"event_id":"5e3702a84e847582be8db7fb7328{i:010}","event_type":"{event_type}","create_time":"1735689600000","token":"v-Ohw8k7nE2SXjq3UdBw7Y0ZzWlS3WhE"}},"event":{{"message":{{"message_id":"om_5ce6d572455d3611{i:010}","content":"{{\"text\":\""#
     );
     let tail = r#"\"}"}}}"#;
     let pad = size.saturating_sub(head.len() + tail.len());

@@ -131,7 +131,15 @@ pub fn without_token(payload: Bytes) -> Bytes {
     if !top && !header {
         return payload;
     }
-    serde_json::to_vec(&v).map(Bytes::from).unwrap_or(payload)
+    // Shorter than the payload: written into a buffer of its size, then
+    // held at its exact length (it may sit in queues for hours; grown by
+    // doubling, a 1 KB event's buffer kept up to twice that:
+    // benches/events.rs).
+    let mut out = Vec::with_capacity(payload.len());
+    match serde_json::to_writer(&mut out, &v) {
+        Ok(()) => Bytes::from(out.into_boxed_slice()),
+        Err(_) => payload,
+    }
 }
 
 #[cfg(test)]
