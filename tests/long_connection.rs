@@ -588,6 +588,45 @@ async fn with_redis_one_replica_holds_the_connection() {
     c.conns.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_that_cannot_connect_hands_the_lease_over() {
+    let redis = redis_or_skip!();
+    let sim = sim().await;
+    let lease = || LeaseConfig {
+        redis: RedisConnection::open(
+            &RedisTarget::Url(Secret::new(redis.url())),
+            None,
+            Duration::from_secs(1),
+        )
+        .expect("redis"),
+        key_prefix: "t:".into(),
+    };
+    // The first holder's endpoint calls are refused with a retryable code
+    // (its way to Feishu is broken); it takes the lease first.
+    sim.fail_long_conn_endpoint(long_conn::SYSTEM_BUSY, 1_000);
+    let stuck = Client::start(&sim, APP_SECRET, Some(lease()));
+    until(5, "the stuck client holds the lease", || {
+        stuck.metric(&format!(
+            r#"feishu_gateway_events_lease_held{{app="{APP}"}}"#
+        )) == 1.0
+    })
+    .await;
+    let other = Client::start(&sim, APP_SECRET, Some(lease()));
+    // Feishu answers again, but the stuck client only retries every
+    // ReconnectInterval: the other one must get the lease and connect.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sim.fail_long_conn_endpoint(long_conn::SYSTEM_BUSY, 0);
+    let started = Instant::now();
+    until(15, "the other replica connected", || other.status().up).await;
+    println!(
+        "a holder that could not connect handed over: the other replica connected after {:?} (lease TTL 1.5 s)",
+        started.elapsed()
+    );
+    assert_eq!(sim.long_conns(APP_ID).len(), 1);
+    stuck.conns.shutdown().await;
+    other.conns.shutdown().await;
+}
+
 /// Collects what the client logs, on this thread (a current-thread
 /// runtime, so every task logs here).
 #[derive(Clone, Default)]

@@ -203,7 +203,13 @@ impl Subscriber {
     /// The delivery task: forever, the head of the queue until delivered
     /// or expired.
     pub async fn run(self: Arc<Self>, client: HttpClient, app: Arc<str>) {
+        // Failures in a row, for the backoff: a subscriber that is down
+        // stays backed off when one expired event gives way to the next.
         let mut failures: u32 = 0;
+        // Attempts at the head event (`X-Gateway-Event-Attempt`), from 1
+        // for each new head.
+        let mut head: Option<Arc<str>> = None;
+        let mut attempt: u32 = 0;
         loop {
             let Some(event) = self.head() else {
                 if self.lock().closed {
@@ -214,8 +220,13 @@ impl Subscriber {
                 self.wake.notified().await;
                 continue;
             };
+            if head.as_ref() != Some(&event.id) {
+                head = Some(Arc::clone(&event.id));
+                attempt = 0;
+            }
+            attempt += 1;
             failures += 1;
-            let result = self.attempt(&client, &app, &event, failures).await;
+            let result = self.attempt(&client, &app, &event, attempt).await;
             match result {
                 Attempt::Delivered => {
                     self.metrics.ok.inc();
@@ -228,15 +239,15 @@ impl Subscriber {
                 }
                 Attempt::Status(s) => {
                     self.metrics.status.inc();
-                    tracing::warn!(subscription = %self.config.name, app = %app, event_id = %event.id, status = s.as_u16(), attempt = failures, "event delivery refused by the subscriber; retrying");
+                    tracing::warn!(subscription = %self.config.name, app = %app, event_id = %event.id, status = s.as_u16(), attempt, "event delivery refused by the subscriber; retrying");
                 }
                 Attempt::Timeout => {
                     self.metrics.timeout.inc();
-                    tracing::warn!(subscription = %self.config.name, app = %app, event_id = %event.id, attempt = failures, "event delivery timed out; retrying");
+                    tracing::warn!(subscription = %self.config.name, app = %app, event_id = %event.id, attempt, "event delivery timed out; retrying");
                 }
                 Attempt::Connect => {
                     self.metrics.connect.inc();
-                    tracing::warn!(subscription = %self.config.name, app = %app, event_id = %event.id, attempt = failures, "event delivery could not connect; retrying");
+                    tracing::warn!(subscription = %self.config.name, app = %app, event_id = %event.id, attempt, "event delivery could not connect; retrying");
                 }
             }
             // Not past the head's expiry: it is dropped then, and the next

@@ -374,6 +374,8 @@ async fn keep_lease(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut warned = false;
+    // Since when this replica holds the lease without a connection.
+    let mut unconnected: Option<tokio::time::Instant> = None;
     loop {
         let held = match lease.hold().await {
             Ok(held) => {
@@ -392,6 +394,29 @@ async fn keep_lease(
                 true
             }
         };
+        // A holder that cannot connect (its way to Feishu is broken, its
+        // Redis is not) must not keep the app unconnected everywhere: after
+        // three TTLs without a connection it hands the lease over and stands
+        // aside for two, so a replica that can connect takes it.
+        if held && !ctx.status.up.load(Ordering::SeqCst) {
+            let since = *unconnected.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= ctx.settings.lease_ttl * 3 {
+                tracing::warn!(
+                    app = %ctx.app.name,
+                    "events: holding the long connection's lease without a connection; handing it over"
+                );
+                allowed.send_if_modified(|a| std::mem::replace(a, false));
+                lease.release().await;
+                ctx.metrics.lease.set(0);
+                unconnected = None;
+                if !pause(ctx.settings.lease_ttl * 2, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        } else {
+            unconnected = None;
+        }
         ctx.metrics.lease.set(i64::from(held));
         allowed.send_if_modified(|a| std::mem::replace(a, held) != held);
         if !pause(lease.renew_every(), &mut stop).await {
