@@ -781,6 +781,30 @@ fn ws_target() -> WebhookTarget {
     }
 }
 
+/// Pushes a card callback over the long connection; its 200 ack and how
+/// long it took (at most 4 s is waited for).
+async fn push_card(
+    sim: &SimFeishu,
+    t: &WebhookTarget,
+    event_id: &str,
+) -> (feishu_sim::LongConnAck, Duration) {
+    let pushed = Instant::now();
+    let cb = sim.long_conn_push(
+        APP_ID,
+        &v2_event(
+            t,
+            "card.action.trigger",
+            event_id,
+            json!({"action": {"value": {}}}),
+        ),
+    );
+    wait_for(Duration::from_secs(4), || async {
+        acked(sim, &cb).is_some()
+    })
+    .await;
+    (acked(sim, &cb).unwrap(), pushed.elapsed())
+}
+
 /// The 200 ack the simulated Feishu received for `message_id`.
 fn acked(sim: &SimFeishu, message_id: &str) -> Option<feishu_sim::LongConnAck> {
     sim.long_conn_acks()
@@ -871,22 +895,7 @@ async fn over_the_long_connection_events_reach_two_subscribers_once_fragments_an
     sim.set_long_conn_fragment_size(None);
 
     // A card callback: the subscriber's answer goes back in the ack, in time.
-    let pushed = Instant::now();
-    let cb = sim.long_conn_push(
-        APP_ID,
-        &v2_event(
-            &t,
-            "card.action.trigger",
-            "lc-cb-1",
-            json!({"action": {"value": {}}}),
-        ),
-    );
-    wait_for(Duration::from_secs(3), || async {
-        acked(&sim, &cb).is_some()
-    })
-    .await;
-    let took = pushed.elapsed();
-    let ack = acked(&sim, &cb).unwrap();
+    let (ack, took) = push_card(&sim, &t, "lc-cb-1").await;
     assert_eq!(
         ack.data.as_deref(),
         Some(&br#"{"toast":{"type":"info","content":"seen"}}"#[..])
@@ -900,25 +909,8 @@ async fn over_the_long_connection_events_reach_two_subscribers_once_fragments_an
         Duration::from_secs(4),
         "{\"late\":true}".into(),
     ));
-    let pushed = Instant::now();
-    let slow = sim.long_conn_push(
-        APP_ID,
-        &v2_event(
-            &t,
-            "card.action.trigger",
-            "lc-cb-2",
-            json!({"action": {"value": {}}}),
-        ),
-    );
-    wait_for(Duration::from_secs(4), || async {
-        acked(&sim, &slow).is_some()
-    })
-    .await;
-    let took = pushed.elapsed();
-    assert_eq!(
-        acked(&sim, &slow).unwrap().data.as_deref(),
-        Some(&b"{}"[..])
-    );
+    let (ack, took) = push_card(&sim, &t, "lc-cb-2").await;
+    assert_eq!(ack.data.as_deref(), Some(&b"{}"[..]));
     assert!(took < Duration::from_secs(3), "{took:?}");
     eprintln!("card callback with a slow subscriber: the fallback acked in {took:?}");
 

@@ -25,7 +25,7 @@ use feishu_gateway::upstream::{self, Upstream};
 use feishu_sim::{long_conn, CutMode, LongConnClientConfig, LongConnEventState};
 use futures_core::future::BoxFuture;
 use serde_json::{json, Value};
-use support::redis_server::redis_or_skip;
+use support::redis_server::{redis_or_skip, RedisServer};
 use support::*;
 use tokio::time::Instant;
 
@@ -511,11 +511,9 @@ async fn over_wss_with_the_upstream_ca_file() {
     client.conns.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_redis_one_replica_holds_the_connection() {
-    let redis = redis_or_skip!();
-    let sim = sim().await;
-    let lease = || LeaseConfig {
+/// A lease in `redis`, keys under `t:`, on a connection of its own.
+fn lease_on(redis: &RedisServer) -> LeaseConfig {
+    LeaseConfig {
         redis: RedisConnection::open(
             &RedisTarget::Url(Secret::new(redis.url())),
             None,
@@ -523,7 +521,14 @@ async fn with_redis_one_replica_holds_the_connection() {
         )
         .expect("redis"),
         key_prefix: "t:".into(),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_one_replica_holds_the_connection() {
+    let redis = redis_or_skip!();
+    let sim = sim().await;
+    let lease = || lease_on(&redis);
     let a = Client::start(&sim, APP_SECRET, Some(lease()));
     let b = Client::start(&sim, APP_SECRET, Some(lease()));
     connected(&sim).await;
@@ -592,15 +597,7 @@ async fn with_redis_one_replica_holds_the_connection() {
 async fn a_lease_holder_that_cannot_connect_hands_the_lease_over() {
     let redis = redis_or_skip!();
     let sim = sim().await;
-    let lease = || LeaseConfig {
-        redis: RedisConnection::open(
-            &RedisTarget::Url(Secret::new(redis.url())),
-            None,
-            Duration::from_secs(1),
-        )
-        .expect("redis"),
-        key_prefix: "t:".into(),
-    };
+    let lease = || lease_on(&redis);
     // The first holder's endpoint calls are refused with a retryable code
     // (its way to Feishu is broken); it takes the lease first.
     sim.fail_long_conn_endpoint(long_conn::SYSTEM_BUSY, 1_000);
