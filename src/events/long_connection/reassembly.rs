@@ -6,7 +6,8 @@
 //! The headers come from the network, so everything is bounded: `sum` and
 //! `seq` must be numbers with `seq < sum <= max_fragments`; one event's
 //! bytes at most `max_event_bytes`; at most `max_partial` incomplete events
-//! per connection, each kept `ttl` after its latest fragment (5 s, as the
+//! holding at most `max_total_bytes` together (16 MiB) per connection, each
+//! kept `ttl` after its latest fragment (5 s, as the
 //! Python and Go SDKs). A fragment that breaks a rule is dropped (and the
 //! partial event with it when it contradicts it); Feishu re-pushes what
 //! was not acked.
@@ -28,6 +29,9 @@ pub struct Limits {
     pub max_event_bytes: usize,
     /// Incomplete events kept at once.
     pub max_partial: usize,
+    /// Bytes of all incomplete events together: what a peer can make one
+    /// connection hold (without it, `max_partial` × `max_event_bytes`).
+    pub max_total_bytes: usize,
 }
 
 impl Default for Limits {
@@ -37,6 +41,7 @@ impl Default for Limits {
             max_fragments: 256,
             max_event_bytes: 4 << 20,
             max_partial: 64,
+            max_total_bytes: 16 << 20,
         }
     }
 }
@@ -52,7 +57,8 @@ pub enum Rejected {
     Inconsistent,
     /// The event would exceed `max_event_bytes`.
     TooLarge,
-    /// `max_partial` incomplete events are held already.
+    /// `max_partial` incomplete events are held already, or they hold
+    /// `max_total_bytes`.
     TooManyPartial,
     /// The same `seq` again (its first copy is kept).
     Duplicate,
@@ -83,6 +89,8 @@ struct Partial {
 pub struct Reassembly {
     limits: Limits,
     partial: HashMap<String, Partial>,
+    /// Bytes held by `partial`.
+    total: usize,
 }
 
 impl Reassembly {
@@ -90,6 +98,7 @@ impl Reassembly {
         Reassembly {
             limits,
             partial: HashMap::new(),
+            total: 0,
         }
     }
 
@@ -101,7 +110,15 @@ impl Reassembly {
     /// Forgets the incomplete events whose time is up; returns how many.
     pub fn sweep(&mut self, now: Instant) -> usize {
         let before = self.partial.len();
-        self.partial.retain(|_, p| p.deadline > now);
+        let mut freed = 0;
+        self.partial.retain(|_, p| {
+            let keep = p.deadline > now;
+            if !keep {
+                freed += p.bytes;
+            }
+            keep
+        });
+        self.total -= freed;
         before - self.partial.len()
     }
 
@@ -153,16 +170,27 @@ impl Reassembly {
             .get_mut(message_id)
             .expect("inserted just above");
         if p.parts.len() != sum {
+            let gone = p.bytes;
             self.partial.remove(message_id);
+            self.total -= gone;
             return Err(Rejected::Inconsistent);
         }
         if p.parts[seq].is_some() {
             return Err(Rejected::Duplicate);
         }
         if p.bytes + payload.len() > limits.max_event_bytes {
+            let gone = p.bytes;
             self.partial.remove(message_id);
+            self.total -= gone;
             return Err(Rejected::TooLarge);
         }
+        if self.total + payload.len() > limits.max_total_bytes {
+            if p.have == 0 {
+                self.partial.remove(message_id);
+            }
+            return Err(Rejected::TooManyPartial);
+        }
+        self.total += payload.len();
         p.bytes += payload.len();
         p.have += 1;
         p.parts[seq] = Some(payload);
@@ -171,6 +199,7 @@ impl Reassembly {
             return Ok(None);
         }
         let p = self.partial.remove(message_id).expect("present");
+        self.total -= p.bytes;
         let mut whole = BytesMut::with_capacity(p.bytes);
         for part in p.parts.into_iter().flatten() {
             whole.extend_from_slice(&part);
@@ -189,7 +218,39 @@ mod tests {
             max_fragments: 8,
             max_event_bytes: 100,
             max_partial: 2,
+            max_total_bytes: 150,
         })
+    }
+
+    #[test]
+    fn incomplete_events_together_hold_at_most_the_byte_budget() {
+        let mut r = r();
+        let now = Instant::now();
+        let ninety = "x".repeat(90);
+        assert_eq!(r.add("a", Some("2"), Some("0"), b(&ninety), now), Ok(None));
+        // A second incomplete event may not take the total past 150 bytes.
+        assert_eq!(
+            r.add("b", Some("2"), Some("0"), b(&"y".repeat(70)), now),
+            Err(Rejected::TooManyPartial)
+        );
+        assert_eq!(r.pending(), 1, "the refused event is not kept");
+        assert_eq!(r.add("b", Some("2"), Some("0"), b("yy"), now), Ok(None));
+        // Completing the first frees its bytes.
+        assert_eq!(
+            r.add("a", Some("2"), Some("1"), b("z"), now),
+            Ok(Some(b(&format!("{ninety}z"))))
+        );
+        assert_eq!(
+            r.add("c", Some("2"), Some("0"), b(&"c".repeat(90)), now),
+            Ok(None)
+        );
+        // Expired ones free theirs too.
+        r.sweep(now + Duration::from_secs(6));
+        assert_eq!(r.pending(), 0);
+        assert_eq!(
+            r.add("d", Some("2"), Some("0"), b(&"d".repeat(95)), now),
+            Ok(None)
+        );
     }
 
     fn b(s: &str) -> Bytes {
