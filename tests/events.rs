@@ -164,6 +164,11 @@ fn sub(name: &str, events: &[&str], url: &str, secret_env: &str) -> Subscription
     Subscription::new(name, APP, events, url, secret_env)
 }
 
+/// A subscription to `ws-bot`, the long-connection app.
+fn ws_sub(name: &str, events: &[&str], url: &str, secret_env: &str) -> Subscription {
+    Subscription::new(name, "ws-bot", events, url, secret_env)
+}
+
 /// Checks the gateway's signature on a delivery, as a subscriber would.
 fn assert_signed(r: &support::subscriber::Received, secret: &str) {
     let ts = r.header("x-gateway-event-timestamp");
@@ -596,16 +601,14 @@ async fn the_long_connections_entry_point_queues_dedupes_and_answers_cards() {
         .env("APP_SECRET", APP_SECRET)
         .env("CLIENT_KEY", CLIENT_KEY)
         .env("SECRET_A", SECRET_A)
-        .subscription(Subscription::new(
+        .subscription(ws_sub(
             "ws-a",
-            "ws-bot",
             &["im.message.receive_v1"],
             &a.url(),
             "SECRET_A",
         ))
-        .subscription(Subscription::new(
+        .subscription(ws_sub(
             "ws-cards",
-            "ws-bot",
             &["card.action.trigger"],
             &card.url(),
             "SECRET_A",
@@ -821,23 +824,15 @@ async fn over_the_long_connection_events_reach_two_subscribers_once_fragments_an
         r#"{"toast":{"type":"info","content":"seen"}}"#.into(),
     ));
     let (sim, gw) = long_connection_stack(|c| {
-        c.subscription(Subscription::new(
+        c.subscription(ws_sub(
             "ws-a",
-            "ws-bot",
             &["im.message.receive_v1"],
             &a.url(),
             "SECRET_A",
         ))
-        .subscription(Subscription::new(
-            "ws-b",
-            "ws-bot",
-            &["*"],
-            &b.url(),
-            "SECRET_B",
-        ))
-        .subscription(Subscription::new(
+        .subscription(ws_sub("ws-b", &["*"], &b.url(), "SECRET_B"))
+        .subscription(ws_sub(
             "ws-cards",
-            "ws-bot",
             &["card.action.trigger"],
             &card.url(),
             "SECRET_A",
@@ -949,9 +944,8 @@ async fn over_the_long_connection_events_reach_two_subscribers_once_fragments_an
 async fn a_long_connection_cut_mid_stream_reconnects_and_no_acked_event_is_lost() {
     let a = Subscriber::start().await;
     let (sim, gw) = long_connection_stack(|c| {
-        c.subscription(Subscription::new(
+        c.subscription(ws_sub(
             "ws-a",
-            "ws-bot",
             &["im.message.receive_v1"],
             &a.url(),
             "SECRET_A",

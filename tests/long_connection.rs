@@ -686,3 +686,111 @@ async fn no_ticket_and_no_secret_in_the_logs() {
     assert!(!text.contains("ticket="), "{text}");
     assert!(!text.contains(APP_SECRET) && !text.contains("wrong-secret"));
 }
+
+// ----- a hostile server nobody here wrote -------------------------------------
+
+/// A raw-socket "Feishu": answers the endpoint call by hand, accepts the
+/// WebSocket upgrade by hand, then sends what no well-behaved server would:
+/// a text frame, a binary frame that is no protobuf, a frame announcing
+/// 2^40 bytes, a frame cut in its middle. Counts upgrades.
+async fn hostile_feishu() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upgrades = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&upgrades);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                if text.starts_with("POST /callback/ws/endpoint") {
+                    let body = format!(
+                        r#"{{"code":0,"msg":"ok","data":{{"URL":"ws://{addr}/ws/v2?device_id=d1&service_id=7&ticket=TKT-HOSTILE-SECRET","ClientConfig":{{"ReconnectCount":-1,"ReconnectInterval":1,"ReconnectNonce":0,"PingInterval":1}}}}}}"#
+                    );
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let key = text
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("sec-websocket-key")
+                            .then(|| v.trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let accept =
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let upgrade = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+                );
+                if sock.write_all(upgrade.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut frames: Vec<u8> = Vec::new();
+                frames.extend_from_slice(&[0x81, 5]);
+                frames.extend_from_slice(b"hello"); // text: ignored by Feishu's clients
+                frames.extend_from_slice(&[0x82, 4, 0xff, 0xff, 0xff, 0xff]); // no pbbp2.Frame
+                match n % 2 {
+                    // A binary frame announcing 2^40 bytes.
+                    0 => frames.extend_from_slice(&[0x82, 127, 0, 0, 1, 0, 0, 0, 0, 0, 1, 2, 3]),
+                    // A frame announcing 100 bytes, 3 sent, then the end.
+                    _ => frames.extend_from_slice(&[0x82, 100, 1, 2, 3]),
+                }
+                let _ = sock.write_all(&frames).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            });
+        }
+    });
+    (addr, upgrades)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_server_costs_a_reconnect_and_nothing_else() {
+    let (addr, upgrades) = hostile_feishu().await;
+    let registry = prometheus::Registry::new();
+    let metrics = LongConnectionMetrics::register(&registry).expect("metrics");
+    let sink = Arc::new(Recorder::default());
+    let conns = lc::start(
+        vec![LongConnectionApp {
+            name: APP.to_owned(),
+            app_id: APP_ID.to_owned(),
+            secret: feishu_gateway::secret::Secret::new(APP_SECRET),
+            upstream: Upstream::parse(&format!("http://{addr}")).expect("URL"),
+        }],
+        transport(None),
+        sink.clone(),
+        Settings::default(),
+        None,
+        &metrics,
+    );
+    // Each connection ends in garbage (a 1 TiB frame, a cut frame); the
+    // client reconnects by the endpoint's rules, allocates nothing of what
+    // was announced, delivers nothing, and never gives up.
+    until(15, "four upgrades", || {
+        upgrades.load(std::sync::atomic::Ordering::SeqCst) >= 4
+    })
+    .await;
+    let status = conns.status().remove(0);
+    assert_eq!(status.stopped, None, "{status:?}");
+    assert!(status.connects >= 4, "{status:?}");
+    assert_eq!(sink.events.lock().unwrap().len(), 0);
+    conns.shutdown().await;
+}
